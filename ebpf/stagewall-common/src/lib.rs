@@ -1,0 +1,275 @@
+//! Every type that crosses the kernel/user boundary, and the names and sizes of the maps.
+//!
+//! Rules for these types (see the aya template): `#[repr(C)]`, no implicit padding (explicit
+//! `_pad` fields, always zero), integers instead of `bool` or enums, and a size assertion next
+//! to every map key so both sides agree by construction.
+#![no_std]
+
+use core::mem::size_of;
+
+// ---------------------------------------------------------------------------------------------
+// Map names and capacities.
+
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+pub const MAP_IPCACHE: &str = "IPCACHE";
+pub const MAP_POLICY: &str = "POLICY";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Endpoints of both policy slots together.
+pub const ENDPOINTS_MAX: u32 = 16_384;
+/// Prefixes (workload addresses and CIDRs) of both policy slots together.
+pub const IPCACHE_MAX: u32 = 262_144;
+/// Policy entries of both policy slots together.
+pub const POLICY_MAX: u32 = 524_288;
+/// Tracked flows; least recently used ones are evicted first.
+pub const FLOWS_MAX: u32 = 262_144;
+/// Ring buffer for verdict events, in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 22;
+
+/// Deepest cgroup level the kernel programs walk up to find a workload's cgroup, for
+/// processes that sit in a child cgroup of the workload (a systemd slice, say).
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+// ---------------------------------------------------------------------------------------------
+// Global configuration: one entry of an array map.
+
+pub const MODE_ENFORCE: u32 = 0;
+pub const MODE_AUDIT: u32 = 1;
+
+/// `CONFIG[0]`. The agent fills both policy slots' maps for the inactive slot, then flips
+/// `active_slot` with one write: a packet reads the slot once and sees one whole policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// 0 or 1: which slot of ENDPOINTS and IPCACHE (and which policy ids) is in force.
+    pub active_slot: u32,
+    /// MODE_ENFORCE or MODE_AUDIT.
+    pub mode: u32,
+    /// Counts applied policies; events carry it so user space can name the policy in force.
+    pub generation: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints: which local workload a packet belongs to.
+
+/// The workload is a cgroup: `id` is the cgroup id (its inode number in cgroup2).
+pub const ENDPOINT_KIND_CGROUP: u32 = 1;
+/// The workload is a network interface (host side of a veth): `id` is its ifindex.
+pub const ENDPOINT_KIND_IFINDEX: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub slot: u32,
+    pub kind: u32,
+    pub id: u64,
+}
+const _: () = assert!(size_of::<EndpointKey>() == 16);
+
+/// Some policy selects the endpoint for ingress: what no rule allows is denied.
+pub const EP_ISOLATED_INGRESS: u32 = 1 << 0;
+/// Some policy selects the endpoint for egress.
+pub const EP_ISOLATED_EGRESS: u32 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Stable number of the workload; names it in events and keys its flows.
+    pub endpoint_id: u32,
+    /// Policy id for traffic into the workload (0 when not isolated).
+    pub ingress_policy: u32,
+    /// Policy id for traffic out of the workload (0 when not isolated).
+    pub egress_policy: u32,
+    /// EP_* flags.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// IP cache: remote address -> identity (LPM trie).
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Data of the IPCACHE LPM key. Matched bit by bit from the first byte: slot (8 bits),
+/// family (8 bits), then the address (IPv4 in the first 4 bytes). So a prefix of length
+/// `p` has LPM prefix length `16 + p`, and IPv4 and IPv6 never match each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheKey {
+    pub slot: u8,
+    pub family: u8,
+    pub addr: [u8; 16],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<IpcacheKey>() == 20);
+/// Bits of IpcacheKey before the address.
+pub const IPCACHE_PREFIX_BITS: u32 = 16;
+
+/// Identity 0 stands for "any peer" in policy keys; it is never assigned to an address.
+pub const IDENTITY_ANY: u32 = 0;
+/// IPv4 addresses outside every known prefix.
+pub const IDENTITY_WORLD_V4: u32 = 1;
+/// IPv6 addresses outside every known prefix.
+pub const IDENTITY_WORLD_V6: u32 = 2;
+/// First identity the compiler hands out to workloads and CIDRs.
+pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Policy: (policy id, identity, direction, protocol, port) -> allow (LPM trie).
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Data of the POLICY LPM key, big-endian numbers so that bit order is numeric order.
+/// Every entry matches `policy_be`, `identity_be` and `direction` exactly (72 bits); a rule
+/// for every protocol stops there, a rule for one protocol adds 8 bits, and a port range
+/// adds the leading bits its aligned blocks share (an `endPort` range becomes at most 30
+/// prefixes, never one entry per port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub policy_be: u32,
+    pub identity_be: u32,
+    pub direction: u8,
+    pub protocol: u8,
+    pub port_be: u16,
+}
+const _: () = assert!(size_of::<PolicyKey>() == 12);
+pub const POLICY_PREFIX_FIXED_BITS: u32 = 72;
+pub const POLICY_PREFIX_PROTO_BITS: u32 = 80;
+pub const POLICY_PREFIX_FULL_BITS: u32 = 96;
+
+/// Value of a POLICY entry. Kept as a struct so later fields (deny rules, audit per rule)
+/// do not change the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// Index of the rule in the compiled policy, for explanations in user space.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<PolicyValue>() == 4);
+
+/// Policy ids carry the slot in their top bit, so the two slots never share an entry.
+pub const POLICY_SLOT_BIT: u32 = 1 << 31;
+
+// ---------------------------------------------------------------------------------------------
+// Flows: what an endpoint allowed in one direction, so that replies pass the other way.
+
+/// A flow an endpoint allowed, seen from that endpoint. `origin` is the direction the
+/// first packet went (DIR_*); a packet in the other direction with the ports swapped is a
+/// reply. ICMP echo uses the echo identifier as both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub endpoint_id: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub origin: u8,
+    pub _pad: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u32,
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<FlowKey>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// bpf_ktime_get_ns of the last packet that refreshed the entry.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<FlowValue>() == 8);
+
+/// A flow without traffic for this long no longer lets replies in.
+pub const FLOW_TIMEOUT_TCP_NS: u64 = 3_600 * 1_000_000_000;
+pub const FLOW_TIMEOUT_OTHER_NS: u64 = 120 * 1_000_000_000;
+/// Refresh `last_seen_ns` at most this often per flow, to keep writes off most packets.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// Events: one per denied packet, through the EVENTS ring buffer.
+
+pub const VERDICT_DROPPED: u8 = 1;
+pub const VERDICT_WOULD_DROP: u8 = 2;
+
+/// The workload is isolated in this direction and no rule allows the packet.
+pub const REASON_NO_RULE: u8 = 1;
+/// The packet could not be parsed (truncated header); it is handled as ON_ERROR says.
+pub const REASON_MALFORMED: u8 = 2;
+
+/// Which program saw the packet.
+pub const HOOK_CGROUP_SKB: u8 = 1;
+pub const HOOK_CONNECT: u8 = 2;
+pub const HOOK_SENDMSG: u8 = 3;
+pub const HOOK_TC: u8 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub time_ns: u64,
+    pub generation: u32,
+    pub endpoint_id: u32,
+    pub remote_identity: u32,
+    pub verdict: u8,
+    pub reason: u8,
+    pub direction: u8,
+    pub hook: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<Event>() == 64);
+
+// ---------------------------------------------------------------------------------------------
+// Counters: a per-CPU array of u64, indexed by these.
+
+pub const CNT_ALLOWED_INGRESS: u32 = 0;
+pub const CNT_ALLOWED_EGRESS: u32 = 1;
+pub const CNT_DROPPED_INGRESS: u32 = 2;
+pub const CNT_DROPPED_EGRESS: u32 = 3;
+pub const CNT_WOULD_DROP_INGRESS: u32 = 4;
+pub const CNT_WOULD_DROP_EGRESS: u32 = 5;
+/// Events that did not fit in the ring buffer.
+pub const CNT_EVENTS_LOST: u32 = 6;
+/// Packets that could not be parsed.
+pub const CNT_MALFORMED: u32 = 7;
+/// Replies of tracked flows that passed without a rule.
+pub const CNT_REPLIES: u32 = 8;
+/// New flows that could not be tracked (map update failed).
+pub const CNT_FLOW_INSERT_FAILED: u32 = 9;
+pub const COUNTERS_LEN: u32 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// aya::Pod for user space.
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain integers and byte arrays without implicit padding.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpcacheKey {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Event {}
+}

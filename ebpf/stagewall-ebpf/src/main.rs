@@ -1,0 +1,251 @@
+//! stagewall's kernel programs. Each entry point finds the local endpoint, turns the packet
+//! into a `Flow` seen from that endpoint, and asks `verdict::decide`.
+//!
+//! Hooks and directions:
+//! - cgroup_skb ingress/egress: the socket's cgroup is the workload;
+//! - cgroup/connect4|6, sendmsg4|6: the same check before a connect or unconnected UDP send,
+//!   so a denied egress fails at once with EPERM instead of hanging on retransmits;
+//! - TC (tcx or clsact) on the host side of a workload's veth: what the host side receives
+//!   (tc ingress) is the workload's egress, what it sends (tc egress) is its ingress.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod verdict;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, classifier},
+    programs::{SkBuffContext, SockAddrContext, TcContext, sk_buff::SkBuff},
+};
+use aya_log_ebpf::debug;
+use stagewall_common::{
+    CNT_MALFORMED, Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX,
+    EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT,
+    HOOK_SENDMSG, HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    maps::{ENDPOINTS, count},
+    packet::{ETH_HLEN, Malformed, Packet},
+    verdict::{Flow, Verdict, config, decide},
+};
+
+/// What a packet that cannot be parsed gets: dropped. A truncated header never comes from
+/// the local stack, so this only ever hits crafted packets; it is counted (CNT_MALFORMED).
+const ON_MALFORMED: Verdict = Verdict::Drop;
+
+const CGROUP_PASS: i32 = 1;
+const CGROUP_DROP: i32 = 0;
+/// cgroup/connect and sendmsg: 1 lets the call proceed, 0 fails it with EPERM.
+const SOCK_ALLOW: i32 = 1;
+const SOCK_DENY: i32 = 0;
+
+fn lookup(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
+    let key = EndpointKey { slot: cfg.active_slot, kind, id };
+    unsafe { ENDPOINTS.get(&key) }
+}
+
+/// The workload whose cgroup holds `cgroup_id`, or one of its ancestors (processes in child
+/// cgroups of a workload's cgroup, such as a systemd slice's services, belong to it).
+fn cgroup_endpoint(
+    cfg: &Config,
+    cgroup_id: u64,
+    ancestor: impl Fn(i32) -> u64,
+) -> Option<&'static EndpointInfo> {
+    if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, cgroup_id) {
+        return Some(ep);
+    }
+    for level in 1..MAX_CGROUP_DEPTH {
+        let id = ancestor(level);
+        if id == 0 || id == cgroup_id {
+            break;
+        }
+        if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, id) {
+            return Some(ep);
+        }
+    }
+    None
+}
+
+fn flow_from_packet(p: &Packet, direction: u8) -> Flow {
+    if direction == DIR_INGRESS {
+        Flow {
+            direction,
+            family: p.family,
+            protocol: p.protocol,
+            local_addr: p.dst,
+            remote_addr: p.src,
+            local_port: p.dport,
+            remote_port: p.sport,
+        }
+    } else {
+        Flow {
+            direction,
+            family: p.family,
+            protocol: p.protocol,
+            local_addr: p.src,
+            remote_addr: p.dst,
+            local_port: p.sport,
+            remote_port: p.dport,
+        }
+    }
+}
+
+fn skb_verdict(
+    ctx: &impl EbpfContext,
+    cfg: &Config,
+    ep: &EndpointInfo,
+    parsed: Result<Option<Packet>, Malformed>,
+    direction: u8,
+    hook: u8,
+) -> Verdict {
+    match parsed {
+        Ok(Some(p)) => decide(cfg, ep, &flow_from_packet(&p, direction), hook, true),
+        // Not IP (ARP, say): outside of what network policy covers.
+        Ok(None) => Verdict::Pass,
+        Err(Malformed) => {
+            count(CNT_MALFORMED);
+            debug!(ctx, "stagewall: malformed packet, endpoint {}", ep.endpoint_id);
+            ON_MALFORMED
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cgroup_skb
+
+fn cgroup_skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
+    let Some(cfg) = config() else { return CGROUP_PASS };
+    let skb: &SkBuff = &ctx.skb;
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
+    let ancestor = |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.skb, level) };
+    let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
+        return CGROUP_PASS;
+    };
+    // cgroup_skb data starts at the IP header.
+    let parsed = packet::parse(skb, packet::l3_from_skb(skb), 0);
+    match skb_verdict(ctx, cfg, ep, parsed, direction, HOOK_CGROUP_SKB) {
+        Verdict::Pass => CGROUP_PASS,
+        Verdict::Drop => CGROUP_DROP,
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn stagewall_cgroup_ingress(ctx: SkBuffContext) -> i32 {
+    cgroup_skb_verdict(&ctx, DIR_INGRESS)
+}
+
+#[cgroup_skb(egress)]
+pub fn stagewall_cgroup_egress(ctx: SkBuffContext) -> i32 {
+    cgroup_skb_verdict(&ctx, DIR_EGRESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// cgroup/connect4|6 and sendmsg4|6
+
+fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
+    let Some(cfg) = config() else { return SOCK_ALLOW };
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let ancestor = |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
+        return SOCK_ALLOW;
+    };
+    let sa = unsafe { &*ctx.sock_addr };
+    let protocol = sa.protocol as u8;
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return SOCK_ALLOW;
+    }
+    let mut remote_addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        remote_addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            remote_addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    }
+    // user_port holds the port in network byte order in its low 16 bits.
+    let remote_port = u16::from_be(sa.user_port as u16);
+    let flow = Flow {
+        direction: DIR_EGRESS,
+        family,
+        protocol,
+        local_addr: [0; 16],
+        remote_addr,
+        local_port: 0,
+        remote_port,
+    };
+    // In audit mode the packets themselves are reported by cgroup_skb; reporting the
+    // connect too would count one would-drop twice.
+    let report = cfg.mode != stagewall_common::MODE_AUDIT;
+    match decide(cfg, ep, &flow, hook, report) {
+        Verdict::Pass => SOCK_ALLOW,
+        Verdict::Drop => SOCK_DENY,
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn stagewall_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, FAMILY_V4, HOOK_CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn stagewall_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, FAMILY_V6, HOOK_CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn stagewall_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, FAMILY_V4, HOOK_SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn stagewall_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr_verdict(&ctx, FAMILY_V6, HOOK_SENDMSG)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TC on the host side of a workload's veth
+
+fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
+    let Some(cfg) = config() else { return TC_ACT_OK };
+    let skb: &SkBuff = &ctx.skb;
+    let ifindex = unsafe { (*skb.skb).ifindex };
+    let Some(ep) = lookup(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
+        return TC_ACT_OK;
+    };
+    // TC data starts at the Ethernet header.
+    let parsed = packet::l3_from_eth(skb).and_then(|l3| packet::parse(skb, l3, ETH_HLEN));
+    match skb_verdict(ctx, cfg, ep, parsed, direction, HOOK_TC) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// Packets the host side receives: sent by the workload.
+#[classifier]
+pub fn stagewall_tc_from_workload(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, DIR_EGRESS)
+}
+
+/// Packets the host side sends: received by the workload.
+#[classifier]
+pub fn stagewall_tc_to_workload(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, DIR_INGRESS)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,45 @@
+//! The maps the programs share with the agent. Names and sizes come from stagewall-common.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use stagewall_common::{
+    COUNTERS_LEN, Config, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, FLOWS_MAX,
+    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, PolicyValue,
+};
+
+/// LPM tries must be created with BPF_F_NO_PREALLOC.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::with_max_entries(ENDPOINTS_MAX, 0);
+
+#[map]
+pub static IPCACHE: LpmTrie<IpcacheKey, u32> =
+    LpmTrie::with_max_entries(IPCACHE_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(POLICY_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *counter += 1 };
+    }
+}

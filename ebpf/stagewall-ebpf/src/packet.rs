@@ -1,0 +1,170 @@
+//! Parsing the headers a verdict needs. Every read goes through `SkBuff::load`
+//! (bpf_skb_load_bytes), which checks bounds in the kernel.
+//!
+//! cgroup_skb programs see data starting at the IP header; TC programs see the Ethernet
+//! header first. Callers pass the offset of the IP header.
+
+use aya_ebpf::programs::sk_buff::SkBuff;
+use stagewall_common::{
+    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
+
+/// TC programs see the Ethernet header first; the IP header follows it.
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// IPv6 extension headers we step over to find the transport header.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+/// A packet's addresses and ports as seen on the wire (source, destination).
+pub struct Packet {
+    pub family: u8,
+    pub protocol: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP ports; for ICMP echo, the echo identifier in both; 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub struct Malformed;
+
+/// What kind of packet an skb holds, from the Ethernet type (TC) or skb->protocol (cgroup).
+pub enum L3 {
+    V4,
+    V6,
+    Other,
+}
+
+pub fn l3_from_ethertype(ethertype_be: u16) -> L3 {
+    match u16::from_be(ethertype_be) {
+        ETH_P_IP => L3::V4,
+        ETH_P_IPV6 => L3::V6,
+        _ => L3::Other,
+    }
+}
+
+pub fn parse(skb: &SkBuff, l3: L3, offset: usize) -> Result<Option<Packet>, Malformed> {
+    match l3 {
+        L3::V4 => parse_v4(skb, offset).map(Some),
+        L3::V6 => parse_v6(skb, offset).map(Some),
+        L3::Other => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn load<T>(skb: &SkBuff, offset: usize) -> Result<T, Malformed> {
+    skb.load::<T>(offset).map_err(|_| Malformed)
+}
+
+fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
+    let version_ihl: u8 = load(skb, offset)?;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return Err(Malformed);
+    }
+    let frag_off_be: u16 = load(skb, offset + 6)?;
+    let protocol: u8 = load(skb, offset + 9)?;
+    let src4: [u8; 4] = load(skb, offset + 12)?;
+    let dst4: [u8; 4] = load(skb, offset + 16)?;
+    let mut p = Packet {
+        family: FAMILY_V4,
+        protocol,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+    };
+    p.src[..4].copy_from_slice(&src4);
+    p.dst[..4].copy_from_slice(&dst4);
+    // A non-first fragment carries no transport header: its ports stay 0, so only rules
+    // without ports can allow it (it never borrows the verdict of a port rule).
+    let fragment_offset = u16::from_be(frag_off_be) & 0x1fff;
+    if fragment_offset == 0 {
+        read_ports(skb, &mut p, offset + ihl)?;
+    }
+    Ok(p)
+}
+
+fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
+    let mut next: u8 = load(skb, offset + 6)?;
+    let src: [u8; 16] = load(skb, offset + 8)?;
+    let dst: [u8; 16] = load(skb, offset + 24)?;
+    let mut l4 = offset + 40;
+    let mut first_fragment = true;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let hdr: [u8; 2] = load(skb, l4)?;
+                next = hdr[0];
+                l4 += (hdr[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let hdr: [u8; 4] = load(skb, l4)?;
+                next = hdr[0];
+                first_fragment = (u16::from_be_bytes([hdr[2], hdr[3]]) >> 3) == 0;
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    let mut p = Packet {
+        family: FAMILY_V6,
+        protocol: next,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+    };
+    if first_fragment {
+        read_ports(skb, &mut p, l4)?;
+    }
+    Ok(p)
+}
+
+fn read_ports(skb: &SkBuff, p: &mut Packet, l4: usize) -> Result<(), Malformed> {
+    match p.protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            let ports: [u8; 4] = load(skb, l4)?;
+            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let icmp_type: u8 = load(skb, l4)?;
+            if is_echo(p.protocol, icmp_type) {
+                let id: [u8; 2] = load(skb, l4 + 4)?;
+                let id = u16::from_be_bytes(id);
+                p.sport = id;
+                p.dport = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Echo request or reply: their identifier ties a reply to its request.
+fn is_echo(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        PROTO_ICMP => icmp_type == 8 || icmp_type == 0,
+        _ => icmp_type == 128 || icmp_type == 129,
+    }
+}
+
+/// The L3 kind of a cgroup_skb packet, from skb->protocol (it holds the big-endian
+/// Ethernet type).
+pub fn l3_from_skb(skb: &SkBuff) -> L3 {
+    // SAFETY: skb points at the program's context.
+    let protocol = unsafe { (*skb.skb).protocol };
+    l3_from_ethertype(protocol as u16)
+}
+
+pub fn l3_from_eth(skb: &SkBuff) -> Result<L3, Malformed> {
+    let ethertype_be: u16 = load(skb, 12)?;
+    Ok(l3_from_ethertype(ethertype_be))
+}
