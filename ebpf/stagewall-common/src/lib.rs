@@ -151,15 +151,8 @@ pub const POLICY_PREFIX_FIXED_BITS: u32 = 72;
 pub const POLICY_PREFIX_PROTO_BITS: u32 = 80;
 pub const POLICY_PREFIX_FULL_BITS: u32 = 96;
 
-/// Value of a POLICY entry. Kept as a struct so later fields (deny rules, audit per rule)
-/// do not change the key.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PolicyValue {
-    /// Index of the rule in the compiled policy, for explanations in user space.
-    pub rule: u32,
-}
-const _: () = assert!(size_of::<PolicyValue>() == 4);
+/// Value of every POLICY entry: Kubernetes rules only allow, so presence is the verdict.
+pub const POLICY_ALLOW: u32 = 1;
 
 /// Policy ids carry the slot in their top bit, so the two slots never share an entry.
 pub const POLICY_SLOT_BIT: u32 = 1 << 31;
@@ -268,7 +261,6 @@ mod user {
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for PolicyKey {}
-    unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Event {}

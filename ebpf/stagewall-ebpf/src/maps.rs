@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use stagewall_common::{
     COUNTERS_LEN, Config, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, FLOWS_MAX,
-    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, PolicyValue,
+    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -24,7 +24,7 @@ pub static IPCACHE: LpmTrie<IpcacheKey, u32> =
     LpmTrie::with_max_entries(IPCACHE_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static POLICY: LpmTrie<PolicyKey, PolicyValue> =
+pub static POLICY: LpmTrie<PolicyKey, u32> =
     LpmTrie::with_max_entries(POLICY_MAX, BPF_F_NO_PREALLOC);
 
 #[map]

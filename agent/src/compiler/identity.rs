@@ -1,0 +1,210 @@
+//! Identities: what a remote address is, as a number the kernel's policy keys use.
+//!
+//! Every address of a workload maps to a workload identity and every prefix an ipBlock
+//! names maps to a CIDR identity; the kernel finds the longest prefix that holds an
+//! address (IPCACHE), so one lookup names any peer. Addresses outside every prefix are
+//! WORLD.
+//!
+//! A workload identity is the workload's (namespace, labels) *and* the set of ipBlocks its
+//! address lies in: two workloads with equal labels but addresses on either side of an
+//! ipBlock boundary get different identities, so an ipBlock rule can never allow an address
+//! outside its block through a shared identity.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use stagewall_common::{IDENTITY_FIRST_ALLOCATED, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6};
+
+use crate::policy::model::{Labels, ObjectName, Peer, PolicySet};
+
+/// An ipBlock as rules name it (the block and its exceptions).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Block {
+    pub cidr: IpNet,
+    pub except: Vec<IpNet>,
+}
+
+impl Block {
+    pub fn contains_addr(&self, addr: IpAddr) -> bool {
+        self.cidr.contains(&addr) && !self.except.iter().any(|e| e.contains(&addr))
+    }
+
+    /// Every address the IPCACHE maps to `prefix` lies in this block. Prefixes in the
+    /// IPCACHE nest or are disjoint, and every `except` is itself a prefix there, so an
+    /// address that maps to `prefix` is inside an `except` only if `prefix` is.
+    fn holds_prefix(&self, prefix: &IpNet) -> bool {
+        subnet_of(prefix, &self.cidr) && !self.except.iter().any(|e| subnet_of(prefix, e))
+    }
+}
+
+fn subnet_of(inner: &IpNet, outer: &IpNet) -> bool {
+    match (inner, outer) {
+        (IpNet::V4(i), IpNet::V4(o)) => o.contains(i),
+        (IpNet::V6(i), IpNet::V6(o)) => o.contains(i),
+        _ => false,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IdentityKind {
+    /// Workloads with these labels in this namespace whose addresses lie in exactly the
+    /// ipBlocks `blocks` (indices into `Identities::blocks`).
+    Workloads {
+        namespace: String,
+        labels: Labels,
+        blocks: BTreeSet<usize>,
+    },
+    /// Addresses whose longest known prefix is this one.
+    Cidr(IpNet),
+    WorldV4,
+    WorldV6,
+}
+
+/// The identities of one compiled policy.
+#[derive(Clone, Debug, Default)]
+pub struct Identities {
+    pub blocks: Vec<Block>,
+    pub kinds: BTreeMap<u32, IdentityKind>,
+    /// IPCACHE contents: prefix -> identity.
+    pub ipcache: BTreeMap<IpNet, u32>,
+    /// Which workload owns each address (for naming peers in events).
+    pub owners: BTreeMap<IpAddr, ObjectName>,
+}
+
+fn host_prefix(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}
+
+impl Identities {
+    pub fn allocate(set: &PolicySet) -> Identities {
+        let mut blocks = BTreeSet::new();
+        for p in &set.policies {
+            for rule in p.ingress.iter().chain(&p.egress) {
+                for peer in &rule.peers {
+                    if let Peer::IpBlock { cidr, except } = peer {
+                        let mut except = except.clone();
+                        except.sort();
+                        except.dedup();
+                        blocks.insert(Block { cidr: *cidr, except });
+                    }
+                }
+            }
+        }
+        let blocks: Vec<Block> = blocks.into_iter().collect();
+
+        // Workload addresses, keyed so that equal keys share one identity.
+        let mut workload_keys: BTreeMap<IdentityKind, Vec<IpAddr>> = BTreeMap::new();
+        let mut owners = BTreeMap::new();
+        for w in &set.workloads {
+            for &addr in &w.addresses {
+                let in_blocks = blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.contains_addr(addr))
+                    .map(|(i, _)| i)
+                    .collect();
+                let key = IdentityKind::Workloads {
+                    namespace: w.name.namespace.clone(),
+                    labels: w.labels.clone(),
+                    blocks: in_blocks,
+                };
+                workload_keys.entry(key).or_default().push(addr);
+                owners.insert(addr, w.name.clone());
+            }
+        }
+
+        let mut ids = Identities {
+            blocks,
+            owners,
+            ..Default::default()
+        };
+        ids.kinds.insert(IDENTITY_WORLD_V4, IdentityKind::WorldV4);
+        ids.kinds.insert(IDENTITY_WORLD_V6, IdentityKind::WorldV6);
+        let mut next = IDENTITY_FIRST_ALLOCATED;
+        for (kind, addrs) in workload_keys {
+            for addr in addrs {
+                ids.ipcache.insert(host_prefix(addr), next);
+            }
+            ids.kinds.insert(next, kind);
+            next += 1;
+        }
+        // Every prefix an ipBlock names; /0 is WORLD, a host prefix of a workload stays the
+        // workload's.
+        let prefixes: BTreeSet<IpNet> = ids
+            .blocks
+            .iter()
+            .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
+            .filter(|p| p.prefix_len() > 0)
+            .collect();
+        for prefix in prefixes {
+            if ids.ipcache.contains_key(&prefix) {
+                continue;
+            }
+            ids.ipcache.insert(prefix, next);
+            ids.kinds.insert(next, IdentityKind::Cidr(prefix));
+            next += 1;
+        }
+        ids
+    }
+
+    /// Identities an ipBlock selects.
+    pub fn select_block(&self, block: &Block) -> Vec<u32> {
+        let index = self.blocks.binary_search(block).ok();
+        self.kinds
+            .iter()
+            .filter(|(_, kind)| match kind {
+                IdentityKind::Workloads { blocks, .. } => {
+                    index.is_some_and(|i| blocks.contains(&i))
+                }
+                IdentityKind::Cidr(prefix) => block.holds_prefix(prefix),
+                IdentityKind::WorldV4 => block.cidr == "0.0.0.0/0".parse::<IpNet>().unwrap(),
+                IdentityKind::WorldV6 => block.cidr == "::/0".parse::<IpNet>().unwrap(),
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Workload identities whose namespace and labels satisfy `matches`.
+    pub fn select_workloads(&self, matches: impl Fn(&str, &Labels) -> bool) -> Vec<u32> {
+        self.kinds
+            .iter()
+            .filter(|(_, kind)| match kind {
+                IdentityKind::Workloads {
+                    namespace, labels, ..
+                } => matches(namespace, labels),
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The identity of a remote address, as the kernel finds it (longest prefix, else
+    /// WORLD).
+    pub fn lookup(&self, addr: IpAddr) -> u32 {
+        let max_len = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=max_len)
+            .rev()
+            .find_map(|len| {
+                let prefix = IpNet::new(addr, len).ok()?.trunc();
+                self.ipcache.get(&prefix).copied()
+            })
+            .unwrap_or(match addr {
+                IpAddr::V4(_) => IDENTITY_WORLD_V4,
+                IpAddr::V6(_) => IDENTITY_WORLD_V6,
+            })
+    }
+
+    /// How events name a remote address: its workload, the CIDR it fell in, or "world".
+    pub fn peer_name(&self, addr: IpAddr) -> String {
+        if let Some(owner) = self.owners.get(&addr) {
+            return owner.to_string();
+        }
+        match self.kinds.get(&self.lookup(addr)) {
+            Some(IdentityKind::Cidr(prefix)) => prefix.to_string(),
+            _ => "world".to_string(),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The policy compiler: a pure function from the desired state (workloads, namespaces,
+//! NetworkPolicies) to the exact contents of the kernel maps. No I/O happens here, so the
+//! hard logic is tested without a kernel (see tests.rs).
+
+mod identity;
+mod ports;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+
+pub use identity::{Block, Identities, IdentityKind};
+use ipnet::IpNet;
+pub use ports::{PortPrefix, port_prefixes};
+use stagewall_common::{
+    DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, ENDPOINTS_MAX,
+    IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
+    POLICY_SLOT_BIT, PolicyKey,
+};
+
+use crate::policy::model::{
+    Attachment, Direction, NetworkPolicy, ObjectName, Peer, PolicySet, Rule, Workload,
+};
+
+/// A local workload the kernel enforces: how to find its traffic and its policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub workload: ObjectName,
+    pub attachment: Attachment,
+    pub endpoint_id: u32,
+    /// 0 when no policy isolates the direction.
+    pub ingress_policy: u32,
+    pub egress_policy: u32,
+    /// EP_* flags.
+    pub flags: u32,
+    /// Policies that select the workload, per direction (for events and explanations).
+    pub ingress_policies: Vec<ObjectName>,
+    pub egress_policies: Vec<ObjectName>,
+}
+
+/// One POLICY map entry: a compiled policy allows this identity (or any), protocol (or
+/// any) and port block (or any) in this direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyEntry {
+    pub policy: u32,
+    pub identity: u32,
+    pub direction: Direction,
+    pub protocol: Option<u8>,
+    pub ports: Option<PortPrefix>,
+}
+
+impl PolicyEntry {
+    /// The LPM key of this entry in policy slot `slot`: (prefix length, data).
+    pub fn lpm_key(&self, slot: u32) -> (u32, PolicyKey) {
+        let policy = self.policy | if slot == 1 { POLICY_SLOT_BIT } else { 0 };
+        let (prefix_len, protocol, port) = match (self.protocol, self.ports) {
+            (None, _) => (POLICY_PREFIX_FIXED_BITS, 0, 0),
+            (Some(p), None) => (POLICY_PREFIX_PROTO_BITS, p, 0),
+            (Some(p), Some(ports)) => (POLICY_PREFIX_PROTO_BITS + ports.bits as u32, p, ports.value),
+        };
+        (
+            prefix_len,
+            PolicyKey {
+                policy_be: policy.to_be(),
+                identity_be: self.identity.to_be(),
+                direction: direction_number(self.direction),
+                protocol,
+                port_be: port.to_be(),
+            },
+        )
+    }
+
+    fn matches(&self, identity: u32, protocol: u8, port: u16) -> bool {
+        (self.identity == identity || self.identity == IDENTITY_ANY)
+            && self.protocol.is_none_or(|p| p == protocol)
+            && self.ports.is_none_or(|ports| ports.contains(port))
+    }
+}
+
+pub fn direction_number(direction: Direction) -> u8 {
+    match direction {
+        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => DIR_EGRESS,
+    }
+}
+
+/// The compiled policy: everything the loader writes into the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub endpoints: Vec<Endpoint>,
+    pub identities: Identities,
+    pub policy: BTreeSet<PolicyEntry>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("{what}: {count} entries exceed the kernel map's capacity of {max}")]
+    TooLarge {
+        what: &'static str,
+        count: usize,
+        max: u32,
+    },
+}
+
+/// A policy entry set before it gets a policy id.
+type EntrySet = BTreeSet<(u32, Option<u8>, Option<PortPrefix>)>;
+
+pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
+    let identities = Identities::allocate(set);
+    let mut compiled = Compiled {
+        identities,
+        ..Default::default()
+    };
+    // Endpoints with equal rule sets share one policy id, so entries grow with distinct
+    // policies, not with workloads.
+    let mut policy_ids: HashMap<(Direction, EntrySet), u32> = HashMap::new();
+    let mut local: Vec<&Workload> = set.workloads.iter().filter(|w| w.attachment.is_some()).collect();
+    local.sort_by(|a, b| a.name.cmp(&b.name));
+    for (index, w) in local.into_iter().enumerate() {
+        let mut endpoint = Endpoint {
+            workload: w.name.clone(),
+            attachment: w.attachment.clone().expect("filtered on attachment"),
+            endpoint_id: index as u32 + 1,
+            ingress_policy: 0,
+            egress_policy: 0,
+            flags: 0,
+            ingress_policies: Vec::new(),
+            egress_policies: Vec::new(),
+        };
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let selecting: Vec<&NetworkPolicy> = set
+                .policies
+                .iter()
+                .filter(|p| {
+                    p.name.namespace == w.name.namespace
+                        && p.isolates(direction)
+                        && p.pod_selector.matches(&w.labels)
+                })
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let mut entries = EntrySet::new();
+            for p in &selecting {
+                for rule in p.rules(direction) {
+                    rule_entries(set, &compiled.identities, p, rule, &mut entries);
+                }
+            }
+            let next_id = policy_ids.len() as u32 + 1;
+            let id = *policy_ids.entry((direction, entries)).or_insert(next_id);
+            let names = selecting.iter().map(|p| p.name.clone()).collect();
+            match direction {
+                Direction::Ingress => {
+                    endpoint.ingress_policy = id;
+                    endpoint.flags |= EP_ISOLATED_INGRESS;
+                    endpoint.ingress_policies = names;
+                }
+                Direction::Egress => {
+                    endpoint.egress_policy = id;
+                    endpoint.flags |= EP_ISOLATED_EGRESS;
+                    endpoint.egress_policies = names;
+                }
+            }
+        }
+        compiled.endpoints.push(endpoint);
+    }
+    for ((direction, entries), policy) in policy_ids {
+        for (identity, protocol, ports) in entries {
+            compiled.policy.insert(PolicyEntry {
+                policy,
+                identity,
+                direction,
+                protocol,
+                ports,
+            });
+        }
+    }
+    // Two slots live in each map during an update.
+    check_size("endpoints", compiled.endpoints.len(), ENDPOINTS_MAX / 2)?;
+    check_size("ipcache prefixes", compiled.identities.ipcache.len(), IPCACHE_MAX / 2)?;
+    check_size("policy entries", compiled.policy.len(), POLICY_MAX / 2)?;
+    Ok(compiled)
+}
+
+fn check_size(what: &'static str, count: usize, max: u32) -> Result<(), CompileError> {
+    if count > max as usize {
+        return Err(CompileError::TooLarge { what, count, max });
+    }
+    Ok(())
+}
+
+/// Adds the entries of one rule of `policy` to `entries`.
+fn rule_entries(
+    set: &PolicySet,
+    identities: &Identities,
+    policy: &NetworkPolicy,
+    rule: &Rule,
+    entries: &mut EntrySet,
+) {
+    let peers: Vec<u32> = if rule.peers.is_empty() {
+        vec![IDENTITY_ANY]
+    } else {
+        let mut ids = BTreeSet::new();
+        for peer in &rule.peers {
+            ids.extend(peer_identities(set, identities, policy, peer));
+        }
+        ids.into_iter().collect()
+    };
+    let ports: Vec<(Option<u8>, Option<PortPrefix>)> = if rule.ports.is_empty() {
+        vec![(None, None)]
+    } else {
+        rule.ports
+            .iter()
+            .flat_map(|p| {
+                let protocol = Some(p.protocol.number());
+                match p.range {
+                    None => vec![(protocol, None)],
+                    Some((lo, hi)) => port_prefixes(lo, hi)
+                        .into_iter()
+                        .map(|prefix| (protocol, Some(prefix)))
+                        .collect(),
+                }
+            })
+            .collect()
+    };
+    for &identity in &peers {
+        for &(protocol, prefix) in &ports {
+            entries.insert((identity, protocol, prefix));
+        }
+    }
+}
+
+fn peer_identities(
+    set: &PolicySet,
+    identities: &Identities,
+    policy: &NetworkPolicy,
+    peer: &Peer,
+) -> Vec<u32> {
+    match peer {
+        Peer::IpBlock { cidr, except } => {
+            let mut except = except.clone();
+            except.sort();
+            except.dedup();
+            identities.select_block(&Block {
+                cidr: *cidr,
+                except,
+            })
+        }
+        Peer::Workloads {
+            namespace_selector,
+            pod_selector,
+        } => identities.select_workloads(|namespace, labels| {
+            let namespace_ok = match namespace_selector {
+                None => namespace == policy.name.namespace,
+                Some(sel) => sel.matches(&set.namespace_labels(namespace)),
+            };
+            namespace_ok && pod_selector.as_ref().is_none_or(|sel| sel.matches(labels))
+        }),
+    }
+}
+
+impl Compiled {
+    /// The verdict the kernel reaches for a first packet (not a reply) of `endpoint` in
+    /// `direction` with a remote address, protocol and destination port: the same lookups
+    /// as the kernel programs, over the compiled contents.
+    pub fn allows(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        remote: std::net::IpAddr,
+        protocol: u8,
+        port: u16,
+    ) -> bool {
+        let (flag, policy) = match direction {
+            Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy),
+            Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy),
+        };
+        if endpoint.flags & flag == 0 {
+            return true;
+        }
+        let identity = self.identities.lookup(remote);
+        self.policy
+            .iter()
+            .filter(|e| e.policy == policy && e.direction == direction)
+            .any(|e| e.matches(identity, protocol, port))
+    }
+
+    /// IPCACHE entries.
+    pub fn ipcache(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
+        self.identities.ipcache.iter()
+    }
+
+    pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| &e.workload == name)
+    }
+}

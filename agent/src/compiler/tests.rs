@@ -1,0 +1,420 @@
+//! Compiler tests: hand-written cases, and a property test that the compiled maps give the
+//! same verdict as a direct reading of the Kubernetes NetworkPolicy rules.
+
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use stagewall_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+use super::*;
+use crate::policy::{
+    model::{LabelSelector, Labels, Origin, PortSpec, Protocol, Requirement},
+    parse::parse_into,
+};
+
+fn parse(yaml: &str) -> PolicySet {
+    let mut set = PolicySet::default();
+    parse_into(std::path::Path::new("test.yaml"), yaml, &mut set).expect("valid yaml");
+    set
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn name(ns: &str, n: &str) -> ObjectName {
+    ObjectName {
+        namespace: ns.into(),
+        name: n.into(),
+    }
+}
+
+const PIPELINE: &str = r#"
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: ingest, namespace: ml, labels: {stage: ingestion}}
+spec: {cgroup: /ml/ingest, addresses: [10.1.0.1, "fd00::1"]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: validate, namespace: ml, labels: {stage: validation}}
+spec: {cgroup: /ml/validate, addresses: [10.1.0.2, "fd00::2"]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: other, namespace: ml, labels: {stage: other}}
+spec: {interface: veth-other, addresses: [10.1.0.3]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: validate-ingress, namespace: ml}
+spec:
+  podSelector: {matchLabels: {stage: validation}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {stage: ingestion}}}]
+      ports: [{port: 9090}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ingest-egress, namespace: ml}
+spec:
+  podSelector: {matchLabels: {stage: ingestion}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{podSelector: {matchLabels: {stage: validation}}}]
+      ports: [{port: 9090, protocol: TCP}]
+    - to: [{ipBlock: {cidr: 151.101.0.0/16, except: [151.101.64.0/18]}}]
+      ports: [{port: 443}]
+    - to: [{ipBlock: {cidr: 10.0.0.0/8}}]
+      ports: [{port: 8000, endPort: 8100, protocol: UDP}]
+"#;
+
+#[test]
+fn pipeline_verdicts() {
+    let set = parse(PIPELINE);
+    let c = compile(&set).unwrap();
+    let ingest = c.endpoint(&name("ml", "ingest")).unwrap();
+    let validate = c.endpoint(&name("ml", "validate")).unwrap();
+    let other = c.endpoint(&name("ml", "other")).unwrap();
+
+    // ingestion -> validation:9090/TCP, both sides.
+    assert!(c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_TCP, 9090));
+    assert!(c.allows(validate, Direction::Ingress, ip("10.1.0.1"), PROTO_TCP, 9090));
+    assert!(c.allows(ingest, Direction::Egress, ip("fd00::2"), PROTO_TCP, 9090));
+    assert!(!c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_TCP, 9091));
+    assert!(!c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_UDP, 9090));
+    assert!(!c.allows(validate, Direction::Ingress, ip("10.1.0.3"), PROTO_TCP, 9090));
+    // Ingest's ingress is not isolated (its only policy has policyTypes: [Egress]).
+    assert_eq!(ingest.flags & EP_ISOLATED_INGRESS, 0);
+    assert!(c.allows(ingest, Direction::Ingress, ip("192.0.2.1"), PROTO_TCP, 1));
+    // Validation's egress is not isolated.
+    assert!(c.allows(validate, Direction::Egress, ip("192.0.2.1"), PROTO_TCP, 1));
+    // ipBlock with except.
+    assert!(c.allows(ingest, Direction::Egress, ip("151.101.1.1"), PROTO_TCP, 443));
+    assert!(!c.allows(ingest, Direction::Egress, ip("151.101.64.1"), PROTO_TCP, 443));
+    assert!(!c.allows(ingest, Direction::Egress, ip("151.102.0.1"), PROTO_TCP, 443));
+    // endPort range, and a workload inside the block is in the block.
+    assert!(c.allows(ingest, Direction::Egress, ip("10.9.9.9"), PROTO_UDP, 8000));
+    assert!(c.allows(ingest, Direction::Egress, ip("10.9.9.9"), PROTO_UDP, 8100));
+    assert!(!c.allows(ingest, Direction::Egress, ip("10.9.9.9"), PROTO_UDP, 8101));
+    assert!(c.allows(ingest, Direction::Egress, ip("10.1.0.3"), PROTO_UDP, 8050));
+    // A workload no policy selects is open.
+    assert_eq!(other.flags, 0);
+    assert!(c.allows(other, Direction::Ingress, ip("192.0.2.1"), PROTO_ICMP, 0));
+}
+
+#[test]
+fn ingress_empty_list_denies_all_and_empty_rule_allows_all() {
+    let set = parse(
+        r#"
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: a, namespace: ns}
+spec: {cgroup: /a, addresses: [10.0.0.1]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: b, namespace: ns, labels: {open: "yes"}}
+spec: {cgroup: /b, addresses: [10.0.0.2]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: ns}
+spec: {podSelector: {}, ingress: []}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all-to-b, namespace: ns}
+spec:
+  podSelector: {matchLabels: {open: "yes"}}
+  ingress: [{}]
+"#,
+    );
+    let c = compile(&set).unwrap();
+    let a = c.endpoint(&name("ns", "a")).unwrap();
+    let b = c.endpoint(&name("ns", "b")).unwrap();
+    assert!(!c.allows(a, Direction::Ingress, ip("10.0.0.2"), PROTO_TCP, 80));
+    assert!(!c.allows(a, Direction::Ingress, ip("8.8.8.8"), PROTO_ICMP, 0));
+    assert!(c.allows(b, Direction::Ingress, ip("10.0.0.1"), PROTO_TCP, 80));
+    assert!(c.allows(b, Direction::Ingress, ip("8.8.8.8"), PROTO_ICMP, 0));
+    assert!(c.allows(b, Direction::Ingress, ip("2001:db8::1"), PROTO_UDP, 53));
+    // Egress is not isolated by a policy with only an ingress section.
+    assert!(c.allows(a, Direction::Egress, ip("8.8.8.8"), PROTO_TCP, 443));
+}
+
+#[test]
+fn equal_rule_sets_share_a_policy_id() {
+    let mut yaml = String::new();
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: w{i}, namespace: ns, labels: {{app: worker}}}}\nspec: {{cgroup: /w{i}, addresses: [10.0.1.{i}]}}\n---\n"
+        ));
+    }
+    yaml.push_str(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: workers, namespace: ns}\nspec:\n  podSelector: {matchLabels: {app: worker}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: worker}}}]\n      ports: [{port: 2222}, {port: 8888}]\n",
+    );
+    let c = compile(&parse(&yaml)).unwrap();
+    let ids: BTreeSet<u32> = c.endpoints.iter().map(|e| e.ingress_policy).collect();
+    assert_eq!(ids.len(), 1);
+    // 20 workers share one identity: 1 identity x 2 ports.
+    assert_eq!(c.policy.len(), 2);
+}
+
+#[test]
+fn port_ranges_do_not_blow_up() {
+    let set = parse(
+        r#"
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: a, namespace: ns}
+spec: {cgroup: /a, addresses: [10.0.0.1]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: wide, namespace: ns}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: 1, endPort: 65534}]}]
+"#,
+    );
+    let c = compile(&set).unwrap();
+    assert_eq!(c.policy.len(), 30);
+    let a = c.endpoint(&name("ns", "a")).unwrap();
+    assert!(c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 1));
+    assert!(c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 40000));
+    assert!(!c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 65535));
+}
+
+#[test]
+fn lpm_keys_encode_slot_protocol_and_port_bits() {
+    let entry = PolicyEntry {
+        policy: 7,
+        identity: 300,
+        direction: Direction::Egress,
+        protocol: Some(PROTO_TCP),
+        ports: Some(PortPrefix { value: 8192, bits: 6 }),
+    };
+    let (len, key) = entry.lpm_key(1);
+    assert_eq!(len, 86);
+    assert_eq!(u32::from_be(key.policy_be), 7 | POLICY_SLOT_BIT);
+    assert_eq!(u32::from_be(key.identity_be), 300);
+    assert_eq!(u16::from_be(key.port_be), 8192);
+    assert_eq!(key.direction, DIR_EGRESS);
+    let any = PolicyEntry { protocol: None, ports: None, ..entry };
+    assert_eq!(any.lpm_key(0).0, POLICY_PREFIX_FIXED_BITS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: compiled verdicts equal the NetworkPolicy rules read directly.
+
+fn reference_allows(
+    set: &PolicySet,
+    local: &Workload,
+    direction: Direction,
+    remote: IpAddr,
+    protocol: u8,
+    port: u16,
+) -> bool {
+    let selecting: Vec<&NetworkPolicy> = set
+        .policies
+        .iter()
+        .filter(|p| {
+            p.name.namespace == local.name.namespace
+                && p.isolates(direction)
+                && p.pod_selector.matches(&local.labels)
+        })
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    selecting.iter().any(|p| {
+        p.rules(direction).iter().any(|r| {
+            let peer_ok = r.peers.is_empty()
+                || r.peers.iter().any(|peer| match peer {
+                    Peer::IpBlock { cidr, except } => {
+                        cidr.contains(&remote) && !except.iter().any(|e| e.contains(&remote))
+                    }
+                    Peer::Workloads {
+                        namespace_selector,
+                        pod_selector,
+                    } => set.workloads.iter().any(|w| {
+                        w.addresses.contains(&remote)
+                            && match namespace_selector {
+                                None => w.name.namespace == p.name.namespace,
+                                Some(s) => s.matches(&set.namespace_labels(&w.name.namespace)),
+                            }
+                            && pod_selector.as_ref().is_none_or(|s| s.matches(&w.labels))
+                    }),
+                });
+            let port_ok = r.ports.is_empty()
+                || r.ports.iter().any(|p| {
+                    p.protocol.number() == protocol
+                        && p.range.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+                });
+            peer_ok && port_ok
+        })
+    })
+}
+
+fn origin() -> Origin {
+    Origin {
+        file: "generated".into(),
+        line: 1,
+    }
+}
+
+const NAMESPACES: [&str; 2] = ["a", "b"];
+const APPS: [&str; 3] = ["web", "db", "train"];
+const ADDRS: [&str; 8] = [
+    "10.0.0.1", "10.0.0.2", "10.0.0.5", "10.0.0.6", "10.0.1.9", "192.168.0.1", "fd00::1",
+    "fd00::2",
+];
+const BLOCKS: [(&str, &[&str]); 5] = [
+    ("10.0.0.0/29", &["10.0.0.4/30"]),
+    ("10.0.0.0/16", &[]),
+    ("0.0.0.0/0", &["10.0.0.0/8"]),
+    ("10.0.0.6/32", &[]),
+    ("fd00::/64", &["fd00::2/128"]),
+];
+const PROBE_ADDRS: [&str; 4] = ["10.0.0.3", "10.0.7.7", "8.8.8.8", "fd00::9"];
+
+fn selector_strategy() -> impl Strategy<Value = LabelSelector> {
+    prop_oneof![
+        Just(LabelSelector::default()),
+        (0..APPS.len()).prop_map(|i| LabelSelector {
+            match_labels: Labels::from([("app".to_string(), APPS[i].to_string())]),
+            match_expressions: vec![],
+        }),
+        (0..APPS.len()).prop_map(|i| LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::NotIn("app".into(), vec![APPS[i].into()])],
+        }),
+        Just(LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::Exists("tier".into())],
+        }),
+    ]
+}
+
+fn peer_strategy() -> impl Strategy<Value = Peer> {
+    prop_oneof![
+        (0..BLOCKS.len()).prop_map(|i| Peer::IpBlock {
+            cidr: BLOCKS[i].0.parse().unwrap(),
+            except: BLOCKS[i].1.iter().map(|e| e.parse().unwrap()).collect(),
+        }),
+        (
+            proptest::option::of(selector_strategy()),
+            proptest::option::of(selector_strategy())
+        )
+            .prop_filter("a peer needs a selector", |(n, p)| n.is_some() || p.is_some())
+            .prop_map(|(namespace_selector, pod_selector)| Peer::Workloads {
+                namespace_selector,
+                pod_selector,
+            }),
+    ]
+}
+
+fn port_strategy() -> impl Strategy<Value = PortSpec> {
+    prop_oneof![
+        Just(PortSpec { protocol: Protocol::Tcp, range: Some((80, 80)) }),
+        Just(PortSpec { protocol: Protocol::Udp, range: Some((53, 53)) }),
+        Just(PortSpec { protocol: Protocol::Tcp, range: Some((8000, 8100)) }),
+        Just(PortSpec { protocol: Protocol::Udp, range: None }),
+    ]
+}
+
+fn rule_strategy() -> impl Strategy<Value = Rule> {
+    (
+        prop::collection::vec(peer_strategy(), 0..3),
+        prop::collection::vec(port_strategy(), 0..3),
+    )
+        .prop_map(|(peers, ports)| Rule { peers, ports })
+}
+
+fn set_strategy() -> impl Strategy<Value = PolicySet> {
+    let workloads = prop::collection::vec(
+        (0..NAMESPACES.len(), 0..APPS.len(), any::<bool>(), any::<bool>()),
+        1..6,
+    );
+    let policies = prop::collection::vec(
+        (
+            0..NAMESPACES.len(),
+            selector_strategy(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::collection::vec(rule_strategy(), 0..3),
+            prop::collection::vec(rule_strategy(), 0..3),
+        ),
+        0..4,
+    );
+    let team = any::<bool>();
+    (workloads, policies, team).prop_map(|(workloads, policies, team)| {
+        let mut set = PolicySet::default();
+        set.namespaces.push(crate::policy::model::Namespace {
+            name: "a".into(),
+            labels: Labels::from([("team".into(), if team { "x" } else { "y" }.into())]),
+            origin: origin(),
+        });
+        for (i, (ns, app, tier, local)) in workloads.into_iter().enumerate() {
+            let mut labels = Labels::from([("app".to_string(), APPS[app].to_string())]);
+            if tier {
+                labels.insert("tier".into(), "1".into());
+            }
+            set.workloads.push(Workload {
+                name: name(NAMESPACES[ns], &format!("w{i}")),
+                labels,
+                attachment: local.then(|| Attachment::Cgroup(format!("/w{i}"))),
+                addresses: vec![ip(ADDRS[i]), ip(ADDRS[i + 1 + (i % 2)])]
+                    .into_iter()
+                    .filter(|_| true)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                origin: origin(),
+            });
+        }
+        // Each address belongs to one workload.
+        let mut seen = BTreeSet::new();
+        for w in &mut set.workloads {
+            w.addresses.retain(|a| seen.insert(*a));
+        }
+        for (i, (ns, selector, ingress, egress, irules, erules)) in policies.into_iter().enumerate()
+        {
+            set.policies.push(NetworkPolicy {
+                name: name(NAMESPACES[ns], &format!("p{i}")),
+                pod_selector: selector,
+                ingress_isolates: ingress || !egress,
+                egress_isolates: egress,
+                ingress: irules,
+                egress: erules,
+                origin: origin(),
+            });
+        }
+        set
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn compiled_verdicts_match_networkpolicy_semantics(set in set_strategy()) {
+        let c = compile(&set).unwrap();
+        let remotes: Vec<IpAddr> = ADDRS.iter().chain(PROBE_ADDRS.iter()).map(|a| ip(a)).collect();
+        for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
+            let ep = c.endpoint(&w.name).unwrap();
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for &remote in &remotes {
+                    for protocol in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
+                        for port in [53u16, 80, 8050, 9000] {
+                            prop_assert_eq!(
+                                c.allows(ep, direction, remote, protocol, port),
+                                reference_allows(&set, w, direction, remote, protocol, port),
+                                "{} {:?} {} proto {} port {}", w.name, direction, remote, protocol, port
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The policy model every source parses into and the compiler reads: workloads (the
+//! inventory), namespaces, and Kubernetes NetworkPolicies.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
+
+use ipnet::IpNet;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Where a document came from, for error messages and explanations.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: u32,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// `namespace/name`, how workloads and policies are named to users.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How the kernel recognises a local workload's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Attachment {
+    /// A cgroup, as a path below the cgroup2 mount (`/` is the mount itself).
+    Cgroup(String),
+    /// A systemd unit; its cgroup is found in the cgroup2 tree.
+    SystemdUnit(String),
+    /// A network interface, the host side of the workload's veth.
+    Interface(String),
+}
+
+/// A `Workload` document: a named, labelled workload and its addresses. Without an
+/// attachment it is only known as a peer (a workload on another host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub name: ObjectName,
+    pub labels: Labels,
+    pub attachment: Option<Attachment>,
+    pub addresses: Vec<IpAddr>,
+    pub origin: Origin,
+}
+
+/// A v1 `Namespace` document; only its labels matter. A namespace that no document
+/// declares still exists with the one label Kubernetes gives every namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+    pub origin: Origin,
+}
+
+/// The label Kubernetes sets on every namespace (used by namespaceSelectors).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl LabelSelector {
+    /// Kubernetes semantics: all matchLabels and all expressions must hold; an empty
+    /// selector matches everything.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Requirement::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
+            Requirement::NotIn(k, values) => labels.get(k).is_none_or(|v| !values.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// A peer of a rule (`from` for ingress, `to` for egress).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Workloads: `namespace_selector` None means the policy's own namespace; both
+    /// selectors given means both must match (Kubernetes ANDs them within one peer).
+    Workloads {
+        namespace_selector: Option<LabelSelector>,
+        pod_selector: Option<LabelSelector>,
+    },
+    IpBlock {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+}
+
+/// Protocols a NetworkPolicy port may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => stagewall_common::PROTO_TCP,
+            Protocol::Udp => stagewall_common::PROTO_UDP,
+            Protocol::Sctp => stagewall_common::PROTO_SCTP,
+        }
+    }
+}
+
+/// One entry of a rule's `ports`: a protocol and, optionally, an inclusive port range
+/// (`port` alone is a range of one; no port means every port of the protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub range: Option<(u16, u16)>,
+}
+
+/// One ingress or egress rule. Empty `peers` means every peer; empty `ports` means every
+/// protocol and port (Kubernetes semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub name: ObjectName,
+    pub pod_selector: LabelSelector,
+    /// policyTypes, given or inferred: Ingress always unless given otherwise, Egress when
+    /// the policy has an egress section.
+    pub ingress_isolates: bool,
+    pub egress_isolates: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub origin: Origin,
+}
+
+impl NetworkPolicy {
+    pub fn isolates(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress_isolates,
+            Direction::Egress => self.egress_isolates,
+        }
+    }
+
+    pub fn rules(&self, direction: Direction) -> &[Rule] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Everything the compiler needs: the desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    pub workloads: Vec<Workload>,
+    pub namespaces: Vec<Namespace>,
+    pub policies: Vec<NetworkPolicy>,
+}
+
+impl PolicySet {
+    /// A namespace's labels, with the name label Kubernetes always sets.
+    pub fn namespace_labels(&self, namespace: &str) -> Labels {
+        let mut labels = self
+            .namespaces
+            .iter()
+            .find(|n| n.name == namespace)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string());
+        labels
+    }
+}

@@ -1,0 +1,781 @@
+//! YAML documents (multi-document files in a directory) to the policy model. Every error
+//! names the file, the line and what was expected; parsing never stops at the first bad
+//! document, so `stagewall check` reports all of them at once.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::model::{
+    Attachment, LabelSelector, Labels, Namespace, NetworkPolicy, ObjectName, Origin, Peer,
+    PolicySet, PortSpec, Protocol, Requirement, Rule, Workload,
+};
+
+pub const API_NETWORKING: &str = "networking.k8s.io/v1";
+pub const API_CORE: &str = "v1";
+pub const API_STAGEWALL: &str = "stagewall.io/v1alpha1";
+
+/// Policy files larger than this are refused rather than read into memory.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One problem in the input: where, what is wrong, and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub line: u32,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// All the errors of one load, in file and line order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+// ---------------------------------------------------------------------------------------------
+// Raw documents, as they are written. Fields that Kubernetes objects carry but policy does
+// not use (uid, resourceVersion, status, ...) are accepted and ignored; unknown fields in a
+// spec are errors, since a misspelt field would silently change what a policy allows.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDocument {
+    api_version: Option<Spanned<String>>,
+    kind: Option<Spanned<String>>,
+    metadata: Option<Spanned<RawMetadata>>,
+    spec: Option<Spanned<RawSpec>>,
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMetadata {
+    name: Option<Spanned<String>>,
+    namespace: Option<Spanned<String>>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// The specs of every kind in one struct; `check_fields` rejects fields of another kind.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSpec {
+    // NetworkPolicy
+    pod_selector: Option<Spanned<RawSelector>>,
+    policy_types: Option<Vec<Spanned<String>>>,
+    ingress: Option<Vec<Spanned<RawRule>>>,
+    egress: Option<Vec<Spanned<RawRule>>>,
+    // Workload
+    cgroup: Option<Spanned<String>>,
+    systemd_unit: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    addresses: Option<Vec<Spanned<String>>>,
+    // Namespace
+    #[allow(dead_code)]
+    finalizers: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSelector {
+    match_labels: Option<BTreeMap<String, String>>,
+    match_expressions: Option<Vec<Spanned<RawRequirement>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRequirement {
+    key: String,
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRule {
+    from: Option<Vec<Spanned<RawPeer>>>,
+    to: Option<Vec<Spanned<RawPeer>>>,
+    ports: Option<Vec<Spanned<RawPort>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPeer {
+    pod_selector: Option<Spanned<RawSelector>>,
+    namespace_selector: Option<Spanned<RawSelector>>,
+    ip_block: Option<Spanned<RawIpBlock>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawIpBlock {
+    cidr: Spanned<String>,
+    except: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPort {
+    protocol: Option<Spanned<String>>,
+    port: Option<Spanned<IntOrString>>,
+    end_port: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Reads every `*.yaml` and `*.yml` file below `dir` (sorted, recursively) into one set.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    collect_files(dir, &mut files, &mut errors);
+    files.sort();
+    if files.is_empty() && errors.is_empty() {
+        errors.push(PolicyError {
+            file: dir.to_path_buf(),
+            line: 0,
+            message: "no policy files: expected *.yaml or *.yml files in this directory".into(),
+        });
+    }
+    let mut set = PolicySet::default();
+    for file in files {
+        match read_file(&file) {
+            Ok(text) => {
+                if let Err(mut e) = parse_into(&file, &text, &mut set) {
+                    errors.append(&mut e.0);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Err(mut e) = validate_set(&set) {
+        errors.append(&mut e.0);
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<PolicyError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(PolicyError {
+                file: dir.to_path_buf(),
+                line: 0,
+                message: format!("cannot read policy directory: {e}"),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        // Editors' and Kubernetes ConfigMaps' hidden files (..data, .swp) are not policies.
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, files, errors);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml") | Some("yml")
+        ) {
+            files.push(path);
+        }
+    }
+}
+
+fn read_file(file: &Path) -> Result<String, PolicyError> {
+    let err = |message: String| PolicyError {
+        file: file.to_path_buf(),
+        line: 0,
+        message,
+    };
+    let size = std::fs::metadata(file)
+        .map_err(|e| err(format!("cannot read: {e}")))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "file is {size} bytes; expected at most {MAX_FILE_BYTES} bytes of policy"
+        )));
+    }
+    let bytes = std::fs::read(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))
+}
+
+/// Parses one file's documents into `set` (cross-document checks are `validate_set`'s).
+pub fn parse_into(file: &Path, text: &str, set: &mut PolicySet) -> Result<(), PolicyErrors> {
+    let docs: Vec<RawDocument> = serde_saphyr::from_multiple(text).map_err(|e| {
+        let line = e.location().map(|l| l.line() as u32).unwrap_or(0);
+        PolicyErrors(vec![PolicyError {
+            file: file.to_path_buf(),
+            line,
+            message: format!("invalid YAML document: {}", first_line(&e.to_string())),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    for doc in docs {
+        let mut cx = Cx {
+            file,
+            errors: &mut errors,
+        };
+        cx.document(doc, set);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+/// serde-saphyr renders errors with a source snippet; the first line holds the message.
+fn first_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(rendered)
+        .trim()
+        .to_string()
+}
+
+fn line_of<T>(s: &Spanned<T>) -> u32 {
+    s.referenced.line() as u32
+}
+
+/// Parsing context: the file and the errors found so far.
+struct Cx<'a> {
+    file: &'a Path,
+    errors: &'a mut Vec<PolicyError>,
+}
+
+impl Cx<'_> {
+    fn error(&mut self, line: u32, message: impl Into<String>) {
+        self.errors.push(PolicyError {
+            file: self.file.to_path_buf(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn origin(&self, line: u32) -> Origin {
+        Origin {
+            file: self.file.to_path_buf(),
+            line,
+        }
+    }
+
+    fn document(&mut self, doc: RawDocument, set: &mut PolicySet) {
+        let (Some(api), Some(kind)) = (&doc.api_version, &doc.kind) else {
+            let line = doc.metadata.as_ref().map(line_of).unwrap_or(1);
+            self.error(line, "document has no apiVersion or kind; expected e.g. apiVersion: networking.k8s.io/v1, kind: NetworkPolicy");
+            return;
+        };
+        let line = line_of(kind);
+        let Some(metadata) = doc.metadata else {
+            self.error(line, "document has no metadata; expected metadata.name");
+            return;
+        };
+        let meta_line = line_of(&metadata);
+        let meta = metadata.value;
+        let Some(name) = meta.name else {
+            self.error(meta_line, "metadata has no name; expected metadata.name");
+            return;
+        };
+        if !self.check_dns_name(&name, "metadata.name") {
+            return;
+        }
+        let namespace = match &meta.namespace {
+            Some(ns) if self.check_dns_name(ns, "metadata.namespace") => ns.value.clone(),
+            Some(_) => return,
+            None => "default".to_string(),
+        };
+        let labels = match meta.labels {
+            Some(l) => match self.labels(&l.value, line_of(&l)) {
+                Some(labels) => labels,
+                None => return,
+            },
+            None => Labels::new(),
+        };
+        let object = ObjectName {
+            namespace,
+            name: name.value.clone(),
+        };
+        let spec = doc.spec;
+        match (api.value.as_str(), kind.value.as_str()) {
+            (API_NETWORKING, "NetworkPolicy") => {
+                let Some(spec) = spec else {
+                    self.error(line, "NetworkPolicy has no spec; expected spec.podSelector");
+                    return;
+                };
+                if let Some(p) = self.network_policy(object, spec, line) {
+                    set.policies.push(p);
+                }
+            }
+            (API_STAGEWALL, "Workload") => {
+                let spec = spec.map(|s| (line_of(&s), s.value));
+                let (spec_line, spec) = spec.unwrap_or((line, RawSpec::default()));
+                if let Some(w) = self.workload(object, labels, spec, spec_line, line) {
+                    set.workloads.push(w);
+                }
+            }
+            (API_CORE, "Namespace") => {
+                if let Some(s) = &spec {
+                    let spec = &s.value;
+                    if spec.pod_selector.is_some() || spec.cgroup.is_some() || spec.addresses.is_some() {
+                        self.error(line_of(s), "Namespace spec holds fields of another kind; expected only finalizers");
+                        return;
+                    }
+                }
+                set.namespaces.push(Namespace {
+                    name: name.value,
+                    labels,
+                    origin: self.origin(line),
+                });
+            }
+            (api, kind) => self.error(
+                line,
+                format!(
+                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), Namespace ({API_CORE}) or Workload ({API_STAGEWALL})"
+                ),
+            ),
+        }
+    }
+
+    fn check_dns_name(&mut self, value: &Spanned<String>, field: &str) -> bool {
+        let v = &value.value;
+        let ok = !v.is_empty()
+            && v.len() <= 253
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && !v.starts_with(['-', '.'])
+            && !v.ends_with(['-', '.']);
+        if !ok {
+            self.error(
+                line_of(value),
+                format!("{field} {v:?} is not a valid name; expected lowercase letters, digits, '-' and '.', at most 253 characters"),
+            );
+        }
+        ok
+    }
+
+    fn labels(&mut self, raw: &BTreeMap<String, String>, line: u32) -> Option<Labels> {
+        for (k, v) in raw {
+            if !valid_label_key(k) {
+                self.error(line, format!("label key {k:?} is invalid; expected [prefix/]name with name of at most 63 alphanumerics, '-', '_' or '.'"));
+                return None;
+            }
+            if !valid_label_value(v) {
+                self.error(line, format!("label value {v:?} of {k:?} is invalid; expected at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"));
+                return None;
+            }
+        }
+        Some(raw.clone())
+    }
+
+    fn selector(&mut self, raw: &Spanned<RawSelector>) -> Option<LabelSelector> {
+        let line = line_of(raw);
+        let sel = &raw.value;
+        let match_labels = match &sel.match_labels {
+            Some(l) => self.labels(l, line)?,
+            None => Labels::new(),
+        };
+        let mut match_expressions = Vec::new();
+        for req in sel.match_expressions.iter().flatten() {
+            let line = line_of(req);
+            let r = &req.value;
+            let values = r.values.clone().unwrap_or_default();
+            let requirement = match r.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    self.error(line, format!("matchExpressions operator {} needs values; expected a non-empty values list", r.operator));
+                    return None;
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    self.error(line, format!("matchExpressions operator {} takes no values; expected values to be absent", r.operator));
+                    return None;
+                }
+                "In" => Requirement::In(r.key.clone(), values),
+                "NotIn" => Requirement::NotIn(r.key.clone(), values),
+                "Exists" => Requirement::Exists(r.key.clone()),
+                "DoesNotExist" => Requirement::DoesNotExist(r.key.clone()),
+                other => {
+                    self.error(line, format!("unknown matchExpressions operator {other:?}; expected In, NotIn, Exists or DoesNotExist"));
+                    return None;
+                }
+            };
+            if !valid_label_key(&r.key) {
+                self.error(line, format!("matchExpressions key {:?} is not a valid label key", r.key));
+                return None;
+            }
+            match_expressions.push(requirement);
+        }
+        Some(LabelSelector {
+            match_labels,
+            match_expressions,
+        })
+    }
+
+    fn network_policy(
+        &mut self,
+        name: ObjectName,
+        spec: Spanned<RawSpec>,
+        line: u32,
+    ) -> Option<NetworkPolicy> {
+        let spec_line = line_of(&spec);
+        let spec = spec.value;
+        if spec.cgroup.is_some()
+            || spec.systemd_unit.is_some()
+            || spec.interface.is_some()
+            || spec.addresses.is_some()
+        {
+            self.error(spec_line, "NetworkPolicy spec holds Workload fields; expected podSelector, policyTypes, ingress and egress");
+            return None;
+        }
+        let Some(pod_selector) = &spec.pod_selector else {
+            self.error(spec_line, "NetworkPolicy spec has no podSelector; expected podSelector ({} selects every workload of the namespace)");
+            return None;
+        };
+        let pod_selector = self.selector(pod_selector)?;
+        let ingress = self.rules(spec.ingress.as_deref().unwrap_or_default(), true)?;
+        let egress = self.rules(spec.egress.as_deref().unwrap_or_default(), false)?;
+        let (ingress_isolates, egress_isolates) = match &spec.policy_types {
+            Some(types) => {
+                let mut ingress = false;
+                let mut egress = false;
+                for t in types {
+                    match t.value.as_str() {
+                        "Ingress" => ingress = true,
+                        "Egress" => egress = true,
+                        other => {
+                            self.error(line_of(t), format!("unknown policyType {other:?}; expected Ingress or Egress"));
+                            return None;
+                        }
+                    }
+                }
+                (ingress, egress)
+            }
+            // Kubernetes: Ingress always; Egress when the policy has an egress section.
+            None => (true, spec.egress.is_some()),
+        };
+        Some(NetworkPolicy {
+            name,
+            pod_selector,
+            ingress_isolates,
+            egress_isolates,
+            ingress,
+            egress,
+            origin: self.origin(line),
+        })
+    }
+
+    fn rules(&mut self, raw: &[Spanned<RawRule>], ingress: bool) -> Option<Vec<Rule>> {
+        let mut rules = Vec::new();
+        for r in raw {
+            let line = line_of(r);
+            let (peers, wrong) = if ingress {
+                (&r.value.from, &r.value.to)
+            } else {
+                (&r.value.to, &r.value.from)
+            };
+            if wrong.is_some() {
+                let (field, expected) = if ingress { ("to", "from") } else { ("from", "to") };
+                self.error(line, format!("{} rule has '{field}'; expected '{expected}'", if ingress { "ingress" } else { "egress" }));
+                return None;
+            }
+            let mut rule = Rule::default();
+            for p in peers.iter().flatten() {
+                rule.peers.push(self.peer(p)?);
+            }
+            for p in r.value.ports.iter().flatten() {
+                rule.ports.push(self.port(p)?);
+            }
+            rules.push(rule);
+        }
+        Some(rules)
+    }
+
+    fn peer(&mut self, raw: &Spanned<RawPeer>) -> Option<Peer> {
+        let line = line_of(raw);
+        let p = &raw.value;
+        match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+            (Some(block), None, None) => self.ip_block(block),
+            (Some(_), _, _) => {
+                self.error(line, "peer has ipBlock together with a selector; expected either ipBlock or podSelector/namespaceSelector");
+                None
+            }
+            (None, None, None) => {
+                self.error(line, "peer is empty; expected podSelector, namespaceSelector or ipBlock");
+                None
+            }
+            (None, pods, namespaces) => {
+                let pod_selector = match pods {
+                    Some(s) => Some(self.selector(s)?),
+                    None => None,
+                };
+                let namespace_selector = match namespaces {
+                    Some(s) => Some(self.selector(s)?),
+                    None => None,
+                };
+                Some(Peer::Workloads {
+                    namespace_selector,
+                    pod_selector,
+                })
+            }
+        }
+    }
+
+    fn ip_block(&mut self, raw: &Spanned<RawIpBlock>) -> Option<Peer> {
+        let cidr = self.cidr(&raw.value.cidr)?;
+        let mut except = Vec::new();
+        for e in raw.value.except.iter().flatten() {
+            let net = self.cidr(e)?;
+            let inside = match (cidr, net) {
+                (IpNet::V4(c), IpNet::V4(n)) => c.contains(&n) && n.prefix_len() > c.prefix_len(),
+                (IpNet::V6(c), IpNet::V6(n)) => c.contains(&n) && n.prefix_len() > c.prefix_len(),
+                _ => false,
+            };
+            if !inside {
+                self.error(line_of(e), format!("except {net} is not strictly inside cidr {cidr}; expected a smaller block of the same family within it"));
+                return None;
+            }
+            except.push(net);
+        }
+        Some(Peer::IpBlock { cidr, except })
+    }
+
+    fn cidr(&mut self, raw: &Spanned<String>) -> Option<IpNet> {
+        match raw.value.parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                self.error(line_of(raw), format!("invalid CIDR {:?}; expected an address and a prefix length such as 10.0.0.0/8 or fd00::/64", raw.value));
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, raw: &Spanned<RawPort>) -> Option<PortSpec> {
+        let line = line_of(raw);
+        let p = &raw.value;
+        let protocol = match p.protocol.as_ref().map(|s| s.value.as_str()) {
+            None | Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(other) => {
+                self.error(line, format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"));
+                return None;
+            }
+        };
+        let port = match &p.port {
+            None => None,
+            Some(s) => match &s.value {
+                IntOrString::Int(n) if (1..=65535).contains(n) => Some(*n as u16),
+                IntOrString::Int(n) => {
+                    self.error(line_of(s), format!("port {n} is out of range; expected 1 to 65535"));
+                    return None;
+                }
+                IntOrString::String(name) => {
+                    self.error(line_of(s), format!("named port {name:?} is not supported yet; expected a port number"));
+                    return None;
+                }
+            },
+        };
+        let range = match (port, &p.end_port) {
+            (None, None) => None,
+            (Some(port), None) => Some((port, port)),
+            (None, Some(e)) => {
+                self.error(line_of(e), "endPort without port; expected port to be set with endPort");
+                return None;
+            }
+            (Some(port), Some(e)) => {
+                if e.value < port as i64 || e.value > 65535 {
+                    self.error(line_of(e), format!("endPort {} is invalid; expected a number from port ({port}) to 65535", e.value));
+                    return None;
+                }
+                Some((port, e.value as u16))
+            }
+        };
+        Some(PortSpec { protocol, range })
+    }
+
+    fn workload(
+        &mut self,
+        name: ObjectName,
+        labels: Labels,
+        spec: RawSpec,
+        spec_line: u32,
+        line: u32,
+    ) -> Option<Workload> {
+        if spec.pod_selector.is_some()
+            || spec.ingress.is_some()
+            || spec.egress.is_some()
+            || spec.policy_types.is_some()
+        {
+            self.error(spec_line, "Workload spec holds NetworkPolicy fields; expected cgroup, systemdUnit, interface and addresses");
+            return None;
+        }
+        let mut attachments = Vec::new();
+        if let Some(c) = spec.cgroup {
+            if !c.value.starts_with('/') || c.value.split('/').any(|part| part == "..") {
+                self.error(line_of(&c), format!("cgroup {:?} is not an absolute path; expected a path below the cgroup2 mount such as /ml.slice/trainer", c.value));
+                return None;
+            }
+            attachments.push(Attachment::Cgroup(c.value));
+        }
+        if let Some(u) = spec.systemd_unit {
+            if u.value.is_empty() || u.value.contains('/') {
+                self.error(line_of(&u), format!("systemdUnit {:?} is invalid; expected a unit name such as trainer.service", u.value));
+                return None;
+            }
+            attachments.push(Attachment::SystemdUnit(u.value));
+        }
+        if let Some(i) = spec.interface {
+            if i.value.is_empty() || i.value.len() > 15 || i.value.contains(['/', ' ']) {
+                self.error(line_of(&i), format!("interface {:?} is invalid; expected a network interface name of at most 15 characters", i.value));
+                return None;
+            }
+            attachments.push(Attachment::Interface(i.value));
+        }
+        if attachments.len() > 1 {
+            self.error(spec_line, "Workload has more than one of cgroup, systemdUnit and interface; expected at most one");
+            return None;
+        }
+        let mut addresses = Vec::new();
+        for a in spec.addresses.iter().flatten() {
+            match a.value.parse::<IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => {
+                    self.error(line_of(a), format!("invalid address {:?}; expected an IPv4 or IPv6 address without prefix length", a.value));
+                    return None;
+                }
+            }
+        }
+        Some(Workload {
+            name,
+            labels,
+            attachment: attachments.pop(),
+            addresses,
+            origin: self.origin(line),
+        })
+    }
+}
+
+fn valid_label_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn valid_label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => {
+            !prefix.is_empty() && prefix.len() <= 253 && !name.contains('/') && valid_label_name(name)
+        }
+        None => valid_label_name(key),
+    }
+}
+
+fn valid_label_value(value: &str) -> bool {
+    value.is_empty() || valid_label_name(value)
+}
+
+/// Checks across documents: duplicate names, one address or attachment claimed by two
+/// workloads, and cgroups nested in another workload's cgroup.
+pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut err = |origin: &Origin, message: String| {
+        errors.push(PolicyError {
+            file: origin.file.clone(),
+            line: origin.line,
+            message,
+        })
+    };
+    let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
+    for w in &set.workloads {
+        if let Some(first) = names.insert(&w.name, &w.origin) {
+            err(&w.origin, format!("duplicate Workload {}; first defined at {first}; expected unique namespace/name", w.name));
+        }
+    }
+    let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
+    for p in &set.policies {
+        if let Some(first) = names.insert(&p.name, &p.origin) {
+            err(&p.origin, format!("duplicate NetworkPolicy {}; first defined at {first}; expected unique namespace/name", p.name));
+        }
+    }
+    let mut namespaces: HashMap<&str, &Origin> = HashMap::new();
+    for n in &set.namespaces {
+        if let Some(first) = namespaces.insert(&n.name, &n.origin) {
+            err(&n.origin, format!("duplicate Namespace {}; first defined at {first}", n.name));
+        }
+    }
+    let mut addresses: HashMap<IpAddr, &Workload> = HashMap::new();
+    let mut attachments: HashMap<&Attachment, &Workload> = HashMap::new();
+    for w in &set.workloads {
+        for a in &w.addresses {
+            if let Some(other) = addresses.insert(*a, w) {
+                if other.name != w.name {
+                    err(&w.origin, format!("address {a} of {} is also the address of {} ({}); expected each address to belong to one workload", w.name, other.name, other.origin));
+                }
+            }
+        }
+        if let Some(att) = &w.attachment {
+            if let Some(other) = attachments.insert(att, w) {
+                err(&w.origin, format!("{} is attached to the same {att:?} as {} ({}); expected one workload per cgroup or interface", w.name, other.name, other.origin));
+            }
+        }
+    }
+    let cgroups: Vec<(&str, &Workload)> = set
+        .workloads
+        .iter()
+        .filter_map(|w| match &w.attachment {
+            Some(Attachment::Cgroup(path)) => Some((path.trim_end_matches('/'), w)),
+            _ => None,
+        })
+        .collect();
+    for (path, w) in &cgroups {
+        for (outer, o) in &cgroups {
+            if path != outer && path.starts_with(&format!("{outer}/")) {
+                err(&w.origin, format!("cgroup {path} of {} is inside cgroup {outer} of {} ({}); expected workload cgroups not to nest, so each packet belongs to one workload", w.name, o.name, o.origin));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
