@@ -10,9 +10,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("agent crate has no parent directory"))?
         .join("ebpf/stagewall-ebpf");
-    let root_dir = metadata
-        .to_str()
-        .context("eBPF crate path is not UTF-8")?;
+    let root_dir = metadata.to_str().context("eBPF crate path is not UTF-8")?;
     let toolchain = std::env::var("STAGEWALL_EBPF_TOOLCHAIN").unwrap_or(EBPF_TOOLCHAIN.into());
     println!("cargo:rerun-if-env-changed=STAGEWALL_EBPF_TOOLCHAIN");
     aya_build::build_ebpf(

@@ -1,7 +1,78 @@
-mod compiler;
-mod policy;
+//! stagewall: an eBPF network enforcement agent for ML pipelines.
 
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stagewall"));
-    println!("{}", obj.len());
+mod check;
+mod compiler;
+mod events;
+mod host;
+mod http;
+mod loader;
+mod metrics;
+mod policy;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stagewall",
+    version,
+    about = "eBPF network enforcement for ML pipelines"
+)]
+struct Cli {
+    /// Log level of the agent's own messages (stderr).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enforce the policies of a directory on this host (needs root).
+    Run(run::RunArgs),
+    /// Validate and compile the policies of a directory without touching the kernel.
+    Check {
+        /// Directory of policy files.
+        dir: PathBuf,
+    },
+}
+
+/// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format_target(false)
+        .init();
+    match cli.command {
+        Command::Check { dir } => {
+            if check::check(&dir) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("building the tokio runtime");
+            match runtime.block_on(run::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is::<run::ConfigError>() => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

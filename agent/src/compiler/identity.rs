@@ -88,7 +88,10 @@ impl Identities {
                         let mut except = except.clone();
                         except.sort();
                         except.dedup();
-                        blocks.insert(Block { cidr: *cidr, except });
+                        blocks.insert(Block {
+                            cidr: *cidr,
+                            except,
+                        });
                     }
                 }
             }

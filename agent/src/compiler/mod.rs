@@ -9,13 +9,13 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 
-pub use identity::{Block, Identities, IdentityKind};
+pub use identity::{Block, Identities};
 use ipnet::IpNet;
 pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
-    DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, ENDPOINTS_MAX,
-    IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
-    POLICY_SLOT_BIT, PolicyKey,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY,
+    IPCACHE_MAX, POLICY_MAX, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT,
+    PolicyKey,
 };
 
 use crate::policy::model::{
@@ -52,11 +52,13 @@ pub struct PolicyEntry {
 impl PolicyEntry {
     /// The LPM key of this entry in policy slot `slot`: (prefix length, data).
     pub fn lpm_key(&self, slot: u32) -> (u32, PolicyKey) {
-        let policy = self.policy | if slot == 1 { POLICY_SLOT_BIT } else { 0 };
+        let policy = slot_policy_id(self.policy, slot);
         let (prefix_len, protocol, port) = match (self.protocol, self.ports) {
             (None, _) => (POLICY_PREFIX_FIXED_BITS, 0, 0),
             (Some(p), None) => (POLICY_PREFIX_PROTO_BITS, p, 0),
-            (Some(p), Some(ports)) => (POLICY_PREFIX_PROTO_BITS + ports.bits as u32, p, ports.value),
+            (Some(p), Some(ports)) => {
+                (POLICY_PREFIX_PROTO_BITS + ports.bits as u32, p, ports.value)
+            }
         };
         (
             prefix_len,
@@ -70,10 +72,20 @@ impl PolicyEntry {
         )
     }
 
+    #[cfg(test)]
     fn matches(&self, identity: u32, protocol: u8, port: u16) -> bool {
         (self.identity == identity || self.identity == IDENTITY_ANY)
             && self.protocol.is_none_or(|p| p == protocol)
             && self.ports.is_none_or(|ports| ports.contains(port))
+    }
+}
+
+/// A compiled policy id as the kernel sees it in slot `slot` (0 stays "not isolated").
+pub fn slot_policy_id(policy: u32, slot: u32) -> u32 {
+    if policy != 0 && slot == 1 {
+        policy | POLICY_SLOT_BIT
+    } else {
+        policy
     }
 }
 
@@ -90,6 +102,13 @@ pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
     pub identities: Identities,
     pub policy: BTreeSet<PolicyEntry>,
+}
+
+impl Compiled {
+    /// IPCACHE entries.
+    pub fn ipcache(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
+        self.identities.ipcache.iter()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,7 +133,11 @@ pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct
     // policies, not with workloads.
     let mut policy_ids: HashMap<(Direction, EntrySet), u32> = HashMap::new();
-    let mut local: Vec<&Workload> = set.workloads.iter().filter(|w| w.attachment.is_some()).collect();
+    let mut local: Vec<&Workload> = set
+        .workloads
+        .iter()
+        .filter(|w| w.attachment.is_some())
+        .collect();
     local.sort_by(|a, b| a.name.cmp(&b.name));
     for (index, w) in local.into_iter().enumerate() {
         let mut endpoint = Endpoint {
@@ -177,7 +200,11 @@ pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
     }
     // Two slots live in each map during an update.
     check_size("endpoints", compiled.endpoints.len(), ENDPOINTS_MAX / 2)?;
-    check_size("ipcache prefixes", compiled.identities.ipcache.len(), IPCACHE_MAX / 2)?;
+    check_size(
+        "ipcache prefixes",
+        compiled.identities.ipcache.len(),
+        IPCACHE_MAX / 2,
+    )?;
     check_size("policy entries", compiled.policy.len(), POLICY_MAX / 2)?;
     Ok(compiled)
 }
@@ -259,6 +286,7 @@ fn peer_identities(
     }
 }
 
+#[cfg(test)]
 impl Compiled {
     /// The verdict the kernel reaches for a first packet (not a reply) of `endpoint` in
     /// `direction` with a remote address, protocol and destination port: the same lookups
@@ -283,11 +311,6 @@ impl Compiled {
             .iter()
             .filter(|e| e.policy == policy && e.direction == direction)
             .any(|e| e.matches(identity, protocol, port))
-    }
-
-    /// IPCACHE entries.
-    pub fn ipcache(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
-        self.identities.ipcache.iter()
     }
 
     pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {

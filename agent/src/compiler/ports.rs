@@ -8,6 +8,7 @@ pub struct PortPrefix {
     pub bits: u8,
 }
 
+#[cfg(test)]
 impl PortPrefix {
     pub fn contains(self, port: u16) -> bool {
         let shift = 16 - self.bits as u32;
@@ -21,7 +22,11 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<PortPrefix> {
     let mut out = Vec::new();
     while lo <= hi {
         // The largest block that starts at `lo` (aligned) and does not pass `hi`.
-        let mut size: u32 = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
+        let mut size: u32 = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros().min(16)
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -41,12 +46,21 @@ mod tests {
 
     #[test]
     fn single_port_is_one_full_prefix() {
-        assert_eq!(port_prefixes(8080, 8080), vec![PortPrefix { value: 8080, bits: 16 }]);
+        assert_eq!(
+            port_prefixes(8080, 8080),
+            vec![PortPrefix {
+                value: 8080,
+                bits: 16
+            }]
+        );
     }
 
     #[test]
     fn whole_range_is_one_empty_prefix() {
-        assert_eq!(port_prefixes(0, 65535), vec![PortPrefix { value: 0, bits: 0 }]);
+        assert_eq!(
+            port_prefixes(0, 65535),
+            vec![PortPrefix { value: 0, bits: 0 }]
+        );
     }
 
     #[test]

@@ -79,11 +79,23 @@ fn pipeline_verdicts() {
 
     // ingestion -> validation:9090/TCP, both sides.
     assert!(c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_TCP, 9090));
-    assert!(c.allows(validate, Direction::Ingress, ip("10.1.0.1"), PROTO_TCP, 9090));
+    assert!(c.allows(
+        validate,
+        Direction::Ingress,
+        ip("10.1.0.1"),
+        PROTO_TCP,
+        9090
+    ));
     assert!(c.allows(ingest, Direction::Egress, ip("fd00::2"), PROTO_TCP, 9090));
     assert!(!c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_TCP, 9091));
     assert!(!c.allows(ingest, Direction::Egress, ip("10.1.0.2"), PROTO_UDP, 9090));
-    assert!(!c.allows(validate, Direction::Ingress, ip("10.1.0.3"), PROTO_TCP, 9090));
+    assert!(!c.allows(
+        validate,
+        Direction::Ingress,
+        ip("10.1.0.3"),
+        PROTO_TCP,
+        9090
+    ));
     // Ingest's ingress is not isolated (its only policy has policyTypes: [Egress]).
     assert_eq!(ingest.flags & EP_ISOLATED_INGRESS, 0);
     assert!(c.allows(ingest, Direction::Ingress, ip("192.0.2.1"), PROTO_TCP, 1));
@@ -91,7 +103,13 @@ fn pipeline_verdicts() {
     assert!(c.allows(validate, Direction::Egress, ip("192.0.2.1"), PROTO_TCP, 1));
     // ipBlock with except.
     assert!(c.allows(ingest, Direction::Egress, ip("151.101.1.1"), PROTO_TCP, 443));
-    assert!(!c.allows(ingest, Direction::Egress, ip("151.101.64.1"), PROTO_TCP, 443));
+    assert!(!c.allows(
+        ingest,
+        Direction::Egress,
+        ip("151.101.64.1"),
+        PROTO_TCP,
+        443
+    ));
     assert!(!c.allows(ingest, Direction::Egress, ip("151.102.0.1"), PROTO_TCP, 443));
     // endPort range, and a workload inside the block is in the block.
     assert!(c.allows(ingest, Direction::Egress, ip("10.9.9.9"), PROTO_UDP, 8000));
@@ -192,7 +210,10 @@ fn lpm_keys_encode_slot_protocol_and_port_bits() {
         identity: 300,
         direction: Direction::Egress,
         protocol: Some(PROTO_TCP),
-        ports: Some(PortPrefix { value: 8192, bits: 6 }),
+        ports: Some(PortPrefix {
+            value: 8192,
+            bits: 6,
+        }),
     };
     let (len, key) = entry.lpm_key(1);
     assert_eq!(len, 86);
@@ -200,7 +221,11 @@ fn lpm_keys_encode_slot_protocol_and_port_bits() {
     assert_eq!(u32::from_be(key.identity_be), 300);
     assert_eq!(u16::from_be(key.port_be), 8192);
     assert_eq!(key.direction, DIR_EGRESS);
-    let any = PolicyEntry { protocol: None, ports: None, ..entry };
+    let any = PolicyEntry {
+        protocol: None,
+        ports: None,
+        ..entry
+    };
     assert_eq!(any.lpm_key(0).0, POLICY_PREFIX_FIXED_BITS);
 }
 
@@ -266,7 +291,13 @@ fn origin() -> Origin {
 const NAMESPACES: [&str; 2] = ["a", "b"];
 const APPS: [&str; 3] = ["web", "db", "train"];
 const ADDRS: [&str; 8] = [
-    "10.0.0.1", "10.0.0.2", "10.0.0.5", "10.0.0.6", "10.0.1.9", "192.168.0.1", "fd00::1",
+    "10.0.0.1",
+    "10.0.0.2",
+    "10.0.0.5",
+    "10.0.0.6",
+    "10.0.1.9",
+    "192.168.0.1",
+    "fd00::1",
     "fd00::2",
 ];
 const BLOCKS: [(&str, &[&str]); 5] = [
@@ -306,7 +337,8 @@ fn peer_strategy() -> impl Strategy<Value = Peer> {
             proptest::option::of(selector_strategy()),
             proptest::option::of(selector_strategy())
         )
-            .prop_filter("a peer needs a selector", |(n, p)| n.is_some() || p.is_some())
+            .prop_filter("a peer needs a selector", |(n, p)| n.is_some()
+                || p.is_some())
             .prop_map(|(namespace_selector, pod_selector)| Peer::Workloads {
                 namespace_selector,
                 pod_selector,
@@ -316,10 +348,22 @@ fn peer_strategy() -> impl Strategy<Value = Peer> {
 
 fn port_strategy() -> impl Strategy<Value = PortSpec> {
     prop_oneof![
-        Just(PortSpec { protocol: Protocol::Tcp, range: Some((80, 80)) }),
-        Just(PortSpec { protocol: Protocol::Udp, range: Some((53, 53)) }),
-        Just(PortSpec { protocol: Protocol::Tcp, range: Some((8000, 8100)) }),
-        Just(PortSpec { protocol: Protocol::Udp, range: None }),
+        Just(PortSpec {
+            protocol: Protocol::Tcp,
+            range: Some((80, 80))
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Udp,
+            range: Some((53, 53))
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Tcp,
+            range: Some((8000, 8100))
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Udp,
+            range: None
+        }),
     ]
 }
 
@@ -333,7 +377,12 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
 
 fn set_strategy() -> impl Strategy<Value = PolicySet> {
     let workloads = prop::collection::vec(
-        (0..NAMESPACES.len(), 0..APPS.len(), any::<bool>(), any::<bool>()),
+        (
+            0..NAMESPACES.len(),
+            0..APPS.len(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
         1..6,
     );
     let policies = prop::collection::vec(

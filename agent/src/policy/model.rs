@@ -109,15 +109,6 @@ pub enum Direction {
     Egress,
 }
 
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-}
-
 /// A peer of a rule (`from` for ingress, `to` for egress).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {

@@ -437,7 +437,10 @@ impl Cx<'_> {
                 }
             };
             if !valid_label_key(&r.key) {
-                self.error(line, format!("matchExpressions key {:?} is not a valid label key", r.key));
+                self.error(
+                    line,
+                    format!("matchExpressions key {:?} is not a valid label key", r.key),
+                );
                 return None;
             }
             match_expressions.push(requirement);
@@ -480,7 +483,10 @@ impl Cx<'_> {
                         "Ingress" => ingress = true,
                         "Egress" => egress = true,
                         other => {
-                            self.error(line_of(t), format!("unknown policyType {other:?}; expected Ingress or Egress"));
+                            self.error(
+                                line_of(t),
+                                format!("unknown policyType {other:?}; expected Ingress or Egress"),
+                            );
                             return None;
                         }
                     }
@@ -511,8 +517,18 @@ impl Cx<'_> {
                 (&r.value.to, &r.value.from)
             };
             if wrong.is_some() {
-                let (field, expected) = if ingress { ("to", "from") } else { ("from", "to") };
-                self.error(line, format!("{} rule has '{field}'; expected '{expected}'", if ingress { "ingress" } else { "egress" }));
+                let (field, expected) = if ingress {
+                    ("to", "from")
+                } else {
+                    ("from", "to")
+                };
+                self.error(
+                    line,
+                    format!(
+                        "{} rule has '{field}'; expected '{expected}'",
+                        if ingress { "ingress" } else { "egress" }
+                    ),
+                );
                 return None;
             }
             let mut rule = Rule::default();
@@ -537,7 +553,10 @@ impl Cx<'_> {
                 None
             }
             (None, None, None) => {
-                self.error(line, "peer is empty; expected podSelector, namespaceSelector or ipBlock");
+                self.error(
+                    line,
+                    "peer is empty; expected podSelector, namespaceSelector or ipBlock",
+                );
                 None
             }
             (None, pods, namespaces) => {
@@ -594,7 +613,10 @@ impl Cx<'_> {
             Some("UDP") => Protocol::Udp,
             Some("SCTP") => Protocol::Sctp,
             Some(other) => {
-                self.error(line, format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"));
+                self.error(
+                    line,
+                    format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"),
+                );
                 return None;
             }
         };
@@ -603,11 +625,17 @@ impl Cx<'_> {
             Some(s) => match &s.value {
                 IntOrString::Int(n) if (1..=65535).contains(n) => Some(*n as u16),
                 IntOrString::Int(n) => {
-                    self.error(line_of(s), format!("port {n} is out of range; expected 1 to 65535"));
+                    self.error(
+                        line_of(s),
+                        format!("port {n} is out of range; expected 1 to 65535"),
+                    );
                     return None;
                 }
                 IntOrString::String(name) => {
-                    self.error(line_of(s), format!("named port {name:?} is not supported yet; expected a port number"));
+                    self.error(
+                        line_of(s),
+                        format!("named port {name:?} is not supported yet; expected a port number"),
+                    );
                     return None;
                 }
             },
@@ -616,12 +644,21 @@ impl Cx<'_> {
             (None, None) => None,
             (Some(port), None) => Some((port, port)),
             (None, Some(e)) => {
-                self.error(line_of(e), "endPort without port; expected port to be set with endPort");
+                self.error(
+                    line_of(e),
+                    "endPort without port; expected port to be set with endPort",
+                );
                 return None;
             }
             (Some(port), Some(e)) => {
                 if e.value < port as i64 || e.value > 65535 {
-                    self.error(line_of(e), format!("endPort {} is invalid; expected a number from port ({port}) to 65535", e.value));
+                    self.error(
+                        line_of(e),
+                        format!(
+                            "endPort {} is invalid; expected a number from port ({port}) to 65535",
+                            e.value
+                        ),
+                    );
                     return None;
                 }
                 Some((port, e.value as u16))
@@ -656,7 +693,13 @@ impl Cx<'_> {
         }
         if let Some(u) = spec.systemd_unit {
             if u.value.is_empty() || u.value.contains('/') {
-                self.error(line_of(&u), format!("systemdUnit {:?} is invalid; expected a unit name such as trainer.service", u.value));
+                self.error(
+                    line_of(&u),
+                    format!(
+                        "systemdUnit {:?} is invalid; expected a unit name such as trainer.service",
+                        u.value
+                    ),
+                );
                 return None;
             }
             attachments.push(Attachment::SystemdUnit(u.value));
@@ -695,7 +738,9 @@ impl Cx<'_> {
 fn valid_label_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -703,7 +748,10 @@ fn valid_label_name(name: &str) -> bool {
 fn valid_label_key(key: &str) -> bool {
     match key.split_once('/') {
         Some((prefix, name)) => {
-            !prefix.is_empty() && prefix.len() <= 253 && !name.contains('/') && valid_label_name(name)
+            !prefix.is_empty()
+                && prefix.len() <= 253
+                && !name.contains('/')
+                && valid_label_name(name)
         }
         None => valid_label_name(key),
     }
@@ -727,35 +775,62 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
     let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
     for w in &set.workloads {
         if let Some(first) = names.insert(&w.name, &w.origin) {
-            err(&w.origin, format!("duplicate Workload {}; first defined at {first}; expected unique namespace/name", w.name));
+            err(
+                &w.origin,
+                format!(
+                    "duplicate Workload {}; first defined at {first}; expected unique namespace/name",
+                    w.name
+                ),
+            );
         }
     }
     let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
     for p in &set.policies {
         if let Some(first) = names.insert(&p.name, &p.origin) {
-            err(&p.origin, format!("duplicate NetworkPolicy {}; first defined at {first}; expected unique namespace/name", p.name));
+            err(
+                &p.origin,
+                format!(
+                    "duplicate NetworkPolicy {}; first defined at {first}; expected unique namespace/name",
+                    p.name
+                ),
+            );
         }
     }
     let mut namespaces: HashMap<&str, &Origin> = HashMap::new();
     for n in &set.namespaces {
         if let Some(first) = namespaces.insert(&n.name, &n.origin) {
-            err(&n.origin, format!("duplicate Namespace {}; first defined at {first}", n.name));
+            err(
+                &n.origin,
+                format!("duplicate Namespace {}; first defined at {first}", n.name),
+            );
         }
     }
     let mut addresses: HashMap<IpAddr, &Workload> = HashMap::new();
     let mut attachments: HashMap<&Attachment, &Workload> = HashMap::new();
     for w in &set.workloads {
         for a in &w.addresses {
-            if let Some(other) = addresses.insert(*a, w) {
-                if other.name != w.name {
-                    err(&w.origin, format!("address {a} of {} is also the address of {} ({}); expected each address to belong to one workload", w.name, other.name, other.origin));
-                }
+            if let Some(other) = addresses.insert(*a, w)
+                && other.name != w.name
+            {
+                err(
+                    &w.origin,
+                    format!(
+                        "address {a} of {} is also the address of {} ({}); expected each address to belong to one workload",
+                        w.name, other.name, other.origin
+                    ),
+                );
             }
         }
-        if let Some(att) = &w.attachment {
-            if let Some(other) = attachments.insert(att, w) {
-                err(&w.origin, format!("{} is attached to the same {att:?} as {} ({}); expected one workload per cgroup or interface", w.name, other.name, other.origin));
-            }
+        if let Some(att) = &w.attachment
+            && let Some(other) = attachments.insert(att, w)
+        {
+            err(
+                &w.origin,
+                format!(
+                    "{} is attached to the same {att:?} as {} ({}); expected one workload per cgroup or interface",
+                    w.name, other.name, other.origin
+                ),
+            );
         }
     }
     let cgroups: Vec<(&str, &Workload)> = set
@@ -769,7 +844,13 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
     for (path, w) in &cgroups {
         for (outer, o) in &cgroups {
             if path != outer && path.starts_with(&format!("{outer}/")) {
-                err(&w.origin, format!("cgroup {path} of {} is inside cgroup {outer} of {} ({}); expected workload cgroups not to nest, so each packet belongs to one workload", w.name, o.name, o.origin));
+                err(
+                    &w.origin,
+                    format!(
+                        "cgroup {path} of {} is inside cgroup {outer} of {} ({}); expected workload cgroups not to nest, so each packet belongs to one workload",
+                        w.name, o.name, o.origin
+                    ),
+                );
             }
         }
     }

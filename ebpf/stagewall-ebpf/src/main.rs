@@ -14,12 +14,14 @@ mod maps;
 mod packet;
 mod verdict;
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock_addr, classifier},
     programs::{SkBuffContext, SockAddrContext, TcContext, sk_buff::SkBuff},
@@ -27,8 +29,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use stagewall_common::{
     CNT_MALFORMED, Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX,
-    EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT,
-    HOOK_SENDMSG, HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP,
+    EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG,
+    HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -48,7 +50,11 @@ const SOCK_ALLOW: i32 = 1;
 const SOCK_DENY: i32 = 0;
 
 fn lookup(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
-    let key = EndpointKey { slot: cfg.active_slot, kind, id };
+    let key = EndpointKey {
+        slot: cfg.active_slot,
+        kind,
+        id,
+    };
     unsafe { ENDPOINTS.get(&key) }
 }
 
@@ -112,7 +118,10 @@ fn skb_verdict(
         Ok(None) => Verdict::Pass,
         Err(Malformed) => {
             count(CNT_MALFORMED);
-            debug!(ctx, "stagewall: malformed packet, endpoint {}", ep.endpoint_id);
+            debug!(
+                ctx,
+                "stagewall: malformed packet, endpoint {}", ep.endpoint_id
+            );
             ON_MALFORMED
         }
     }
@@ -122,7 +131,9 @@ fn skb_verdict(
 // cgroup_skb
 
 fn cgroup_skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
-    let Some(cfg) = config() else { return CGROUP_PASS };
+    let Some(cfg) = config() else {
+        return CGROUP_PASS;
+    };
     let skb: &SkBuff = &ctx.skb;
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
     let ancestor = |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.skb, level) };
@@ -151,27 +162,34 @@ pub fn stagewall_cgroup_egress(ctx: SkBuffContext) -> i32 {
 // cgroup/connect4|6 and sendmsg4|6
 
 fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
-    let Some(cfg) = config() else { return SOCK_ALLOW };
+    let Some(cfg) = config() else {
+        return SOCK_ALLOW;
+    };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let ancestor = |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) };
     let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
         return SOCK_ALLOW;
     };
-    let sa = unsafe { &*ctx.sock_addr };
-    let protocol = sa.protocol as u8;
+    // The verifier accepts context fields only as loads at a constant offset from the
+    // context pointer: read each field on its own, volatile, so LLVM cannot fold them
+    // into one moved pointer.
+    let sa = ctx.sock_addr;
+    let protocol = unsafe { read_volatile(&(*sa).protocol) } as u8;
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return SOCK_ALLOW;
     }
     let mut remote_addr = [0u8; 16];
     if family == FAMILY_V4 {
-        remote_addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        let ip4 = unsafe { read_volatile(&(*sa).user_ip4) };
+        remote_addr[..4].copy_from_slice(&ip4.to_ne_bytes());
     } else {
-        for (i, word) in sa.user_ip6.iter().enumerate() {
+        for i in 0..4 {
+            let word = unsafe { read_volatile(&(*sa).user_ip6[i]) };
             remote_addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
     }
     // user_port holds the port in network byte order in its low 16 bits.
-    let remote_port = u16::from_be(sa.user_port as u16);
+    let remote_port = u16::from_be(unsafe { read_volatile(&(*sa).user_port) } as u16);
     let flow = Flow {
         direction: DIR_EGRESS,
         family,
@@ -214,9 +232,11 @@ pub fn stagewall_sendmsg6(ctx: SockAddrContext) -> i32 {
 // TC on the host side of a workload's veth
 
 fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
-    let Some(cfg) = config() else { return TC_ACT_OK };
+    let Some(cfg) = config() else {
+        return TC_ACT_OK;
+    };
     let skb: &SkBuff = &ctx.skb;
-    let ifindex = unsafe { (*skb.skb).ifindex };
+    let ifindex = unsafe { read_volatile(&(*skb.skb).ifindex) };
     let Some(ep) = lookup(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
         return TC_ACT_OK;
     };

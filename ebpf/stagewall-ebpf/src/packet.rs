@@ -160,7 +160,7 @@ fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 /// Ethernet type).
 pub fn l3_from_skb(skb: &SkBuff) -> L3 {
     // SAFETY: skb points at the program's context.
-    let protocol = unsafe { (*skb.skb).protocol };
+    let protocol = unsafe { core::ptr::read_volatile(&(*skb.skb).protocol) };
     l3_from_ethertype(protocol as u16)
 }
 

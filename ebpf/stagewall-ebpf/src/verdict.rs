@@ -47,9 +47,17 @@ pub fn config() -> Option<&'static Config> {
 pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bool) -> Verdict {
     let ingress = flow.direction == DIR_INGRESS;
     let (isolated_flag, policy, other_isolated) = if ingress {
-        (EP_ISOLATED_INGRESS, ep.ingress_policy, ep.flags & EP_ISOLATED_EGRESS != 0)
+        (
+            EP_ISOLATED_INGRESS,
+            ep.ingress_policy,
+            ep.flags & EP_ISOLATED_EGRESS != 0,
+        )
     } else {
-        (EP_ISOLATED_EGRESS, ep.egress_policy, ep.flags & EP_ISOLATED_INGRESS != 0)
+        (
+            EP_ISOLATED_EGRESS,
+            ep.egress_policy,
+            ep.flags & EP_ISOLATED_INGRESS != 0,
+        )
     };
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -63,7 +71,11 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             return deny(cfg, ep, flow, identity, hook, report, now);
         }
     }
-    count(if ingress { CNT_ALLOWED_INGRESS } else { CNT_ALLOWED_EGRESS });
+    count(if ingress {
+        CNT_ALLOWED_INGRESS
+    } else {
+        CNT_ALLOWED_EGRESS
+    });
     // Replies only need tracking when the other direction is isolated.
     if other_isolated {
         track(ep, flow, now);
@@ -86,11 +98,19 @@ fn flow_key(ep: &EndpointInfo, flow: &Flow, origin: u8) -> FlowKey {
 }
 
 fn opposite(direction: u8) -> u8 {
-    if direction == DIR_INGRESS { DIR_EGRESS } else { DIR_INGRESS }
+    if direction == DIR_INGRESS {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    }
 }
 
 fn timeout_ns(protocol: u8) -> u64 {
-    if protocol == PROTO_TCP { FLOW_TIMEOUT_TCP_NS } else { FLOW_TIMEOUT_OTHER_NS }
+    if protocol == PROTO_TCP {
+        FLOW_TIMEOUT_TCP_NS
+    } else {
+        FLOW_TIMEOUT_OTHER_NS
+    }
 }
 
 /// Is this packet a reply within a flow the endpoint allowed the other way?
@@ -132,7 +152,11 @@ fn remote_identity(cfg: &Config, flow: &Flow) -> u32 {
 
 fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
     // The port a rule names is the destination's: the remote's for egress, ours for ingress.
-    let port = if flow.direction == DIR_INGRESS { flow.local_port } else { flow.remote_port };
+    let port = if flow.direction == DIR_INGRESS {
+        flow.local_port
+    } else {
+        flow.remote_port
+    };
     let mut data = PolicyKey {
         policy_be: policy.to_be(),
         identity_be: identity.to_be(),
@@ -140,11 +164,16 @@ fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
         protocol: flow.protocol,
         port_be: port.to_be(),
     };
-    if POLICY.get(&Key::new(POLICY_PREFIX_FULL_BITS, data)).is_some() {
+    if POLICY
+        .get(&Key::new(POLICY_PREFIX_FULL_BITS, data))
+        .is_some()
+    {
         return true;
     }
     data.identity_be = IDENTITY_ANY.to_be();
-    POLICY.get(&Key::new(POLICY_PREFIX_FULL_BITS, data)).is_some()
+    POLICY
+        .get(&Key::new(POLICY_PREFIX_FULL_BITS, data))
+        .is_some()
 }
 
 fn deny(
@@ -165,7 +194,19 @@ fn deny(
             (true, true) => CNT_WOULD_DROP_INGRESS,
             (true, false) => CNT_WOULD_DROP_EGRESS,
         });
-        emit(cfg, ep, flow, identity, hook, if audit { VERDICT_WOULD_DROP } else { VERDICT_DROPPED }, now);
+        emit(
+            cfg,
+            ep,
+            flow,
+            identity,
+            hook,
+            if audit {
+                VERDICT_WOULD_DROP
+            } else {
+                VERDICT_DROPPED
+            },
+            now,
+        );
     }
     if audit { Verdict::Pass } else { Verdict::Drop }
 }

@@ -1,0 +1,187 @@
+//! What the agent needs from the host: the cgroup2 mount, bpffs, and turning a workload's
+//! attachment (cgroup path, systemd unit, interface) into what the kernel programs key on.
+
+use std::{
+    ffi::CString,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::policy::model::Attachment;
+
+/// Where bpffs lives by convention; the agent mounts it there when it is missing.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// One line of /proc/self/mountinfo: (mount point, filesystem type).
+fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            // Fields: id parent maj:min root mountpoint options [optional...] - fstype ...
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let fstype = right.split(' ').next()?;
+            Some((
+                PathBuf::from(unescape_mount_path(mount_point)),
+                fstype.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mount_path(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let digits: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&digits, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&digits);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The cgroup2 mount point: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+/// on hybrid ones, wherever mountinfo says. Never hard-coded.
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    mounts()?
+        .into_iter()
+        .find(|(_, fstype)| fstype == "cgroup2")
+        .map(|(path, _)| path)
+        .context("no cgroup2 filesystem is mounted (see /proc/self/mountinfo); stagewall needs cgroup v2")
+}
+
+/// Mounts bpffs at BPFFS unless a bpffs is already there.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let mounted = mounts()?
+        .iter()
+        .any(|(path, fstype)| fstype == "bpf" && path == Path::new(BPFFS));
+    if mounted {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let target = CString::new(BPFFS)?;
+    let fstype = CString::new("bpf")?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mount -t bpf bpf {BPFFS}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    log::info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// A workload's attachment, found on this host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// A cgroup directory and its id (the inode number, what bpf_skb_cgroup_id returns).
+    Cgroup { dir: PathBuf, id: u64 },
+    /// An interface and its index (skb->ifindex in TC programs).
+    Interface { name: String, ifindex: u32 },
+}
+
+pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> anyhow::Result<Target> {
+    match attachment {
+        Attachment::Cgroup(path) => cgroup_target(cgroup_root.join(path.trim_start_matches('/'))),
+        Attachment::SystemdUnit(unit) => {
+            let dir = find_unit_cgroup(cgroup_root, unit, 0).with_context(|| {
+                format!("no cgroup named {unit} below {}", cgroup_root.display())
+            })?;
+            cgroup_target(dir)
+        }
+        Attachment::Interface(name) => {
+            let c = CString::new(name.as_str())?;
+            // SAFETY: valid NUL-terminated string.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if ifindex == 0 {
+                bail!("no network interface {name} in the agent's network namespace");
+            }
+            Ok(Target::Interface {
+                name: name.clone(),
+                ifindex,
+            })
+        }
+    }
+}
+
+fn cgroup_target(dir: PathBuf) -> anyhow::Result<Target> {
+    let meta = std::fs::metadata(&dir).with_context(|| format!("cgroup {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("cgroup {} is not a directory", dir.display());
+    }
+    Ok(Target::Cgroup {
+        dir,
+        id: meta.ino(),
+    })
+}
+
+/// systemd puts a unit's processes in a cgroup named after the unit, a few levels down
+/// (system.slice/foo.service, user.slice/.../foo.service).
+fn find_unit_cgroup(dir: &Path, unit: &str, depth: usize) -> Option<PathBuf> {
+    const MAX_DEPTH: usize = 6;
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut subdirs = Vec::new();
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if entry.file_name().to_str() == Some(unit) {
+                return Some(entry.path());
+            }
+            subdirs.push(entry.path());
+        }
+    }
+    subdirs.sort();
+    subdirs
+        .iter()
+        .find_map(|d| find_unit_cgroup(d, unit, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/mnt/with\040space"),
+            "/mnt/with space"
+        );
+        assert_eq!(unescape_mount_path("/sys/fs/cgroup"), "/sys/fs/cgroup");
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount_of_this_host() {
+        // Every Linux host this runs on has mountinfo; cgroup2 may be absent in odd
+        // containers, in which case the error must say so.
+        match cgroup2_mount() {
+            Ok(path) => assert!(path.join("cgroup.procs").exists(), "{}", path.display()),
+            Err(e) => assert!(e.to_string().contains("cgroup2"), "{e}"),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The loader owns the kernel side: it loads the programs, attaches them to each local
+//! workload, and writes compiled policies into the maps atomically.
+//!
+//! Atomic apply: ENDPOINTS and IPCACHE keys carry a slot (0 or 1) and policy ids carry it
+//! in their top bit. A new policy is written into the inactive slot, then one write of
+//! CONFIG flips `active_slot`; a packet reads CONFIG once, so it sees the old policy or the
+//! new one, never a mix. The old slot is emptied afterwards.
+//!
+//! Nothing is pinned yet: when the agent exits, the kernel detaches every link it made.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier,
+        TcAttachType,
+        cgroup_skb::CgroupSkbLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        tc::{self, SchedClassifierLinkId},
+    },
+    util::KernelVersion,
+};
+use ipnet::IpNet;
+use stagewall_common::{
+    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, FAMILY_V4,
+    FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_IPCACHE, MAP_POLICY, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey,
+};
+
+use crate::{
+    compiler::{Compiled, slot_policy_id},
+    host::{self, Target},
+    policy::model::ObjectName,
+};
+
+/// The kernel object, built by build.rs with aya-build and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stagewall"));
+
+const PROG_CGROUP_INGRESS: &str = "stagewall_cgroup_ingress";
+const PROG_CGROUP_EGRESS: &str = "stagewall_cgroup_egress";
+const PROG_SOCK_ADDR: [&str; 4] = [
+    "stagewall_connect4",
+    "stagewall_connect6",
+    "stagewall_sendmsg4",
+    "stagewall_sendmsg6",
+];
+const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
+const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Drop what policy denies.
+    Enforce,
+    /// Drop nothing; report what enforce mode would drop.
+    Audit,
+}
+
+/// Links of one attached workload, to detach it when it leaves the policy.
+enum Links {
+    Cgroup {
+        ingress: CgroupSkbLinkId,
+        egress: CgroupSkbLinkId,
+        sock_addr: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    },
+    Tc {
+        from_workload: SchedClassifierLinkId,
+        to_workload: SchedClassifierLinkId,
+    },
+}
+
+/// A local workload the policy in force enforces, as found on this host.
+#[derive(Clone, Debug)]
+pub struct Enforced {
+    pub workload: ObjectName,
+    pub target: Target,
+}
+
+/// The keys one slot holds, so that emptying it deletes exactly them.
+#[derive(Default)]
+struct SlotKeys {
+    endpoints: Vec<EndpointKey>,
+    ipcache: Vec<Key<IpcacheKey>>,
+    policy: Vec<Key<PolicyKey>>,
+}
+
+pub struct Loader {
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    ipcache: LpmTrie<MapData, IpcacheKey, u32>,
+    policy: LpmTrie<MapData, PolicyKey, u32>,
+    cgroup_root: PathBuf,
+    current: Config,
+    slot_keys: [SlotKeys; 2],
+    attached: BTreeMap<Target, Links>,
+}
+
+/// Maps the agent reads rather than writes, handed to their readers.
+pub struct Readers {
+    pub events: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl Loader {
+    /// Loads every program into the kernel (the verifier runs here) and takes the maps.
+    pub fn load(
+        cgroup_root: &Path,
+        kernel_log_level: log::LevelFilter,
+    ) -> anyhow::Result<(Loader, Readers)> {
+        // Kernel-side logging is for troubleshooting only; off the packet path by default.
+        let level: u8 = match kernel_log_level {
+            log::LevelFilter::Off => 0,
+            log::LevelFilter::Error => 1,
+            log::LevelFilter::Warn => 2,
+            log::LevelFilter::Info => 3,
+            log::LevelFilter::Debug => 4,
+            log::LevelFilter::Trace => 5,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, false)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object (are you root, with BTF and bpf() allowed?)")?;
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("kernel log reader not started: {e}");
+                None
+            }
+        };
+        for name in [PROG_CGROUP_INGRESS, PROG_CGROUP_EGRESS] {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+        }
+        for name in PROG_SOCK_ADDR {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+        }
+        for name in [PROG_TC_FROM_WORKLOAD, PROG_TC_TO_WORKLOAD] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+        }
+        let readers = Readers {
+            events: take(&mut ebpf, MAP_EVENTS)?,
+            counters: take(&mut ebpf, MAP_COUNTERS)?,
+            logs,
+        };
+        let loader = Loader {
+            config: take(&mut ebpf, MAP_CONFIG)?,
+            endpoints: take(&mut ebpf, MAP_ENDPOINTS)?,
+            ipcache: take(&mut ebpf, MAP_IPCACHE)?,
+            policy: take(&mut ebpf, MAP_POLICY)?,
+            ebpf,
+            cgroup_root: cgroup_root.to_path_buf(),
+            current: Config::default(),
+            slot_keys: Default::default(),
+            attached: BTreeMap::new(),
+        };
+        Ok((loader, readers))
+    }
+
+    /// Makes `compiled` the policy in force: attaches to new workloads, writes the inactive
+    /// slot, flips, empties the old slot, detaches workloads that left. On an error before
+    /// the flip the policy in force is untouched.
+    pub fn apply(&mut self, compiled: &Compiled, mode: Mode) -> anyhow::Result<Vec<Enforced>> {
+        let next_slot = 1 - self.current.active_slot;
+        let mut enforced = Vec::new();
+        let mut targets = Vec::new();
+        for ep in &compiled.endpoints {
+            match host::resolve(&self.cgroup_root, &ep.attachment) {
+                Ok(target) => targets.push((ep, target)),
+                // A workload that has not started yet is known as a peer and enforced
+                // once its cgroup or interface exists and the policy is applied again.
+                Err(e) => log::warn!("{}: not enforced on this host: {e:#}", ep.workload),
+            }
+        }
+        for (_, target) in &targets {
+            if !self.attached.contains_key(target) {
+                let links = self.attach(target)?;
+                self.attached.insert(target.clone(), links);
+            }
+        }
+
+        let mut keys = SlotKeys::default();
+        let write = (|| -> anyhow::Result<()> {
+            for (ep, target) in &targets {
+                let key = endpoint_key(next_slot, target);
+                let info = EndpointInfo {
+                    endpoint_id: ep.endpoint_id,
+                    ingress_policy: slot_policy_id(ep.ingress_policy, next_slot),
+                    egress_policy: slot_policy_id(ep.egress_policy, next_slot),
+                    flags: ep.flags,
+                };
+                self.endpoints
+                    .insert(key, info, 0)
+                    .context("writing ENDPOINTS")?;
+                keys.endpoints.push(key);
+                enforced.push(Enforced {
+                    workload: ep.workload.clone(),
+                    target: target.clone(),
+                });
+            }
+            for (prefix, identity) in compiled.ipcache() {
+                let key = ipcache_key(next_slot, prefix);
+                self.ipcache
+                    .insert(&key, *identity, 0)
+                    .context("writing IPCACHE")?;
+                keys.ipcache.push(key);
+            }
+            for entry in &compiled.policy {
+                let (len, data) = entry.lpm_key(next_slot);
+                let key = Key::new(len, data);
+                self.policy
+                    .insert(&key, POLICY_ALLOW, 0)
+                    .context("writing POLICY")?;
+                keys.policy.push(key);
+            }
+            Ok(())
+        })();
+        if let Err(e) = write {
+            // Nothing was flipped: drop the partial slot and keep the policy in force.
+            self.slot_keys[next_slot as usize] = keys;
+            self.clear_slot(next_slot);
+            return Err(e);
+        }
+        self.slot_keys[next_slot as usize] = keys;
+
+        let next = Config {
+            active_slot: next_slot,
+            mode: match mode {
+                Mode::Enforce => MODE_ENFORCE,
+                Mode::Audit => MODE_AUDIT,
+            },
+            generation: self.current.generation + 1,
+            _pad: 0,
+        };
+        self.config.set(0, next, 0).context("writing CONFIG")?;
+        let old_slot = self.current.active_slot;
+        self.current = next;
+        self.clear_slot(old_slot);
+
+        let keep: BTreeSet<&Target> = targets.iter().map(|(_, t)| t).collect();
+        let gone: Vec<Target> = self
+            .attached
+            .keys()
+            .filter(|t| !keep.contains(t))
+            .cloned()
+            .collect();
+        for target in gone {
+            if let Some(links) = self.attached.remove(&target)
+                && let Err(e) = self.detach(links)
+            {
+                log::warn!("detaching from {target:?}: {e:#}");
+            }
+        }
+        Ok(enforced)
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.current.generation
+    }
+
+    fn clear_slot(&mut self, slot: u32) {
+        let keys = std::mem::take(&mut self.slot_keys[slot as usize]);
+        for key in &keys.endpoints {
+            let _ = self.endpoints.remove(key);
+        }
+        for key in &keys.ipcache {
+            let _ = self.ipcache.remove(key);
+        }
+        for key in &keys.policy {
+            let _ = self.policy.remove(key);
+        }
+    }
+
+    fn attach(&mut self, target: &Target) -> anyhow::Result<Links> {
+        match target {
+            Target::Cgroup { dir, .. } => {
+                let cgroup =
+                    File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+                // AllowMultiple: stagewall's programs run beside others on the same cgroup
+                // (systemd's, another agent's) instead of replacing them.
+                let mode = CgroupAttachMode::AllowMultiple;
+                let ingress = program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_INGRESS)?
+                    .attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
+                    .with_context(|| {
+                        format!("attaching cgroup_skb/ingress to {}", dir.display())
+                    })?;
+                let egress = program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_EGRESS)?
+                    .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
+                    .with_context(|| format!("attaching cgroup_skb/egress to {}", dir.display()))?;
+                let mut sock_addr = Vec::new();
+                for name in PROG_SOCK_ADDR {
+                    let id = program::<CgroupSockAddr>(&mut self.ebpf, name)?
+                        .attach(&cgroup, mode)
+                        .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                    sock_addr.push((name, id));
+                }
+                log::info!("attached to cgroup {}", dir.display());
+                Ok(Links::Cgroup {
+                    ingress,
+                    egress,
+                    sock_addr,
+                })
+            }
+            Target::Interface { name, .. } => {
+                // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact.
+                if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+                    && let Err(e) = tc::qdisc_add_clsact(name)
+                {
+                    log::debug!("clsact on {name}: {e}");
+                }
+                let from_workload =
+                    program::<SchedClassifier>(&mut self.ebpf, PROG_TC_FROM_WORKLOAD)?
+                        .attach(name, TcAttachType::Ingress)
+                        .with_context(|| format!("attaching tc ingress to {name}"))?;
+                let to_workload = program::<SchedClassifier>(&mut self.ebpf, PROG_TC_TO_WORKLOAD)?
+                    .attach(name, TcAttachType::Egress)
+                    .with_context(|| format!("attaching tc egress to {name}"))?;
+                log::info!("attached to interface {name}");
+                Ok(Links::Tc {
+                    from_workload,
+                    to_workload,
+                })
+            }
+        }
+    }
+
+    fn detach(&mut self, links: Links) -> anyhow::Result<()> {
+        match links {
+            Links::Cgroup {
+                ingress,
+                egress,
+                sock_addr,
+            } => {
+                program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_INGRESS)?.detach(ingress)?;
+                program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_EGRESS)?.detach(egress)?;
+                for (name, id) in sock_addr {
+                    program::<CgroupSockAddr>(&mut self.ebpf, name)?.detach(id)?;
+                }
+            }
+            Links::Tc {
+                from_workload,
+                to_workload,
+            } => {
+                program::<SchedClassifier>(&mut self.ebpf, PROG_TC_FROM_WORKLOAD)?
+                    .detach(from_workload)?;
+                program::<SchedClassifier>(&mut self.ebpf, PROG_TC_TO_WORKLOAD)?
+                    .detach(to_workload)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn endpoint_key(slot: u32, target: &Target) -> EndpointKey {
+    match target {
+        Target::Cgroup { id, .. } => EndpointKey {
+            slot,
+            kind: ENDPOINT_KIND_CGROUP,
+            id: *id,
+        },
+        Target::Interface { ifindex, .. } => EndpointKey {
+            slot,
+            kind: ENDPOINT_KIND_IFINDEX,
+            id: *ifindex as u64,
+        },
+    }
+}
+
+/// The IPCACHE key of a prefix: slot and family bytes, then the address.
+pub fn ipcache_key(slot: u32, prefix: &IpNet) -> Key<IpcacheKey> {
+    let mut data = IpcacheKey {
+        slot: slot as u8,
+        family: 0,
+        addr: [0; 16],
+        _pad: [0; 2],
+    };
+    match prefix.addr() {
+        IpAddr::V4(a) => {
+            data.family = FAMILY_V4;
+            data.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            data.family = FAMILY_V6;
+            data.addr = a.octets();
+        }
+    }
+    Key::new(IPCACHE_PREFIX_BITS + prefix.prefix_len() as u32, data)
+}
