@@ -45,7 +45,8 @@ use crate::{
 };
 
 /// The kernel object, built by build.rs with aya-build and embedded in the binary.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stagewall"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stagewall-ebpf"));
 
 const PROG_CGROUP_INGRESS: &str = "stagewall_cgroup_ingress";
 const PROG_CGROUP_EGRESS: &str = "stagewall_cgroup_egress";
@@ -299,9 +300,10 @@ impl Loader {
             Target::Cgroup { dir, .. } => {
                 let cgroup =
                     File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-                // AllowMultiple: stagewall's programs run beside others on the same cgroup
-                // (systemd's, another agent's) instead of replacing them.
-                let mode = CgroupAttachMode::AllowMultiple;
+                // Attached as bpf links (kernel 5.7+): links always run beside other
+                // programs on the same cgroup (systemd's, another agent's) and take no
+                // attach flags; BPF_F_ALLOW_MULTI here is EINVAL.
+                let mode = CgroupAttachMode::Single;
                 let ingress = program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_INGRESS)?
                     .attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
                     .with_context(|| {

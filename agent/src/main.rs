@@ -1,18 +1,9 @@
 //! stagewall: an eBPF network enforcement agent for ML pipelines.
 
-mod check;
-mod compiler;
-mod events;
-mod host;
-mod http;
-mod loader;
-mod metrics;
-mod policy;
-mod run;
-
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use stagewall::{check, run};
 
 #[derive(Parser)]
 #[command(

@@ -1,1 +1,629 @@
+//! The test bed: network namespaces joined by a bridge, one per workload, processes placed
+//! in per-workload cgroups, and the real agent running against them.
+//!
+//! Layout: a hub namespace holds a bridge and the host side of every workload's veth (so
+//! TC programs attach there and nothing touches the host's own network); each workload
+//! namespace has `eth0` with 198.18.0.N/24 (RFC 2544 benchmark range) and fd00:5747::N/64,
+//! and an on-link default route so extra test addresses on the bridge are reachable.
+//! Everything is named after the test process's pid and removed on drop, even when a test
+//! fails; stale leftovers of killed runs are removed on start.
 
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Kernel state tests run one at a time, whatever the test runner's threads.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Returns false (after saying why) when privileged tests cannot run here. With CI=true a
+/// test that cannot run fails instead: CI must never pass by skipping.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    let why = match (root, ip) {
+        (true, true) => return true,
+        (false, _) => "not running as root",
+        (true, false) => "the `ip` command (iproute2) is missing",
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("privileged test cannot run in CI: {why}");
+    }
+    eprintln!("SKIPPED: privileged test needs root and iproute2: {why}");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args).map(|_| ())
+}
+
+/// A workload of the test bed: its namespace, veth, addresses and cgroup.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    /// Host side of the veth, in the hub namespace.
+    pub host_if: String,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+    pub cgroup: PathBuf,
+    /// The cgroup as policies name it: its path below the cgroup2 mount.
+    pub cgroup_path: String,
+}
+
+pub struct Testbed {
+    prefix: String,
+    pub hub: String,
+    pub nodes: Vec<Node>,
+    cgroup_base: PathBuf,
+    children: Vec<Child>,
+    pub dir: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and cgroups of earlier test runs whose process is gone.
+fn remove_stale(cgroup_root: &Path) {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if let Some(pid) = name
+            .strip_prefix("swt")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse().ok())
+            && !pid_alive(pid)
+        {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(cgroup_root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name
+                .strip_prefix("stagewall-test-")
+                .and_then(|p| p.parse().ok())
+                && !pid_alive(pid)
+            {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Testbed {
+    /// A hub namespace and one workload namespace per name.
+    pub fn new(names: &[&str]) -> anyhow::Result<Testbed> {
+        let serial = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+        let cgroup_root = stagewall::host::cgroup2_mount()?;
+        remove_stale(&cgroup_root);
+        let pid = std::process::id();
+        let prefix = format!("swt{pid}");
+        let cgroup_base = cgroup_root.join(format!("stagewall-test-{pid}"));
+        let dir = std::env::temp_dir().join(format!("stagewall-test-{pid}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut bed = Testbed {
+            hub: format!("{prefix}-hub"),
+            prefix,
+            nodes: Vec::new(),
+            cgroup_base,
+            children: Vec::new(),
+            dir,
+            _serial: serial,
+        };
+        // From here on, Drop cleans up whatever was made.
+        fs::create_dir_all(&bed.cgroup_base)?;
+        ip(&["netns", "add", &bed.hub])?;
+        ip(&["-n", &bed.hub, "link", "set", "lo", "up"])?;
+        ip(&["-n", &bed.hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &bed.hub, "link", "set", "br0", "up"])?;
+        for (i, name) in names.iter().enumerate() {
+            bed.add_node(name, i as u8 + 10, &cgroup_root)?;
+        }
+        Ok(bed)
+    }
+
+    fn add_node(&mut self, name: &str, n: u8, cgroup_root: &Path) -> anyhow::Result<()> {
+        let netns = format!("{}-{name}", self.prefix);
+        let host_if = format!("sw{}{}", std::process::id() % 100_000, n);
+        ip(&["netns", "add", &netns])?;
+        ip(&[
+            "-n", &self.hub, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ])?;
+        ip(&[
+            "-n", &self.hub, "link", "set", &host_if, "master", "br0", "up",
+        ])?;
+        let v4 = format!("198.18.0.{n}");
+        let v6 = format!("fd00:5747::{n}");
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &netns, "route", "add", "default", "dev", "eth0"])?;
+        ip(&["-n", &netns, "-6", "route", "add", "default", "dev", "eth0"])?;
+        let cgroup = self.cgroup_base.join(name);
+        fs::create_dir_all(&cgroup)?;
+        let cgroup_path = format!("/{}", cgroup.strip_prefix(cgroup_root)?.display());
+        self.nodes.push(Node {
+            name: name.to_string(),
+            netns,
+            host_if,
+            v4: v4.parse()?,
+            v6: v6.parse()?,
+            cgroup,
+            cgroup_path,
+        });
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Makes a node an outside peer: its IPv4 address becomes `addr` (say 203.0.113.5),
+    /// reached on-link through the default route every node has.
+    pub fn make_outside(&mut self, node: &str, addr: &str) -> anyhow::Result<()> {
+        let n = self.node(node).clone();
+        ip(&[
+            "-n",
+            &n.netns,
+            "addr",
+            "del",
+            &format!("{}/24", n.v4),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &n.netns,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        // Removing the last IPv4 address flushed the device's IPv4 routes.
+        ip(&["-n", &n.netns, "route", "add", "default", "dev", "eth0"])?;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.name == node)
+            .expect("node exists");
+        node.v4 = addr.parse()?;
+        Ok(())
+    }
+
+    /// A command that will run inside `node`'s network namespace and cgroup.
+    pub fn command(
+        &self,
+        node: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        let node = self.node(node);
+        in_netns_and_cgroup(&node.netns, Some(&node.cgroup), program)
+    }
+
+    /// Starts the probe's echo servers in `node` and waits until they listen.
+    pub fn serve(&mut self, node: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
+        let join = |p: &[u16]| {
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut cmd = self.command(node, probe_bin())?;
+        cmd.args(["serve", "--tcp", &join(tcp), "--udp", &join(udp)]);
+        cmd.stdout(Stdio::piped());
+        let mut child = cmd.spawn().context("starting probe server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        self.children.push(child);
+        if line.trim() != "ready" {
+            bail!("probe server in {node} did not start: {line:?}");
+        }
+        Ok(())
+    }
+
+    /// Runs a probe from `node` and returns its outcome.
+    pub fn probe(&self, node: &str, args: &[&str]) -> Outcome {
+        let mut cmd = self.command(node, probe_bin()).expect("probe command");
+        let out = cmd.args(args).output().expect("running probe");
+        Outcome::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn tcp(&self, from: &str, to: IpAddr, port: u16) -> Outcome {
+        self.probe(from, &["tcp", &to.to_string(), &port.to_string(), "1000"])
+    }
+
+    pub fn udp(&self, from: &str, to: IpAddr, port: u16, count: u32) -> Outcome {
+        self.probe(
+            from,
+            &[
+                "udp",
+                &to.to_string(),
+                &port.to_string(),
+                "1000",
+                &count.to_string(),
+            ],
+        )
+    }
+
+    /// ping from a node (one echo request, 1 s to answer).
+    pub fn ping(&self, from: &str, to: IpAddr) -> bool {
+        let mut cmd = self.command(from, "ping").expect("ping command");
+        cmd.args(["-c", "1", "-W", "1", &to.to_string()]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.status().expect("running ping (iputils-ping)").success()
+    }
+
+    /// Writes a policy file into the test's policy directory.
+    pub fn write_policy(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(name);
+        fs::write(&path, yaml)?;
+        Ok(path)
+    }
+
+    /// The Workload document of a node, enforced by cgroup or by its host-side interface.
+    pub fn workload_yaml(
+        &self,
+        node: &str,
+        namespace: &str,
+        labels: &str,
+        by_interface: bool,
+    ) -> String {
+        let n = self.node(node);
+        let attachment = if by_interface {
+            format!("interface: {}", n.host_if)
+        } else {
+            format!("cgroup: {}", n.cgroup_path)
+        };
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata:\n  name: {}\n  namespace: {namespace}\n  labels: {labels}\nspec:\n  {attachment}\n  addresses: [\"{}\", \"{}\"]\n---\n",
+            n.name, n.v4, n.v6
+        )
+    }
+
+    /// Starts the agent in the hub namespace (so it sees the host-side interfaces) and
+    /// waits until it reports ready.
+    pub fn start_agent(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
+        cmd.args(["run", "--policies"])
+            .arg(&self.dir)
+            .args(extra_args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting stagewall")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let l = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let g = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                g.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            lines,
+            log,
+            reader: Some(reader),
+            hub: self.hub.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if agent
+                .http_get("/readyz")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(agent);
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "stagewall exited with {status} before it was ready:\n{}",
+                    agent.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("stagewall not ready after 20 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for node in &self.nodes {
+            let _ = ip(&["netns", "del", &node.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+        remove_cgroup_tree(&self.cgroup_base);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A command whose process enters `netns` (and `cgroup`, if given) before it runs.
+/// setns(CLONE_NEWNET) only: unlike `ip netns exec`, /sys stays as it is, so the cgroup2
+/// mount and bpffs remain visible to the agent.
+fn in_netns_and_cgroup(
+    netns: &str,
+    cgroup: Option<&Path>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> anyhow::Result<Command> {
+    let ns =
+        fs::File::open(format!("/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
+    let procs = match cgroup {
+        Some(dir) => Some(
+            fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .with_context(|| format!("cgroup {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // Writing "0" moves the writing process itself into the cgroup.
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+fn sibling_bin(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name)
+}
+
+pub fn probe_bin() -> PathBuf {
+    std::env::var_os("STAGEWALL_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling_bin("stagewall-probe"))
+}
+
+/// The agent binary: STAGEWALL_BIN, else the one cargo built next to the tests.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("STAGEWALL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling_bin("stagewall"));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace --bins`, as `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// What a probe saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// ok, eperm, timeout, refused or error:<kind>.
+    pub word: String,
+    pub millis: u64,
+    pub body: String,
+}
+
+impl Outcome {
+    fn parse(out: &str) -> Outcome {
+        let (first, body) = out.split_once('\n').unwrap_or((out, ""));
+        let mut parts = first.split_whitespace();
+        Outcome {
+            word: parts.next().unwrap_or("no-output").to_string(),
+            millis: parts
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(u64::MAX),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn is(&self, word: &str) -> bool {
+        self.word == word
+    }
+}
+
+/// The running agent; stopped (SIGTERM) or killed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    hub: String,
+}
+
+impl Agent {
+    fn http_get(&self, path: &str) -> Option<String> {
+        let mut cmd = in_netns_and_cgroup(&self.hub, None, probe_bin()).ok()?;
+        let out = cmd
+            .args(["get", "127.0.0.1:9742", path, "2000"])
+            .output()
+            .ok()?;
+        let o = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
+        o.is("ok").then_some(o.body)
+    }
+
+    /// The agent's /metrics text.
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics").expect("fetching /metrics")
+    }
+
+    /// Violation events printed so far, parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON event line: {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` events arrived (events cross a ring buffer and a pipe).
+    pub fn wait_events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.lines.lock().unwrap().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.events()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for a clean exit and the last output.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain syscall on our child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("stagewall did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        if !status.success() {
+            bail!("stagewall exited with {status}:\n{}", self.log());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sums the samples of a metric whose labels contain every `label="value"` pair given.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -113,6 +113,7 @@ fn skb_verdict(
     hook: u8,
 ) -> Verdict {
     match parsed {
+        Ok(Some(p)) if p.link_control => Verdict::Pass,
         Ok(Some(p)) => decide(cfg, ep, &flow_from_packet(&p, direction), hook, true),
         // Not IP (ARP, say): outside of what network policy covers.
         Ok(None) => Verdict::Pass,

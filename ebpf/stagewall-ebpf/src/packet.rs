@@ -3,6 +3,9 @@
 //!
 //! cgroup_skb programs see data starting at the IP header; TC programs see the Ethernet
 //! header first. Callers pass the offset of the IP header.
+//!
+//! The parsers are inlined: returning a struct from a BPF-to-BPF call is where LLVM's BPF
+//! backend emits code the verifier rejects (registers read after a helper clobbered them).
 
 use aya_ebpf::programs::sk_buff::SkBuff;
 use stagewall_common::{
@@ -16,20 +19,36 @@ const ETH_P_IPV6: u16 = 0x86dd;
 
 /// IPv6 extension headers we step over to find the transport header.
 const IPV6_HOPOPTS: u8 = 0;
+const PROTO_IGMP: u8 = 2;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
 const IPV6_MAX_EXT_HEADERS: usize = 4;
 
-/// A packet's addresses and ports as seen on the wire (source, destination).
+/// A packet's addresses and ports as seen on the wire (source, destination). Built in one
+/// piece at the end of parsing: byte-sized stores into a half-built struct on the stack
+/// can land on a slot the verifier knows as a spilled register, and it rejects them.
 pub struct Packet {
-    pub family: u8,
-    pub protocol: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
-    /// TCP/UDP ports; for ICMP echo, the echo identifier in both; 0 otherwise.
+    /// TCP/UDP/SCTP ports; for ICMP echo, the echo identifier in both; 0 otherwise.
     pub sport: u16,
     pub dport: u16,
+    pub family: u8,
+    pub protocol: u8,
+    /// Link control: IPv6 neighbor discovery (ICMPv6 133-137, IPv6's ARP), multicast
+    /// listener discovery (ICMPv6 130-132, 143) and IGMP. Policy never blocks it, as it
+    /// never blocks ARP: without neighbor discovery no IPv6 peer of an isolated interface
+    /// could be reached at all.
+    pub link_control: bool,
+}
+
+/// What the transport header tells.
+#[derive(Default)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    link_control: bool,
 }
 
 pub struct Malformed;
@@ -49,6 +68,7 @@ pub fn l3_from_ethertype(ethertype_be: u16) -> L3 {
     }
 }
 
+#[inline(always)]
 pub fn parse(skb: &SkBuff, l3: L3, offset: usize) -> Result<Option<Packet>, Malformed> {
     match l3 {
         L3::V4 => parse_v4(skb, offset).map(Some),
@@ -62,6 +82,7 @@ fn load<T>(skb: &SkBuff, offset: usize) -> Result<T, Malformed> {
     skb.load::<T>(offset).map_err(|_| Malformed)
 }
 
+#[inline(always)]
 fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
     let version_ihl: u8 = load(skb, offset)?;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
@@ -72,80 +93,95 @@ fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
     let protocol: u8 = load(skb, offset + 9)?;
     let src4: [u8; 4] = load(skb, offset + 12)?;
     let dst4: [u8; 4] = load(skb, offset + 16)?;
-    let mut p = Packet {
-        family: FAMILY_V4,
-        protocol,
-        src: [0; 16],
-        dst: [0; 16],
-        sport: 0,
-        dport: 0,
-    };
-    p.src[..4].copy_from_slice(&src4);
-    p.dst[..4].copy_from_slice(&dst4);
     // A non-first fragment carries no transport header: its ports stay 0, so only rules
     // without ports can allow it (it never borrows the verdict of a port rule).
     let fragment_offset = u16::from_be(frag_off_be) & 0x1fff;
-    if fragment_offset == 0 {
-        read_ports(skb, &mut p, offset + ihl)?;
-    }
-    Ok(p)
+    let l4 = if fragment_offset == 0 {
+        read_l4(skb, protocol, offset + ihl)?
+    } else {
+        L4::default()
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&src4);
+    dst[..4].copy_from_slice(&dst4);
+    Ok(Packet {
+        src,
+        dst,
+        sport: l4.sport,
+        dport: l4.dport,
+        family: FAMILY_V4,
+        protocol,
+        link_control: protocol == PROTO_IGMP,
+    })
 }
 
+#[inline(always)]
 fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
     let mut next: u8 = load(skb, offset + 6)?;
     let src: [u8; 16] = load(skb, offset + 8)?;
     let dst: [u8; 16] = load(skb, offset + 24)?;
-    let mut l4 = offset + 40;
+    let mut l4_offset = offset + 40;
     let mut first_fragment = true;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let hdr: [u8; 2] = load(skb, l4)?;
+                let hdr: [u8; 2] = load(skb, l4_offset)?;
                 next = hdr[0];
-                l4 += (hdr[1] as usize + 1) * 8;
+                l4_offset += (hdr[1] as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let hdr: [u8; 4] = load(skb, l4)?;
+                let hdr: [u8; 4] = load(skb, l4_offset)?;
                 next = hdr[0];
                 first_fragment = (u16::from_be_bytes([hdr[2], hdr[3]]) >> 3) == 0;
-                l4 += 8;
+                l4_offset += 8;
             }
             _ => break,
         }
     }
-    let mut p = Packet {
-        family: FAMILY_V6,
-        protocol: next,
+    let l4 = if first_fragment {
+        read_l4(skb, next, l4_offset)?
+    } else {
+        L4::default()
+    };
+    Ok(Packet {
         src,
         dst,
-        sport: 0,
-        dport: 0,
-    };
-    if first_fragment {
-        read_ports(skb, &mut p, l4)?;
-    }
-    Ok(p)
+        sport: l4.sport,
+        dport: l4.dport,
+        family: FAMILY_V6,
+        protocol: next,
+        link_control: l4.link_control,
+    })
 }
 
-fn read_ports(skb: &SkBuff, p: &mut Packet, l4: usize) -> Result<(), Malformed> {
-    match p.protocol {
+#[inline(always)]
+fn read_l4(skb: &SkBuff, protocol: u8, offset: usize) -> Result<L4, Malformed> {
+    match protocol {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            let ports: [u8; 4] = load(skb, l4)?;
-            p.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            let ports: [u8; 4] = load(skb, offset)?;
+            Ok(L4 {
+                sport: u16::from_be_bytes([ports[0], ports[1]]),
+                dport: u16::from_be_bytes([ports[2], ports[3]]),
+                link_control: false,
+            })
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let icmp_type: u8 = load(skb, l4)?;
-            if is_echo(p.protocol, icmp_type) {
-                let id: [u8; 2] = load(skb, l4 + 4)?;
-                let id = u16::from_be_bytes(id);
-                p.sport = id;
-                p.dport = id;
-            }
+            let icmp_type: u8 = load(skb, offset)?;
+            let id = if is_echo(protocol, icmp_type) {
+                let id: [u8; 2] = load(skb, offset + 4)?;
+                u16::from_be_bytes(id)
+            } else {
+                0
+            };
+            Ok(L4 {
+                sport: id,
+                dport: id,
+                link_control: protocol == PROTO_ICMPV6 && matches!(icmp_type, 130..=137 | 143),
+            })
         }
-        _ => {}
+        _ => Ok(L4::default()),
     }
-    Ok(())
 }
 
 /// Echo request or reply: their identifier ties a reply to its request.

@@ -11,9 +11,10 @@ use stagewall_common::{
     CNT_EVENTS_LOST, CNT_FLOW_INSERT_FAILED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS,
     CNT_WOULD_DROP_INGRESS, Config, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EndpointInfo, Event, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS,
-    FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
-    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
-    REASON_NO_RULE, VERDICT_DROPPED, VERDICT_WOULD_DROP,
+    FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY,
+    IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT,
+    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_NO_RULE, VERDICT_DROPPED,
+    VERDICT_WOULD_DROP,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -59,6 +60,9 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             ep.flags & EP_ISOLATED_INGRESS != 0,
         )
     };
+    // connect/sendmsg decide before a packet exists: no local port to track, no packet to
+    // count (the packets that follow are decided and counted by the packet hooks).
+    let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
     let now = unsafe { bpf_ktime_get_ns() };
 
     if ep.flags & isolated_flag != 0 {
@@ -68,16 +72,27 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         }
         let identity = remote_identity(cfg, flow);
         if !allowed_by_policy(policy, identity, flow) {
-            return deny(cfg, ep, flow, identity, hook, report, now);
+            if deny(cfg, flow, ep, identity, hook, report, now) == Verdict::Drop {
+                return Verdict::Drop;
+            }
+            // Audit mode: the packet goes on, and its replies must count as replies (as
+            // they would had it been allowed), not as violations of their own.
+        } else if packet_hook {
+            count(if ingress {
+                CNT_ALLOWED_INGRESS
+            } else {
+                CNT_ALLOWED_EGRESS
+            });
         }
+    } else if packet_hook {
+        count(if ingress {
+            CNT_ALLOWED_INGRESS
+        } else {
+            CNT_ALLOWED_EGRESS
+        });
     }
-    count(if ingress {
-        CNT_ALLOWED_INGRESS
-    } else {
-        CNT_ALLOWED_EGRESS
-    });
     // Replies only need tracking when the other direction is isolated.
-    if other_isolated {
+    if other_isolated && packet_hook {
         track(ep, flow, now);
     }
     Verdict::Pass
@@ -178,8 +193,8 @@ fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
 
 fn deny(
     cfg: &Config,
-    ep: &EndpointInfo,
     flow: &Flow,
+    ep: &EndpointInfo,
     identity: u32,
     hook: u8,
     report: bool,

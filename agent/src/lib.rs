@@ -1,0 +1,13 @@
+//! stagewall's agent as a library: the parts of the system, each in its own module. The
+//! `stagewall` binary (main.rs) is the command line over them; the integration tests use
+//! the host helpers to build their namespaces and cgroups the way the agent finds them.
+
+pub mod check;
+pub mod compiler;
+pub mod events;
+pub mod host;
+pub mod http;
+pub mod loader;
+pub mod metrics;
+pub mod policy;
+pub mod run;
