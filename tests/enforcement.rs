@@ -65,8 +65,6 @@ fn v6(bed: &Testbed, node: &str) -> IpAddr {
 
 /// Every probe of the pipeline, with the outcome enforce mode must give.
 fn probes(bed: &Testbed) -> Vec<(&'static str, stagewall_tests::Outcome, &'static str)> {
-    let ext: IpAddr = EXTERNAL.parse().unwrap();
-    let _ = ext;
     vec![
         (
             "ingest -> validate:9090 v4",

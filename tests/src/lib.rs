@@ -144,21 +144,60 @@ fn remove_cgroup_tree(dir: &Path) {
     }
 }
 
+/// How a test bed is laid out: names, address numbers and interface names.
+pub struct Layout {
+    /// Prefix of namespace names.
+    pub prefix: String,
+    /// Directory below the cgroup2 mount that holds the workloads' cgroups.
+    pub cgroup_dir: String,
+    pub nodes: Vec<NodeSpec>,
+}
+
+pub struct NodeSpec {
+    pub name: String,
+    /// Last number of the node's addresses: 198.18.0.N and fd00:5747::N (the same digits).
+    pub n: u8,
+    /// Name of the host side of its veth (at most 15 characters).
+    pub host_if: String,
+}
+
+impl Layout {
+    /// Names private to this test process, numbered from .10 upwards.
+    pub fn for_test(names: &[&str]) -> Layout {
+        let pid = std::process::id();
+        Layout {
+            prefix: format!("swt{pid}"),
+            cgroup_dir: format!("stagewall-test-{pid}"),
+            nodes: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| NodeSpec {
+                    name: name.to_string(),
+                    n: i as u8 + 10,
+                    host_if: format!("sw{}{}", pid % 100_000, i + 10),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Testbed {
-    /// A hub namespace and one workload namespace per name.
+    /// A hub namespace and one workload namespace per name, named for this test process.
     pub fn new(names: &[&str]) -> anyhow::Result<Testbed> {
+        Testbed::with_layout(Layout::for_test(names))
+    }
+
+    pub fn with_layout(layout: Layout) -> anyhow::Result<Testbed> {
         let serial = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
         let cgroup_root = stagewall::host::cgroup2_mount()?;
         remove_stale(&cgroup_root);
-        let pid = std::process::id();
-        let prefix = format!("swt{pid}");
-        let cgroup_base = cgroup_root.join(format!("stagewall-test-{pid}"));
-        let dir = std::env::temp_dir().join(format!("stagewall-test-{pid}"));
+        let cgroup_base = cgroup_root.join(&layout.cgroup_dir);
+        let dir = std::env::temp_dir().join(&layout.cgroup_dir);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let mut bed = Testbed {
-            hub: format!("{prefix}-hub"),
-            prefix,
+            hub: format!("{}-hub", layout.prefix),
+            prefix: layout.prefix,
             nodes: Vec::new(),
             cgroup_base,
             children: Vec::new(),
@@ -166,27 +205,35 @@ impl Testbed {
             _serial: serial,
         };
         // From here on, Drop cleans up whatever was made.
+        if bed.cgroup_base.exists() {
+            // Left over by a killed run of the same layout (the demo's fixed names).
+            remove_cgroup_tree(&bed.cgroup_base);
+            let _ = ip(&["netns", "del", &bed.hub]);
+            for spec in &layout.nodes {
+                let _ = ip(&["netns", "del", &format!("{}-{}", bed.prefix, spec.name)]);
+            }
+        }
         fs::create_dir_all(&bed.cgroup_base)?;
         ip(&["netns", "add", &bed.hub])?;
         ip(&["-n", &bed.hub, "link", "set", "lo", "up"])?;
         ip(&["-n", &bed.hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bed.hub, "link", "set", "br0", "up"])?;
-        for (i, name) in names.iter().enumerate() {
-            bed.add_node(name, i as u8 + 10, &cgroup_root)?;
+        for spec in &layout.nodes {
+            bed.add_node(spec, &cgroup_root)?;
         }
         Ok(bed)
     }
 
-    fn add_node(&mut self, name: &str, n: u8, cgroup_root: &Path) -> anyhow::Result<()> {
+    fn add_node(&mut self, spec: &NodeSpec, cgroup_root: &Path) -> anyhow::Result<()> {
+        let (name, n, host_if) = (&spec.name, spec.n, &spec.host_if);
         let netns = format!("{}-{name}", self.prefix);
-        let host_if = format!("sw{}{}", std::process::id() % 100_000, n);
         ip(&["netns", "add", &netns])?;
         ip(&[
-            "-n", &self.hub, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+            "-n", &self.hub, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
             "netns", &netns,
         ])?;
         ip(&[
-            "-n", &self.hub, "link", "set", &host_if, "master", "br0", "up",
+            "-n", &self.hub, "link", "set", host_if, "master", "br0", "up",
         ])?;
         let v4 = format!("198.18.0.{n}");
         let v6 = format!("fd00:5747::{n}");
@@ -219,7 +266,7 @@ impl Testbed {
         self.nodes.push(Node {
             name: name.to_string(),
             netns,
-            host_if,
+            host_if: host_if.to_string(),
             v4: v4.parse()?,
             v6: v6.parse()?,
             cgroup,
@@ -358,12 +405,16 @@ impl Testbed {
         )
     }
 
-    /// Starts the agent in the hub namespace (so it sees the host-side interfaces) and
-    /// waits until it reports ready.
+    /// Starts the agent on the test's policy directory in the hub namespace (so it sees
+    /// the host-side interfaces) and waits until it reports ready.
     pub fn start_agent(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        self.start_agent_on(&self.dir, extra_args)
+    }
+
+    pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
         let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
         cmd.args(["run", "--policies"])
-            .arg(&self.dir)
+            .arg(policies)
             .args(extra_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting stagewall")?;
@@ -470,12 +521,14 @@ fn in_netns_and_cgroup(
 }
 
 fn sibling_bin(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
+    // Test binaries live in target/<profile>/deps, the workspace's binaries (the demo
+    // among them) in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name)
+    let mut dir = exe.parent().expect("exe has a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    dir.join(name)
 }
 
 pub fn probe_bin() -> PathBuf {

@@ -55,7 +55,7 @@ fn lookup(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
         kind,
         id,
     };
-    unsafe { ENDPOINTS.get(&key) }
+    unsafe { ENDPOINTS.get(key) }
 }
 
 /// The workload whose cgroup holds `cgroup_id`, or one of its ancestors (processes in child

@@ -1,9 +1,11 @@
 //! The per-packet decision, the same for every hook. Its cost is a fixed number of map
 //! lookups whatever the policy size:
-//!   CONFIG (array) + ENDPOINTS (hash) + FLOWS (LRU hash, replies)
-//!   + IPCACHE (LPM) + POLICY (LPM, the peer's identity) + POLICY (LPM, any peer),
-//! and for an allowed packet whose reply needs tracking, one FLOWS lookup and, at most
-//! once a second per flow, an update.
+//!
+//! - CONFIG (array), ENDPOINTS (hash), FLOWS (LRU hash: is it a reply?);
+//! - IPCACHE (LPM: the peer's identity);
+//! - POLICY (LPM: the peer's identity), then POLICY again (LPM: any peer) on a miss;
+//! - for an allowed packet whose replies need tracking, one FLOWS lookup and, at most
+//!   once a second per flow, an update.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use stagewall_common::{
@@ -131,7 +133,7 @@ fn timeout_ns(protocol: u8) -> u64 {
 /// Is this packet a reply within a flow the endpoint allowed the other way?
 fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
     let key = flow_key(ep, flow, opposite(flow.direction));
-    match unsafe { FLOWS.get(&key) } {
+    match unsafe { FLOWS.get(key) } {
         Some(value) => now.saturating_sub(value.last_seen_ns) < timeout_ns(flow.protocol),
         None => false,
     }
@@ -139,13 +141,13 @@ fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
 
 fn track(ep: &EndpointInfo, flow: &Flow, now: u64) {
     let key = flow_key(ep, flow, flow.direction);
-    if let Some(value) = unsafe { FLOWS.get(&key) } {
-        if now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS {
-            return;
-        }
+    if let Some(value) = unsafe { FLOWS.get(key) }
+        && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS
+    {
+        return;
     }
     let value = FlowValue { last_seen_ns: now };
-    if FLOWS.insert(&key, &value, 0).is_err() {
+    if FLOWS.insert(key, value, 0).is_err() {
         count(CNT_FLOW_INSERT_FAILED);
     }
 }
@@ -180,14 +182,14 @@ fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
         port_be: port.to_be(),
     };
     if POLICY
-        .get(&Key::new(POLICY_PREFIX_FULL_BITS, data))
+        .get(Key::new(POLICY_PREFIX_FULL_BITS, data))
         .is_some()
     {
         return true;
     }
     data.identity_be = IDENTITY_ANY.to_be();
     POLICY
-        .get(&Key::new(POLICY_PREFIX_FULL_BITS, data))
+        .get(Key::new(POLICY_PREFIX_FULL_BITS, data))
         .is_some()
 }
 

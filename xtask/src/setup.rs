@@ -1,0 +1,104 @@
+//! Installs what building and testing need, skipping what is already there (CI runs on a
+//! machine that may keep the previous session's tools).
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::cmd;
+
+/// The nightly that builds the kernel programs; agent/build.rs names the same one.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+const BPF_LINKER: &str = "bpf-linker@0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages: `ip` for the test namespaces, `ping` for ICMP probes, LLVM 22 to
+/// build bpf-linker against.
+const PACKAGES: [&str; 3] = ["iproute2", "iputils-ping", "llvm-22-dev"];
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let components = output(
+        "rustup",
+        &[
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    );
+    if !["rust-src", "clippy"]
+        .iter()
+        .all(|c| components.contains(c))
+    {
+        cmd(
+            "rustup",
+            &[
+                "toolchain",
+                "install",
+                EBPF_TOOLCHAIN,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+                "--component",
+                "clippy",
+                "--component",
+                "rustfmt",
+                "--no-self-update",
+            ],
+        )?;
+    }
+
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !succeeds("apt-get", &["--version"]) {
+            bail!(
+                "missing packages {missing:?} and no apt-get to install them; install them by hand"
+            );
+        }
+        cmd("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        cmd("apt-get", &args)?;
+    }
+
+    if !output("bpf-linker", &["--version"]).contains("0.13.0") {
+        println!("+ LLVM_PREFIX={LLVM_PREFIX} cargo install {BPF_LINKER} ...");
+        let status = Command::new("cargo")
+            .args([
+                "install",
+                BPF_LINKER,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .status()?;
+        if !status.success() {
+            bail!("installing {BPF_LINKER} failed: {status}");
+        }
+    }
+    Ok(())
+}
