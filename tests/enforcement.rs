@@ -431,3 +431,121 @@ fn audit_mode_drops_nothing_and_reports_what_enforce_drops() {
         "replies reported as violations: {events:#?}"
     );
 }
+
+/// Tenant isolation by namespaceSelector (the example policies), protocol-wide rules (ICMP
+/// passes a rule without ports), IPv6 UDP, and a TC-enforced workload's egress.
+#[test]
+fn tenants_are_isolated_and_rules_without_ports_allow_every_protocol() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["a1", "a2", "b1"]).expect("creating the test bed");
+    let mut inventory = String::new();
+    inventory += &bed.workload_yaml("a1", "tenant-a-research", "{app: notebook}", false);
+    inventory += &bed.workload_yaml("a2", "tenant-a-jobs", "{app: batch}", true);
+    inventory += &bed.workload_yaml("b1", "tenant-b-research", "{app: notebook}", false);
+    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    bed.write_policy("tenants.yaml", &example("tenants/tenants.yaml"))
+        .unwrap();
+    // The batch runner may only send to its own tenant, on TCP 80.
+    bed.write_policy(
+        "batch-egress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: batch-egress, namespace: tenant-a-jobs}\nspec:\n  podSelector: {matchLabels: {app: batch}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{namespaceSelector: {matchLabels: {tenant: a}}}]\n      ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    for node in ["a1", "a2", "b1"] {
+        bed.serve(node, &[80], &[5353]).unwrap();
+    }
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    let (a1, a2, b1) = (v4(&bed, "a1"), v4(&bed, "a2"), v4(&bed, "b1"));
+
+    assert!(bed.tcp("a1", a2, 80).is("ok"), "same tenant, tc ingress");
+    assert!(
+        bed.tcp("a2", a1, 80).is("ok"),
+        "same tenant, tc egress allowed on 80"
+    );
+    assert!(
+        bed.udp("a1", v6(&bed, "a2"), 5353, 1).is("ok"),
+        "protocol-wide ingress rule, IPv6 UDP"
+    );
+    assert!(bed.ping("a1", a2), "ICMP passes a rule without ports");
+    assert!(bed.tcp("b1", a1, 80).is("timeout"), "other tenant -> a1");
+    assert!(
+        bed.tcp("b1", a2, 80).is("timeout"),
+        "other tenant -> a2 (tc)"
+    );
+    assert!(bed.tcp("a1", b1, 80).is("timeout"), "tenant a -> b1");
+    assert!(!bed.ping("b1", a2), "other tenant's ICMP");
+    assert!(
+        bed.udp("a2", v6(&bed, "a1"), 5353, 1).is("timeout"),
+        "a2's egress allows TCP 80 only (tc drop)"
+    );
+    assert!(
+        bed.tcp("a2", b1, 80).is("timeout"),
+        "a2's egress stays within its tenant"
+    );
+
+    let events = agent.wait_events(6);
+    let sigs: BTreeSet<Signature> = events.iter().map(signature).collect();
+    let expect = |w: &str, dir: &str, peer: &str, proto: &str, port: Option<u64>| {
+        (
+            w.to_string(),
+            dir.to_string(),
+            peer.to_string(),
+            proto.to_string(),
+            port,
+        )
+    };
+    for s in [
+        expect(
+            "tenant-a-research/a1",
+            "ingress",
+            "tenant-b-research/b1",
+            "tcp",
+            Some(80),
+        ),
+        expect(
+            "tenant-a-jobs/a2",
+            "ingress",
+            "tenant-b-research/b1",
+            "tcp",
+            Some(80),
+        ),
+        expect(
+            "tenant-b-research/b1",
+            "ingress",
+            "tenant-a-research/a1",
+            "tcp",
+            Some(80),
+        ),
+        expect(
+            "tenant-a-jobs/a2",
+            "ingress",
+            "tenant-b-research/b1",
+            "icmp",
+            None,
+        ),
+        expect(
+            "tenant-a-jobs/a2",
+            "egress",
+            "tenant-a-research/a1",
+            "udp",
+            Some(5353),
+        ),
+        expect(
+            "tenant-a-jobs/a2",
+            "egress",
+            "tenant-b-research/b1",
+            "tcp",
+            Some(80),
+        ),
+    ] {
+        assert!(sigs.contains(&s), "missing {s:?} in {sigs:#?}");
+    }
+    assert!(events.iter().all(|e| e["verdict"] == "dropped"));
+    let tc_egress = events
+        .iter()
+        .find(|e| e["workload"] == "tenant-a-jobs/a2" && e["direction"] == "egress")
+        .unwrap();
+    assert_eq!(tc_egress["hook"], "tc");
+}

@@ -860,3 +860,160 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
         Err(PolicyErrors(errors))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<PolicyError> {
+        let mut set = PolicySet::default();
+        let mut errs = match parse_into(Path::new("p.yaml"), yaml, &mut set) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0,
+        };
+        if let Err(mut e) = validate_set(&set) {
+            errs.append(&mut e.0);
+        }
+        errs
+    }
+
+    fn one_error(yaml: &str) -> PolicyError {
+        let errs = errors(yaml);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    const POLICY_HEAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  podSelector: {}\n";
+
+    #[test]
+    fn invalid_cidr_names_its_line_and_the_expected_form() {
+        let e = one_error(&format!(
+            "{POLICY_HEAD}  egress:\n    - to:\n        - ipBlock: {{cidr: 10.0.0.0/33}}\n"
+        ));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("invalid CIDR \"10.0.0.0/33\""), "{e}");
+        assert!(e.message.contains("expected"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:8: "), "{e}");
+    }
+
+    #[test]
+    fn ports_out_of_range_and_bad_end_ports_are_rejected() {
+        for (ports, wanted) in [
+            ("{port: 0}", "port 0 is out of range"),
+            ("{port: 65536}", "port 65536 is out of range"),
+            ("{port: 90, endPort: 80}", "endPort 80 is invalid"),
+            ("{endPort: 80}", "endPort without port"),
+            ("{port: http}", "named port \"http\" is not supported yet"),
+            ("{port: 80, protocol: ICMP}", "unknown protocol \"ICMP\""),
+        ] {
+            let e = one_error(&format!(
+                "{POLICY_HEAD}  ingress:\n    - ports: [{ports}]\n"
+            ));
+            assert!(e.message.contains(wanted), "{ports}: {e}");
+            assert_eq!(e.line, 7, "{ports}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_not_silently_ignored() {
+        let e = one_error(&format!("{POLICY_HEAD}  ingres: []\n"));
+        assert!(e.message.contains("ingres"), "{e}");
+        assert!(e.line > 0, "{e}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_the_line() {
+        let e = one_error("apiVersion: v1\nkind: Namespace\nmetadata: {name: [unclosed\n");
+        assert!(e.line >= 3, "{e}");
+        assert!(e.message.starts_with("invalid YAML document"), "{e}");
+    }
+
+    #[test]
+    fn except_outside_its_block_is_rejected() {
+        let e = one_error(&format!(
+            "{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}\n"
+        ));
+        assert!(e.message.contains("not strictly inside"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_workloads_are_rejected() {
+        let w = |name: &str, cgroup: &str, addr: &str| {
+            format!(
+                "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{cgroup: {cgroup}, addresses: [{addr}]}}\n---\n"
+            )
+        };
+        let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("a", "/b", "10.0.0.2")));
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("duplicate Workload ns/a")),
+            "{errs:?}"
+        );
+        let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("b", "/b", "10.0.0.1")));
+        assert!(
+            errs.iter().any(|e| e.message.contains("address 10.0.0.1")),
+            "{errs:?}"
+        );
+        let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("b", "/a/b", "10.0.0.2")));
+        assert!(
+            errs.iter().any(|e| e.message.contains("inside cgroup /a")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn policy_types_are_inferred_as_kubernetes_does() {
+        let mut set = PolicySet::default();
+        parse_into(
+            Path::new("p.yaml"),
+            &format!("{POLICY_HEAD}  egress: []\n"),
+            &mut set,
+        )
+        .unwrap();
+        let p = &set.policies[0];
+        assert!(p.ingress_isolates && p.egress_isolates);
+        let mut set = PolicySet::default();
+        parse_into(Path::new("p.yaml"), POLICY_HEAD, &mut set).unwrap();
+        assert!(set.policies[0].ingress_isolates && !set.policies[0].egress_isolates);
+    }
+
+    #[test]
+    fn kubectl_output_with_status_and_server_fields_is_accepted() {
+        let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\n  uid: 1234\n  resourceVersion: \"99\"\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n  annotations: {a: b}\nspec:\n  podSelector: {}\nstatus: {}\n";
+        assert!(errors(yaml).is_empty(), "{:?}", errors(yaml));
+    }
+
+    #[test]
+    fn the_example_policies_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let set = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.policies.len() >= 6 && set.workloads.len() >= 6);
+    }
+
+    proptest! {
+        // The parser never panics, whatever the bytes; errors carry a message.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            for e in errors(&text) {
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        // Mutations of a valid policy (a character replaced) give a policy or errors with
+        // a line inside the document, never a panic.
+        #[test]
+        fn mutated_policies_never_panic(pos in 0usize..400, c in proptest::char::any()) {
+            let base = format!("{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}\n        - namespaceSelector: {{matchExpressions: [{{key: tenant, operator: In, values: [a]}}]}}\n      ports: [{{port: 80, endPort: 90}}, {{protocol: UDP}}]\n");
+            let mut chars: Vec<char> = base.chars().collect();
+            let i = pos % chars.len();
+            chars[i] = c;
+            let text: String = chars.into_iter().collect();
+            let lines = text.lines().count() as u32 + 1;
+            for e in errors(&text) {
+                prop_assert!(e.line <= lines, "{}", e);
+            }
+        }
+    }
+}
