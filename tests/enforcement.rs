@@ -311,8 +311,7 @@ fn enforce_mode_allows_the_pipeline_and_drops_the_rest() {
     assert_eq!(e["dst"], v4(&bed, "validate").to_string());
 
     // The metric counts exactly the violations printed.
-    let metrics = agent.metrics();
-    let events = agent.events();
+    let (metrics, events) = agent.settled_metrics_and_events();
     let total = metric_sum(&metrics, "ml_network_violations_total", &[]);
     assert_eq!(total as usize, events.len(), "{metrics}");
     let one = metric_sum(

@@ -603,6 +603,20 @@ impl Agent {
         self.http_get("/metrics").expect("fetching /metrics")
     }
 
+    /// /metrics and the events printed, taken when no event arrived in between (the agent
+    /// counts an event just before it prints it), so the two can be compared exactly.
+    pub fn settled_metrics_and_events(&self) -> (String, Vec<serde_json::Value>) {
+        loop {
+            let before = self.lines.lock().unwrap().len();
+            let metrics = self.metrics();
+            std::thread::sleep(Duration::from_millis(100));
+            let events = self.events();
+            if events.len() == before {
+                return (metrics, events);
+            }
+        }
+    }
+
     /// Violation events printed so far, parsed.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.lines

@@ -772,37 +772,27 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
             message,
         })
     };
-    let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
-    for w in &set.workloads {
-        if let Some(first) = names.insert(&w.name, &w.origin) {
-            err(
-                &w.origin,
-                format!(
-                    "duplicate Workload {}; first defined at {first}; expected unique namespace/name",
-                    w.name
-                ),
-            );
-        }
-    }
-    let mut names: HashMap<&ObjectName, &Origin> = HashMap::new();
-    for p in &set.policies {
-        if let Some(first) = names.insert(&p.name, &p.origin) {
-            err(
-                &p.origin,
-                format!(
-                    "duplicate NetworkPolicy {}; first defined at {first}; expected unique namespace/name",
-                    p.name
-                ),
-            );
-        }
-    }
-    let mut namespaces: HashMap<&str, &Origin> = HashMap::new();
-    for n in &set.namespaces {
-        if let Some(first) = namespaces.insert(&n.name, &n.origin) {
-            err(
-                &n.origin,
-                format!("duplicate Namespace {}; first defined at {first}", n.name),
-            );
+    let workloads = set
+        .workloads
+        .iter()
+        .map(|w| (w.name.to_string(), &w.origin));
+    let policies = set.policies.iter().map(|p| (p.name.to_string(), &p.origin));
+    let namespaces = set.namespaces.iter().map(|n| (n.name.clone(), &n.origin));
+    for (kind, named) in [
+        ("Workload", workloads.collect::<Vec<_>>()),
+        ("NetworkPolicy", policies.collect()),
+        ("Namespace", namespaces.collect()),
+    ] {
+        let mut first: HashMap<&str, &Origin> = HashMap::new();
+        for (name, origin) in &named {
+            if let Some(first) = first.insert(name, origin) {
+                err(
+                    origin,
+                    format!(
+                        "duplicate {kind} {name}; first defined at {first}; expected each name once"
+                    ),
+                );
+            }
         }
     }
     let mut addresses: HashMap<IpAddr, &Workload> = HashMap::new();

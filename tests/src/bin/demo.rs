@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     std::thread::sleep(Duration::from_millis(300));
-    let events = agent.events();
+    let (metrics, events) = agent.settled_metrics_and_events();
     println!(
         "\n== violation events ({}), one JSON line each",
         events.len()
@@ -170,7 +170,6 @@ fn main() -> anyhow::Result<()> {
     for e in &events {
         println!("{e}");
     }
-    let metrics = agent.metrics();
     println!("\n== /metrics: ml_network_violations_total");
     for line in metrics
         .lines()
