@@ -77,6 +77,16 @@ fn probes(bed: &Testbed) -> Vec<(&'static str, stagewall_tests::Outcome, &'stati
             "ok",
         ),
         (
+            "ingest -> its own 127.0.0.1:8080",
+            bed.tcp("ingest", "127.0.0.1".parse().unwrap(), 8080),
+            "ok",
+        ),
+        (
+            "ingest -> its own [::1]:8080",
+            bed.tcp("ingest", "::1".parse().unwrap(), 8080),
+            "ok",
+        ),
+        (
             "ingest -> validate:9091",
             bed.tcp("ingest", v4(bed, "validate"), 9091),
             "eperm",

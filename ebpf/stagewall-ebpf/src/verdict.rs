@@ -48,6 +48,11 @@ pub fn config() -> Option<&'static Config> {
 /// reports the event (with `hook`) unless `report` is false, and returns Drop only in
 /// enforce mode.
 pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bool) -> Verdict {
+    // A workload's loopback traffic never leaves it; as in Kubernetes, policy does not
+    // apply to it.
+    if is_loopback(flow) {
+        return Verdict::Pass;
+    }
     let ingress = flow.direction == DIR_INGRESS;
     let (isolated_flag, policy, other_isolated) = if ingress {
         (
@@ -98,6 +103,15 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         track(ep, flow, now);
     }
     Verdict::Pass
+}
+
+fn is_loopback(flow: &Flow) -> bool {
+    let a = &flow.remote_addr;
+    if flow.family == FAMILY_V4 {
+        a[0] == 127
+    } else {
+        a[..15].iter().all(|b| *b == 0) && a[15] == 1
+    }
 }
 
 fn flow_key(ep: &EndpointInfo, flow: &Flow, origin: u8) -> FlowKey {
