@@ -87,6 +87,16 @@ fn probes(bed: &Testbed) -> Vec<(&'static str, stagewall_tests::Outcome, &'stati
             "ok",
         ),
         (
+            "ingest -> its own address :8080",
+            bed.tcp("ingest", v4(bed, "ingest"), 8080),
+            "ok",
+        ),
+        (
+            "ingest -> its own address :8080/udp",
+            bed.udp("ingest", v6(bed, "ingest"), 8080, 1),
+            "ok",
+        ),
+        (
             "ingest -> validate:9091",
             bed.tcp("ingest", v4(bed, "validate"), 9091),
             "eperm",

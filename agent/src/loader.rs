@@ -35,7 +35,8 @@ use ipnet::IpNet;
 use stagewall_common::{
     Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, FAMILY_V4,
     FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_IPCACHE, MAP_POLICY, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey,
+    MAP_EVENTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW,
+    PolicyKey, SelfAddrKey,
 };
 
 use crate::{
@@ -91,6 +92,7 @@ pub struct Enforced {
 #[derive(Default)]
 struct SlotKeys {
     endpoints: Vec<EndpointKey>,
+    self_addrs: Vec<SelfAddrKey>,
     ipcache: Vec<Key<IpcacheKey>>,
     policy: Vec<Key<PolicyKey>>,
 }
@@ -99,6 +101,7 @@ pub struct Loader {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
     endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    self_addrs: HashMap<MapData, SelfAddrKey, u32>,
     ipcache: LpmTrie<MapData, IpcacheKey, u32>,
     policy: LpmTrie<MapData, PolicyKey, u32>,
     cgroup_root: PathBuf,
@@ -170,6 +173,7 @@ impl Loader {
         let loader = Loader {
             config: take(&mut ebpf, MAP_CONFIG)?,
             endpoints: take(&mut ebpf, MAP_ENDPOINTS)?,
+            self_addrs: take(&mut ebpf, MAP_SELF_ADDRS)?,
             ipcache: take(&mut ebpf, MAP_IPCACHE)?,
             policy: take(&mut ebpf, MAP_POLICY)?,
             ebpf,
@@ -217,6 +221,13 @@ impl Loader {
                     .insert(key, info, 0)
                     .context("writing ENDPOINTS")?;
                 keys.endpoints.push(key);
+                for addr in &ep.addresses {
+                    let key = self_addr_key(next_slot, ep.endpoint_id, *addr);
+                    self.self_addrs
+                        .insert(key, 1, 0)
+                        .context("writing SELF_ADDRS")?;
+                    keys.self_addrs.push(key);
+                }
                 enforced.push(Enforced {
                     workload: ep.workload.clone(),
                     target: target.clone(),
@@ -286,6 +297,9 @@ impl Loader {
         let keys = std::mem::take(&mut self.slot_keys[slot as usize]);
         for key in &keys.endpoints {
             let _ = self.endpoints.remove(key);
+        }
+        for key in &keys.self_addrs {
+            let _ = self.self_addrs.remove(key);
         }
         for key in &keys.ipcache {
             let _ = self.ipcache.remove(key);
@@ -401,23 +415,37 @@ fn endpoint_key(slot: u32, target: &Target) -> EndpointKey {
     }
 }
 
+/// An address as the kernel programs hold it: family, and the bytes (IPv4 in the first 4).
+fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut bytes = [0; 16];
+            bytes[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, bytes)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    }
+}
+
+fn self_addr_key(slot: u32, endpoint_id: u32, addr: IpAddr) -> SelfAddrKey {
+    let (family, addr) = family_and_bytes(addr);
+    SelfAddrKey {
+        slot,
+        endpoint_id,
+        family,
+        _pad: [0; 3],
+        addr,
+    }
+}
+
 /// The IPCACHE key of a prefix: slot and family bytes, then the address.
 pub fn ipcache_key(slot: u32, prefix: &IpNet) -> Key<IpcacheKey> {
-    let mut data = IpcacheKey {
+    let (family, addr) = family_and_bytes(prefix.addr());
+    let data = IpcacheKey {
         slot: slot as u8,
-        family: 0,
-        addr: [0; 16],
+        family,
+        addr,
         _pad: [0; 2],
     };
-    match prefix.addr() {
-        IpAddr::V4(a) => {
-            data.family = FAMILY_V4;
-            data.addr[..4].copy_from_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            data.family = FAMILY_V6;
-            data.addr = a.octets();
-        }
-    }
     Key::new(IPCACHE_PREFIX_BITS + prefix.prefix_len() as u32, data)
 }

@@ -18,7 +18,7 @@ use std::{
 use ipnet::IpNet;
 use stagewall_common::{IDENTITY_FIRST_ALLOCATED, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6};
 
-use crate::policy::model::{Labels, ObjectName, Peer, PolicySet};
+use crate::policy::model::{Labels, NamedPort, ObjectName, Peer, PolicySet};
 
 /// An ipBlock as rules name it (the block and its exceptions).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,11 +50,13 @@ fn subnet_of(inner: &IpNet, outer: &IpNet) -> bool {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IdentityKind {
-    /// Workloads with these labels in this namespace whose addresses lie in exactly the
-    /// ipBlocks `blocks` (indices into `Identities::blocks`).
+    /// Workloads with these labels and declared ports in this namespace whose addresses
+    /// lie in exactly the ipBlocks `blocks` (indices into `Identities::blocks`). The ports
+    /// are part of it because named-port egress rules resolve against them.
     Workloads {
         namespace: String,
         labels: Labels,
+        ports: Vec<NamedPort>,
         blocks: BTreeSet<usize>,
     },
     /// Addresses whose longest known prefix is this one.
@@ -109,9 +111,12 @@ impl Identities {
                     .filter(|(_, b)| b.contains_addr(addr))
                     .map(|(i, _)| i)
                     .collect();
+                let mut ports = w.ports.clone();
+                ports.sort();
                 let key = IdentityKind::Workloads {
                     namespace: w.name.namespace.clone(),
                     labels: w.labels.clone(),
+                    ports,
                     blocks: in_blocks,
                 };
                 workload_keys.entry(key).or_default().push(addr);
@@ -168,6 +173,14 @@ impl Identities {
             })
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The ports declared by the workloads of an identity (none for CIDRs and WORLD).
+    pub fn named_ports(&self, identity: u32) -> &[NamedPort] {
+        match self.kinds.get(&identity) {
+            Some(IdentityKind::Workloads { ports, .. }) => ports,
+            _ => &[],
+        }
     }
 
     /// Workload identities whose namespace and labels satisfy `matches`.

@@ -19,7 +19,8 @@ use stagewall_common::{
 };
 
 use crate::policy::model::{
-    Attachment, Direction, NetworkPolicy, ObjectName, Peer, PolicySet, Rule, Workload,
+    Attachment, Direction, NamedPort, NetworkPolicy, ObjectName, Peer, PolicySet, PortMatch, Rule,
+    Workload,
 };
 
 /// A local workload the kernel enforces: how to find its traffic and its policies.
@@ -27,6 +28,8 @@ use crate::policy::model::{
 pub struct Endpoint {
     pub workload: ObjectName,
     pub attachment: Attachment,
+    /// The workload's own addresses: its traffic to them never leaves it and passes.
+    pub addresses: Vec<std::net::IpAddr>,
     pub endpoint_id: u32,
     /// 0 when no policy isolates the direction.
     pub ingress_policy: u32,
@@ -143,6 +146,7 @@ pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
         let mut endpoint = Endpoint {
             workload: w.name.clone(),
             attachment: w.attachment.clone().expect("filtered on attachment"),
+            addresses: w.addresses.clone(),
             endpoint_id: index as u32 + 1,
             ingress_policy: 0,
             egress_policy: 0,
@@ -166,7 +170,12 @@ pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
             let mut entries = EntrySet::new();
             for p in &selecting {
                 for rule in p.rules(direction) {
-                    rule_entries(set, &compiled.identities, p, rule, &mut entries);
+                    let target = RuleTarget {
+                        policy: p,
+                        local: w,
+                        direction,
+                    };
+                    rule_entries(set, &compiled.identities, &target, rule, &mut entries);
                 }
             }
             let next_id = policy_ids.len() as u32 + 1;
@@ -216,11 +225,18 @@ fn check_size(what: &'static str, count: usize, max: u32) -> Result<(), CompileE
     Ok(())
 }
 
-/// Adds the entries of one rule of `policy` to `entries`.
+/// Where a rule applies: its policy, the local workload and the direction.
+struct RuleTarget<'a> {
+    policy: &'a NetworkPolicy,
+    local: &'a Workload,
+    direction: Direction,
+}
+
+/// Adds the entries of one rule to `entries`.
 fn rule_entries(
     set: &PolicySet,
     identities: &Identities,
-    policy: &NetworkPolicy,
+    target: &RuleTarget,
     rule: &Rule,
     entries: &mut EntrySet,
 ) {
@@ -229,30 +245,65 @@ fn rule_entries(
     } else {
         let mut ids = BTreeSet::new();
         for peer in &rule.peers {
-            ids.extend(peer_identities(set, identities, policy, peer));
+            ids.extend(peer_identities(set, identities, target.policy, peer));
         }
         ids.into_iter().collect()
     };
-    let ports: Vec<(Option<u8>, Option<PortPrefix>)> = if rule.ports.is_empty() {
-        vec![(None, None)]
-    } else {
-        rule.ports
-            .iter()
-            .flat_map(|p| {
-                let protocol = Some(p.protocol.number());
-                match p.range {
-                    None => vec![(protocol, None)],
-                    Some((lo, hi)) => port_prefixes(lo, hi)
-                        .into_iter()
-                        .map(|prefix| (protocol, Some(prefix)))
-                        .collect(),
+    if rule.ports.is_empty() {
+        for identity in peers {
+            entries.insert((identity, None, None));
+        }
+        return;
+    }
+    for spec in &rule.ports {
+        let protocol = spec.protocol.number();
+        match &spec.port {
+            PortMatch::All => {
+                for &identity in &peers {
+                    entries.insert((identity, Some(protocol), None));
                 }
-            })
-            .collect()
-    };
-    for &identity in &peers {
-        for &(protocol, prefix) in &ports {
-            entries.insert((identity, protocol, prefix));
+            }
+            PortMatch::Range(lo, hi) => {
+                for &identity in &peers {
+                    for prefix in port_prefixes(*lo, *hi) {
+                        entries.insert((identity, Some(protocol), Some(prefix)));
+                    }
+                }
+            }
+            PortMatch::Named(name) => {
+                // Resolved against the destination: the local workload for ingress, each
+                // peer for egress ("any peer" becomes every workload that declares it).
+                let resolve = |ports: &[NamedPort]| {
+                    ports
+                        .iter()
+                        .find(|p| &p.name == name && p.protocol == spec.protocol)
+                        .map(|p| PortPrefix {
+                            value: p.port,
+                            bits: 16,
+                        })
+                };
+                match target.direction {
+                    Direction::Ingress => {
+                        if let Some(prefix) = resolve(&target.local.ports) {
+                            for &identity in &peers {
+                                entries.insert((identity, Some(protocol), Some(prefix)));
+                            }
+                        }
+                    }
+                    Direction::Egress => {
+                        let candidates: Vec<u32> = if peers == [IDENTITY_ANY] {
+                            identities.select_workloads(|_, _| true)
+                        } else {
+                            peers.clone()
+                        };
+                        for identity in candidates {
+                            if let Some(prefix) = resolve(identities.named_ports(identity)) {
+                                entries.insert((identity, Some(protocol), Some(prefix)));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -303,7 +354,7 @@ impl Compiled {
             Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy),
             Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy),
         };
-        if endpoint.flags & flag == 0 {
+        if endpoint.flags & flag == 0 || endpoint.addresses.contains(&remote) {
             return true;
         }
         let identity = self.identities.lookup(remote);

@@ -8,7 +8,7 @@ use stagewall_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use super::*;
 use crate::policy::{
-    model::{LabelSelector, Labels, Origin, PortSpec, Protocol, Requirement},
+    model::{LabelSelector, Labels, NamedPort, Origin, PortMatch, PortSpec, Protocol, Requirement},
     parse::parse_into,
 };
 
@@ -240,45 +240,7 @@ fn reference_allows(
     protocol: u8,
     port: u16,
 ) -> bool {
-    let selecting: Vec<&NetworkPolicy> = set
-        .policies
-        .iter()
-        .filter(|p| {
-            p.name.namespace == local.name.namespace
-                && p.isolates(direction)
-                && p.pod_selector.matches(&local.labels)
-        })
-        .collect();
-    if selecting.is_empty() {
-        return true;
-    }
-    selecting.iter().any(|p| {
-        p.rules(direction).iter().any(|r| {
-            let peer_ok = r.peers.is_empty()
-                || r.peers.iter().any(|peer| match peer {
-                    Peer::IpBlock { cidr, except } => {
-                        cidr.contains(&remote) && !except.iter().any(|e| e.contains(&remote))
-                    }
-                    Peer::Workloads {
-                        namespace_selector,
-                        pod_selector,
-                    } => set.workloads.iter().any(|w| {
-                        w.addresses.contains(&remote)
-                            && match namespace_selector {
-                                None => w.name.namespace == p.name.namespace,
-                                Some(s) => s.matches(&set.namespace_labels(&w.name.namespace)),
-                            }
-                            && pod_selector.as_ref().is_none_or(|s| s.matches(&w.labels))
-                    }),
-                });
-            let port_ok = r.ports.is_empty()
-                || r.ports.iter().any(|p| {
-                    p.protocol.number() == protocol
-                        && p.range.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
-                });
-            peer_ok && port_ok
-        })
-    })
+    crate::policy::semantics::decide(set, local, direction, remote, protocol, port).allowed()
 }
 
 fn origin() -> Origin {
@@ -347,24 +309,36 @@ fn peer_strategy() -> impl Strategy<Value = Peer> {
 }
 
 fn port_strategy() -> impl Strategy<Value = PortSpec> {
+    let spec = |protocol, port| PortSpec { protocol, port };
     prop_oneof![
-        Just(PortSpec {
-            protocol: Protocol::Tcp,
-            range: Some((80, 80))
-        }),
-        Just(PortSpec {
-            protocol: Protocol::Udp,
-            range: Some((53, 53))
-        }),
-        Just(PortSpec {
-            protocol: Protocol::Tcp,
-            range: Some((8000, 8100))
-        }),
-        Just(PortSpec {
-            protocol: Protocol::Udp,
-            range: None
-        }),
+        Just(spec(Protocol::Tcp, PortMatch::Range(80, 80))),
+        Just(spec(Protocol::Udp, PortMatch::Range(53, 53))),
+        Just(spec(Protocol::Tcp, PortMatch::Range(8000, 8100))),
+        Just(spec(Protocol::Udp, PortMatch::All)),
+        Just(spec(Protocol::Tcp, PortMatch::Named("web".into()))),
+        Just(spec(Protocol::Udp, PortMatch::Named("dns".into()))),
+        Just(spec(Protocol::Udp, PortMatch::Named("web".into()))),
     ]
+}
+
+/// Declared ports: "web" is TCP 80 on some workloads and TCP 8050 on others.
+fn named_ports(choice: u8) -> Vec<NamedPort> {
+    let web = |port| NamedPort {
+        name: "web".into(),
+        protocol: Protocol::Tcp,
+        port,
+    };
+    let dns = NamedPort {
+        name: "dns".into(),
+        protocol: Protocol::Udp,
+        port: 53,
+    };
+    match choice % 4 {
+        0 => vec![],
+        1 => vec![web(80)],
+        2 => vec![web(8050), dns],
+        _ => vec![dns],
+    }
 }
 
 fn rule_strategy() -> impl Strategy<Value = Rule> {
@@ -372,7 +346,11 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
         prop::collection::vec(peer_strategy(), 0..3),
         prop::collection::vec(port_strategy(), 0..3),
     )
-        .prop_map(|(peers, ports)| Rule { peers, ports })
+        .prop_map(|(peers, ports)| Rule {
+            peers,
+            ports,
+            line: 1,
+        })
 }
 
 fn set_strategy() -> impl Strategy<Value = PolicySet> {
@@ -382,6 +360,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
             0..APPS.len(),
             any::<bool>(),
             any::<bool>(),
+            any::<u8>(),
         ),
         1..6,
     );
@@ -404,7 +383,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
             labels: Labels::from([("team".into(), if team { "x" } else { "y" }.into())]),
             origin: origin(),
         });
-        for (i, (ns, app, tier, local)) in workloads.into_iter().enumerate() {
+        for (i, (ns, app, tier, local, ports)) in workloads.into_iter().enumerate() {
             let mut labels = Labels::from([("app".to_string(), APPS[app].to_string())]);
             if tier {
                 labels.insert("tier".into(), "1".into());
@@ -413,12 +392,8 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
                 name: name(NAMESPACES[ns], &format!("w{i}")),
                 labels,
                 attachment: local.then(|| Attachment::Cgroup(format!("/w{i}"))),
-                addresses: vec![ip(ADDRS[i]), ip(ADDRS[i + 1 + (i % 2)])]
-                    .into_iter()
-                    .filter(|_| true)
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                addresses: vec![ip(ADDRS[i]), ip(ADDRS[i + 1 + (i % 2)])],
+                ports: named_ports(ports),
                 origin: origin(),
             });
         }

@@ -52,6 +52,8 @@ pub struct Workload {
     pub labels: Labels,
     pub attachment: Option<Attachment>,
     pub addresses: Vec<IpAddr>,
+    /// Ports declared by name, which named-port rules resolve against.
+    pub ports: Vec<NamedPort>,
     pub origin: Origin,
 }
 
@@ -133,6 +135,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
     pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => stagewall_common::PROTO_TCP,
@@ -142,12 +152,44 @@ impl Protocol {
     }
 }
 
-/// One entry of a rule's `ports`: a protocol and, optionally, an inclusive port range
-/// (`port` alone is a range of one; no port means every port of the protocol).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Which ports of a protocol a rule's port entry names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortMatch {
+    /// No `port`: every port of the protocol.
+    All,
+    /// `port` (a range of one) or `port`..=`endPort`.
+    Range(u16, u16),
+    /// A named port, resolved against the destination workload's declared ports.
+    Named(String),
+}
+
+/// One entry of a rule's `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortSpec {
     pub protocol: Protocol,
-    pub range: Option<(u16, u16)>,
+    pub port: PortMatch,
+}
+
+impl PortSpec {
+    /// Does this entry name `port` of `protocol` on a destination that declares `named`?
+    pub fn matches(&self, protocol: u8, port: u16, named: &[NamedPort]) -> bool {
+        self.protocol.number() == protocol
+            && match &self.port {
+                PortMatch::All => true,
+                PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+                PortMatch::Named(name) => named
+                    .iter()
+                    .any(|n| &n.name == name && n.protocol == self.protocol && n.port == port),
+            }
+    }
+}
+
+/// A port a workload declares by name (a Kubernetes containerPort), for named-port rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 /// One ingress or egress rule. Empty `peers` means every peer; empty `ports` means every
@@ -156,6 +198,8 @@ pub struct PortSpec {
 pub struct Rule {
     pub peers: Vec<Peer>,
     pub ports: Vec<PortSpec>,
+    /// Line of the rule in its policy's file, for explanations.
+    pub line: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

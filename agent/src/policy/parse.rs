@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::model::{
-    Attachment, LabelSelector, Labels, Namespace, NetworkPolicy, ObjectName, Origin, Peer,
-    PolicySet, PortSpec, Protocol, Requirement, Rule, Workload,
+    Attachment, LabelSelector, Labels, NamedPort, Namespace, NetworkPolicy, ObjectName, Origin,
+    Peer, PolicySet, PortMatch, PortSpec, Protocol, Requirement, Rule, Workload,
 };
 
 pub const API_NETWORKING: &str = "networking.k8s.io/v1";
@@ -95,6 +95,7 @@ struct RawSpec {
     systemd_unit: Option<Spanned<String>>,
     interface: Option<Spanned<String>>,
     addresses: Option<Vec<Spanned<String>>>,
+    ports: Option<Vec<Spanned<RawNamedPort>>>,
     // Namespace
     #[allow(dead_code)]
     finalizers: Option<serde::de::IgnoredAny>,
@@ -144,6 +145,15 @@ struct RawPort {
     protocol: Option<Spanned<String>>,
     port: Option<Spanned<IntOrString>>,
     end_port: Option<Spanned<i64>>,
+}
+
+/// A Workload's declared port: `{name: http, port: 8080, protocol: TCP}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawNamedPort {
+    name: String,
+    port: i64,
+    protocol: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +473,7 @@ impl Cx<'_> {
             || spec.systemd_unit.is_some()
             || spec.interface.is_some()
             || spec.addresses.is_some()
+            || spec.ports.is_some()
         {
             self.error(spec_line, "NetworkPolicy spec holds Workload fields; expected podSelector, policyTypes, ingress and egress");
             return None;
@@ -531,7 +542,10 @@ impl Cx<'_> {
                 );
                 return None;
             }
-            let mut rule = Rule::default();
+            let mut rule = Rule {
+                line,
+                ..Rule::default()
+            };
             for p in peers.iter().flatten() {
                 rule.peers.push(self.peer(p)?);
             }
@@ -605,44 +619,58 @@ impl Cx<'_> {
         }
     }
 
-    fn port(&mut self, raw: &Spanned<RawPort>) -> Option<PortSpec> {
-        let line = line_of(raw);
-        let p = &raw.value;
-        let protocol = match p.protocol.as_ref().map(|s| s.value.as_str()) {
-            None | Some("TCP") => Protocol::Tcp,
-            Some("UDP") => Protocol::Udp,
-            Some("SCTP") => Protocol::Sctp,
+    fn protocol(&mut self, raw: Option<&Spanned<String>>, line: u32) -> Option<Protocol> {
+        match raw.map(|s| s.value.as_str()) {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
             Some(other) => {
                 self.error(
                     line,
                     format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"),
                 );
-                return None;
+                None
             }
-        };
-        let port = match &p.port {
-            None => None,
-            Some(s) => match &s.value {
-                IntOrString::Int(n) if (1..=65535).contains(n) => Some(*n as u16),
-                IntOrString::Int(n) => {
-                    self.error(
-                        line_of(s),
-                        format!("port {n} is out of range; expected 1 to 65535"),
-                    );
-                    return None;
-                }
-                IntOrString::String(name) => {
-                    self.error(
-                        line_of(s),
-                        format!("named port {name:?} is not supported yet; expected a port number"),
-                    );
-                    return None;
-                }
-            },
-        };
-        let range = match (port, &p.end_port) {
-            (None, None) => None,
-            (Some(port), None) => Some((port, port)),
+        }
+    }
+
+    fn port_number(&mut self, n: i64, line: u32, field: &str) -> Option<u16> {
+        if (1..=65535).contains(&n) {
+            Some(n as u16)
+        } else {
+            self.error(
+                line,
+                format!("{field} {n} is out of range; expected 1 to 65535"),
+            );
+            None
+        }
+    }
+
+    fn port_name(&mut self, name: &str, line: u32) -> Option<String> {
+        // Kubernetes' IANA_SVC_NAME: at most 15 lowercase letters, digits and '-', with a
+        // letter, no '-' at either end or twice in a row.
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.chars().any(|c| c.is_ascii_lowercase())
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && !name.contains("--");
+        if !valid {
+            self.error(line, format!("port name {name:?} is invalid; expected at most 15 lowercase letters, digits and '-', with at least one letter"));
+            return None;
+        }
+        Some(name.to_string())
+    }
+
+    fn port(&mut self, raw: &Spanned<RawPort>) -> Option<PortSpec> {
+        let line = line_of(raw);
+        let p = &raw.value;
+        let protocol = self.protocol(p.protocol.as_ref(), line)?;
+        let port = match (&p.port, &p.end_port) {
+            (None, None) => PortMatch::All,
             (None, Some(e)) => {
                 self.error(
                     line_of(e),
@@ -650,21 +678,61 @@ impl Cx<'_> {
                 );
                 return None;
             }
-            (Some(port), Some(e)) => {
-                if e.value < port as i64 || e.value > 65535 {
+            (Some(s), end) => match (&s.value, end) {
+                (IntOrString::Int(n), None) => {
+                    let n = self.port_number(*n, line_of(s), "port")?;
+                    PortMatch::Range(n, n)
+                }
+                (IntOrString::Int(n), Some(e)) => {
+                    let n = self.port_number(*n, line_of(s), "port")?;
+                    if e.value < n as i64 || e.value > 65535 {
+                        self.error(
+                            line_of(e),
+                            format!(
+                                "endPort {} is invalid; expected a number from port ({n}) to 65535",
+                                e.value
+                            ),
+                        );
+                        return None;
+                    }
+                    PortMatch::Range(n, e.value as u16)
+                }
+                (IntOrString::String(name), None) => {
+                    PortMatch::Named(self.port_name(name, line_of(s))?)
+                }
+                (IntOrString::String(name), Some(e)) => {
                     self.error(
                         line_of(e),
-                        format!(
-                            "endPort {} is invalid; expected a number from port ({port}) to 65535",
-                            e.value
-                        ),
+                        format!("endPort with the named port {name:?}; expected a numeric port with endPort"),
                     );
                     return None;
                 }
-                Some((port, e.value as u16))
-            }
+            },
         };
-        Some(PortSpec { protocol, range })
+        Some(PortSpec { protocol, port })
+    }
+
+    fn named_ports(&mut self, raw: &[Spanned<RawNamedPort>]) -> Option<Vec<NamedPort>> {
+        let mut ports: Vec<NamedPort> = Vec::new();
+        for p in raw {
+            let line = line_of(p);
+            let name = self.port_name(&p.value.name, line)?;
+            let protocol = self.protocol(p.value.protocol.as_ref(), line)?;
+            let port = self.port_number(p.value.port, line, "port")?;
+            if ports.iter().any(|q| q.name == name) {
+                self.error(
+                    line,
+                    format!("port name {name:?} is declared twice; expected unique names"),
+                );
+                return None;
+            }
+            ports.push(NamedPort {
+                name,
+                protocol,
+                port,
+            });
+        }
+        Some(ports)
     }
 
     fn workload(
@@ -725,11 +793,13 @@ impl Cx<'_> {
                 }
             }
         }
+        let ports = self.named_ports(spec.ports.as_deref().unwrap_or_default())?;
         Some(Workload {
             name,
             labels,
             attachment: attachments.pop(),
             addresses,
+            ports,
             origin: self.origin(line),
         })
     }
@@ -895,7 +965,11 @@ mod tests {
             ("{port: 65536}", "port 65536 is out of range"),
             ("{port: 90, endPort: 80}", "endPort 80 is invalid"),
             ("{endPort: 80}", "endPort without port"),
-            ("{port: http}", "named port \"http\" is not supported yet"),
+            (
+                "{port: http, endPort: 90}",
+                "endPort with the named port \"http\"",
+            ),
+            ("{port: Http}", "port name \"Http\" is invalid"),
             ("{port: 80, protocol: ICMP}", "unknown protocol \"ICMP\""),
         ] {
             let e = one_error(&format!(

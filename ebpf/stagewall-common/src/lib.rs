@@ -17,9 +17,12 @@ pub const MAP_POLICY: &str = "POLICY";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_SELF_ADDRS: &str = "SELF_ADDRS";
 
 /// Endpoints of both policy slots together.
 pub const ENDPOINTS_MAX: u32 = 16_384;
+/// Own addresses of endpoints, both slots.
+pub const SELF_ADDRS_MAX: u32 = 65_536;
 /// Prefixes (workload addresses and CIDRs) of both policy slots together.
 pub const IPCACHE_MAX: u32 = 262_144;
 /// Policy entries of both policy slots together.
@@ -89,6 +92,20 @@ pub struct EndpointInfo {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// An address of the endpoint itself: connect() and sendmsg() to it never leave the
+/// workload, and pass whatever the policy (the packet hooks see such traffic with equal
+/// source and destination instead).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SelfAddrKey {
+    pub slot: u32,
+    pub endpoint_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SelfAddrKey>() == 28);
 
 // ---------------------------------------------------------------------------------------------
 // IP cache: remote address -> identity (LPM trie).
@@ -259,6 +276,7 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for SelfAddrKey {}
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for FlowKey {}

@@ -30,11 +30,11 @@ use aya_log_ebpf::debug;
 use stagewall_common::{
     CNT_MALFORMED, Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX,
     EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG,
-    HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP,
+    HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey,
 };
 
 use crate::{
-    maps::{ENDPOINTS, count},
+    maps::{ENDPOINTS, SELF_ADDRS, count},
     packet::{ETH_HLEN, Malformed, Packet},
     verdict::{Flow, Verdict, config, decide},
 };
@@ -200,6 +200,18 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         local_port: 0,
         remote_port,
     };
+    // connect() or sendmsg() to the workload's own address: the packets will carry the
+    // same source and destination, which the packet hooks pass as self traffic.
+    let own = SelfAddrKey {
+        slot: cfg.active_slot,
+        endpoint_id: ep.endpoint_id,
+        family,
+        _pad: [0; 3],
+        addr: remote_addr,
+    };
+    if unsafe { SELF_ADDRS.get(&own) }.is_some() {
+        return SOCK_ALLOW;
+    }
     // In audit mode the packets themselves are reported by cgroup_skb; reporting the
     // connect too would count one would-drop twice.
     let report = cfg.mode != stagewall_common::MODE_AUDIT;

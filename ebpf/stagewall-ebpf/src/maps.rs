@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use stagewall_common::{
     COUNTERS_LEN, Config, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, FLOWS_MAX,
-    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey,
+    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX,
+    SelfAddrKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -18,6 +19,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
     HashMap::with_max_entries(ENDPOINTS_MAX, 0);
+
+#[map]
+pub static SELF_ADDRS: HashMap<SelfAddrKey, u32> = HashMap::with_max_entries(SELF_ADDRS_MAX, 0);
 
 #[map]
 pub static IPCACHE: LpmTrie<IpcacheKey, u32> =

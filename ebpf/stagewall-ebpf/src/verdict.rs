@@ -48,9 +48,9 @@ pub fn config() -> Option<&'static Config> {
 /// reports the event (with `hook`) unless `report` is false, and returns Drop only in
 /// enforce mode.
 pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bool) -> Verdict {
-    // A workload's loopback traffic never leaves it; as in Kubernetes, policy does not
-    // apply to it.
-    if is_loopback(flow) {
+    // A workload's traffic to itself (loopback, or its own address, seen with equal
+    // source and destination) never leaves it; as in Kubernetes, policy does not apply.
+    if is_loopback(flow) || flow.local_addr == flow.remote_addr {
         return Verdict::Pass;
     }
     let ingress = flow.direction == DIR_INGRESS;
