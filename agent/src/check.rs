@@ -2,10 +2,36 @@
 
 use std::path::Path;
 
-use crate::{compiler, policy};
+use crate::{compiler, explain, policy, policy::model::Protocol};
 
-/// Prints a summary (or every error, with file and line) and says whether all is valid.
-pub fn check(dir: &Path) -> bool {
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Protocol {
+        match p {
+            ProtocolArg::Tcp => Protocol::Tcp,
+            ProtocolArg::Udp => Protocol::Udp,
+            ProtocolArg::Sctp => Protocol::Sctp,
+        }
+    }
+}
+
+/// `--explain`: one connection to explain.
+pub struct Question {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Prints a summary (or every error, with file and line), then the explanation if asked,
+/// and says whether all went well.
+pub fn check(dir: &Path, question: Option<&Question>) -> bool {
     let set = match policy::parse::load_dir(dir) {
         Ok(set) => set,
         Err(errors) => {
@@ -23,6 +49,18 @@ pub fn check(dir: &Path) -> bool {
             return false;
         }
     };
+    if let Some(q) = question {
+        return match explain::explain(&set, &q.from, &q.to, q.protocol, q.port) {
+            Ok(text) => {
+                print!("{text}");
+                true
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                false
+            }
+        };
+    }
     println!(
         "ok: {} workloads ({} local), {} namespaces, {} NetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
         set.workloads.len(),

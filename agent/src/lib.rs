@@ -5,6 +5,7 @@
 pub mod check;
 pub mod compiler;
 pub mod events;
+pub mod explain;
 pub mod host;
 pub mod http;
 pub mod loader;

@@ -27,6 +27,21 @@ enum Command {
     Check {
         /// Directory of policy files.
         dir: PathBuf,
+        /// Explain the verdict for one connection: which policies select each side and
+        /// which rule allows it, or why it is denied.
+        #[arg(long, requires_all = ["from", "to", "port"])]
+        explain: bool,
+        /// Sender: a workload (namespace/name) or an address.
+        #[arg(long)]
+        from: Option<String>,
+        /// Receiver: a workload (namespace/name) or an address.
+        #[arg(long)]
+        to: Option<String>,
+        /// Destination port.
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: check::ProtocolArg,
     },
 }
 
@@ -40,8 +55,24 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match cli.command {
-        Command::Check { dir } => {
-            if check::check(&dir) {
+        Command::Check {
+            dir,
+            explain,
+            from,
+            to,
+            port,
+            protocol,
+        } => {
+            let question = match (explain, from, to, port) {
+                (true, Some(from), Some(to), Some(port)) => Some(check::Question {
+                    from,
+                    to,
+                    port,
+                    protocol: protocol.into(),
+                }),
+                _ => None,
+            };
+            if check::check(&dir, question.as_ref()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
