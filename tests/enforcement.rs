@@ -14,16 +14,27 @@ const NS: &str = "ml-pipeline";
 /// The external data source: an outside address inside the ingestion's allowed block.
 const EXTERNAL: &str = "203.0.113.5";
 
-fn example(path: &str) -> String {
+/// A file of the repository (the example policies, the test data).
+fn repo_file(path: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policies")
+        .join("..")
         .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// The pipeline test bed: the example NetworkPolicies unchanged, an inventory for the
-/// namespaces created here, echo servers on every port the policies name and some more.
-fn pipeline() -> Testbed {
+fn example(path: &str) -> String {
+    repo_file(&format!("policies/{path}"))
+}
+
+/// The example pipeline as a Pipeline document (what policies/ ships).
+const PIPELINE_KIND: &str = "policies/ml-pipeline/pipeline.yaml";
+/// The same pipeline as plain NetworkPolicies.
+const NETWORKPOLICY_VERSION: &str = "tests/data/ml-pipeline-networkpolicies.yaml";
+
+/// The pipeline test bed: the example pipeline policies unchanged (`policy_file`), an
+/// inventory for the namespaces created here, echo servers on every port the policies name
+/// and some more.
+fn pipeline(policy_file: &str) -> Testbed {
     let mut bed = Testbed::new(&[
         "ingest", "validate", "trainer", "serving", "monitor", "external",
     ])
@@ -42,11 +53,8 @@ fn pipeline() -> Testbed {
     bed.write_policy("workloads.yaml", &inventory).unwrap();
     bed.write_policy("namespace.yaml", &example("ml-pipeline/namespace.yaml"))
         .unwrap();
-    bed.write_policy(
-        "network-policies.yaml",
-        &example("ml-pipeline/network-policies.yaml"),
-    )
-    .unwrap();
+    bed.write_policy("pipeline.yaml", &repo_file(policy_file))
+        .unwrap();
     bed.make_outside("external", EXTERNAL).unwrap();
     bed.serve("ingest", &[8080], &[8080]).unwrap();
     bed.serve("validate", &[9090, 9091], &[9090]).unwrap();
@@ -249,10 +257,30 @@ fn expected_violations() -> BTreeMap<Signature, &'static str> {
 
 #[test]
 fn enforce_mode_allows_the_pipeline_and_drops_the_rest() {
+    enforce_pipeline(
+        PIPELINE_KIND,
+        &[
+            "training-pipeline-default-deny",
+            "training-pipeline-data-validation",
+        ],
+    );
+}
+
+/// The plain NetworkPolicy version of the pipeline gives every probe the same verdict and
+/// reports the same violations as the Pipeline document.
+#[test]
+fn networkpolicy_version_enforces_exactly_what_the_pipeline_kind_does() {
+    enforce_pipeline(NETWORKPOLICY_VERSION, &["default-deny", "data-validation"]);
+}
+
+/// Runs every probe of the pipeline in enforce mode against `policy_file` and checks the
+/// outcomes, the events (`isolating`: the policies that isolate data-validation's ingress)
+/// and the metrics, then that stopping the agent removes enforcement.
+fn enforce_pipeline(policy_file: &str, isolating: &[&str]) {
     if !privileged() {
         return;
     }
-    let bed = pipeline();
+    let bed = pipeline(policy_file);
     let mut agent = bed.start_agent(&[]).expect("starting the agent");
 
     let results = probes(&bed);
@@ -323,10 +351,8 @@ fn enforce_mode_allows_the_pipeline_and_drops_the_rest() {
     );
     // The event names the policies that isolate the workload.
     let e = seen[&sig("validate", "ingress", "203.0.113.0/24", "tcp", Some(9090))][0];
-    assert_eq!(
-        e["policies"],
-        serde_json::json!(["ml-pipeline/default-deny", "ml-pipeline/data-validation"])
-    );
+    let isolating: Vec<String> = isolating.iter().map(|p| format!("{NS}/{p}")).collect();
+    assert_eq!(e["policies"], serde_json::json!(isolating));
     assert_eq!(e["src"], EXTERNAL);
     assert_eq!(e["dst"], v4(&bed, "validate").to_string());
 
@@ -392,7 +418,7 @@ fn audit_mode_drops_nothing_and_reports_what_enforce_drops() {
     if !privileged() {
         return;
     }
-    let bed = pipeline();
+    let bed = pipeline(PIPELINE_KIND);
     let agent = bed
         .start_agent(&["--mode", "audit"])
         .expect("starting the agent");

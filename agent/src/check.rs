@@ -62,10 +62,11 @@ pub fn check(dir: &Path, question: Option<&Question>) -> bool {
         };
     }
     println!(
-        "ok: {} workloads ({} local), {} namespaces, {} NetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
+        "ok: {} workloads ({} local), {} namespaces, {} pipelines, {} NetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
         set.workloads.len(),
         compiled.endpoints.len(),
         set.namespaces.len(),
+        set.pipelines.len(),
         set.policies.len(),
         compiled.identities.kinds.len(),
         compiled.identities.ipcache.len(),

@@ -229,6 +229,82 @@ fn lpm_keys_encode_slot_protocol_and_port_bits() {
     assert_eq!(any.lpm_key(0).0, POLICY_PREFIX_FIXED_BITS);
 }
 
+/// The example pipeline written with the Pipeline kind enforces exactly what its plain
+/// NetworkPolicy version does: every workload, direction, peer, protocol and port.
+#[test]
+fn pipeline_kind_compiles_to_the_same_verdicts_as_its_networkpolicy_version() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let load = |policy: &str| {
+        let files = [
+            "policies/ml-pipeline/workloads.yaml",
+            "policies/ml-pipeline/namespace.yaml",
+            policy,
+        ]
+        .map(|f| root.join(f));
+        crate::policy::parse::load_files(&files).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let pipeline_set = load("policies/ml-pipeline/pipeline.yaml");
+    let reference_set = load("tests/data/ml-pipeline-networkpolicies.yaml");
+    assert_eq!(pipeline_set.pipelines.len(), 1);
+    assert!(reference_set.pipelines.is_empty());
+    let (pipeline, reference) = (
+        compile(&pipeline_set).unwrap(),
+        compile(&reference_set).unwrap(),
+    );
+    let mut remotes: Vec<IpAddr> = pipeline_set
+        .workloads
+        .iter()
+        .flat_map(|w| w.addresses.clone())
+        .collect();
+    remotes.extend(
+        [
+            "203.0.113.5",
+            "203.0.114.5",
+            "151.101.7.7",
+            "151.102.0.1",
+            "10.1.2.3",
+            "8.8.8.8",
+            "2001:db8::1",
+        ]
+        .map(ip),
+    );
+    let ports = [22, 443, 2222, 8080, 8500, 8501, 8502, 8888, 9090];
+    let mut checked = 0;
+    let mut allowed = 0;
+    for w in pipeline_set
+        .workloads
+        .iter()
+        .filter(|w| w.attachment.is_some())
+    {
+        let (a, b) = (
+            pipeline.endpoint(&w.name).unwrap(),
+            reference.endpoint(&w.name).unwrap(),
+        );
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for &remote in &remotes {
+                for protocol in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
+                    for port in ports {
+                        let verdict = pipeline.allows(a, direction, remote, protocol, port);
+                        assert_eq!(
+                            verdict,
+                            reference.allows(b, direction, remote, protocol, port),
+                            "{} {direction:?} {remote} {protocol}/{port}",
+                            w.name
+                        );
+                        checked += 1;
+                        allowed += usize::from(verdict);
+                    }
+                }
+            }
+        }
+    }
+    // Both verdicts occur, so the comparison is not vacuous.
+    assert!(
+        checked > 5000 && allowed > 100 && allowed < checked / 2,
+        "{allowed}/{checked}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property: compiled verdicts equal the NetworkPolicy rules read directly.
 

@@ -1,4 +1,6 @@
-//! The policy model, the YAML sources that feed it, and its semantics read directly.
+//! The policy model, the YAML sources that feed it, pipelines expanded into policies, and
+//! the semantics read directly.
 pub mod model;
 pub mod parse;
+pub mod pipeline;
 pub mod semantics;

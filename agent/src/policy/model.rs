@@ -231,12 +231,54 @@ impl NetworkPolicy {
     }
 }
 
+/// A `Pipeline` document: an ML pipeline as stages and the flows allowed between them and
+/// to outside peers. It expands into plain NetworkPolicies (policy::pipeline), so
+/// everything downstream sees one model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pipeline {
+    pub name: ObjectName,
+    pub stages: Vec<Stage>,
+    pub flows: Vec<Flow>,
+    /// Namespace label naming the tenant: workload peers outside the pipeline must be in
+    /// namespaces of the pipeline namespace's tenant.
+    pub tenant_label: Option<String>,
+    /// Also isolate every other workload of the namespace (a default-deny policy).
+    pub default_deny: bool,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage {
+    pub name: String,
+    /// Selects the stage's workloads in the pipeline's namespace.
+    pub selector: LabelSelector,
+}
+
+/// Traffic allowed from one end to the other, on these ports (none: every port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub from: FlowEnd,
+    pub to: FlowEnd,
+    pub ports: Vec<PortSpec>,
+    pub line: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowEnd {
+    /// A stage of the pipeline, by name.
+    Stage(String),
+    /// Anything a NetworkPolicy peer can name: a CIDR or workloads outside the pipeline.
+    Peer(Peer),
+}
+
 /// Everything the compiler needs: the desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicySet {
     pub workloads: Vec<Workload>,
     pub namespaces: Vec<Namespace>,
+    /// NetworkPolicies as written, and those the pipelines expand into.
     pub policies: Vec<NetworkPolicy>,
+    pub pipelines: Vec<Pipeline>,
 }
 
 impl PolicySet {

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::model::{
-    Attachment, LabelSelector, Labels, NamedPort, Namespace, NetworkPolicy, ObjectName, Origin,
-    Peer, PolicySet, PortMatch, PortSpec, Protocol, Requirement, Rule, Workload,
+    Attachment, Flow, FlowEnd, LabelSelector, Labels, NamedPort, Namespace, NetworkPolicy,
+    ObjectName, Origin, Peer, Pipeline, PolicySet, PortMatch, PortSpec, Protocol, Requirement,
+    Rule, Stage, Workload,
 };
 
 pub const API_NETWORKING: &str = "networking.k8s.io/v1";
@@ -96,9 +97,64 @@ struct RawSpec {
     interface: Option<Spanned<String>>,
     addresses: Option<Vec<Spanned<String>>>,
     ports: Option<Vec<Spanned<RawNamedPort>>>,
+    // Pipeline
+    stages: Option<Vec<Spanned<RawStage>>>,
+    flows: Option<Vec<Spanned<RawFlow>>>,
+    tenant_label: Option<Spanned<String>>,
+    default_deny: Option<bool>,
     // Namespace
-    #[allow(dead_code)]
     finalizers: Option<serde::de::IgnoredAny>,
+}
+
+impl RawSpec {
+    /// The fields present, as written, so each kind can reject those of another kind.
+    fn present(&self) -> Vec<&'static str> {
+        [
+            ("podSelector", self.pod_selector.is_some()),
+            ("policyTypes", self.policy_types.is_some()),
+            ("ingress", self.ingress.is_some()),
+            ("egress", self.egress.is_some()),
+            ("cgroup", self.cgroup.is_some()),
+            ("systemdUnit", self.systemd_unit.is_some()),
+            ("interface", self.interface.is_some()),
+            ("addresses", self.addresses.is_some()),
+            ("ports", self.ports.is_some()),
+            ("stages", self.stages.is_some()),
+            ("flows", self.flows.is_some()),
+            ("tenantLabel", self.tenant_label.is_some()),
+            ("defaultDeny", self.default_deny.is_some()),
+            ("finalizers", self.finalizers.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawStage {
+    name: Spanned<String>,
+    selector: Spanned<RawSelector>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawFlow {
+    from: Spanned<RawFlowEnd>,
+    to: Spanned<RawFlowEnd>,
+    ports: Option<Vec<Spanned<RawPort>>>,
+}
+
+/// One end of a flow: `{stage: name}`, `{cidr: ..., except: [...]}` or
+/// `{workloads: {namespaceSelector: ..., podSelector: ...}}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawFlowEnd {
+    stage: Option<String>,
+    cidr: Option<Spanned<String>>,
+    except: Option<Vec<Spanned<String>>>,
+    workloads: Option<Spanned<RawPeer>>,
 }
 
 #[derive(Deserialize)]
@@ -178,15 +234,30 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
             message: "no policy files: expected *.yaml or *.yml files in this directory".into(),
         });
     }
+    if !errors.is_empty() {
+        return Err(PolicyErrors(errors));
+    }
+    load_files(&files)
+}
+
+/// Reads these files into one set: parses every document, expands pipelines and checks
+/// the set as a whole. Every error of every file is reported, not just the first.
+pub fn load_files(files: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
     let mut set = PolicySet::default();
     for file in files {
-        match read_file(&file) {
+        match read_file(file) {
             Ok(text) => {
-                if let Err(mut e) = parse_into(&file, &text, &mut set) {
+                if let Err(mut e) = parse_into(file, &text, &mut set) {
                     errors.append(&mut e.0);
                 }
             }
             Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        if let Err(mut e) = super::pipeline::expand(&mut set) {
+            errors.append(&mut e);
         }
     }
     if let Err(mut e) = validate_set(&set) {
@@ -362,11 +433,18 @@ impl Cx<'_> {
                     set.workloads.push(w);
                 }
             }
+            (API_STAGEWALL, "Pipeline") => {
+                let Some(spec) = spec else {
+                    self.error(line, "Pipeline has no spec; expected spec.stages and spec.flows");
+                    return;
+                };
+                if let Some(p) = self.pipeline(object, spec, line) {
+                    set.pipelines.push(p);
+                }
+            }
             (API_CORE, "Namespace") => {
                 if let Some(s) = &spec {
-                    let spec = &s.value;
-                    if spec.pod_selector.is_some() || spec.cgroup.is_some() || spec.addresses.is_some() {
-                        self.error(line_of(s), "Namespace spec holds fields of another kind; expected only finalizers");
+                    if !self.only_fields(&s.value, line_of(s), "Namespace", &["finalizers"]) {
                         return;
                     }
                 }
@@ -379,10 +457,31 @@ impl Cx<'_> {
             (api, kind) => self.error(
                 line,
                 format!(
-                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), Namespace ({API_CORE}) or Workload ({API_STAGEWALL})"
+                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), Namespace ({API_CORE}), Workload or Pipeline ({API_STAGEWALL})"
                 ),
             ),
         }
+    }
+
+    /// Rejects spec fields that belong to another kind.
+    fn only_fields(&mut self, spec: &RawSpec, line: u32, kind: &str, allowed: &[&str]) -> bool {
+        let foreign: Vec<&str> = spec
+            .present()
+            .into_iter()
+            .filter(|f| !allowed.contains(f))
+            .collect();
+        if foreign.is_empty() {
+            return true;
+        }
+        self.error(
+            line,
+            format!(
+                "{kind} spec has {}, which belong to another kind; expected only {}",
+                foreign.join(", "),
+                allowed.join(", ")
+            ),
+        );
+        false
     }
 
     fn check_dns_name(&mut self, value: &Spanned<String>, field: &str) -> bool {
@@ -469,13 +568,12 @@ impl Cx<'_> {
     ) -> Option<NetworkPolicy> {
         let spec_line = line_of(&spec);
         let spec = spec.value;
-        if spec.cgroup.is_some()
-            || spec.systemd_unit.is_some()
-            || spec.interface.is_some()
-            || spec.addresses.is_some()
-            || spec.ports.is_some()
-        {
-            self.error(spec_line, "NetworkPolicy spec holds Workload fields; expected podSelector, policyTypes, ingress and egress");
+        if !self.only_fields(
+            &spec,
+            spec_line,
+            "NetworkPolicy",
+            &["podSelector", "policyTypes", "ingress", "egress"],
+        ) {
             return None;
         }
         let Some(pod_selector) = &spec.pod_selector else {
@@ -735,6 +833,108 @@ impl Cx<'_> {
         Some(ports)
     }
 
+    fn pipeline(
+        &mut self,
+        name: ObjectName,
+        spec: Spanned<RawSpec>,
+        line: u32,
+    ) -> Option<Pipeline> {
+        let spec_line = line_of(&spec);
+        let spec = spec.value;
+        if !self.only_fields(
+            &spec,
+            spec_line,
+            "Pipeline",
+            &["stages", "flows", "tenantLabel", "defaultDeny"],
+        ) {
+            return None;
+        }
+        let mut stages: Vec<Stage> = Vec::new();
+        for s in spec.stages.iter().flatten() {
+            let stage_line = line_of(s);
+            if !self.check_dns_name(&s.value.name, "stage name") {
+                return None;
+            }
+            if stages.iter().any(|x| x.name == s.value.name.value) {
+                self.error(
+                    stage_line,
+                    format!(
+                        "stage {:?} is defined twice; expected unique stage names",
+                        s.value.name.value
+                    ),
+                );
+                return None;
+            }
+            let selector = self.selector(&s.value.selector)?;
+            stages.push(Stage {
+                name: s.value.name.value.clone(),
+                selector,
+            });
+        }
+        if stages.is_empty() {
+            self.error(
+                spec_line,
+                "Pipeline has no stages; expected stages: [{name, selector}]",
+            );
+            return None;
+        }
+        let mut flows = Vec::new();
+        for f in spec.flows.iter().flatten() {
+            let from = self.flow_end(&f.value.from)?;
+            let to = self.flow_end(&f.value.to)?;
+            let mut ports = Vec::new();
+            for p in f.value.ports.iter().flatten() {
+                ports.push(self.port(p)?);
+            }
+            flows.push(Flow {
+                from,
+                to,
+                ports,
+                line: line_of(f),
+            });
+        }
+        let tenant_label = match spec.tenant_label {
+            Some(l) if valid_label_key(&l.value) => Some(l.value),
+            Some(l) => {
+                self.error(
+                    line_of(&l),
+                    format!("tenantLabel {:?} is not a valid label key", l.value),
+                );
+                return None;
+            }
+            None => None,
+        };
+        Some(Pipeline {
+            name,
+            stages,
+            flows,
+            tenant_label,
+            default_deny: spec.default_deny.unwrap_or(false),
+            origin: self.origin(line),
+        })
+    }
+
+    fn flow_end(&mut self, raw: &Spanned<RawFlowEnd>) -> Option<FlowEnd> {
+        let line = line_of(raw);
+        let e = &raw.value;
+        match (&e.stage, &e.cidr, &e.workloads) {
+            (Some(stage), None, None) if e.except.is_none() => Some(FlowEnd::Stage(stage.clone())),
+            (None, Some(cidr), None) => {
+                let block = RawIpBlock {
+                    cidr: cidr.clone(),
+                    except: e.except.clone(),
+                };
+                let spanned = Spanned::new(block, raw.referenced, raw.defined);
+                self.ip_block(&spanned).map(FlowEnd::Peer)
+            }
+            (None, None, Some(peer)) if e.except.is_none() => self.peer(peer).map(FlowEnd::Peer),
+            _ => {
+                self.error(line, "flow end must be exactly one of {stage: name}, {cidr: ..., except: [...]} or {workloads: {namespaceSelector, podSelector}}");
+                None
+            }
+        }
+    }
+
     fn workload(
         &mut self,
         name: ObjectName,
@@ -743,12 +943,12 @@ impl Cx<'_> {
         spec_line: u32,
         line: u32,
     ) -> Option<Workload> {
-        if spec.pod_selector.is_some()
-            || spec.ingress.is_some()
-            || spec.egress.is_some()
-            || spec.policy_types.is_some()
-        {
-            self.error(spec_line, "Workload spec holds NetworkPolicy fields; expected cgroup, systemdUnit, interface and addresses");
+        if !self.only_fields(
+            &spec,
+            spec_line,
+            "Workload",
+            &["cgroup", "systemdUnit", "interface", "addresses", "ports"],
+        ) {
             return None;
         }
         let mut attachments = Vec::new();
@@ -1054,6 +1254,80 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let set = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert!(set.policies.len() >= 6 && set.workloads.len() >= 6);
+    }
+
+    const PIPELINE_HEAD: &str = "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {name: pipe, namespace: ml}\nspec:\n  stages:\n    - {name: a, selector: {matchLabels: {stage: a}}}\n    - {name: b, selector: {matchLabels: {stage: b}}}\n";
+
+    /// Parses and expands pipelines, returning the set or every error.
+    fn expanded(yaml: &str) -> Result<PolicySet, Vec<PolicyError>> {
+        let mut set = PolicySet::default();
+        parse_into(Path::new("p.yaml"), yaml, &mut set).map_err(|e| e.0)?;
+        super::super::pipeline::expand(&mut set)?;
+        Ok(set)
+    }
+
+    #[test]
+    fn pipelines_expand_into_one_isolating_policy_per_stage() {
+        let set = expanded(&format!("{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a}}, to: {{stage: b}}, ports: [{{port: 80}}]}}\n    - {{from: {{cidr: 192.0.2.0/24}}, to: {{stage: a}}}}\n")).unwrap();
+        let names: Vec<String> = set.policies.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(names, ["ml/pipe-a", "ml/pipe-b"]);
+        let (a, b) = (&set.policies[0], &set.policies[1]);
+        assert!(a.ingress_isolates && a.egress_isolates && b.ingress_isolates && b.egress_isolates);
+        assert_eq!(
+            (
+                a.ingress.len(),
+                a.egress.len(),
+                b.ingress.len(),
+                b.egress.len()
+            ),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(a.egress[0].line, 9, "rules carry the flow's line");
+        assert!(matches!(&a.ingress[0].peers[0], Peer::IpBlock { .. }));
+    }
+
+    #[test]
+    fn pipeline_errors_name_the_flow() {
+        let errs = expanded(&format!(
+            "{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a}}, to: {{stage: c}}}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            errs[0].message.contains("stage \"c\"") && errs[0].line == 9,
+            "{errs:?}"
+        );
+        let errs = expanded(&format!("{PIPELINE_HEAD}  flows:\n    - {{from: {{cidr: 10.0.0.0/8}}, to: {{cidr: 10.0.0.0/8}}}}\n")).unwrap_err();
+        assert!(
+            errs[0].message.contains("no stage at either end"),
+            "{errs:?}"
+        );
+        let errs = expanded(&format!("{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a, cidr: 10.0.0.0/8}}, to: {{stage: b}}}}\n")).unwrap_err();
+        assert!(errs[0].message.contains("exactly one of"), "{errs:?}");
+        let errs = expanded(&format!(
+            "{PIPELINE_HEAD}  tenantLabel: tenant\n  flows: []\n"
+        ))
+        .unwrap_err();
+        assert!(errs[0].message.contains("has no such label"), "{errs:?}");
+    }
+
+    #[test]
+    fn tenant_label_confines_outside_peers_to_the_tenant() {
+        let ns =
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml, labels: {tenant: x}}\n---\n";
+        let set = expanded(&format!("{ns}{PIPELINE_HEAD}  tenantLabel: tenant\n  flows:\n    - {{from: {{workloads: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: mon}}}}}}}}, to: {{stage: a}}}}\n")).unwrap();
+        let Peer::Workloads {
+            namespace_selector, ..
+        } = &set.policies[0].ingress[0].peers[0]
+        else {
+            panic!("expected a workloads peer");
+        };
+        let labels = &namespace_selector.as_ref().unwrap().match_labels;
+        assert_eq!(labels.get("tenant").map(String::as_str), Some("x"));
+        let errs = expanded(&format!("{ns}{PIPELINE_HEAD}  tenantLabel: tenant\n  flows:\n    - {{from: {{workloads: {{namespaceSelector: {{matchLabels: {{tenant: y}}}}}}}}, to: {{stage: a}}}}\n")).unwrap_err();
+        assert!(
+            errs[0].message.contains("not the pipeline's tenant"),
+            "{errs:?}"
+        );
     }
 
     proptest! {
