@@ -42,7 +42,7 @@ pub fn check(dir: &Path, question: Option<&Question>) -> bool {
             return false;
         }
     };
-    let compiled = match compiler::compile(&set) {
+    let compiled = match compiler::compile(&set, &compiler::EndpointIds::new()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}: {e}", dir.display());

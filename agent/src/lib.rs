@@ -12,3 +12,4 @@ pub mod loader;
 pub mod metrics;
 pub mod policy;
 pub mod run;
+pub mod watch;

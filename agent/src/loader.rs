@@ -289,6 +289,17 @@ impl Loader {
         Ok(enforced)
     }
 
+    /// Whether the workloads of `compiled` now resolve to other cgroups or interfaces than
+    /// those attached: one started, stopped or was recreated since the last apply.
+    pub fn targets_changed(&self, compiled: &Compiled) -> bool {
+        let now: BTreeSet<Target> = compiled
+            .endpoints
+            .iter()
+            .filter_map(|ep| host::resolve(&self.cgroup_root, &ep.attachment).ok())
+            .collect();
+        now.iter().ne(self.attached.keys())
+    }
+
     pub fn generation(&self) -> u32 {
         self.current.generation
     }

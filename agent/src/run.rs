@@ -1,10 +1,12 @@
 //! `stagewall run`: validate the policies, load and attach the kernel programs, apply the
-//! compiled policy, then stream violations and serve metrics until SIGINT or SIGTERM.
+//! compiled policy, then stream violations, serve metrics and apply every change of the
+//! policy directory until SIGINT or SIGTERM.
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -14,15 +16,16 @@ use tokio::{
 };
 
 use crate::{
-    compiler, events, host, http,
+    compiler::{self, Compiled, EndpointIds},
+    events, host, http,
     loader::{Loader, Mode},
     metrics::Metrics,
-    policy,
+    policy, watch as dir_watch,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Directory of policy files (*.yaml, *.yml; read recursively).
+    /// Directory of policy files (*.yaml, *.yml; read recursively, watched for changes).
     #[arg(long)]
     pub policies: PathBuf,
     /// enforce drops what policy denies; audit drops nothing and reports what enforce
@@ -46,10 +49,106 @@ pub struct RunArgs {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// How often the policy directory and the workloads' cgroups and interfaces are checked
+/// even without a watcher event.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// Editors and `kubectl cp` write in bursts: wait this long after a change for the rest.
+const SETTLE: Duration = Duration::from_millis(5);
+
+/// Parses and compiles the directory; ids of the policy in force are kept.
+fn load(dir: &Path, previous: &EndpointIds) -> Result<Compiled, String> {
+    let set = policy::parse::load_dir(dir).map_err(|e| e.to_string())?;
+    compiler::compile(&set, previous).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// The agent's desired state and what is in force.
+struct Enforcer {
+    dir: PathBuf,
+    mode: Mode,
+    loader: Loader,
+    metrics: Arc<Metrics>,
+    /// The policy in force, shared with the event reader to name events.
+    policy: watch::Sender<Arc<Compiled>>,
+    /// Fingerprint of the files last loaded, applied or rejected.
+    fingerprint: u64,
+}
+
+impl Enforcer {
+    fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let enforced = self.loader.apply(&compiled, self.mode)?;
+        for e in &enforced {
+            log::debug!("enforcing {} at {:?}", e.workload, e.target);
+        }
+        log::info!(
+            "policy {} applied in {:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
+            self.loader.generation(),
+            started.elapsed(),
+            self.mode,
+            enforced.len(),
+            compiled.identities.kinds.len(),
+            compiled.policy.len(),
+        );
+        self.metrics
+            .policy_generation
+            .set(self.loader.generation() as i64);
+        self.metrics.workloads_enforced.set(enforced.len() as i64);
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["applied"])
+            .inc();
+        self.policy.send_replace(Arc::new(compiled));
+        Ok(())
+    }
+
+    /// Applies what changed: the files (a bad change is reported and the policy in force
+    /// stays), or only where the workloads live (a cgroup or interface appeared or went).
+    fn reconcile(&mut self) {
+        let fingerprint = dir_watch::fingerprint(&self.dir);
+        let current = self.policy.borrow().clone();
+        if fingerprint == self.fingerprint {
+            if self.loader.targets_changed(&current) {
+                log::info!("a workload's cgroup or interface changed: applying again");
+                if let Err(e) = self.apply((*current).clone()) {
+                    log::error!("applying the policy again failed: {e:#}");
+                }
+            }
+            return;
+        }
+        self.fingerprint = fingerprint;
+        match load(&self.dir, &current.endpoint_ids()) {
+            Ok(compiled) => {
+                if let Err(e) = self.apply(compiled) {
+                    self.metrics
+                        .policy_reloads
+                        .with_label_values(&["failed"])
+                        .inc();
+                    log::error!(
+                        "applying the changed policy failed, the previous one stays in force: {e:#}"
+                    );
+                }
+            }
+            Err(errors) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                for e in errors.lines() {
+                    log::error!("rejected: {e}");
+                }
+                log::error!(
+                    "policy change rejected; policy {} stays in force",
+                    self.loader.generation()
+                );
+            }
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything the user gave is checked before the kernel is touched.
-    let set = policy::parse::load_dir(&args.policies).map_err(|e| ConfigError(e.to_string()))?;
-    let compiled = compiler::compile(&set).map_err(|e| ConfigError(e.to_string()))?;
+    let fingerprint = dir_watch::fingerprint(&args.policies);
+    let compiled = load(&args.policies, &EndpointIds::new()).map_err(ConfigError)?;
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
@@ -59,28 +158,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => host::cgroup2_mount()?,
     };
     host::ensure_bpffs()?;
-    let (mut loader, readers) = Loader::load(&cgroup_root, args.ebpf_log_level)?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.attach_kernel_counters(readers.counters);
-
-    let enforced = loader
-        .apply(&compiled, args.mode)
-        .context("applying the policy")?;
-    metrics.policy_generation.set(loader.generation() as i64);
-    metrics.workloads_enforced.set(enforced.len() as i64);
-    metrics.policy_reloads.with_label_values(&["applied"]).inc();
-    for e in &enforced {
-        log::info!("enforcing {} at {:?}", e.workload, e.target);
-    }
+    let (loader, readers) = Loader::load(&cgroup_root, args.ebpf_log_level)?;
     log::info!(
-        "policy applied in {:?} mode: {} workloads enforced, {} identities, {} policy entries (cgroup2 at {})",
-        args.mode,
-        enforced.len(),
-        compiled.identities.kinds.len(),
-        compiled.policy.len(),
+        "kernel programs loaded; cgroup2 at {}",
         cgroup_root.display()
     );
-    let (_policy_tx, policy_rx) = watch::channel(Arc::new(compiled));
+    let metrics = Arc::new(Metrics::new());
+    metrics.attach_kernel_counters(readers.counters);
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
+    let mut enforcer = Enforcer {
+        dir: args.policies.clone(),
+        mode: args.mode,
+        loader,
+        metrics: metrics.clone(),
+        policy: policy_tx,
+        fingerprint,
+    };
+    enforcer.apply(compiled).context("applying the policy")?;
+    let (_watcher, mut changes) = dir_watch::watch(&args.policies)
+        .with_context(|| format!("watching {}", args.policies.display()))?;
 
     let state = Arc::new(http::State {
         metrics: metrics.clone(),
@@ -100,21 +196,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Relaxed);
     log::info!("serving metrics on http://{}/metrics", args.metrics_addr);
 
-    let result = tokio::select! {
-        signal = shutdown() => {
-            log::info!("{signal}: shutting down");
-            Ok(())
+    let shutdown = shutdown();
+    tokio::pin!(shutdown);
+    let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    let result = loop {
+        tokio::select! {
+            signal = &mut shutdown => {
+                log::info!("{signal}: shutting down");
+                break Ok(());
+            }
+            Some(done) = tasks.join_next() => break match done {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a task ended unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.into()),
+            },
+            Some(()) = changes.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                enforcer.reconcile();
+            }
+            _ = recheck.tick() => enforcer.reconcile(),
         }
-        Some(done) = tasks.join_next() => match done {
-            Ok(Ok(())) => Err(anyhow::anyhow!("a task ended unexpectedly")),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
-        },
     };
     tasks.shutdown().await;
     // Dropping the loader closes every link: the kernel detaches the programs.
-    drop(loader);
-    log::info!("detached from {} workloads", enforced.len());
+    drop(enforcer);
+    log::info!("detached; stopped");
     result
 }
 

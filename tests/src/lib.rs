@@ -378,11 +378,37 @@ impl Testbed {
         cmd.status().expect("running ping (iputils-ping)").success()
     }
 
-    /// Writes a policy file into the test's policy directory.
+    /// Writes a policy file into the test's policy directory, atomically (a hidden
+    /// temporary file renamed into place), as a careful operator or a ConfigMap update
+    /// does: the agent never reads half a file.
     pub fn write_policy(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);
-        fs::write(&path, yaml)?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, &path)?;
         Ok(path)
+    }
+
+    /// Creates the cgroup `cgroup_path` (below this test bed's cgroup directory) and runs
+    /// the node's later commands in it: a workload that starts after the agent.
+    pub fn move_cgroup(&mut self, node: &str, cgroup_path: &str) -> anyhow::Result<()> {
+        let dir = stagewall::host::cgroup2_mount()?.join(cgroup_path.trim_start_matches('/'));
+        if !dir.starts_with(&self.cgroup_base) {
+            bail!("{} is outside the test bed's cgroups", dir.display());
+        }
+        fs::create_dir_all(&dir)?;
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .context("no such node")?;
+        n.cgroup = dir;
+        n.cgroup_path = cgroup_path.to_string();
+        Ok(())
+    }
+
+    pub fn remove_policy(&self, name: &str) -> anyhow::Result<()> {
+        Ok(fs::remove_file(self.dir.join(name))?)
     }
 
     /// The Workload document of a node, enforced by cgroup or by its host-side interface.

@@ -7,7 +7,7 @@ mod ports;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use identity::{Block, Identities};
 use ipnet::IpNet;
@@ -108,6 +108,13 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    pub fn endpoint_ids(&self) -> EndpointIds {
+        self.endpoints
+            .iter()
+            .map(|e| (e.workload.clone(), e.endpoint_id))
+            .collect()
+    }
+
     /// IPCACHE entries.
     pub fn ipcache(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
         self.identities.ipcache.iter()
@@ -127,7 +134,13 @@ pub enum CompileError {
 /// A policy entry set before it gets a policy id.
 type EntrySet = BTreeSet<(u32, Option<u8>, Option<PortPrefix>)>;
 
-pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
+/// Endpoint ids by workload. A workload keeps its id across recompilations, so the flows
+/// the kernel tracks for it (keyed by endpoint id) survive a policy change.
+pub type EndpointIds = BTreeMap<ObjectName, u32>;
+
+/// Compiles the desired state. `previous` holds the ids of the policy in force; workloads
+/// keep theirs, new ones get ids no workload of either policy uses.
+pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, CompileError> {
     let identities = Identities::allocate(set);
     let mut compiled = Compiled {
         identities,
@@ -142,12 +155,24 @@ pub fn compile(set: &PolicySet) -> Result<Compiled, CompileError> {
         .filter(|w| w.attachment.is_some())
         .collect();
     local.sort_by(|a, b| a.name.cmp(&b.name));
-    for (index, w) in local.into_iter().enumerate() {
+    let mut taken: BTreeSet<u32> = previous.values().copied().collect();
+    let mut next_free = 1;
+    for w in local {
+        let endpoint_id = match previous.get(&w.name) {
+            Some(id) => *id,
+            None => {
+                while taken.contains(&next_free) {
+                    next_free += 1;
+                }
+                taken.insert(next_free);
+                next_free
+            }
+        };
         let mut endpoint = Endpoint {
             workload: w.name.clone(),
             attachment: w.attachment.clone().expect("filtered on attachment"),
             addresses: w.addresses.clone(),
-            endpoint_id: index as u32 + 1,
+            endpoint_id,
             ingress_policy: 0,
             egress_policy: 0,
             flags: 0,

@@ -72,7 +72,7 @@ spec:
 #[test]
 fn pipeline_verdicts() {
     let set = parse(PIPELINE);
-    let c = compile(&set).unwrap();
+    let c = compile(&set, &EndpointIds::new()).unwrap();
     let ingest = c.endpoint(&name("ml", "ingest")).unwrap();
     let validate = c.endpoint(&name("ml", "validate")).unwrap();
     let other = c.endpoint(&name("ml", "other")).unwrap();
@@ -148,7 +148,7 @@ spec:
   ingress: [{}]
 "#,
     );
-    let c = compile(&set).unwrap();
+    let c = compile(&set, &EndpointIds::new()).unwrap();
     let a = c.endpoint(&name("ns", "a")).unwrap();
     let b = c.endpoint(&name("ns", "b")).unwrap();
     assert!(!c.allows(a, Direction::Ingress, ip("10.0.0.2"), PROTO_TCP, 80));
@@ -171,7 +171,7 @@ fn equal_rule_sets_share_a_policy_id() {
     yaml.push_str(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: workers, namespace: ns}\nspec:\n  podSelector: {matchLabels: {app: worker}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: worker}}}]\n      ports: [{port: 2222}, {port: 8888}]\n",
     );
-    let c = compile(&parse(&yaml)).unwrap();
+    let c = compile(&parse(&yaml), &EndpointIds::new()).unwrap();
     let ids: BTreeSet<u32> = c.endpoints.iter().map(|e| e.ingress_policy).collect();
     assert_eq!(ids.len(), 1);
     // 20 workers share one identity: 1 identity x 2 ports.
@@ -195,12 +195,38 @@ spec:
   ingress: [{ports: [{port: 1, endPort: 65534}]}]
 "#,
     );
-    let c = compile(&set).unwrap();
+    let c = compile(&set, &EndpointIds::new()).unwrap();
     assert_eq!(c.policy.len(), 30);
     let a = c.endpoint(&name("ns", "a")).unwrap();
     assert!(c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 1));
     assert!(c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 40000));
     assert!(!c.allows(a, Direction::Ingress, ip("1.2.3.4"), PROTO_TCP, 65535));
+}
+
+#[test]
+fn workloads_keep_their_endpoint_ids_across_recompilation() {
+    let w = |name: &str, addr: &str| {
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{cgroup: /{name}, addresses: [{addr}]}}\n---\n"
+        )
+    };
+    let first = compile(
+        &parse(&(w("b", "10.0.0.2") + &w("c", "10.0.0.3"))),
+        &EndpointIds::new(),
+    )
+    .unwrap();
+    let ids = first.endpoint_ids();
+    // "a" sorts before the others and is new: it must not take their ids.
+    let second = compile(
+        &parse(&(w("a", "10.0.0.1") + &w("b", "10.0.0.2") + &w("c", "10.0.0.3"))),
+        &ids,
+    )
+    .unwrap();
+    let second_ids = second.endpoint_ids();
+    assert_eq!(second_ids[&name("ns", "b")], ids[&name("ns", "b")]);
+    assert_eq!(second_ids[&name("ns", "c")], ids[&name("ns", "c")]);
+    let unique: BTreeSet<u32> = second_ids.values().copied().collect();
+    assert_eq!(unique.len(), 3);
 }
 
 #[test]
@@ -248,8 +274,8 @@ fn pipeline_kind_compiles_to_the_same_verdicts_as_its_networkpolicy_version() {
     assert_eq!(pipeline_set.pipelines.len(), 1);
     assert!(reference_set.pipelines.is_empty());
     let (pipeline, reference) = (
-        compile(&pipeline_set).unwrap(),
-        compile(&reference_set).unwrap(),
+        compile(&pipeline_set, &EndpointIds::new()).unwrap(),
+        compile(&reference_set, &EndpointIds::new()).unwrap(),
     );
     let mut remotes: Vec<IpAddr> = pipeline_set
         .workloads
@@ -498,7 +524,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
     #[test]
     fn compiled_verdicts_match_networkpolicy_semantics(set in set_strategy()) {
-        let c = compile(&set).unwrap();
+        let c = compile(&set, &EndpointIds::new()).unwrap();
         let remotes: Vec<IpAddr> = ADDRS.iter().chain(PROBE_ADDRS.iter()).map(|a| ip(a)).collect();
         for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
             let ep = c.endpoint(&w.name).unwrap();

@@ -221,21 +221,29 @@ enum IntOrString {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Reads every `*.yaml` and `*.yml` file below `dir` (sorted, recursively) into one set.
-pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+/// The policy files below `dir`: every `*.yaml` and `*.yml`, recursively, sorted; hidden
+/// files and directories (editors' swap files, a ConfigMap's `..data`) are skipped.
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     collect_files(dir, &mut files, &mut errors);
     files.sort();
-    if files.is_empty() && errors.is_empty() {
-        errors.push(PolicyError {
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+/// Reads every policy file below `dir` into one set.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    let files = policy_files(dir)?;
+    if files.is_empty() {
+        return Err(PolicyErrors(vec![PolicyError {
             file: dir.to_path_buf(),
             line: 0,
             message: "no policy files: expected *.yaml or *.yml files in this directory".into(),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(PolicyErrors(errors));
+        }]));
     }
     load_files(&files)
 }
