@@ -263,10 +263,10 @@ pub fn load_files(files: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() {
-        if let Err(mut e) = super::pipeline::expand(&mut set) {
-            errors.append(&mut e);
-        }
+    if errors.is_empty()
+        && let Err(mut e) = super::pipeline::expand(&mut set)
+    {
+        errors.append(&mut e);
     }
     if let Err(mut e) = validate_set(&set) {
         errors.append(&mut e.0);
@@ -451,11 +451,10 @@ impl Cx<'_> {
                 }
             }
             (API_CORE, "Namespace") => {
-                if let Some(s) = &spec {
-                    if !self.only_fields(&s.value, line_of(s), "Namespace", &["finalizers"]) {
+                if let Some(s) = &spec
+                    && !self.only_fields(&s.value, line_of(s), "Namespace", &["finalizers"]) {
                         return;
                     }
-                }
                 set.namespaces.push(Namespace {
                     name: name.value,
                     labels,

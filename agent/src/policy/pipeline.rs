@@ -51,11 +51,11 @@ fn expand_one(set: &PolicySet, p: &Pipeline) -> Result<Vec<NetworkPolicy>, Vec<P
     };
     for flow in &p.flows {
         for end in [&flow.from, &flow.to] {
-            if let FlowEnd::Stage(name) = end {
-                if selector_of(name).is_none() {
-                    let known: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
-                    errors.push(error(flow.line, format!("flow names stage {name:?}, which pipeline {} does not have; expected one of {known:?}", p.name)));
-                }
+            if let FlowEnd::Stage(name) = end
+                && selector_of(name).is_none()
+            {
+                let known: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+                errors.push(error(flow.line, format!("flow names stage {name:?}, which pipeline {} does not have; expected one of {known:?}", p.name)));
             }
         }
         if !matches!(flow.from, FlowEnd::Stage(_)) && !matches!(flow.to, FlowEnd::Stage(_)) {
