@@ -346,11 +346,16 @@ impl Testbed {
         Ok(())
     }
 
-    /// Runs a probe from `node` and returns its outcome.
-    pub fn probe(&self, node: &str, args: &[&str]) -> Outcome {
+    /// Runs a probe from `node` and returns what it printed.
+    pub fn probe_output(&self, node: &str, args: &[&str]) -> String {
         let mut cmd = self.command(node, probe_bin()).expect("probe command");
         let out = cmd.args(args).output().expect("running probe");
-        Outcome::parse(&String::from_utf8_lossy(&out.stdout))
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a probe from `node` and returns its outcome.
+    pub fn probe(&self, node: &str, args: &[&str]) -> Outcome {
+        Outcome::parse(&self.probe_output(node, args))
     }
 
     pub fn tcp(&self, from: &str, to: IpAddr, port: u16) -> Outcome {

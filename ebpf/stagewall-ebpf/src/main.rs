@@ -180,6 +180,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         return SOCK_ALLOW;
     }
     let mut remote_addr = [0u8; 16];
+    let mut family = family;
     if family == FAMILY_V4 {
         let ip4 = unsafe { read_volatile(&(*sa).user_ip4) };
         remote_addr[..4].copy_from_slice(&ip4.to_ne_bytes());
@@ -188,16 +189,31 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
             let word = unsafe { read_volatile(&(*sa).user_ip6[i]) };
             remote_addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
+        // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4: decide it as IPv4,
+        // as the packet hooks will see it.
+        if remote_addr[..10] == [0; 10] && remote_addr[10..12] == [0xff, 0xff] {
+            family = FAMILY_V4;
+            remote_addr.copy_within(12..16, 0);
+            remote_addr[4..].fill(0);
+        }
     }
     // user_port holds the port in network byte order in its low 16 bits.
     let remote_port = u16::from_be(unsafe { read_volatile(&(*sa).user_port) } as u16);
+    // The socket's own port (host order), when it is bound: a UDP server answering with
+    // sendto() is replying within a flow its ingress allowed, and decide() must find it.
+    let sk = unsafe { read_volatile(&(*sa).__bindgen_anon_1.sk) };
+    let local_port = if sk.is_null() {
+        0
+    } else {
+        (unsafe { read_volatile(&(*sk).src_port) }) as u16
+    };
     let flow = Flow {
         direction: DIR_EGRESS,
         family,
         protocol,
         local_addr: [0; 16],
         remote_addr,
-        local_port: 0,
+        local_port,
         remote_port,
     };
     // connect() or sendmsg() to the workload's own address: the packets will carry the

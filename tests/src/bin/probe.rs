@@ -4,6 +4,8 @@
 //!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo
 //!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
+//!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
+//!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!
 //! Probes print one outcome word and the elapsed milliseconds: `ok 2`, `eperm 0`,
 //! `timeout 1000`, `refused 1`, `error:<what> 3`. They exit 0 whatever the outcome.
@@ -110,9 +112,47 @@ fn ports(arg: Option<&String>) -> Vec<u16> {
     .unwrap_or_default()
 }
 
+/// Probes every target concurrently (one thread each) and prints one line per target.
+fn matrix(timeout: Duration, targets: &[String]) {
+    let results: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                scope.spawn(move || {
+                    let parts: Vec<&str> = t.split('/').collect();
+                    let [proto, addr, port] = parts[..] else {
+                        return format!("{t} error:bad_target 0");
+                    };
+                    let addr = SocketAddr::new(
+                        addr.parse().expect("address"),
+                        port.parse().expect("port"),
+                    );
+                    let start = Instant::now();
+                    let result = match proto {
+                        "tcp" => tcp(addr, timeout),
+                        _ => udp(addr, timeout, 1),
+                    };
+                    let word = match result {
+                        Ok(()) => "ok".to_string(),
+                        Err(e) => outcome(&e),
+                    };
+                    format!("{t} {word} {}", start.elapsed().as_millis())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    for line in results {
+        println!("{line}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS";
+    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | matrix MS PROTO/ADDR/PORT...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -133,6 +173,10 @@ fn main() {
         Some("udp") if args.len() >= 4 => {
             let count = args.get(4).map_or(1, |c| c.parse().expect("count"));
             udp(sock(&args[1], &args[2]), ms(&args[3]), count).map(|_| String::new())
+        }
+        Some("matrix") if args.len() >= 2 => {
+            matrix(ms(&args[1]), &args[2..]);
+            return;
         }
         Some("get") if args.len() == 4 => {
             get(args[1].parse().expect("address"), &args[2], ms(&args[3]))
