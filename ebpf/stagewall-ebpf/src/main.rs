@@ -225,7 +225,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         _pad: [0; 3],
         addr: remote_addr,
     };
-    if unsafe { SELF_ADDRS.get(&own) }.is_some() {
+    if unsafe { SELF_ADDRS.get(own) }.is_some() {
         return SOCK_ALLOW;
     }
     // In audit mode the packets themselves are reported by cgroup_skb; reporting the
