@@ -107,3 +107,67 @@ fn run_refuses_an_empty_policy_directory() {
     assert!(stderr.contains("no policy files"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+fn explain(from: &str, to: &str, port: &str) -> (bool, String, String) {
+    let out = stagewall(&[
+        "check",
+        &examples(),
+        "--explain",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--port",
+        port,
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_names_the_rule_that_allows_a_connection() {
+    let (ok, stdout, stderr) =
+        explain("ml-pipeline/trainer-0", "ml-pipeline/model-serving", "8500");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("verdict: allowed"), "{stdout}");
+    // Both sides, each with the generated policy, its rule and the Pipeline flow's line.
+    assert!(stdout.contains("egress of ml-pipeline/trainer-0: allowed by ml-pipeline/training-pipeline-training egress rule"), "{stdout}");
+    assert!(stdout.contains("ingress of ml-pipeline/model-serving: allowed by ml-pipeline/training-pipeline-model-serving ingress rule"), "{stdout}");
+    assert!(stdout.contains("ml-pipeline/pipeline.yaml:35"), "{stdout}");
+}
+
+#[test]
+fn explain_says_why_a_connection_is_denied() {
+    let (ok, stdout, _) = explain(
+        "ml-pipeline/data-ingestion",
+        "ml-pipeline/model-serving",
+        "8500",
+    );
+    assert!(ok);
+    assert!(stdout.contains("verdict: denied"), "{stdout}");
+    assert!(stdout.contains("egress of ml-pipeline/data-ingestion: DENIED: isolated by ml-pipeline/training-pipeline-default-deny, ml-pipeline/training-pipeline-data-ingestion"), "{stdout}");
+}
+
+#[test]
+fn explain_takes_outside_addresses() {
+    let (ok, stdout, _) = explain("203.0.113.7", "ml-pipeline/data-ingestion", "8080");
+    assert!(ok);
+    assert!(
+        stdout.contains("not a workload of the inventory"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ipBlock 203.0.113.0/24"), "{stdout}");
+    assert!(stdout.contains("verdict: allowed"), "{stdout}");
+    let (_, stdout, _) = explain("ml-pipeline/trainer-0", "8.8.8.8", "443");
+    assert!(stdout.contains("verdict: denied"), "{stdout}");
+}
+
+#[test]
+fn explain_rejects_unknown_workloads() {
+    let (ok, _, stderr) = explain("ml-pipeline/nope", "ml-pipeline/model-serving", "8500");
+    assert!(!ok);
+    assert!(stderr.contains("no Workload ml-pipeline/nope"), "{stderr}");
+}
