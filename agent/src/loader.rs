@@ -33,10 +33,10 @@ use aya::{
 };
 use ipnet::IpNet;
 use stagewall_common::{
-    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, FAMILY_V4,
-    FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW,
-    PolicyKey, SelfAddrKey,
+    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, EndpointStats,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG,
+    MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE,
+    MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey, SelfAddrKey,
 };
 
 use crate::{
@@ -114,7 +114,18 @@ pub struct Loader {
 pub struct Readers {
     pub events: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub endpoint_stats: PerCpuArray<MapData, EndpointStats>,
+    /// The flow table, read only to count its entries (map pressure).
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// How the policy is enforced, besides the policy itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    pub mode: Mode,
+    /// Report allowed flows too (flow logs), at most one event per flow a second.
+    pub log_allowed: bool,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -168,6 +179,8 @@ impl Loader {
         let readers = Readers {
             events: take(&mut ebpf, MAP_EVENTS)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
+            endpoint_stats: take(&mut ebpf, MAP_ENDPOINT_STATS)?,
+            flows: take(&mut ebpf, MAP_FLOWS)?,
             logs,
         };
         let loader = Loader {
@@ -188,7 +201,11 @@ impl Loader {
     /// Makes `compiled` the policy in force: attaches to new workloads, writes the inactive
     /// slot, flips, empties the old slot, detaches workloads that left. On an error before
     /// the flip the policy in force is untouched.
-    pub fn apply(&mut self, compiled: &Compiled, mode: Mode) -> anyhow::Result<Vec<Enforced>> {
+    pub fn apply(
+        &mut self,
+        compiled: &Compiled,
+        how: Enforcement,
+    ) -> anyhow::Result<Vec<Enforced>> {
         let next_slot = 1 - self.current.active_slot;
         let mut enforced = Vec::new();
         let mut targets = Vec::new();
@@ -260,12 +277,12 @@ impl Loader {
 
         let next = Config {
             active_slot: next_slot,
-            mode: match mode {
+            mode: match how.mode {
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
             },
             generation: self.current.generation + 1,
-            _pad: 0,
+            log_allowed: u32::from(how.log_allowed),
         };
         self.config.set(0, next, 0).context("writing CONFIG")?;
         let old_slot = self.current.active_slot;

@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Enforce the policies of a directory on this host (needs root).
     Run(run::RunArgs),
+    /// Print the agent's recent verdict events, or follow them (--follow).
+    Events(stagewall::events::client::EventsArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
     Check {
         /// Directory of policy files.
@@ -55,6 +57,13 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match cli.command {
+        Command::Events(args) => match stagewall::events::client::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check {
             dir,
             explain,

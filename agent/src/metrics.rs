@@ -1,60 +1,77 @@
 //! Prometheus metrics. `ml_network_violations_total` is named as the users' dashboards
 //! expect; the rest are `stagewall_*`. Label values come from small sets: workload names,
-//! CIDRs from the policy, "world", directions and verdicts.
+//! CIDRs from the policy, "world", directions, verdicts, map names.
 
-use std::sync::Mutex;
+use std::{collections::HashMap, sync::Mutex};
 
 use aya::maps::{MapData, PerCpuArray};
-use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use stagewall_common::{
     CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
-    CNT_EVENTS_LOST, CNT_FLOW_INSERT_FAILED, CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS,
-    CNT_WOULD_DROP_INGRESS, COUNTERS_LEN,
+    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
+    CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, COUNTERS_LEN,
+    DIR_EGRESS, DIR_INGRESS, EndpointStats, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
+    endpoint_stats_index,
 };
 
-use crate::events::Violation;
+use crate::events::VerdictEvent;
 
 pub struct Metrics {
     registry: Registry,
     violations: IntCounterVec,
+    events: IntCounterVec,
     packets: IntCounterVec,
+    workload_packets: IntCounterVec,
+    workload_bytes: IntCounterVec,
     events_lost: IntCounter,
+    events_suppressed: IntCounter,
+    events_queued: IntCounter,
     malformed: IntCounter,
     replies: IntCounter,
     flow_insert_failed: IntCounter,
     pub policy_generation: IntGauge,
     pub workloads_enforced: IntGauge,
     pub policy_reloads: IntCounterVec,
-    kernel: Mutex<Option<KernelCounters>>,
+    pub policy_apply_seconds: Histogram,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
+    kernel: Mutex<Option<Kernel>>,
 }
 
-/// The kernel's per-CPU counters and what was last added to the metrics from them.
-struct KernelCounters {
-    map: PerCpuArray<MapData, u64>,
+/// The kernel's per-CPU counters and statistics, and what was already added from them.
+struct Kernel {
+    counters: PerCpuArray<MapData, u64>,
     seen: [u64; COUNTERS_LEN as usize],
+    stats: PerCpuArray<MapData, EndpointStats>,
+    /// Enforced workloads by endpoint id.
+    endpoints: Vec<(u32, String)>,
+    seen_stats: HashMap<u32, EndpointStats>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
@@ -74,12 +91,29 @@ impl Metrics {
         .expect("valid metric");
         build.set(1);
         r.register(Box::new(build)).expect("unique metric");
+        let apply = Histogram::with_opts(
+            HistogramOpts::new(
+                "stagewall_policy_apply_duration_seconds",
+                "Time to write a compiled policy into the kernel and switch to it.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(apply.clone())).expect("unique metric");
         Metrics {
             violations: counter_vec(
                 &r,
                 "ml_network_violations_total",
-                "Packets, connects and sends that policy denied (or would deny in audit mode), by sending workload, receiving workload or CIDR, and destination port.",
+                "Packets, connects and sends that policy denied (or would deny in audit mode), by sending workload, receiving workload or CIDR, and destination port (or protocol).",
                 &["source", "destination", "port"],
+            ),
+            events: counter_vec(
+                &r,
+                "stagewall_events_delivered_total",
+                "Verdict events read from the kernel and delivered to the log and the event stream, by verdict and reason.",
+                &["verdict", "reason"],
             ),
             packets: counter_vec(
                 &r,
@@ -87,15 +121,37 @@ impl Metrics {
                 "Packets of enforced workloads seen by the kernel programs, by direction and verdict (allowed, dropped, would_drop).",
                 &["direction", "verdict"],
             ),
+            workload_packets: counter_vec(
+                &r,
+                "stagewall_workload_packets_total",
+                "Packets of each enforced workload, by direction and verdict.",
+                &["workload", "direction", "verdict"],
+            ),
+            workload_bytes: counter_vec(
+                &r,
+                "stagewall_workload_bytes_total",
+                "Bytes of each enforced workload's packets, by direction and verdict.",
+                &["workload", "direction", "verdict"],
+            ),
             events_lost: counter(
                 &r,
                 "stagewall_events_lost_total",
-                "Violation events the kernel could not queue because the ring buffer was full.",
+                "Verdict events the kernel could not queue because the ring buffer was full.",
+            ),
+            events_suppressed: counter(
+                &r,
+                "stagewall_events_suppressed_total",
+                "Verdict events the kernel's per-flow rate limit suppressed (the next event of the flow counts them).",
+            ),
+            events_queued: counter(
+                &r,
+                "stagewall_events_queued_total",
+                "Verdict events the kernel queued in the ring buffer.",
             ),
             malformed: counter(
                 &r,
                 "stagewall_malformed_packets_total",
-                "Packets whose headers could not be parsed (dropped).",
+                "Packets whose headers could not be parsed (internal error: dropped).",
             ),
             replies: counter(
                 &r,
@@ -105,7 +161,7 @@ impl Metrics {
             flow_insert_failed: counter(
                 &r,
                 "stagewall_flow_track_failures_total",
-                "Allowed flows the kernel could not track for their replies.",
+                "Allowed flows the kernel could not track for their replies (flow table full).",
             ),
             policy_generation: gauge(
                 &r,
@@ -120,26 +176,67 @@ impl Metrics {
             policy_reloads: counter_vec(
                 &r,
                 "stagewall_policy_reloads_total",
-                "Policy loads by result (applied, rejected).",
+                "Policy loads by result: applied, rejected (invalid; the policy in force stays) or failed (the kernel refused; the policy in force stays).",
                 &["result"],
+            ),
+            policy_apply_seconds: apply,
+            map_entries: gauge_vec(
+                &r,
+                "stagewall_map_entries",
+                "Entries in each kernel map (the policy maps hold the policy in force).",
+                &["map"],
+            ),
+            map_capacity: gauge_vec(
+                &r,
+                "stagewall_map_capacity",
+                "Capacity of each kernel map; for the policy maps, half of the map (two policies live in it during an update).",
+                &["map"],
             ),
             registry: r,
             kernel: Mutex::new(None),
         }
     }
 
-    pub fn attach_kernel_counters(&self, map: PerCpuArray<MapData, u64>) {
-        *self.kernel.lock().expect("metrics lock") = Some(KernelCounters {
-            map,
+    pub fn attach_kernel(
+        &self,
+        counters: PerCpuArray<MapData, u64>,
+        stats: PerCpuArray<MapData, EndpointStats>,
+    ) {
+        *self.kernel.lock().expect("metrics lock") = Some(Kernel {
+            counters,
             seen: [0; COUNTERS_LEN as usize],
+            stats,
+            endpoints: Vec::new(),
+            seen_stats: HashMap::new(),
         });
     }
 
-    pub fn record_violation(&self, v: &Violation) {
-        let [source, destination, port] = v.metric_labels();
-        self.violations
-            .with_label_values(&[source.as_str(), destination.as_str(), port.as_str()])
+    /// The workloads whose statistics to export, by endpoint id.
+    pub fn set_endpoints(&self, endpoints: Vec<(u32, String)>) {
+        if let Some(k) = self.kernel.lock().expect("metrics lock").as_mut() {
+            k.endpoints = endpoints;
+        }
+    }
+
+    pub fn set_map_usage(&self, map: &str, entries: usize, capacity: u32) {
+        self.map_entries
+            .with_label_values(&[map])
+            .set(entries as i64);
+        self.map_capacity
+            .with_label_values(&[map])
+            .set(capacity as i64);
+    }
+
+    pub fn record_event(&self, e: &VerdictEvent) {
+        self.events
+            .with_label_values(&[e.verdict.as_str(), e.reason.as_str()])
             .inc();
+        if e.is_violation() {
+            let [source, destination, port] = e.metric_labels();
+            self.violations
+                .with_label_values(&[source.as_str(), destination.as_str(), port.as_str()])
+                .inc_by(1 + e.suppressed as u64);
+        }
     }
 
     /// Adds what the kernel counted since the last call.
@@ -147,7 +244,7 @@ impl Metrics {
         let mut guard = self.kernel.lock().expect("metrics lock");
         let Some(k) = guard.as_mut() else { return };
         for index in 0..COUNTERS_LEN {
-            let Ok(values) = k.map.get(&index, 0) else {
+            let Ok(values) = k.counters.get(&index, 0) else {
                 continue;
             };
             let total: u64 = values.iter().sum();
@@ -172,7 +269,45 @@ impl Metrics {
                 CNT_MALFORMED => self.malformed.inc_by(delta),
                 CNT_REPLIES => self.replies.inc_by(delta),
                 CNT_FLOW_INSERT_FAILED => self.flow_insert_failed.inc_by(delta),
+                CNT_EVENTS_SUPPRESSED => self.events_suppressed.inc_by(delta),
+                CNT_EVENTS_QUEUED => self.events_queued.inc_by(delta),
                 _ => {}
+            }
+        }
+        let Kernel {
+            stats,
+            endpoints,
+            seen_stats,
+            ..
+        } = k;
+        for (id, workload) in endpoints.iter() {
+            for (direction, dir_name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+                for (stat, verdict) in [
+                    (STAT_ALLOWED, "allowed"),
+                    (STAT_DROPPED, "dropped"),
+                    (STAT_WOULD_DROP, "would_drop"),
+                ] {
+                    let index = endpoint_stats_index(*id, direction, stat);
+                    let Ok(values) = stats.get(&index, 0) else {
+                        continue;
+                    };
+                    let total =
+                        values
+                            .iter()
+                            .fold(EndpointStats::default(), |a, v| EndpointStats {
+                                packets: a.packets + v.packets,
+                                bytes: a.bytes + v.bytes,
+                            });
+                    let seen = seen_stats.entry(index).or_default();
+                    let labels = [workload.as_str(), dir_name, verdict];
+                    self.workload_packets
+                        .with_label_values(&labels)
+                        .inc_by(total.packets.saturating_sub(seen.packets));
+                    self.workload_bytes
+                        .with_label_values(&labels)
+                        .inc_by(total.bytes.saturating_sub(seen.bytes));
+                    *seen = total;
+                }
             }
         }
     }

@@ -15,13 +15,38 @@ use tokio::{
     sync::watch,
 };
 
+use aya::maps::{HashMap, MapData};
+use stagewall_common::{
+    ENDPOINTS_MAX, FLOWS_MAX, FlowKey, FlowValue, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
+};
+
 use crate::{
     compiler::{self, Compiled, EndpointIds},
-    events, host, http,
-    loader::{Loader, Mode},
+    events::{
+        self,
+        hub::Hub,
+        reader::Outputs,
+        sink::{RotatingFile, Sink},
+    },
+    host, http,
+    loader::{Enforcement, Loader, Mode},
     metrics::Metrics,
     policy, watch as dir_watch,
 };
+
+/// How often the flow table's entries are counted (a walk over the whole map).
+const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts the flow table's entries now and then, on a thread of its own: the walk is a
+/// syscall per entry and must not stall the event reader.
+fn count_flows(flows: HashMap<MapData, FlowKey, FlowValue>, metrics: Arc<Metrics>) {
+    std::thread::spawn(move || {
+        loop {
+            metrics.set_map_usage("flows", flows.keys().flatten().count(), FLOWS_MAX);
+            std::thread::sleep(COUNT_FLOWS_EVERY);
+        }
+    });
+}
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -42,6 +67,21 @@ pub struct RunArgs {
     /// path at the default).
     #[arg(long, default_value = "warn")]
     pub ebpf_log_level: log::LevelFilter,
+    /// Also report allowed flows (flow logs): at most one event per flow and second.
+    #[arg(long)]
+    pub log_allowed: bool,
+    /// Write the JSON-lines event log to this file (rotated by size) instead of stdout.
+    #[arg(long)]
+    pub events_file: Option<PathBuf>,
+    /// Rotate the event log file when it would pass this size.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub events_file_max_bytes: u64,
+    /// Rotated event log files to keep (events.jsonl.1 is the newest).
+    #[arg(long, default_value_t = 5)]
+    pub events_file_keep: u32,
+    /// The node name events carry (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 /// Errors in the user's configuration: reported, and the process exits with code 2.
@@ -64,7 +104,7 @@ fn load(dir: &Path, previous: &EndpointIds) -> Result<Compiled, String> {
 /// The agent's desired state and what is in force.
 struct Enforcer {
     dir: PathBuf,
-    mode: Mode,
+    how: Enforcement,
     loader: Loader,
     metrics: Arc<Metrics>,
     /// The policy in force, shared with the event reader to name events.
@@ -76,15 +116,38 @@ struct Enforcer {
 impl Enforcer {
     fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
-        let enforced = self.loader.apply(&compiled, self.mode)?;
+        let enforced = self.loader.apply(&compiled, self.how)?;
+        let took = started.elapsed();
+        self.metrics
+            .policy_apply_seconds
+            .observe(took.as_secs_f64());
         for e in &enforced {
             log::debug!("enforcing {} at {:?}", e.workload, e.target);
         }
+        self.metrics.set_endpoints(
+            compiled
+                .endpoints
+                .iter()
+                .map(|e| (e.endpoint_id, e.workload.to_string()))
+                .collect(),
+        );
+        let self_addrs: usize = compiled.endpoints.iter().map(|e| e.addresses.len()).sum();
+        for (map, entries, capacity) in [
+            ("endpoints", compiled.endpoints.len(), ENDPOINTS_MAX / 2),
+            ("self_addrs", self_addrs, SELF_ADDRS_MAX / 2),
+            (
+                "ipcache",
+                compiled.identities.ipcache.len(),
+                IPCACHE_MAX / 2,
+            ),
+            ("policy", compiled.policy.len(), POLICY_MAX / 2),
+        ] {
+            self.metrics.set_map_usage(map, entries, capacity);
+        }
         log::info!(
-            "policy {} applied in {:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
+            "policy {} applied in {took:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
             self.loader.generation(),
-            started.elapsed(),
-            self.mode,
+            self.how.mode,
             enforced.len(),
             compiled.identities.kinds.len(),
             compiled.policy.len(),
@@ -158,17 +221,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => host::cgroup2_mount()?,
     };
     host::ensure_bpffs()?;
+    let sink = match &args.events_file {
+        Some(path) => Sink::File(
+            RotatingFile::open(
+                path.clone(),
+                args.events_file_max_bytes,
+                args.events_file_keep,
+            )
+            .map_err(|e| ConfigError(format!("event log {}: {e}", path.display())))?,
+        ),
+        None => Sink::stdout(),
+    };
     let (loader, readers) = Loader::load(&cgroup_root, args.ebpf_log_level)?;
     log::info!(
         "kernel programs loaded; cgroup2 at {}",
         cgroup_root.display()
     );
     let metrics = Arc::new(Metrics::new());
-    metrics.attach_kernel_counters(readers.counters);
+    metrics.attach_kernel(readers.counters, readers.endpoint_stats);
+    count_flows(readers.flows, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut enforcer = Enforcer {
         dir: args.policies.clone(),
-        mode: args.mode,
+        how: Enforcement {
+            mode: args.mode,
+            log_allowed: args.log_allowed,
+        },
         loader,
         metrics: metrics.clone(),
         policy: policy_tx,
@@ -178,17 +256,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (_watcher, mut changes) = dir_watch::watch(&args.policies)
         .with_context(|| format!("watching {}", args.policies.display()))?;
 
+    let hub = Arc::new(Hub::default());
     let state = Arc::new(http::State {
         metrics: metrics.clone(),
+        events: hub.clone(),
         ready: Default::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(events::stream(
-        readers.events,
-        policy_rx,
+    let outputs = Outputs {
         metrics,
-        std::io::stdout(),
-    ));
+        sink,
+        hub,
+        node: args.node_name.unwrap_or_else(events::host_name),
+    };
+    tasks.spawn(events::reader::stream(readers.events, policy_rx, outputs));
     tasks.spawn(http::serve(listener, state.clone()));
     if let Some(logs) = readers.logs {
         tasks.spawn(kernel_logs(logs));
@@ -236,7 +317,7 @@ async fn shutdown() -> &'static str {
 
 /// Forwards the kernel programs' aya-log records to the agent's log.
 async fn kernel_logs(logs: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
-    let mut fd = events::readable(logs)?;
+    let mut fd = events::reader::readable(logs)?;
     loop {
         let mut guard = fd.readable_mut().await?;
         guard.get_inner_mut().flush();

@@ -13,9 +13,9 @@ pub use identity::{Block, Identities};
 use ipnet::IpNet;
 pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY,
-    IPCACHE_MAX, POLICY_MAX, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT,
-    PolicyKey,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
+    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey,
 };
 
 use crate::policy::model::{
@@ -30,6 +30,8 @@ pub struct Endpoint {
     pub attachment: Attachment,
     /// The workload's own addresses: its traffic to them never leaves it and passes.
     pub addresses: Vec<std::net::IpAddr>,
+    /// The workload's `stage` label, which events carry.
+    pub stage: Option<String>,
     pub endpoint_id: u32,
     /// 0 when no policy isolates the direction.
     pub ingress_policy: u32,
@@ -172,6 +174,7 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             workload: w.name.clone(),
             attachment: w.attachment.clone().expect("filtered on attachment"),
             addresses: w.addresses.clone(),
+            stage: w.labels.get("stage").cloned(),
             endpoint_id,
             ingress_policy: 0,
             egress_policy: 0,
@@ -193,6 +196,9 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
                 continue;
             }
             let mut entries = EntrySet::new();
+            // Policies that isolate without a single rule for the direction deny everything:
+            // the kernel reports such drops as "default deny".
+            let rule_count: usize = selecting.iter().map(|p| p.rules(direction).len()).sum();
             for p in &selecting {
                 for rule in p.rules(direction) {
                     let target = RuleTarget {
@@ -210,11 +216,17 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
                 Direction::Ingress => {
                     endpoint.ingress_policy = id;
                     endpoint.flags |= EP_ISOLATED_INGRESS;
+                    if rule_count == 0 {
+                        endpoint.flags |= EP_DEFAULT_DENY_INGRESS;
+                    }
                     endpoint.ingress_policies = names;
                 }
                 Direction::Egress => {
                     endpoint.egress_policy = id;
                     endpoint.flags |= EP_ISOLATED_EGRESS;
+                    if rule_count == 0 {
+                        endpoint.flags |= EP_DEFAULT_DENY_EGRESS;
+                    }
                     endpoint.egress_policies = names;
                 }
             }

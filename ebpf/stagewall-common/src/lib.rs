@@ -18,9 +18,11 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SELF_ADDRS: &str = "SELF_ADDRS";
+pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
+pub const MAP_ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 
-/// Endpoints of both policy slots together.
-pub const ENDPOINTS_MAX: u32 = 16_384;
+/// Endpoints of both policy slots together: 4096 local workloads per node.
+pub const ENDPOINTS_MAX: u32 = 8_192;
 /// Own addresses of endpoints, both slots.
 pub const SELF_ADDRS_MAX: u32 = 65_536;
 /// Prefixes (workload addresses and CIDRs) of both policy slots together.
@@ -53,7 +55,9 @@ pub struct Config {
     pub mode: u32,
     /// Counts applied policies; events carry it so user space can name the policy in force.
     pub generation: u32,
-    pub _pad: u32,
+    /// 1: also report allowed flows (VERDICT_ALLOWED events, at most one per flow and
+    /// rate-limit window), for flow logs.
+    pub log_allowed: u32,
 }
 const _: () = assert!(size_of::<Config>() == 16);
 
@@ -78,6 +82,15 @@ const _: () = assert!(size_of::<EndpointKey>() == 16);
 pub const EP_ISOLATED_INGRESS: u32 = 1 << 0;
 /// Some policy selects the endpoint for egress.
 pub const EP_ISOLATED_EGRESS: u32 = 1 << 1;
+/// Isolated for ingress by policies without a single ingress rule: everything is denied.
+pub const EP_DEFAULT_DENY_INGRESS: u32 = 1 << 2;
+/// Isolated for egress by policies without a single egress rule.
+pub const EP_DEFAULT_DENY_EGRESS: u32 = 1 << 3;
+
+/// Endpoint ids are below this; per-endpoint statistics are indexed by them. A workload
+/// keeps its id across policy changes and a new one takes an id neither the old nor the
+/// new policy uses, so two slots' worth of ids is always enough.
+pub const ENDPOINT_ID_LIMIT: u32 = ENDPOINTS_MAX;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -210,21 +223,37 @@ pub const FLOW_TIMEOUT_OTHER_NS: u64 = 120 * 1_000_000_000;
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
 // ---------------------------------------------------------------------------------------------
-// Events: one per denied packet, through the EVENTS ring buffer.
+// Events: one per denied packet (and per allowed flow when flow logging is on), through
+// the EVENTS ring buffer, rate-limited per flow.
 
+pub const VERDICT_ALLOWED: u8 = 0;
 pub const VERDICT_DROPPED: u8 = 1;
 pub const VERDICT_WOULD_DROP: u8 = 2;
 
-/// The workload is isolated in this direction and no rule allows the packet.
-pub const REASON_NO_RULE: u8 = 1;
-/// The packet could not be parsed (truncated header); it is handled as ON_ERROR says.
-pub const REASON_MALFORMED: u8 = 2;
+/// Allowed by a rule (flow logging).
+pub const REASON_ALLOWED: u8 = 0;
+/// The workload is isolated by policies with no rule at all for this direction.
+pub const REASON_DEFAULT_DENY: u8 = 1;
+/// The workload's policies have rules for this direction, but none allows the packet.
+pub const REASON_NO_RULE: u8 = 2;
+/// Internal error: the packet could not be parsed (truncated header); it is dropped.
+pub const REASON_MALFORMED: u8 = 3;
+/// The flow table is full: the packet was allowed but its flow is not tracked, so its
+/// replies may be denied.
+pub const REASON_MAP_FULL: u8 = 4;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;
 pub const HOOK_CONNECT: u8 = 2;
 pub const HOOK_SENDMSG: u8 = 3;
 pub const HOOK_TC: u8 = 4;
+
+/// Events per flow and window; more are suppressed and counted, and the next event of
+/// the flow says how many it stands for.
+pub const EVENTS_PER_FLOW_WINDOW: u32 = 32;
+pub const EVENT_WINDOW_NS: u64 = 1_000_000_000;
+/// Flows whose event rate is tracked (least recently used ones are forgotten).
+pub const EVENT_LIMITS_MAX: u32 = 65_536;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,6 +262,8 @@ pub struct Event {
     pub generation: u32,
     pub endpoint_id: u32,
     pub remote_identity: u32,
+    /// Earlier events of this flow that the rate limit suppressed since its last event.
+    pub suppressed: u32,
     pub verdict: u8,
     pub reason: u8,
     pub direction: u8,
@@ -241,11 +272,43 @@ pub struct Event {
     pub protocol: u8,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
 }
-const _: () = assert!(size_of::<Event>() == 64);
+const _: () = assert!(size_of::<Event>() == 72);
+
+/// Rate-limit state of one flow's events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimit {
+    pub window_start_ns: u64,
+    pub events: u32,
+    pub suppressed: u32,
+}
+const _: () = assert!(size_of::<EventLimit>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// Per-endpoint statistics: a per-CPU array indexed by endpoint_stats_index().
+
+pub const STAT_ALLOWED: u32 = 0;
+pub const STAT_DROPPED: u32 = 1;
+pub const STAT_WOULD_DROP: u32 = 2;
+pub const STATS_PER_ENDPOINT: u32 = 6;
+pub const ENDPOINT_STATS_LEN: u32 = ENDPOINT_ID_LIMIT * STATS_PER_ENDPOINT;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<EndpointStats>() == 16);
+
+/// Index of (endpoint, direction, STAT_*) in ENDPOINT_STATS.
+pub const fn endpoint_stats_index(endpoint_id: u32, direction: u8, stat: u32) -> u32 {
+    endpoint_id * STATS_PER_ENDPOINT + direction as u32 * 3 + stat
+}
 
 // ---------------------------------------------------------------------------------------------
 // Counters: a per-CPU array of u64, indexed by these.
@@ -264,7 +327,11 @@ pub const CNT_MALFORMED: u32 = 7;
 pub const CNT_REPLIES: u32 = 8;
 /// New flows that could not be tracked (map update failed).
 pub const CNT_FLOW_INSERT_FAILED: u32 = 9;
-pub const COUNTERS_LEN: u32 = 10;
+/// Events the per-flow rate limit suppressed.
+pub const CNT_EVENTS_SUPPRESSED: u32 = 10;
+/// Events queued in the ring buffer.
+pub const CNT_EVENTS_QUEUED: u32 = 11;
+pub const COUNTERS_LEN: u32 = 12;
 
 // ---------------------------------------------------------------------------------------------
 // aya::Pod for user space.
@@ -282,4 +349,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for EventLimit {}
+    unsafe impl aya::Pod for EndpointStats {}
 }

@@ -28,20 +28,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use stagewall_common::{
-    CNT_MALFORMED, Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX,
-    EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG,
-    HOOK_TC, MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey,
+    Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo,
+    EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
+    MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey,
 };
 
 use crate::{
-    maps::{ENDPOINTS, SELF_ADDRS, count},
+    maps::{ENDPOINTS, SELF_ADDRS},
     packet::{ETH_HLEN, Malformed, Packet},
     verdict::{Flow, Verdict, config, decide},
 };
-
-/// What a packet that cannot be parsed gets: dropped. A truncated header never comes from
-/// the local stack, so this only ever hits crafted packets; it is counted (CNT_MALFORMED).
-const ON_MALFORMED: Verdict = Verdict::Drop;
 
 const CGROUP_PASS: i32 = 1;
 const CGROUP_DROP: i32 = 0;
@@ -80,7 +76,7 @@ fn cgroup_endpoint(
     None
 }
 
-fn flow_from_packet(p: &Packet, direction: u8) -> Flow {
+fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
     if direction == DIR_INGRESS {
         Flow {
             direction,
@@ -90,6 +86,7 @@ fn flow_from_packet(p: &Packet, direction: u8) -> Flow {
             remote_addr: p.src,
             local_port: p.dport,
             remote_port: p.sport,
+            bytes,
         }
     } else {
         Flow {
@@ -100,6 +97,7 @@ fn flow_from_packet(p: &Packet, direction: u8) -> Flow {
             remote_addr: p.dst,
             local_port: p.sport,
             remote_port: p.dport,
+            bytes,
         }
     }
 }
@@ -108,22 +106,23 @@ fn skb_verdict(
     ctx: &impl EbpfContext,
     cfg: &Config,
     ep: &EndpointInfo,
+    skb: &SkBuff,
     parsed: Result<Option<Packet>, Malformed>,
     direction: u8,
     hook: u8,
 ) -> Verdict {
+    let bytes = skb.len();
     match parsed {
         Ok(Some(p)) if p.link_control => Verdict::Pass,
-        Ok(Some(p)) => decide(cfg, ep, &flow_from_packet(&p, direction), hook, true),
+        Ok(Some(p)) => decide(cfg, ep, &flow_from_packet(&p, direction, bytes), hook, true),
         // Not IP (ARP, say): outside of what network policy covers.
         Ok(None) => Verdict::Pass,
         Err(Malformed) => {
-            count(CNT_MALFORMED);
             debug!(
                 ctx,
                 "stagewall: malformed packet, endpoint {}", ep.endpoint_id
             );
-            ON_MALFORMED
+            verdict::malformed(cfg, ep, direction, hook, bytes)
         }
     }
 }
@@ -143,7 +142,7 @@ fn cgroup_skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
     };
     // cgroup_skb data starts at the IP header.
     let parsed = packet::parse(skb, packet::l3_from_skb(skb), 0);
-    match skb_verdict(ctx, cfg, ep, parsed, direction, HOOK_CGROUP_SKB) {
+    match skb_verdict(ctx, cfg, ep, skb, parsed, direction, HOOK_CGROUP_SKB) {
         Verdict::Pass => CGROUP_PASS,
         Verdict::Drop => CGROUP_DROP,
     }
@@ -215,6 +214,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         remote_addr,
         local_port,
         remote_port,
+        bytes: 0,
     };
     // connect() or sendmsg() to the workload's own address: the packets will carry the
     // same source and destination, which the packet hooks pass as self traffic.
@@ -271,7 +271,7 @@ fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
     };
     // TC data starts at the Ethernet header.
     let parsed = packet::l3_from_eth(skb).and_then(|l3| packet::parse(skb, l3, ETH_HLEN));
-    match skb_verdict(ctx, cfg, ep, parsed, direction, HOOK_TC) {
+    match skb_verdict(ctx, cfg, ep, skb, parsed, direction, HOOK_TC) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use stagewall_common::{
-    COUNTERS_LEN, Config, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, FLOWS_MAX,
-    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX,
-    SelfAddrKey,
+    COUNTERS_LEN, Config, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX, EVENTS_BYTES,
+    EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowKey, FlowValue,
+    IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SelfAddrKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -36,6 +36,14 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static EVENT_LIMITS: LruHashMap<FlowKey, EventLimit> =
+    LruHashMap::with_max_entries(EVENT_LIMITS_MAX, 0);
+
+#[map]
+pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> =
+    PerCpuArray::with_max_entries(ENDPOINT_STATS_LEN, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);

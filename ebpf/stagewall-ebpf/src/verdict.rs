@@ -4,24 +4,34 @@
 //! - CONFIG (array), ENDPOINTS (hash), FLOWS (LRU hash: is it a reply?);
 //! - IPCACHE (LPM: the peer's identity);
 //! - POLICY (LPM: the peer's identity), then POLICY again (LPM: any peer) on a miss;
+//! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);
 //! - for an allowed packet whose replies need tracking, one FLOWS lookup and, at most
-//!   once a second per flow, an update.
+//!   once a second per flow, an update;
+//! - for a denied packet, EVENT_LIMITS (LRU hash: the flow's event rate) and the ring
+//!   buffer.
+//!
+//! The lookups are separate BPF functions (`#[inline(never)]`): each keeps its map key in
+//! its own stack frame instead of all of them piling up in `decide`'s, which keeps the call
+//! chain within the verifier's 512-byte stack.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
-    CNT_EVENTS_LOST, CNT_FLOW_INSERT_FAILED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS,
-    CNT_WOULD_DROP_INGRESS, Config, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EndpointInfo, Event, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS,
-    FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY,
-    IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT,
-    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_NO_RULE, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP,
+    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
+    CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, Config, DIR_EGRESS,
+    DIR_INGRESS, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit,
+    FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
+    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
+    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
+    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
+    VERDICT_WOULD_DROP, endpoint_stats_index,
 };
 
-use aya_ebpf::maps::lpm_trie::Key;
-
-use crate::maps::{CONFIG, EVENTS, FLOWS, IPCACHE, POLICY, count};
+use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
 
 /// A packet from one endpoint's point of view.
 pub struct Flow {
@@ -32,6 +42,8 @@ pub struct Flow {
     pub remote_addr: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
+    /// The packet's length (0 for connect/sendmsg, which are not packets).
+    pub bytes: u32,
 }
 
 #[derive(PartialEq, Eq)]
@@ -44,6 +56,14 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// What an event says of a packet.
+struct Report {
+    verdict: u8,
+    reason: u8,
+    identity: u32,
+    hook: u8,
+}
+
 /// Decides one packet (or connect/sendmsg) of a local endpoint. On a denial it counts and
 /// reports the event (with `hook`) unless `report` is false, and returns Drop only in
 /// enforce mode.
@@ -54,15 +74,17 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         return Verdict::Pass;
     }
     let ingress = flow.direction == DIR_INGRESS;
-    let (isolated_flag, policy, other_isolated) = if ingress {
+    let (isolated, default_deny, policy, other_isolated) = if ingress {
         (
-            EP_ISOLATED_INGRESS,
+            ep.flags & EP_ISOLATED_INGRESS != 0,
+            ep.flags & EP_DEFAULT_DENY_INGRESS != 0,
             ep.ingress_policy,
             ep.flags & EP_ISOLATED_EGRESS != 0,
         )
     } else {
         (
-            EP_ISOLATED_EGRESS,
+            ep.flags & EP_ISOLATED_EGRESS != 0,
+            ep.flags & EP_DEFAULT_DENY_EGRESS != 0,
             ep.egress_policy,
             ep.flags & EP_ISOLATED_INGRESS != 0,
         )
@@ -72,37 +94,131 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
     let now = unsafe { bpf_ktime_get_ns() };
 
-    if ep.flags & isolated_flag != 0 {
+    if isolated {
         if is_reply(ep, flow, now) {
             count(CNT_REPLIES);
+            stat(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
         let identity = remote_identity(cfg, flow);
         if !allowed_by_policy(policy, identity, flow) {
-            if deny(cfg, flow, ep, identity, hook, report, now) == Verdict::Drop {
+            let audit = cfg.mode == MODE_AUDIT;
+            let verdict = if audit {
+                VERDICT_WOULD_DROP
+            } else {
+                VERDICT_DROPPED
+            };
+            let reason = if default_deny {
+                REASON_DEFAULT_DENY
+            } else {
+                REASON_NO_RULE
+            };
+            if report {
+                count(match (audit, ingress) {
+                    (false, true) => CNT_DROPPED_INGRESS,
+                    (false, false) => CNT_DROPPED_EGRESS,
+                    (true, true) => CNT_WOULD_DROP_INGRESS,
+                    (true, false) => CNT_WOULD_DROP_EGRESS,
+                });
+                emit(
+                    cfg,
+                    ep,
+                    flow,
+                    now,
+                    &Report {
+                        verdict,
+                        reason,
+                        identity,
+                        hook,
+                    },
+                );
+            }
+            if packet_hook {
+                stat(ep, flow, if audit { STAT_WOULD_DROP } else { STAT_DROPPED });
+            }
+            if !audit {
                 return Verdict::Drop;
             }
             // Audit mode: the packet goes on, and its replies must count as replies (as
             // they would had it been allowed), not as violations of their own.
         } else if packet_hook {
-            count(if ingress {
-                CNT_ALLOWED_INGRESS
-            } else {
-                CNT_ALLOWED_EGRESS
-            });
+            allowed(cfg, ep, flow, now, identity, hook);
         }
     } else if packet_hook {
-        count(if ingress {
-            CNT_ALLOWED_INGRESS
-        } else {
-            CNT_ALLOWED_EGRESS
-        });
+        allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
     }
     // Replies only need tracking when the other direction is isolated.
     if other_isolated && packet_hook {
-        track(ep, flow, now);
+        track(cfg, ep, flow, now, hook);
     }
     Verdict::Pass
+}
+
+/// A packet whose headers could not be parsed: counted and reported as an internal error,
+/// and dropped (passed in audit mode). A truncated header never comes from the local
+/// stack, so this only ever hits crafted packets.
+pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
+    count(CNT_MALFORMED);
+    let flow = Flow {
+        direction,
+        family: 0,
+        protocol: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        bytes,
+    };
+    let audit = cfg.mode == MODE_AUDIT;
+    stat(
+        ep,
+        &flow,
+        if audit { STAT_WOULD_DROP } else { STAT_DROPPED },
+    );
+    let verdict = if audit {
+        VERDICT_WOULD_DROP
+    } else {
+        VERDICT_DROPPED
+    };
+    let report = Report {
+        verdict,
+        reason: REASON_MALFORMED,
+        identity: 0,
+        hook,
+    };
+    emit(cfg, ep, &flow, unsafe { bpf_ktime_get_ns() }, &report);
+    if audit { Verdict::Pass } else { Verdict::Drop }
+}
+
+/// Counts an allowed packet, and logs its flow when flow logging is on.
+fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32, hook: u8) {
+    count(if flow.direction == DIR_INGRESS {
+        CNT_ALLOWED_INGRESS
+    } else {
+        CNT_ALLOWED_EGRESS
+    });
+    stat(ep, flow, STAT_ALLOWED);
+    if cfg.log_allowed != 0 {
+        let report = Report {
+            verdict: VERDICT_ALLOWED,
+            reason: REASON_ALLOWED,
+            identity,
+            hook,
+        };
+        emit(cfg, ep, flow, now, &report);
+    }
+}
+
+/// Adds a packet to the workload's per-CPU statistics.
+fn stat(ep: &EndpointInfo, flow: &Flow, which: u32) {
+    let index = endpoint_stats_index(ep.endpoint_id, flow.direction, which);
+    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += flow.bytes as u64;
+        }
+    }
 }
 
 fn is_loopback(flow: &Flow) -> bool {
@@ -145,6 +261,7 @@ fn timeout_ns(protocol: u8) -> u64 {
 }
 
 /// Is this packet a reply within a flow the endpoint allowed the other way?
+#[inline(never)]
 fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
     let key = flow_key(ep, flow, opposite(flow.direction));
     match unsafe { FLOWS.get(key) } {
@@ -153,7 +270,8 @@ fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
     }
 }
 
-fn track(ep: &EndpointInfo, flow: &Flow, now: u64) {
+#[inline(never)]
+fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
     let key = flow_key(ep, flow, flow.direction);
     if let Some(value) = unsafe { FLOWS.get(key) }
         && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS
@@ -163,9 +281,17 @@ fn track(ep: &EndpointInfo, flow: &Flow, now: u64) {
     let value = FlowValue { last_seen_ns: now };
     if FLOWS.insert(key, value, 0).is_err() {
         count(CNT_FLOW_INSERT_FAILED);
+        let report = Report {
+            verdict: VERDICT_ALLOWED,
+            reason: REASON_MAP_FULL,
+            identity: remote_identity(cfg, flow),
+            hook,
+        };
+        emit(cfg, ep, flow, now, &report);
     }
 }
 
+#[inline(never)]
 fn remote_identity(cfg: &Config, flow: &Flow) -> u32 {
     let data = IpcacheKey {
         slot: cfg.active_slot as u8,
@@ -174,13 +300,14 @@ fn remote_identity(cfg: &Config, flow: &Flow) -> u32 {
         _pad: [0; 2],
     };
     let key = Key::new(IPCACHE_PREFIX_BITS + 128, data);
-    match IPCACHE.get(&key) {
+    match IPCACHE.get(key) {
         Some(identity) => *identity,
         None if flow.family == FAMILY_V4 => IDENTITY_WORLD_V4,
         None => IDENTITY_WORLD_V6,
     }
 }
 
+#[inline(never)]
 fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
     // The port a rule names is the destination's: the remote's for egress, ours for ingress.
     let port = if flow.direction == DIR_INGRESS {
@@ -207,70 +334,79 @@ fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
         .is_some()
 }
 
-fn deny(
-    cfg: &Config,
-    flow: &Flow,
-    ep: &EndpointInfo,
-    identity: u32,
-    hook: u8,
-    report: bool,
-    now: u64,
-) -> Verdict {
-    let audit = cfg.mode == MODE_AUDIT;
-    let ingress = flow.direction == DIR_INGRESS;
-    if report {
-        count(match (audit, ingress) {
-            (false, true) => CNT_DROPPED_INGRESS,
-            (false, false) => CNT_DROPPED_EGRESS,
-            (true, true) => CNT_WOULD_DROP_INGRESS,
-            (true, false) => CNT_WOULD_DROP_EGRESS,
-        });
-        emit(
-            cfg,
-            ep,
-            flow,
-            identity,
-            hook,
-            if audit {
-                VERDICT_WOULD_DROP
-            } else {
-                VERDICT_DROPPED
-            },
-            now,
-        );
+/// Applies the flow's event rate limit: how many suppressed events the next one stands
+/// for, or None to suppress this one (counted). Allowed-flow records are limited to one
+/// per window; denials to EVENTS_PER_FLOW_WINDOW.
+#[inline(never)]
+fn rate_limit(ep: &EndpointInfo, flow: &Flow, now: u64, verdict: u8) -> Option<u32> {
+    let key = flow_key(ep, flow, flow.direction);
+    let limit = if verdict == VERDICT_ALLOWED {
+        1
+    } else {
+        EVENTS_PER_FLOW_WINDOW
+    };
+    let Some(state) = EVENT_LIMITS.get_ptr_mut(key) else {
+        let fresh = EventLimit {
+            window_start_ns: now,
+            events: 1,
+            suppressed: 0,
+        };
+        // A full LRU map evicts; an insert that still fails only loses rate limiting.
+        let _ = EVENT_LIMITS.insert(key, fresh, 0);
+        return Some(0);
+    };
+    // SAFETY: a valid map value; concurrent CPUs may race on it, which only makes the
+    // limit approximate (the counters stay exact).
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state.window_start_ns) >= EVENT_WINDOW_NS {
+        let carried = state.suppressed;
+        *state = EventLimit {
+            window_start_ns: now,
+            events: 1,
+            suppressed: 0,
+        };
+        return Some(carried);
     }
-    if audit { Verdict::Pass } else { Verdict::Drop }
+    if state.events < limit {
+        state.events += 1;
+        return Some(0);
+    }
+    state.suppressed += 1;
+    count(CNT_EVENTS_SUPPRESSED);
+    None
 }
 
-fn emit(
-    cfg: &Config,
-    ep: &EndpointInfo,
-    flow: &Flow,
-    identity: u32,
-    hook: u8,
-    verdict: u8,
-    now: u64,
-) {
+fn emit(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, report: &Report) {
+    let Some(suppressed) = rate_limit(ep, flow, now, report.verdict) else {
+        return;
+    };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(CNT_EVENTS_LOST);
         return;
     };
-    entry.write(Event {
-        time_ns: now,
-        generation: cfg.generation,
-        endpoint_id: ep.endpoint_id,
-        remote_identity: identity,
-        verdict,
-        reason: REASON_NO_RULE,
-        direction: flow.direction,
-        hook,
-        family: flow.family,
-        protocol: flow.protocol,
-        local_port: flow.local_port,
-        remote_port: flow.remote_port,
-        _pad: 0,
-        local_addr: flow.local_addr,
-        remote_addr: flow.remote_addr,
-    });
+    // Written field by field into the ring buffer: an Event built on the stack first
+    // would cost 72 bytes of the 512 the verifier allows the whole call chain.
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at reserved ring buffer memory the size of an Event; every field
+    // is written before submit.
+    unsafe {
+        addr_of_mut!((*e).time_ns).write(now);
+        addr_of_mut!((*e).generation).write(cfg.generation);
+        addr_of_mut!((*e).endpoint_id).write(ep.endpoint_id);
+        addr_of_mut!((*e).remote_identity).write(report.identity);
+        addr_of_mut!((*e).suppressed).write(suppressed);
+        addr_of_mut!((*e).verdict).write(report.verdict);
+        addr_of_mut!((*e).reason).write(report.reason);
+        addr_of_mut!((*e).direction).write(flow.direction);
+        addr_of_mut!((*e).hook).write(report.hook);
+        addr_of_mut!((*e).family).write(flow.family);
+        addr_of_mut!((*e).protocol).write(flow.protocol);
+        addr_of_mut!((*e).local_port).write(flow.local_port);
+        addr_of_mut!((*e).remote_port).write(flow.remote_port);
+        addr_of_mut!((*e)._pad).write([0; 6]);
+        addr_of_mut!((*e).local_addr).write(flow.local_addr);
+        addr_of_mut!((*e).remote_addr).write(flow.remote_addr);
+    }
     entry.submit(0);
+    count(CNT_EVENTS_QUEUED);
 }

@@ -1,53 +1,68 @@
-//! Violation events: drained from the kernel's ring buffer, named (workload, peer,
-//! policies), printed as one JSON line each and counted in the metrics.
+//! Verdict events: drained from the kernel's ring buffer (reader), named after the policy
+//! in force (this module), and fanned out (hub) to the metrics, a JSON-lines log on stdout
+//! or a rotating file (sink) and the HTTP event stream; `stagewall events` reads that
+//! stream (client).
+
+pub mod client;
+pub mod filter;
+pub mod hub;
+pub mod reader;
+pub mod sink;
 
 use std::{
-    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use stagewall_common::{
-    DIR_INGRESS, Event, FAMILY_V4, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_MALFORMED, REASON_NO_RULE,
+    DIR_INGRESS, Event, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED,
+    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, VERDICT_ALLOWED,
     VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::watch,
-};
 
-use crate::{compiler::Compiled, metrics::Metrics};
+use crate::compiler::Compiled;
 
-/// One violation as users see it (a JSON line on stdout).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Violation {
+/// One verdict event as users see it: a JSON line, an HTTP stream item, a table row.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerdictEvent {
     pub time: String,
-    /// "dropped", or "would-drop" in audit mode.
-    pub verdict: &'static str,
-    pub reason: &'static str,
-    pub direction: &'static str,
+    /// The node (host) whose agent saw it.
+    pub node: String,
+    /// "dropped", "would-drop" (audit mode) or "allowed" (flow logging, or an allowed
+    /// packet whose flow could not be tracked).
+    pub verdict: String,
+    /// "default-deny" (isolated by policies without a rule for this direction), "no-rule"
+    /// (rules exist, none allows it), "internal-error" (unparseable packet), "map-full"
+    /// (flow table full: replies may be denied) or "allowed".
+    pub reason: String,
+    pub direction: String,
     pub protocol: String,
-    /// Absent for a denied connect or send: the kernel has not chosen a source yet.
+    /// Absent for a denied connect or send (no source chosen yet) and unparseable packets.
     pub src: Option<IpAddr>,
     pub src_port: Option<u16>,
-    pub dst: IpAddr,
+    pub dst: Option<IpAddr>,
     pub dst_port: Option<u16>,
-    /// The local workload (namespace/name).
+    /// The local workload's namespace, name (namespace/name) and `stage` label.
+    pub namespace: String,
     pub workload: String,
-    /// The other side: a workload, the CIDR it fell in, or "world".
+    pub stage: Option<String>,
+    /// The other side: a workload, the CIDR of a policy it fell in, or "world".
     pub peer: String,
     /// The policies that isolate the workload in this direction.
     pub policies: Vec<String>,
     /// Which kernel program saw it: cgroup_skb, connect, sendmsg or tc.
-    pub hook: &'static str,
+    pub hook: String,
+    /// Earlier events of this flow the kernel's rate limit folded into this one.
+    pub suppressed: u32,
 }
 
-impl Violation {
+impl VerdictEvent {
+    pub fn is_violation(&self) -> bool {
+        self.verdict == "dropped" || self.verdict == "would-drop"
+    }
+
     /// (source, destination, port) labels of ml_network_violations_total: names, never
     /// raw outside addresses, so the label set stays bounded.
     pub fn metric_labels(&self) -> [String; 3] {
@@ -79,11 +94,13 @@ pub fn protocol_name(protocol: u8) -> String {
     }
 }
 
-fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
+fn addr(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
+        _ => None,
     }
 }
 
@@ -99,8 +116,8 @@ fn wall_time(monotonic_ns: u64) -> SystemTime {
     SystemTime::now() - Duration::from_nanos(now_mono.saturating_sub(monotonic_ns))
 }
 
-/// Names a kernel event with the policy it was decided under.
-pub fn describe(event: &Event, compiled: &Compiled) -> Violation {
+/// Names a kernel event with the policy in force.
+pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent {
     let local = addr(event.family, event.local_addr);
     let remote = addr(event.family, event.remote_addr);
     let ingress = event.direction == DIR_INGRESS;
@@ -108,10 +125,10 @@ pub fn describe(event: &Event, compiled: &Compiled) -> Violation {
         .endpoints
         .iter()
         .find(|e| e.endpoint_id == event.endpoint_id);
-    let workload = endpoint.map_or_else(
-        || format!("endpoint-{}", event.endpoint_id),
-        |e| e.workload.to_string(),
-    );
+    let (namespace, workload) = match endpoint {
+        Some(e) => (e.workload.namespace.clone(), e.workload.to_string()),
+        None => (String::new(), format!("endpoint-{}", event.endpoint_id)),
+    };
     let policies = endpoint
         .map(|e| {
             if ingress {
@@ -128,39 +145,52 @@ pub fn describe(event: &Event, compiled: &Compiled) -> Violation {
     let local_known = !(event.hook == HOOK_CONNECT || event.hook == HOOK_SENDMSG);
     let (src, src_port, dst, dst_port) = if ingress {
         (
-            Some(remote),
+            remote,
             port(event.remote_port),
             local,
             port(event.local_port),
         )
     } else {
         (
-            local_known.then_some(local),
+            local.filter(|_| local_known),
             port(event.local_port),
             remote,
             port(event.remote_port),
         )
     };
-    Violation {
+    VerdictEvent {
         time: humantime::format_rfc3339_millis(wall_time(event.time_ns)).to_string(),
+        node: node.to_string(),
         verdict: match event.verdict {
+            VERDICT_ALLOWED => "allowed",
             VERDICT_DROPPED => "dropped",
             VERDICT_WOULD_DROP => "would-drop",
             _ => "unknown",
-        },
+        }
+        .into(),
         reason: match event.reason {
+            REASON_ALLOWED => "allowed",
+            REASON_DEFAULT_DENY => "default-deny",
             REASON_NO_RULE => "no-rule",
-            REASON_MALFORMED => "malformed",
+            REASON_MALFORMED => "internal-error",
+            REASON_MAP_FULL => "map-full",
             _ => "unknown",
+        }
+        .into(),
+        direction: if ingress { "ingress" } else { "egress" }.into(),
+        protocol: if event.family == 0 {
+            "unknown".into()
+        } else {
+            protocol
         },
-        direction: if ingress { "ingress" } else { "egress" },
-        protocol,
         src,
         src_port,
         dst,
         dst_port,
+        namespace,
         workload,
-        peer: compiled.identities.peer_name(remote),
+        stage: endpoint.and_then(|e| e.stage.clone()),
+        peer: remote.map_or_else(|| "unknown".into(), |r| compiled.identities.peer_name(r)),
         policies,
         hook: match event.hook {
             HOOK_CGROUP_SKB => "cgroup_skb",
@@ -168,49 +198,15 @@ pub fn describe(event: &Event, compiled: &Compiled) -> Violation {
             HOOK_SENDMSG => "sendmsg",
             HOOK_TC => "tc",
             _ => "unknown",
-        },
-    }
-}
-
-fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: Event is plain data of exactly this size; the ring buffer gives no alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
-}
-
-/// Registers a kernel ring buffer's fd with tokio for readiness (read) events.
-pub fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: the fd belongs to `inner` (an aya map), which the AsyncFd owns and which
-    // keeps it open and unchanged until it is dropped.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(Into::into)
-}
-
-/// Drains the ring buffer until the task is cancelled, writing each violation as a JSON
-/// line to `out` and counting it.
-pub async fn stream(
-    ring: RingBuf<MapData>,
-    policy: watch::Receiver<Arc<Compiled>>,
-    metrics: Arc<Metrics>,
-    mut out: impl Write,
-) -> anyhow::Result<()> {
-    let mut fd = readable(ring)?;
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let compiled = policy.borrow().clone();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some(event) = decode(&item) else {
-                log::warn!("short event of {} bytes from the kernel", item.len());
-                continue;
-            };
-            let violation = describe(&event, &compiled);
-            metrics.record_violation(&violation);
-            serde_json::to_writer(&mut out, &violation)?;
-            out.write_all(b"\n")?;
         }
-        out.flush()?;
-        guard.clear_ready();
+        .into(),
+        suppressed: event.suppressed,
     }
+}
+
+/// The node name events carry: the host name, unless given.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
