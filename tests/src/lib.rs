@@ -442,6 +442,17 @@ impl Testbed {
         self.start_agent_on(&self.dir, extra_args)
     }
 
+    /// The body of an HTTP GET to `addr` from the hub namespace (where the agent runs).
+    pub fn hub_get(&self, addr: &str, path: &str) -> Option<String> {
+        http_get_in(&self.hub, addr, path).map(body)
+    }
+
+    /// A command that runs in the hub namespace (where the agent and its HTTP endpoint
+    /// are), in no workload's cgroup.
+    pub fn hub_command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        in_netns_and_cgroup(&self.hub, None, program)
+    }
+
     pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
         let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
         cmd.args(["run", "--policies"])
@@ -618,15 +629,45 @@ pub struct Agent {
     hub: String,
 }
 
+/// The body of an HTTP response.
+fn body(response: String) -> String {
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => response,
+    }
+}
+
+/// An HTTP GET from inside a namespace; the whole response (status line, headers, body).
+fn http_get_in(netns: &str, addr: &str, path: &str) -> Option<String> {
+    let mut cmd = in_netns_and_cgroup(netns, None, probe_bin()).ok()?;
+    let out = cmd.args(["get", addr, path, "5000"]).output().ok()?;
+    let o = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
+    o.is("ok").then_some(o.body)
+}
+
 impl Agent {
     fn http_get(&self, path: &str) -> Option<String> {
-        let mut cmd = in_netns_and_cgroup(&self.hub, None, probe_bin()).ok()?;
-        let out = cmd
-            .args(["get", "127.0.0.1:9742", path, "2000"])
-            .output()
-            .ok()?;
-        let o = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
-        o.is("ok").then_some(o.body)
+        http_get_in(&self.hub, "127.0.0.1:9742", path)
+    }
+
+    /// The body of a GET to the agent's HTTP endpoint.
+    pub fn get(&self, path: &str) -> Option<String> {
+        self.http_get(path).map(body)
+    }
+
+    /// The agent's process id (for its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The agent's resident memory, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The agent's /metrics text.

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (skips what is present): the pinned
-    /// nightly with rust-src, bpf-linker, iproute2, iputils-ping.
+    /// nightly with rust-src, bpf-linker, iproute2, iputils-ping, prometheus.
     Setup,
     /// Setup, then formatting, lints (user space and kernel crate), build and every test.
     /// The privileged tests need root; with CI=true they fail rather than skip.
@@ -90,6 +90,19 @@ fn test() -> anyhow::Result<()> {
             "--",
             "-D",
             "warnings",
+        ],
+    )?;
+    // The alerting rules parse and fire as their unit tests say.
+    cmd(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/stagewall-rules.yaml"],
+    )?;
+    cmd(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            "deploy/prometheus/stagewall-rules.test.yaml",
         ],
     )?;
     // The integration tests run the agent and probe binaries: build them first.

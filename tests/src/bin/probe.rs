@@ -4,6 +4,8 @@
 //!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo
 //!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
+//!   stagewall-probe flood ADDR PORT MILLIS SOCKETS       UDP from SOCKETS source ports
+//!                                                          for MILLIS; prints `sent N`
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!
@@ -112,6 +114,32 @@ fn ports(arg: Option<&String>) -> Vec<u16> {
     .unwrap_or_default()
 }
 
+/// Sends 1-byte UDP datagrams round-robin from `sockets` source ports as fast as it can
+/// for `duration` (bounded in time, to a test's own namespace): many flows, so the
+/// kernel's per-flow event rate limit lets many events through.
+fn flood(addr: SocketAddr, duration: Duration, sockets: usize) -> u64 {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    let socks: Vec<UdpSocket> = (0..sockets)
+        .map(|_| UdpSocket::bind(bind).expect("bind"))
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        for s in &socks {
+            if s.send_to(b"x", addr).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
 /// Probes every target concurrently (one thread each) and prints one line per target.
 fn matrix(timeout: Duration, targets: &[String]) {
     let results: Vec<String> = std::thread::scope(|scope| {
@@ -152,7 +180,7 @@ fn matrix(timeout: Duration, targets: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | matrix MS PROTO/ADDR/PORT...";
+    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | matrix MS PROTO/ADDR/PORT...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -173,6 +201,15 @@ fn main() {
         Some("udp") if args.len() >= 4 => {
             let count = args.get(4).map_or(1, |c| c.parse().expect("count"));
             udp(sock(&args[1], &args[2]), ms(&args[3]), count).map(|_| String::new())
+        }
+        Some("flood") if args.len() == 5 => {
+            let sent = flood(
+                sock(&args[1], &args[2]),
+                ms(&args[3]),
+                args[4].parse().expect("sockets"),
+            );
+            println!("sent {sent}");
+            return;
         }
         Some("matrix") if args.len() >= 2 => {
             matrix(ms(&args[1]), &args[2..]);

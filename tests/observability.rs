@@ -1,0 +1,323 @@
+//! Observability with real parts: a real Prometheus server scrapes the agent while a known
+//! number of violations is sent, and PromQL returns exactly that count; the HTTP event
+//! stream and `stagewall events` deliver one event per violation; a flood is accounted for
+//! exactly (queued + suppressed + lost = denied) while the agent keeps up in bounded memory.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use stagewall_tests::{Agent, Testbed, metric_sum, privileged};
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// server accepts TCP/UDP 80 from client; client may send only to server:80 and
+/// its other egress is default-denied by a policy without rules.
+fn policies(bed: &Testbed) -> String {
+    let mut p = bed.workload_yaml("client", "app", "{app: client, stage: training}", false);
+    p += &bed.workload_yaml("server", "app", "{app: server, stage: serving}", false);
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: client}}}]\n      ports: [{port: 80}, {port: 80, protocol: UDP}]\n---\n";
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-lockdown, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n";
+    p
+}
+
+fn setup() -> Testbed {
+    let mut bed = Testbed::new(&["client", "server", "outside"]).expect("creating the test bed");
+    bed.write_policy("policy.yaml", &policies(&bed)).unwrap();
+    bed.serve("server", &[80, 81], &[80, 81]).unwrap();
+    bed
+}
+
+/// A real Prometheus in the hub namespace scraping the agent every second, with the
+/// project's alerting rules loaded. Killed on drop.
+struct Prometheus(Child);
+
+impl Prometheus {
+    fn start(bed: &Testbed) -> Prometheus {
+        let dir = bed.dir.join("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\nscrape_configs:\n  - job_name: stagewall\n    static_configs: [{{targets: ['127.0.0.1:9742']}}]\n",
+            repo("deploy/prometheus/stagewall-rules.yaml").display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let mut cmd = bed.hub_command("prometheus").unwrap();
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        Prometheus(
+            cmd.spawn()
+                .expect("starting prometheus (Debian package prometheus)"),
+        )
+    }
+
+    /// The value of a PromQL query's single result (None while it has none).
+    fn query(bed: &Testbed, promql: &str) -> Option<f64> {
+        let body = bed.hub_get(
+            "127.0.0.1:9090",
+            &format!("/api/v1/query?query={}", encode(promql)),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn events_of(agent: &Agent, query: &str) -> Vec<serde_json::Value> {
+    agent
+        .get(&format!("/v1/events?{query}"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn prometheus_counts_exactly_the_violations_sent_and_the_stream_delivers_each() {
+    if !privileged() {
+        return;
+    }
+    let bed = setup();
+    let agent = bed
+        .start_agent(&["--node-name", "test-node"])
+        .expect("starting the agent");
+    let prometheus = Prometheus::start(&bed);
+    let server = bed.node("server").v4;
+
+    // 25 datagrams to a port the server's policy does not allow: 25 violations.
+    const SENT: u32 = 25;
+    assert!(bed.udp("outside", server, 81, SENT).is("timeout"));
+    // One default-deny drop: the client's egress policy has no rule at all.
+    assert!(bed.tcp("client", server, 81).is("eperm"));
+    assert!(
+        bed.tcp("client", server, 80).is("eperm"),
+        "default deny covers every port"
+    );
+
+    let want =
+        "sum(ml_network_violations_total{source=\"world\",destination=\"app/server\",port=\"81\"})";
+    let start = Instant::now();
+    let got = loop {
+        let got = Prometheus::query(&bed, want);
+        if got == Some(SENT as f64) || start.elapsed() > Duration::from_secs(40) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got, Some(SENT as f64), "PromQL {want}\n{}", agent.log());
+    assert_eq!(
+        Prometheus::query(
+            &bed,
+            "sum(ml_network_violations_total{source=\"app/client\"})"
+        ),
+        Some(2.0)
+    );
+
+    // The event stream: one event per violation, with everything an operator needs.
+    let events = events_of(&agent, "workload=app/server&verdict=dropped");
+    assert_eq!(events.len(), SENT as usize, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["node"], "test-node");
+        assert_eq!(e["namespace"], "app");
+        assert_eq!(e["stage"], "serving");
+        assert_eq!(e["reason"], "no-rule");
+        assert_eq!(e["peer"], "world");
+        assert_eq!(e["dst_port"], 81);
+        assert_eq!(e["policies"], serde_json::json!(["app/server"]));
+        assert_eq!(e["suppressed"], 0);
+    }
+    let client = events_of(&agent, "namespace=app&workload=client");
+    assert_eq!(client.len(), 2, "{client:#?}");
+    assert!(
+        client
+            .iter()
+            .all(|e| e["reason"] == "default-deny" && e["stage"] == "training")
+    );
+    assert!(events_of(&agent, "verdict=would-drop").is_empty());
+
+    // stagewall events: the same, as a table.
+    let cli = bed
+        .hub_command(stagewall_tests::agent_bin())
+        .unwrap()
+        .args(["events", "--workload", "app/server"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), SENT as usize, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("dropped") && r.contains("app/server") && r.contains(" 81 ")),
+        "{table}"
+    );
+
+    // --follow: what arrives after it started, live.
+    let mut follow = bed
+        .hub_command(stagewall_tests::agent_bin())
+        .unwrap()
+        .args([
+            "events",
+            "--follow",
+            "--output",
+            "json",
+            "--workload",
+            "server",
+            "--verdict",
+            "dropped",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    for _ in 0..SENT {
+        lines.next().unwrap().unwrap(); // the recent ones first
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bed.udp("outside", server, 81, 3).is("timeout"));
+    for _ in 0..3 {
+        let line = lines.next().expect("a live event").unwrap();
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(e["dst_port"], 81, "{line}");
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Every dashboard query and every alerting rule evaluates against the real data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/stagewall-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            let body = bed
+                .hub_get(
+                    "127.0.0.1:9090",
+                    &format!("/api/v1/query?query={}", encode(&expr)),
+                )
+                .unwrap();
+            assert!(body.contains("\"status\":\"success\""), "{expr}: {body}");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 12);
+    let rules = bed.hub_get("127.0.0.1:9090", "/api/v1/rules").unwrap();
+    for alert in [
+        "StagewallViolationSpike",
+        "StagewallEventsLost",
+        "StagewallMapPressure",
+        "StagewallAgentDown",
+    ] {
+        assert!(rules.contains(alert), "{alert} not loaded: {rules}");
+    }
+    assert!(!rules.contains("\"health\":\"err\""), "{rules}");
+    drop(prometheus);
+}
+
+#[test]
+fn a_flood_is_accounted_for_and_the_agent_keeps_up_in_bounded_memory() {
+    if !privileged() {
+        return;
+    }
+    let bed = setup();
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    let server = bed.node("server").v4;
+    let rss_before = agent.rss_kib();
+
+    // 2 seconds of UDP from 2048 source ports to a denied port: many flows, so the
+    // per-flow rate limit lets up to 32 events a second through for each.
+    let started = Instant::now();
+    let out = bed.probe_output(
+        "outside",
+        &["flood", &server.to_string(), "81", "2000", "2048"],
+    );
+    let sent: u64 = out
+        .trim()
+        .strip_prefix("sent ")
+        .and_then(|n| n.parse().ok())
+        .expect("flood output");
+
+    // Wait until the agent has delivered everything the kernel queued.
+    let counters = |m: &str| {
+        (
+            metric_sum(
+                m,
+                "stagewall_packets_total",
+                &[("direction", "ingress"), ("verdict", "dropped")],
+            ) as u64,
+            metric_sum(m, "stagewall_events_queued_total", &[]) as u64,
+            metric_sum(m, "stagewall_events_suppressed_total", &[]) as u64,
+            metric_sum(m, "stagewall_events_lost_total", &[]) as u64,
+            metric_sum(m, "stagewall_events_delivered_total", &[]) as u64,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (dropped, queued, suppressed, lost, delivered) = loop {
+        let c = counters(&agent.metrics());
+        if c.4 >= c.1 || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let rss_after = agent.rss_kib();
+    eprintln!(
+        "flood: {sent} datagrams sent, {dropped} dropped; events: {queued} queued, {delivered} delivered ({:.0}/s), {suppressed} suppressed, {lost} lost; agent RSS {rss_before} -> {rss_after} KiB",
+        delivered as f64 / seconds
+    );
+    assert!(
+        dropped > 10_000,
+        "the flood did not reach the policy: {dropped}"
+    );
+    // Every denied packet is an event, a suppressed event or a lost event: none is silent.
+    assert_eq!(queued + suppressed + lost, dropped);
+    assert_eq!(delivered, queued, "the agent delivers every queued event");
+    assert!(suppressed > 0, "the rate limit engaged");
+    assert!(rss_after < 64 * 1024, "agent RSS {rss_after} KiB");
+    // The violations metric counts the suppressed ones the events carried.
+    let m = agent.metrics();
+    let violations = metric_sum(&m, "ml_network_violations_total", &[("port", "81")]) as u64;
+    assert!(
+        violations >= delivered && violations <= dropped,
+        "{violations} vs {delivered}..{dropped}"
+    );
+}
