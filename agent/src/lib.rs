@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod compiler;
+pub mod control;
 pub mod events;
 pub mod explain;
 pub mod host;

@@ -33,10 +33,11 @@ use aya::{
 };
 use ipnet::IpNet;
 use stagewall_common::{
-    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, EndpointStats,
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG,
-    MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE,
-    MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey, SelfAddrKey,
+    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_QUARANTINED, EndpointInfo, EndpointKey,
+    EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IPCACHE_PREFIX_BITS, IpcacheKey,
+    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS,
+    MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey,
+    SelfAddrKey,
 };
 
 use crate::{
@@ -205,6 +206,7 @@ impl Loader {
         &mut self,
         compiled: &Compiled,
         how: Enforcement,
+        quarantined: &BTreeSet<ObjectName>,
     ) -> anyhow::Result<Vec<Enforced>> {
         let next_slot = 1 - self.current.active_slot;
         let mut enforced = Vec::new();
@@ -232,7 +234,11 @@ impl Loader {
                     endpoint_id: ep.endpoint_id,
                     ingress_policy: slot_policy_id(ep.ingress_policy, next_slot),
                     egress_policy: slot_policy_id(ep.egress_policy, next_slot),
-                    flags: ep.flags,
+                    flags: if quarantined.contains(&ep.workload) {
+                        ep.flags | EP_QUARANTINED
+                    } else {
+                        ep.flags
+                    },
                 };
                 self.endpoints
                     .insert(key, info, 0)

@@ -23,6 +23,19 @@ struct Cli {
 enum Command {
     /// Enforce the policies of a directory on this host (needs root).
     Run(run::RunArgs),
+    /// Isolate a workload entirely, in the kernel, at once (assume breach).
+    Quarantine {
+        /// namespace/name of a workload enforced on this node.
+        workload: String,
+        #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift a quarantine.
+    Release {
+        workload: String,
+        #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Print the agent's recent verdict events, or follow them (--follow).
     Events(stagewall::events::client::EventsArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
@@ -47,6 +60,23 @@ enum Command {
     },
 }
 
+/// Sends one request to the running agent's control socket and prints its answer.
+fn control(socket: &std::path::Path, line: &str) -> ExitCode {
+    let result = stagewall::control::Request::parse(line)
+        .map_err(anyhow::Error::msg)
+        .and_then(|request| stagewall::control::send(socket, &request));
+    match result {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
 const EXIT_CONFIG: u8 = 2;
 
@@ -57,6 +87,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     match cli.command {
+        Command::Quarantine { workload, socket } => {
+            control(&socket, &format!("quarantine {workload}"))
+        }
+        Command::Release { workload, socket } => control(&socket, &format!("release {workload}")),
         Command::Events(args) => match stagewall::events::client::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -34,6 +34,7 @@ pub struct Metrics {
     flow_insert_failed: IntCounter,
     pub policy_generation: IntGauge,
     pub workloads_enforced: IntGauge,
+    pub workloads_quarantined: IntGauge,
     pub policy_reloads: IntCounterVec,
     pub policy_apply_seconds: Histogram,
     map_entries: IntGaugeVec,
@@ -172,6 +173,11 @@ impl Metrics {
                 &r,
                 "stagewall_workloads_enforced",
                 "Local workloads the kernel programs are attached to.",
+            ),
+            workloads_quarantined: gauge(
+                &r,
+                "stagewall_workloads_quarantined",
+                "Local workloads isolated by `stagewall quarantine`.",
             ),
             policy_reloads: counter_vec(
                 &r,

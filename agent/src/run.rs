@@ -3,6 +3,7 @@
 //! policy directory until SIGINT or SIGTERM.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
@@ -12,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 
 use aya::maps::{HashMap, MapData};
@@ -22,6 +23,7 @@ use stagewall_common::{
 
 use crate::{
     compiler::{self, Compiled, EndpointIds},
+    control::{self, Request},
     events::{
         self,
         hub::Hub,
@@ -31,7 +33,8 @@ use crate::{
     host, http,
     loader::{Enforcement, Loader, Mode},
     metrics::Metrics,
-    policy, watch as dir_watch,
+    policy::{self, model::ObjectName},
+    watch as dir_watch,
 };
 
 /// How often the flow table's entries are counted (a walk over the whole map).
@@ -82,6 +85,9 @@ pub struct RunArgs {
     /// The node name events carry (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// The root-only Unix socket for `stagewall quarantine` and `release`.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
 }
 
 /// Errors in the user's configuration: reported, and the process exits with code 2.
@@ -111,12 +117,14 @@ struct Enforcer {
     policy: watch::Sender<Arc<Compiled>>,
     /// Fingerprint of the files last loaded, applied or rejected.
     fingerprint: u64,
+    /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
+    quarantined: BTreeSet<ObjectName>,
 }
 
 impl Enforcer {
     fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
-        let enforced = self.loader.apply(&compiled, self.how)?;
+        let enforced = self.loader.apply(&compiled, self.how, &self.quarantined)?;
         let took = started.elapsed();
         self.metrics
             .policy_apply_seconds
@@ -155,6 +163,9 @@ impl Enforcer {
         self.metrics
             .policy_generation
             .set(self.loader.generation() as i64);
+        self.metrics
+            .workloads_quarantined
+            .set(self.quarantined.len() as i64);
         self.metrics.workloads_enforced.set(enforced.len() as i64);
         self.metrics
             .policy_reloads
@@ -162,6 +173,53 @@ impl Enforcer {
             .inc();
         self.policy.send_replace(Arc::new(compiled));
         Ok(())
+    }
+
+    /// Quarantines or releases a workload: the policy in force is applied again with the
+    /// workload's flag changed (one atomic switch, like any policy change).
+    fn control(&mut self, request: Request) -> Result<String, String> {
+        let current = self.policy.borrow().clone();
+        let (workload, quarantine) = match &request {
+            Request::Quarantine(w) => (w, true),
+            Request::Release(w) => (w, false),
+        };
+        if current.endpoint(workload).is_none() {
+            return Err(format!(
+                "{workload} is not a workload enforced on this node"
+            ));
+        }
+        let changed = if quarantine {
+            self.quarantined.insert(workload.clone())
+        } else {
+            self.quarantined.remove(workload)
+        };
+        if !changed {
+            return Ok(format!(
+                "{workload} already {}",
+                if quarantine {
+                    "quarantined"
+                } else {
+                    "released"
+                }
+            ));
+        }
+        let started = Instant::now();
+        if let Err(e) = self.apply((*current).clone()) {
+            // Undo, so the set says what the kernel does.
+            if quarantine {
+                self.quarantined.remove(workload);
+            } else {
+                self.quarantined.insert(workload.clone());
+            }
+            return Err(format!("{e:#}"));
+        }
+        let verb = if quarantine {
+            "quarantined"
+        } else {
+            "released"
+        };
+        log::warn!("{workload} {verb} (in {:?})", started.elapsed());
+        Ok(format!("{workload} {verb} in {:?}", started.elapsed()))
     }
 
     /// Applies what changed: the files (a bad change is reported and the policy in force
@@ -251,8 +309,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         policy: policy_tx,
         fingerprint,
+        quarantined: BTreeSet::new(),
     };
     enforcer.apply(compiled).context("applying the policy")?;
+    let (control_listener, control_path) = control::listen(&args.control_socket)?;
+    let (command_tx, mut commands) = mpsc::channel(16);
     let (_watcher, mut changes) = dir_watch::watch(&args.policies)
         .with_context(|| format!("watching {}", args.policies.display()))?;
 
@@ -271,6 +332,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tasks.spawn(events::reader::stream(readers.events, policy_rx, outputs));
     tasks.spawn(http::serve(listener, state.clone()));
+    tasks.spawn(control::serve(control_listener, command_tx));
     if let Some(logs) = readers.logs {
         tasks.spawn(kernel_logs(logs));
     }
@@ -296,11 +358,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 enforcer.reconcile();
             }
             _ = recheck.tick() => enforcer.reconcile(),
+            Some((request, reply)) = commands.recv() => {
+                let _ = reply.send(enforcer.control(request));
+            }
         }
     };
     tasks.shutdown().await;
     // Dropping the loader closes every link: the kernel detaches the programs.
     drop(enforcer);
+    let _ = std::fs::remove_file(&control_path);
     log::info!("detached; stopped");
     result
 }

@@ -82,6 +82,8 @@ pub struct Testbed {
     cgroup_base: PathBuf,
     children: Vec<Child>,
     pub dir: PathBuf,
+    /// The agent's control socket (quarantine, release).
+    pub control_socket: PathBuf,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -201,6 +203,8 @@ impl Testbed {
             nodes: Vec::new(),
             cgroup_base,
             children: Vec::new(),
+            control_socket: std::env::temp_dir()
+                .join(format!("{}.control.sock", layout.cgroup_dir)),
             dir,
             _serial: serial,
         };
@@ -457,6 +461,8 @@ impl Testbed {
         let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
         cmd.args(["run", "--policies"])
             .arg(policies)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
             .args(extra_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting stagewall")?;
@@ -521,6 +527,7 @@ impl Drop for Testbed {
         let _ = ip(&["netns", "del", &self.hub]);
         remove_cgroup_tree(&self.cgroup_base);
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_file(&self.control_socket);
     }
 }
 

@@ -374,6 +374,12 @@ fn peer_identities(
     }
 }
 
+impl Compiled {
+    pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| &e.workload == name)
+    }
+}
+
 #[cfg(test)]
 impl Compiled {
     /// The verdict the kernel reaches for a first packet (not a reply) of `endpoint` in
@@ -399,9 +405,5 @@ impl Compiled {
             .iter()
             .filter(|e| e.policy == policy && e.direction == direction)
             .any(|e| e.matches(identity, protocol, port))
-    }
-
-    pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| &e.workload == name)
     }
 }

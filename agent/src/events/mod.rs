@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use stagewall_common::{
     DIR_INGRESS, Event, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED,
-    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP,
+    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_QUARANTINE,
+    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
 
 use crate::compiler::Compiled;
@@ -34,8 +34,9 @@ pub struct VerdictEvent {
     /// packet whose flow could not be tracked).
     pub verdict: String,
     /// "default-deny" (isolated by policies without a rule for this direction), "no-rule"
-    /// (rules exist, none allows it), "internal-error" (unparseable packet), "map-full"
-    /// (flow table full: replies may be denied) or "allowed".
+    /// (rules exist, none allows it), "quarantine" (the workload is quarantined),
+    /// "internal-error" (unparseable packet), "map-full" (flow table full: replies may be
+    /// denied) or "allowed".
     pub reason: String,
     pub direction: String,
     pub protocol: String,
@@ -174,6 +175,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
             REASON_NO_RULE => "no-rule",
             REASON_MALFORMED => "internal-error",
             REASON_MAP_FULL => "map-full",
+            REASON_QUARANTINE => "quarantine",
             _ => "unknown",
         }
         .into(),

@@ -87,6 +87,10 @@ pub const EP_DEFAULT_DENY_INGRESS: u32 = 1 << 2;
 /// Isolated for egress by policies without a single egress rule.
 pub const EP_DEFAULT_DENY_EGRESS: u32 = 1 << 3;
 
+/// Quarantined (assume breach): every packet in and out is dropped, whatever the policy
+/// and the mode; only the workload's traffic to itself passes.
+pub const EP_QUARANTINED: u32 = 1 << 4;
+
 /// Endpoint ids are below this; per-endpoint statistics are indexed by them. A workload
 /// keeps its id across policy changes and a new one takes an id neither the old nor the
 /// new policy uses, so two slots' worth of ids is always enough.
@@ -241,6 +245,8 @@ pub const REASON_MALFORMED: u8 = 3;
 /// The flow table is full: the packet was allowed but its flow is not tracked, so its
 /// replies may be denied.
 pub const REASON_MAP_FULL: u8 = 4;
+/// The workload is quarantined.
+pub const REASON_QUARANTINE: u8 = 5;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;

@@ -22,13 +22,13 @@ use stagewall_common::{
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
     CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, Config, DIR_EGRESS,
     DIR_INGRESS, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit,
-    FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
-    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
-    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
-    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP, endpoint_stats_index,
+    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
+    Event, EventLimit, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
+    FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
+    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS,
+    PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL,
+    REASON_NO_RULE, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
+    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index,
 };
 
 use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
@@ -73,6 +73,10 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     if is_loopback(flow) || flow.local_addr == flow.remote_addr {
         return Verdict::Pass;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ep.flags & EP_QUARANTINED != 0 {
+        return quarantined(cfg, ep, flow, now, hook);
+    }
     let ingress = flow.direction == DIR_INGRESS;
     let (isolated, default_deny, policy, other_isolated) = if ingress {
         (
@@ -92,7 +96,6 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     // connect/sendmsg decide before a packet exists: no local port to track, no packet to
     // count (the packets that follow are decided and counted by the packet hooks).
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
-    let now = unsafe { bpf_ktime_get_ns() };
 
     if isolated {
         if is_reply(ep, flow, now) {
@@ -152,6 +155,26 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         track(cfg, ep, flow, now, hook);
     }
     Verdict::Pass
+}
+
+/// A quarantined workload: everything in and out is dropped, in audit mode too (an
+/// operator who isolates a workload means it), replies included.
+#[inline(never)]
+fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) -> Verdict {
+    count(if flow.direction == DIR_INGRESS {
+        CNT_DROPPED_INGRESS
+    } else {
+        CNT_DROPPED_EGRESS
+    });
+    stat(ep, flow, STAT_DROPPED);
+    let report = Report {
+        verdict: VERDICT_DROPPED,
+        reason: REASON_QUARANTINE,
+        identity: remote_identity(cfg, flow),
+        hook,
+    };
+    emit(cfg, ep, flow, now, &report);
+    Verdict::Drop
 }
 
 /// A packet whose headers could not be parsed: counted and reported as an internal error,

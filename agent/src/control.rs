@@ -1,0 +1,173 @@
+//! The control socket: changes that act on enforcement (quarantine, release) go through a
+//! Unix socket only root can use — never through the read-only HTTP endpoint. One request
+//! per connection: a line `quarantine namespace/name` or `release namespace/name`, answered
+//! by a line `ok ...` or `error ...`.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+
+use crate::policy::model::ObjectName;
+
+/// Where the socket lives unless `--control-socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/stagewall/control.sock";
+const MAX_REQUEST_BYTES: u64 = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Quarantine(ObjectName),
+    Release(ObjectName),
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let (verb, target) = line
+            .trim()
+            .split_once(' ')
+            .ok_or("expected: quarantine|release namespace/name")?;
+        let (namespace, name) = target
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{target:?} is not namespace/name"))?;
+        let workload = ObjectName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        match verb {
+            "quarantine" => Ok(Request::Quarantine(workload)),
+            "release" => Ok(Request::Release(workload)),
+            other => Err(format!(
+                "unknown request {other:?}; expected quarantine or release"
+            )),
+        }
+    }
+
+    fn line(&self) -> String {
+        match self {
+            Request::Quarantine(w) => format!("quarantine {w}\n"),
+            Request::Release(w) => format!("release {w}\n"),
+        }
+    }
+}
+
+/// A request and where its answer goes.
+pub type Command = (Request, oneshot::Sender<Result<String, String>>);
+
+/// Binds the socket (mode 0600, in a 0700 directory) and forwards requests from root.
+pub fn listen(path: &Path) -> anyhow::Result<(UnixListener, PathBuf)> {
+    // A directory made here is root's alone; an existing one is left as it is (the
+    // socket's own mode keeps others out).
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // A socket left by an agent that was killed.
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, path.to_path_buf()))
+}
+
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, commands).await {
+                log::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(
+    stream: tokio::net::UnixStream,
+    commands: mpsc::Sender<Command>,
+) -> anyhow::Result<()> {
+    // The file mode already keeps others out; the peer's credentials say so again.
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    if uid != 0 {
+        write
+            .write_all(b"error: only root may change enforcement\n")
+            .await?;
+        return Ok(());
+    }
+    let mut line = String::new();
+    tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(read), MAX_REQUEST_BYTES)
+        .read_line(&mut line)
+        .await?;
+    let answer = match Request::parse(&line) {
+        Ok(request) => {
+            let (tx, rx) = oneshot::channel();
+            commands.send((request, tx)).await?;
+            rx.await?
+        }
+        Err(e) => Err(e),
+    };
+    let reply = match answer {
+        Ok(ok) => format!("ok {ok}\n"),
+        Err(e) => format!("error {e}\n"),
+    };
+    write.write_all(reply.as_bytes()).await?;
+    Ok(())
+}
+
+/// The client side, for `stagewall quarantine|release`: sends one request, returns the
+/// agent's answer.
+pub fn send(socket: &Path, request: &Request) -> anyhow::Result<String> {
+    let mut stream = StdUnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to {} (is `stagewall run` running, and are you root?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.line().as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    match answer.trim().split_once(' ') {
+        Some(("ok", rest)) => Ok(rest.to_string()),
+        Some(("error", rest)) => bail!("{rest}"),
+        _ => bail!("unexpected answer {answer:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        let w = ObjectName {
+            namespace: "ml".into(),
+            name: "trainer-0".into(),
+        };
+        assert_eq!(
+            Request::parse("quarantine ml/trainer-0\n"),
+            Ok(Request::Quarantine(w.clone()))
+        );
+        assert_eq!(
+            Request::parse("release ml/trainer-0"),
+            Ok(Request::Release(w.clone()))
+        );
+        assert_eq!(
+            Request::parse(&Request::Quarantine(w.clone()).line()),
+            Ok(Request::Quarantine(w))
+        );
+        assert!(Request::parse("quarantine trainer-0").is_err());
+        assert!(Request::parse("delete ml/x").is_err());
+        assert!(Request::parse("").is_err());
+    }
+}
