@@ -329,6 +329,15 @@ impl Testbed {
         in_netns_and_cgroup(&node.netns, Some(&node.cgroup), program)
     }
 
+    /// Starts a long-running program in `node` (killed when the test bed is dropped).
+    pub fn spawn(&mut self, node: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = self.command(node, program)?;
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        self.children
+            .push(cmd.spawn().with_context(|| format!("starting {program}"))?);
+        Ok(())
+    }
+
     /// Starts the probe's echo servers in `node` and waits until they listen.
     pub fn serve(&mut self, node: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
         let join = |p: &[u16]| {

@@ -28,6 +28,13 @@ enum Task {
     /// Setup, then run the agent on the example policies against a demo pipeline of
     /// namespaces and cgroups, showing allowed and denied traffic and the events (root).
     Demo,
+    /// Setup, then the benchmarks (release build; root): data path against the baseline,
+    /// iptables and nftables, control plane, events. Prints Markdown tables.
+    Bench {
+        /// One short run per configuration (what CI runs so the harness cannot rot).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +49,10 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench(quick)
         }
     }
 }
@@ -64,6 +75,15 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         bail!("{program} {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+fn bench(quick: bool) -> anyhow::Result<()> {
+    cmd("cargo", &["build", "--release", "--bins"])?;
+    let mut args = vec![];
+    if quick {
+        args.push("--quick");
+    }
+    cmd("target/release/stagewall-bench", &args)
 }
 
 fn test() -> anyhow::Result<()> {
@@ -107,5 +127,8 @@ fn test() -> anyhow::Result<()> {
     )?;
     // The integration tests run the agent and probe binaries: build them first.
     cmd("cargo", &["build", "--bins"])?;
-    cmd("cargo", &["test"])
+    cmd("cargo", &["test"])?;
+    // The benchmark harness, in its quick mode, so it cannot rot (its numbers are printed,
+    // never asserted).
+    bench(true)
 }

@@ -12,8 +12,17 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: `ip` for the test namespaces, `ping` for ICMP probes, LLVM 22 to
-/// build bpf-linker against, Prometheus (server and promtool) for the metrics tests.
-const PACKAGES: [&str; 4] = ["iproute2", "iputils-ping", "llvm-22-dev", "prometheus"];
+/// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
+/// iperf3, iptables and nftables for the benchmarks.
+const PACKAGES: [&str; 7] = [
+    "iproute2",
+    "iputils-ping",
+    "llvm-22-dev",
+    "prometheus",
+    "iperf3",
+    "iptables",
+    "nftables",
+];
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)

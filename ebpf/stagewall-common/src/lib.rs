@@ -217,8 +217,13 @@ const _: () = assert!(size_of::<FlowKey>() == 32);
 pub struct FlowValue {
     /// bpf_ktime_get_ns of the last packet that refreshed the entry.
     pub last_seen_ns: u64,
+    /// CONFIG.generation of the policy that allowed the flow: while it is in force, later
+    /// packets of the flow are allowed from this entry (the per-flow verdict cache); after
+    /// a policy change they are decided again.
+    pub generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowValue>() == 8);
+const _: () = assert!(size_of::<FlowValue>() == 16);
 
 /// A flow without traffic for this long no longer lets replies in.
 pub const FLOW_TIMEOUT_TCP_NS: u64 = 3_600 * 1_000_000_000;

@@ -1,7 +1,9 @@
 //! The per-packet decision, the same for every hook. Its cost is a fixed number of map
 //! lookups whatever the policy size:
 //!
-//! - CONFIG (array), ENDPOINTS (hash), FLOWS (LRU hash: is it a reply?);
+//! - CONFIG (array), ENDPOINTS (hash);
+//! - FLOWS (LRU hash: a flow already allowed this way under the policy in force — the
+//!   verdict cache; most packets stop here), FLOWS again (is it a reply?);
 //! - IPCACHE (LPM: the peer's identity);
 //! - POLICY (LPM: the peer's identity), then POLICY again (LPM: any peer) on a miss;
 //! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);
@@ -98,6 +100,17 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
 
     if isolated {
+        // A flow this endpoint already allowed this way, under the policy in force: one
+        // hash lookup instead of the LPM lookups below.
+        if packet_hook && allowed_before(cfg, ep, flow, now) {
+            count(if ingress {
+                CNT_ALLOWED_INGRESS
+            } else {
+                CNT_ALLOWED_EGRESS
+            });
+            stat(ep, flow, STAT_ALLOWED);
+            return Verdict::Pass;
+        }
         if is_reply(ep, flow, now) {
             count(CNT_REPLIES);
             stat(ep, flow, STAT_ALLOWED);
@@ -143,15 +156,22 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                 return Verdict::Drop;
             }
             // Audit mode: the packet goes on, and its replies must count as replies (as
-            // they would had it been allowed), not as violations of their own.
+            // they would had it been allowed), not as violations of their own. The flow is
+            // remembered for its replies only (generation 0 is never in force), so its
+            // next packets are decided — and reported — again.
+            if other_isolated && packet_hook {
+                let _ = remember(ep, flow, now, 0);
+            }
+            return Verdict::Pass;
         } else if packet_hook {
             allowed(cfg, ep, flow, now, identity, hook);
         }
     } else if packet_hook {
         allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
     }
-    // Replies only need tracking when the other direction is isolated.
-    if other_isolated && packet_hook {
+    // Track the flow: for its replies when the other direction is isolated, and as the
+    // verdict cache of this one when it is isolated.
+    if (other_isolated || isolated) && packet_hook {
         track(cfg, ep, flow, now, hook);
     }
     Verdict::Pass
@@ -293,16 +313,36 @@ fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
     }
 }
 
+/// Did this endpoint allow this flow, in this direction, under the policy in force (and
+/// recently enough)? Refreshes the entry at most once a second.
+#[inline(never)]
+fn allowed_before(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
+    let key = flow_key(ep, flow, flow.direction);
+    let Some(value) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a valid map value; a racing refresh only writes a similar timestamp.
+    let value = unsafe { &mut *value };
+    let age = now.saturating_sub(value.last_seen_ns);
+    if value.generation != cfg.generation || age >= timeout_ns(flow.protocol) {
+        return false;
+    }
+    if age >= FLOW_REFRESH_NS {
+        value.last_seen_ns = now;
+    }
+    true
+}
+
 #[inline(never)]
 fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
     let key = flow_key(ep, flow, flow.direction);
     if let Some(value) = unsafe { FLOWS.get(key) }
+        && value.generation == cfg.generation
         && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS
     {
         return;
     }
-    let value = FlowValue { last_seen_ns: now };
-    if FLOWS.insert(key, value, 0).is_err() {
+    if !remember(ep, flow, now, cfg.generation) {
         count(CNT_FLOW_INSERT_FAILED);
         let report = Report {
             verdict: VERDICT_ALLOWED,
@@ -312,6 +352,20 @@ fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
         };
         emit(cfg, ep, flow, now, &report);
     }
+}
+
+/// Records the flow as allowed this way under policy `generation`; false if the table
+/// refused it.
+#[inline(never)]
+fn remember(ep: &EndpointInfo, flow: &Flow, now: u64, generation: u32) -> bool {
+    let value = FlowValue {
+        last_seen_ns: now,
+        generation,
+        _pad: 0,
+    };
+    FLOWS
+        .insert(flow_key(ep, flow, flow.direction), value, 0)
+        .is_ok()
 }
 
 #[inline(never)]

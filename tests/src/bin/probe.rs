@@ -6,6 +6,10 @@
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
 //!   stagewall-probe flood ADDR PORT MILLIS SOCKETS       UDP from SOCKETS source ports
 //!                                                          for MILLIS; prints `sent N`
+//!   stagewall-probe rr ADDR PORT MILLIS                  request/response: `ok MS\nTPS P50_US P99_US`
+//!   stagewall-probe crr ADDR PORT MILLIS                 new connections: `ok MS\nPER_SECOND`
+//!   stagewall-probe udp-sink PORT MILLIS                 prints `ready`, then `received N`
+//!   stagewall-probe watch-verdict ADDR PORT MILLIS       `first X`, then `changed Y NS`
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!
@@ -79,9 +83,14 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16]) -> ! {
             for mut conn in l.incoming().flatten() {
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = conn.set_nodelay(true);
                     let mut buf = [0u8; 64];
-                    if let Ok(n) = conn.read(&mut buf) {
-                        let _ = conn.write_all(&buf[..n]);
+                    // Echo until the client closes: one-shot probes and request/response
+                    // benchmarks alike.
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
                     }
                 });
             }
@@ -140,6 +149,107 @@ fn flood(addr: SocketAddr, duration: Duration, sockets: usize) -> u64 {
     sent
 }
 
+/// Request/response over one TCP connection for `duration`: transactions per second and
+/// the 50th and 99th percentile latency in microseconds.
+fn rr(addr: SocketAddr, duration: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut byte)?;
+        latencies.push(t.elapsed().as_nanos() as u64);
+    }
+    latencies.sort_unstable();
+    let pct =
+        |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)] as f64 / 1000.0;
+    Ok(format!(
+        "{:.0} {:.1} {:.1}",
+        latencies.len() as f64 / start.elapsed().as_secs_f64(),
+        pct(50),
+        pct(99)
+    ))
+}
+
+/// New TCP connections (connect, one byte each way, close) for `duration`: per second.
+fn crr(addr: SocketAddr, duration: Duration) -> std::io::Result<String> {
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut byte = [0u8; 1];
+    while start.elapsed() < duration {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        s.write_all(b"x")?;
+        s.read_exact(&mut byte)?;
+        // Close with a reset (SO_LINGER 0), as connection-rate benchmarks do: TIME_WAIT
+        // sockets would otherwise exhaust the client's ports and measure that instead.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a valid linger struct of the given size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        n += 1;
+    }
+    Ok(format!("{:.0}", n as f64 / start.elapsed().as_secs_f64()))
+}
+
+/// Counts UDP datagrams received on `port` until `duration` has passed.
+fn udp_sink(port: u16, duration: Duration) -> u64 {
+    let s =
+        UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).expect("bind");
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while start.elapsed() < duration {
+        if s.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Tries TCP connects to `addr` until the outcome differs from the first one, or
+/// `limit` passes; prints the outcomes and when (CLOCK_REALTIME, ns) it changed.
+fn watch_verdict(addr: SocketAddr, limit: Duration) -> String {
+    // A 2 ms connect timeout: an answer within the namespaces takes microseconds, and a
+    // dropped SYN must not hide the change for long.
+    let attempt = || match TcpStream::connect_timeout(&addr, Duration::from_millis(2)) {
+        Ok(_) => "ok".to_string(),
+        Err(e) => outcome(&e),
+    };
+    let first = attempt();
+    println!("first {first}");
+    std::io::stdout().flush().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let now = attempt();
+        if now != first {
+            let ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            return format!("changed {now} {ns}");
+        }
+    }
+    "unchanged".to_string()
+}
+
 /// Probes every target concurrently (one thread each) and prints one line per target.
 fn matrix(timeout: Duration, targets: &[String]) {
     let results: Vec<String> = std::thread::scope(|scope| {
@@ -180,7 +290,7 @@ fn matrix(timeout: Duration, targets: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | matrix MS PROTO/ADDR/PORT...";
+    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -209,6 +319,19 @@ fn main() {
                 args[4].parse().expect("sockets"),
             );
             println!("sent {sent}");
+            return;
+        }
+        Some("rr") if args.len() == 4 => rr(sock(&args[1], &args[2]), ms(&args[3])),
+        Some("crr") if args.len() == 4 => crr(sock(&args[1], &args[2]), ms(&args[3])),
+        Some("udp-sink") if args.len() == 3 => {
+            println!(
+                "received {}",
+                udp_sink(args[1].parse().expect("port"), ms(&args[2]))
+            );
+            return;
+        }
+        Some("watch-verdict") if args.len() == 4 => {
+            println!("{}", watch_verdict(sock(&args[1], &args[2]), ms(&args[3])));
             return;
         }
         Some("matrix") if args.len() >= 2 => {

@@ -1,0 +1,520 @@
+//! The benchmark harness (`cargo xtask bench [--quick]`, as root): one run on one machine,
+//! every configuration side by side, absolute figures and ratios to the no-policy
+//! baseline, printed as Markdown tables.
+//!
+//! A client and a server namespace (the server a cgroup workload) joined by the test bed's
+//! bridge. Configurations: no program attached (baseline); stagewall with N ingress rules
+//! at the server over 1,000 CIDR identities, the measured flow matching the last rule;
+//! stagewall in audit mode; iptables with the same rules as a linear INPUT chain; nftables
+//! with one concatenated set. Firewall rules go into the server's namespace only.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use stagewall_tests::{Agent, Testbed, metric_sum, privileged, probe_bin};
+
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 5202;
+const UDP_PORT: u16 = 5203;
+/// A port no rule allows: the event flood goes there.
+const DENIED_PORT: u16 = 5999;
+const CIDRS: usize = 1_000;
+
+struct Settings {
+    quick: bool,
+    runs: usize,
+    seconds: u64,
+    rule_counts: Vec<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    Baseline,
+    Stagewall { rules: usize, audit: bool },
+    Iptables { rules: usize },
+    Nftables { rules: usize },
+}
+
+impl Config {
+    fn name(&self) -> String {
+        match self {
+            Config::Baseline => "no program (baseline)".into(),
+            Config::Stagewall {
+                rules,
+                audit: false,
+            } => format!("stagewall, {rules} rules"),
+            Config::Stagewall { rules, audit: true } => format!("stagewall audit, {rules} rules"),
+            Config::Iptables { rules } => format!("iptables linear chain, {rules} rules"),
+            Config::Nftables { rules } => format!("nftables set, {rules} rules"),
+        }
+    }
+}
+
+/// The i-th CIDR of the rule set (never the client's address).
+fn cidr(i: usize) -> String {
+    let i = i % CIDRS;
+    format!("10.{}.{}.0/24", i / 250, i % 250)
+}
+
+fn rule_port(i: usize) -> u16 {
+    10_000 + (i % 50_000) as u16
+}
+
+fn stagewall_policy(bed: &Testbed, rules: usize) -> String {
+    let mut p = bed.workload_yaml("server", "bench", "{app: server}", false);
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n";
+    for i in 0..rules.saturating_sub(1) {
+        p += &format!(
+            "    - from: [{{ipBlock: {{cidr: {}}}}}]\n      ports: [{{port: {}}}]\n",
+            cidr(i),
+            rule_port(i)
+        );
+    }
+    // The last rule: the measured flows.
+    p += &format!(
+        "    - from: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {IPERF_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]\n",
+        bed.node("client").v4
+    );
+    p
+}
+
+fn iptables_rules(client: IpAddr, rules: usize) -> String {
+    let mut r =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..rules.saturating_sub(1) {
+        r += &format!(
+            "-A INPUT -s {} -p tcp --dport {} -j ACCEPT\n",
+            cidr(i),
+            rule_port(i)
+        );
+    }
+    r += &format!(
+        "-A INPUT -s {client}/32 -p tcp -m multiport --dports {IPERF_PORT},{ECHO_PORT} -j ACCEPT\n"
+    );
+    r += &format!("-A INPUT -s {client}/32 -p udp --dport {UDP_PORT} -j ACCEPT\n");
+    r += "-A INPUT -j DROP\nCOMMIT\n";
+    r
+}
+
+fn nftables_rules(client: IpAddr, rules: usize) -> String {
+    let mut elements: Vec<String> = (0..rules.saturating_sub(1))
+        .map(|i| format!("{} . tcp . {}", cidr(i), rule_port(i)))
+        .collect();
+    elements.push(format!("{client} . tcp . {IPERF_PORT}"));
+    elements.push(format!("{client} . tcp . {ECHO_PORT}"));
+    elements.push(format!("{client} . udp . {UDP_PORT}"));
+    format!(
+        "table inet bench {{\n  set allowed {{\n    type ipv4_addr . inet_proto . inet_service\n    flags interval\n    elements = {{ {} }}\n  }}\n  chain input {{\n    type filter hook input priority 0; policy drop;\n    ip saddr . meta l4proto . th dport @allowed accept\n  }}\n}}\n",
+        elements.join(",\n      ")
+    )
+}
+
+/// Runs a firewall tool inside the server's namespace with `input` on stdin.
+fn firewall(bed: &Testbed, program: &str, args: &[&str], input: &str) {
+    let mut cmd = bed.command("server", program).unwrap();
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn flush_firewalls(bed: &Testbed) {
+    firewall(
+        bed,
+        "iptables-restore",
+        &[],
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+    );
+    firewall(bed, "nft", &["-f", "-"], "flush ruleset\n");
+}
+
+/// One measurement of each data-path workload.
+#[derive(Default, Clone)]
+struct Sample {
+    gbps: f64,
+    tps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cps: f64,
+    pps: f64,
+}
+
+fn measure(bed: &Testbed, seconds: u64) -> Sample {
+    let server = bed.node("server").v4.to_string();
+    let ms = (seconds * 1000).to_string();
+    // TCP stream.
+    let out = bed
+        .command("client", "iperf3")
+        .unwrap()
+        .args([
+            "-c",
+            &server,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
+    // Request/response.
+    let rr = bed.probe_output("client", &["rr", &server, &ECHO_PORT.to_string(), &ms]);
+    let nums: Vec<f64> = rr
+        .lines()
+        .nth(1)
+        .unwrap_or("0 0 0")
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // New connections.
+    let crr = bed.probe_output("client", &["crr", &server, &ECHO_PORT.to_string(), &ms]);
+    let cps: f64 = crr
+        .lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0.0);
+    // Small UDP packets: what the server receives while the client floods from 8 ports.
+    let mut sink = bed.command("server", probe_bin()).unwrap();
+    let mut sink = sink
+        .args([
+            "udp-sink",
+            &UDP_PORT.to_string(),
+            &(seconds * 1000 + 500).to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sink.stdout.take().unwrap()).lines();
+    lines.next();
+    bed.probe_output(
+        "client",
+        &["flood", &server, &UDP_PORT.to_string(), &ms, "8"],
+    );
+    let received: f64 = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| l.strip_prefix("received ").and_then(|n| n.parse().ok()))
+        .unwrap_or(0.0);
+    let _ = sink.wait();
+    Sample {
+        gbps,
+        tps: nums.first().copied().unwrap_or(0.0),
+        p50_us: nums.get(1).copied().unwrap_or(0.0),
+        p99_us: nums.get(2).copied().unwrap_or(0.0),
+        cps,
+        pps: received / seconds as f64,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// "median (min-max)" of one metric over the runs.
+fn stat(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = samples.iter().map(f).collect();
+    let m = median(&mut v);
+    (m, v[0], v[v.len() - 1])
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+fn main() {
+    if !privileged() {
+        std::process::exit(1);
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings {
+            quick,
+            runs: 1,
+            seconds: 1,
+            rule_counts: vec![1_000],
+        }
+    } else {
+        Settings {
+            quick,
+            runs: 3,
+            seconds: 3,
+            rule_counts: vec![100, 1_000, 10_000],
+        }
+    };
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    // A UDP socket on the denied port: cgroup ingress programs see packets that reach a
+    // socket, so the event flood needs one.
+    bed.serve("server", &[ECHO_PORT], &[DENIED_PORT]).unwrap();
+    bed.spawn("server", "iperf3", &["-s", "-p", &IPERF_PORT.to_string()])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = bed.node("client").v4;
+    let largest = *settings.rule_counts.last().unwrap();
+
+    let mut configs = vec![Config::Baseline];
+    for &rules in &settings.rule_counts {
+        configs.push(Config::Stagewall {
+            rules,
+            audit: false,
+        });
+    }
+    configs.push(Config::Stagewall {
+        rules: largest,
+        audit: true,
+    });
+    for &rules in &settings.rule_counts {
+        configs.push(Config::Iptables { rules });
+    }
+    for &rules in &settings.rule_counts {
+        configs.push(Config::Nftables { rules });
+    }
+
+    let mut rows: Vec<(Config, Vec<Sample>)> = Vec::new();
+    let mut control = Vec::new();
+    for config in &configs {
+        let mut agent: Option<Agent> = None;
+        match *config {
+            Config::Baseline => {}
+            Config::Stagewall { rules, audit } => {
+                bed.write_policy("bench.yaml", &stagewall_policy(&bed, rules))
+                    .unwrap();
+                let mode = if audit { "audit" } else { "enforce" };
+                agent = Some(
+                    bed.start_agent(&["--mode", mode])
+                        .expect("starting the agent"),
+                );
+            }
+            Config::Iptables { rules } => firewall(
+                &bed,
+                "iptables-restore",
+                &[],
+                &iptables_rules(client, rules),
+            ),
+            Config::Nftables { rules } => {
+                firewall(&bed, "nft", &["-f", "-"], &nftables_rules(client, rules))
+            }
+        }
+        let cpu_before = agent.as_ref().map(|a| cpu_ticks(a.pid()));
+        let started = Instant::now();
+        let samples: Vec<Sample> = (0..settings.runs)
+            .map(|_| measure(&bed, settings.seconds))
+            .collect();
+        if let (Some(a), Some(before)) = (&agent, cpu_before) {
+            let ticks_per_s = 100.0; // USER_HZ
+            let cpu = (cpu_ticks(a.pid()) - before) as f64
+                / ticks_per_s
+                / started.elapsed().as_secs_f64()
+                * 100.0;
+            if matches!(*config, Config::Stagewall { audit: false, rules } if rules == largest) {
+                control.push(format!("agent CPU while the data-path workloads ran ({largest} rules): {cpu:.1} % of one core"));
+                control.push(format!(
+                    "agent resident memory at {largest} rules: {:.1} MiB",
+                    a.rss_kib() as f64 / 1024.0
+                ));
+            }
+        }
+        if let (
+            Some(a),
+            Config::Stagewall {
+                rules,
+                audit: false,
+            },
+        ) = (&agent, *config)
+        {
+            if rules == largest {
+                control.extend(control_plane(&bed, a, rules));
+                control.push(event_flood(&bed, a));
+            }
+        }
+        if let Some(mut a) = agent {
+            a.stop().expect("stopping the agent");
+        }
+        flush_firewalls(&bed);
+        eprintln!("measured: {}", config.name());
+        rows.push((*config, samples));
+    }
+    print_report(&settings, &rows, &control);
+}
+
+/// Time to compile and apply the largest rule set, and for one rule change to take
+/// effect (file written -> a connection's verdict changes).
+fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let check_started = Instant::now();
+    let ok = std::process::Command::new(stagewall_tests::agent_bin())
+        .arg("check")
+        .arg(&bed.dir)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok);
+    out.push(format!(
+        "parse + compile {rules} rules (`stagewall check`, whole process): {:.0} ms",
+        check_started.elapsed().as_secs_f64() * 1000.0
+    ));
+    let log = agent.log();
+    if let Some(applied) = log.lines().find(|l| l.contains("policy 1 applied in")) {
+        out.push(format!(
+            "apply {rules} rules to the kernel (agent log): {}",
+            applied
+                .split("applied in ")
+                .nth(1)
+                .unwrap_or("")
+                .split(' ')
+                .next()
+                .unwrap_or("")
+        ));
+    }
+    let m = agent.metrics();
+    let apply_sum = metric_sum(&m, "stagewall_policy_apply_duration_seconds_sum", &[]);
+    out.push(format!(
+        "apply duration histogram sum after start: {:.1} ms",
+        apply_sum * 1000.0
+    ));
+    // One rule change: the measured flow's rule loses the echo port, then gets it back.
+    let server = bed.node("server").v4.to_string();
+    let full = stagewall_policy(bed, rules);
+    let without = full.replace(&format!("{{port: {ECHO_PORT}}}, "), "");
+    let mut latencies = Vec::new();
+    for round in 0..6 {
+        let policy = if round % 2 == 0 { &without } else { &full };
+        let mut watch = bed.command("client", probe_bin()).unwrap();
+        let mut watch = watch
+            .args(["watch-verdict", &server, &ECHO_PORT.to_string(), "5000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+        lines.next();
+        let written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        bed.write_policy("bench.yaml", policy).unwrap();
+        let line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let _ = watch.wait();
+        if let Some(ns) = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse::<u128>().ok())
+        {
+            latencies.push((ns.saturating_sub(written)) as f64 / 1e6);
+        }
+    }
+    if !latencies.is_empty() {
+        let mut l = latencies.clone();
+        let med = median(&mut l);
+        out.push(format!(
+            "one rule change, file written -> verdict changed ({} changes of a {rules}-rule policy): median {med:.1} ms, max {:.1} ms",
+            latencies.len(),
+            l[l.len() - 1]
+        ));
+    }
+    out
+}
+
+/// Violation events delivered per second under a flood, and lost.
+fn event_flood(bed: &Testbed, agent: &Agent) -> String {
+    let before = agent.metrics();
+    let server = bed.node("server").v4.to_string();
+    let started = Instant::now();
+    bed.probe_output(
+        "client",
+        &["flood", &server, &DENIED_PORT.to_string(), "2000", "2048"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = agent.metrics();
+    let delta = |name: &str| metric_sum(&after, name, &[]) - metric_sum(&before, name, &[]);
+    let seconds = started.elapsed().as_secs_f64();
+    format!(
+        "event flood (2 s of UDP from 2,048 ports to a denied port): {:.0} denied packets, {:.0} events delivered ({:.0}/s), {:.0} suppressed by the per-flow limit, {:.0} lost (ring buffer full)",
+        delta("stagewall_packets_total")
+            - (metric_sum(&after, "stagewall_packets_total", &[("verdict", "allowed")])
+                - metric_sum(
+                    &before,
+                    "stagewall_packets_total",
+                    &[("verdict", "allowed")]
+                )),
+        delta("stagewall_events_delivered_total"),
+        delta("stagewall_events_delivered_total") / seconds,
+        delta("stagewall_events_suppressed_total"),
+        delta("stagewall_events_lost_total"),
+    )
+}
+
+fn print_report(settings: &Settings, rows: &[(Config, Vec<Sample>)], control: &[String]) {
+    let base = &rows[0].1;
+    let b = |f: &dyn Fn(&Sample) -> f64| stat(base, f).0;
+    println!(
+        "## Data path ({} run(s) of {} s each; median (min-max); ratio to the baseline)\n",
+        settings.runs, settings.seconds
+    );
+    println!(
+        "| configuration | TCP stream Gbit/s | RR transactions/s | RR p50 µs | RR p99 µs | new connections/s | UDP packets/s received |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (config, samples) in rows {
+        let cell = |f: &dyn Fn(&Sample) -> f64, digits: usize, higher_better: bool| {
+            let (m, lo, hi) = stat(samples, f);
+            let base = b(f);
+            let ratio = if base > 0.0 { m / base } else { 0.0 };
+            let _ = higher_better;
+            format!(
+                "{m:.digits$} ({lo:.digits$}-{hi:.digits$}) {:.1}%",
+                ratio * 100.0
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            config.name(),
+            cell(&|s| s.gbps, 2, true),
+            cell(&|s| s.tps, 0, true),
+            cell(&|s| s.p50_us, 1, false),
+            cell(&|s| s.p99_us, 1, false),
+            cell(&|s| s.cps, 0, true),
+            cell(&|s| s.pps, 0, true),
+        );
+    }
+    println!("\n## Control plane and events\n");
+    for line in control {
+        println!("- {line}");
+    }
+    if settings.quick {
+        println!(
+            "\n(quick mode: one short run per configuration, to keep the harness from rotting; not for comparison)"
+        );
+    }
+}
