@@ -352,11 +352,10 @@ fn main() {
                 audit: false,
             },
         ) = (&agent, *config)
+            && rules == largest
         {
-            if rules == largest {
-                control.extend(control_plane(&bed, a, rules));
-                control.push(event_flood(&bed, a));
-            }
+            control.extend(control_plane(&bed, a, rules));
+            control.push(event_flood(&bed, a));
         }
         if let Some(mut a) = agent {
             a.stop().expect("stopping the agent");
