@@ -151,6 +151,7 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct
     // policies, not with workloads.
     let mut policy_ids: HashMap<(Direction, EntrySet), u32> = HashMap::new();
+    let mut peer_cache = PeerCache::new();
     let mut local: Vec<&Workload> = set
         .workloads
         .iter()
@@ -206,7 +207,14 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
                         local: w,
                         direction,
                     };
-                    rule_entries(set, &compiled.identities, &target, rule, &mut entries);
+                    rule_entries(
+                        set,
+                        &compiled.identities,
+                        &target,
+                        rule,
+                        &mut peer_cache,
+                        &mut entries,
+                    );
                 }
             }
             let next_id = policy_ids.len() as u32 + 1;
@@ -269,12 +277,17 @@ struct RuleTarget<'a> {
     direction: Direction,
 }
 
+/// The identities each peer selects, by (policy namespace, peer): large policies name
+/// the same CIDRs and selectors over and over, and selecting walks every identity.
+type PeerCache = HashMap<(String, Peer), Vec<u32>>;
+
 /// Adds the entries of one rule to `entries`.
 fn rule_entries(
     set: &PolicySet,
     identities: &Identities,
     target: &RuleTarget,
     rule: &Rule,
+    cache: &mut PeerCache,
     entries: &mut EntrySet,
 ) {
     let peers: Vec<u32> = if rule.peers.is_empty() {
@@ -282,7 +295,11 @@ fn rule_entries(
     } else {
         let mut ids = BTreeSet::new();
         for peer in &rule.peers {
-            ids.extend(peer_identities(set, identities, target.policy, peer));
+            let key = (target.policy.name.namespace.clone(), peer.clone());
+            let selected = cache
+                .entry(key)
+                .or_insert_with(|| peer_identities(set, identities, target.policy, peer));
+            ids.extend(selected.iter().copied());
         }
         ids.into_iter().collect()
     };

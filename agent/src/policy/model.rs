@@ -69,13 +69,13 @@ pub struct Namespace {
 /// The label Kubernetes sets on every namespace (used by namespaceSelectors).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct LabelSelector {
     pub match_labels: Labels,
     pub match_expressions: Vec<Requirement>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Requirement {
     In(String, Vec<String>),
     NotIn(String, Vec<String>),
@@ -112,7 +112,7 @@ pub enum Direction {
 }
 
 /// A peer of a rule (`from` for ingress, `to` for egress).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Workloads: `namespace_selector` None means the policy's own namespace; both
     /// selectors given means both must match (Kubernetes ANDs them within one peer).
