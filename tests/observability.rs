@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use stagewall::events::filter::percent_encode;
 use stagewall_tests::{Agent, Testbed, metric_sum, privileged};
 
 fn repo(path: &str) -> std::path::PathBuf {
@@ -68,7 +69,7 @@ impl Prometheus {
     fn query(bed: &Testbed, promql: &str) -> Option<f64> {
         let body = bed.hub_get(
             "127.0.0.1:9090",
-            &format!("/api/v1/query?query={}", encode(promql)),
+            &format!("/api/v1/query?query={}", percent_encode(promql)),
         )?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         assert_eq!(v["status"], "success", "{promql}: {body}");
@@ -81,15 +82,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn events_of(agent: &Agent, query: &str) -> Vec<serde_json::Value> {
@@ -232,7 +224,7 @@ fn prometheus_counts_exactly_the_violations_sent_and_the_stream_delivers_each() 
             let body = bed
                 .hub_get(
                     "127.0.0.1:9090",
-                    &format!("/api/v1/query?query={}", encode(&expr)),
+                    &format!("/api/v1/query?query={}", percent_encode(&expr)),
                 )
                 .unwrap();
             assert!(body.contains("\"status\":\"success\""), "{expr}: {body}");

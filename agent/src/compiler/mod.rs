@@ -184,15 +184,7 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             egress_policies: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
-            let selecting: Vec<&NetworkPolicy> = set
-                .policies
-                .iter()
-                .filter(|p| {
-                    p.name.namespace == w.name.namespace
-                        && p.isolates(direction)
-                        && p.pod_selector.matches(&w.labels)
-                })
-                .collect();
+            let selecting = set.isolating(w, direction);
             if selecting.is_empty() {
                 continue;
             }

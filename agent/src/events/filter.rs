@@ -51,7 +51,8 @@ impl Filter {
     }
 }
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but unreserved characters (for URL queries).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

@@ -282,6 +282,18 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// The policies that select `workload` for `direction`: those that isolate it there.
+    pub fn isolating(&self, workload: &Workload, direction: Direction) -> Vec<&NetworkPolicy> {
+        self.policies
+            .iter()
+            .filter(|p| {
+                p.name.namespace == workload.name.namespace
+                    && p.isolates(direction)
+                    && p.pod_selector.matches(&workload.labels)
+            })
+            .collect()
+    }
+
     /// A namespace's labels, with the name label Kubernetes always sets.
     pub fn namespace_labels(&self, namespace: &str) -> Labels {
         let mut labels = self

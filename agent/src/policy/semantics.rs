@@ -48,15 +48,7 @@ pub fn decide<'a>(
     if local.addresses.contains(&remote) {
         return Side::SelfTraffic;
     }
-    let isolated_by: Vec<&NetworkPolicy> = set
-        .policies
-        .iter()
-        .filter(|p| {
-            p.name.namespace == local.name.namespace
-                && p.isolates(direction)
-                && p.pod_selector.matches(&local.labels)
-        })
-        .collect();
+    let isolated_by = set.isolating(local, direction);
     if isolated_by.is_empty() {
         return Side::NotIsolated;
     }
