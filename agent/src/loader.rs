@@ -4,12 +4,13 @@
 //! Atomic apply: ENDPOINTS and IPCACHE keys carry a slot (0 or 1) and policy ids carry it
 //! in their top bit. A new policy is written into the inactive slot, then one write of
 //! CONFIG flips `active_slot`; a packet reads CONFIG once, so it sees the old policy or the
-//! new one, never a mix. The old slot is emptied afterwards.
+//! new one, never a mix. The old slot keeps the old policy, so the next change writes only
+//! what differs from it.
 //!
 //! Nothing is pinned yet: when the agent exits, the kernel detaches every link it made.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap as Table, HashSet},
     fs::File,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -89,13 +90,16 @@ pub struct Enforced {
     pub target: Target,
 }
 
-/// The keys one slot holds, so that emptying it deletes exactly them.
+/// What one slot of the policy maps holds. Both slots stay filled: the inactive one holds
+/// the policy before the one in force, so a change writes only the entries that differ
+/// from it (a one-rule change is a handful of map updates, not the whole policy), then
+/// switches.
 #[derive(Default)]
-struct SlotKeys {
-    endpoints: Vec<EndpointKey>,
-    self_addrs: Vec<SelfAddrKey>,
-    ipcache: Vec<Key<IpcacheKey>>,
-    policy: Vec<Key<PolicyKey>>,
+struct SlotContents {
+    endpoints: Table<EndpointKey, EndpointInfo>,
+    self_addrs: HashSet<SelfAddrKey>,
+    ipcache: Table<(u32, IpcacheKey), u32>,
+    policy: HashSet<(u32, PolicyKey)>,
 }
 
 pub struct Loader {
@@ -107,7 +111,7 @@ pub struct Loader {
     policy: LpmTrie<MapData, PolicyKey, u32>,
     cgroup_root: PathBuf,
     current: Config,
-    slot_keys: [SlotKeys; 2],
+    slots: [SlotContents; 2],
     attached: BTreeMap<Target, Links>,
 }
 
@@ -193,7 +197,7 @@ impl Loader {
             ebpf,
             cgroup_root: cgroup_root.to_path_buf(),
             current: Config::default(),
-            slot_keys: Default::default(),
+            slots: Default::default(),
             attached: BTreeMap::new(),
         };
         Ok((loader, readers))
@@ -226,60 +230,47 @@ impl Loader {
             }
         }
 
-        let mut keys = SlotKeys::default();
-        let write = (|| -> anyhow::Result<()> {
-            for (ep, target) in &targets {
-                let key = endpoint_key(next_slot, target);
-                let info = EndpointInfo {
-                    endpoint_id: ep.endpoint_id,
-                    ingress_policy: slot_policy_id(ep.ingress_policy, next_slot),
-                    egress_policy: slot_policy_id(ep.egress_policy, next_slot),
-                    flags: if quarantined.contains(&ep.workload) {
-                        ep.flags | EP_QUARANTINED
-                    } else {
-                        ep.flags
-                    },
-                };
-                self.endpoints
-                    .insert(key, info, 0)
-                    .context("writing ENDPOINTS")?;
-                keys.endpoints.push(key);
-                for addr in &ep.addresses {
-                    let key = self_addr_key(next_slot, ep.endpoint_id, *addr);
-                    self.self_addrs
-                        .insert(key, 1, 0)
-                        .context("writing SELF_ADDRS")?;
-                    keys.self_addrs.push(key);
-                }
-                enforced.push(Enforced {
-                    workload: ep.workload.clone(),
-                    target: target.clone(),
-                });
+        let mut desired = SlotContents::default();
+        for (ep, target) in &targets {
+            let info = EndpointInfo {
+                endpoint_id: ep.endpoint_id,
+                ingress_policy: slot_policy_id(ep.ingress_policy, next_slot),
+                egress_policy: slot_policy_id(ep.egress_policy, next_slot),
+                flags: if quarantined.contains(&ep.workload) {
+                    ep.flags | EP_QUARANTINED
+                } else {
+                    ep.flags
+                },
+            };
+            desired
+                .endpoints
+                .insert(endpoint_key(next_slot, target), info);
+            for addr in &ep.addresses {
+                desired
+                    .self_addrs
+                    .insert(self_addr_key(next_slot, ep.endpoint_id, *addr));
             }
-            for (prefix, identity) in compiled.ipcache() {
-                let key = ipcache_key(next_slot, prefix);
-                self.ipcache
-                    .insert(&key, *identity, 0)
-                    .context("writing IPCACHE")?;
-                keys.ipcache.push(key);
-            }
-            for entry in &compiled.policy {
-                let (len, data) = entry.lpm_key(next_slot);
-                let key = Key::new(len, data);
-                self.policy
-                    .insert(&key, POLICY_ALLOW, 0)
-                    .context("writing POLICY")?;
-                keys.policy.push(key);
-            }
-            Ok(())
-        })();
-        if let Err(e) = write {
-            // Nothing was flipped: drop the partial slot and keep the policy in force.
-            self.slot_keys[next_slot as usize] = keys;
-            self.clear_slot(next_slot);
+            enforced.push(Enforced {
+                workload: ep.workload.clone(),
+                target: target.clone(),
+            });
+        }
+        for (prefix, identity) in compiled.ipcache() {
+            let key = ipcache_key(next_slot, prefix);
+            desired
+                .ipcache
+                .insert((key.prefix_len(), key.data()), *identity);
+        }
+        for entry in &compiled.policy {
+            desired.policy.insert(entry.lpm_key(next_slot));
+        }
+        if let Err(e) = self.write_slot(next_slot, &desired) {
+            // Nothing was switched: empty the half-written slot (the next change writes it
+            // whole) and keep the policy in force.
+            self.empty_slot(next_slot, &desired);
             return Err(e);
         }
-        self.slot_keys[next_slot as usize] = keys;
+        self.slots[next_slot as usize] = desired;
 
         let next = Config {
             active_slot: next_slot,
@@ -291,9 +282,7 @@ impl Loader {
             log_allowed: u32::from(how.log_allowed),
         };
         self.config.set(0, next, 0).context("writing CONFIG")?;
-        let old_slot = self.current.active_slot;
         self.current = next;
-        self.clear_slot(old_slot);
 
         let keep: BTreeSet<&Target> = targets.iter().map(|(_, t)| t).collect();
         let gone: Vec<Target> = self
@@ -327,19 +316,82 @@ impl Loader {
         self.current.generation
     }
 
-    fn clear_slot(&mut self, slot: u32) {
-        let keys = std::mem::take(&mut self.slot_keys[slot as usize]);
-        for key in &keys.endpoints {
-            let _ = self.endpoints.remove(key);
+    /// Makes the (inactive) slot hold `desired`: removes what it holds and `desired` does
+    /// not, writes what differs.
+    fn write_slot(&mut self, slot: u32, desired: &SlotContents) -> anyhow::Result<()> {
+        let held = &self.slots[slot as usize];
+        for key in held
+            .endpoints
+            .keys()
+            .filter(|k| !desired.endpoints.contains_key(k))
+        {
+            self.endpoints
+                .remove(key)
+                .context("removing from ENDPOINTS")?;
         }
-        for key in &keys.self_addrs {
-            let _ = self.self_addrs.remove(key);
+        for key in held.self_addrs.difference(&desired.self_addrs) {
+            self.self_addrs
+                .remove(key)
+                .context("removing from SELF_ADDRS")?;
         }
-        for key in &keys.ipcache {
-            let _ = self.ipcache.remove(key);
+        for (len, data) in held
+            .ipcache
+            .keys()
+            .filter(|k| !desired.ipcache.contains_key(k))
+        {
+            self.ipcache
+                .remove(&Key::new(*len, *data))
+                .context("removing from IPCACHE")?;
         }
-        for key in &keys.policy {
-            let _ = self.policy.remove(key);
+        for (len, data) in held.policy.difference(&desired.policy) {
+            self.policy
+                .remove(&Key::new(*len, *data))
+                .context("removing from POLICY")?;
+        }
+        for (key, info) in &desired.endpoints {
+            if held.endpoints.get(key) != Some(info) {
+                self.endpoints
+                    .insert(key, info, 0)
+                    .context("writing ENDPOINTS")?;
+            }
+        }
+        for key in desired.self_addrs.difference(&held.self_addrs) {
+            self.self_addrs
+                .insert(key, 1, 0)
+                .context("writing SELF_ADDRS")?;
+        }
+        for ((len, data), identity) in &desired.ipcache {
+            if held.ipcache.get(&(*len, *data)) != Some(identity) {
+                self.ipcache
+                    .insert(&Key::new(*len, *data), identity, 0)
+                    .context("writing IPCACHE")?;
+            }
+        }
+        for (len, data) in desired.policy.difference(&held.policy) {
+            self.policy
+                .insert(&Key::new(*len, *data), POLICY_ALLOW, 0)
+                .context("writing POLICY")?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything the slot may hold after a failed write: what it held and what
+    /// was being written.
+    fn empty_slot(&mut self, slot: u32, desired: &SlotContents) {
+        let held = std::mem::take(&mut self.slots[slot as usize]);
+        for contents in [&held, desired] {
+            for key in contents.endpoints.keys() {
+                let _ = self.endpoints.remove(key);
+            }
+            for key in &contents.self_addrs {
+                let _ = self.self_addrs.remove(key);
+            }
+            for (len, data) in contents.ipcache.keys() {
+                let _ = self.ipcache.remove(&Key::new(*len, *data));
+            }
+            for (len, data) in &contents.policy {
+                let _ = self.policy.remove(&Key::new(*len, *data));
+            }
         }
     }
 

@@ -237,8 +237,10 @@ impl Enforcer {
             return;
         }
         self.fingerprint = fingerprint;
+        let started = Instant::now();
         match load(&self.dir, &current.endpoint_ids()) {
             Ok(compiled) => {
+                log::info!("policy change read and compiled in {:?}", started.elapsed());
                 if let Err(e) = self.apply(compiled) {
                     self.metrics
                         .policy_reloads

@@ -79,6 +79,14 @@ fn stagewall_policy(bed: &Testbed, rules: usize) -> String {
         "    - from: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {IPERF_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]\n",
         bed.node("client").v4
     );
+    // The rule the control-plane measurement changes: the ctl workload's egress to the
+    // echo port (denied at connect(), so the verdict shows at once either way).
+    p += "---\n";
+    p += &bed.workload_yaml("ctl", "bench", "{app: ctl}", false);
+    p += &format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: ctl, namespace: bench}}\nspec:\n  podSelector: {{matchLabels: {{app: ctl}}}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {ECHO_PORT}}}]\n",
+        bed.node("server").v4
+    );
     p
 }
 
@@ -257,8 +265,9 @@ fn main() {
     if !privileged() {
         std::process::exit(1);
     }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let settings = if quick {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut settings = if quick {
         Settings {
             quick,
             runs: 1,
@@ -273,7 +282,15 @@ fn main() {
             rule_counts: vec![100, 1_000, 10_000],
         }
     };
-    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    // `--rules N`: only this rule count (to look at one size quickly).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--rules")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        settings.rule_counts = vec![n];
+    }
+    let mut bed = Testbed::new(&["client", "server", "ctl"]).expect("creating the test bed");
     // A UDP socket on the denied port: cgroup ingress programs see packets that reach a
     // socket, so the event flood needs one.
     bed.serve("server", &[ECHO_PORT], &[DENIED_PORT]).unwrap();
@@ -403,14 +420,18 @@ fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
         "apply duration histogram sum after start: {:.1} ms",
         apply_sum * 1000.0
     ));
-    // One rule change: the measured flow's rule loses the echo port, then gets it back.
+    // One rule change: ctl's egress rule loses the echo port, then gets it back.
     let server = bed.node("server").v4.to_string();
     let full = stagewall_policy(bed, rules);
-    let without = full.replace(&format!("{{port: {ECHO_PORT}}}, "), "");
+    let without = full.replace(
+        &format!("      ports: [{{port: {ECHO_PORT}}}]\n"),
+        "      ports: [{port: 1}]\n",
+    );
+    assert_ne!(full, without);
     let mut latencies = Vec::new();
     for round in 0..6 {
         let policy = if round % 2 == 0 { &without } else { &full };
-        let mut watch = bed.command("client", probe_bin()).unwrap();
+        let mut watch = bed.command("ctl", probe_bin()).unwrap();
         let mut watch = watch
             .args(["watch-verdict", &server, &ECHO_PORT.to_string(), "5000"])
             .stdout(Stdio::piped())

@@ -224,12 +224,11 @@ fn udp_sink(port: u16, duration: Duration) -> u64 {
     n
 }
 
-/// Tries TCP connects to `addr` until the outcome differs from the first one, or
-/// `limit` passes; prints the outcomes and when (CLOCK_REALTIME, ns) it changed.
+/// Tries TCP connects to `addr` until the outcome differs from the first one for three
+/// attempts in a row (a single slow answer on a busy machine is not a change), or `limit`
+/// passes; prints the outcomes and when (CLOCK_REALTIME, ns) the new one first appeared.
 fn watch_verdict(addr: SocketAddr, limit: Duration) -> String {
-    // A 2 ms connect timeout: an answer within the namespaces takes microseconds, and a
-    // dropped SYN must not hide the change for long.
-    let attempt = || match TcpStream::connect_timeout(&addr, Duration::from_millis(2)) {
+    let attempt = || match TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
         Ok(_) => "ok".to_string(),
         Err(e) => outcome(&e),
     };
@@ -237,14 +236,20 @@ fn watch_verdict(addr: SocketAddr, limit: Duration) -> String {
     println!("first {first}");
     std::io::stdout().flush().unwrap();
     let start = Instant::now();
+    let mut streak: Option<(String, u128, u32)> = None;
     while start.elapsed() < limit {
         let now = attempt();
-        if now != first {
-            let ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            return format!("changed {now} {ns}");
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        streak = match streak {
+            _ if now == first => None,
+            Some((o, t, n)) if o == now => Some((o, t, n + 1)),
+            _ => Some((now, at, 1)),
+        };
+        if let Some((o, t, 3)) = &streak {
+            return format!("changed {o} {t}");
         }
     }
     "unchanged".to_string()
