@@ -24,6 +24,17 @@ fn temp_policies(name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
     dir
 }
 
+/// `stagewall run` on a policy directory (on an ephemeral metrics port).
+fn run_on(dir: &std::path::Path) -> std::process::Output {
+    stagewall(&[
+        "run",
+        "--policies",
+        dir.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+}
+
 const BAD: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: p, namespace: ns}
@@ -75,13 +86,7 @@ fn check_reports_file_line_and_expectation() {
 #[test]
 fn run_refuses_bad_policies_before_touching_the_kernel() {
     let dir = temp_policies("run", &[("bad.yaml", BAD)]);
-    let out = stagewall(&[
-        "run",
-        "--policies",
-        dir.to_str().unwrap(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ]);
+    let out = run_on(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -95,13 +100,7 @@ fn run_refuses_bad_policies_before_touching_the_kernel() {
 #[test]
 fn run_refuses_an_empty_policy_directory() {
     let dir = temp_policies("empty", &[]);
-    let out = stagewall(&[
-        "run",
-        "--policies",
-        dir.to_str().unwrap(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ]);
+    let out = run_on(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no policy files"), "{stderr}");

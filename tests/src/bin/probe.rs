@@ -40,14 +40,18 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<(), std::io::Error> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
+/// An ephemeral port on the unspecified address of `addr`'s family.
+fn any_port_like(addr: SocketAddr) -> SocketAddr {
+    let ip = if addr.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     } else {
-        "[::]:0"
-    }
-    .parse()
-    .unwrap();
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(ip, 0)
+}
+
+fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<(), std::io::Error> {
+    let bind = any_port_like(addr);
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
     // Unconnected sends: each goes through cgroup/sendmsg4|6.
@@ -127,13 +131,7 @@ fn ports(arg: Option<&String>) -> Vec<u16> {
 /// for `duration` (bounded in time, to a test's own namespace): many flows, so the
 /// kernel's per-flow event rate limit lets many events through.
 fn flood(addr: SocketAddr, duration: Duration, sockets: usize) -> u64 {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .unwrap();
+    let bind = any_port_like(addr);
     let socks: Vec<UdpSocket> = (0..sockets)
         .map(|_| UdpSocket::bind(bind).expect("bind"))
         .collect();
