@@ -22,9 +22,16 @@ enum Task {
     /// Install what building and testing need (skips what is present): the pinned
     /// nightly with rust-src, bpf-linker, iproute2, iputils-ping, prometheus.
     Setup,
-    /// Setup, then formatting, lints (user space and kernel crate), build and every test.
-    /// The privileged tests need root; with CI=true they fail rather than skip.
+    /// Setup, then formatting, lints (user space and kernel crate), build, every test, a
+    /// short fuzz run and the quick benchmark. The privileged tests need root; with CI=true
+    /// they fail rather than skip.
     Test,
+    /// Fuzz the policy parser and compiler for a while (cargo fuzz, nightly).
+    Fuzz {
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u32,
+    },
     /// Setup, then run the agent on the example policies against a demo pipeline of
     /// namespaces and cgroups, showing allowed and denied traffic and the events (root).
     Demo,
@@ -49,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz(seconds)
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -75,6 +86,28 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         bail!("{program} {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+/// `cargo fuzz` on the policy documents target for `seconds`, from the agent crate.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let toolchain = format!("+{}", setup::EBPF_TOOLCHAIN);
+    let limit = format!("-max_total_time={seconds}");
+    std::env::set_current_dir("agent")?;
+    let result = cmd(
+        "cargo",
+        &[
+            &toolchain,
+            "fuzz",
+            "run",
+            "policy_documents",
+            "fuzz/seeds/policy_documents",
+            "--",
+            &limit,
+            "-max_len=4096",
+        ],
+    );
+    std::env::set_current_dir("..")?;
+    result
 }
 
 fn bench(quick: bool) -> anyhow::Result<()> {
@@ -128,6 +161,9 @@ fn test() -> anyhow::Result<()> {
     // The integration tests run the agent and probe binaries: build them first.
     cmd("cargo", &["build", "--bins"])?;
     cmd("cargo", &["test"])?;
+    // A short fuzz run of the policy parser and compiler (the seeds are the example
+    // policies; libFuzzer fails the run on any panic).
+    fuzz(30)?;
     // The benchmark harness, in its quick mode, so it cannot rot (its numbers are printed,
     // never asserted).
     bench(true)

@@ -10,6 +10,7 @@ use crate::cmd;
 /// The nightly that builds the kernel programs; agent/build.rs names the same one.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: `ip` for the test namespaces, `ping` for ICMP probes, LLVM 22 to
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
@@ -90,6 +91,10 @@ pub fn run() -> anyhow::Result<()> {
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(&missing);
         cmd("apt-get", &args)?;
+    }
+
+    if !output("cargo", &["fuzz", "--version"]).contains("0.13.2") {
+        cmd("cargo", &["install", CARGO_FUZZ, "--locked"])?;
     }
 
     if !output("bpf-linker", &["--version"]).contains("0.13.0") {
