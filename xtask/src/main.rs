@@ -93,6 +93,9 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
     let toolchain = format!("+{}", setup::EBPF_TOOLCHAIN);
     let limit = format!("-max_total_time={seconds}");
     std::env::set_current_dir("agent")?;
+    // libFuzzer adds what it finds to the first corpus directory: a scratch one (ignored
+    // by git), so the committed seeds stay as they are.
+    std::fs::create_dir_all("fuzz/corpus/policy_documents")?;
     let result = cmd(
         "cargo",
         &[
@@ -100,6 +103,7 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
             "fuzz",
             "run",
             "policy_documents",
+            "fuzz/corpus/policy_documents",
             "fuzz/seeds/policy_documents",
             "--",
             &limit,
