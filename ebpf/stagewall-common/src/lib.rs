@@ -316,6 +316,18 @@ pub struct EndpointStats {
 }
 const _: () = assert!(size_of::<EndpointStats>() == 16);
 
+/// The COUNTERS index of a packet's verdict (STAT_*) in a direction: the global
+/// counters are laid out as (verdict, direction) pairs.
+pub const fn verdict_counter(stat: u32, direction: u8) -> u32 {
+    stat * 2 + direction as u32
+}
+const _: () = assert!(verdict_counter(STAT_ALLOWED, DIR_INGRESS) == CNT_ALLOWED_INGRESS);
+const _: () = assert!(verdict_counter(STAT_ALLOWED, DIR_EGRESS) == CNT_ALLOWED_EGRESS);
+const _: () = assert!(verdict_counter(STAT_DROPPED, DIR_INGRESS) == CNT_DROPPED_INGRESS);
+const _: () = assert!(verdict_counter(STAT_DROPPED, DIR_EGRESS) == CNT_DROPPED_EGRESS);
+const _: () = assert!(verdict_counter(STAT_WOULD_DROP, DIR_INGRESS) == CNT_WOULD_DROP_INGRESS);
+const _: () = assert!(verdict_counter(STAT_WOULD_DROP, DIR_EGRESS) == CNT_WOULD_DROP_EGRESS);
+
 /// Index of (endpoint, direction, STAT_*) in ENDPOINT_STATS.
 pub const fn endpoint_stats_index(endpoint_id: u32, direction: u8, stat: u32) -> u32 {
     endpoint_id * STATS_PER_ENDPOINT + direction as u32 * 3 + stat

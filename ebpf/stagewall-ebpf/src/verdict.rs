@@ -20,17 +20,16 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
-    CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, Config, DIR_EGRESS,
-    DIR_INGRESS, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
-    Event, EventLimit, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
-    FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
-    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS,
-    PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL,
-    REASON_NO_RULE, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
-    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index,
+    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_DEFAULT_DENY_EGRESS,
+    EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
+    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
+    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
+    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
+    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
+    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index, verdict_counter,
 };
 
 use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
@@ -103,12 +102,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         // A flow this endpoint already allowed this way, under the policy in force: one
         // hash lookup instead of the LPM lookups below.
         if packet_hook && allowed_before(cfg, ep, flow, now) {
-            count(if ingress {
-                CNT_ALLOWED_INGRESS
-            } else {
-                CNT_ALLOWED_EGRESS
-            });
-            stat(ep, flow, STAT_ALLOWED);
+            tally(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
         if is_reply(ep, flow, now) {
@@ -129,13 +123,9 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             } else {
                 REASON_NO_RULE
             };
+            let which = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
             if report {
-                count(match (audit, ingress) {
-                    (false, true) => CNT_DROPPED_INGRESS,
-                    (false, false) => CNT_DROPPED_EGRESS,
-                    (true, true) => CNT_WOULD_DROP_INGRESS,
-                    (true, false) => CNT_WOULD_DROP_EGRESS,
-                });
+                count(verdict_counter(which, flow.direction));
                 emit(
                     cfg,
                     ep,
@@ -150,7 +140,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                 );
             }
             if packet_hook {
-                stat(ep, flow, if audit { STAT_WOULD_DROP } else { STAT_DROPPED });
+                stat(ep, flow, which);
             }
             if !audit {
                 return Verdict::Drop;
@@ -181,12 +171,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
 /// operator who isolates a workload means it), replies included.
 #[inline(never)]
 fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) -> Verdict {
-    count(if flow.direction == DIR_INGRESS {
-        CNT_DROPPED_INGRESS
-    } else {
-        CNT_DROPPED_EGRESS
-    });
-    stat(ep, flow, STAT_DROPPED);
+    tally(ep, flow, STAT_DROPPED);
     let report = Report {
         verdict: VERDICT_DROPPED,
         reason: REASON_QUARANTINE,
@@ -235,12 +220,7 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
 
 /// Counts an allowed packet, and logs its flow when flow logging is on.
 fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32, hook: u8) {
-    count(if flow.direction == DIR_INGRESS {
-        CNT_ALLOWED_INGRESS
-    } else {
-        CNT_ALLOWED_EGRESS
-    });
-    stat(ep, flow, STAT_ALLOWED);
+    tally(ep, flow, STAT_ALLOWED);
     if cfg.log_allowed != 0 {
         let report = Report {
             verdict: VERDICT_ALLOWED,
@@ -250,6 +230,12 @@ fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32
         };
         emit(cfg, ep, flow, now, &report);
     }
+}
+
+/// Counts a packet's verdict (STAT_*) in the global counters and the workload's statistics.
+fn tally(ep: &EndpointInfo, flow: &Flow, which: u32) {
+    count(verdict_counter(which, flow.direction));
+    stat(ep, flow, which);
 }
 
 /// Adds a packet to the workload's per-CPU statistics.
