@@ -17,9 +17,7 @@ use tokio::{
 };
 
 use aya::maps::{HashMap, MapData};
-use stagewall_common::{
-    ENDPOINTS_MAX, FLOWS_MAX, FlowKey, FlowValue, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
-};
+use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue};
 
 use crate::{
     compiler::{self, Compiled, EndpointIds},
@@ -139,17 +137,7 @@ impl Enforcer {
                 .map(|e| (e.endpoint_id, e.workload.to_string()))
                 .collect(),
         );
-        let self_addrs: usize = compiled.endpoints.iter().map(|e| e.addresses.len()).sum();
-        for (map, entries, capacity) in [
-            ("endpoints", compiled.endpoints.len(), ENDPOINTS_MAX / 2),
-            ("self_addrs", self_addrs, SELF_ADDRS_MAX / 2),
-            (
-                "ipcache",
-                compiled.identities.ipcache.len(),
-                IPCACHE_MAX / 2,
-            ),
-            ("policy", compiled.policy.len(), POLICY_MAX / 2),
-        ] {
+        for (map, entries, capacity) in compiled.map_usage() {
             self.metrics.set_map_usage(map, entries, capacity);
         }
         log::info!(

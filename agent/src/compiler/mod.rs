@@ -15,7 +15,7 @@ pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS,
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
-    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey,
+    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SELF_ADDRS_MAX,
 };
 
 use crate::policy::model::{
@@ -110,6 +110,18 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Entries each policy map needs for this policy, and the most one policy may use:
+    /// half of the map, since the two slots live in it side by side.
+    pub fn map_usage(&self) -> [(&'static str, usize, u32); 4] {
+        let self_addrs = self.endpoints.iter().map(|e| e.addresses.len()).sum();
+        [
+            ("endpoints", self.endpoints.len(), ENDPOINTS_MAX / 2),
+            ("self_addrs", self_addrs, SELF_ADDRS_MAX / 2),
+            ("ipcache", self.identities.ipcache.len(), IPCACHE_MAX / 2),
+            ("policy", self.policy.len(), POLICY_MAX / 2),
+        ]
+    }
+
     pub fn endpoint_ids(&self) -> EndpointIds {
         self.endpoints
             .iter()
@@ -244,22 +256,16 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             });
         }
     }
-    // Two slots live in each map during an update.
-    check_size("endpoints", compiled.endpoints.len(), ENDPOINTS_MAX / 2)?;
-    check_size(
-        "ipcache prefixes",
-        compiled.identities.ipcache.len(),
-        IPCACHE_MAX / 2,
-    )?;
-    check_size("policy entries", compiled.policy.len(), POLICY_MAX / 2)?;
-    Ok(compiled)
-}
-
-fn check_size(what: &'static str, count: usize, max: u32) -> Result<(), CompileError> {
-    if count > max as usize {
-        return Err(CompileError::TooLarge { what, count, max });
+    for (map, count, max) in compiled.map_usage() {
+        if count > max as usize {
+            return Err(CompileError::TooLarge {
+                what: map,
+                count,
+                max,
+            });
+        }
     }
-    Ok(())
+    Ok(compiled)
 }
 
 /// Where a rule applies: its policy, the local workload and the direction.
