@@ -32,7 +32,7 @@ pub struct Question {
 /// Prints a summary (or every error, with file and line), then the explanation if asked,
 /// and says whether all went well.
 pub fn check(dir: &Path, question: Option<&Question>) -> bool {
-    let set = match policy::parse::load_dir(dir) {
+    let set = match policy::parse::load_dir(dir, &mut Default::default()) {
         Ok(set) => set,
         Err(errors) => {
             for e in &errors.0 {

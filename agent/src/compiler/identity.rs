@@ -74,6 +74,9 @@ pub struct Identities {
     pub ipcache: BTreeMap<IpNet, u32>,
     /// Which workload owns each address (for naming peers in events).
     pub owners: BTreeMap<IpAddr, ObjectName>,
+    /// CIDR identities are allocated last, from this id: the identities below it are the
+    /// few that selection walks one by one.
+    first_cidr: u32,
 }
 
 fn host_prefix(addr: IpAddr) -> IpNet {
@@ -139,6 +142,7 @@ impl Identities {
             ids.kinds.insert(next, kind);
             next += 1;
         }
+        ids.first_cidr = next;
         // Every prefix an ipBlock names; /0 is WORLD, a host prefix of a workload stays the
         // workload's.
         let prefixes: BTreeSet<IpNet> = ids
@@ -158,21 +162,32 @@ impl Identities {
         ids
     }
 
-    /// Identities an ipBlock selects.
+    /// Identities an ipBlock selects: the workload identities whose addresses lie in it,
+    /// the CIDR identities of the IPCACHE prefixes inside it, WORLD for a /0. Sorted.
     pub fn select_block(&self, block: &Block) -> Vec<u32> {
         let index = self.blocks.binary_search(block).ok();
-        self.kinds
-            .iter()
-            .filter(|(_, kind)| match kind {
-                IdentityKind::Workloads { blocks, .. } => {
-                    index.is_some_and(|i| blocks.contains(&i))
-                }
-                IdentityKind::Cidr(prefix) => block.holds_prefix(prefix),
-                IdentityKind::WorldV4 => block.cidr == "0.0.0.0/0".parse::<IpNet>().unwrap(),
-                IdentityKind::WorldV6 => block.cidr == "::/0".parse::<IpNet>().unwrap(),
-            })
-            .map(|(id, _)| *id)
-            .collect()
+        let mut ids = self.select_kinds(|kind| match kind {
+            IdentityKind::Workloads { blocks, .. } => index.is_some_and(|i| blocks.contains(&i)),
+            IdentityKind::WorldV4 => block.cidr == IpNet::V4(Default::default()),
+            IdentityKind::WorldV6 => block.cidr == IpNet::V6(Default::default()),
+            IdentityKind::Cidr(_) => false,
+        });
+        // Prefixes are stored truncated and ordered by (address, length), so those inside
+        // the block form one run starting at its network address: a range, not a scan of
+        // every identity (which made compiling 1,000 CIDR rules quadratic).
+        let first = IpNet::new(block.cidr.network(), 0).expect("length 0 is valid");
+        ids.extend(
+            self.ipcache
+                .range(first..)
+                .take_while(|(prefix, _)| prefix.network() <= block.cidr.broadcast())
+                .filter(|(prefix, id)| {
+                    matches!(self.kinds.get(id), Some(IdentityKind::Cidr(_)))
+                        && block.holds_prefix(prefix)
+                })
+                .map(|(_, id)| *id),
+        );
+        ids.sort_unstable();
+        ids
     }
 
     /// The ports declared by the workloads of an identity (none for CIDRs and WORLD).
@@ -185,14 +200,20 @@ impl Identities {
 
     /// Workload identities whose namespace and labels satisfy `matches`.
     pub fn select_workloads(&self, matches: impl Fn(&str, &Labels) -> bool) -> Vec<u32> {
+        self.select_kinds(|kind| match kind {
+            IdentityKind::Workloads {
+                namespace, labels, ..
+            } => matches(namespace, labels),
+            _ => false,
+        })
+    }
+
+    /// Identities other than CIDR identities (which are many and found by prefix) whose
+    /// kind satisfies `matches`.
+    fn select_kinds(&self, matches: impl Fn(&IdentityKind) -> bool) -> Vec<u32> {
         self.kinds
-            .iter()
-            .filter(|(_, kind)| match kind {
-                IdentityKind::Workloads {
-                    namespace, labels, ..
-                } => matches(namespace, labels),
-                _ => false,
-            })
+            .range(..self.first_cidr)
+            .filter(|(_, kind)| matches(kind))
             .map(|(id, _)| *id)
             .collect()
     }

@@ -162,7 +162,9 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
     };
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct
     // policies, not with workloads.
-    let mut policy_ids: HashMap<(Direction, EntrySet), u32> = HashMap::new();
+    // Ordered, not hashed: two large entry sets usually differ in their first entries,
+    // while hashing reads every entry of every set.
+    let mut policy_ids: BTreeMap<(Direction, EntrySet), u32> = BTreeMap::new();
     let mut peer_cache = PeerCache::new();
     let mut local: Vec<&Workload> = set
         .workloads
@@ -277,30 +279,32 @@ struct RuleTarget<'a> {
 
 /// The identities each peer selects, by (policy namespace, peer): large policies name
 /// the same CIDRs and selectors over and over, and selecting walks every identity.
-type PeerCache = HashMap<(String, Peer), Vec<u32>>;
+type PeerCache<'a> = HashMap<(&'a str, &'a Peer), Vec<u32>>;
 
 /// Adds the entries of one rule to `entries`.
-fn rule_entries(
+fn rule_entries<'a>(
     set: &PolicySet,
     identities: &Identities,
-    target: &RuleTarget,
-    rule: &Rule,
-    cache: &mut PeerCache,
+    target: &RuleTarget<'a>,
+    rule: &'a Rule,
+    cache: &mut PeerCache<'a>,
     entries: &mut EntrySet,
 ) {
-    let peers: Vec<u32> = if rule.peers.is_empty() {
-        vec![IDENTITY_ANY]
-    } else {
-        let mut ids = BTreeSet::new();
-        for peer in &rule.peers {
-            let key = (target.policy.name.namespace.clone(), peer.clone());
-            let selected = cache
-                .entry(key)
-                .or_insert_with(|| peer_identities(set, identities, target.policy, peer));
-            ids.extend(selected.iter().copied());
-        }
-        ids.into_iter().collect()
-    };
+    let mut peers: Vec<u32> = Vec::new();
+    if rule.peers.is_empty() {
+        peers.push(IDENTITY_ANY);
+    }
+    for peer in &rule.peers {
+        let key = (target.policy.name.namespace.as_str(), peer);
+        let selected = cache
+            .entry(key)
+            .or_insert_with(|| peer_identities(set, identities, target.policy, peer));
+        peers.extend_from_slice(selected);
+    }
+    if rule.peers.len() > 1 {
+        peers.sort_unstable();
+        peers.dedup();
+    }
     if rule.ports.is_empty() {
         for identity in peers {
             entries.insert((identity, None, None));

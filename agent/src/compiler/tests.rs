@@ -267,7 +267,8 @@ fn pipeline_kind_compiles_to_the_same_verdicts_as_its_networkpolicy_version() {
             policy,
         ]
         .map(|f| root.join(f));
-        crate::policy::parse::load_files(&files).unwrap_or_else(|e| panic!("{e}"))
+        crate::policy::parse::load_files(&files, &mut Default::default())
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     let pipeline_set = load("policies/ml-pipeline/pipeline.yaml");
     let reference_set = load("tests/data/ml-pipeline-networkpolicies.yaml");

@@ -1,5 +1,6 @@
 //! The policy model, the YAML sources that feed it, pipelines expanded into policies, and
 //! the semantics read directly.
+pub mod documents;
 pub mod model;
 pub mod parse;
 pub mod pipeline;

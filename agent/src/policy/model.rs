@@ -282,6 +282,14 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// Adds copies of everything `other` holds.
+    pub fn extend_from(&mut self, other: &PolicySet) {
+        self.workloads.extend_from_slice(&other.workloads);
+        self.namespaces.extend_from_slice(&other.namespaces);
+        self.policies.extend_from_slice(&other.policies);
+        self.pipelines.extend_from_slice(&other.pipelines);
+    }
+
     /// The policies that select `workload` for `direction`: those that isolate it there.
     pub fn isolating(&self, workload: &Workload, direction: Direction) -> Vec<&NetworkPolicy> {
         self.policies

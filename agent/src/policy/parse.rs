@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::documents::ParseCache;
 use super::model::{
     Attachment, Flow, FlowEnd, LabelSelector, Labels, NamedPort, Namespace, NetworkPolicy,
     ObjectName, Origin, Peer, Pipeline, PolicySet, PortMatch, PortSpec, Protocol, Requirement,
@@ -235,8 +236,9 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     }
 }
 
-/// Reads every policy file below `dir` into one set.
-pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+/// Reads every policy file below `dir` into one set; documents unchanged since the last
+/// load with the same cache are not parsed again.
+pub fn load_dir(dir: &Path, cache: &mut ParseCache) -> Result<PolicySet, PolicyErrors> {
     let files = policy_files(dir)?;
     if files.is_empty() {
         return Err(PolicyErrors(vec![PolicyError {
@@ -245,24 +247,25 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
             message: "no policy files: expected *.yaml or *.yml files in this directory".into(),
         }]));
     }
-    load_files(&files)
+    load_files(&files, cache)
 }
 
 /// Reads these files into one set: parses every document, expands pipelines and checks
 /// the set as a whole. Every error of every file is reported, not just the first.
-pub fn load_files(files: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
+pub fn load_files(files: &[PathBuf], cache: &mut ParseCache) -> Result<PolicySet, PolicyErrors> {
     let mut errors = Vec::new();
     let mut set = PolicySet::default();
     for file in files {
         match read_file(file) {
             Ok(text) => {
-                if let Err(mut e) = parse_into(file, &text, &mut set) {
+                if let Err(mut e) = cache.parse_into(file, &text, &mut set) {
                     errors.append(&mut e.0);
                 }
             }
             Err(e) => errors.push(e),
         }
     }
+    cache.finish_load();
     if errors.is_empty()
         && let Err(mut e) = super::pipeline::expand(&mut set)
     {
@@ -328,8 +331,23 @@ fn read_file(file: &Path) -> Result<String, PolicyError> {
 
 /// Parses one file's documents into `set` (cross-document checks are `validate_set`'s).
 pub fn parse_into(file: &Path, text: &str, set: &mut PolicySet) -> Result<(), PolicyErrors> {
+    parse_text(file, text, 0, set)
+}
+
+/// Parses YAML text that starts after line `line_offset` of `file` (a part of the file
+/// split at document markers, or all of it) into `set`; lines in errors and origins are
+/// the file's.
+pub fn parse_text(
+    file: &Path,
+    text: &str,
+    line_offset: u32,
+    set: &mut PolicySet,
+) -> Result<(), PolicyErrors> {
     let docs: Vec<RawDocument> = serde_saphyr::from_multiple(text).map_err(|e| {
-        let line = e.location().map(|l| l.line() as u32).unwrap_or(0);
+        let line = e
+            .location()
+            .map(|l| l.line() as u32 + line_offset)
+            .unwrap_or(line_offset);
         PolicyErrors(vec![PolicyError {
             file: file.to_path_buf(),
             line,
@@ -340,6 +358,7 @@ pub fn parse_into(file: &Path, text: &str, set: &mut PolicySet) -> Result<(), Po
     for doc in docs {
         let mut cx = Cx {
             file,
+            line_offset,
             errors: &mut errors,
         };
         cx.document(doc, set);
@@ -361,17 +380,20 @@ fn first_line(rendered: &str) -> String {
         .to_string()
 }
 
-fn line_of<T>(s: &Spanned<T>) -> u32 {
-    s.referenced.line() as u32
-}
-
-/// Parsing context: the file and the errors found so far.
+/// Parsing context: the file, where in it the text parsed starts, and the errors found
+/// so far.
 struct Cx<'a> {
     file: &'a Path,
+    line_offset: u32,
     errors: &'a mut Vec<PolicyError>,
 }
 
 impl Cx<'_> {
+    /// The file's line of a parsed value.
+    fn line<T>(&self, s: &Spanned<T>) -> u32 {
+        s.referenced.line() as u32 + self.line_offset
+    }
+
     fn error(&mut self, line: u32, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
@@ -389,16 +411,20 @@ impl Cx<'_> {
 
     fn document(&mut self, doc: RawDocument, set: &mut PolicySet) {
         let (Some(api), Some(kind)) = (&doc.api_version, &doc.kind) else {
-            let line = doc.metadata.as_ref().map(line_of).unwrap_or(1);
+            let line = doc
+                .metadata
+                .as_ref()
+                .map(|m| self.line(m))
+                .unwrap_or(self.line_offset + 1);
             self.error(line, "document has no apiVersion or kind; expected e.g. apiVersion: networking.k8s.io/v1, kind: NetworkPolicy");
             return;
         };
-        let line = line_of(kind);
+        let line = self.line(kind);
         let Some(metadata) = doc.metadata else {
             self.error(line, "document has no metadata; expected metadata.name");
             return;
         };
-        let meta_line = line_of(&metadata);
+        let meta_line = self.line(&metadata);
         let meta = metadata.value;
         let Some(name) = meta.name else {
             self.error(meta_line, "metadata has no name; expected metadata.name");
@@ -413,7 +439,7 @@ impl Cx<'_> {
             None => "default".to_string(),
         };
         let labels = match meta.labels {
-            Some(l) => match self.labels(&l.value, line_of(&l)) {
+            Some(l) => match self.labels(&l.value, self.line(&l)) {
                 Some(labels) => labels,
                 None => return,
             },
@@ -435,7 +461,7 @@ impl Cx<'_> {
                 }
             }
             (API_STAGEWALL, "Workload") => {
-                let spec = spec.map(|s| (line_of(&s), s.value));
+                let spec = spec.map(|s| (self.line(&s), s.value));
                 let (spec_line, spec) = spec.unwrap_or((line, RawSpec::default()));
                 if let Some(w) = self.workload(object, labels, spec, spec_line, line) {
                     set.workloads.push(w);
@@ -452,7 +478,7 @@ impl Cx<'_> {
             }
             (API_CORE, "Namespace") => {
                 if let Some(s) = &spec
-                    && !self.only_fields(&s.value, line_of(s), "Namespace", &["finalizers"]) {
+                    && !self.only_fields(&s.value, self.line(s), "Namespace", &["finalizers"]) {
                         return;
                     }
                 set.namespaces.push(Namespace {
@@ -501,7 +527,7 @@ impl Cx<'_> {
             && !v.ends_with(['-', '.']);
         if !ok {
             self.error(
-                line_of(value),
+                self.line(value),
                 format!("{field} {v:?} is not a valid name; expected lowercase letters, digits, '-' and '.', at most 253 characters"),
             );
         }
@@ -523,7 +549,7 @@ impl Cx<'_> {
     }
 
     fn selector(&mut self, raw: &Spanned<RawSelector>) -> Option<LabelSelector> {
-        let line = line_of(raw);
+        let line = self.line(raw);
         let sel = &raw.value;
         let match_labels = match &sel.match_labels {
             Some(l) => self.labels(l, line)?,
@@ -531,7 +557,7 @@ impl Cx<'_> {
         };
         let mut match_expressions = Vec::new();
         for req in sel.match_expressions.iter().flatten() {
-            let line = line_of(req);
+            let line = self.line(req);
             let r = &req.value;
             let values = r.values.clone().unwrap_or_default();
             let requirement = match r.operator.as_str() {
@@ -573,7 +599,7 @@ impl Cx<'_> {
         spec: Spanned<RawSpec>,
         line: u32,
     ) -> Option<NetworkPolicy> {
-        let spec_line = line_of(&spec);
+        let spec_line = self.line(&spec);
         let spec = spec.value;
         if !self.only_fields(
             &spec,
@@ -600,7 +626,7 @@ impl Cx<'_> {
                         "Egress" => egress = true,
                         other => {
                             self.error(
-                                line_of(t),
+                                self.line(t),
                                 format!("unknown policyType {other:?}; expected Ingress or Egress"),
                             );
                             return None;
@@ -626,7 +652,7 @@ impl Cx<'_> {
     fn rules(&mut self, raw: &[Spanned<RawRule>], ingress: bool) -> Option<Vec<Rule>> {
         let mut rules = Vec::new();
         for r in raw {
-            let line = line_of(r);
+            let line = self.line(r);
             let (peers, wrong) = if ingress {
                 (&r.value.from, &r.value.to)
             } else {
@@ -663,7 +689,7 @@ impl Cx<'_> {
     }
 
     fn peer(&mut self, raw: &Spanned<RawPeer>) -> Option<Peer> {
-        let line = line_of(raw);
+        let line = self.line(raw);
         let p = &raw.value;
         match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
             (Some(block), None, None) => self.ip_block(block),
@@ -706,7 +732,7 @@ impl Cx<'_> {
                 _ => false,
             };
             if !inside {
-                self.error(line_of(e), format!("except {net} is not strictly inside cidr {cidr}; expected a smaller block of the same family within it"));
+                self.error(self.line(e), format!("except {net} is not strictly inside cidr {cidr}; expected a smaller block of the same family within it"));
                 return None;
             }
             except.push(net);
@@ -718,7 +744,7 @@ impl Cx<'_> {
         match raw.value.parse::<IpNet>() {
             Ok(net) => Some(net.trunc()),
             Err(_) => {
-                self.error(line_of(raw), format!("invalid CIDR {:?}; expected an address and a prefix length such as 10.0.0.0/8 or fd00::/64", raw.value));
+                self.error(self.line(raw), format!("invalid CIDR {:?}; expected an address and a prefix length such as 10.0.0.0/8 or fd00::/64", raw.value));
                 None
             }
         }
@@ -771,28 +797,28 @@ impl Cx<'_> {
     }
 
     fn port(&mut self, raw: &Spanned<RawPort>) -> Option<PortSpec> {
-        let line = line_of(raw);
+        let line = self.line(raw);
         let p = &raw.value;
         let protocol = self.protocol(p.protocol.as_ref(), line)?;
         let port = match (&p.port, &p.end_port) {
             (None, None) => PortMatch::All,
             (None, Some(e)) => {
                 self.error(
-                    line_of(e),
+                    self.line(e),
                     "endPort without port; expected port to be set with endPort",
                 );
                 return None;
             }
             (Some(s), end) => match (&s.value, end) {
                 (IntOrString::Int(n), None) => {
-                    let n = self.port_number(*n, line_of(s), "port")?;
+                    let n = self.port_number(*n, self.line(s), "port")?;
                     PortMatch::Range(n, n)
                 }
                 (IntOrString::Int(n), Some(e)) => {
-                    let n = self.port_number(*n, line_of(s), "port")?;
+                    let n = self.port_number(*n, self.line(s), "port")?;
                     if e.value < n as i64 || e.value > 65535 {
                         self.error(
-                            line_of(e),
+                            self.line(e),
                             format!(
                                 "endPort {} is invalid; expected a number from port ({n}) to 65535",
                                 e.value
@@ -803,11 +829,11 @@ impl Cx<'_> {
                     PortMatch::Range(n, e.value as u16)
                 }
                 (IntOrString::String(name), None) => {
-                    PortMatch::Named(self.port_name(name, line_of(s))?)
+                    PortMatch::Named(self.port_name(name, self.line(s))?)
                 }
                 (IntOrString::String(name), Some(e)) => {
                     self.error(
-                        line_of(e),
+                        self.line(e),
                         format!("endPort with the named port {name:?}; expected a numeric port with endPort"),
                     );
                     return None;
@@ -820,7 +846,7 @@ impl Cx<'_> {
     fn named_ports(&mut self, raw: &[Spanned<RawNamedPort>]) -> Option<Vec<NamedPort>> {
         let mut ports: Vec<NamedPort> = Vec::new();
         for p in raw {
-            let line = line_of(p);
+            let line = self.line(p);
             let name = self.port_name(&p.value.name, line)?;
             let protocol = self.protocol(p.value.protocol.as_ref(), line)?;
             let port = self.port_number(p.value.port, line, "port")?;
@@ -846,7 +872,7 @@ impl Cx<'_> {
         spec: Spanned<RawSpec>,
         line: u32,
     ) -> Option<Pipeline> {
-        let spec_line = line_of(&spec);
+        let spec_line = self.line(&spec);
         let spec = spec.value;
         if !self.only_fields(
             &spec,
@@ -858,7 +884,7 @@ impl Cx<'_> {
         }
         let mut stages: Vec<Stage> = Vec::new();
         for s in spec.stages.iter().flatten() {
-            let stage_line = line_of(s);
+            let stage_line = self.line(s);
             if !self.check_dns_name(&s.value.name, "stage name") {
                 return None;
             }
@@ -897,14 +923,14 @@ impl Cx<'_> {
                 from,
                 to,
                 ports,
-                line: line_of(f),
+                line: self.line(f),
             });
         }
         let tenant_label = match spec.tenant_label {
             Some(l) if valid_label_key(&l.value) => Some(l.value),
             Some(l) => {
                 self.error(
-                    line_of(&l),
+                    self.line(&l),
                     format!("tenantLabel {:?} is not a valid label key", l.value),
                 );
                 return None;
@@ -922,7 +948,7 @@ impl Cx<'_> {
     }
 
     fn flow_end(&mut self, raw: &Spanned<RawFlowEnd>) -> Option<FlowEnd> {
-        let line = line_of(raw);
+        let line = self.line(raw);
         let e = &raw.value;
         match (&e.stage, &e.cidr, &e.workloads) {
             (Some(stage), None, None) if e.except.is_none() => Some(FlowEnd::Stage(stage.clone())),
@@ -961,7 +987,7 @@ impl Cx<'_> {
         let mut attachments = Vec::new();
         if let Some(c) = spec.cgroup {
             if !c.value.starts_with('/') || c.value.split('/').any(|part| part == "..") {
-                self.error(line_of(&c), format!("cgroup {:?} is not an absolute path; expected a path below the cgroup2 mount such as /ml.slice/trainer", c.value));
+                self.error(self.line(&c), format!("cgroup {:?} is not an absolute path; expected a path below the cgroup2 mount such as /ml.slice/trainer", c.value));
                 return None;
             }
             attachments.push(Attachment::Cgroup(c.value));
@@ -969,7 +995,7 @@ impl Cx<'_> {
         if let Some(u) = spec.systemd_unit {
             if u.value.is_empty() || u.value.contains('/') {
                 self.error(
-                    line_of(&u),
+                    self.line(&u),
                     format!(
                         "systemdUnit {:?} is invalid; expected a unit name such as trainer.service",
                         u.value
@@ -981,7 +1007,7 @@ impl Cx<'_> {
         }
         if let Some(i) = spec.interface {
             if i.value.is_empty() || i.value.len() > 15 || i.value.contains(['/', ' ']) {
-                self.error(line_of(&i), format!("interface {:?} is invalid; expected a network interface name of at most 15 characters", i.value));
+                self.error(self.line(&i), format!("interface {:?} is invalid; expected a network interface name of at most 15 characters", i.value));
                 return None;
             }
             attachments.push(Attachment::Interface(i.value));
@@ -995,7 +1021,7 @@ impl Cx<'_> {
             match a.value.parse::<IpAddr>() {
                 Ok(ip) => addresses.push(ip),
                 Err(_) => {
-                    self.error(line_of(a), format!("invalid address {:?}; expected an IPv4 or IPv6 address without prefix length", a.value));
+                    self.error(self.line(a), format!("invalid address {:?}; expected an IPv4 or IPv6 address without prefix length", a.value));
                     return None;
                 }
             }
@@ -1259,7 +1285,7 @@ mod tests {
     #[test]
     fn the_example_policies_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let set = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let set = load_dir(&dir, &mut ParseCache::default()).unwrap_or_else(|e| panic!("{e}"));
         assert!(set.policies.len() >= 6 && set.workloads.len() >= 6);
     }
 

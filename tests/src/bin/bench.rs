@@ -1,6 +1,7 @@
 //! The benchmark harness (`cargo xtask bench [--quick]`, as root): one run on one machine,
 //! every configuration side by side, absolute figures and ratios to the no-policy
-//! baseline, printed as Markdown tables.
+//! baseline, printed as Markdown tables. `stagewall-bench --rules N` measures one rule
+//! count; `--control-plane` only the control-plane and event figures.
 //!
 //! A client and a server namespace (the server a cgroup workload) joined by the test bed's
 //! bridge. Configurations: no program attached (baseline); stagewall with N ingress rules
@@ -20,6 +21,8 @@ use stagewall_tests::{Agent, Testbed, metric_sum, privileged, probe_bin};
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 5202;
 const UDP_PORT: u16 = 5203;
+/// Rule changes timed by the control-plane measurement.
+const RULE_CHANGES: usize = 10;
 /// A port no rule allows: the event flood goes there.
 const DENIED_PORT: u16 = 5999;
 const CIDRS: usize = 1_000;
@@ -74,10 +77,12 @@ fn stagewall_policy(bed: &Testbed, rules: usize) -> String {
             rule_port(i)
         );
     }
-    // The last rule: the measured flows.
+    // The last rule: the measured flows (and ctl's, so that the rule change below flips
+    // between an immediate EPERM and an immediate answer, never a timeout).
     p += &format!(
-        "    - from: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {IPERF_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]\n",
-        bed.node("client").v4
+        "    - from: [{{ipBlock: {{cidr: {}/32}}}}, {{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {IPERF_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]\n",
+        bed.node("client").v4,
+        bed.node("ctl").v4
     );
     // The rule the control-plane measurement changes: the ctl workload's egress to the
     // echo port (denied at connect(), so the verdict shows at once either way).
@@ -300,6 +305,11 @@ fn main() {
     let client = bed.node("client").v4;
     let largest = *settings.rule_counts.last().unwrap();
 
+    // `--control-plane`: only the control-plane and event figures (no data-path runs).
+    let control_plane_only = args.iter().any(|a| a == "--control-plane");
+    if control_plane_only {
+        settings.runs = 0;
+    }
     let mut configs = vec![Config::Baseline];
     for &rules in &settings.rule_counts {
         configs.push(Config::Stagewall {
@@ -316,6 +326,12 @@ fn main() {
     }
     for &rules in &settings.rule_counts {
         configs.push(Config::Nftables { rules });
+    }
+    if control_plane_only {
+        configs = vec![Config::Stagewall {
+            rules: largest,
+            audit: false,
+        }];
     }
 
     let mut rows: Vec<(Config, Vec<Sample>)> = Vec::new();
@@ -420,16 +436,17 @@ fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
         "apply duration histogram sum after start: {:.1} ms",
         apply_sum * 1000.0
     ));
-    // One rule change: ctl's egress rule loses the echo port, then gets it back.
+    // One rule change: ctl's egress rule loses the echo port (for another port each time,
+    // so every change differs from both policies the agent holds), then gets it back.
     let server = bed.node("server").v4.to_string();
     let full = stagewall_policy(bed, rules);
-    let without = full.replace(
-        &format!("      ports: [{{port: {ECHO_PORT}}}]\n"),
-        "      ports: [{port: 1}]\n",
-    );
-    assert_ne!(full, without);
     let mut latencies = Vec::new();
-    for round in 0..6 {
+    for round in 0..RULE_CHANGES {
+        let without = full.replace(
+            &format!("      ports: [{{port: {ECHO_PORT}}}]\n"),
+            &format!("      ports: [{{port: {}}}]\n", 1 + round),
+        );
+        assert_ne!(full, without);
         let policy = if round % 2 == 0 { &without } else { &full };
         let mut watch = bed.command("ctl", probe_bin()).unwrap();
         let mut watch = watch
@@ -463,7 +480,36 @@ fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
             l[l.len() - 1]
         ));
     }
+    // The agent's own split of those changes (its log): reading and compiling, then
+    // writing the kernel maps.
+    let log = agent.log();
+    let after = |marker: &str| -> Vec<f64> {
+        log.lines()
+            .filter_map(|l| l.split(marker).nth(1)?.split_whitespace().next())
+            .filter_map(|d| millis(d.trim_end_matches(':')))
+            .collect()
+    };
+    let mut compile = after("read and compiled in ");
+    // The first apply is the start (the whole policy into empty maps).
+    let mut apply: Vec<f64> = after(" applied in ").into_iter().skip(1).collect();
+    if !compile.is_empty() && !apply.is_empty() {
+        out.push(format!(
+            "  of which, in the agent: read + parse + compile median {:.1} ms, kernel maps written median {:.1} ms",
+            median(&mut compile),
+            median(&mut apply)
+        ));
+    }
     out
+}
+
+/// Milliseconds of a duration as Rust's Debug prints it ("3.2ms", "850.1µs", "1.2s").
+fn millis(debug: &str) -> Option<f64> {
+    for (unit, scale) in [("ms", 1.0), ("µs", 1e-3), ("ns", 1e-6), ("s", 1e3)] {
+        if let Some(n) = debug.strip_suffix(unit) {
+            return n.parse::<f64>().ok().map(|n| n * scale);
+        }
+    }
+    None
 }
 
 /// Violation events delivered per second under a flood, and lost.
@@ -496,6 +542,21 @@ fn event_flood(bed: &Testbed, agent: &Agent) -> String {
 }
 
 fn print_report(settings: &Settings, rows: &[(Config, Vec<Sample>)], control: &[String]) {
+    if settings.runs > 0 {
+        print_data_path(settings, rows);
+    }
+    println!("\n## Control plane and events\n");
+    for line in control {
+        println!("- {line}");
+    }
+    if settings.quick {
+        println!(
+            "\n(quick mode: one short run per configuration, to keep the harness from rotting; not for comparison)"
+        );
+    }
+}
+
+fn print_data_path(settings: &Settings, rows: &[(Config, Vec<Sample>)]) {
     let base = &rows[0].1;
     let b = |f: &dyn Fn(&Sample) -> f64| stat(base, f).0;
     println!(
@@ -507,11 +568,10 @@ fn print_report(settings: &Settings, rows: &[(Config, Vec<Sample>)], control: &[
     );
     println!("|---|---|---|---|---|---|---|");
     for (config, samples) in rows {
-        let cell = |f: &dyn Fn(&Sample) -> f64, digits: usize, higher_better: bool| {
+        let cell = |f: &dyn Fn(&Sample) -> f64, digits: usize| {
             let (m, lo, hi) = stat(samples, f);
             let base = b(f);
             let ratio = if base > 0.0 { m / base } else { 0.0 };
-            let _ = higher_better;
             format!(
                 "{m:.digits$} ({lo:.digits$}-{hi:.digits$}) {:.1}%",
                 ratio * 100.0
@@ -520,21 +580,12 @@ fn print_report(settings: &Settings, rows: &[(Config, Vec<Sample>)], control: &[
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             config.name(),
-            cell(&|s| s.gbps, 2, true),
-            cell(&|s| s.tps, 0, true),
-            cell(&|s| s.p50_us, 1, false),
-            cell(&|s| s.p99_us, 1, false),
-            cell(&|s| s.cps, 0, true),
-            cell(&|s| s.pps, 0, true),
-        );
-    }
-    println!("\n## Control plane and events\n");
-    for line in control {
-        println!("- {line}");
-    }
-    if settings.quick {
-        println!(
-            "\n(quick mode: one short run per configuration, to keep the harness from rotting; not for comparison)"
+            cell(&|s| s.gbps, 2),
+            cell(&|s| s.tps, 0),
+            cell(&|s| s.p50_us, 1),
+            cell(&|s| s.p99_us, 1),
+            cell(&|s| s.cps, 0),
+            cell(&|s| s.pps, 0),
         );
     }
 }
