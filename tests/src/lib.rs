@@ -8,6 +8,8 @@
 //! Everything is named after the test process's pid and removed on drop, even when a test
 //! fails; stale leftovers of killed runs are removed on start.
 
+pub mod raw;
+
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -222,6 +224,15 @@ impl Testbed {
         ip(&["-n", &bed.hub, "link", "set", "lo", "up"])?;
         ip(&["-n", &bed.hub, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bed.hub, "link", "set", "br0", "up"])?;
+        // Where br_netfilter is loaded (Docker hosts), bridged frames pass iptables and
+        // its header checks; in the hub (its setting is per namespace) the bridge forwards
+        // frames as they are, so the kernel programs see what a test sent.
+        let status = in_netns_and_cgroup(&bed.hub, None, "sh")?
+            .args(["-c", "for f in /proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/bridge/bridge-nf-call-ip6tables; do [ -e $f ] && echo 0 > $f; done; true"])
+            .status()?;
+        if !status.success() {
+            bail!("turning off bridge netfilter in {}", bed.hub);
+        }
         for spec in &layout.nodes {
             bed.add_node(spec, &cgroup_root)?;
         }

@@ -12,15 +12,26 @@
 //!   stagewall-probe watch-verdict ADDR PORT MILLIS       `first X`, then `changed Y NS`
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
+//!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
+//!   stagewall-probe raw-count IFACE MS MARKER...           `ready`, then `counts N...`: frames
+//!                                                          seen per marker (IPv4 id, IPv6 flow label)
 //!
 //! Probes print one outcome word and the elapsed milliseconds: `ok 2`, `eperm 0`,
 //! `timeout 1000`, `refused 1`, `error:<what> 3`. They exit 0 whatever the outcome.
 
+use stagewall_tests::raw;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex frame"))
+        .collect()
+}
 
 fn outcome(e: &std::io::Error) -> String {
     match e.kind() {
@@ -302,7 +313,7 @@ fn matrix(timeout: Duration, targets: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT...";
+    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -349,6 +360,28 @@ fn main() {
         Some("matrix") if args.len() >= 2 => {
             matrix(ms(&args[1]), &args[2..]);
             return;
+        }
+        Some("raw-send") if args.len() >= 3 => {
+            let frames: Vec<Vec<u8>> = args[2..].iter().map(|h| from_hex(h)).collect();
+            raw::send(&args[1], &frames).map(|_| String::new())
+        }
+        Some("raw-count") if args.len() >= 4 => {
+            let markers: Vec<u32> = args[3..]
+                .iter()
+                .map(|m| m.parse().expect("marker"))
+                .collect();
+            let ready = || {
+                println!("ready");
+                std::io::stdout().flush().unwrap();
+            };
+            match raw::count(&args[1], ms(&args[2]), &markers, ready) {
+                Ok(counts) => {
+                    let counts: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+                    println!("counts {}", counts.join(" "));
+                    return;
+                }
+                Err(e) => Err(e),
+            }
         }
         Some("get") if args.len() == 4 => {
             get(args[1].parse().expect("address"), &args[2], ms(&args[3]))
