@@ -115,3 +115,93 @@ fn quarantine_isolates_a_workload_at_once_and_release_lifts_it() {
     let post = bed.hub_get("127.0.0.1:9742", "/v1/quarantine");
     assert!(post.is_some_and(|b| b.contains("not found")));
 }
+
+/// `--auto-quarantine N/T`: a workload whose egress is denied N times within T is
+/// quarantined by the agent itself; slower denials, and denials *to* a workload, are not.
+#[test]
+fn auto_quarantine_isolates_a_workload_that_keeps_breaking_its_egress_policy() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let mut p = bed.workload_yaml("client", "app", "{app: client}", false);
+    p += &bed.workload_yaml("server", "app", "{app: server}", false);
+    // The server may reach the client on TCP 80 only; the client may reach the server on
+    // TCP 80 only.
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]\n  egress: [{to: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]\n---\n";
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {app: server}}}], ports: [{port: 80}]}]\n";
+    bed.write_policy("policy.yaml", &p).unwrap();
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    bed.serve("client", &[80, 81], &[]).unwrap();
+    let agent = bed
+        .start_agent(&["--auto-quarantine", "10/3s"])
+        .expect("starting the agent");
+    let (client, server) = (bed.node("client").v4, bed.node("server").v4);
+    assert!(bed.tcp("client", server, 80).is("ok"));
+    assert!(bed.tcp("server", client, 80).is("ok"));
+
+    // Below the threshold: 4 denied connects by the server, then a pause longer than
+    // the window, then 4 more.
+    for _ in 0..2 {
+        for _ in 0..4 {
+            assert!(bed.tcp("server", client, 81).is("eperm"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+    }
+    // Denials *to* the server (the client breaking its own policy) never count against
+    // the server.
+    for _ in 0..12 {
+        assert!(bed.tcp("client", server, 81).is("eperm"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(
+        agent.log().contains("auto-quarantine: app/client had")
+            && agent
+                .metrics()
+                .contains("stagewall_auto_quarantines_total 1"),
+        "the client (12 egress denials within 3 s), and only it, is quarantined: {}",
+        agent.log()
+    );
+    let (ok, said) = stagewall(&bed, &["release", "app/client"]);
+    assert!(ok, "{said}");
+    assert!(
+        bed.tcp("server", client, 80).is("ok"),
+        "the server was quarantined for denials it did not cause, or below the threshold"
+    );
+
+    // The server tries 12 denied connects at once: quarantined within the sampling
+    // interval.
+    for _ in 0..12 {
+        assert!(bed.tcp("server", client, 81).is("eperm"));
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while !agent.log().contains("auto-quarantine: app/server") && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        agent.log().contains("auto-quarantine: app/server had"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        bed.tcp("server", client, 80).is("eperm"),
+        "an auto-quarantined workload's allowed egress is cut too"
+    );
+    assert!(bed.tcp("client", server, 80).is("timeout"));
+    assert!(
+        agent
+            .metrics()
+            .contains("stagewall_auto_quarantines_total 2")
+    );
+    // Released, it starts afresh: its denials while quarantined do not count.
+    let (ok, said) = stagewall(&bed, &["release", "app/server"]);
+    assert!(ok, "{said}");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(bed.tcp("server", client, 80).is("ok"));
+    assert!(bed.tcp("client", server, 80).is("ok"));
+    assert!(
+        agent
+            .metrics()
+            .contains("stagewall_workloads_quarantined 0")
+    );
+}

@@ -2,6 +2,7 @@
 //! `stagewall` binary (main.rs) is the command line over them; the integration tests use
 //! the host helpers to build their namespaces and cgroups the way the agent finds them.
 
+pub mod auto_quarantine;
 pub mod check;
 pub mod compiler;
 pub mod control;

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub policy_generation: IntGauge,
     pub workloads_enforced: IntGauge,
     pub workloads_quarantined: IntGauge,
+    pub auto_quarantines: IntCounter,
     pub policy_reloads: IntCounterVec,
     pub policy_apply_seconds: Histogram,
     map_entries: IntGaugeVec,
@@ -50,6 +51,22 @@ struct Kernel {
     /// Enforced workloads by endpoint id.
     endpoints: Vec<(u32, String)>,
     seen_stats: HashMap<u32, EndpointStats>,
+}
+
+/// One endpoint statistic summed over the CPUs.
+fn endpoint_total(
+    stats: &PerCpuArray<MapData, EndpointStats>,
+    index: u32,
+) -> Option<EndpointStats> {
+    let values = stats.get(&index, 0).ok()?;
+    Some(
+        values
+            .iter()
+            .fold(EndpointStats::default(), |a, v| EndpointStats {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            }),
+    )
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -125,7 +142,7 @@ impl Metrics {
             workload_packets: counter_vec(
                 &r,
                 "stagewall_workload_packets_total",
-                "Packets of each enforced workload, by direction and verdict.",
+                "Packets of each enforced workload, by direction and verdict (dropped includes connects and sends refused with EPERM).",
                 &["workload", "direction", "verdict"],
             ),
             workload_bytes: counter_vec(
@@ -177,7 +194,12 @@ impl Metrics {
             workloads_quarantined: gauge(
                 &r,
                 "stagewall_workloads_quarantined",
-                "Local workloads isolated by `stagewall quarantine`.",
+                "Local workloads isolated by `stagewall quarantine` or automatically.",
+            ),
+            auto_quarantines: counter(
+                &r,
+                "stagewall_auto_quarantines_total",
+                "Workloads quarantined automatically (--auto-quarantine: N egress denials within T).",
             ),
             policy_reloads: counter_vec(
                 &r,
@@ -294,16 +316,9 @@ impl Metrics {
                     (STAT_WOULD_DROP, "would_drop"),
                 ] {
                     let index = endpoint_stats_index(*id, direction, stat);
-                    let Ok(values) = stats.get(&index, 0) else {
+                    let Some(total) = endpoint_total(stats, index) else {
                         continue;
                     };
-                    let total =
-                        values
-                            .iter()
-                            .fold(EndpointStats::default(), |a, v| EndpointStats {
-                                packets: a.packets + v.packets,
-                                bytes: a.bytes + v.bytes,
-                            });
                     let seen = seen_stats.entry(index).or_default();
                     let labels = [workload.as_str(), dir_name, verdict];
                     self.workload_packets
@@ -316,6 +331,22 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Packets each enforced workload's egress had dropped so far, by endpoint id (the
+    /// kernel's counts).
+    pub fn egress_drops(&self) -> Vec<(u32, u64)> {
+        let guard = self.kernel.lock().expect("metrics lock");
+        let Some(k) = guard.as_ref() else {
+            return Vec::new();
+        };
+        k.endpoints
+            .iter()
+            .filter_map(|(id, _)| {
+                let index = endpoint_stats_index(*id, DIR_EGRESS, STAT_DROPPED);
+                Some((*id, endpoint_total(&k.stats, index)?.packets))
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition of every metric.

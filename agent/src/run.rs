@@ -20,6 +20,7 @@ use aya::maps::{HashMap, MapData};
 use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue};
 
 use crate::{
+    auto_quarantine::{AutoQuarantine, Threshold},
     compiler::{self, Compiled, EndpointIds},
     control::{self, Request},
     events::{
@@ -86,7 +87,14 @@ pub struct RunArgs {
     /// The root-only Unix socket for `stagewall quarantine` and `release`.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
+    /// Quarantine a workload automatically when its egress is denied N times within T
+    /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
+    #[arg(long, value_name = "N/T")]
+    pub auto_quarantine: Option<Threshold>,
 }
+
+/// How often the workloads' egress denials are sampled for --auto-quarantine.
+const AUTO_QUARANTINE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Errors in the user's configuration: reported, and the process exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +135,8 @@ struct Enforcer {
     parse_cache: ParseCache,
     /// A change was loaded since the heap was last trimmed.
     trim_pending: bool,
+    /// Samples of the workloads' egress denials, with --auto-quarantine.
+    auto_quarantine: Option<AutoQuarantine>,
     /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
     quarantined: BTreeSet<ObjectName>,
 }
@@ -222,6 +232,37 @@ impl Enforcer {
         Ok(format!("{workload} {verb} in {:?}", started.elapsed()))
     }
 
+    /// With --auto-quarantine: quarantines the workloads whose egress denials reached the
+    /// threshold since the last samples.
+    fn auto_quarantine(&mut self) {
+        let Some(auto) = self.auto_quarantine.as_mut() else {
+            return;
+        };
+        let current = self.policy.borrow().clone();
+        let by_id: std::collections::BTreeMap<u32, &ObjectName> = current
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint_id, &e.workload))
+            .collect();
+        let totals = self
+            .metrics
+            .egress_drops()
+            .into_iter()
+            .filter_map(|(id, total)| Some(((*by_id.get(&id)?).clone(), total)));
+        let threshold = auto.threshold;
+        for (workload, denials) in auto.observe(Instant::now(), totals, &self.quarantined) {
+            match self.control(Request::Quarantine(workload.clone())) {
+                Ok(said) => {
+                    self.metrics.auto_quarantines.inc();
+                    log::warn!(
+                        "auto-quarantine: {workload} had {denials} egress denials (threshold: {threshold}): {said}"
+                    );
+                }
+                Err(e) => log::error!("auto-quarantine of {workload} failed: {e}"),
+            }
+        }
+    }
+
     /// Applies what changed: the files (a bad change is reported and the policy in force
     /// stays), or only where the workloads live (a cgroup or interface appeared or went).
     fn reconcile(&mut self) {
@@ -276,6 +317,12 @@ impl Enforcer {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything the user gave is checked before the kernel is touched.
+    if args.auto_quarantine.is_some() && args.mode == Mode::Audit {
+        return Err(ConfigError(
+            "--auto-quarantine acts (it isolates workloads) and audit mode never does; use it in enforce mode".into(),
+        )
+        .into());
+    }
     let fingerprint = dir_watch::fingerprint(&args.policies);
     let mut parse_cache = ParseCache::default();
     let compiled =
@@ -321,6 +368,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fingerprint,
         parse_cache,
         trim_pending: false,
+        auto_quarantine: args.auto_quarantine.map(AutoQuarantine::new),
         quarantined: BTreeSet::new(),
     };
     enforcer.apply(compiled).context("applying the policy")?;
@@ -355,6 +403,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = shutdown();
     tokio::pin!(shutdown);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
+    let mut sample = tokio::time::interval(AUTO_QUARANTINE_SAMPLE_EVERY);
     let result = loop {
         tokio::select! {
             signal = &mut shutdown => {
@@ -376,6 +425,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 enforcer.reconcile();
             }
+            _ = sample.tick(), if enforcer.auto_quarantine.is_some() => enforcer.auto_quarantine(),
             Some((request, reply)) = commands.recv() => {
                 let _ = reply.send(enforcer.control(request));
             }

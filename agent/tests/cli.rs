@@ -98,6 +98,33 @@ fn run_refuses_bad_policies_before_touching_the_kernel() {
 }
 
 #[test]
+fn run_refuses_auto_quarantine_in_audit_mode_and_bad_thresholds() {
+    let examples = examples();
+    let base = [
+        "run",
+        "--policies",
+        &examples,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let out = stagewall(
+        &[
+            &base[..],
+            &["--mode", "audit", "--auto-quarantine", "10/1s"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("audit mode never does"), "{stderr}");
+    assert!(!stderr.contains("attached"), "{stderr}");
+    let out = stagewall(&[&base[..], &["--auto-quarantine", "0/1s"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("above zero"), "{stderr}");
+}
+
+#[test]
 fn run_refuses_an_empty_policy_directory() {
     let dir = temp_policies("empty", &[]);
     let out = run_on(&dir);

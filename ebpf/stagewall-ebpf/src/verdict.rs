@@ -124,8 +124,12 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                 REASON_NO_RULE
             };
             let which = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
+            // Packets are always reported; a denied connect or sendmsg is too, except in
+            // audit mode (its packets will be). Either way the workload's statistics
+            // count it, as the global counters do: a connect refused with EPERM is a
+            // violation of the workload's own, like a dropped packet.
             if report {
-                count(verdict_counter(which, flow.direction));
+                tally(ep, flow, which);
                 emit(
                     cfg,
                     ep,
@@ -138,9 +142,6 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                         hook,
                     },
                 );
-            }
-            if packet_hook {
-                stat(ep, flow, which);
             }
             if !audit {
                 return Verdict::Drop;
