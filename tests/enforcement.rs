@@ -400,8 +400,20 @@ fn enforce_pipeline(policy_file: &str, isolating: &[&str]) {
         5.0
     );
 
-    // Stopping the agent removes every attachment: what was denied flows again.
+    // Stopped, the agent leaves its programs enforcing; `stagewall uninstall` removes
+    // every attachment: what was denied flows again.
     agent.stop().expect("clean shutdown");
+    assert!(
+        bed.tcp("ingest", v4(&bed, "validate"), 9091).is("eperm"),
+        "enforcement goes on while the agent is down"
+    );
+    assert!(bed.tcp("external", v4(&bed, "serving"), 8500).is("timeout"));
+    let said = bed.uninstall().expect("uninstall");
+    assert!(
+        said.contains("every stagewall program is detached"),
+        "{said}"
+    );
+    assert!(!bed.bpffs.exists());
     assert!(
         bed.tcp("ingest", v4(&bed, "validate"), 9091).is("ok"),
         "cgroup programs still attached"

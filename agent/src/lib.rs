@@ -12,6 +12,7 @@ pub mod host;
 pub mod http;
 pub mod loader;
 pub mod metrics;
+pub mod pins;
 pub mod policy;
 pub mod run;
 pub mod watch;

@@ -7,12 +7,14 @@
 //! new one, never a mix. The old slot keeps the old policy, so the next change writes only
 //! what differs from it.
 //!
-//! Nothing is pinned yet: when the agent exits, the kernel detaches every link it made.
+//! Maps and links are pinned (see pins.rs): enforcement goes on while the agent is down,
+//! and a restarted agent adopts what the maps hold and swaps its programs into the links.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as Table, HashSet},
     fs::File,
     net::IpAddr,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -26,9 +28,8 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier,
         TcAttachType,
-        cgroup_skb::CgroupSkbLinkId,
-        cgroup_sock_addr::CgroupSockAddrLinkId,
-        tc::{self, SchedClassifierLinkId},
+        links::FdLink,
+        tc::{self, SchedClassifierLink},
     },
     util::KernelVersion,
 };
@@ -37,13 +38,14 @@ use stagewall_common::{
     Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_QUARANTINED, EndpointInfo, EndpointKey,
     EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IPCACHE_PREFIX_BITS, IpcacheKey,
     MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS,
-    MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, PolicyKey,
-    SelfAddrKey,
+    MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW,
+    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
 };
 
 use crate::{
     compiler::{Compiled, slot_policy_id},
     host::{self, Target},
+    pins::{self, PINNED_MAPS, Pins},
     policy::model::ObjectName,
 };
 
@@ -70,17 +72,13 @@ pub enum Mode {
     Audit,
 }
 
-/// Links of one attached workload, to detach it when it leaves the policy.
-enum Links {
-    Cgroup {
-        ingress: CgroupSkbLinkId,
-        egress: CgroupSkbLinkId,
-        sock_addr: Vec<(&'static str, CgroupSockAddrLinkId)>,
-    },
-    Tc {
-        from_workload: SchedClassifierLinkId,
-        to_workload: SchedClassifierLinkId,
-    },
+/// Links of one attached workload, to detach it when it leaves the policy: pinned (the
+/// pin holds the link), or, for TC through clsact on kernels before 6.6 (netlink filters,
+/// which cannot be pinned), held by the agent and detached when it exits.
+#[derive(Default)]
+struct Links {
+    pinned: Vec<PathBuf>,
+    unpinned: Vec<SchedClassifierLink>,
 }
 
 /// A local workload the policy in force enforces, as found on this host.
@@ -102,6 +100,12 @@ struct SlotContents {
     policy: HashSet<(u32, PolicyKey)>,
 }
 
+impl SlotContents {
+    fn len(&self) -> usize {
+        self.endpoints.len() + self.self_addrs.len() + self.ipcache.len() + self.policy.len()
+    }
+}
+
 pub struct Loader {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
@@ -113,6 +117,9 @@ pub struct Loader {
     current: Config,
     slots: [SlotContents; 2],
     attached: BTreeMap<Target, Links>,
+    pins: Pins,
+    /// Pin directories of other map layouts, removed once this agent enforces.
+    other_layouts: Vec<PathBuf>,
 }
 
 /// Maps the agent reads rather than writes, handed to their readers.
@@ -148,7 +155,9 @@ impl Loader {
     pub fn load(
         cgroup_root: &Path,
         kernel_log_level: log::LevelFilter,
+        pins: Pins,
     ) -> anyhow::Result<(Loader, Readers)> {
+        let other_layouts = pins.prepare()?;
         // Kernel-side logging is for troubleshooting only; off the packet path by default.
         let level: u8 = match kernel_log_level {
             log::LevelFilter::Off => 0,
@@ -158,8 +167,14 @@ impl Loader {
             log::LevelFilter::Debug => 4,
             log::LevelFilter::Trace => 5,
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, false)
+        let mut ebpf_loader = EbpfLoader::new();
+        ebpf_loader.override_global(aya_log::LEVEL, &level, false);
+        // Pinned maps that exist are opened (a previous agent's state), others are
+        // created and pinned.
+        for map in PINNED_MAPS {
+            ebpf_loader.map_pin_path(map.name, pins.map(map.name));
+        }
+        let mut ebpf = ebpf_loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (are you root, with BTF and bpf() allowed?)")?;
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -188,7 +203,7 @@ impl Loader {
             flows: take(&mut ebpf, MAP_FLOWS)?,
             logs,
         };
-        let loader = Loader {
+        let mut loader = Loader {
             config: take(&mut ebpf, MAP_CONFIG)?,
             endpoints: take(&mut ebpf, MAP_ENDPOINTS)?,
             self_addrs: take(&mut ebpf, MAP_SELF_ADDRS)?,
@@ -199,8 +214,80 @@ impl Loader {
             current: Config::default(),
             slots: Default::default(),
             attached: BTreeMap::new(),
+            pins,
+            other_layouts,
         };
+        loader.adopt().context("reading the pinned maps")?;
         Ok((loader, readers))
+    }
+
+    /// Reads what a previous agent left in the pinned maps: the policy in force (CONFIG)
+    /// and what each slot holds, so the first apply writes only what differs and switches
+    /// as any change does. Fresh maps hold nothing: generation 0, both slots empty.
+    fn adopt(&mut self) -> anyhow::Result<()> {
+        self.current = self.config.get(&0, 0).context("reading CONFIG")?;
+        let mut slots: [SlotContents; 2] = Default::default();
+        fn slot(slots: &mut [SlotContents; 2], n: u32) -> anyhow::Result<&mut SlotContents> {
+            slots
+                .get_mut(n as usize)
+                .ok_or_else(|| anyhow!("an entry of slot {n}; expected slot 0 or 1"))
+        }
+        for entry in self.endpoints.iter() {
+            let (key, info) = entry?;
+            slot(&mut slots, key.slot)?.endpoints.insert(key, info);
+        }
+        for key in self.self_addrs.keys() {
+            let key = key?;
+            slot(&mut slots, key.slot)?.self_addrs.insert(key);
+        }
+        for entry in self.ipcache.iter() {
+            let (key, identity) = entry?;
+            let data = key.data();
+            slot(&mut slots, u32::from(data.slot))?
+                .ipcache
+                .insert((key.prefix_len(), data), identity);
+        }
+        for key in self.policy.keys() {
+            let key = key?;
+            let data = key.data();
+            let n = u32::from(u32::from_be(data.policy_be) & POLICY_SLOT_BIT != 0);
+            slot(&mut slots, n)?.policy.insert((key.prefix_len(), data));
+        }
+        self.slots = slots;
+        if self.current.generation > 0 {
+            log::info!(
+                "adopted the pinned state: policy generation {} in force (slot {}), {} and {} entries in the slots",
+                self.current.generation,
+                self.current.active_slot,
+                self.slots[0].len(),
+                self.slots[1].len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Once this agent enforces: removes links pinned by an earlier agent for workloads
+    /// that are gone, and the pins of other map layouts (an upgrade's old programs, which
+    /// ran beside the new ones until now).
+    fn remove_stale_pins(&mut self) {
+        let keep: BTreeSet<&PathBuf> = self.attached.values().flat_map(|l| &l.pinned).collect();
+        for pin in self.pins.links() {
+            if !keep.contains(&pin) {
+                log::info!("detaching {} (its workload is gone)", pin.display());
+                if let Err(e) = std::fs::remove_file(&pin) {
+                    log::warn!("removing {}: {e}", pin.display());
+                }
+            }
+        }
+        for dir in std::mem::take(&mut self.other_layouts) {
+            match pins::remove_all(&dir) {
+                Ok(()) => log::warn!(
+                    "migrated: removed the pins of another map layout, {}",
+                    dir.display()
+                ),
+                Err(e) => log::error!("removing {}: {e}", dir.display()),
+            }
+        }
     }
 
     /// Makes `compiled` the policy in force: attaches to new workloads, writes the inactive
@@ -298,6 +385,7 @@ impl Loader {
                 log::warn!("detaching from {target:?}: {e:#}");
             }
         }
+        self.remove_stale_pins();
         Ok(enforced)
     }
 
@@ -396,6 +484,7 @@ impl Loader {
     }
 
     fn attach(&mut self, target: &Target) -> anyhow::Result<Links> {
+        let mut links = Links::default();
         match target {
             Target::Cgroup { dir, .. } => {
                 let cgroup =
@@ -404,27 +493,32 @@ impl Loader {
                 // programs on the same cgroup (systemd's, another agent's) and take no
                 // attach flags; BPF_F_ALLOW_MULTI here is EINVAL.
                 let mode = CgroupAttachMode::Single;
-                let ingress = program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_INGRESS)?
-                    .attach(&cgroup, CgroupSkbAttachType::Ingress, mode)
-                    .with_context(|| {
-                        format!("attaching cgroup_skb/ingress to {}", dir.display())
-                    })?;
-                let egress = program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_EGRESS)?
-                    .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
-                    .with_context(|| format!("attaching cgroup_skb/egress to {}", dir.display()))?;
-                let mut sock_addr = Vec::new();
+                for (name, attach_type) in [
+                    (PROG_CGROUP_INGRESS, CgroupSkbAttachType::Ingress),
+                    (PROG_CGROUP_EGRESS, CgroupSkbAttachType::Egress),
+                ] {
+                    let pin = self.pins.link(target, name);
+                    let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
+                    if !swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                        let id = prog
+                            .attach(&cgroup, attach_type, mode)
+                            .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                        pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
+                    }
+                    links.pinned.push(pin);
+                }
                 for name in PROG_SOCK_ADDR {
-                    let id = program::<CgroupSockAddr>(&mut self.ebpf, name)?
-                        .attach(&cgroup, mode)
-                        .with_context(|| format!("attaching {name} to {}", dir.display()))?;
-                    sock_addr.push((name, id));
+                    let pin = self.pins.link(target, name);
+                    let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
+                    if !swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                        let id = prog
+                            .attach(&cgroup, mode)
+                            .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                        pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
+                    }
+                    links.pinned.push(pin);
                 }
                 log::info!("attached to cgroup {}", dir.display());
-                Ok(Links::Cgroup {
-                    ingress,
-                    egress,
-                    sock_addr,
-                })
             }
             Target::Interface { name, .. } => {
                 // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact.
@@ -433,47 +527,75 @@ impl Loader {
                 {
                     log::debug!("clsact on {name}: {e}");
                 }
-                let from_workload =
-                    program::<SchedClassifier>(&mut self.ebpf, PROG_TC_FROM_WORKLOAD)?
-                        .attach(name, TcAttachType::Ingress)
-                        .with_context(|| format!("attaching tc ingress to {name}"))?;
-                let to_workload = program::<SchedClassifier>(&mut self.ebpf, PROG_TC_TO_WORKLOAD)?
-                    .attach(name, TcAttachType::Egress)
-                    .with_context(|| format!("attaching tc egress to {name}"))?;
+                for (prog_name, attach_type) in [
+                    (PROG_TC_FROM_WORKLOAD, TcAttachType::Ingress),
+                    (PROG_TC_TO_WORKLOAD, TcAttachType::Egress),
+                ] {
+                    let pin = self.pins.link(target, prog_name);
+                    let prog = program::<SchedClassifier>(&mut self.ebpf, prog_name)?;
+                    if swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                        links.pinned.push(pin);
+                        continue;
+                    }
+                    let id = prog
+                        .attach(name, attach_type)
+                        .with_context(|| format!("attaching {prog_name} to {name}"))?;
+                    let link = prog.take_link(id)?;
+                    match FdLink::try_from(link) {
+                        Ok(fd_link) => {
+                            pin_link(fd_link, &pin)?;
+                            links.pinned.push(pin);
+                        }
+                        Err(_) => {
+                            log::warn!(
+                                "{name}: TC through clsact (kernel before 6.6) cannot be pinned; it is detached when the agent exits"
+                            );
+                            let id = prog.attach(name, attach_type)?;
+                            links.unpinned.push(prog.take_link(id)?);
+                        }
+                    }
+                }
                 log::info!("attached to interface {name}");
-                Ok(Links::Tc {
-                    from_workload,
-                    to_workload,
-                })
             }
         }
+        Ok(links)
     }
 
+    /// Unpins a workload's links, which detaches them.
     fn detach(&mut self, links: Links) -> anyhow::Result<()> {
-        match links {
-            Links::Cgroup {
-                ingress,
-                egress,
-                sock_addr,
-            } => {
-                program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_INGRESS)?.detach(ingress)?;
-                program::<CgroupSkb>(&mut self.ebpf, PROG_CGROUP_EGRESS)?.detach(egress)?;
-                for (name, id) in sock_addr {
-                    program::<CgroupSockAddr>(&mut self.ebpf, name)?.detach(id)?;
-                }
-            }
-            Links::Tc {
-                from_workload,
-                to_workload,
-            } => {
-                program::<SchedClassifier>(&mut self.ebpf, PROG_TC_FROM_WORKLOAD)?
-                    .detach(from_workload)?;
-                program::<SchedClassifier>(&mut self.ebpf, PROG_TC_TO_WORKLOAD)?
-                    .detach(to_workload)?;
-            }
+        for pin in &links.pinned {
+            std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
         }
+        drop(links.unpinned);
         Ok(())
     }
+}
+
+/// Swaps `program` into the link pinned at `pin`, if there is one: a restarted or
+/// upgraded agent takes over without a moment of the hook running no program. False
+/// when there is no usable pinned link (the caller attaches anew).
+fn swap_into_pinned_link(pin: &Path, program: BorrowedFd<'_>) -> bool {
+    if !pin.exists() {
+        return false;
+    }
+    match pins::update_link(pin, program) {
+        Ok(()) => true,
+        Err(e) => {
+            // A link whose cgroup or interface went away cannot take a program.
+            log::warn!(
+                "{}: cannot replace its program ({e}); attaching anew",
+                pin.display()
+            );
+            let _ = std::fs::remove_file(pin);
+            false
+        }
+    }
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> anyhow::Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>

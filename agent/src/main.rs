@@ -36,6 +36,15 @@ enum Command {
         #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Remove every program the agent attached and every map it pinned (stop the agent
+    /// first: its programs go on enforcing while it is down, by design).
+    Uninstall {
+        #[arg(long, default_value = stagewall::pins::DEFAULT_DIR)]
+        bpffs_dir: PathBuf,
+        /// The agent's control socket: while an agent answers there, nothing is removed.
+        #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Print the agent's recent verdict events, or follow them (--follow).
     Events(stagewall::events::client::EventsArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
@@ -77,6 +86,29 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
     }
 }
 
+fn uninstall(bpffs_dir: &std::path::Path, socket: &std::path::Path) -> ExitCode {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        eprintln!(
+            "error: an agent is running (it answers on {}); stop it first, or it would run without its programs",
+            socket.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match stagewall::pins::uninstall(bpffs_dir) {
+        Ok(links) => {
+            println!(
+                "removed {} ({links} links): every stagewall program is detached",
+                bpffs_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: removing {}: {e}", bpffs_dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
 const EXIT_CONFIG: u8 = 2;
 
@@ -91,6 +123,7 @@ fn main() -> ExitCode {
             control(&socket, &format!("quarantine {workload}"))
         }
         Command::Release { workload, socket } => control(&socket, &format!("release {workload}")),
+        Command::Uninstall { bpffs_dir, socket } => uninstall(&bpffs_dir, &socket),
         Command::Events(args) => match stagewall::events::client::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

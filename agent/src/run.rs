@@ -32,6 +32,7 @@ use crate::{
     host, http,
     loader::{Enforcement, Loader, Mode},
     metrics::Metrics,
+    pins::{self, Pins},
     policy::{self, documents::ParseCache, model::ObjectName},
     watch as dir_watch,
 };
@@ -87,6 +88,10 @@ pub struct RunArgs {
     /// The root-only Unix socket for `stagewall quarantine` and `release`.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
+    /// Where maps and links are pinned (on bpffs): enforcement goes on while the agent is
+    /// down, and a restarted agent takes over. `stagewall uninstall` removes them.
+    #[arg(long, default_value = pins::DEFAULT_DIR)]
+    pub bpffs_dir: PathBuf,
     /// Quarantine a workload automatically when its egress is denied N times within T
     /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
     #[arg(long, value_name = "N/T")]
@@ -347,7 +352,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => Sink::stdout(),
     };
-    let (loader, readers) = Loader::load(&cgroup_root, args.ebpf_log_level)?;
+    let (loader, readers) = Loader::load(
+        &cgroup_root,
+        args.ebpf_log_level,
+        Pins::new(&args.bpffs_dir),
+    )?;
     log::info!(
         "kernel programs loaded; cgroup2 at {}",
         cgroup_root.display()
@@ -432,10 +441,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tasks.shutdown().await;
-    // Dropping the loader closes every link: the kernel detaches the programs.
+    let generation = enforcer.loader.generation();
+    // The links are pinned: the programs stay attached and go on enforcing the policy in
+    // force until an agent takes over or `stagewall uninstall` removes them.
     drop(enforcer);
     let _ = std::fs::remove_file(&control_path);
-    log::info!("detached; stopped");
+    log::info!(
+        "stopped; the kernel programs stay attached and enforce policy {} (`stagewall uninstall` removes them)",
+        generation
+    );
     result
 }
 

@@ -86,6 +86,9 @@ pub struct Testbed {
     pub dir: PathBuf,
     /// The agent's control socket (quarantine, release).
     pub control_socket: PathBuf,
+    /// Where the agent pins its maps and links (removed with the test bed: that detaches
+    /// every program the test's agents attached).
+    pub bpffs: PathBuf,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -109,7 +112,15 @@ fn remove_stale(cgroup_root: &Path) {
             let _ = ip(&["netns", "del", name]);
         }
     }
-    if let Ok(entries) = fs::read_dir(cgroup_root) {
+    for (dir, remove) in [
+        (cgroup_root, remove_cgroup_tree as fn(&Path)),
+        (Path::new(BPFFS), |p: &Path| {
+            let _ = fs::remove_dir_all(p);
+        }),
+    ] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(pid) = name
@@ -117,11 +128,14 @@ fn remove_stale(cgroup_root: &Path) {
                 .and_then(|p| p.parse().ok())
                 && !pid_alive(pid)
             {
-                remove_cgroup_tree(&e.path());
+                remove(&e.path());
             }
         }
     }
 }
+
+/// The bpffs mount; each test bed pins below it in a directory of its own.
+const BPFFS: &str = "/sys/fs/bpf";
 
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
@@ -207,12 +221,14 @@ impl Testbed {
             children: Vec::new(),
             control_socket: std::env::temp_dir()
                 .join(format!("{}.control.sock", layout.cgroup_dir)),
+            bpffs: Path::new(BPFFS).join(&layout.cgroup_dir),
             dir,
             _serial: serial,
         };
         // From here on, Drop cleans up whatever was made.
         if bed.cgroup_base.exists() {
             // Left over by a killed run of the same layout (the demo's fixed names).
+            let _ = fs::remove_dir_all(&bed.bpffs);
             remove_cgroup_tree(&bed.cgroup_base);
             let _ = ip(&["netns", "del", &bed.hub]);
             for spec in &layout.nodes {
@@ -471,6 +487,23 @@ impl Testbed {
         http_get_in(&self.hub, addr, path).map(body)
     }
 
+    /// `stagewall uninstall` of this test bed's pins: every program detached.
+    pub fn uninstall(&self) -> anyhow::Result<String> {
+        let out = Command::new(agent_bin())
+            .arg("uninstall")
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.control_socket)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("stagewall uninstall: {text}");
+        }
+        Ok(text)
+    }
+
     /// A command that runs in the hub namespace (where the agent and its HTTP endpoint
     /// are), in no workload's cgroup.
     pub fn hub_command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
@@ -483,6 +516,8 @@ impl Testbed {
             .arg(policies)
             .arg("--control-socket")
             .arg(&self.control_socket)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
             .args(extra_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting stagewall")?;
@@ -541,6 +576,8 @@ impl Drop for Testbed {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Unpinning detaches: nothing of the test's agents stays attached.
+        let _ = fs::remove_dir_all(&self.bpffs);
         for node in &self.nodes {
             let _ = ip(&["netns", "del", &node.netns]);
         }
@@ -740,6 +777,17 @@ impl Agent {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the agent dies without a word, as in a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGTERM, then waits for a clean exit and the last output.

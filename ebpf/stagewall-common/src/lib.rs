@@ -10,6 +10,13 @@ use core::mem::size_of;
 // ---------------------------------------------------------------------------------------------
 // Map names and capacities.
 
+/// The layout of the maps the agent pins (their kinds, capacities, and the types they
+/// hold). Pins live in a directory named after it, so a build with another layout never
+/// reads maps it would misread: it migrates instead. Bump it with any change to a map
+/// definition or to a type a map holds (a test in the agent lists the layout it stands
+/// for and fails until both are updated).
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_IPCACHE: &str = "IPCACHE";

@@ -392,6 +392,8 @@ fn main() {
         }
         if let Some(mut a) = agent {
             a.stop().expect("stopping the agent");
+            // Its programs stay attached until uninstalled.
+            bed.uninstall().expect("uninstalling the agent");
         }
         flush_firewalls(&bed);
         eprintln!("measured: {}", config.name());

@@ -1,0 +1,307 @@
+//! What the agent keeps in bpffs so that enforcement outlives the process: the maps (the
+//! policy in force, tracked flows, counters, queued events) and one link per program and
+//! workload. While the agent is down (a crash, `kill -9`, an upgrade) the kernel programs
+//! go on enforcing the last policy; a restarted agent reuses the maps, replaces the
+//! programs inside the pinned links (an atomic swap, no moment without a program) and
+//! reconciles the policy. `stagewall uninstall` removes it all.
+//!
+//! Layout: `DIR/v<MAP_LAYOUT_VERSION>/maps/<MAP>` and `DIR/v<N>/links/<target>-<program>`.
+//! Maps pinned under another layout version are never opened: the agent attaches its own
+//! programs beside the old ones (links of both run; each enforces a whole policy), then
+//! removes the old layout's pins, which detaches its programs.
+
+use std::{
+    ffi::CString,
+    io,
+    mem::size_of,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::MapInfo;
+use stagewall_common::{
+    COUNTERS_LEN, Config, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX, EVENTS_BYTES,
+    EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowKey, FlowValue,
+    IPCACHE_MAX, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
+    MAP_EVENT_LIMITS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_LAYOUT_VERSION, MAP_POLICY,
+    MAP_SELF_ADDRS, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SelfAddrKey,
+};
+
+use crate::host::Target;
+
+/// Where the agent pins unless `--bpffs-dir` says otherwise.
+pub const DEFAULT_DIR: &str = "/sys/fs/bpf/stagewall";
+
+/// A pinned map as this build defines it: name, key size, value size, capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn layout(name: &'static str, key: usize, value: usize, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: key as u32,
+        value_size: value as u32,
+        max_entries,
+    }
+}
+
+/// An LPM trie's key: the prefix length, then the data.
+const fn lpm(data: usize) -> usize {
+    size_of::<u32>() + data
+}
+
+/// Every map the agent pins, as this build defines it.
+pub const PINNED_MAPS: [MapLayout; 10] = [
+    layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
+    layout(
+        MAP_ENDPOINTS,
+        size_of::<EndpointKey>(),
+        size_of::<EndpointInfo>(),
+        ENDPOINTS_MAX,
+    ),
+    layout(
+        MAP_SELF_ADDRS,
+        size_of::<SelfAddrKey>(),
+        size_of::<u32>(),
+        SELF_ADDRS_MAX,
+    ),
+    layout(
+        MAP_IPCACHE,
+        lpm(size_of::<IpcacheKey>()),
+        size_of::<u32>(),
+        IPCACHE_MAX,
+    ),
+    layout(
+        MAP_POLICY,
+        lpm(size_of::<PolicyKey>()),
+        size_of::<u32>(),
+        POLICY_MAX,
+    ),
+    layout(
+        MAP_FLOWS,
+        size_of::<FlowKey>(),
+        size_of::<FlowValue>(),
+        FLOWS_MAX,
+    ),
+    layout(MAP_EVENTS, 0, 0, EVENTS_BYTES),
+    layout(
+        MAP_EVENT_LIMITS,
+        size_of::<FlowKey>(),
+        size_of::<EventLimit>(),
+        EVENT_LIMITS_MAX,
+    ),
+    layout(
+        MAP_ENDPOINT_STATS,
+        size_of::<u32>(),
+        size_of::<EndpointStats>(),
+        ENDPOINT_STATS_LEN,
+    ),
+    layout(
+        MAP_COUNTERS,
+        size_of::<u32>(),
+        size_of::<u64>(),
+        COUNTERS_LEN,
+    ),
+];
+
+/// The agent's pin directory for this build's map layout.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: &Path) -> Pins {
+        Pins {
+            root: root.to_path_buf(),
+            dir: root.join(format!("v{MAP_LAYOUT_VERSION}")),
+        }
+    }
+
+    /// Creates the directories (on bpffs) and checks that maps pinned there have the
+    /// layout this build expects; returns the directories of other layout versions.
+    pub fn prepare(&self) -> anyhow::Result<Vec<PathBuf>> {
+        for sub in ["maps", "links"] {
+            std::fs::create_dir_all(self.dir.join(sub))
+                .with_context(|| format!("creating {}", self.dir.join(sub).display()))?;
+        }
+        for expected in PINNED_MAPS {
+            let path = self.map(expected.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path)
+                .with_context(|| format!("reading pinned map {}", path.display()))?;
+            let found = MapLayout {
+                name: expected.name,
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+            };
+            if found != expected {
+                bail!(
+                    "pinned map {} has key/value size {}/{} and {} entries, this build expects {}/{} and {}: its layout changed without a new MAP_LAYOUT_VERSION (v{MAP_LAYOUT_VERSION}); refusing to misread it (`stagewall uninstall` removes it)",
+                    path.display(),
+                    found.key_size,
+                    found.value_size,
+                    found.max_entries,
+                    expected.key_size,
+                    expected.value_size,
+                    expected.max_entries
+                );
+            }
+        }
+        let mut others = Vec::new();
+        for entry in std::fs::read_dir(&self.root)
+            .with_context(|| format!("reading {}", self.root.display()))?
+        {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path != self.dir && name.starts_with('v') && path.is_dir() {
+                others.push(path);
+            }
+        }
+        Ok(others)
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    /// The pin of the link of `program` on `target`: cgroups by id, interfaces by index
+    /// (names can change; both ids are unique while the target exists).
+    pub fn link(&self, target: &Target, program: &str) -> PathBuf {
+        let target = match target {
+            Target::Cgroup { id, .. } => format!("cgroup-{id}"),
+            Target::Interface { ifindex, .. } => format!("if-{ifindex}"),
+        };
+        self.dir.join("links").join(format!("{target}-{program}"))
+    }
+
+    /// Every link pinned under this layout.
+    pub fn links(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.join("links"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Removes a pin directory and everything in it: links unpinned are detached, maps
+/// unpinned are freed once no program uses them.
+pub fn remove_all(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// `stagewall uninstall`: removes every pin below `root` (all layouts), which detaches
+/// every program the agent attached. Returns the number of links removed.
+pub fn uninstall(root: &Path) -> io::Result<usize> {
+    let links = std::fs::read_dir(root)
+        .map(|versions| {
+            versions
+                .flatten()
+                .filter_map(|v| std::fs::read_dir(v.path().join("links")).ok())
+                .map(|links| links.count())
+                .sum()
+        })
+        .unwrap_or(0);
+    remove_all(root)?;
+    Ok(links)
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object.
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    let fd = bpf(7, &attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Replaces the program of a pinned link with `program`, atomically (`BPF_LINK_UPDATE`):
+/// the hook never runs without a program. aya has no public call for cgroup links.
+pub fn update_link(pin: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let link = open_pinned(pin)?;
+    let attr = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(29, &attr).map(|_| ())
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<i32> {
+    // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, alive for the call;
+    // the kernel reads `size_of::<T>()` bytes of it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout MAP_LAYOUT_VERSION stands for. When this test fails, a map or a type
+    /// it holds changed: bump MAP_LAYOUT_VERSION and write the new layout here, so an
+    /// agent with the new layout never reads maps pinned by the old one.
+    #[test]
+    fn the_pinned_maps_have_the_layout_their_version_names() {
+        let layout_v1: [(&str, u32, u32, u32); 10] = [
+            ("CONFIG", 4, 16, 1),
+            ("ENDPOINTS", 16, 16, 8_192),
+            ("SELF_ADDRS", 28, 4, 65_536),
+            ("IPCACHE", 24, 4, 262_144),
+            ("POLICY", 16, 4, 524_288),
+            ("FLOWS", 32, 16, 262_144),
+            ("EVENTS", 0, 0, 1 << 22),
+            ("EVENT_LIMITS", 32, 16, 65_536),
+            ("ENDPOINT_STATS", 4, 16, 49_152),
+            ("COUNTERS", 4, 8, 12),
+        ];
+        assert_eq!(
+            MAP_LAYOUT_VERSION, 1,
+            "write the new version's layout below"
+        );
+        let actual: Vec<(&str, u32, u32, u32)> = PINNED_MAPS
+            .iter()
+            .map(|m| (m.name, m.key_size, m.value_size, m.max_entries))
+            .collect();
+        assert_eq!(actual, layout_v1);
+    }
+}

@@ -1,0 +1,158 @@
+//! Restarts without a gap: the agent pins its maps and links, so `kill -9` under live
+//! traffic changes no verdict while it is down or after a new agent takes over (which
+//! swaps its programs into the pinned links and adopts the maps), an established
+//! connection survives, a policy changed while the agent was down is reconciled when it
+//! returns, another map layout's pins are migrated away, and `stagewall uninstall`
+//! removes everything.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    process::Stdio,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use stagewall_tests::{Testbed, privileged, probe_bin};
+
+fn policy(bed: &Testbed, ports: &str) -> String {
+    let mut p = bed.workload_yaml("client", "app", "{app: client}", false);
+    p += &bed.workload_yaml("server", "app", "{app: server}", false);
+    p += &bed.workload_yaml("edge", "app", "{app: edge}", true);
+    for target in ["server", "edge"] {
+        p += &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {target}, namespace: app}}\nspec:\n  podSelector: {{matchLabels: {{app: {target}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: client}}}}}}], ports: {ports}}}]\n---\n"
+        );
+    }
+    p
+}
+
+#[test]
+fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server", "edge"]).expect("creating the test bed");
+    bed.write_policy("policy.yaml", &policy(&bed, "[{port: 80}]"))
+        .unwrap();
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    bed.serve("edge", &[80, 81], &[]).unwrap();
+    let mut agent = bed.start_agent(&[]).expect("starting the agent");
+    let (server, edge) = (bed.node("server").v4, bed.node("edge").v4);
+    let targets: Vec<(String, &str)> = [server, edge]
+        .iter()
+        .flat_map(|a| {
+            [
+                (format!("tcp/{a}/80"), "ok"),
+                (format!("tcp/{a}/81"), "timeout"),
+            ]
+        })
+        .collect();
+    let pin = bed
+        .bpffs
+        .join("v1/links")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a pinned link")
+        .path();
+    let pin_inode = std::fs::metadata(&pin).unwrap().ino();
+
+    // An established connection, exchanging a byte at a time, across everything below.
+    let mut rr = bed.command("client", probe_bin()).unwrap();
+    let rr = rr
+        .args(["rr", &server.to_string(), "80", "6000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Live traffic: every probe's verdict is checked against the policy in force (it
+    // does not change in this phase), while the agent is killed, down and restarted.
+    let done = AtomicBool::new(false);
+    let (probes, wrong, mut agent) = std::thread::scope(|scope| {
+        let checker = scope.spawn(|| {
+            let mut args = vec!["matrix", "300"];
+            args.extend(targets.iter().map(|(t, _)| t.as_str()));
+            let (mut probes, mut wrong) = (0, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                for line in bed.probe_output("client", &args).lines() {
+                    let mut f = line.split_whitespace();
+                    let (Some(target), Some(outcome)) = (f.next(), f.next()) else {
+                        continue;
+                    };
+                    probes += 1;
+                    let want = targets.iter().find(|(t, _)| t == target).unwrap().1;
+                    if outcome != want {
+                        wrong.push(format!("{target}: {outcome}, expected {want}"));
+                    }
+                }
+            }
+            (probes, wrong)
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        agent.kill();
+        let killed = Instant::now();
+        // Down for a while: the pinned programs enforce alone.
+        std::thread::sleep(Duration::from_millis(1500));
+        let agent = bed.start_agent(&[]).expect("restarting the agent");
+        eprintln!("agent down for {:?}", killed.elapsed());
+        std::thread::sleep(Duration::from_millis(1500));
+        done.store(true, Ordering::Relaxed);
+        let (probes, wrong) = checker.join().unwrap();
+        (probes, wrong, agent)
+    });
+    eprintln!(
+        "kill -9 and restart under live traffic: {probes} probes, {} wrong verdicts",
+        wrong.len()
+    );
+    assert!(probes >= 40, "too few probes: {probes}");
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    let out = rr.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("established connection across the restart: {said}");
+    assert!(
+        said.starts_with("ok"),
+        "the established connection broke: {said}"
+    );
+    let log = agent.log();
+    assert!(log.contains("adopted the pinned state"), "{log}");
+    assert_eq!(
+        std::fs::metadata(&pin).unwrap().ino(),
+        pin_inode,
+        "the link was replaced in place, not detached and attached again"
+    );
+
+    // A policy changed while the agent is down: the old one stays in force until an
+    // agent returns and reconciles.
+    agent.kill();
+    bed.write_policy("policy.yaml", &policy(&bed, "[{port: 80}, {port: 81}]"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bed.tcp("client", server, 81).is("timeout"));
+    // Pins of another map layout (an older build's) are removed once this one enforces.
+    let old_layout = bed.bpffs.join("v0");
+    std::fs::create_dir_all(old_layout.join("links")).unwrap();
+    let mut agent = bed.start_agent(&[]).expect("restarting the agent");
+    assert!(bed.tcp("client", server, 81).is("ok"), "reconciled");
+    assert!(bed.tcp("client", edge, 81).is("ok"), "reconciled (tc)");
+    assert!(!old_layout.exists(), "{}", agent.log());
+    assert!(agent.log().contains("migrated"), "{}", agent.log());
+
+    // uninstall refuses while an agent runs, and removes everything once it is stopped.
+    assert!(bed.uninstall().is_err());
+    agent.stop().unwrap();
+    assert!(
+        bed.tcp("client", server, 81).is("ok"),
+        "stopped: the last policy still in force"
+    );
+    assert!(
+        bed.tcp("client", edge, 82).is("timeout"),
+        "stopped: still enforcing"
+    );
+    bed.uninstall().unwrap();
+    assert!(!bed.bpffs.exists());
+    assert!(
+        bed.tcp("client", server, 81).is("ok"),
+        "nothing attached any more"
+    );
+}
