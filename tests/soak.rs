@@ -117,8 +117,8 @@ struct Batch {
     from: &'static str,
     start: Instant,
     end: Instant,
-    /// (to, port, reached)
-    results: Vec<(&'static str, u16, bool)>,
+    /// (to, port, the probe's outcome: ok, timeout, eperm, refused)
+    results: Vec<(&'static str, u16, String)>,
 }
 
 fn generation(agent: &Agent) -> f64 {
@@ -153,7 +153,8 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
     let mut timeline: Vec<(State, Instant, Instant)> = Vec::new();
     let written = Instant::now();
     let mut agent = bed.start_agent(&[]).expect("starting the agent");
-    timeline.push((first, written, Instant::now()));
+    let started = Instant::now();
+    timeline.push((first, written, started));
 
     let done = AtomicBool::new(false);
     let (batches, steps, restarts) = std::thread::scope(|scope| {
@@ -182,7 +183,8 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
                     .iter()
                     .zip(out.lines())
                     .map(|((to, port), line)| {
-                        (*to, *port, line.split_whitespace().nth(1) == Some("ok"))
+                        let outcome = line.split_whitespace().nth(1).unwrap_or("none");
+                        (*to, *port, outcome.to_string())
                     })
                     .collect::<Vec<_>>();
                 assert_eq!(results.len(), targets.len(), "probe output: {out}");
@@ -213,6 +215,10 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
                 std::thread::sleep(Duration::from_millis(300));
                 agent = bed.start_agent(&[]).expect("restarting the agent");
                 timeline.push((state, written, Instant::now()));
+                eprintln!(
+                    "step {steps}: restart, in force at {:?}",
+                    Instant::now() - started
+                );
             } else {
                 let before = generation(&agent);
                 let written = Instant::now();
@@ -226,6 +232,10 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 timeline.push((state, written, Instant::now()));
+                eprintln!(
+                    "step {steps}: change, in force at {:?}",
+                    Instant::now() - started
+                );
             }
             std::thread::sleep(Duration::from_millis(800));
         }
@@ -249,16 +259,18 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
         if candidates.len() == 1 {
             exact += b.results.len();
         }
-        for &(to, port, reached) in &b.results {
+        for (to, port, outcome) in &b.results {
             probes += 1;
+            let reached = outcome == "ok";
             if !candidates
                 .iter()
-                .any(|s| s.allows(b.from, to, port) == reached)
+                .any(|s| s.allows(b.from, to, *port) == reached)
             {
                 wrong.push(format!(
-                    "{} -> {to}:{port}: {} under every policy in force then: {:?}",
+                    "{} -> {to}:{port}: {outcome} ({:?} to {:?} after the start) under every policy in force then: {:?}",
                     b.from,
-                    if reached { "reached" } else { "not reached" },
+                    b.start - started,
+                    b.end - started,
                     candidates
                 ));
             }
@@ -268,12 +280,13 @@ fn soak_policy_changes_workload_churn_and_agent_restarts_under_live_traffic() {
         "soak ({seconds} s, seed {seed}): {steps} policy steps, {restarts} agent restarts (kill -9), {probes} probes ({exact} inside a single policy's window), {} wrong verdicts",
         wrong.len()
     );
-    assert!(steps >= 10 && restarts >= 1, "too little happened");
-    assert!(probes >= 500, "too few probes: {probes}");
     assert!(
         wrong.is_empty(),
         "wrong verdicts:\n{}",
         wrong[..wrong.len().min(20)].join("\n")
     );
+    assert!(steps >= 10 && restarts >= 1, "too little happened");
+    // A batch takes up to the probes' 300 ms timeout.
+    assert!(probes as u64 >= 10 * seconds, "too few probes: {probes}");
     agent.stop().unwrap();
 }

@@ -35,18 +35,19 @@ use aya::{
 };
 use ipnet::IpNet;
 use stagewall_common::{
-    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_QUARANTINED, EndpointInfo, EndpointKey,
-    EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IPCACHE_PREFIX_BITS, IpcacheKey,
-    MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS,
-    MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW,
-    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
+    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_DEFAULT_DENY_EGRESS,
+    EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo,
+    EndpointKey, EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, GUARD_ENDPOINT_ID,
+    IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE,
+    POLICY_ALLOW, POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
 };
 
 use crate::{
-    compiler::{Compiled, slot_policy_id},
+    compiler::{Compiled, EndpointIds, slot_policy_id},
     host::{self, Target},
     pins::{self, PINNED_MAPS, Pins},
-    policy::model::ObjectName,
+    policy::model::{Attachment, ObjectName},
 };
 
 /// The kernel object, built by build.rs with aya-build and embedded in the binary.
@@ -120,6 +121,34 @@ pub struct Loader {
     pins: Pins,
     /// Pin directories of other map layouts, removed once this agent enforces.
     other_layouts: Vec<PathBuf>,
+    /// Guard cgroups (paths below the cgroup2 mount): below them, a cgroup in no
+    /// workload is denied until a policy names it.
+    guards: Vec<String>,
+    /// The workloads' and guards' cgroups and interfaces as of the last apply.
+    applied_targets: BTreeSet<Target>,
+}
+
+/// The endpoint entry of a guard cgroup: isolated both ways without a rule, so what
+/// reaches it (a cgroup below it in no workload) is denied as "default deny".
+const GUARD: EndpointInfo = EndpointInfo {
+    endpoint_id: GUARD_ENDPOINT_ID,
+    ingress_policy: 0,
+    egress_policy: 0,
+    flags: EP_ISOLATED_INGRESS
+        | EP_ISOLATED_EGRESS
+        | EP_DEFAULT_DENY_INGRESS
+        | EP_DEFAULT_DENY_EGRESS,
+};
+
+/// Whether a workload's target lies below a guard cgroup (whose programs then cover it).
+fn guarded(target: &Target, guards: &[Target]) -> bool {
+    let Target::Cgroup { dir, .. } = target else {
+        return false;
+    };
+    guards.iter().any(|g| match g {
+        Target::Cgroup { dir: guard, .. } => dir != guard && dir.starts_with(guard),
+        Target::Interface { .. } => false,
+    })
 }
 
 /// Maps the agent reads rather than writes, handed to their readers.
@@ -156,6 +185,7 @@ impl Loader {
         cgroup_root: &Path,
         kernel_log_level: log::LevelFilter,
         pins: Pins,
+        guards: Vec<String>,
     ) -> anyhow::Result<(Loader, Readers)> {
         let other_layouts = pins.prepare()?;
         // Kernel-side logging is for troubleshooting only; off the packet path by default.
@@ -216,6 +246,8 @@ impl Loader {
             attached: BTreeMap::new(),
             pins,
             other_layouts,
+            guards,
+            applied_targets: BTreeSet::new(),
         };
         loader.adopt().context("reading the pinned maps")?;
         Ok((loader, readers))
@@ -310,7 +342,19 @@ impl Loader {
                 Err(e) => log::warn!("{}: not enforced on this host: {e:#}", ep.workload),
             }
         }
-        for (_, target) in &targets {
+        let guards = self.guard_targets();
+        // Workloads below a guard need no links of their own: the guard's programs run
+        // for every cgroup below it and find the nearest endpoint.
+        let to_attach: BTreeSet<&Target> = guards
+            .iter()
+            .chain(
+                targets
+                    .iter()
+                    .map(|(_, t)| t)
+                    .filter(|t| !guarded(t, &guards)),
+            )
+            .collect();
+        for &target in &to_attach {
             if !self.attached.contains_key(target) {
                 let links = self.attach(target)?;
                 self.attached.insert(target.clone(), links);
@@ -318,6 +362,11 @@ impl Loader {
         }
 
         let mut desired = SlotContents::default();
+        for guard in &guards {
+            desired
+                .endpoints
+                .insert(endpoint_key(next_slot, guard), GUARD);
+        }
         for (ep, target) in &targets {
             let info = EndpointInfo {
                 endpoint_id: ep.endpoint_id,
@@ -371,7 +420,12 @@ impl Loader {
         self.config.set(0, next, 0).context("writing CONFIG")?;
         self.current = next;
 
-        let keep: BTreeSet<&Target> = targets.iter().map(|(_, t)| t).collect();
+        self.applied_targets = targets
+            .iter()
+            .map(|(_, t)| t.clone())
+            .chain(guards.iter().cloned())
+            .collect();
+        let keep = to_attach;
         let gone: Vec<Target> = self
             .attached
             .keys()
@@ -392,12 +446,52 @@ impl Loader {
     /// Whether the workloads of `compiled` now resolve to other cgroups or interfaces than
     /// those attached: one started, stopped or was recreated since the last apply.
     pub fn targets_changed(&self, compiled: &Compiled) -> bool {
-        let now: BTreeSet<Target> = compiled
+        self.resolved_targets(compiled) != self.applied_targets
+    }
+
+    /// Where the workloads and guards of `compiled` are on this host now.
+    fn resolved_targets(&self, compiled: &Compiled) -> BTreeSet<Target> {
+        compiled
             .endpoints
             .iter()
             .filter_map(|ep| host::resolve(&self.cgroup_root, &ep.attachment).ok())
-            .collect();
-        now.iter().ne(self.attached.keys())
+            .chain(self.guard_targets())
+            .collect()
+    }
+
+    /// The guard cgroups that exist.
+    fn guard_targets(&self) -> Vec<Target> {
+        self.guards
+            .iter()
+            .filter_map(|path| {
+                host::resolve(&self.cgroup_root, &Attachment::Cgroup(path.clone()))
+                    .map_err(|e| log::warn!("guard cgroup {path}: {e:#}"))
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// The endpoint ids the policy in force (a previous agent's, adopted from the pinned
+    /// maps) gives the workloads of `compiled` that it enforces: flows, event limits and
+    /// statistics are keyed by them, so a restarted agent keeps them.
+    pub fn adopted_endpoint_ids(&self, compiled: &Compiled) -> EndpointIds {
+        let active = &self.slots[self.current.active_slot as usize & 1];
+        compiled
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                let target = host::resolve(&self.cgroup_root, &ep.attachment).ok()?;
+                let info = active
+                    .endpoints
+                    .get(&endpoint_key(self.current.active_slot, &target))?;
+                (info.endpoint_id != GUARD_ENDPOINT_ID)
+                    .then(|| (ep.workload.clone(), info.endpoint_id))
+            })
+            .collect()
+    }
+
+    pub fn has_guards(&self) -> bool {
+        !self.guards.is_empty()
     }
 
     pub fn generation(&self) -> u32 {

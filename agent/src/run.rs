@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use aya::maps::{HashMap, MapData};
-use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue};
+use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue, GUARD_ENDPOINT_ID};
 
 use crate::{
     auto_quarantine::{AutoQuarantine, Threshold},
@@ -92,6 +92,12 @@ pub struct RunArgs {
     /// down, and a restarted agent takes over. `stagewall uninstall` removes them.
     #[arg(long, default_value = pins::DEFAULT_DIR)]
     pub bpffs_dir: PathBuf,
+    /// A cgroup (path below the cgroup2 mount, e.g. /kubepods.slice; repeatable) whose
+    /// every cgroup not in a workload is denied — fail closed: a process that starts below
+    /// it has no network until a policy names its workload. Workloads below a guard are
+    /// covered by the guard's programs (attached once, for every cgroup below it).
+    #[arg(long, value_name = "PATH")]
+    pub guard_cgroup: Vec<PathBuf>,
     /// Quarantine a workload automatically when its egress is denied N times within T
     /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
     #[arg(long, value_name = "N/T")]
@@ -162,6 +168,11 @@ impl Enforcer {
                 .endpoints
                 .iter()
                 .map(|e| (e.endpoint_id, e.workload.to_string()))
+                .chain(
+                    self.loader
+                        .has_guards()
+                        .then(|| (GUARD_ENDPOINT_ID, events::UNPROGRAMMED.to_string())),
+                )
                 .collect(),
         );
         for (map, entries, capacity) in compiled.map_usage() {
@@ -356,11 +367,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &cgroup_root,
         args.ebpf_log_level,
         Pins::new(&args.bpffs_dir),
+        args.guard_cgroup
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
     )?;
     log::info!(
         "kernel programs loaded; cgroup2 at {}",
         cgroup_root.display()
     );
+    // Workloads keep the endpoint ids a previous agent gave them (read from the pinned
+    // maps): their flows, event limits and statistics are keyed by them.
+    let adopted = loader.adopted_endpoint_ids(&compiled);
+    let compiled = if adopted.is_empty() {
+        compiled
+    } else {
+        load(&args.policies, &mut parse_cache, &adopted).map_err(ConfigError)?
+    };
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(readers.counters, readers.endpoint_stats);
     count_flows(readers.flows, metrics.clone());

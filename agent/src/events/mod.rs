@@ -16,10 +16,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use stagewall_common::{
-    DIR_INGRESS, Event, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED,
-    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_QUARANTINE,
-    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
+    DIR_INGRESS, Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID, HOOK_CGROUP_SKB, HOOK_CONNECT,
+    HOOK_SENDMSG, HOOK_TC, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
 
 use crate::compiler::Compiled;
@@ -117,6 +117,9 @@ fn wall_time(monotonic_ns: u64) -> SystemTime {
     SystemTime::now() - Duration::from_nanos(now_mono.saturating_sub(monotonic_ns))
 }
 
+/// How events and metrics name a process below a guard cgroup in no workload.
+pub const UNPROGRAMMED: &str = "unprogrammed";
+
 /// Names a kernel event with the policy in force.
 pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent {
     let local = addr(event.family, event.local_addr);
@@ -128,6 +131,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         .find(|e| e.endpoint_id == event.endpoint_id);
     let (namespace, workload) = match endpoint {
         Some(e) => (e.workload.namespace.clone(), e.workload.to_string()),
+        None if event.endpoint_id == GUARD_ENDPOINT_ID => (String::new(), UNPROGRAMMED.into()),
         None => (String::new(), format!("endpoint-{}", event.endpoint_id)),
     };
     let policies = endpoint

@@ -98,6 +98,10 @@ pub const EP_DEFAULT_DENY_EGRESS: u32 = 1 << 3;
 /// and the mode; only the workload's traffic to itself passes.
 pub const EP_QUARANTINED: u32 = 1 << 4;
 
+/// The endpoint id of guard cgroups (`--guard-cgroup`): cgroups below a guard that are in
+/// no workload are denied as this endpoint. Workloads' ids start at 1.
+pub const GUARD_ENDPOINT_ID: u32 = 0;
+
 /// Endpoint ids are below this; per-endpoint statistics are indexed by them. A workload
 /// keeps its id across policy changes and a new one takes an id neither the old nor the
 /// new policy uses, so two slots' worth of ids is always enough.

@@ -54,8 +54,10 @@ fn lookup(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
     unsafe { ENDPOINTS.get(key) }
 }
 
-/// The workload whose cgroup holds `cgroup_id`, or one of its ancestors (processes in child
-/// cgroups of a workload's cgroup, such as a systemd slice's services, belong to it).
+/// The workload whose cgroup holds `cgroup_id`, or the nearest of its ancestors that is
+/// one (processes in child cgroups of a workload's cgroup, such as a systemd slice's
+/// services, belong to it). A guard cgroup is an endpoint too, one that denies: below it,
+/// a cgroup in no workload meets the guard, a workload's meets the workload first.
 fn cgroup_endpoint(
     cfg: &Config,
     cgroup_id: u64,
@@ -64,16 +66,18 @@ fn cgroup_endpoint(
     if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, cgroup_id) {
         return Some(ep);
     }
+    // Ancestors by level from the root down: the last match is the nearest.
+    let mut nearest = None;
     for level in 1..MAX_CGROUP_DEPTH {
         let id = ancestor(level);
         if id == 0 || id == cgroup_id {
             break;
         }
         if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, id) {
-            return Some(ep);
+            nearest = Some(ep);
         }
     }
-    None
+    nearest
 }
 
 fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {

@@ -79,19 +79,17 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         return quarantined(cfg, ep, flow, now, hook);
     }
     let ingress = flow.direction == DIR_INGRESS;
-    let (isolated, default_deny, policy, other_isolated) = if ingress {
+    let (isolated, default_deny, policy) = if ingress {
         (
             ep.flags & EP_ISOLATED_INGRESS != 0,
             ep.flags & EP_DEFAULT_DENY_INGRESS != 0,
             ep.ingress_policy,
-            ep.flags & EP_ISOLATED_EGRESS != 0,
         )
     } else {
         (
             ep.flags & EP_ISOLATED_EGRESS != 0,
             ep.flags & EP_DEFAULT_DENY_EGRESS != 0,
             ep.egress_policy,
-            ep.flags & EP_ISOLATED_INGRESS != 0,
         )
     };
     // connect/sendmsg decide before a packet exists: no local port to track, no packet to
@@ -150,7 +148,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             // they would had it been allowed), not as violations of their own. The flow is
             // remembered for its replies only (generation 0 is never in force), so its
             // next packets are decided — and reported — again.
-            if other_isolated && packet_hook {
+            if packet_hook {
                 let _ = remember(ep, flow, now, 0);
             }
             return Verdict::Pass;
@@ -160,9 +158,10 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     } else if packet_hook {
         allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
     }
-    // Track the flow: for its replies when the other direction is isolated, and as the
-    // verdict cache of this one when it is isolated.
-    if (other_isolated || isolated) && packet_hook {
+    // Track every allowed flow: for its replies — also those that arrive after a policy
+    // change isolated the other direction (a connection opened before keeps working, as
+    // conntrack-based enforcement does) — and as the verdict cache when it is isolated.
+    if packet_hook {
         track(cfg, ep, flow, now, hook);
     }
     Verdict::Pass
