@@ -33,7 +33,11 @@ use crate::{
     loader::{Enforcement, Loader, Mode},
     metrics::Metrics,
     pins::{self, Pins},
-    policy::{self, documents::ParseCache, model::ObjectName},
+    policy::{
+        self,
+        documents::ParseCache,
+        model::{ObjectName, PolicySet},
+    },
     watch as dir_watch,
 };
 
@@ -116,10 +120,18 @@ pub struct ConfigError(pub String);
 /// even without a watcher event.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Parses and compiles the directory; ids of the policy in force are kept.
-fn load(dir: &Path, cache: &mut ParseCache, previous: &EndpointIds) -> Result<Compiled, String> {
+/// Parses and compiles the directory; ids of the policy in force are kept. The parsed
+/// set comes back too, for the caller to drop once the policy is applied (freeing 10,000
+/// rules takes a third of a millisecond, better spent after the change is in force).
+fn load(
+    dir: &Path,
+    cache: &mut ParseCache,
+    previous: &EndpointIds,
+) -> Result<(Compiled, PolicySet), String> {
     let set = policy::parse::load_dir(dir, cache).map_err(|e| e.to_string())?;
-    compiler::compile(&set, previous).map_err(|e| format!("{}: {e}", dir.display()))
+    let compiled =
+        compiler::compile(&set, previous).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((compiled, set))
 }
 
 /// Gives the memory freed since to the operating system. Parsing a large policy
@@ -297,7 +309,7 @@ impl Enforcer {
         let started = Instant::now();
         let parsed_before = self.parse_cache.parsed;
         match load(&self.dir, &mut self.parse_cache, &current.endpoint_ids()) {
-            Ok(compiled) => {
+            Ok((compiled, set)) => {
                 log::info!(
                     "policy change read and compiled in {:?} ({} changed documents parsed)",
                     started.elapsed(),
@@ -312,6 +324,7 @@ impl Enforcer {
                         "applying the changed policy failed, the previous one stays in force: {e:#}"
                     );
                 }
+                drop(set);
                 self.trim_pending = true;
             }
             Err(errors) => {
@@ -341,8 +354,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let fingerprint = dir_watch::fingerprint(&args.policies);
     let mut parse_cache = ParseCache::default();
-    let compiled =
-        load(&args.policies, &mut parse_cache, &EndpointIds::new()).map_err(ConfigError)?;
+    let compiled = load(&args.policies, &mut parse_cache, &EndpointIds::new())
+        .map_err(ConfigError)?
+        .0;
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
@@ -382,7 +396,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let compiled = if adopted.is_empty() {
         compiled
     } else {
-        load(&args.policies, &mut parse_cache, &adopted).map_err(ConfigError)?
+        load(&args.policies, &mut parse_cache, &adopted)
+            .map_err(ConfigError)?
+            .0
     };
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(readers.counters, readers.endpoint_stats);
