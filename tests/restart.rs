@@ -2,8 +2,8 @@
 //! traffic changes no verdict while it is down or after a new agent takes over (which
 //! swaps its programs into the pinned links and adopts the maps), an established
 //! connection survives, a policy changed while the agent was down is reconciled when it
-//! returns, another map layout's pins are migrated away, and `stagewall uninstall`
-//! removes everything.
+//! returns, an upgrade to another map layout runs its programs beside the old ones and
+//! then removes them, and `stagewall uninstall` removes everything.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -129,14 +129,38 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(bed.tcp("client", server, 81).is("timeout"));
-    // Pins of another map layout (an older build's) are removed once this one enforces.
-    let old_layout = bed.bpffs.join("v0");
-    std::fs::create_dir_all(old_layout.join("links")).unwrap();
     let mut agent = bed.start_agent(&[]).expect("restarting the agent");
     assert!(bed.tcp("client", server, 81).is("ok"), "reconciled");
     assert!(bed.tcp("client", edge, 81).is("ok"), "reconciled (tc)");
+
+    // An upgrade to another map layout: what is pinned is made to look like an older
+    // build's (layout v0) by renaming its directory; its programs stay attached and
+    // enforce. The new agent never opens those maps: it attaches its own programs beside
+    // the old ones, and once it enforces, removes the old layout, which detaches them.
+    agent.kill();
+    let old_layout = bed.bpffs.join("v0");
+    std::fs::rename(bed.bpffs.join("v1"), &old_layout).unwrap();
+    assert!(
+        bed.tcp("client", edge, 82).is("timeout"),
+        "the old layout enforces"
+    );
+    let mut agent = bed.start_agent(&[]).expect("starting the upgraded agent");
     assert!(!old_layout.exists(), "{}", agent.log());
     assert!(agent.log().contains("migrated"), "{}", agent.log());
+    assert!(
+        !agent.log().contains("adopted"),
+        "fresh maps: {}",
+        agent.log()
+    );
+    assert!(bed.tcp("client", server, 81).is("ok"));
+    assert!(
+        bed.tcp("client", edge, 82).is("timeout"),
+        "the new layout enforces"
+    );
+    let links = std::fs::read_dir(bed.bpffs.join("v1/links"))
+        .unwrap()
+        .count();
+    assert_eq!(links, 6 + 6 + 2, "two cgroup workloads and one interface");
 
     // uninstall refuses while an agent runs, and removes everything once it is stopped.
     assert!(bed.uninstall().is_err());
@@ -151,8 +175,10 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
     );
     bed.uninstall().unwrap();
     assert!(!bed.bpffs.exists());
+    // Nothing attached any more, of either layout: the port nobody serves answers with a
+    // reset instead of silence.
     assert!(
-        bed.tcp("client", server, 81).is("ok"),
-        "nothing attached any more"
+        bed.tcp("client", edge, 82).is("refused"),
+        "a program still attached"
     );
 }
