@@ -6,7 +6,8 @@
 //! The rules: the client may reach the server on UDP 53 only, the friend may reach it
 //! with anything; the server may reach the client on UDP 53 only. A fragment other than
 //! the first carries no ports, so only a rule without ports (the friend's) can allow it;
-//! a packet whose headers end too early is dropped whoever sends it.
+//! a packet whose headers end too early is dropped whoever sends it — unless the workload's
+//! fail mode is open, when it passes; either way it is counted.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -169,6 +170,13 @@ fn cases() -> Vec<Case> {
             "friend",
             "server",
             false,
+            |e| ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40]),
+        ),
+        case(
+            "IPv4 truncated UDP header, fail-open workload",
+            "friend",
+            "lenient",
+            true,
             |e| ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40]),
         ),
         case(
@@ -345,9 +353,14 @@ fn hostile_packets_never_bypass_policy() {
     if !privileged() {
         return;
     }
-    let bed = Testbed::new(&["client", "friend", "server"]).expect("creating the test bed");
+    let bed =
+        Testbed::new(&["client", "friend", "server", "lenient"]).expect("creating the test bed");
     let (client, friend) = (bed.node("client"), bed.node("friend"));
     let mut p = bed.workload_yaml("server", "app", "{app: server}", true);
+    // A workload whose fail mode is open: what cannot be parsed passes (counted).
+    p += &bed
+        .workload_yaml("lenient", "app", "{app: lenient}", true)
+        .replace("spec:\n", "spec:\n  failMode: open\n");
     p += &format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: server, namespace: app}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - from: [{{ipBlock: {{cidr: {}/32}}}}, {{ipBlock: {{cidr: {}/128}}}}]\n      ports: [{{port: 53, protocol: UDP}}]\n    - from: [{{ipBlock: {{cidr: {}/32}}}}, {{ipBlock: {{cidr: {}/128}}}}]\n  egress:\n    - to: [{{ipBlock: {{cidr: {}/32}}}}, {{ipBlock: {{cidr: {}/128}}}}]\n      ports: [{{port: 53, protocol: UDP}}]\n",
         client.v4, client.v6, friend.v4, friend.v6, client.v4, client.v6
@@ -359,7 +372,7 @@ fn hostile_packets_never_bypass_policy() {
     let marker = |i: usize| 1000 + i as u16;
     // One counter per receiving namespace, started before anything is sent.
     let mut counters = Vec::new();
-    for receiver in ["server", "client"] {
+    for receiver in ["server", "client", "lenient"] {
         let markers: Vec<String> = (0..cases.len())
             .filter(|&i| cases[i].to == receiver)
             .map(|i| marker(i).to_string())

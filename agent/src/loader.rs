@@ -36,15 +36,16 @@ use aya::{
 use ipnet::IpNet;
 use stagewall_common::{
     Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_DEFAULT_DENY_EGRESS,
-    EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo,
-    EndpointKey, EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, GUARD_ENDPOINT_ID,
-    IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE,
-    POLICY_ALLOW, POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
+    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
+    EndpointInfo, EndpointKey, EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
+    GUARD_ENDPOINT_ID, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS,
+    MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY,
+    MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, POLICY_SLOT_BIT, PolicyKey,
+    SelfAddrKey,
 };
 
 use crate::{
-    compiler::{Compiled, EndpointIds, slot_policy_id},
+    compiler::{Compiled, Endpoint, EndpointIds, slot_policy_id},
     host::{self, Target},
     pins::{self, PINNED_MAPS, Pins},
     policy::model::{Attachment, ObjectName},
@@ -129,7 +130,8 @@ pub struct Loader {
 }
 
 /// The endpoint entry of a guard cgroup: isolated both ways without a rule, so what
-/// reaches it (a cgroup below it in no workload) is denied as "default deny".
+/// reaches it (a cgroup below it in no workload) is denied as "default deny". A workload
+/// not programmed yet (fail mode closed) gets the same flags under its own id.
 const GUARD: EndpointInfo = EndpointInfo {
     endpoint_id: GUARD_ENDPOINT_ID,
     ingress_policy: 0,
@@ -356,6 +358,9 @@ impl Loader {
             .collect();
         for &target in &to_attach {
             if !self.attached.contains_key(target) {
+                if let Some((ep, _)) = targets.iter().find(|(_, t)| t == target) {
+                    self.deny_until_programmed(ep, target)?;
+                }
                 let links = self.attach(target)?;
                 self.attached.insert(target.clone(), links);
             }
@@ -441,6 +446,32 @@ impl Loader {
         }
         self.remove_stale_pins();
         Ok(enforced)
+    }
+
+    /// A workload about to get its programs, with fail mode closed: until the switch to
+    /// the policy being written, the policy in force (the active slot) denies it
+    /// everything. Nothing reads that slot's entry for it before its programs are attached,
+    /// so the write races nothing; a workload the active slot already holds (an adopted
+    /// policy) keeps its entry.
+    fn deny_until_programmed(&mut self, ep: &Endpoint, target: &Target) -> anyhow::Result<()> {
+        if ep.flags & EP_FAIL_OPEN != 0 {
+            return Ok(());
+        }
+        let active = self.current.active_slot;
+        let key = endpoint_key(active, target);
+        let held = &mut self.slots[active as usize & 1];
+        if held.endpoints.contains_key(&key) {
+            return Ok(());
+        }
+        let pending = EndpointInfo {
+            endpoint_id: ep.endpoint_id,
+            ..GUARD
+        };
+        self.endpoints
+            .insert(key, pending, 0)
+            .context("writing ENDPOINTS")?;
+        held.endpoints.insert(key, pending);
+        Ok(())
     }
 
     /// Whether the workloads of `compiled` now resolve to other cgroups or interfaces than

@@ -14,13 +14,13 @@ use ipnet::IpNet;
 pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
+    EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
     POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SELF_ADDRS_MAX,
 };
 
 use crate::policy::model::{
-    Attachment, Direction, NamedPort, NetworkPolicy, ObjectName, Peer, PolicySet, PortMatch, Rule,
-    Workload,
+    Attachment, Direction, FailMode, NamedPort, NetworkPolicy, ObjectName, Peer, PolicySet,
+    PortMatch, Rule, Workload,
 };
 
 /// A local workload the kernel enforces: how to find its traffic and its policies.
@@ -193,7 +193,10 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             endpoint_id,
             ingress_policy: 0,
             egress_policy: 0,
-            flags: 0,
+            flags: match set.fail_mode(w) {
+                FailMode::Closed => 0,
+                FailMode::Open => EP_FAIL_OPEN,
+            },
             ingress_policies: Vec::new(),
             egress_policies: Vec::new(),
         };

@@ -484,6 +484,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
         set.namespaces.push(crate::policy::model::Namespace {
             name: "a".into(),
             labels: Labels::from([("team".into(), if team { "x" } else { "y" }.into())]),
+            fail_mode: None,
             origin: origin(),
         });
         for (i, (ns, app, tier, local, ports)) in workloads.into_iter().enumerate() {
@@ -497,6 +498,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
                 attachment: local.then(|| Attachment::Cgroup(format!("/w{i}"))),
                 addresses: vec![ip(ADDRS[i]), ip(ADDRS[i + 1 + (i % 2)])],
                 ports: named_ports(ports),
+                fail_mode: None,
                 origin: origin(),
             });
         }
@@ -544,4 +546,36 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn fail_mode_comes_from_the_workload_then_its_namespace_and_is_closed_by_default() {
+    let set = parse(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: lab, annotations: {stagewall.io/fail-mode: open}}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: notebook, namespace: lab}
+spec: {cgroup: /lab/notebook, addresses: [10.9.0.1]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: trainer, namespace: lab}
+spec: {cgroup: /lab/trainer, addresses: [10.9.0.2], failMode: closed}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: serving, namespace: prod}
+spec: {cgroup: /prod/serving, addresses: [10.9.0.3]}
+"#,
+    );
+    let compiled = compile(&set, &EndpointIds::new()).unwrap();
+    let open =
+        |ns: &str, n: &str| compiled.endpoint(&name(ns, n)).unwrap().flags & EP_FAIL_OPEN != 0;
+    assert!(open("lab", "notebook"), "the namespace's annotation");
+    assert!(!open("lab", "trainer"), "the workload's own setting wins");
+    assert!(!open("prod", "serving"), "closed by default");
 }

@@ -44,6 +44,19 @@ pub enum Attachment {
     Interface(String),
 }
 
+/// What a workload's traffic gets when the agent cannot decide it: in the moment between
+/// its programs being attached and its policy programmed, and for a packet whose headers
+/// cannot be parsed. Closed (the default) denies, open passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+/// The annotation that sets a namespace's fail mode (a Workload's `spec.failMode` wins).
+pub const FAIL_MODE_ANNOTATION: &str = "stagewall.io/fail-mode";
+
 /// A `Workload` document: a named, labelled workload and its addresses. Without an
 /// attachment it is only known as a peer (a workload on another host).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +67,7 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     /// Ports declared by name, which named-port rules resolve against.
     pub ports: Vec<NamedPort>,
+    pub fail_mode: Option<FailMode>,
     pub origin: Origin,
 }
 
@@ -63,6 +77,8 @@ pub struct Workload {
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
+    /// From the `stagewall.io/fail-mode` annotation.
+    pub fail_mode: Option<FailMode>,
     pub origin: Origin,
 }
 
@@ -300,6 +316,19 @@ impl PolicySet {
                     && p.pod_selector.matches(&workload.labels)
             })
             .collect()
+    }
+
+    /// A workload's fail mode: its own, else its namespace's, else closed.
+    pub fn fail_mode(&self, workload: &Workload) -> FailMode {
+        workload
+            .fail_mode
+            .or_else(|| {
+                self.namespaces
+                    .iter()
+                    .find(|n| n.name == workload.name.namespace)
+                    .and_then(|n| n.fail_mode)
+            })
+            .unwrap_or_default()
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.

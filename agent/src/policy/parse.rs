@@ -15,9 +15,9 @@ use serde_saphyr::Spanned;
 
 use super::documents::ParseCache;
 use super::model::{
-    Attachment, Flow, FlowEnd, LabelSelector, Labels, NamedPort, Namespace, NetworkPolicy,
-    ObjectName, Origin, Peer, Pipeline, PolicySet, PortMatch, PortSpec, Protocol, Requirement,
-    Rule, Stage, Workload,
+    Attachment, FAIL_MODE_ANNOTATION, FailMode, Flow, FlowEnd, LabelSelector, Labels, NamedPort,
+    Namespace, NetworkPolicy, ObjectName, Origin, Peer, Pipeline, PolicySet, PortMatch, PortSpec,
+    Protocol, Requirement, Rule, Stage, Workload,
 };
 
 pub const API_NETWORKING: &str = "networking.k8s.io/v1";
@@ -81,6 +81,7 @@ struct RawMetadata {
     name: Option<Spanned<String>>,
     namespace: Option<Spanned<String>>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
+    annotations: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// The specs of every kind in one struct; `check_fields` rejects fields of another kind.
@@ -98,6 +99,7 @@ struct RawSpec {
     interface: Option<Spanned<String>>,
     addresses: Option<Vec<Spanned<String>>>,
     ports: Option<Vec<Spanned<RawNamedPort>>>,
+    fail_mode: Option<Spanned<String>>,
     // Pipeline
     stages: Option<Vec<Spanned<RawStage>>>,
     flows: Option<Vec<Spanned<RawFlow>>>,
@@ -120,6 +122,7 @@ impl RawSpec {
             ("interface", self.interface.is_some()),
             ("addresses", self.addresses.is_some()),
             ("ports", self.ports.is_some()),
+            ("failMode", self.fail_mode.is_some()),
             ("stages", self.stages.is_some()),
             ("flows", self.flows.is_some()),
             ("tenantLabel", self.tenant_label.is_some()),
@@ -481,9 +484,24 @@ impl Cx<'_> {
                     && !self.only_fields(&s.value, self.line(s), "Namespace", &["finalizers"]) {
                         return;
                     }
+                let fail_mode = match meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| Some((self.line(a), a.value.get(FAIL_MODE_ANNOTATION)?)))
+                {
+                    Some((line, value)) => {
+                        let field = format!("annotation {FAIL_MODE_ANNOTATION}");
+                        match self.fail_mode(value, line, &field) {
+                            Some(mode) => Some(mode),
+                            None => return,
+                        }
+                    }
+                    None => None,
+                };
                 set.namespaces.push(Namespace {
                     name: name.value,
                     labels,
+                    fail_mode,
                     origin: self.origin(line),
                 });
             }
@@ -980,7 +998,14 @@ impl Cx<'_> {
             &spec,
             spec_line,
             "Workload",
-            &["cgroup", "systemdUnit", "interface", "addresses", "ports"],
+            &[
+                "cgroup",
+                "systemdUnit",
+                "interface",
+                "addresses",
+                "ports",
+                "failMode",
+            ],
         ) {
             return None;
         }
@@ -1027,14 +1052,33 @@ impl Cx<'_> {
             }
         }
         let ports = self.named_ports(spec.ports.as_deref().unwrap_or_default())?;
+        let fail_mode = match &spec.fail_mode {
+            Some(m) => Some(self.fail_mode(&m.value, self.line(m), "spec.failMode")?),
+            None => None,
+        };
         Some(Workload {
             name,
             labels,
             attachment: attachments.pop(),
             addresses,
             ports,
+            fail_mode,
             origin: self.origin(line),
         })
+    }
+
+    fn fail_mode(&mut self, value: &str, line: u32, field: &str) -> Option<FailMode> {
+        match value {
+            "closed" => Some(FailMode::Closed),
+            "open" => Some(FailMode::Open),
+            other => {
+                self.error(
+                    line,
+                    format!("{field} {other:?} is invalid; expected closed or open"),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -1233,6 +1277,20 @@ mod tests {
             "{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}\n"
         ));
         assert!(e.message.contains("not strictly inside"), "{e}");
+    }
+
+    #[test]
+    fn fail_modes_other_than_closed_or_open_are_rejected_with_their_line() {
+        let e = one_error(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec:\n  cgroup: /w\n  failMode: maybe\n",
+        );
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("expected closed or open"), "{e}");
+        let e = one_error(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations: {stagewall.io/fail-mode: ajar}\n",
+        );
+        assert!(e.message.contains("stagewall.io/fail-mode"), "{e}");
+        assert!(e.message.contains("expected closed or open"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub const EP_DEFAULT_DENY_EGRESS: u32 = 1 << 3;
 /// Quarantined (assume breach): every packet in and out is dropped, whatever the policy
 /// and the mode; only the workload's traffic to itself passes.
 pub const EP_QUARANTINED: u32 = 1 << 4;
+/// The workload's fail mode is open: a packet the programs cannot decide (headers that
+/// cannot be parsed) passes, counted and reported, instead of being dropped.
+pub const EP_FAIL_OPEN: u32 = 1 << 5;
 
 /// The endpoint id of guard cgroups (`--guard-cgroup`): cgroups below a guard that are in
 /// no workload are denied as this endpoint. Workloads' ids start at 1.

@@ -22,7 +22,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
     CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_DEFAULT_DENY_EGRESS,
-    EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
+    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
     EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
     FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
     HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
@@ -183,8 +183,9 @@ fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8)
 }
 
 /// A packet whose headers could not be parsed: counted and reported as an internal error,
-/// and dropped (passed in audit mode). A truncated header never comes from the local
-/// stack, so this only ever hits crafted packets.
+/// and dropped — passed in audit mode, or when the workload's fail mode is open (reported
+/// as allowed then). A truncated header never comes from the local stack, so this only
+/// ever hits crafted packets.
 pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
     count(CNT_MALFORMED);
     let flow = Flow {
@@ -198,16 +199,15 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         bytes,
     };
     let audit = cfg.mode == MODE_AUDIT;
-    stat(
-        ep,
-        &flow,
-        if audit { STAT_WOULD_DROP } else { STAT_DROPPED },
-    );
-    let verdict = if audit {
-        VERDICT_WOULD_DROP
+    let fail_open = ep.flags & EP_FAIL_OPEN != 0;
+    let (which, verdict) = if fail_open {
+        (STAT_ALLOWED, VERDICT_ALLOWED)
+    } else if audit {
+        (STAT_WOULD_DROP, VERDICT_WOULD_DROP)
     } else {
-        VERDICT_DROPPED
+        (STAT_DROPPED, VERDICT_DROPPED)
     };
+    stat(ep, &flow, which);
     let report = Report {
         verdict,
         reason: REASON_MALFORMED,
@@ -215,7 +215,11 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         hook,
     };
     emit(cfg, ep, &flow, unsafe { bpf_ktime_get_ns() }, &report);
-    if audit { Verdict::Pass } else { Verdict::Drop }
+    if audit || fail_open {
+        Verdict::Pass
+    } else {
+        Verdict::Drop
+    }
 }
 
 /// Counts an allowed packet, and logs its flow when flow logging is on.
