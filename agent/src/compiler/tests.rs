@@ -579,3 +579,46 @@ spec: {cgroup: /prod/serving, addresses: [10.9.0.3]}
     assert!(!open("lab", "trainer"), "the workload's own setting wins");
     assert!(!open("prod", "serving"), "closed by default");
 }
+
+#[test]
+fn a_policy_too_large_for_the_kernel_maps_is_rejected_naming_the_map() {
+    // More CIDRs than half the IPCACHE (one policy slot's share) holds.
+    let prefixes = IPCACHE_MAX / 2 + 1;
+    let peers = (0..prefixes)
+        .map(|i| Peer::IpBlock {
+            cidr: format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255)
+                .parse()
+                .unwrap(),
+            except: Vec::new(),
+        })
+        .collect();
+    let mut set = parse(PIPELINE);
+    set.policies.push(NetworkPolicy {
+        name: name("ml", "huge"),
+        pod_selector: LabelSelector::default(),
+        ingress_isolates: true,
+        egress_isolates: false,
+        ingress: vec![Rule {
+            peers,
+            ports: Vec::new(),
+            line: 1,
+        }],
+        egress: Vec::new(),
+        origin: origin(),
+    });
+    let err = compile(&set, &EndpointIds::new()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CompileError::TooLarge {
+                what: "ipcache",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("exceed the kernel map's capacity"),
+        "{err}"
+    );
+}
