@@ -1265,6 +1265,26 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_file_is_refused_before_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("stagewall-huge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Sparse: the size is what counts, nothing is written.
+        let file = std::fs::File::create(dir.join("huge.yaml")).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let errors = load_dir(&dir, &mut ParseCache::default()).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].file.ends_with("huge.yaml"));
+        assert!(
+            errors[0]
+                .message
+                .contains("expected at most 16777216 bytes"),
+            "{}",
+            errors[0]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn yaml_syntax_errors_name_the_line() {
         let e = one_error("apiVersion: v1\nkind: Namespace\nmetadata: {name: [unclosed\n");
         assert!(e.line >= 3, "{e}");
