@@ -347,18 +347,19 @@ impl Loader {
         let guards = self.guard_targets();
         // Workloads below a guard need no links of their own: the guard's programs run
         // for every cgroup below it and find the nearest endpoint.
-        let to_attach: BTreeSet<&Target> = guards
+        let to_attach: Vec<(Option<&Endpoint>, &Target)> = guards
             .iter()
+            .map(|g| (None, g))
             .chain(
                 targets
                     .iter()
-                    .map(|(_, t)| t)
-                    .filter(|t| !guarded(t, &guards)),
+                    .filter(|(_, t)| !guarded(t, &guards))
+                    .map(|(ep, t)| (Some(*ep), t)),
             )
             .collect();
-        for &target in &to_attach {
+        for &(ep, target) in &to_attach {
             if !self.attached.contains_key(target) {
-                if let Some((ep, _)) = targets.iter().find(|(_, t)| t == target) {
+                if let Some(ep) = ep {
                     self.deny_until_programmed(ep, target)?;
                 }
                 let links = self.attach(target)?;
@@ -430,7 +431,7 @@ impl Loader {
             .map(|(_, t)| t.clone())
             .chain(guards.iter().cloned())
             .collect();
-        let keep = to_attach;
+        let keep: BTreeSet<&Target> = to_attach.iter().map(|(_, t)| *t).collect();
         let gone: Vec<Target> = self
             .attached
             .keys()
@@ -624,60 +625,60 @@ impl Loader {
                 ] {
                     let pin = self.pins.link(target, name);
                     let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
-                    if !swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                    let fd = prog.fd()?.try_clone()?;
+                    pinned_link(&pin, fd.as_fd(), || {
                         let id = prog
                             .attach(&cgroup, attach_type, mode)
                             .with_context(|| format!("attaching {name} to {}", dir.display()))?;
-                        pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
-                    }
+                        Ok(FdLink::try_from(prog.take_link(id)?)?)
+                    })?;
                     links.pinned.push(pin);
                 }
                 for name in PROG_SOCK_ADDR {
                     let pin = self.pins.link(target, name);
                     let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
-                    if !swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                    let fd = prog.fd()?.try_clone()?;
+                    pinned_link(&pin, fd.as_fd(), || {
                         let id = prog
                             .attach(&cgroup, mode)
                             .with_context(|| format!("attaching {name} to {}", dir.display()))?;
-                        pin_link(FdLink::try_from(prog.take_link(id)?)?, &pin)?;
-                    }
+                        Ok(FdLink::try_from(prog.take_link(id)?)?)
+                    })?;
                     links.pinned.push(pin);
                 }
                 log::info!("attached to cgroup {}", dir.display());
             }
             Target::Interface { name, .. } => {
-                // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact.
-                if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
-                    && let Err(e) = tc::qdisc_add_clsact(name)
-                {
-                    log::debug!("clsact on {name}: {e}");
+                // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact,
+                // netlink filters that cannot be pinned.
+                let clsact =
+                    KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0));
+                if clsact {
+                    if let Err(e) = tc::qdisc_add_clsact(name) {
+                        log::debug!("clsact on {name}: {e}");
+                    }
+                    log::warn!(
+                        "{name}: TC through clsact (kernel before 6.6) cannot be pinned; it is detached when the agent exits"
+                    );
                 }
                 for (prog_name, attach_type) in [
                     (PROG_TC_FROM_WORKLOAD, TcAttachType::Ingress),
                     (PROG_TC_TO_WORKLOAD, TcAttachType::Egress),
                 ] {
-                    let pin = self.pins.link(target, prog_name);
                     let prog = program::<SchedClassifier>(&mut self.ebpf, prog_name)?;
-                    if swap_into_pinned_link(&pin, prog.fd()?.as_fd()) {
+                    let pin = self.pins.link(target, prog_name);
+                    let fd = prog.fd()?.try_clone()?;
+                    let mut attach = || {
+                        let id = prog
+                            .attach(name, attach_type)
+                            .with_context(|| format!("attaching {prog_name} to {name}"))?;
+                        anyhow::Ok(prog.take_link(id)?)
+                    };
+                    if clsact {
+                        links.unpinned.push(attach()?);
+                    } else {
+                        pinned_link(&pin, fd.as_fd(), || Ok(FdLink::try_from(attach()?)?))?;
                         links.pinned.push(pin);
-                        continue;
-                    }
-                    let id = prog
-                        .attach(name, attach_type)
-                        .with_context(|| format!("attaching {prog_name} to {name}"))?;
-                    let link = prog.take_link(id)?;
-                    match FdLink::try_from(link) {
-                        Ok(fd_link) => {
-                            pin_link(fd_link, &pin)?;
-                            links.pinned.push(pin);
-                        }
-                        Err(_) => {
-                            log::warn!(
-                                "{name}: TC through clsact (kernel before 6.6) cannot be pinned; it is detached when the agent exits"
-                            );
-                            let id = prog.attach(name, attach_type)?;
-                            links.unpinned.push(prog.take_link(id)?);
-                        }
                     }
                 }
                 log::info!("attached to interface {name}");
@@ -696,29 +697,29 @@ impl Loader {
     }
 }
 
-/// Swaps `program` into the link pinned at `pin`, if there is one: a restarted or
-/// upgraded agent takes over without a moment of the hook running no program. False
-/// when there is no usable pinned link (the caller attaches anew).
-fn swap_into_pinned_link(pin: &Path, program: BorrowedFd<'_>) -> bool {
-    if !pin.exists() {
-        return false;
-    }
-    match pins::update_link(pin, program) {
-        Ok(()) => true,
-        Err(e) => {
+/// Makes `pin` hold `program`'s link: swaps the program into the link pinned there, if
+/// there is one (a restarted or upgraded agent takes over without a moment of the hook
+/// running no program), else attaches it anew with `attach` and pins the link.
+fn pinned_link(
+    pin: &Path,
+    program: BorrowedFd<'_>,
+    attach: impl FnOnce() -> anyhow::Result<FdLink>,
+) -> anyhow::Result<()> {
+    if pin.exists() {
+        match pins::update_link(pin, program) {
+            Ok(()) => return Ok(()),
             // A link whose cgroup or interface went away cannot take a program.
-            log::warn!(
-                "{}: cannot replace its program ({e}); attaching anew",
-                pin.display()
-            );
-            let _ = std::fs::remove_file(pin);
-            false
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot replace its program ({e}); attaching anew",
+                    pin.display()
+                );
+                let _ = std::fs::remove_file(pin);
+            }
         }
     }
-}
-
-fn pin_link(link: FdLink, pin: &Path) -> anyhow::Result<()> {
-    link.pin(pin)
+    attach()?
+        .pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
 }
