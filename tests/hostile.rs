@@ -103,6 +103,24 @@ fn udp4(e: &Ends, options: &[u8], fragment: u16, dport: u16) -> Vec<u8> {
     )
 }
 
+/// IPv4 that says UDP but ends two bytes into the UDP header.
+fn truncated_udp4(e: &Ends) -> Vec<u8> {
+    ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40])
+}
+
+/// IPv4 of a protocol no rule names.
+fn unknown_protocol4(e: &Ends) -> Vec<u8> {
+    ipv4(
+        e.src4,
+        e.dst4,
+        UNKNOWN_PROTOCOL,
+        e.marker,
+        &[],
+        0,
+        b"stagewall",
+    )
+}
+
 fn cases() -> Vec<Case> {
     let v6 = |e: &Ends, next: u8, payload: &[u8]| {
         ipv6(e.src6, e.dst6, next, u32::from(e.marker), payload)
@@ -170,14 +188,14 @@ fn cases() -> Vec<Case> {
             "friend",
             "server",
             false,
-            |e| ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40]),
+            truncated_udp4,
         ),
         case(
             "IPv4 truncated UDP header, fail-open workload",
             "friend",
             "lenient",
             true,
-            |e| ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40]),
+            truncated_udp4,
         ),
         case(
             "IPv4 header length below 20 bytes",
@@ -196,7 +214,7 @@ fn cases() -> Vec<Case> {
             "server",
             false,
             |e| {
-                let mut p = ipv4(e.src4, e.dst4, PROTO_UDP, e.marker, &[], 0, &[0x9c, 0x40]);
+                let mut p = truncated_udp4(e);
                 p[0] = 0x4f; // 60-byte header in a 22-byte packet
                 p
             },
@@ -206,34 +224,14 @@ fn cases() -> Vec<Case> {
             "client",
             "server",
             false,
-            |e| {
-                ipv4(
-                    e.src4,
-                    e.dst4,
-                    UNKNOWN_PROTOCOL,
-                    e.marker,
-                    &[],
-                    0,
-                    b"stagewall",
-                )
-            },
+            unknown_protocol4,
         ),
         case(
             "unknown protocol, peer allowed everything",
             "friend",
             "server",
             true,
-            |e| {
-                ipv4(
-                    e.src4,
-                    e.dst4,
-                    UNKNOWN_PROTOCOL,
-                    e.marker,
-                    &[],
-                    0,
-                    b"stagewall",
-                )
-            },
+            unknown_protocol4,
         ),
         case(
             "IPv6 hop-by-hop and destination options, allowed port",

@@ -86,15 +86,21 @@ fn wait_applied(agent: &Agent, before: f64) -> Duration {
     start.elapsed()
 }
 
+/// A test bed with the client and server workloads (cgroups) in `workloads.yaml`.
+fn client_and_server() -> Testbed {
+    let bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let mut inventory = bed.workload_yaml("client", "app", "{app: client}", false);
+    inventory += &bed.workload_yaml("server", "app", "{app: server}", false);
+    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    bed
+}
+
 #[test]
 fn policy_flips_under_live_traffic_never_give_a_third_verdict() {
     if !privileged() {
         return;
     }
-    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
-    let mut inventory = bed.workload_yaml("client", "app", "{app: client}", false);
-    inventory += &bed.workload_yaml("server", "app", "{app: server}", false);
-    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    let mut bed = client_and_server();
     bed.write_policy("policy.yaml", &policy_a()).unwrap();
     bed.serve("server", &[80, 81, 82, 83, 84], &[80]).unwrap();
     let agent = bed.start_agent(&[]).expect("starting the agent");
@@ -239,10 +245,7 @@ fn a_connection_opened_before_its_replies_direction_is_isolated_keeps_working() 
     if !privileged() {
         return;
     }
-    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
-    let mut inventory = bed.workload_yaml("client", "app", "{app: client}", false);
-    inventory += &bed.workload_yaml("server", "app", "{app: server}", false);
-    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    let mut bed = client_and_server();
     bed.serve("server", &[80], &[]).unwrap();
     bed.serve("client", &[80], &[]).unwrap();
     let agent = bed.start_agent(&[]).expect("starting the agent");
