@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use crate::{compiler, explain, policy, policy::model::Protocol};
+use crate::{
+    compiler, explain, policy,
+    policy::model::{PolicySet, Protocol},
+};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum ProtocolArg {
@@ -29,18 +32,26 @@ pub struct Question {
     pub protocol: Protocol,
 }
 
-/// Prints a summary (or every error, with file and line), then the explanation if asked,
-/// and says whether all went well.
-pub fn check(dir: &Path, question: Option<&Question>) -> bool {
-    let set = match policy::parse::load_dir(dir, &mut Default::default()) {
-        Ok(set) => set,
+/// Parses a policy directory, or prints every error (file, line, what is wrong) and
+/// gives None.
+pub fn load(dir: &Path) -> Option<PolicySet> {
+    match policy::parse::load_dir(dir, &mut Default::default()) {
+        Ok(set) => Some(set),
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
             eprintln!("{} error(s); nothing was applied", errors.0.len());
-            return false;
+            None
         }
+    }
+}
+
+/// Prints a summary (or every error, with file and line), then the explanation if asked,
+/// and says whether all went well.
+pub fn check(dir: &Path, question: Option<&Question>) -> bool {
+    let Some(set) = load(dir) else {
+        return false;
     };
     let compiled = match compiler::compile(&set, &compiler::EndpointIds::new()) {
         Ok(c) => c,

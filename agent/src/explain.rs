@@ -24,12 +24,10 @@ pub fn party<'a>(set: &'a PolicySet, spec: &str) -> anyhow::Result<Party<'a>> {
             None => Party::Address(addr),
         });
     }
-    let (namespace, name) = spec
-        .split_once('/')
-        .with_context(|| format!("{spec:?} is neither an address nor namespace/name"))?;
-    set.workloads
-        .iter()
-        .find(|w| w.name.namespace == namespace && w.name.name == name)
+    if !spec.contains('/') {
+        bail!("{spec:?} is neither an address nor namespace/name");
+    }
+    set.workload(spec)
         .map(Party::Workload)
         .with_context(|| format!("no Workload {spec} in the policies"))
 }

@@ -35,12 +35,12 @@ use aya::{
 };
 use ipnet::IpNet;
 use stagewall_common::{
-    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_DEFAULT_DENY_EGRESS,
-    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
-    EndpointInfo, EndpointKey, EndpointStats, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
-    GUARD_ENDPOINT_ID, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG, MAP_COUNTERS,
-    MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY,
-    MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, POLICY_SLOT_BIT, PolicyKey,
+    Config, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
+    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, EndpointStats, FAMILY_V4,
+    FAMILY_V6, FlowKey, FlowValue, GUARD_ENDPOINT_ID, IPCACHE_PREFIX_BITS, IpcacheKey, MAP_CONFIG,
+    MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE,
+    MAP_POLICY, MAP_SELF_ADDRS, MODE_AUDIT, MODE_ENFORCE, POLICY_ALLOW, POLICY_SLOT_BIT, PolicyKey,
     SelfAddrKey,
 };
 
@@ -48,7 +48,7 @@ use crate::{
     compiler::{Compiled, Endpoint, EndpointIds, slot_policy_id},
     host::{self, Target},
     pins::{self, PINNED_MAPS, Pins},
-    policy::model::{Attachment, ObjectName},
+    policy::model::{Attachment, Mode, ObjectName},
 };
 
 /// The kernel object, built by build.rs with aya-build and embedded in the binary.
@@ -65,14 +65,6 @@ const PROG_SOCK_ADDR: [&str; 4] = [
 ];
 const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
 const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Drop what policy denies.
-    Enforce,
-    /// Drop nothing; report what enforce mode would drop.
-    Audit,
-}
 
 /// Links of one attached workload, to detach it when it leaves the policy: pinned (the
 /// pin holds the link), or, for TC through clsact on kernels before 6.6 (netlink filters,
@@ -464,8 +456,10 @@ impl Loader {
         if held.endpoints.contains_key(&key) {
             return Ok(());
         }
+        // An audited workload is reported, not denied, meanwhile too.
         let pending = EndpointInfo {
             endpoint_id: ep.endpoint_id,
+            flags: GUARD.flags | ep.flags & (EP_AUDIT_INGRESS | EP_AUDIT_EGRESS),
             ..GUARD
         };
         self.endpoints

@@ -47,6 +47,13 @@ enum Command {
     },
     /// Print the agent's recent verdict events, or follow them (--follow).
     Events(stagewall::events::client::EventsArgs),
+    /// Least-privilege NetworkPolicies learnt from the flow records (audit-first rollout).
+    Advise(stagewall::rollout::AdviseArgs),
+    /// Replay the flow records against candidate policies: exit 1 if any flow that went
+    /// through would be denied.
+    Simulate(stagewall::rollout::SimulateArgs),
+    /// Per stage: mode, flows seen, would-drops by peer and port, policies in force.
+    Report(stagewall::rollout::ReportArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
     Check {
         /// Directory of policy files.
@@ -124,6 +131,9 @@ fn main() -> ExitCode {
         }
         Command::Release { workload, socket } => control(&socket, &format!("release {workload}")),
         Command::Uninstall { bpffs_dir, socket } => uninstall(&bpffs_dir, &socket),
+        Command::Advise(args) => stagewall::rollout::advise(&args),
+        Command::Simulate(args) => stagewall::rollout::simulate(&args),
+        Command::Report(args) => stagewall::rollout::report(&args),
         Command::Events(args) => match stagewall::events::client::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use aya::maps::{HashMap, MapData};
-use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue, GUARD_ENDPOINT_ID};
+use stagewall_common::{DIR_EGRESS, DIR_INGRESS, FLOWS_MAX, FlowKey, FlowValue, GUARD_ENDPOINT_ID};
 
 use crate::{
     auto_quarantine::{AutoQuarantine, Threshold},
@@ -26,17 +26,18 @@ use crate::{
     events::{
         self,
         hub::Hub,
-        reader::Outputs,
+        reader::{Outputs, RecordFilter},
         sink::{RotatingFile, Sink},
     },
+    flow_records::{FlowRecords, Recording},
     host, http,
-    loader::{Enforcement, Loader, Mode},
+    loader::{Enforcement, Loader},
     metrics::Metrics,
     pins::{self, Pins},
     policy::{
         self,
         documents::ParseCache,
-        model::{ObjectName, PolicySet},
+        model::{Mode, ObjectName, PolicySet},
     },
     watch as dir_watch,
 };
@@ -102,11 +103,26 @@ pub struct RunArgs {
     /// covered by the guard's programs (attached once, for every cgroup below it).
     #[arg(long, value_name = "PATH")]
     pub guard_cgroup: Vec<PathBuf>,
+    /// The flow records file (for `stagewall advise`, `simulate` and `report`): written
+    /// every 10 seconds and at exit, and added to across restarts.
+    #[arg(long, default_value = DEFAULT_FLOW_RECORDS)]
+    pub flow_records: PathBuf,
+    /// Whose flows are recorded: directions in audit mode (the agent's, a namespace's or
+    /// a policy's), all workloads, or none.
+    #[arg(long, value_enum, default_value = "audited")]
+    pub record_flows: Recording,
+    /// Most flow records kept; the least recently seen make room for new ones.
+    #[arg(long, default_value_t = 100_000)]
+    pub flow_records_max: usize,
     /// Quarantine a workload automatically when its egress is denied N times within T
     /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
     #[arg(long, value_name = "N/T")]
     pub auto_quarantine: Option<Threshold>,
 }
+
+pub const DEFAULT_FLOW_RECORDS: &str = "/var/lib/stagewall/flow-records.json";
+/// How often the flow records are written to disk (and at exit): what a crash can lose.
+const FLOW_RECORDS_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the workloads' egress denials are sampled for --auto-quarantine.
 const AUTO_QUARANTINE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -162,11 +178,43 @@ struct Enforcer {
     auto_quarantine: Option<AutoQuarantine>,
     /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
     quarantined: BTreeSet<ObjectName>,
+    /// --log-allowed: allowed flows go to the event log too.
+    log_allowed: bool,
+    /// The flow records, and whose flows they take.
+    records: Option<(Arc<Mutex<FlowRecords>>, RecordFilter)>,
 }
 
 impl Enforcer {
+    /// Whether the kernel must report allowed flows under `compiled`: for the event log,
+    /// or for the flow records of a workload they cover.
+    fn reports_allowed(&self, compiled: &Compiled) -> bool {
+        self.log_allowed
+            || self.records.as_ref().is_some_and(|(_, filter)| {
+                compiled.endpoints.iter().any(|e| {
+                    filter.covers(e.flags, DIR_INGRESS) || filter.covers(e.flags, DIR_EGRESS)
+                })
+            })
+    }
+
+    /// Notes in the flow records which workloads' directions they cover from now on.
+    fn watch_recorded(&self, compiled: &Compiled) {
+        let Some((records, filter)) = &self.records else {
+            return;
+        };
+        let mut records = records.lock().expect("records lock");
+        for e in &compiled.endpoints {
+            for (direction, name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+                if filter.covers(e.flags, direction) {
+                    records.watch(&e.workload.to_string(), name, e.stage.as_deref());
+                }
+            }
+        }
+    }
+
     fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
+        self.how.log_allowed = self.reports_allowed(&compiled);
+        self.watch_recorded(&compiled);
         let enforced = self.loader.apply(&compiled, self.how, &self.quarantined)?;
         let took = started.elapsed();
         self.metrics
@@ -366,6 +414,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => host::cgroup2_mount()?,
     };
     host::ensure_bpffs()?;
+    let records = match args.record_flows {
+        Recording::Off => None,
+        recording => {
+            let records = FlowRecords::open(&args.flow_records, args.flow_records_max, args.mode)
+                .map_err(|e| ConfigError(format!("{e:#}")))?;
+            let filter = RecordFilter {
+                recording,
+                agent_audits: args.mode == Mode::Audit,
+            };
+            Some((Arc::new(Mutex::new(records)), filter))
+        }
+    };
     let sink = match &args.events_file {
         Some(path) => Sink::File(
             RotatingFile::open(
@@ -418,6 +478,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         trim_pending: false,
         auto_quarantine: args.auto_quarantine.map(AutoQuarantine::new),
         quarantined: BTreeSet::new(),
+        log_allowed: args.log_allowed,
+        records: records.clone(),
     };
     enforcer.apply(compiled).context("applying the policy")?;
     return_freed_memory();
@@ -438,6 +500,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         sink,
         hub,
         node: args.node_name.unwrap_or_else(events::host_name),
+        log_allowed: args.log_allowed,
+        records: records.clone(),
     };
     tasks.spawn(events::reader::stream(readers.events, policy_rx, outputs));
     tasks.spawn(http::serve(listener, state.clone()));
@@ -452,6 +516,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     let mut sample = tokio::time::interval(AUTO_QUARANTINE_SAMPLE_EVERY);
+    let mut save_records = tokio::time::interval(FLOW_RECORDS_SAVE_EVERY);
     let result = loop {
         tokio::select! {
             signal = &mut shutdown => {
@@ -474,12 +539,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 enforcer.reconcile();
             }
             _ = sample.tick(), if enforcer.auto_quarantine.is_some() => enforcer.auto_quarantine(),
+            _ = save_records.tick(), if records.is_some() => save(records.as_ref()),
             Some((request, reply)) = commands.recv() => {
                 let _ = reply.send(enforcer.control(request));
             }
         }
     };
     tasks.shutdown().await;
+    save(records.as_ref());
     let generation = enforcer.loader.generation();
     // The links are pinned: the programs stay attached and go on enforcing the policy in
     // force until an agent takes over or `stagewall uninstall` removes them.
@@ -490,6 +557,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         generation
     );
     result
+}
+
+/// Writes the flow records if there are any; a failure is logged and retried next time.
+fn save(records: Option<&(Arc<Mutex<FlowRecords>>, RecordFilter)>) {
+    if let Some((records, _)) = records
+        && let Err(e) = records.lock().expect("records lock").save()
+    {
+        log::error!("{e:#}");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM, naming the signal.

@@ -89,6 +89,8 @@ pub struct Testbed {
     /// Where the agent pins its maps and links (removed with the test bed: that detaches
     /// every program the test's agents attached).
     pub bpffs: PathBuf,
+    /// The agents' flow records file (outside the policy directory the agent watches).
+    pub flow_records: PathBuf,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -222,10 +224,13 @@ impl Testbed {
             control_socket: std::env::temp_dir()
                 .join(format!("{}.control.sock", layout.cgroup_dir)),
             bpffs: Path::new(BPFFS).join(&layout.cgroup_dir),
+            flow_records: std::env::temp_dir()
+                .join(format!("{}.flow-records.json", layout.cgroup_dir)),
             dir,
             _serial: serial,
         };
         // From here on, Drop cleans up whatever was made.
+        let _ = fs::remove_file(&bed.flow_records);
         if bed.cgroup_base.exists() {
             // Left over by a killed run of the same layout (the demo's fixed names).
             let _ = fs::remove_dir_all(&bed.bpffs);
@@ -518,6 +523,8 @@ impl Testbed {
             .arg(&self.control_socket)
             .arg("--bpffs-dir")
             .arg(&self.bpffs)
+            .arg("--flow-records")
+            .arg(&self.flow_records)
             .args(extra_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting stagewall")?;
@@ -585,6 +592,7 @@ impl Drop for Testbed {
         remove_cgroup_tree(&self.cgroup_base);
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_file(&self.control_socket);
+        let _ = fs::remove_file(&self.flow_records);
     }
 }
 

@@ -485,6 +485,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
             name: "a".into(),
             labels: Labels::from([("team".into(), if team { "x" } else { "y" }.into())]),
             fail_mode: None,
+            mode: None,
             origin: origin(),
         });
         for (i, (ns, app, tier, local, ports)) in workloads.into_iter().enumerate() {
@@ -516,6 +517,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
                 egress_isolates: egress,
                 ingress: irules,
                 egress: erules,
+                mode: None,
                 origin: origin(),
             });
         }
@@ -581,6 +583,76 @@ spec: {cgroup: /prod/serving, addresses: [10.9.0.3]}
 }
 
 #[test]
+fn audit_comes_from_the_namespace_or_a_policy_and_covers_the_directions_it_isolates() {
+    let mut set = parse(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: lab, annotations: {stagewall.io/mode: audit}}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: notebook, namespace: lab, labels: {app: notebook}}
+spec: {cgroup: /lab/notebook, addresses: [10.9.0.1]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: trainer, namespace: prod, labels: {app: trainer}}
+spec: {cgroup: /prod/trainer, addresses: [10.9.0.2]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: serving, namespace: prod, labels: {app: serving}}
+spec: {cgroup: /prod/serving, addresses: [10.9.0.3]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: monitor, namespace: prod, labels: {app: monitor}}
+spec: {cgroup: /prod/monitor, addresses: [10.9.0.4]}
+---
+# Ingress only, in audit: the trainer's egress stays enforced by the next policy.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: trainer-in, namespace: prod, annotations: {stagewall.io/mode: audit}}
+spec: {podSelector: {matchLabels: {app: trainer}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: trainer-out, namespace: prod}
+spec: {podSelector: {matchLabels: {app: trainer}}, policyTypes: [Egress]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Pipeline
+metadata: {name: serve, namespace: prod, annotations: {stagewall.io/mode: audit}}
+spec:
+  stages: [{name: serving, selector: {matchLabels: {app: serving}}}]
+  flows: [{from: {cidr: 10.0.0.0/8}, to: {stage: serving}}]
+"#,
+    );
+    crate::policy::pipeline::expand(&mut set).unwrap();
+    let compiled = compile(&set, &EndpointIds::new()).unwrap();
+    let flags = |ns: &str, n: &str| {
+        compiled.endpoint(&name(ns, n)).unwrap().flags & (EP_AUDIT_INGRESS | EP_AUDIT_EGRESS)
+    };
+    assert_eq!(
+        flags("lab", "notebook"),
+        EP_AUDIT_INGRESS | EP_AUDIT_EGRESS,
+        "the namespace's annotation audits both directions, isolated or not"
+    );
+    assert_eq!(
+        flags("prod", "trainer"),
+        EP_AUDIT_INGRESS,
+        "only the audited policy's direction"
+    );
+    assert_eq!(
+        flags("prod", "serving"),
+        EP_AUDIT_INGRESS | EP_AUDIT_EGRESS,
+        "the policies a Pipeline expands into carry its annotation"
+    );
+    assert_eq!(flags("prod", "monitor"), 0, "enforced by default");
+}
+
+#[test]
 fn a_policy_too_large_for_the_kernel_maps_is_rejected_naming_the_map() {
     // More CIDRs than half the IPCACHE (one policy slot's share) holds.
     let prefixes = IPCACHE_MAX / 2 + 1;
@@ -604,6 +676,7 @@ fn a_policy_too_large_for_the_kernel_maps_is_rejected_naming_the_map() {
             line: 1,
         }],
         egress: Vec::new(),
+        mode: None,
         origin: origin(),
     });
     let err = compile(&set, &EndpointIds::new()).unwrap_err();

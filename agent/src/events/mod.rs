@@ -95,6 +95,18 @@ pub fn protocol_name(protocol: u8) -> String {
     }
 }
 
+/// The protocol number `protocol_name` gave a name.
+pub fn protocol_number(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(PROTO_TCP),
+        "udp" => Some(PROTO_UDP),
+        "sctp" => Some(PROTO_SCTP),
+        "icmp" => Some(PROTO_ICMP),
+        "icmpv6" => Some(PROTO_ICMPV6),
+        other => other.strip_prefix("ip-proto-")?.parse().ok(),
+    }
+}
+
 fn addr(family: u8, bytes: [u8; 16]) -> Option<IpAddr> {
     match family {
         FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(

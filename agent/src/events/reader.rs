@@ -1,17 +1,24 @@
 //! Drains the kernel's ring buffer: every event is named, counted in the metrics, written
 //! to the sink and published to HTTP readers.
 
-use std::{os::fd::AsRawFd, sync::Arc};
+use std::{
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+};
 
 use aya::maps::{MapData, RingBuf};
-use stagewall_common::Event;
+use stagewall_common::{DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, Event, REASON_ALLOWED};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::watch,
 };
 
 use super::{describe, hub::Hub, sink::Sink};
-use crate::{compiler::Compiled, metrics::Metrics};
+use crate::{
+    compiler::Compiled,
+    flow_records::{FlowRecords, Recording},
+    metrics::Metrics,
+};
 
 /// Registers a kernel ring buffer's fd with tokio for readiness (read) events.
 pub fn readable<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
@@ -33,6 +40,44 @@ pub struct Outputs {
     pub sink: Sink,
     pub hub: Arc<Hub>,
     pub node: String,
+    /// Allowed flows go to the sink and the hub (--log-allowed); without it the kernel
+    /// reports them only for the flow records.
+    pub log_allowed: bool,
+    /// Flow records, and which events feed them.
+    pub records: Option<(Arc<Mutex<FlowRecords>>, RecordFilter)>,
+}
+
+/// Which events the flow records take: those of audited directions, or all.
+#[derive(Clone, Copy)]
+pub struct RecordFilter {
+    pub recording: Recording,
+    /// The agent runs in audit mode: every direction is audited.
+    pub agent_audits: bool,
+}
+
+impl RecordFilter {
+    /// Does it take a direction (DIR_*) of an endpoint with these EP_* flags?
+    pub fn covers(&self, flags: u32, direction: u8) -> bool {
+        let flag = if direction == DIR_INGRESS {
+            EP_AUDIT_INGRESS
+        } else {
+            EP_AUDIT_EGRESS
+        };
+        match self.recording {
+            Recording::All => true,
+            Recording::Off => false,
+            Recording::Audited => self.agent_audits || flags & flag != 0,
+        }
+    }
+
+    /// Does it take this event? Only of workloads of the policy in force.
+    fn takes(&self, event: &Event, compiled: &Compiled) -> bool {
+        compiled
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == event.endpoint_id)
+            .is_some_and(|e| self.covers(e.flags, event.direction))
+    }
 }
 
 /// Runs until the task is cancelled.
@@ -52,6 +97,14 @@ pub async fn stream(
                 continue;
             };
             let e = describe(&event, &compiled, &out.node);
+            if let Some((records, filter)) = &out.records
+                && filter.takes(&event, &compiled)
+            {
+                records.lock().expect("records lock").observe(&e);
+            }
+            if event.reason == REASON_ALLOWED && !out.log_allowed {
+                continue;
+            }
             out.metrics.record_event(&e);
             out.sink.write_line(&serde_json::to_vec(&e)?)?;
             out.hub.publish(&e);

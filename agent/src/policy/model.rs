@@ -54,6 +54,31 @@ pub enum FailMode {
     Open,
 }
 
+/// Whether policy drops what it denies. The agent's `--mode` sets it for every workload;
+/// the annotation `stagewall.io/mode` sets it for a namespace or a single policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Mode {
+    /// Drop what policy denies.
+    #[default]
+    Enforce,
+    /// Drop nothing; report what enforce mode would drop.
+    Audit,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// The annotation that puts a namespace, a NetworkPolicy or a Pipeline in audit (or
+/// enforce) mode. Audit anywhere wins: a workload's direction is audited when the agent,
+/// its namespace, or any policy that isolates it in that direction is in audit mode.
+pub const MODE_ANNOTATION: &str = "stagewall.io/mode";
+
 /// The annotation that sets a namespace's fail mode (a Workload's `spec.failMode` wins).
 pub const FAIL_MODE_ANNOTATION: &str = "stagewall.io/fail-mode";
 
@@ -79,6 +104,8 @@ pub struct Namespace {
     pub labels: Labels,
     /// From the `stagewall.io/fail-mode` annotation.
     pub fail_mode: Option<FailMode>,
+    /// From the `stagewall.io/mode` annotation.
+    pub mode: Option<Mode>,
     pub origin: Origin,
 }
 
@@ -228,6 +255,9 @@ pub struct NetworkPolicy {
     pub egress_isolates: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// From the `stagewall.io/mode` annotation (of the policy, or of the Pipeline it was
+    /// expanded from).
+    pub mode: Option<Mode>,
     pub origin: Origin,
 }
 
@@ -260,6 +290,8 @@ pub struct Pipeline {
     pub tenant_label: Option<String>,
     /// Also isolate every other workload of the namespace (a default-deny policy).
     pub default_deny: bool,
+    /// From the `stagewall.io/mode` annotation; the policies it expands into carry it.
+    pub mode: Option<Mode>,
     pub origin: Origin,
 }
 
@@ -306,6 +338,14 @@ impl PolicySet {
         self.pipelines.extend_from_slice(&other.pipelines);
     }
 
+    /// The workload named `namespace/name`.
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        let (namespace, name) = name.split_once('/')?;
+        self.workloads
+            .iter()
+            .find(|w| w.name.namespace == namespace && w.name.name == name)
+    }
+
     /// The policies that select `workload` for `direction`: those that isolate it there.
     pub fn isolating(&self, workload: &Workload, direction: Direction) -> Vec<&NetworkPolicy> {
         self.policies
@@ -329,6 +369,21 @@ impl PolicySet {
                     .and_then(|n| n.fail_mode)
             })
             .unwrap_or_default()
+    }
+
+    /// Whether `workload`'s `direction` is audited by its namespace or by a policy that
+    /// isolates it there (the agent's own `--mode audit` aside).
+    pub fn audited(&self, workload: &Workload, direction: Direction) -> bool {
+        let namespace = self
+            .namespaces
+            .iter()
+            .find(|n| n.name == workload.name.namespace)
+            .and_then(|n| n.mode);
+        namespace == Some(Mode::Audit)
+            || self
+                .isolating(workload, direction)
+                .iter()
+                .any(|p| p.mode == Some(Mode::Audit))
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.

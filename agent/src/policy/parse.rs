@@ -15,9 +15,9 @@ use serde_saphyr::Spanned;
 
 use super::documents::ParseCache;
 use super::model::{
-    Attachment, FAIL_MODE_ANNOTATION, FailMode, Flow, FlowEnd, LabelSelector, Labels, NamedPort,
-    Namespace, NetworkPolicy, ObjectName, Origin, Peer, Pipeline, PolicySet, PortMatch, PortSpec,
-    Protocol, Requirement, Rule, Stage, Workload,
+    Attachment, FAIL_MODE_ANNOTATION, FailMode, Flow, FlowEnd, LabelSelector, Labels,
+    MODE_ANNOTATION, Mode, NamedPort, Namespace, NetworkPolicy, ObjectName, Origin, Peer, Pipeline,
+    PolicySet, PortMatch, PortSpec, Protocol, Requirement, Rule, Stage, Workload,
 };
 
 pub const API_NETWORKING: &str = "networking.k8s.io/v1";
@@ -452,6 +452,17 @@ impl Cx<'_> {
             namespace,
             name: name.value.clone(),
         };
+        let mode = match meta
+            .annotations
+            .as_ref()
+            .and_then(|a| Some((self.line(a), a.value.get(MODE_ANNOTATION)?)))
+        {
+            Some((line, value)) => match self.mode(value, line, kind.value.as_str()) {
+                Some(mode) => Some(mode),
+                None => return,
+            },
+            None => None,
+        };
         let spec = doc.spec;
         match (api.value.as_str(), kind.value.as_str()) {
             (API_NETWORKING, "NetworkPolicy") => {
@@ -459,7 +470,7 @@ impl Cx<'_> {
                     self.error(line, "NetworkPolicy has no spec; expected spec.podSelector");
                     return;
                 };
-                if let Some(p) = self.network_policy(object, spec, line) {
+                if let Some(p) = self.network_policy(object, spec, mode, line) {
                     set.policies.push(p);
                 }
             }
@@ -475,7 +486,7 @@ impl Cx<'_> {
                     self.error(line, "Pipeline has no spec; expected spec.stages and spec.flows");
                     return;
                 };
-                if let Some(p) = self.pipeline(object, spec, line) {
+                if let Some(p) = self.pipeline(object, spec, mode, line) {
                     set.pipelines.push(p);
                 }
             }
@@ -502,6 +513,7 @@ impl Cx<'_> {
                     name: name.value,
                     labels,
                     fail_mode,
+                    mode,
                     origin: self.origin(line),
                 });
             }
@@ -615,6 +627,7 @@ impl Cx<'_> {
         &mut self,
         name: ObjectName,
         spec: Spanned<RawSpec>,
+        mode: Option<Mode>,
         line: u32,
     ) -> Option<NetworkPolicy> {
         let spec_line = self.line(&spec);
@@ -663,6 +676,7 @@ impl Cx<'_> {
             egress_isolates,
             ingress,
             egress,
+            mode,
             origin: self.origin(line),
         })
     }
@@ -888,6 +902,7 @@ impl Cx<'_> {
         &mut self,
         name: ObjectName,
         spec: Spanned<RawSpec>,
+        mode: Option<Mode>,
         line: u32,
     ) -> Option<Pipeline> {
         let spec_line = self.line(&spec);
@@ -961,6 +976,7 @@ impl Cx<'_> {
             flows,
             tenant_label,
             default_deny: spec.default_deny.unwrap_or(false),
+            mode,
             origin: self.origin(line),
         })
     }
@@ -1065,6 +1081,25 @@ impl Cx<'_> {
             fail_mode,
             origin: self.origin(line),
         })
+    }
+
+    /// The `stagewall.io/mode` annotation of a document of `kind`.
+    fn mode(&mut self, value: &str, line: u32, kind: &str) -> Option<Mode> {
+        if !matches!(kind, "Namespace" | "NetworkPolicy" | "Pipeline") {
+            self.error(line, format!("annotation {MODE_ANNOTATION} on a {kind}; expected it on a Namespace, NetworkPolicy or Pipeline"));
+            return None;
+        }
+        match value {
+            "enforce" => Some(Mode::Enforce),
+            "audit" => Some(Mode::Audit),
+            other => {
+                self.error(
+                    line,
+                    format!("annotation {MODE_ANNOTATION} {other:?} is invalid; expected enforce or audit"),
+                );
+                None
+            }
+        }
     }
 
     fn fail_mode(&mut self, value: &str, line: u32, field: &str) -> Option<FailMode> {
@@ -1297,6 +1332,24 @@ mod tests {
             "{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}\n"
         ));
         assert!(e.message.contains("not strictly inside"), "{e}");
+    }
+
+    #[test]
+    fn mode_annotations_other_than_enforce_or_audit_or_on_other_kinds_are_rejected() {
+        let e = one_error(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    stagewall.io/mode: watch\nspec: {podSelector: {}}\n",
+        );
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("expected enforce or audit"), "{e}");
+        let e = one_error(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata:\n  name: w\n  annotations: {stagewall.io/mode: audit}\nspec: {cgroup: /w}\n",
+        );
+        assert_eq!(e.line, 5, "{e}");
+        assert!(
+            e.message
+                .contains("expected it on a Namespace, NetworkPolicy or Pipeline"),
+            "{e}"
+        );
     }
 
     #[test]

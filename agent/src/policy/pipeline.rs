@@ -110,6 +110,7 @@ fn expand_one(set: &PolicySet, p: &Pipeline) -> Result<Vec<NetworkPolicy>, Vec<P
             egress_isolates: true,
             ingress: Vec::new(),
             egress: Vec::new(),
+            mode: p.mode,
             origin: p.origin.clone(),
         });
     }
@@ -140,6 +141,7 @@ fn expand_one(set: &PolicySet, p: &Pipeline) -> Result<Vec<NetworkPolicy>, Vec<P
             egress_isolates: true,
             ingress,
             egress,
+            mode: p.mode,
             origin: p.origin.clone(),
         });
     }

@@ -58,7 +58,8 @@ pub const MODE_AUDIT: u32 = 1;
 pub struct Config {
     /// 0 or 1: which slot of ENDPOINTS and IPCACHE (and which policy ids) is in force.
     pub active_slot: u32,
-    /// MODE_ENFORCE or MODE_AUDIT.
+    /// MODE_ENFORCE, or MODE_AUDIT for every workload (the agent's `--mode audit`); single
+    /// workloads are audited by their EP_AUDIT_* flags.
     pub mode: u32,
     /// Counts applied policies; events carry it so user space can name the policy in force.
     pub generation: u32,
@@ -100,6 +101,11 @@ pub const EP_QUARANTINED: u32 = 1 << 4;
 /// The workload's fail mode is open: a packet the programs cannot decide (headers that
 /// cannot be parsed) passes, counted and reported, instead of being dropped.
 pub const EP_FAIL_OPEN: u32 = 1 << 5;
+/// The workload's ingress is in audit mode (a namespace or policy annotation): what its
+/// policy denies is reported as would-drop and passes, whatever `Config::mode` says.
+pub const EP_AUDIT_INGRESS: u32 = 1 << 6;
+/// The workload's egress is in audit mode.
+pub const EP_AUDIT_EGRESS: u32 = 1 << 7;
 
 /// The endpoint id of guard cgroups (`--guard-cgroup`): cgroups below a guard that are in
 /// no workload are denied as this endpoint. Workloads' ids start at 1.

@@ -234,7 +234,7 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     }
     // In audit mode the packets themselves are reported by cgroup_skb; reporting the
     // connect too would count one would-drop twice.
-    let report = cfg.mode != stagewall_common::MODE_AUDIT;
+    let report = !verdict::audits(cfg, ep, DIR_EGRESS);
     match decide(cfg, ep, &flow, hook, report) {
         Verdict::Pass => SOCK_ALLOW,
         Verdict::Drop => SOCK_DENY,

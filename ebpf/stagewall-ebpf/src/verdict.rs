@@ -21,15 +21,15 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_DEFAULT_DENY_EGRESS,
-    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
-    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
-    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
-    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
-    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
-    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index, verdict_counter,
+    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
+    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
+    Event, EventLimit, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
+    FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
+    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS,
+    PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL,
+    REASON_NO_RULE, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
+    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index, verdict_counter,
 };
 
 use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
@@ -55,6 +55,17 @@ pub enum Verdict {
 
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+/// Is the endpoint's `direction` in audit mode: the whole agent, or the workload's
+/// namespace or policy?
+pub fn audits(cfg: &Config, ep: &EndpointInfo, direction: u8) -> bool {
+    let flag = if direction == DIR_INGRESS {
+        EP_AUDIT_INGRESS
+    } else {
+        EP_AUDIT_EGRESS
+    };
+    cfg.mode == MODE_AUDIT || ep.flags & flag != 0
 }
 
 /// What an event says of a packet.
@@ -110,7 +121,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         }
         let identity = remote_identity(cfg, flow);
         if !allowed_by_policy(policy, identity, flow) {
-            let audit = cfg.mode == MODE_AUDIT;
+            let audit = audits(cfg, ep, flow.direction);
             let verdict = if audit {
                 VERDICT_WOULD_DROP
             } else {
@@ -156,6 +167,13 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             allowed(cfg, ep, flow, now, identity, hook);
         }
     } else if packet_hook {
+        // With flow logging, a reply must not be reported as a flow of its own (a
+        // connection's answers would show up as traffic to the client's ephemeral port).
+        if cfg.log_allowed != 0 && is_reply(ep, flow, now) {
+            count(CNT_REPLIES);
+            stat(ep, flow, STAT_ALLOWED);
+            return Verdict::Pass;
+        }
         allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
     }
     // Track every allowed flow: for its replies — also those that arrive after a policy
@@ -198,7 +216,7 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         remote_port: 0,
         bytes,
     };
-    let audit = cfg.mode == MODE_AUDIT;
+    let audit = audits(cfg, ep, direction);
     let fail_open = ep.flags & EP_FAIL_OPEN != 0;
     let (which, verdict) = if fail_open {
         (STAT_ALLOWED, VERDICT_ALLOWED)

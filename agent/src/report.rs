@@ -1,0 +1,183 @@
+//! `stagewall report`: per pipeline stage, from the flow records and the policies, what a
+//! team needs to move the stage from audit to enforce: its mode, the flows seen, what
+//! would have been dropped (by peer and port), what was dropped, and the policies in force.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
+
+use serde::Serialize;
+
+use crate::{
+    flow_records::RecordsFile,
+    policy::model::{Direction, Mode, PolicySet, Workload},
+};
+
+#[derive(Debug, Default, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub workloads: Vec<String>,
+    /// "enforce", "audit" or "mixed" (workloads or directions differ), per direction.
+    pub ingress_mode: String,
+    pub egress_mode: String,
+    /// Distinct flows recorded (workload, direction, peer, protocol, port), and the
+    /// events behind them.
+    pub flows_seen: usize,
+    pub events: u64,
+    /// Would-drop and dropped events by (direction, peer, protocol/port).
+    pub would_drops: Vec<Denials>,
+    pub drops: Vec<Denials>,
+    /// The policies that isolate the stage's workloads.
+    pub ingress_policies: Vec<String>,
+    pub egress_policies: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Denials {
+    pub direction: String,
+    pub peer: String,
+    pub port: String,
+    pub events: u64,
+}
+
+/// The report for every stage that has a local workload in `set` or a record.
+pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<StageReport> {
+    let stage_of = |w: &Workload| {
+        w.labels
+            .get("stage")
+            .cloned()
+            .unwrap_or_else(|| w.name.to_string())
+    };
+    let mut stages: BTreeMap<String, StageReport> = BTreeMap::new();
+    let mut modes: BTreeMap<String, [BTreeSet<Mode>; 2]> = BTreeMap::new();
+    let mut policies: BTreeMap<String, [BTreeSet<String>; 2]> = BTreeMap::new();
+    for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
+        let stage = stage_of(w);
+        let entry = stages.entry(stage.clone()).or_default();
+        entry.workloads.push(w.name.to_string());
+        for (i, direction) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            let audited = agent_mode == Mode::Audit || set.audited(w, direction);
+            modes.entry(stage.clone()).or_default()[i].insert(if audited {
+                Mode::Audit
+            } else {
+                Mode::Enforce
+            });
+            policies.entry(stage.clone()).or_default()[i].extend(
+                set.isolating(w, direction)
+                    .iter()
+                    .map(|p| p.name.to_string()),
+            );
+        }
+    }
+    let mut would_drops: BTreeMap<String, BTreeMap<(String, String, String), u64>> =
+        BTreeMap::new();
+    let mut drops = would_drops.clone();
+    for r in &records.records {
+        let stage = set
+            .workload(&r.key.workload)
+            .map(stage_of)
+            .or_else(|| r.stage.clone())
+            .unwrap_or_else(|| r.key.workload.clone());
+        let entry = stages.entry(stage.clone()).or_default();
+        if !entry.workloads.contains(&r.key.workload) {
+            entry.workloads.push(r.key.workload.clone());
+        }
+        entry.flows_seen += 1;
+        entry.events += r.allowed + r.would_drop + r.dropped;
+        let port = match r.key.port {
+            Some(p) => format!("{}/{p}", r.key.protocol),
+            None => r.key.protocol.clone(),
+        };
+        let key = (r.key.direction.clone(), r.peer.clone(), port);
+        for (count, table) in [(r.would_drop, &mut would_drops), (r.dropped, &mut drops)] {
+            if count > 0 {
+                *table
+                    .entry(stage.clone())
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default() += count;
+            }
+        }
+    }
+    let denials = |table: Option<BTreeMap<(String, String, String), u64>>| {
+        table
+            .unwrap_or_default()
+            .into_iter()
+            .map(|((direction, peer, port), events)| Denials {
+                direction,
+                peer,
+                port,
+                events,
+            })
+            .collect()
+    };
+    let mode_name = |set: Option<&BTreeSet<Mode>>| match set.map(|s| s.iter().collect::<Vec<_>>()) {
+        Some(v) if v.len() == 1 => v[0].name().to_string(),
+        Some(v) if v.len() > 1 => "mixed".to_string(),
+        // Only in the records: not a workload of these policies.
+        _ => "unknown".to_string(),
+    };
+    stages
+        .into_iter()
+        .map(|(stage, mut r)| {
+            r.workloads.sort();
+            let m = modes.get(&stage);
+            r.ingress_mode = mode_name(m.map(|m| &m[0]));
+            r.egress_mode = mode_name(m.map(|m| &m[1]));
+            let p = policies.remove(&stage).unwrap_or_default();
+            let [ingress, egress] = p;
+            r.ingress_policies = ingress.into_iter().collect();
+            r.egress_policies = egress.into_iter().collect();
+            r.would_drops = denials(would_drops.remove(&stage));
+            r.drops = denials(drops.remove(&stage));
+            r.stage = stage;
+            r
+        })
+        .collect()
+}
+
+pub fn text(stages: &[StageReport]) -> String {
+    let mut out = String::new();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none (not isolated)".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    for s in stages {
+        let _ = writeln!(out, "stage {} ({})", s.stage, s.workloads.join(", "));
+        let _ = writeln!(
+            out,
+            "  mode: ingress {}, egress {}",
+            s.ingress_mode, s.egress_mode
+        );
+        let _ = writeln!(out, "  flows seen: {} ({} events)", s.flows_seen, s.events);
+        for (title, denials) in [("would drop", &s.would_drops), ("dropped", &s.drops)] {
+            if denials.is_empty() {
+                let _ = writeln!(out, "  {title}: none");
+                continue;
+            }
+            let _ = writeln!(out, "  {title}:");
+            for d in denials {
+                let arrow = if d.direction == "ingress" {
+                    "from"
+                } else {
+                    "to"
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:<7} {arrow} {} {}: {} events",
+                    d.direction, d.peer, d.port, d.events
+                );
+            }
+        }
+        let _ = writeln!(out, "  ingress policies: {}", list(&s.ingress_policies));
+        let _ = writeln!(out, "  egress policies: {}", list(&s.egress_policies));
+    }
+    out
+}

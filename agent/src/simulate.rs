@@ -1,0 +1,212 @@
+//! `stagewall simulate --policies DIR`: replays flow records against a candidate policy
+//! set and says, per stage, which flows it would newly deny or newly allow, and the rule
+//! responsible. Decided by the NetworkPolicy semantics the compiler is tested against
+//! (policy::semantics), so no kernel is needed; a CI job can gate a policy change on it.
+//!
+//! What counts is whether the traffic goes through:
+//! - newly denied: the flow went through (allowed, or would-drop in audit mode) and the
+//!   candidate drops it (denies it where it enforces);
+//! - newly allowed: the policy in force denied the flow (dropped or would-drop) and the
+//!   candidate allows it;
+//! - would drop: the candidate denies the flow but audits that direction, so it still
+//!   goes through and is reported.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    events::protocol_number,
+    flow_records::{FlowRecord, RecordsFile},
+    policy::{
+        model::{Direction, Mode, NetworkPolicy, PolicySet},
+        semantics::{self, Side},
+    },
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    NewlyDenied,
+    NewlyAllowed,
+    WouldDrop,
+    Unchanged,
+}
+
+/// One record's fate under the candidate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub change: Change,
+    pub workload: String,
+    pub direction: String,
+    pub peer: String,
+    pub peer_address: std::net::IpAddr,
+    pub protocol: String,
+    pub port: Option<u16>,
+    /// Events recorded as allowed, would-drop and dropped.
+    pub recorded: [u64; 3],
+    /// The rule that allows it, or the policies none of whose rules do.
+    pub because: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct StageResult {
+    pub stage: String,
+    pub newly_denied: usize,
+    pub newly_allowed: usize,
+    pub would_drop: usize,
+    pub unchanged: usize,
+    /// Every record but the unchanged ones.
+    pub changes: Vec<Verdict>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Simulation {
+    pub stages: Vec<StageResult>,
+    /// Records of workloads the candidate does not have.
+    pub skipped: Vec<String>,
+}
+
+impl Simulation {
+    pub fn newly_denied(&self) -> usize {
+        self.stages.iter().map(|s| s.newly_denied).sum()
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for s in &self.stages {
+            let _ = writeln!(
+                out,
+                "stage {}: {} newly denied, {} newly allowed, {} would drop (audit), {} unchanged",
+                s.stage, s.newly_denied, s.newly_allowed, s.would_drop, s.unchanged
+            );
+            for v in &s.changes {
+                let arrow = if v.direction == "ingress" { "<-" } else { "->" };
+                let port = v.port.map_or_else(String::new, |p| format!("/{p}"));
+                let [allowed, would_drop, dropped] = v.recorded;
+                let _ = writeln!(
+                    out,
+                    "  {:<13} {} {} {arrow} {} ({}) {}{port}: {} (recorded: {allowed} allowed, {would_drop} would-drop, {dropped} dropped)",
+                    match v.change {
+                        Change::NewlyDenied => "NEWLY DENIED",
+                        Change::NewlyAllowed => "newly allowed",
+                        Change::WouldDrop => "would drop",
+                        Change::Unchanged => "unchanged",
+                    },
+                    v.direction,
+                    v.workload,
+                    v.peer,
+                    v.peer_address,
+                    v.protocol,
+                    v.because
+                );
+            }
+        }
+        for w in &self.skipped {
+            let _ = writeln!(
+                out,
+                "skipped: {w} is not a workload of the candidate policies"
+            );
+        }
+        let _ = writeln!(out, "{} flow(s) newly denied", self.newly_denied());
+        out
+    }
+}
+
+/// Replays `records` against `candidate`, with the agent in `agent_mode`.
+pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) -> Simulation {
+    let mut stages: BTreeMap<String, StageResult> = BTreeMap::new();
+    let mut skipped = std::collections::BTreeSet::new();
+    for r in &records.records {
+        let Some(w) = candidate.workload(&r.key.workload) else {
+            skipped.insert(r.key.workload.clone());
+            continue;
+        };
+        let direction = if r.key.direction == "ingress" {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let protocol = protocol_number(&r.key.protocol).unwrap_or(0);
+        let side = semantics::decide(
+            candidate,
+            w,
+            direction,
+            r.key.peer_address,
+            protocol,
+            r.key.port.unwrap_or(0),
+        );
+        let audited = agent_mode == Mode::Audit || candidate.audited(w, direction);
+        let was_denied = r.would_drop + r.dropped > 0;
+        let change = match (side.allowed(), audited) {
+            (false, false) if r.passed() => Change::NewlyDenied,
+            (false, true) => Change::WouldDrop,
+            (true, _) if was_denied => Change::NewlyAllowed,
+            _ => Change::Unchanged,
+        };
+        let stage = r
+            .stage
+            .clone()
+            .or_else(|| w.labels.get("stage").cloned())
+            .unwrap_or_else(|| r.key.workload.clone());
+        let result = stages.entry(stage.clone()).or_insert_with(|| StageResult {
+            stage,
+            ..Default::default()
+        });
+        match change {
+            Change::NewlyDenied => result.newly_denied += 1,
+            Change::NewlyAllowed => result.newly_allowed += 1,
+            Change::WouldDrop => result.would_drop += 1,
+            Change::Unchanged => result.unchanged += 1,
+        }
+        if change != Change::Unchanged {
+            result.changes.push(verdict(r, change, &side, direction));
+        }
+    }
+    for s in stages.values_mut() {
+        s.changes.sort_by_key(|v| v.change);
+    }
+    Simulation {
+        stages: stages.into_values().collect(),
+        skipped: skipped.into_iter().collect(),
+    }
+}
+
+fn verdict(r: &FlowRecord, change: Change, side: &Side, direction: Direction) -> Verdict {
+    let section = match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    let names = |ps: &[&NetworkPolicy]| {
+        ps.iter()
+            .map(|p| p.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let because = match side {
+        Side::NotIsolated => format!("no policy selects the workload for {section}"),
+        Side::SelfTraffic => "traffic to itself".to_string(),
+        Side::Allowed { policy, rule, .. } => format!(
+            "allowed by {} {section} rule {} ({}:{})",
+            policy.name,
+            rule + 1,
+            policy.origin.file.display(),
+            policy.rules(direction)[*rule].line
+        ),
+        Side::Denied { isolated_by } => format!(
+            "isolated by {}, and no {section} rule of theirs allows it",
+            names(isolated_by)
+        ),
+    };
+    Verdict {
+        change,
+        workload: r.key.workload.clone(),
+        direction: r.key.direction.clone(),
+        peer: r.peer.clone(),
+        peer_address: r.key.peer_address,
+        protocol: r.key.protocol.clone(),
+        port: r.key.port,
+        recorded: [r.allowed, r.would_drop, r.dropped],
+        because,
+    }
+}
