@@ -8,6 +8,7 @@
 //! Everything is named after the test process's pid and removed on drop, even when a test
 //! fails; stale leftovers of killed runs are removed on start.
 
+pub mod demo;
 pub mod raw;
 
 use std::{
