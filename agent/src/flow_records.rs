@@ -182,6 +182,11 @@ impl FlowRecords {
         self.records.is_empty()
     }
 
+    /// Records dropped to stay within the bound, since the file was started.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Notes that a workload's direction is recorded from now on (if it was not already).
     pub fn watch(&mut self, workload: &str, direction: &str, stage: Option<&str>) {
         let key = (workload.to_string(), direction.to_string());

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub workloads_enforced: IntGauge,
     pub workloads_quarantined: IntGauge,
     pub auto_quarantines: IntCounter,
+    pub flow_records: IntGauge,
+    pub flow_records_evicted: IntGauge,
     pub policy_reloads: IntCounterVec,
     pub policy_apply_seconds: Histogram,
     map_entries: IntGaugeVec,
@@ -195,6 +197,16 @@ impl Metrics {
                 &r,
                 "stagewall_workloads_quarantined",
                 "Local workloads isolated by `stagewall quarantine` or automatically.",
+            ),
+            flow_records: gauge(
+                &r,
+                "stagewall_flow_records",
+                "Flow records kept (for stagewall advise, simulate and report), as of the last write to disk.",
+            ),
+            flow_records_evicted: gauge(
+                &r,
+                "stagewall_flow_records_evicted",
+                "Flow records dropped, least recently seen first, to stay within --flow-records-max since the records file was started.",
             ),
             auto_quarantines: counter(
                 &r,

@@ -539,14 +539,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 enforcer.reconcile();
             }
             _ = sample.tick(), if enforcer.auto_quarantine.is_some() => enforcer.auto_quarantine(),
-            _ = save_records.tick(), if records.is_some() => save(records.as_ref()),
+            _ = save_records.tick(), if records.is_some() => save(records.as_ref(), &enforcer.metrics),
             Some((request, reply)) = commands.recv() => {
                 let _ = reply.send(enforcer.control(request));
             }
         }
     };
     tasks.shutdown().await;
-    save(records.as_ref());
+    save(records.as_ref(), &enforcer.metrics);
     let generation = enforcer.loader.generation();
     // The links are pinned: the programs stay attached and go on enforcing the policy in
     // force until an agent takes over or `stagewall uninstall` removes them.
@@ -560,12 +560,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Writes the flow records if there are any; a failure is logged and retried next time.
-fn save(records: Option<&(Arc<Mutex<FlowRecords>>, RecordFilter)>) {
-    if let Some((records, _)) = records
-        && let Err(e) = records.lock().expect("records lock").save()
-    {
+fn save(records: Option<&(Arc<Mutex<FlowRecords>>, RecordFilter)>, metrics: &Metrics) {
+    let Some((records, _)) = records else {
+        return;
+    };
+    let mut records = records.lock().expect("records lock");
+    if let Err(e) = records.save() {
         log::error!("{e:#}");
     }
+    metrics.flow_records.set(records.len() as i64);
+    metrics.flow_records_evicted.set(records.evicted() as i64);
 }
 
 /// Resolves on SIGINT or SIGTERM, naming the signal.

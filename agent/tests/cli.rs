@@ -197,3 +197,118 @@ fn explain_rejects_unknown_workloads() {
     assert!(!ok);
     assert!(stderr.contains("no Workload ml-pipeline/nope"), "{stderr}");
 }
+
+/// A flow records file as the agent writes it: trainer-0 reached model-serving on 8500
+/// and (would-drop, in audit) ssh on data-validation.
+const RECORDS: &str = r#"{"version": 1, "agent_mode": "audit", "evicted": 0,
+  "watched": [{"workload": "ml-pipeline/trainer-0", "direction": "egress", "stage": "training", "since": 1}],
+  "records": [
+    {"workload": "ml-pipeline/trainer-0", "direction": "egress", "protocol": "tcp", "port": 8500,
+     "peer_address": "198.18.0.30", "stage": "training", "peer": "ml-pipeline/model-serving",
+     "allowed": 3, "would_drop": 0, "dropped": 0, "first_seen": 1, "last_seen": 2},
+    {"workload": "ml-pipeline/trainer-0", "direction": "egress", "protocol": "tcp", "port": 22,
+     "peer_address": "198.18.0.11", "stage": "training", "peer": "ml-pipeline/data-validation",
+     "allowed": 0, "would_drop": 6, "dropped": 0, "first_seen": 1, "last_seen": 2}]}"#;
+
+fn records_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("stagewall-cli-{}-{name}.json", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn simulate_exits_1_on_newly_denied_flows_and_names_them() {
+    let records = records_file("simulate", RECORDS);
+    let pipeline = format!("{}/ml-pipeline", examples());
+    let args = |policies: &str, format: &str| {
+        stagewall(&[
+            "simulate",
+            "--records",
+            records.to_str().unwrap(),
+            "--policies",
+            policies,
+            "--format",
+            format,
+        ])
+    };
+    // The example pipeline allows 8500 and denies ssh, which went through in audit mode.
+    let out = args(&pipeline, "text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("stage training: 1 newly denied, 0 newly allowed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("NEWLY DENIED  egress ml-pipeline/trainer-0 -> ml-pipeline/data-validation (198.18.0.11) tcp/22"),
+        "{stdout}"
+    );
+    let out = args(&pipeline, "json");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["stages"][0]["newly_denied"], 1, "{json:#}");
+    assert_eq!(
+        json["stages"][0]["changes"][0]["change"], "newly-denied",
+        "{json:#}"
+    );
+    // With the inventory alone, nothing is isolated: nothing is newly denied, and the
+    // would-drop flow is newly allowed.
+    let inventory = temp_policies(
+        "inventory",
+        &[(
+            "workloads.yaml",
+            &std::fs::read_to_string(format!("{pipeline}/workloads.yaml")).unwrap(),
+        )],
+    );
+    let out = args(inventory.to_str().unwrap(), "text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("newly allowed egress ml-pipeline/trainer-0"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(inventory).unwrap();
+    std::fs::remove_file(records).unwrap();
+}
+
+#[test]
+fn rollout_commands_refuse_bad_records_or_policies_with_exit_2() {
+    let pipeline = format!("{}/ml-pipeline", examples());
+    let garbage = records_file("garbage", "{\"version\": 1, \"records\": [");
+    let missing = std::env::temp_dir().join("stagewall-cli-no-such-records.json");
+    let bad_policies = temp_policies("rollout-bad", &[("bad.yaml", BAD)]);
+    let good_records = records_file("good", RECORDS);
+    for command in ["advise", "simulate", "report"] {
+        for (records, policies, expected) in [
+            (
+                &missing,
+                pipeline.as_str(),
+                "no flow records at".to_string(),
+            ),
+            (
+                &garbage,
+                pipeline.as_str(),
+                "not a flow records file".to_string(),
+            ),
+            (
+                &good_records,
+                bad_policies.to_str().unwrap(),
+                "bad.yaml:7: endPort 70 is invalid".to_string(),
+            ),
+        ] {
+            let out = stagewall(&[
+                command,
+                "--records",
+                records.to_str().unwrap(),
+                "--policies",
+                policies,
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+            assert!(stderr.contains(&expected), "{command}: {stderr}");
+        }
+    }
+    std::fs::remove_file(garbage).unwrap();
+    std::fs::remove_file(good_records).unwrap();
+    std::fs::remove_dir_all(bad_policies).unwrap();
+}

@@ -113,3 +113,31 @@ pub async fn stream(
         guard.clear_ready();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use stagewall_common::DIR_EGRESS;
+
+    use super::*;
+
+    #[test]
+    fn records_take_audited_directions_or_all_or_none() {
+        let filter = |recording, agent_audits| RecordFilter {
+            recording,
+            agent_audits,
+        };
+        let audited = filter(Recording::Audited, false);
+        assert!(audited.covers(EP_AUDIT_INGRESS, DIR_INGRESS));
+        assert!(
+            !audited.covers(EP_AUDIT_INGRESS, DIR_EGRESS),
+            "per direction"
+        );
+        assert!(!audited.covers(0, DIR_INGRESS), "an enforced workload");
+        assert!(
+            filter(Recording::Audited, true).covers(0, DIR_EGRESS),
+            "--mode audit"
+        );
+        assert!(filter(Recording::All, false).covers(0, DIR_EGRESS));
+        assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, DIR_EGRESS));
+    }
+}
