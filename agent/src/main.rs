@@ -21,8 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the policies of a directory on this host (needs root).
-    Run(run::RunArgs),
+    /// Enforce the policies of a directory, or of the Kubernetes API server, on this host
+    /// (needs root).
+    Run(Box<run::RunArgs>),
     /// Isolate a workload entirely, in the kernel, at once (assume breach).
     Quarantine {
         /// namespace/name of a workload enforced on this node.
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("building the tokio runtime");
-            match runtime.block_on(run::run(args)) {
+            match runtime.block_on(run::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.is::<run::ConfigError>() => {
                     eprintln!("error: {e}");

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -31,14 +31,12 @@ use crate::{
     },
     flow_records::{FlowRecords, Recording},
     host, http,
+    kubernetes::{self, KubernetesArgs},
     loader::{Enforcement, Loader},
     metrics::Metrics,
     pins::{self, Pins},
-    policy::{
-        self,
-        documents::ParseCache,
-        model::{Mode, ObjectName, PolicySet},
-    },
+    policy::model::{Mode, ObjectName},
+    source::Source,
     watch as dir_watch,
 };
 
@@ -59,8 +57,14 @@ fn count_flows(flows: HashMap<MapData, FlowKey, FlowValue>, metrics: Arc<Metrics
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Directory of policy files (*.yaml, *.yml; read recursively, watched for changes).
-    #[arg(long)]
-    pub policies: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
     /// enforce drops what policy denies; audit drops nothing and reports what enforce
     /// would drop.
     #[arg(long, value_enum, default_value = "enforce")]
@@ -87,8 +91,9 @@ pub struct RunArgs {
     /// Rotated event log files to keep (events.jsonl.1 is the newest).
     #[arg(long, default_value_t = 5)]
     pub events_file_keep: u32,
-    /// The node name events carry (default: the host name).
-    #[arg(long)]
+    /// This node's name: events carry it, and with --kubernetes the pods scheduled to it
+    /// are the ones enforced here (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// The root-only Unix socket for `stagewall quarantine` and `release`.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
@@ -136,20 +141,6 @@ pub struct ConfigError(pub String);
 /// even without a watcher event.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Parses and compiles the directory; ids of the policy in force are kept. The parsed
-/// set comes back too, for the caller to drop once the policy is applied (freeing 10,000
-/// rules takes a third of a millisecond, better spent after the change is in force).
-fn load(
-    dir: &Path,
-    cache: &mut ParseCache,
-    previous: &EndpointIds,
-) -> Result<(Compiled, PolicySet), String> {
-    let set = policy::parse::load_dir(dir, cache).map_err(|e| e.to_string())?;
-    let compiled =
-        compiler::compile(&set, previous).map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok((compiled, set))
-}
-
 /// Gives the memory freed since to the operating system. Parsing a large policy
 /// allocates tens of MiB for a moment (YAML events, spans); glibc keeps freed memory for
 /// later, which would double the agent's resident memory at 10,000 rules for good. Not
@@ -162,16 +153,13 @@ fn return_freed_memory() {
 
 /// The agent's desired state and what is in force.
 struct Enforcer {
-    dir: PathBuf,
+    /// Where the desired state comes from.
+    source: Source,
     how: Enforcement,
     loader: Loader,
     metrics: Arc<Metrics>,
     /// The policy in force, shared with the event reader to name events.
     policy: watch::Sender<Arc<Compiled>>,
-    /// Fingerprint of the files last loaded, applied or rejected.
-    fingerprint: u64,
-    /// The documents last loaded, parsed: a change parses only what it touched.
-    parse_cache: ParseCache,
     /// A change was loaded since the heap was last trimmed.
     trim_pending: bool,
     /// Samples of the workloads' egress denials, with --auto-quarantine.
@@ -339,12 +327,13 @@ impl Enforcer {
         }
     }
 
-    /// Applies what changed: the files (a bad change is reported and the policy in force
-    /// stays), or only where the workloads live (a cgroup or interface appeared or went).
+    /// Applies what changed: the desired state (a bad change is reported and the policy
+    /// in force stays), or only where the workloads live (a cgroup or interface appeared
+    /// or went).
     fn reconcile(&mut self) {
-        let fingerprint = dir_watch::fingerprint(&self.dir);
+        let started = Instant::now();
         let current = self.policy.borrow().clone();
-        if fingerprint == self.fingerprint {
+        let Some(changed) = self.source.changed() else {
             if self.loader.targets_changed(&current) {
                 log::info!("a workload's cgroup or interface changed: applying again");
                 if let Err(e) = self.apply((*current).clone()) {
@@ -352,17 +341,15 @@ impl Enforcer {
                 }
             }
             return;
-        }
-        self.fingerprint = fingerprint;
-        let started = Instant::now();
-        let parsed_before = self.parse_cache.parsed;
-        match load(&self.dir, &mut self.parse_cache, &current.endpoint_ids()) {
+        };
+        let compiled = changed.and_then(|set| {
+            let compiled =
+                compiler::compile(&set, &current.endpoint_ids()).map_err(|e| e.to_string())?;
+            Ok((compiled, set))
+        });
+        match compiled {
             Ok((compiled, set)) => {
-                log::info!(
-                    "policy change read and compiled in {:?} ({} changed documents parsed)",
-                    started.elapsed(),
-                    self.parse_cache.parsed - parsed_before
-                );
+                log::info!("policy change read and compiled in {:?}", started.elapsed());
                 if let Err(e) = self.apply(compiled) {
                     self.metrics
                         .policy_reloads
@@ -400,19 +387,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let fingerprint = dir_watch::fingerprint(&args.policies);
-    let mut parse_cache = ParseCache::default();
-    let compiled = load(&args.policies, &mut parse_cache, &EndpointIds::new())
-        .map_err(ConfigError)?
-        .0;
+    let cgroup_root = match &args.cgroup_root {
+        Some(root) => root.clone(),
+        None => host::cgroup2_mount()?,
+    };
+    let node = args.node_name.clone().unwrap_or_else(events::host_name);
+    let (mut source, api_changes) = match &args.policies {
+        Some(dir) => (Source::files(dir.clone()), None),
+        None => {
+            let (tx, rx) = mpsc::channel(64);
+            let view = kubernetes::watch(&args.kubernetes, &node, cgroup_root.clone(), tx)
+                .await
+                .context("Kubernetes")?;
+            (Source::Kubernetes(view), Some(rx))
+        }
+    };
+    let set = source
+        .changed()
+        .expect("a source gives its state when first asked")
+        .map_err(ConfigError)?;
+    let compiled =
+        compiler::compile(&set, &EndpointIds::new()).map_err(|e| ConfigError(e.to_string()))?;
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
 
-    let cgroup_root = match args.cgroup_root {
-        Some(root) => root,
-        None => host::cgroup2_mount()?,
-    };
     host::ensure_bpffs()?;
     let records = match args.record_flows {
         Recording::Off => None,
@@ -456,16 +455,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let compiled = if adopted.is_empty() {
         compiled
     } else {
-        load(&args.policies, &mut parse_cache, &adopted)
-            .map_err(ConfigError)?
-            .0
+        compiler::compile(&set, &adopted).map_err(|e| ConfigError(e.to_string()))?
     };
+    drop(set);
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(readers.counters, readers.endpoint_stats);
     count_flows(readers.flows, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut enforcer = Enforcer {
-        dir: args.policies.clone(),
+        source,
         how: Enforcement {
             mode: args.mode,
             log_allowed: args.log_allowed,
@@ -473,8 +471,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         loader,
         metrics: metrics.clone(),
         policy: policy_tx,
-        fingerprint,
-        parse_cache,
         trim_pending: false,
         auto_quarantine: args.auto_quarantine.map(AutoQuarantine::new),
         quarantined: BTreeSet::new(),
@@ -485,8 +481,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     return_freed_memory();
     let (control_listener, control_path) = control::listen(&args.control_socket)?;
     let (command_tx, mut commands) = mpsc::channel(16);
-    let (_watcher, mut changes) = dir_watch::watch(&args.policies)
-        .with_context(|| format!("watching {}", args.policies.display()))?;
+    // Wake-ups: the policy directory's watcher, or the Kubernetes watchers.
+    let (_watcher, mut changes) = match (api_changes, &args.policies) {
+        (Some(changes), _) => (None, changes),
+        (None, Some(dir)) => {
+            let (watcher, changes) =
+                dir_watch::watch(dir).with_context(|| format!("watching {}", dir.display()))?;
+            (Some(watcher), changes)
+        }
+        (None, None) => unreachable!("no policies means Kubernetes"),
+    };
 
     let hub = Arc::new(Hub::default());
     let state = Arc::new(http::State {
@@ -499,7 +503,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         sink,
         hub,
-        node: args.node_name.unwrap_or_else(events::host_name),
+        node,
         log_allowed: args.log_allowed,
         records: records.clone(),
     };

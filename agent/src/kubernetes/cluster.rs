@@ -1,0 +1,539 @@
+//! The cluster as the API server last said it is, and the desired state built from it:
+//! pure, fed with API objects as JSON (what the watchers receive), so it is tested with
+//! real API objects and no API server.
+//!
+//! - Pods become workloads: by IP and labels everywhere (peers), and enforced through
+//!   their cgroup when they run on this node. Pods on the host network share the node's
+//!   addresses and are left alone, as NetworkPolicy leaves them; finished pods are gone.
+//! - Namespaces, NetworkPolicies, Pipelines and Workloads go through the same parser as
+//!   policy files, each object on its own: an object the parser refuses is reported
+//!   (kind, name, line of its JSON, what was expected) and its previous version, if any,
+//!   stays in force, so one bad object neither opens nor freezes the rest.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use super::cgroups::PodCgroups;
+use crate::policy::{
+    model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
+    parse::{PolicyErrors, parse_into, validate_set},
+    pipeline,
+};
+
+/// The kinds the agent watches besides pods, by their plural resource name.
+pub const DOCUMENT_KINDS: [&str; 4] = ["namespaces", "networkpolicies", "pipelines", "workloads"];
+
+/// What a pod contributes, from its API object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PodInfo {
+    name: ObjectName,
+    uid: String,
+    labels: Labels,
+    node: Option<String>,
+    addresses: Vec<IpAddr>,
+    ports: Vec<NamedPort>,
+    qos_class: Option<String>,
+    created: String,
+}
+
+// The fields of a v1 Pod the agent reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPod {
+    metadata: RawMeta,
+    spec: Option<RawPodSpec>,
+    status: Option<RawPodStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    name: String,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<Labels>,
+    creation_timestamp: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPodSpec {
+    node_name: Option<String>,
+    host_network: Option<bool>,
+    #[serde(default)]
+    containers: Vec<RawContainer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContainer {
+    #[serde(default)]
+    ports: Vec<RawContainerPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContainerPort {
+    name: Option<String>,
+    container_port: u16,
+    protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPodStatus {
+    phase: Option<String>,
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<RawPodIp>,
+    qos_class: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPodIp {
+    ip: String,
+}
+
+/// The pod as a workload, or None when it has none to enforce or be known by (host
+/// network, finished). An object that is not a pod is an error.
+fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
+    let pod = RawPod::deserialize(object).map_err(|e| format!("not a v1 Pod: {e}"))?;
+    let spec = pod.spec.unwrap_or(RawPodSpec {
+        node_name: None,
+        host_network: None,
+        containers: Vec::new(),
+    });
+    let status = pod.status.unwrap_or(RawPodStatus {
+        phase: None,
+        pod_ip: None,
+        pod_ips: Vec::new(),
+        qos_class: None,
+    });
+    if spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return Ok(None);
+    }
+    let mut addresses: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                },
+                port: p.container_port,
+            })
+        })
+        .collect();
+    Ok(Some(PodInfo {
+        name: ObjectName {
+            namespace: pod.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name,
+        },
+        uid: pod.metadata.uid.unwrap_or_default(),
+        labels: pod.metadata.labels.unwrap_or_default(),
+        node: spec.node_name,
+        addresses,
+        ports,
+        qos_class: status.qos_class,
+        created: pod.metadata.creation_timestamp.unwrap_or_default(),
+    }))
+}
+
+/// Where an object's errors point: `kubernetes/<kind>/<namespace>/<name>`, with lines of
+/// the object as pretty JSON.
+fn object_path(kind: &str, object: &serde_json::Value) -> PathBuf {
+    let meta = &object["metadata"];
+    let mut path = PathBuf::from("kubernetes").join(kind);
+    if let Some(ns) = meta["namespace"].as_str() {
+        path.push(ns);
+    }
+    path.join(meta["name"].as_str().unwrap_or("unnamed"))
+}
+
+/// Objects by (kind, namespace, name).
+type Key = (String, String, String);
+
+fn key(kind: &str, object: &serde_json::Value) -> Key {
+    let meta = &object["metadata"];
+    (
+        kind.to_string(),
+        meta["namespace"].as_str().unwrap_or_default().to_string(),
+        meta["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[derive(Default)]
+pub struct Cluster {
+    pods: BTreeMap<Key, PodInfo>,
+    /// Every other object, parsed: the last version the parser accepted.
+    documents: BTreeMap<Key, PolicySet>,
+    /// Counts changes, so the enforcer can tell whether anything happened.
+    pub version: u64,
+}
+
+impl Cluster {
+    /// An object was added or changed. Returns the errors of one the parser refuses (its
+    /// previous version stays).
+    pub fn apply(&mut self, kind: &str, object: &serde_json::Value) -> Result<(), PolicyErrors> {
+        let key = key(kind, object);
+        if kind == "pods" {
+            let info = pod_info(object).map_err(|message| one_error(kind, object, message))?;
+            let changed = match info {
+                Some(info) => self.pods.insert(key, info.clone()).as_ref() != Some(&info),
+                None => self.pods.remove(&key).is_some(),
+            };
+            if changed {
+                self.version += 1;
+            }
+            return Ok(());
+        }
+        let text = serde_json::to_string_pretty(object).expect("JSON values serialise");
+        let mut parsed = PolicySet::default();
+        parse_into(&object_path(kind, object), &text, &mut parsed)?;
+        if self.documents.get(&key) != Some(&parsed) {
+            self.documents.insert(key, parsed);
+            self.version += 1;
+        }
+        Ok(())
+    }
+
+    /// An object was deleted.
+    pub fn delete(&mut self, kind: &str, object: &serde_json::Value) {
+        let key = key(kind, object);
+        let removed = if kind == "pods" {
+            self.pods.remove(&key).is_some()
+        } else {
+            self.documents.remove(&key).is_some()
+        };
+        if removed {
+            self.version += 1;
+        }
+    }
+
+    /// Replaces every object of a kind (a fresh list after a relist). Returns the errors
+    /// of refused objects; their previous versions stay.
+    pub fn replace(&mut self, kind: &str, objects: &[serde_json::Value]) -> Vec<PolicyErrors> {
+        let listed: std::collections::BTreeSet<Key> =
+            objects.iter().map(|o| key(kind, o)).collect();
+        let gone: Vec<Key> = self
+            .pods
+            .keys()
+            .chain(self.documents.keys())
+            .filter(|k| k.0 == kind && !listed.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.pods.remove(&k);
+            self.documents.remove(&k);
+            self.version += 1;
+        }
+        objects
+            .iter()
+            .filter_map(|o| self.apply(kind, o).err())
+            .collect()
+    }
+
+    /// The desired state for the agent on `node`: every pod a workload, this node's
+    /// enforced through their cgroups (found by UID below `base`, or where kubelet will
+    /// create them), plus the policies.
+    pub fn desired(
+        &self,
+        node: &str,
+        cgroups: &PodCgroups,
+        base: &str,
+    ) -> Result<PolicySet, PolicyErrors> {
+        let mut set = PolicySet::default();
+        for parsed in self.documents.values() {
+            set.extend_from(parsed);
+        }
+        // An address moves from a pod that is going to the one that now has it: the
+        // newer pod keeps it (the API server may still list both for a moment).
+        let mut owner: BTreeMap<IpAddr, (&str, &Key)> = BTreeMap::new();
+        for (key, pod) in &self.pods {
+            for a in &pod.addresses {
+                let newer = owner
+                    .get(a)
+                    .is_none_or(|(created, _)| pod.created.as_str() > *created);
+                if newer {
+                    owner.insert(*a, (pod.created.as_str(), key));
+                }
+            }
+        }
+        for (key, pod) in &self.pods {
+            let local = pod.node.as_deref() == Some(node) && !pod.uid.is_empty();
+            let attachment = local.then(|| {
+                let path = cgroups.get(&pod.uid).map_or_else(
+                    || cgroups.expected(base, &pod.uid, pod.qos_class.as_deref()),
+                    str::to_string,
+                );
+                Attachment::Cgroup(path)
+            });
+            set.workloads.push(Workload {
+                name: pod.name.clone(),
+                labels: pod.labels.clone(),
+                attachment,
+                addresses: pod
+                    .addresses
+                    .iter()
+                    .filter(|a| owner.get(a).is_some_and(|(_, k)| *k == key))
+                    .copied()
+                    .collect(),
+                ports: pod.ports.clone(),
+                fail_mode: None,
+                origin: Origin {
+                    file: Path::new("kubernetes/pods")
+                        .join(&pod.name.namespace)
+                        .join(&pod.name.name),
+                    line: 0,
+                },
+            });
+        }
+        let mut errors = Vec::new();
+        if let Err(mut e) = pipeline::expand(&mut set) {
+            errors.append(&mut e);
+        }
+        if let Err(mut e) = validate_set(&set) {
+            errors.append(&mut e.0);
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyErrors(errors))
+        }
+    }
+}
+
+fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyErrors {
+    PolicyErrors(vec![crate::policy::parse::PolicyError {
+        file: object_path(kind, object),
+        line: 0,
+        message,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::model::Direction;
+
+    const UID: &str = "5c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6a";
+
+    /// A pod as the API server returns it (fields the agent ignores included).
+    fn pod(
+        name: &str,
+        uid: &str,
+        node: &str,
+        ip: &str,
+        labels: serde_json::Value,
+    ) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": "ml",
+                "uid": uid,
+                "resourceVersion": "4711",
+                "creationTimestamp": "2026-11-20T10:00:00Z",
+                "labels": labels,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u", "controller": true}],
+                "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "main", "image": "trainer:1", "ports": [{"name": "rendezvous", "containerPort": 2222, "protocol": "TCP"}]}],
+                "restartPolicy": "Always",
+                "serviceAccountName": "default"
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "qosClass": "BestEffort",
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        })
+    }
+
+    fn policy(ports: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": "trainers",
+                "namespace": "ml",
+                "uid": "0b6d7c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e",
+                "resourceVersion": "812",
+                "generation": 2,
+                "creationTimestamp": "2026-11-20T09:00:00Z",
+                "annotations": {"stagewall.io/mode": "audit"}
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {"stage": "training"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"stage": "training"}}}], "ports": ports}]
+            }
+        })
+    }
+
+    fn desired(cluster: &Cluster) -> PolicySet {
+        cluster
+            .desired("node-a", &PodCgroups::default(), "/")
+            .unwrap()
+    }
+
+    #[test]
+    fn pods_become_workloads_enforced_on_their_own_node_and_peers_elsewhere() {
+        let mut c = Cluster::default();
+        let labels = json!({"stage": "training"});
+        c.apply(
+            "pods",
+            &pod("t0", UID, "node-a", "10.244.1.5", labels.clone()),
+        )
+        .unwrap();
+        c.apply(
+            "pods",
+            &pod(
+                "t1",
+                "6c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6b",
+                "node-b",
+                "10.244.2.7",
+                labels.clone(),
+            ),
+        )
+        .unwrap();
+        let mut host = pod(
+            "exporter",
+            "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6c",
+            "node-a",
+            "192.168.1.10",
+            json!({}),
+        );
+        host["spec"]["hostNetwork"] = true.into();
+        c.apply("pods", &host).unwrap();
+        let mut done = pod(
+            "job",
+            "8c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6d",
+            "node-a",
+            "10.244.1.9",
+            json!({}),
+        );
+        done["status"]["phase"] = "Succeeded".into();
+        c.apply("pods", &done).unwrap();
+        let set = desired(&c);
+        assert_eq!(
+            set.workloads.len(),
+            2,
+            "host network and finished pods are left out"
+        );
+        let t0 = set.workload("ml/t0").unwrap();
+        assert_eq!(
+            t0.attachment,
+            Some(Attachment::Cgroup(format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                UID.replace('-', "_")
+            ))),
+            "where kubelet will create it (systemd driver, BestEffort)"
+        );
+        assert_eq!(t0.ports[0].port, 2222, "named ports from containerPorts");
+        let t1 = set.workload("ml/t1").unwrap();
+        assert_eq!(t1.attachment, None, "another node's pod is a peer");
+        assert_eq!(t1.addresses, vec!["10.244.2.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(t1.labels.get("stage").map(String::as_str), Some("training"));
+    }
+
+    #[test]
+    fn policies_parse_from_api_json_and_a_refused_update_keeps_the_previous_version() {
+        let mut c = Cluster::default();
+        c.apply(
+            "pods",
+            &pod(
+                "t0",
+                UID,
+                "node-a",
+                "10.244.1.5",
+                json!({"stage": "training"}),
+            ),
+        )
+        .unwrap();
+        c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
+            .unwrap();
+        let set = desired(&c);
+        let t0 = set.workload("ml/t0").unwrap();
+        assert_eq!(set.isolating(t0, Direction::Ingress).len(), 1);
+        assert!(
+            set.audited(t0, Direction::Ingress),
+            "annotations come along"
+        );
+        let version = c.version;
+
+        let e = c
+            .apply(
+                "networkpolicies",
+                &policy(json!([{"port": 2222, "endPort": 2000}])),
+            )
+            .unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.starts_with("kubernetes/networkpolicies/ml/trainers:"),
+            "{e}"
+        );
+        assert!(e.contains("endPort 2000 is invalid"), "{e}");
+        assert_eq!(c.version, version, "nothing changed");
+        assert_eq!(desired(&c), set, "the previous version stays in force");
+
+        c.delete("networkpolicies", &policy(json!([])));
+        assert!(desired(&c).policies.is_empty());
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone_and_a_reused_address_goes_to_the_newer_pod() {
+        let mut c = Cluster::default();
+        c.apply(
+            "pods",
+            &pod("old", UID, "node-b", "10.244.2.7", json!({"app": "a"})),
+        )
+        .unwrap();
+        let mut new = pod(
+            "new",
+            "9c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6e",
+            "node-b",
+            "10.244.2.7",
+            json!({"app": "b"}),
+        );
+        new["metadata"]["creationTimestamp"] = "2026-11-21T10:00:00Z".into();
+        c.apply("pods", &new).unwrap();
+        let set = desired(&c);
+        assert!(set.workload("ml/old").unwrap().addresses.is_empty());
+        assert_eq!(set.workload("ml/new").unwrap().addresses.len(), 1);
+
+        c.apply("networkpolicies", &policy(json!([]))).unwrap();
+        let errors = c.replace("pods", &[new]);
+        assert!(errors.is_empty());
+        let set = desired(&c);
+        assert!(set.workload("ml/old").is_none(), "not in the new list");
+        assert_eq!(set.policies.len(), 1, "other kinds untouched");
+    }
+}

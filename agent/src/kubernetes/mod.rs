@@ -1,0 +1,255 @@
+//! Kubernetes as the source of the desired state (`stagewall run --kubernetes`): the agent
+//! watches Pods, Namespaces, NetworkPolicies and the stagewall.io kinds through the API
+//! server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
+//! listing again after 410 Gone), keeps them in a `Cluster`, and gives the enforcer the
+//! desired state built from it whenever it changed.
+
+pub mod cgroups;
+pub mod cluster;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tokio::sync::mpsc;
+
+use self::{cgroups::PodCgroups, cluster::Cluster};
+use crate::{policy::model::PolicySet, watch::Change};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KubernetesArgs {
+    /// Take pods, namespaces and policies from the Kubernetes API server instead of
+    /// --policies (in a cluster: its service account; elsewhere: --kubeconfig or
+    /// $KUBECONFIG).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The kubeconfig file to reach the API server with.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where kubelet's pod cgroups (kubepods.slice or kubepods) are, as a path below the
+    /// cgroup2 mount.
+    #[arg(long, default_value = "/", requires = "kubernetes")]
+    pub pods_cgroup_base: String,
+    /// How long to wait for the first complete list of every kind before giving up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "kubernetes")]
+    pub sync_timeout: Duration,
+}
+
+/// One watched kind: its API resource, and whether the agent can do without it (the
+/// stagewall.io kinds, when their CustomResourceDefinitions are not installed).
+struct Kind {
+    plural: &'static str,
+    resource: ApiResource,
+    optional: bool,
+}
+
+fn kinds() -> Vec<Kind> {
+    let kind = |group: &str, version: &str, kind: &str, plural: &'static str, optional| Kind {
+        plural,
+        resource: ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            plural,
+        ),
+        optional,
+    };
+    vec![
+        kind("", "v1", "Pod", "pods", false),
+        kind("", "v1", "Namespace", "namespaces", false),
+        kind(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            false,
+        ),
+        kind("stagewall.io", "v1alpha1", "Pipeline", "pipelines", true),
+        kind("stagewall.io", "v1alpha1", "Workload", "workloads", true),
+    ]
+}
+
+/// The cluster as the watchers see it, and what of it the enforcer was last given.
+pub struct View {
+    cluster: Arc<Mutex<Cluster>>,
+    node: String,
+    cgroup_mount: PathBuf,
+    base: String,
+    given: Option<PolicySet>,
+    /// The cluster version of the last refused desired state: not refused again until
+    /// the cluster changes.
+    refused: Option<u64>,
+}
+
+impl View {
+    /// The desired state if it changed since it was last given: pods' cgroups are looked
+    /// up again each time (a pod's appears when kubelet starts it).
+    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+        let cluster = self.cluster.lock().expect("cluster lock");
+        let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
+        match cluster.desired(&self.node, &cgroups, &self.base) {
+            Ok(set) if self.given.as_ref() == Some(&set) => None,
+            Ok(set) => {
+                self.given = Some(set.clone());
+                self.refused = None;
+                Some(Ok(set))
+            }
+            Err(_) if self.refused == Some(cluster.version) => None,
+            Err(e) => {
+                self.refused = Some(cluster.version);
+                Some(Err(e.to_string()))
+            }
+        }
+    }
+}
+
+async fn client(args: &KubernetesArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Connects, starts a watcher per kind and waits until each has listed its objects once
+/// (or, for the optional kinds, was found not to be served). Every later change sends a
+/// wake-up on `changes`.
+pub async fn watch(
+    args: &KubernetesArgs,
+    node: &str,
+    cgroup_mount: PathBuf,
+    changes: mpsc::Sender<Change>,
+) -> anyhow::Result<View> {
+    let client = client(args).await?;
+    let cluster = Arc::new(Mutex::new(Cluster::default()));
+    let (synced_tx, mut synced) = mpsc::channel(8);
+    let kinds = kinds();
+    let required = kinds.len();
+    for kind in kinds {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
+        tokio::spawn(follow(
+            api,
+            kind,
+            cluster.clone(),
+            changes.clone(),
+            synced_tx.clone(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + args.sync_timeout;
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < required {
+        match tokio::time::timeout_at(deadline, synced.recv()).await {
+            Ok(Some(plural)) => {
+                done.insert(plural);
+            }
+            Ok(None) => anyhow::bail!("the Kubernetes watchers stopped"),
+            Err(_) => anyhow::bail!(
+                "the API server did not list every kind within {:?} (listed: {done:?})",
+                args.sync_timeout
+            ),
+        }
+    }
+    log::info!("Kubernetes: every kind listed; enforcing for node {node}");
+    Ok(View {
+        cluster,
+        node: node.to_string(),
+        cgroup_mount,
+        base: args.pods_cgroup_base.clone(),
+        given: None,
+        refused: None,
+    })
+}
+
+/// An object as the parser and the pod reader take it: with its apiVersion and kind,
+/// which the items of a list do not carry.
+fn json(object: &DynamicObject, resource: &ApiResource) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("API objects serialise");
+    value["apiVersion"] = resource.api_version.clone().into();
+    value["kind"] = resource.kind.clone().into();
+    value
+}
+
+/// Follows one kind for as long as the agent runs: list, watch, and list again when the
+/// watch falls too far behind (410 Gone), with backoff on errors.
+async fn follow(
+    api: Api<DynamicObject>,
+    kind: Kind,
+    cluster: Arc<Mutex<Cluster>>,
+    changes: mpsc::Sender<Change>,
+    synced: mpsc::Sender<&'static str>,
+) {
+    let mut listed: Vec<serde_json::Value> = Vec::new();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut first = true;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
+                if missing && kind.optional && first {
+                    log::warn!(
+                        "Kubernetes: {} are not served (is the CustomResourceDefinition installed?); going on without them",
+                        kind.plural
+                    );
+                    first = false;
+                    let _ = synced.send(kind.plural).await;
+                } else {
+                    log::warn!("Kubernetes: watching {}: {e}", kind.plural);
+                }
+                continue;
+            }
+        };
+        let listed_all = matches!(event, watcher::Event::InitDone);
+        let errors = {
+            let mut cluster = cluster.lock().expect("cluster lock");
+            match event {
+                watcher::Event::Init => {
+                    listed.clear();
+                    Vec::new()
+                }
+                watcher::Event::InitApply(o) => {
+                    listed.push(json(&o, &kind.resource));
+                    Vec::new()
+                }
+                watcher::Event::InitDone => {
+                    cluster.replace(kind.plural, &std::mem::take(&mut listed))
+                }
+                watcher::Event::Apply(o) => cluster
+                    .apply(kind.plural, &json(&o, &kind.resource))
+                    .err()
+                    .into_iter()
+                    .collect(),
+                watcher::Event::Delete(o) => {
+                    cluster.delete(kind.plural, &json(&o, &kind.resource));
+                    Vec::new()
+                }
+            }
+        };
+        for e in errors {
+            for line in e.to_string().lines() {
+                log::error!("Kubernetes object refused, its previous version stays: {line}");
+            }
+        }
+        if listed_all && first {
+            first = false;
+            let _ = synced.send(kind.plural).await;
+        }
+        let _ = changes.try_send(Change::Complete);
+    }
+}
