@@ -1,9 +1,12 @@
-//! `stagewall check DIR`: parse, validate and compile policies without touching the kernel.
+//! `stagewall check DIR` (or `--kubernetes`): parse, validate and compile policies without
+//! touching the kernel.
 
 use std::path::Path;
 
 use crate::{
-    compiler, explain, policy,
+    compiler, explain,
+    kubernetes::{self, KubernetesArgs},
+    policy,
     policy::model::{PolicySet, Protocol},
 };
 
@@ -47,16 +50,46 @@ pub fn load(dir: &Path) -> Option<PolicySet> {
     }
 }
 
-/// Prints a summary (or every error, with file and line), then the explanation if asked,
-/// and says whether all went well.
-pub fn check(dir: &Path, question: Option<&Question>) -> bool {
-    let Some(set) = load(dir) else {
+/// The desired state the agent would build from the Kubernetes API server for `node`
+/// (pods' cgroups looked up on this host), or None after printing why not.
+pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let view = runtime.block_on(async {
+        let mount = crate::host::cgroup2_mount().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+        // Nobody listens to the wake-ups: one look is all check takes.
+        let (changes, _) = tokio::sync::mpsc::channel(1);
+        kubernetes::watch(args, node, mount, changes).await
+    });
+    let result = match view {
+        Ok(mut view) => view
+            .changed()
+            .expect("a source gives its state when first asked"),
+        Err(e) => Err(format!("Kubernetes: {e:#}")),
+    };
+    match result {
+        Ok(set) => Some(set),
+        Err(errors) => {
+            for e in errors.lines() {
+                eprintln!("error: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// Prints a summary of the desired state from `source` (or every error, with file and
+/// line), then the explanation if asked, and says whether all went well.
+pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) -> bool {
+    let Some(set) = set else {
         return false;
     };
     let compiled = match compiler::compile(&set, &compiler::EndpointIds::new()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {}: {e}", dir.display());
+            eprintln!("error: {source}: {e}");
             return false;
         }
     };

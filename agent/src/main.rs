@@ -58,7 +58,15 @@ enum Command {
     /// Validate and compile the policies of a directory without touching the kernel.
     Check {
         /// Directory of policy files.
-        dir: PathBuf,
+        #[arg(required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        dir: Option<PathBuf>,
+        /// Read the policies from the Kubernetes API server instead (as `run
+        /// --kubernetes` does).
+        #[command(flatten)]
+        kubernetes: stagewall::kubernetes::KubernetesArgs,
+        /// With --kubernetes: whose pods are local (default: the host name).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
         /// Explain the verdict for one connection: which policies select each side and
         /// which rule allows it, or why it is denied.
         #[arg(long, requires_all = ["from", "to", "port"])]
@@ -144,6 +152,8 @@ fn main() -> ExitCode {
         },
         Command::Check {
             dir,
+            kubernetes,
+            node_name,
             explain,
             from,
             to,
@@ -159,7 +169,17 @@ fn main() -> ExitCode {
                 }),
                 _ => None,
             };
-            if check::check(&dir, question.as_ref()) {
+            let (set, source) = match &dir {
+                Some(dir) => (check::load(dir), dir.display().to_string()),
+                None => {
+                    let node = node_name.unwrap_or_else(stagewall::events::host_name);
+                    (
+                        check::load_kubernetes(&kubernetes, &node),
+                        "Kubernetes".into(),
+                    )
+                }
+            };
+            if check::check(set, &source, question.as_ref()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

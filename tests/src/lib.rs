@@ -8,10 +8,12 @@
 //! Everything is named after the test process's pid and removed on drop, even when a test
 //! fails; stale leftovers of killed runs are removed on start.
 
+pub mod apiserver;
 pub mod demo;
 pub mod raw;
 
 use std::{
+    ffi::OsStr,
     fs,
     io::{BufRead as _, BufReader},
     net::IpAddr,
@@ -517,9 +519,28 @@ impl Testbed {
     }
 
     pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let source = [OsStr::new("--policies"), policies.as_os_str()];
+        self.start_agent_from(&source, extra_args)
+    }
+
+    /// Starts the agent on a Kubernetes API server (`--kubernetes --kubeconfig`).
+    pub fn start_agent_kubernetes(
+        &self,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let source = [
+            OsStr::new("--kubernetes"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        self.start_agent_from(&source, extra_args)
+    }
+
+    fn start_agent_from(&self, source: &[&OsStr], extra_args: &[&str]) -> anyhow::Result<Agent> {
         let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
-        cmd.args(["run", "--policies"])
-            .arg(policies)
+        cmd.arg("run")
+            .args(source)
             .arg("--control-socket")
             .arg(&self.control_socket)
             .arg("--bpffs-dir")

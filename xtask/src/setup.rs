@@ -12,6 +12,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Validates deploy/kubernetes against the Kubernetes schemas (agent/tests/deploy.rs).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Debian packages: `ip` for the test namespaces, `ping` for ICMP probes, LLVM 22 to
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
 /// iperf3, iptables and nftables for the benchmarks.
@@ -91,6 +93,20 @@ pub fn run() -> anyhow::Result<()> {
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(&missing);
         cmd("apt-get", &args)?;
+    }
+
+    if !output("kubernetes-validate", &["--version"]).contains("1.37.0") {
+        cmd(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--root-user-action=ignore",
+                KUBERNETES_VALIDATE,
+            ],
+        )?;
     }
 
     if !output("cargo", &["fuzz", "--version"]).contains("0.13.2") {

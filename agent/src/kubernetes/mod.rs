@@ -209,6 +209,9 @@ async fn follow(
                     );
                     first = false;
                     let _ = synced.send(kind.plural).await;
+                } else if missing && kind.optional {
+                    // Said once; the watcher keeps asking, and takes them up once served.
+                    log::debug!("Kubernetes: {} still not served", kind.plural);
                 } else {
                     log::warn!("Kubernetes: watching {}: {e}", kind.plural);
                 }

@@ -1,0 +1,345 @@
+//! Kubernetes DaemonSet mode end to end, without a real cluster: the agent (`run
+//! --kubernetes`) talks kube-rs to a local server that speaks the API server's list and
+//! watch protocol with API JSON (resourceVersion, bookmarks, 410 Gone and relist; see
+//! tests/src/apiserver.rs). Pods of "node-a" are the test bed's namespaces in cgroups
+//! named as kubelet names them; a pod of "node-b" is only known by IP and labels. Each
+//! change made through the API (labels, IPs, namespace labels, policies, pods starting
+//! and going, a watch history compacted away) must show in real traffic.
+//!
+//! With KUBECONFIG set (and CI unset), `kubeconfig_cluster_is_reachable` also checks the
+//! agent's client against that real cluster.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use stagewall_tests::{Testbed, apiserver::ApiServer, metric_sum, privileged};
+
+fn uid(n: u32) -> String {
+    format!("7a1c0000-0000-4000-8000-{n:012}")
+}
+
+/// The cgroup kubelet (systemd driver) makes for a BestEffort pod, below `base`.
+fn pod_cgroup(base: &str, uid: &str) -> String {
+    format!(
+        "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    )
+}
+
+fn pod(name: &str, uid: &str, node: &str, ips: &[IpAddr], labels: Value) -> Value {
+    let ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml", "uid": uid, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "probe:1"}]},
+        "status": {"phase": "Running", "podIP": ips[0]["ip"], "podIPs": ips, "qosClass": "BestEffort"}
+    })
+}
+
+fn namespace(labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "ml", "labels": labels}, "spec": {"finalizers": ["kubernetes"]},
+           "status": {"phase": "Active"}})
+}
+
+fn policy(name: &str, selector: Value, from: Value, port: u16) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "ml", "generation": 1},
+        "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [from], "ports": [{"protocol": "TCP", "port": port}]}]}
+    })
+}
+
+/// Waits until `check` holds (the change went from the API server through the agent into
+/// the kernel), and says how long that took.
+fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not in force after 10 s\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
+    if !privileged() {
+        return;
+    }
+    let mut bed =
+        Testbed::new(&["client", "server", "remote", "late"]).expect("creating the test bed");
+    let base = bed
+        .node("client")
+        .cgroup_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent.to_string())
+        .unwrap();
+    // Pods of this node in cgroups named as kubelet names them.
+    for (node, n) in [("client", 1), ("server", 2), ("late", 4)] {
+        bed.move_cgroup(node, &pod_cgroup(&base, &uid(n))).unwrap();
+    }
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    bed.serve("remote", &[80], &[]).unwrap();
+    let (client, server, remote) = (
+        bed.node("client").clone(),
+        bed.node("server").clone(),
+        bed.node("remote").clone(),
+    );
+
+    // The Workload CustomResourceDefinition is not installed: the agent goes on without.
+    let api = ApiServer::start(&bed.hub, &["workloads"]).expect("starting the API server");
+    api.apply("namespaces", namespace(json!({"team": "b"})));
+    api.apply(
+        "pods",
+        pod(
+            "client",
+            &uid(1),
+            "node-a",
+            &[client.v4, client.v6],
+            json!({"app": "client"}),
+        ),
+    );
+    api.apply(
+        "pods",
+        pod(
+            "server",
+            &uid(2),
+            "node-a",
+            &[server.v4],
+            json!({"app": "server"}),
+        ),
+    );
+    api.apply(
+        "pods",
+        pod(
+            "remote",
+            &uid(3),
+            "node-b",
+            &[remote.v4],
+            json!({"app": "other"}),
+        ),
+    );
+    api.apply(
+        "networkpolicies",
+        policy(
+            "server-80",
+            json!({"app": "server"}),
+            json!({"podSelector": {"matchLabels": {"app": "client"}}}),
+            80,
+        ),
+    );
+    api.apply(
+        "networkpolicies",
+        policy(
+            "server-81",
+            json!({"app": "server"}),
+            json!({"namespaceSelector": {"matchLabels": {"team": "a"}}}),
+            81,
+        ),
+    );
+    let kubeconfig = bed.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    // `check --kubernetes` reads the same objects and compiles them, without the kernel.
+    let mut check = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
+    check.args([
+        "check",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--pods-cgroup-base",
+        &base,
+    ]);
+    let out = check.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
+    assert!(said.contains("ml/server"), "{said}");
+    let guard = format!("{base}/kubepods.slice");
+    let agent = bed
+        .start_agent_kubernetes(
+            &kubeconfig,
+            &[
+                "--node-name",
+                "node-a",
+                "--pods-cgroup-base",
+                &base,
+                "--guard-cgroup",
+                &guard,
+            ],
+        )
+        .expect("starting the agent");
+    let log = || agent.log();
+    let served = api.served();
+    assert!(served.lists >= 3 && served.watches >= 3, "{served:?}");
+    assert!(log().contains("workloads are not served"), "{}", log());
+    let enforced = |n: f64| metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == n;
+    assert!(enforced(2.0), "client and server are this node's pods");
+
+    assert!(bed.tcp("client", server.v4, 80).is("ok"));
+    assert!(
+        bed.tcp("client", server.v4, 81).is("timeout"),
+        "namespace team=b"
+    );
+    assert!(bed.tcp("remote", server.v4, 80).is("timeout"), "app=other");
+
+    // A label change of a pod on another node.
+    api.apply(
+        "pods",
+        pod(
+            "remote",
+            &uid(3),
+            "node-b",
+            &[remote.v4],
+            json!({"app": "client"}),
+        ),
+    );
+    let took = until("remote's new label", log, || {
+        bed.tcp("remote", server.v4, 80).is("ok")
+    });
+    println!("label change in force after {took:?}");
+
+    // Its IP changes (only its IPv6 address now): the IPv4 address is nobody's.
+    api.apply(
+        "pods",
+        pod(
+            "remote",
+            &uid(3),
+            "node-b",
+            &[remote.v6],
+            json!({"app": "client"}),
+        ),
+    );
+    until("remote's new address", log, || {
+        bed.tcp("remote", server.v4, 80).is("timeout")
+    });
+    assert!(bed.tcp("remote", server.v6, 80).is("ok"));
+
+    // Namespace labels.
+    api.apply("namespaces", namespace(json!({"team": "a"})));
+    until("the namespace's new label", log, || {
+        bed.tcp("client", server.v4, 81).is("ok")
+    });
+
+    // A policy changes.
+    api.apply(
+        "networkpolicies",
+        policy(
+            "server-80",
+            json!({"app": "server"}),
+            json!({"podSelector": {"matchLabels": {"app": "nobody"}}}),
+            80,
+        ),
+    );
+    until("the changed policy", log, || {
+        bed.tcp("client", server.v4, 80).is("timeout")
+    });
+
+    // A bad object: refused with its name and line, the rest goes on.
+    let mut bad = policy(
+        "bad",
+        json!({"app": "server"}),
+        json!({"podSelector": {}}),
+        80,
+    );
+    bad["spec"]["ingress"][0]["ports"][0]["endPort"] = 70.into();
+    api.apply("networkpolicies", bad);
+    until("the refusal", log, || {
+        log().contains("kubernetes/networkpolicies/ml/bad:")
+    });
+    assert!(log().contains("endPort 70 is invalid"), "{}", log());
+    assert!(
+        bed.tcp("client", server.v4, 80).is("timeout"),
+        "the bad policy opened nothing"
+    );
+
+    // The watch history is compacted away and every watch cut: the watchers get 410 Gone
+    // and list again; a change made meanwhile is seen.
+    let before = api.served();
+    api.compact_and_disconnect();
+    api.delete("networkpolicies", "ml", "server-81");
+    until("the deletion, after relisting", log, || {
+        bed.tcp("client", server.v4, 81).is("timeout")
+    });
+    until("every watcher's relist", log, || {
+        let now = api.served();
+        now.gone >= before.gone + 3 && now.lists >= before.lists + 3
+    });
+    let after = api.served();
+    assert!(
+        after.bookmarks > 0,
+        "bookmarks were asked for and sent: {after:?}"
+    );
+    println!("410 Gone and relist: {before:?} -> {after:?}");
+    assert!(bed.tcp("client", server.v4, 81).is("timeout"));
+    assert!(
+        bed.tcp("remote", server.v6, 80).is("timeout"),
+        "server-80 allows nobody"
+    );
+
+    // A pod that starts on this node: denied by the guard until its pod is programmed.
+    assert!(
+        bed.tcp("late", remote.v4, 80).is("eperm"),
+        "not programmed yet"
+    );
+    api.apply(
+        "pods",
+        pod(
+            "late",
+            &uid(4),
+            "node-a",
+            &[bed.node("late").v4],
+            json!({"app": "late"}),
+        ),
+    );
+    until("the new pod", log, || {
+        bed.tcp("late", remote.v4, 80).is("ok")
+    });
+    assert!(enforced(3.0));
+
+    // A pod that goes: its cgroup is nobody's, so the guard denies it again.
+    api.delete("pods", "ml", "client");
+    until("the deleted pod", log, || {
+        bed.tcp("client", remote.v4, 80).is("eperm")
+    });
+    assert!(enforced(2.0));
+}
+
+/// With KUBECONFIG pointing at a real cluster: `stagewall check --kubernetes` lists every
+/// kind there (as the DaemonSet's ServiceAccount may: get, list, watch) and compiles the
+/// cluster's policies, touching no kernel.
+#[test]
+fn a_real_cluster_given_by_kubeconfig_lists_and_compiles() {
+    let Ok(path) = std::env::var("KUBECONFIG") else {
+        println!(
+            "KUBECONFIG not set: no real cluster to check against (the local API server test covers the protocol)"
+        );
+        return;
+    };
+    let out = std::process::Command::new(stagewall_tests::agent_bin())
+        .args(["check", "--kubernetes", "--kubeconfig", &path])
+        .output()
+        .expect("running stagewall");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+}
