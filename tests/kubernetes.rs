@@ -343,3 +343,104 @@ fn a_real_cluster_given_by_kubeconfig_lists_and_compiles() {
     );
     assert!(stdout.starts_with("ok: "), "{stdout}");
 }
+
+/// With `--pod-attachment tc`, a pod with a host route to its address through its veth
+/// (as routed CNIs install) is enforced by TC on that veth; one without (here: the
+/// client) by its cgroup.
+#[test]
+fn pods_with_a_host_route_are_enforced_by_tc_on_their_veth() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let base = bed
+        .node("client")
+        .cgroup_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent.to_string())
+        .unwrap();
+    for (node, n) in [("client", 1), ("server", 2)] {
+        bed.move_cgroup(node, &pod_cgroup(&base, &uid(n))).unwrap();
+    }
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    let (client, server) = (bed.node("client").clone(), bed.node("server").clone());
+    // The host route a routed CNI gives the pod, in the namespace the agent runs in.
+    let status = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bed.hub,
+            "route",
+            "add",
+            &format!("{}/32", server.v4),
+            "dev",
+            &server.host_if,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let api = ApiServer::start(&bed.hub, &[]).expect("starting the API server");
+    api.apply(
+        "pods",
+        pod(
+            "client",
+            &uid(1),
+            "node-a",
+            &[client.v4],
+            json!({"app": "client"}),
+        ),
+    );
+    api.apply(
+        "pods",
+        pod(
+            "server",
+            &uid(2),
+            "node-a",
+            &[server.v4],
+            json!({"app": "server"}),
+        ),
+    );
+    api.apply(
+        "networkpolicies",
+        policy(
+            "server-80",
+            json!({"app": "server"}),
+            json!({"podSelector": {"matchLabels": {"app": "client"}}}),
+            80,
+        ),
+    );
+    let kubeconfig = bed.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let agent = bed
+        .start_agent_kubernetes(
+            &kubeconfig,
+            &[
+                "--node-name",
+                "node-a",
+                "--pods-cgroup-base",
+                &base,
+                "--pod-attachment",
+                "tc",
+            ],
+        )
+        .expect("starting the agent");
+    assert!(bed.tcp("client", server.v4, 80).is("ok"), "{}", agent.log());
+    assert!(
+        bed.tcp("client", server.v4, 81).is("timeout"),
+        "dropped on the way in"
+    );
+    let links: Vec<String> = std::fs::read_dir(bed.bpffs.join("v1/links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    // Links are named by ifindex or cgroup id: two TC programs on one interface (the
+    // server's), six cgroup programs on one cgroup (the client's).
+    let tc: Vec<&String> = links.iter().filter(|l| l.starts_with("if-")).collect();
+    let cgroup: Vec<&String> = links.iter().filter(|l| l.starts_with("cgroup-")).collect();
+    assert_eq!((tc.len(), cgroup.len()), (2, 6), "{links:?}");
+    assert_eq!(
+        metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]),
+        2.0
+    );
+}

@@ -18,7 +18,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::cgroups::PodCgroups;
+use super::{cgroups::PodCgroups, routes::HostRoutes};
 use crate::policy::{
     model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
     parse::{PolicyErrors, parse_into, validate_set},
@@ -254,13 +254,15 @@ impl Cluster {
     }
 
     /// The desired state for the agent on `node`: every pod a workload, this node's
-    /// enforced through their cgroups (found by UID below `base`, or where kubelet will
+    /// enforced through their host-side interface when `routes` are given and name one
+    /// (TC), else through their cgroups (found by UID below `base`, or where kubelet will
     /// create them), plus the policies.
     pub fn desired(
         &self,
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
+        routes: Option<&HostRoutes>,
     ) -> Result<PolicySet, PolicyErrors> {
         let mut set = PolicySet::default();
         for parsed in self.documents.values() {
@@ -282,6 +284,9 @@ impl Cluster {
         for (key, pod) in &self.pods {
             let local = pod.node.as_deref() == Some(node) && !pod.uid.is_empty();
             let attachment = local.then(|| {
+                if let Some(interface) = routes.and_then(|r| r.interface(&pod.addresses)) {
+                    return Attachment::Interface(interface.to_string());
+                }
                 let path = cgroups.get(&pod.uid).map_or_else(
                     || cgroups.expected(base, &pod.uid, pod.qos_class.as_deref()),
                     str::to_string,
@@ -400,7 +405,7 @@ mod tests {
 
     fn desired(cluster: &Cluster) -> PolicySet {
         cluster
-            .desired("node-a", &PodCgroups::default(), "/")
+            .desired("node-a", &PodCgroups::default(), "/", None)
             .unwrap()
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cgroups;
 pub mod cluster;
+pub mod routes;
 
 use std::{
     path::PathBuf,
@@ -23,7 +24,7 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use self::{cgroups::PodCgroups, cluster::Cluster};
+use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
 use crate::{policy::model::PolicySet, watch::Change};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -40,9 +41,20 @@ pub struct KubernetesArgs {
     /// cgroup2 mount.
     #[arg(long, default_value = "/", requires = "kubernetes")]
     pub pods_cgroup_base: String,
+    /// How this node's pods are enforced: by their cgroups, or by TC on their host-side
+    /// veth (found by the host route to the pod's address that routed CNIs install; a pod
+    /// without one is enforced by its cgroup).
+    #[arg(long, value_enum, default_value = "cgroup", requires = "kubernetes")]
+    pub pod_attachment: PodAttachment,
     /// How long to wait for the first complete list of every kind before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "kubernetes")]
     pub sync_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodAttachment {
+    Cgroup,
+    Tc,
 }
 
 /// One watched kind: its API resource, and whether the agent can do without it (the
@@ -83,6 +95,7 @@ pub struct View {
     node: String,
     cgroup_mount: PathBuf,
     base: String,
+    attachment: PodAttachment,
     given: Option<PolicySet>,
     /// The cluster version of the last refused desired state: not refused again until
     /// the cluster changes.
@@ -95,7 +108,8 @@ impl View {
     pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
-        match cluster.desired(&self.node, &cgroups, &self.base) {
+        let routes = (self.attachment == PodAttachment::Tc).then(HostRoutes::read);
+        match cluster.desired(&self.node, &cgroups, &self.base, routes.as_ref()) {
             Ok(set) if self.given.as_ref() == Some(&set) => None,
             Ok(set) => {
                 self.given = Some(set.clone());
@@ -169,6 +183,7 @@ pub async fn watch(
         node: node.to_string(),
         cgroup_mount,
         base: args.pods_cgroup_base.clone(),
+        attachment: args.pod_attachment,
         given: None,
         refused: None,
     })
