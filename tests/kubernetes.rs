@@ -181,6 +181,8 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
                 &base,
                 "--guard-cgroup",
                 &guard,
+                "--record-flows",
+                "all",
             ],
         )
         .expect("starting the agent");
@@ -318,6 +320,28 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
         bed.tcp("client", remote.v4, 80).is("eperm")
     });
     assert!(enforced(2.0));
+
+    // The rollout report reads the policies in force from the API server too.
+    let mut agent = agent;
+    agent.stop().unwrap();
+    let mut report = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
+    report.args([
+        "report",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    report.arg("--records").arg(&bed.flow_records);
+    let out = report.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("stage ml/server (ml/server)"), "{said}");
+    assert!(said.contains("ingress policies: ml/server-80"), "{said}");
+    assert!(said.contains("dropped:\n    ingress from"), "{said}");
 }
 
 /// With KUBECONFIG pointing at a real cluster: `stagewall check --kubernetes` lists every

@@ -156,7 +156,9 @@ impl FlowRecords {
                 }
                 records.evict();
             }
-            Ok(None) => {}
+            // Written at the first save even if nothing was recorded: the file says
+            // so, rather than being missing.
+            Ok(None) => records.dirty = true,
             Err(e) => {
                 let aside = with_suffix(path, ".unreadable");
                 log::error!(

@@ -52,7 +52,18 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
     let mut stages: BTreeMap<String, StageReport> = BTreeMap::new();
     let mut modes: BTreeMap<String, [BTreeSet<Mode>; 2]> = BTreeMap::new();
     let mut policies: BTreeMap<String, [BTreeSet<String>; 2]> = BTreeMap::new();
-    for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
+    // The local workloads, and every workload the records name (a report built from the
+    // API server sees every pod of the cluster, local to no one).
+    let recorded: BTreeSet<&str> = records
+        .records
+        .iter()
+        .map(|r| r.key.workload.as_str())
+        .collect();
+    for w in set
+        .workloads
+        .iter()
+        .filter(|w| w.attachment.is_some() || recorded.contains(w.name.to_string().as_str()))
+    {
         let stage = stage_of(w);
         let entry = stages.entry(stage.clone()).or_default();
         entry.workloads.push(w.name.to_string());

@@ -8,6 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 use crate::{
     advise, check,
     flow_records::{self, RecordsFile},
+    kubernetes::KubernetesArgs,
     policy::model::{Mode, PolicySet},
     report, run, simulate,
 };
@@ -21,15 +22,47 @@ pub enum Format {
     Json,
 }
 
+/// Where the workloads and policies in force are read from: a directory, or the API
+/// server (as `run --kubernetes` reads them).
+#[derive(clap::Args, Debug)]
+pub struct InForce {
+    /// Policy directory whose Workload documents are the inventory: which workloads the
+    /// records' workloads and peers are, and their labels.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+    /// With --kubernetes: whose pods are local (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl InForce {
+    fn load(&self) -> Option<PolicySet> {
+        match &self.policies {
+            Some(dir) => check::load(dir),
+            None => {
+                let node = self
+                    .node_name
+                    .clone()
+                    .unwrap_or_else(crate::events::host_name);
+                check::load_kubernetes(&self.kubernetes, &node)
+            }
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct AdviseArgs {
     /// The agent's flow records (its --flow-records).
     #[arg(long, default_value = run::DEFAULT_FLOW_RECORDS)]
     pub records: PathBuf,
-    /// Policy directory whose Workload documents are the inventory: which workloads the
-    /// records' workloads and peers are, and their labels.
-    #[arg(long)]
-    pub policies: PathBuf,
+    #[command(flatten)]
+    pub in_force: InForce,
     /// Write the policies to this file instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -55,9 +88,8 @@ pub struct ReportArgs {
     /// The agent's flow records (its --flow-records).
     #[arg(long, default_value = run::DEFAULT_FLOW_RECORDS)]
     pub records: PathBuf,
-    /// The policy directory in force.
-    #[arg(long)]
-    pub policies: PathBuf,
+    #[command(flatten)]
+    pub in_force: InForce,
     /// The agent's mode (default: the one the records were written in).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
@@ -69,13 +101,13 @@ pub struct ReportArgs {
 /// stderr).
 fn inputs(
     records: &std::path::Path,
-    policies: &std::path::Path,
+    policies: impl FnOnce() -> Option<PolicySet>,
 ) -> Result<(RecordsFile, PolicySet), ExitCode> {
     let records = flow_records::load(records).map_err(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(EXIT_BAD_INPUT)
     })?;
-    let set = check::load(policies).ok_or(ExitCode::from(EXIT_BAD_INPUT))?;
+    let set = policies().ok_or(ExitCode::from(EXIT_BAD_INPUT))?;
     Ok((records, set))
 }
 
@@ -90,7 +122,7 @@ fn print(format: Format, value: &impl serde::Serialize, text: impl FnOnce() -> S
 }
 
 pub fn advise(args: &AdviseArgs) -> ExitCode {
-    let (records, set) = match inputs(&args.records, &args.policies) {
+    let (records, set) = match inputs(&args.records, || args.in_force.load()) {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
@@ -114,7 +146,7 @@ pub fn advise(args: &AdviseArgs) -> ExitCode {
 }
 
 pub fn simulate(args: &SimulateArgs) -> ExitCode {
-    let (records, set) = match inputs(&args.records, &args.policies) {
+    let (records, set) = match inputs(&args.records, || check::load(&args.policies)) {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
@@ -128,7 +160,7 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
 }
 
 pub fn report(args: &ReportArgs) -> ExitCode {
-    let (records, set) = match inputs(&args.records, &args.policies) {
+    let (records, set) = match inputs(&args.records, || args.in_force.load()) {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
