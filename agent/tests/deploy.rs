@@ -4,14 +4,23 @@
 
 use std::{path::PathBuf, process::Command};
 
+/// Every manifest below deploy/kubernetes, the uninstall one included.
 fn manifests() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    fn walk(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes"),
+        &mut files,
+    );
     files.sort();
     files
 }
@@ -31,7 +40,7 @@ fn every_manifest_validates_strictly_against_the_kubernetes_schemas() {
         return;
     }
     let files = manifests();
-    assert!(files.len() >= 4, "{files:?}");
+    assert!(files.len() >= 5, "{files:?}");
     for file in &files {
         let out = Command::new("kubernetes-validate")
             .arg("--strict")
