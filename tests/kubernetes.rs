@@ -6,7 +6,7 @@
 //! change made through the API (labels, IPs, namespace labels, policies, pods starting
 //! and going, a watch history compacted away) must show in real traffic.
 //!
-//! With KUBECONFIG set (and CI unset), `kubeconfig_cluster_is_reachable` also checks the
+//! With KUBECONFIG set, `a_real_cluster_given_by_kubeconfig_lists_and_compiles` also checks the
 //! agent's client against that real cluster.
 
 use std::{
@@ -71,73 +71,99 @@ fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Dura
     started.elapsed()
 }
 
+/// A test bed whose nodes are pods, and an API server in its hub namespace. The nodes
+/// named in `local` are pods of "node-a" (this node), in cgroups named as kubelet names
+/// them; node i is pod UID uid(i + 1).
+struct KubeBed {
+    bed: Testbed,
+    /// The cgroup below which the pods' cgroups are (the agent's --pods-cgroup-base).
+    base: String,
+    api: ApiServer,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl KubeBed {
+    fn new(names: &[&str], local: &[&str], missing: &[&'static str]) -> KubeBed {
+        let mut bed = Testbed::new(names).expect("creating the test bed");
+        let base = bed
+            .node(names[0])
+            .cgroup_path
+            .rsplit_once('/')
+            .map(|(parent, _)| parent.to_string())
+            .unwrap();
+        for (i, name) in names.iter().enumerate() {
+            if local.contains(name) {
+                bed.move_cgroup(name, &pod_cgroup(&base, &uid(i as u32 + 1)))
+                    .unwrap();
+            }
+        }
+        let api = ApiServer::start(&bed.hub, missing).expect("starting the API server");
+        let kubeconfig = bed.dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        KubeBed {
+            bed,
+            base,
+            api,
+            kubeconfig,
+        }
+    }
+
+    /// Creates or changes the pod of test bed node `name`, on `node`.
+    fn pod(&self, name: &str, node: &str, ips: &[IpAddr], labels: Value) {
+        let i = self.bed.nodes.iter().position(|n| n.name == name).unwrap();
+        self.api
+            .apply("pods", pod(name, &uid(i as u32 + 1), node, ips, labels));
+    }
+
+    /// Starts the agent as node-a's, with its pods' cgroups below `base`.
+    fn agent(&self, extra: &[&str]) -> stagewall_tests::Agent {
+        let mut args = vec!["--node-name", "node-a", "--pods-cgroup-base", &self.base];
+        args.extend(extra);
+        self.bed
+            .start_agent_kubernetes(&self.kubeconfig, &args)
+            .expect("starting the agent")
+    }
+}
+
+/// A policy that lets pods labelled app=client reach app=server on `port`.
+fn clients_to_server(name: &str, port: u16) -> Value {
+    policy(
+        name,
+        json!({"app": "server"}),
+        json!({"podSelector": {"matchLabels": {"app": "client"}}}),
+        port,
+    )
+}
+
 #[test]
 fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     if !privileged() {
         return;
     }
-    let mut bed =
-        Testbed::new(&["client", "server", "remote", "late"]).expect("creating the test bed");
-    let base = bed
-        .node("client")
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
-    // Pods of this node in cgroups named as kubelet names them.
-    for (node, n) in [("client", 1), ("server", 2), ("late", 4)] {
-        bed.move_cgroup(node, &pod_cgroup(&base, &uid(n))).unwrap();
-    }
-    bed.serve("server", &[80, 81], &[]).unwrap();
-    bed.serve("remote", &[80], &[]).unwrap();
+    // The Workload CustomResourceDefinition is not installed: the agent goes on without.
+    let mut k = KubeBed::new(
+        &["client", "server", "remote", "late"],
+        &["client", "server", "late"],
+        &["workloads"],
+    );
+    k.bed.serve("server", &[80, 81], &[]).unwrap();
+    k.bed.serve("remote", &[80], &[]).unwrap();
+    let (bed, api, base) = (&k.bed, &k.api, &k.base);
     let (client, server, remote) = (
         bed.node("client").clone(),
         bed.node("server").clone(),
         bed.node("remote").clone(),
     );
-
-    // The Workload CustomResourceDefinition is not installed: the agent goes on without.
-    let api = ApiServer::start(&bed.hub, &["workloads"]).expect("starting the API server");
     api.apply("namespaces", namespace(json!({"team": "b"})));
-    api.apply(
-        "pods",
-        pod(
-            "client",
-            &uid(1),
-            "node-a",
-            &[client.v4, client.v6],
-            json!({"app": "client"}),
-        ),
+    k.pod(
+        "client",
+        "node-a",
+        &[client.v4, client.v6],
+        json!({"app": "client"}),
     );
-    api.apply(
-        "pods",
-        pod(
-            "server",
-            &uid(2),
-            "node-a",
-            &[server.v4],
-            json!({"app": "server"}),
-        ),
-    );
-    api.apply(
-        "pods",
-        pod(
-            "remote",
-            &uid(3),
-            "node-b",
-            &[remote.v4],
-            json!({"app": "other"}),
-        ),
-    );
-    api.apply(
-        "networkpolicies",
-        policy(
-            "server-80",
-            json!({"app": "server"}),
-            json!({"podSelector": {"matchLabels": {"app": "client"}}}),
-            80,
-        ),
-    );
+    k.pod("server", "node-a", &[server.v4], json!({"app": "server"}));
+    k.pod("remote", "node-b", &[remote.v4], json!({"app": "other"}));
+    api.apply("networkpolicies", clients_to_server("server-80", 80));
     api.apply(
         "networkpolicies",
         policy(
@@ -147,8 +173,8 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
             81,
         ),
     );
-    let kubeconfig = bed.dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let kubeconfig = &k.kubeconfig;
+
     // `check --kubernetes` reads the same objects and compiles them, without the kernel.
     let mut check = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
     check.args([
@@ -159,7 +185,7 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
         "--node-name",
         "node-a",
         "--pods-cgroup-base",
-        &base,
+        base,
     ]);
     let out = check.output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -171,21 +197,7 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
     assert!(said.contains("ml/server"), "{said}");
     let guard = format!("{base}/kubepods.slice");
-    let agent = bed
-        .start_agent_kubernetes(
-            &kubeconfig,
-            &[
-                "--node-name",
-                "node-a",
-                "--pods-cgroup-base",
-                &base,
-                "--guard-cgroup",
-                &guard,
-                "--record-flows",
-                "all",
-            ],
-        )
-        .expect("starting the agent");
+    let agent = k.agent(&["--guard-cgroup", &guard, "--record-flows", "all"]);
     let log = || agent.log();
     let served = api.served();
     assert!(served.lists >= 3 && served.watches >= 3, "{served:?}");
@@ -201,32 +213,14 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     assert!(bed.tcp("remote", server.v4, 80).is("timeout"), "app=other");
 
     // A label change of a pod on another node.
-    api.apply(
-        "pods",
-        pod(
-            "remote",
-            &uid(3),
-            "node-b",
-            &[remote.v4],
-            json!({"app": "client"}),
-        ),
-    );
+    k.pod("remote", "node-b", &[remote.v4], json!({"app": "client"}));
     let took = until("remote's new label", log, || {
         bed.tcp("remote", server.v4, 80).is("ok")
     });
     println!("label change in force after {took:?}");
 
     // Its IP changes (only its IPv6 address now): the IPv4 address is nobody's.
-    api.apply(
-        "pods",
-        pod(
-            "remote",
-            &uid(3),
-            "node-b",
-            &[remote.v6],
-            json!({"app": "client"}),
-        ),
-    );
+    k.pod("remote", "node-b", &[remote.v6], json!({"app": "client"}));
     until("remote's new address", log, || {
         bed.tcp("remote", server.v4, 80).is("timeout")
     });
@@ -299,15 +293,11 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
         bed.tcp("late", remote.v4, 80).is("eperm"),
         "not programmed yet"
     );
-    api.apply(
-        "pods",
-        pod(
-            "late",
-            &uid(4),
-            "node-a",
-            &[bed.node("late").v4],
-            json!({"app": "late"}),
-        ),
+    k.pod(
+        "late",
+        "node-a",
+        &[bed.node("late").v4],
+        json!({"app": "late"}),
     );
     until("the new pod", log, || {
         bed.tcp("late", remote.v4, 80).is("ok")
@@ -376,17 +366,9 @@ fn pods_with_a_host_route_are_enforced_by_tc_on_their_veth() {
     if !privileged() {
         return;
     }
-    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
-    let base = bed
-        .node("client")
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
-    for (node, n) in [("client", 1), ("server", 2)] {
-        bed.move_cgroup(node, &pod_cgroup(&base, &uid(n))).unwrap();
-    }
-    bed.serve("server", &[80, 81], &[]).unwrap();
+    let mut k = KubeBed::new(&["client", "server"], &["client", "server"], &[]);
+    k.bed.serve("server", &[80, 81], &[]).unwrap();
+    let bed = &k.bed;
     let (client, server) = (bed.node("client").clone(), bed.node("server").clone());
     // The host route a routed CNI gives the pod, in the namespace the agent runs in.
     let status = std::process::Command::new("ip")
@@ -402,52 +384,11 @@ fn pods_with_a_host_route_are_enforced_by_tc_on_their_veth() {
         .status()
         .unwrap();
     assert!(status.success());
-
-    let api = ApiServer::start(&bed.hub, &[]).expect("starting the API server");
-    api.apply(
-        "pods",
-        pod(
-            "client",
-            &uid(1),
-            "node-a",
-            &[client.v4],
-            json!({"app": "client"}),
-        ),
-    );
-    api.apply(
-        "pods",
-        pod(
-            "server",
-            &uid(2),
-            "node-a",
-            &[server.v4],
-            json!({"app": "server"}),
-        ),
-    );
-    api.apply(
-        "networkpolicies",
-        policy(
-            "server-80",
-            json!({"app": "server"}),
-            json!({"podSelector": {"matchLabels": {"app": "client"}}}),
-            80,
-        ),
-    );
-    let kubeconfig = bed.dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let agent = bed
-        .start_agent_kubernetes(
-            &kubeconfig,
-            &[
-                "--node-name",
-                "node-a",
-                "--pods-cgroup-base",
-                &base,
-                "--pod-attachment",
-                "tc",
-            ],
-        )
-        .expect("starting the agent");
+    k.pod("client", "node-a", &[client.v4], json!({"app": "client"}));
+    k.pod("server", "node-a", &[server.v4], json!({"app": "server"}));
+    k.api
+        .apply("networkpolicies", clients_to_server("server-80", 80));
+    let agent = k.agent(&["--pod-attachment", "tc"]);
     assert!(bed.tcp("client", server.v4, 80).is("ok"), "{}", agent.log());
     assert!(
         bed.tcp("client", server.v4, 81).is("timeout"),

@@ -21,8 +21,7 @@ use serde::Deserialize;
 use super::{cgroups::PodCgroups, routes::HostRoutes};
 use crate::policy::{
     model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
-    parse::{PolicyErrors, parse_into, validate_set},
-    pipeline,
+    parse::{PolicyErrors, complete, parse_into},
 };
 
 /// The kinds the agent watches besides pods, by their plural resource name.
@@ -313,13 +312,7 @@ impl Cluster {
                 },
             });
         }
-        let mut errors = Vec::new();
-        if let Err(mut e) = pipeline::expand(&mut set) {
-            errors.append(&mut e);
-        }
-        if let Err(mut e) = validate_set(&set) {
-            errors.append(&mut e.0);
-        }
+        let errors = complete(&mut set);
         if errors.is_empty() {
             Ok(set)
         } else {

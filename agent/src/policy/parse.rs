@@ -269,12 +269,9 @@ pub fn load_files(files: &[PathBuf], cache: &mut ParseCache) -> Result<PolicySet
         }
     }
     cache.finish_load();
-    if errors.is_empty()
-        && let Err(mut e) = super::pipeline::expand(&mut set)
-    {
-        errors.append(&mut e);
-    }
-    if let Err(mut e) = validate_set(&set) {
+    if errors.is_empty() {
+        errors = complete(&mut set);
+    } else if let Err(mut e) = validate_set(&set) {
         errors.append(&mut e.0);
     }
     if errors.is_empty() {
@@ -1145,6 +1142,19 @@ fn valid_label_value(value: &str) -> bool {
 
 /// Checks across documents: duplicate names, one address or attachment claimed by two
 /// workloads, and cgroups nested in another workload's cgroup.
+/// The last step of loading, from files or from the API server: expands the pipelines
+/// and checks the whole set (names, addresses, attachments).
+pub fn complete(set: &mut PolicySet) -> Vec<PolicyError> {
+    let mut errors = Vec::new();
+    if let Err(mut e) = super::pipeline::expand(set) {
+        errors.append(&mut e);
+    }
+    if let Err(mut e) = validate_set(set) {
+        errors.append(&mut e.0);
+    }
+    errors
+}
+
 pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
     let mut errors = Vec::new();
     let mut err = |origin: &Origin, message: String| {
