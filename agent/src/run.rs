@@ -57,11 +57,9 @@ fn count_flows(flows: HashMap<MapData, FlowKey, FlowValue>, metrics: Arc<Metrics
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Directory of policy files (*.yaml, *.yml; read recursively, watched for changes).
-    #[arg(
-        long,
-        required_unless_present = "kubernetes",
-        conflicts_with = "kubernetes"
-    )]
+    /// Without it the agent needs --kubernetes, or runs as if given it when it finds an
+    /// in-cluster service account.
+    #[arg(long, conflicts_with = "kubernetes")]
     pub policies: Option<PathBuf>,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
@@ -394,6 +392,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_else(events::host_name);
     let (mut source, api_changes) = match &args.policies {
         Some(dir) => (Source::files(dir.clone()), None),
+        None if !args.kubernetes.kubernetes && !kubernetes::in_cluster() => {
+            return Err(ConfigError(
+                "no --policies DIR, no --kubernetes, and no in-cluster service account: nothing says what to enforce".into(),
+            )
+            .into());
+        }
         None => {
             let (tx, rx) = mpsc::channel(64);
             let view = kubernetes::watch(&args.kubernetes, &node, cgroup_root.clone(), tx)

@@ -312,3 +312,18 @@ fn rollout_commands_refuse_bad_records_or_policies_with_exit_2() {
     std::fs::remove_file(good_records).unwrap();
     std::fs::remove_dir_all(bad_policies).unwrap();
 }
+
+#[test]
+fn run_without_policies_or_a_cluster_says_what_is_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagewall"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no --policies DIR, no --kubernetes, and no in-cluster service account"),
+        "{stderr}"
+    );
+}

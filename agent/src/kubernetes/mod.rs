@@ -125,6 +125,15 @@ impl View {
     }
 }
 
+/// Where Kubernetes mounts a pod's service account token.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Does the agent run in a pod with a service account (and the API server's address)?
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        && std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists()
+}
+
 async fn client(args: &KubernetesArgs) -> anyhow::Result<Client> {
     let config = match &args.kubeconfig {
         Some(path) => {
