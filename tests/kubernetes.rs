@@ -304,6 +304,25 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     });
     assert!(enforced(3.0));
 
+    // stagewall.io kinds come through the API too: a Pipeline whose one stage may reach
+    // the remote pod on port 81 only.
+    api.apply(
+        "pipelines",
+        json!({
+            "apiVersion": "stagewall.io/v1alpha1",
+            "kind": "Pipeline",
+            "metadata": {"name": "late", "namespace": "ml"},
+            "spec": {
+                "stages": [{"name": "late", "selector": {"matchLabels": {"app": "late"}}}],
+                "flows": [{"from": {"stage": "late"}, "to": {"cidr": format!("{}/32", remote.v4)},
+                           "ports": [{"protocol": "TCP", "port": 81}]}]
+            }
+        }),
+    );
+    until("the Pipeline", log, || {
+        bed.tcp("late", remote.v4, 80).is("eperm")
+    });
+
     // A pod that goes: its cgroup is nobody's, so the guard denies it again.
     api.delete("pods", "ml", "client");
     until("the deleted pod", log, || {
