@@ -21,7 +21,7 @@ use stagewall_common::{DIR_EGRESS, DIR_INGRESS, FLOWS_MAX, FlowKey, FlowValue, G
 
 use crate::{
     auto_quarantine::{AutoQuarantine, Threshold},
-    compiler::{self, Compiled, EndpointIds},
+    compiler::{self, CompileCache, Compiled, EndpointIds},
     control::{self, Request},
     events::{
         self,
@@ -153,6 +153,8 @@ fn return_freed_memory() {
 struct Enforcer {
     /// Where the desired state comes from.
     source: Source,
+    /// The last compile's entry sets: a change recompiles only what it touched.
+    compile_cache: CompileCache,
     how: Enforcement,
     loader: Loader,
     metrics: Arc<Metrics>,
@@ -342,7 +344,8 @@ impl Enforcer {
         };
         let compiled = changed.and_then(|set| {
             let compiled =
-                compiler::compile(&set, &current.endpoint_ids()).map_err(|e| e.to_string())?;
+                compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache)
+                    .map_err(|e| e.to_string())?;
             Ok((compiled, set))
         });
         match compiled {
@@ -410,8 +413,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .changed()
         .expect("a source gives its state when first asked")
         .map_err(ConfigError)?;
-    let compiled =
-        compiler::compile(&set, &EndpointIds::new()).map_err(|e| ConfigError(e.to_string()))?;
+    let mut compile_cache = CompileCache::default();
+    let compiled = compiler::compile_with(&set, &EndpointIds::new(), &mut compile_cache)
+        .map_err(|e| ConfigError(e.to_string()))?;
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
@@ -459,7 +463,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let compiled = if adopted.is_empty() {
         compiled
     } else {
-        compiler::compile(&set, &adopted).map_err(|e| ConfigError(e.to_string()))?
+        compiler::compile_with(&set, &adopted, &mut compile_cache)
+            .map_err(|e| ConfigError(e.to_string()))?
     };
     drop(set);
     let metrics = Arc::new(Metrics::new());
@@ -468,6 +473,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut enforcer = Enforcer {
         source,
+        compile_cache,
         how: Enforcement {
             mode: args.mode,
             log_allowed: args.log_allowed,

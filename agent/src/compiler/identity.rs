@@ -66,7 +66,7 @@ pub enum IdentityKind {
 }
 
 /// The identities of one compiled policy.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identities {
     pub blocks: Vec<Block>,
     pub kinds: BTreeMap<u32, IdentityKind>,

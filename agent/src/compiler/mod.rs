@@ -7,7 +7,10 @@ mod ports;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 pub use identity::{Block, Identities};
 use ipnet::IpNet;
@@ -20,8 +23,8 @@ use stagewall_common::{
 };
 
 use crate::policy::model::{
-    Attachment, Direction, FailMode, NamedPort, NetworkPolicy, ObjectName, Peer, PolicySet,
-    PortMatch, Rule, Workload,
+    Attachment, Direction, FailMode, NamedPort, Namespace, NetworkPolicy, ObjectName, Peer,
+    PolicySet, PortMatch, Rule, Workload,
 };
 
 /// A local workload the kernel enforces: how to find its traffic and its policies.
@@ -153,10 +156,66 @@ type EntrySet = BTreeSet<(u32, Option<u8>, Option<PortPrefix>)>;
 /// the kernel tracks for it (keyed by endpoint id) survive a policy change.
 pub type EndpointIds = BTreeMap<ObjectName, u32>;
 
+/// The entry sets of the last compile, for the next: a workload direction whose selecting
+/// policies (and own named ports) are unchanged gets its entries back instead of
+/// compiling every rule again, as long as what rules select — the identities (addresses,
+/// labels, CIDRs) and the namespaces' labels — is unchanged too. A one-rule change then
+/// compiles the policy it touched, not the 10,000 rules beside it.
+#[derive(Default)]
+pub struct CompileCache {
+    identities: Option<Identities>,
+    namespaces: Vec<Namespace>,
+    entries: Vec<CachedEntries>,
+}
+
+struct CachedEntries {
+    direction: Direction,
+    policies: Vec<NetworkPolicy>,
+    ports: Vec<NamedPort>,
+    entries: Arc<EntrySet>,
+}
+
+impl CachedEntries {
+    fn is_for(
+        &self,
+        direction: Direction,
+        policies: &[&NetworkPolicy],
+        ports: &[NamedPort],
+    ) -> bool {
+        self.direction == direction
+            && self.ports == ports
+            && self.policies.len() == policies.len()
+            && self.policies.iter().zip(policies).all(|(a, b)| a == *b)
+    }
+}
+
 /// Compiles the desired state. `previous` holds the ids of the policy in force; workloads
 /// keep theirs, new ones get ids no workload of either policy uses.
 pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, CompileError> {
+    compile_with(set, previous, &mut CompileCache::default())
+}
+
+/// `compile`, reusing what `cache` holds from the last compile and leaving this one's
+/// entry sets in it.
+pub fn compile_with(
+    set: &PolicySet,
+    previous: &EndpointIds,
+    cache: &mut CompileCache,
+) -> Result<Compiled, CompileError> {
     let identities = Identities::allocate(set);
+    let reusable =
+        cache.identities.as_ref() == Some(&identities) && cache.namespaces == set.namespaces;
+    // The last compile's entry sets, each taken (not copied) by the first direction that
+    // matches it; what nothing takes is dropped.
+    let mut old: Vec<Option<CachedEntries>> = if reusable {
+        std::mem::take(&mut cache.entries)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut used: Vec<CachedEntries> = Vec::new();
     let mut compiled = Compiled {
         identities,
         ..Default::default()
@@ -165,7 +224,7 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
     // policies, not with workloads.
     // Ordered, not hashed: two large entry sets usually differ in their first entries,
     // while hashing reads every entry of every set.
-    let mut policy_ids: BTreeMap<(Direction, EntrySet), u32> = BTreeMap::new();
+    let mut policy_ids: BTreeMap<(Direction, Arc<EntrySet>), u32> = BTreeMap::new();
     let mut peer_cache = PeerCache::new();
     let mut local: Vec<&Workload> = set
         .workloads
@@ -212,27 +271,54 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             if selecting.is_empty() {
                 continue;
             }
-            let mut entries = EntrySet::new();
             // Policies that isolate without a single rule for the direction deny everything:
             // the kernel reports such drops as "default deny".
             let rule_count: usize = selecting.iter().map(|p| p.rules(direction).len()).sum();
-            for p in &selecting {
-                for rule in p.rules(direction) {
-                    let target = RuleTarget {
-                        policy: p,
-                        local: w,
-                        direction,
-                    };
-                    rule_entries(
-                        set,
-                        &compiled.identities,
-                        &target,
-                        rule,
-                        &mut peer_cache,
-                        &mut entries,
-                    );
-                }
+            let taken = old
+                .iter_mut()
+                .find(|c| {
+                    c.as_ref()
+                        .is_some_and(|c| c.is_for(direction, &selecting, &w.ports))
+                })
+                .and_then(Option::take);
+            if let Some(cached) = taken {
+                used.push(cached);
             }
+            let entries = match used
+                .iter()
+                .find(|c| c.is_for(direction, &selecting, &w.ports))
+                .map(|c| c.entries.clone())
+            {
+                Some(entries) => entries,
+                None => {
+                    let mut entries = EntrySet::new();
+                    for p in &selecting {
+                        for rule in p.rules(direction) {
+                            let target = RuleTarget {
+                                policy: p,
+                                local: w,
+                                direction,
+                            };
+                            rule_entries(
+                                set,
+                                &compiled.identities,
+                                &target,
+                                rule,
+                                &mut peer_cache,
+                                &mut entries,
+                            );
+                        }
+                    }
+                    let entries = Arc::new(entries);
+                    used.push(CachedEntries {
+                        direction,
+                        policies: selecting.iter().map(|p| (*p).clone()).collect(),
+                        ports: w.ports.clone(),
+                        entries: entries.clone(),
+                    });
+                    entries
+                }
+            };
             let next_id = policy_ids.len() as u32 + 1;
             let id = *policy_ids.entry((direction, entries)).or_insert(next_id);
             let names = selecting.iter().map(|p| p.name.clone()).collect();
@@ -258,7 +344,7 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
         compiled.endpoints.push(endpoint);
     }
     for ((direction, entries), policy) in policy_ids {
-        for (identity, protocol, ports) in entries {
+        for &(identity, protocol, ports) in entries.iter() {
             compiled.policy.insert(PolicyEntry {
                 policy,
                 identity,
@@ -268,6 +354,11 @@ pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, Comp
             });
         }
     }
+    *cache = CompileCache {
+        identities: Some(compiled.identities.clone()),
+        namespaces: set.namespaces.clone(),
+        entries: used,
+    };
     for (map, count, max) in compiled.map_usage() {
         if count > max as usize {
             return Err(CompileError::TooLarge {

@@ -695,3 +695,43 @@ fn a_policy_too_large_for_the_kernel_maps_is_rejected_naming_the_map() {
         "{err}"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// A compile that reuses the previous compile's entry sets gives exactly what a
+    /// compile from scratch gives, whatever changed in between: a policy removed, a
+    /// policy's rules cut short, a workload's labels.
+    #[test]
+    fn a_compile_reusing_the_last_ones_entries_equals_a_compile_from_scratch(
+        set in set_strategy(),
+        change in 0..3usize,
+    ) {
+        let mut cache = CompileCache::default();
+        let first = compile_with(&set, &EndpointIds::new(), &mut cache).unwrap();
+        let ids = first.endpoint_ids();
+        let mut changed = set.clone();
+        match change {
+            0 => {
+                changed.policies.pop();
+            }
+            1 => {
+                if let Some(p) = changed.policies.first_mut() {
+                    p.ingress.truncate(1);
+                    p.egress.clear();
+                }
+            }
+            _ => {
+                if let Some(w) = changed.workloads.first_mut() {
+                    w.labels.insert("tier".into(), "2".into());
+                }
+            }
+        }
+        for next in [&changed, &set, &set] {
+            let reused = compile_with(next, &ids, &mut cache).unwrap();
+            let fresh = compile(next, &ids).unwrap();
+            prop_assert_eq!(&reused.endpoints, &fresh.endpoints);
+            prop_assert_eq!(&reused.policy, &fresh.policy);
+            prop_assert_eq!(&reused.identities, &fresh.identities);
+        }
+    }
+}
