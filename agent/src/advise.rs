@@ -19,7 +19,7 @@ use crate::{
     events::protocol_number,
     flow_records::RecordsFile,
     policy::{
-        model::{Labels, PolicySet, Protocol, Workload},
+        model::{Labels, PolicySet, Protocol},
         semantics,
     },
 };
@@ -54,36 +54,51 @@ struct Advice {
     egress: Option<BTreeMap<AdvisedPeer, Allowed>>,
 }
 
+impl Advice {
+    /// The rules of a direction ("ingress" or "egress"): recorded, so isolated.
+    fn rules(&mut self, direction: &str) -> &mut BTreeMap<AdvisedPeer, Allowed> {
+        match direction {
+            "ingress" => self.ingress.get_or_insert_default(),
+            _ => self.egress.get_or_insert_default(),
+        }
+    }
+}
+
+/// The advice of a workload's label group, with the workload in it; None for a workload
+/// the inventory lacks (noted in `unknown`).
+fn advice_of<'a>(
+    groups: &'a mut BTreeMap<(String, Labels), Advice>,
+    unknown: &mut BTreeSet<String>,
+    inventory: &PolicySet,
+    workload: &str,
+) -> Option<&'a mut Advice> {
+    let Some(w) = inventory.workload(workload) else {
+        unknown.insert(workload.to_string());
+        return None;
+    };
+    let advice = groups
+        .entry((w.name.namespace.clone(), w.labels.clone()))
+        .or_default();
+    advice.workloads.insert(workload.to_string());
+    Some(advice)
+}
+
 /// The advised policies as YAML documents, for the workloads of `inventory` (a policy
 /// directory's Workload documents) that the records cover.
 pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> anyhow::Result<String> {
     let mut groups: BTreeMap<(String, Labels), Advice> = BTreeMap::new();
     let mut unknown = BTreeSet::new();
-    let group_of = |w: &Workload| (w.name.namespace.clone(), w.labels.clone());
     for watched in &records.watched {
-        let Some(w) = inventory.workload(&watched.workload) else {
-            unknown.insert(watched.workload.clone());
-            continue;
-        };
-        let advice = groups.entry(group_of(w)).or_default();
-        advice.workloads.insert(watched.workload.clone());
-        match watched.direction.as_str() {
-            "ingress" => advice.ingress.get_or_insert_default(),
-            _ => advice.egress.get_or_insert_default(),
-        };
+        if let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &watched.workload) {
+            advice.rules(&watched.direction);
+        }
     }
     for r in records.records.iter().filter(|r| r.passed()) {
-        let Some(w) = inventory.workload(&r.key.workload) else {
-            unknown.insert(r.key.workload.clone());
+        let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &r.key.workload) else {
             continue;
         };
-        let advice = groups.entry(group_of(w)).or_default();
-        advice.workloads.insert(r.key.workload.clone());
         advice.records += 1;
-        let rules = match r.key.direction.as_str() {
-            "ingress" => advice.ingress.get_or_insert_default(),
-            _ => advice.egress.get_or_insert_default(),
-        };
+        let rules = advice.rules(&r.key.direction);
         let allowed = rules
             .entry(peer(inventory, r.key.peer_address))
             .or_default();

@@ -104,9 +104,15 @@ pub enum Target {
     Interface { name: String, ifindex: u32 },
 }
 
+/// The directory of a cgroup named as policies name it (a path below the cgroup2 mount,
+/// `/` the mount itself) on the mount at `cgroup_root`.
+pub fn cgroup_dir(cgroup_root: &Path, path: &str) -> PathBuf {
+    cgroup_root.join(path.trim_start_matches('/'))
+}
+
 pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> anyhow::Result<Target> {
     match attachment {
-        Attachment::Cgroup(path) => cgroup_target(cgroup_root.join(path.trim_start_matches('/'))),
+        Attachment::Cgroup(path) => cgroup_target(cgroup_dir(cgroup_root, path)),
         Attachment::SystemdUnit(unit) => {
             let dir = find_unit_cgroup(cgroup_root, unit, 0).with_context(|| {
                 format!("no cgroup named {unit} below {}", cgroup_root.display())

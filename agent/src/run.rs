@@ -173,36 +173,30 @@ struct Enforcer {
 }
 
 impl Enforcer {
-    /// Whether the kernel must report allowed flows under `compiled`: for the event log,
-    /// or for the flow records of a workload they cover.
-    fn reports_allowed(&self, compiled: &Compiled) -> bool {
-        self.log_allowed
-            || self.records.as_ref().is_some_and(|(_, filter)| {
-                compiled.endpoints.iter().any(|e| {
-                    filter.covers(e.flags, DIR_INGRESS) || filter.covers(e.flags, DIR_EGRESS)
-                })
-            })
-    }
-
-    /// Notes in the flow records which workloads' directions they cover from now on.
-    fn watch_recorded(&self, compiled: &Compiled) {
+    /// Notes in the flow records which workloads' directions they cover from now on, and
+    /// says whether they cover any (the kernel must then report allowed flows).
+    fn watch_recorded(&self, compiled: &Compiled) -> bool {
         let Some((records, filter)) = &self.records else {
-            return;
+            return false;
         };
         let mut records = records.lock().expect("records lock");
+        let mut any = false;
         for e in &compiled.endpoints {
             for (direction, name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
                 if filter.covers(e.flags, direction) {
                     records.watch(&e.workload.to_string(), name, e.stage.as_deref());
+                    any = true;
                 }
             }
         }
+        any
     }
 
     fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
-        self.how.log_allowed = self.reports_allowed(&compiled);
-        self.watch_recorded(&compiled);
+        // Allowed flows are reported for the event log (--log-allowed) or for the records.
+        let recorded = self.watch_recorded(&compiled);
+        self.how.log_allowed = self.log_allowed || recorded;
         let enforced = self.loader.apply(&compiled, self.how, &self.quarantined)?;
         let took = started.elapsed();
         self.metrics

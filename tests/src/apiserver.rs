@@ -183,16 +183,6 @@ impl ApiServer {
         cv.notify_all();
     }
 
-    /// The object as stored.
-    pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
-        let store = self.store.0.lock().unwrap();
-        store
-            .objects
-            .get(plural)?
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
-    }
-
     /// Forgets the history (as etcd compaction does) and ends every open watch: the
     /// watchers come back with their last resourceVersion, get 410 Gone, and must list
     /// again. Changes made before `reconnect` are then seen only through that list.

@@ -445,7 +445,7 @@ impl Testbed {
     /// Creates the cgroup `cgroup_path` (below this test bed's cgroup directory) and runs
     /// the node's later commands in it: a workload that starts after the agent.
     pub fn move_cgroup(&mut self, node: &str, cgroup_path: &str) -> anyhow::Result<()> {
-        let dir = stagewall::host::cgroup2_mount()?.join(cgroup_path.trim_start_matches('/'));
+        let dir = stagewall::host::cgroup_dir(&stagewall::host::cgroup2_mount()?, cgroup_path);
         if !dir.starts_with(&self.cgroup_base) {
             bail!("{} is outside the test bed's cgroups", dir.display());
         }

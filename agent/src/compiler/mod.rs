@@ -16,10 +16,10 @@ pub use identity::{Block, Identities};
 use ipnet::IpNet;
 pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
-    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, POLICY_PREFIX_FIXED_BITS,
-    POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SELF_ADDRS_MAX,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS,
+    EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
+    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SELF_ADDRS_MAX,
+    audit_flag,
 };
 
 use crate::policy::model::{
@@ -260,12 +260,9 @@ pub fn compile_with(
             ingress_policies: Vec::new(),
             egress_policies: Vec::new(),
         };
-        for (direction, flag) in [
-            (Direction::Ingress, EP_AUDIT_INGRESS),
-            (Direction::Egress, EP_AUDIT_EGRESS),
-        ] {
+        for direction in [Direction::Ingress, Direction::Egress] {
             if set.audited(w, direction) {
-                endpoint.flags |= flag;
+                endpoint.flags |= audit_flag(direction_number(direction));
             }
             let selecting = set.isolating(w, direction);
             if selecting.is_empty() {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use stagewall_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use stagewall_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use super::*;
 use crate::policy::{

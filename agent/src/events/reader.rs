@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use stagewall_common::{DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, Event, REASON_ALLOWED};
+use stagewall_common::{Event, REASON_ALLOWED, audit_flag};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::watch,
@@ -58,15 +58,10 @@ pub struct RecordFilter {
 impl RecordFilter {
     /// Does it take a direction (DIR_*) of an endpoint with these EP_* flags?
     pub fn covers(&self, flags: u32, direction: u8) -> bool {
-        let flag = if direction == DIR_INGRESS {
-            EP_AUDIT_INGRESS
-        } else {
-            EP_AUDIT_EGRESS
-        };
         match self.recording {
             Recording::All => true,
             Recording::Off => false,
-            Recording::Audited => self.agent_audits || flags & flag != 0,
+            Recording::Audited => self.agent_audits || flags & audit_flag(direction) != 0,
         }
     }
 
@@ -116,7 +111,7 @@ pub async fn stream(
 
 #[cfg(test)]
 mod tests {
-    use stagewall_common::DIR_EGRESS;
+    use stagewall_common::{DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS};
 
     use super::*;
 

@@ -9,11 +9,9 @@
 //! Guaranteed ones. The containers' cgroups sit below the pod's, which the kernel
 //! programs cover (they walk up to the nearest workload).
 
-use std::{
-    collections::HashMap,
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, fs, path::Path};
+
+use crate::host::cgroup_dir;
 
 /// The cgroup driver's top directories, as kubelet creates them.
 const SYSTEMD_TOP: &str = "kubepods.slice";
@@ -28,7 +26,7 @@ pub enum Driver {
 }
 
 /// Pod UIDs to their cgroups (paths below the cgroup2 mount, as policies name cgroups).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PodCgroups {
     by_uid: HashMap<String, String>,
     /// The driver whose top directory exists (systemd when both or neither do).
@@ -46,7 +44,7 @@ impl PodCgroups {
             (CGROUPFS_TOP, Driver::Cgroupfs),
         ] {
             let path = format!("{base}/{top}");
-            let dir = mount.join(path.trim_start_matches('/'));
+            let dir = cgroup_dir(mount, &path);
             if dir.is_dir() {
                 found.driver.get_or_insert(driver);
                 found.walk(&dir, &path, 0);
@@ -124,13 +122,10 @@ fn is_uid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// The directory of `path` (below the cgroup2 mount) on the mount.
-pub fn on_mount(mount: &Path, path: &str) -> PathBuf {
-    mount.join(path.trim_start_matches('/'))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     const UID: &str = "2f0c9d36-6d7b-4f0e-9f3e-0c5a7d1b2e44";
@@ -213,7 +208,7 @@ mod tests {
             found.expected("/nodes/n1", UID, None),
             format!("/nodes/n1/kubepods/burstable/pod{UID}")
         );
-        assert!(on_mount(&root, &found.expected("/nodes/n1", UID, Some("BestEffort"))).is_dir());
+        assert!(cgroup_dir(&root, &found.expected("/nodes/n1", UID, Some("BestEffort"))).is_dir());
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -59,7 +59,7 @@ struct RawMeta {
     creation_timestamp: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct RawPodSpec {
     node_name: Option<String>,
@@ -83,7 +83,7 @@ struct RawContainerPort {
     protocol: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct RawPodStatus {
     phase: Option<String>,
@@ -102,17 +102,8 @@ struct RawPodIp {
 /// network, finished). An object that is not a pod is an error.
 fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
     let pod = RawPod::deserialize(object).map_err(|e| format!("not a v1 Pod: {e}"))?;
-    let spec = pod.spec.unwrap_or(RawPodSpec {
-        node_name: None,
-        host_network: None,
-        containers: Vec::new(),
-    });
-    let status = pod.status.unwrap_or(RawPodStatus {
-        phase: None,
-        pod_ip: None,
-        pod_ips: Vec::new(),
-        qos_class: None,
-    });
+    let spec = pod.spec.unwrap_or_default();
+    let status = pod.status.unwrap_or_default();
     if spec.host_network == Some(true)
         || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
     {

@@ -100,6 +100,9 @@ pub struct View {
     /// The cluster version of the last refused desired state: not refused again until
     /// the cluster changes.
     refused: Option<u64>,
+    /// What the last desired state was built from: the same inputs give the same answer,
+    /// so the periodic check does not rebuild it.
+    inputs: Option<(u64, PodCgroups, Option<HostRoutes>)>,
 }
 
 impl View {
@@ -109,7 +112,12 @@ impl View {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
         let routes = (self.attachment == PodAttachment::Tc).then(HostRoutes::read);
-        match cluster.desired(&self.node, &cgroups, &self.base, routes.as_ref()) {
+        let inputs = (cluster.version, cgroups, routes);
+        if self.inputs.as_ref() == Some(&inputs) {
+            return None;
+        }
+        let (_, cgroups, routes) = self.inputs.insert(inputs);
+        match cluster.desired(&self.node, cgroups, &self.base, routes.as_ref()) {
             Ok(set) if self.given.as_ref() == Some(&set) => None,
             Ok(set) => {
                 self.given = Some(set.clone());
@@ -195,6 +203,7 @@ pub async fn watch(
         attachment: args.pod_attachment,
         given: None,
         refused: None,
+        inputs: None,
     })
 }
 

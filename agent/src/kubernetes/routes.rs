@@ -6,7 +6,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 /// Host routes to single addresses: address -> interface.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct HostRoutes(HashMap<IpAddr, String>);
 
 impl HostRoutes {

@@ -107,6 +107,15 @@ pub const EP_AUDIT_INGRESS: u32 = 1 << 6;
 /// The workload's egress is in audit mode.
 pub const EP_AUDIT_EGRESS: u32 = 1 << 7;
 
+/// The EP_AUDIT_* flag of a direction (DIR_*).
+pub const fn audit_flag(direction: u8) -> u32 {
+    if direction == DIR_INGRESS {
+        EP_AUDIT_INGRESS
+    } else {
+        EP_AUDIT_EGRESS
+    }
+}
+
 /// The endpoint id of guard cgroups (`--guard-cgroup`): cgroups below a guard that are in
 /// no workload are denied as this endpoint. Workloads' ids start at 1.
 pub const GUARD_ENDPOINT_ID: u32 = 0;

@@ -21,15 +21,15 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
-    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
-    Event, EventLimit, FAMILY_V4, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
-    FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
-    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS,
-    PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL,
-    REASON_NO_RULE, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
-    VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, endpoint_stats_index, verdict_counter,
+    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_DEFAULT_DENY_EGRESS,
+    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
+    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
+    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
+    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
+    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
+    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, verdict_counter,
 };
 
 use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
@@ -60,12 +60,7 @@ pub fn config() -> Option<&'static Config> {
 /// Is the endpoint's `direction` in audit mode: the whole agent, or the workload's
 /// namespace or policy?
 pub fn audits(cfg: &Config, ep: &EndpointInfo, direction: u8) -> bool {
-    let flag = if direction == DIR_INGRESS {
-        EP_AUDIT_INGRESS
-    } else {
-        EP_AUDIT_EGRESS
-    };
-    cfg.mode == MODE_AUDIT || ep.flags & flag != 0
+    cfg.mode == MODE_AUDIT || ep.flags & audit_flag(direction) != 0
 }
 
 /// What an event says of a packet.
