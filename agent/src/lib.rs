@@ -1,25 +1,35 @@
-//! stagewall's agent as a library: the parts of the system, each in its own module. The
-//! `stagewall` binary (main.rs) is the command line over them; the integration tests use
-//! the host helpers to build their namespaces and cgroups the way the agent finds them.
+//! stagewall's agent as a library. Each folder is one part of the system, and a part uses
+//! only the parts listed above it here (docs/architecture.md draws the map):
+//!
+//! - `policy`: the policy model, parsing YAML and API objects into it, pipelines, and the
+//!   NetworkPolicy semantics read directly;
+//! - `compiler`: the pure function from the desired state to the kernel maps' contents;
+//! - `datapath`: everything that touches the kernel (load, attach, pins, map writes, the
+//!   host's cgroups and interfaces);
+//! - `events`: verdict events, from the kernel's ring buffer to the event log and readers;
+//! - `observe`: Prometheus metrics and the read-only HTTP endpoint;
+//! - `rollout`: flow records, and advise, simulate and report over them;
+//! - `source`: where the desired state comes from (a policy directory, the API server);
+//! - `control`: the root-only socket for quarantine and release;
+//! - `agent`: the running agent (`stagewall run`): start, then serve until a signal;
+//! - `cli`: one module per command of the `stagewall` binary (main.rs).
 
-pub mod advise;
-pub mod auto_quarantine;
-pub mod check;
-pub mod compiler;
-pub mod control;
-pub mod events;
-pub mod explain;
-pub mod flow_records;
-pub mod host;
-pub mod http;
-pub mod kubernetes;
-pub mod loader;
-pub mod metrics;
-pub mod pins;
 pub mod policy;
-pub mod report;
+
+pub mod compiler;
+
+pub mod datapath;
+
+pub mod events;
+
+pub mod observe;
+
 pub mod rollout;
-pub mod run;
-pub mod simulate;
+
 pub mod source;
-pub mod watch;
+
+pub mod control;
+
+pub mod agent;
+
+pub mod cli;

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use stagewall::{check, run};
+use stagewall::cli::{self, check, run};
 
 #[derive(Parser)]
 #[command(
@@ -40,21 +40,21 @@ enum Command {
     /// Remove every program the agent attached and every map it pinned (stop the agent
     /// first: its programs go on enforcing while it is down, by design).
     Uninstall {
-        #[arg(long, default_value = stagewall::pins::DEFAULT_DIR)]
+        #[arg(long, default_value = stagewall::datapath::pins::DEFAULT_DIR)]
         bpffs_dir: PathBuf,
         /// The agent's control socket: while an agent answers there, nothing is removed.
         #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Print the agent's recent verdict events, or follow them (--follow).
-    Events(stagewall::events::client::EventsArgs),
+    Events(cli::events::EventsArgs),
     /// Least-privilege NetworkPolicies learnt from the flow records (audit-first rollout).
-    Advise(stagewall::rollout::AdviseArgs),
+    Advise(cli::advise::AdviseArgs),
     /// Replay the flow records against candidate policies: exit 1 if any flow that went
     /// through would be denied.
-    Simulate(stagewall::rollout::SimulateArgs),
+    Simulate(cli::simulate::SimulateArgs),
     /// Per stage: mode, flows seen, would-drops by peer and port, policies in force.
-    Report(stagewall::rollout::ReportArgs),
+    Report(cli::report::ReportArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
     Check {
         /// Directory of policy files.
@@ -63,7 +63,7 @@ enum Command {
         /// Read the policies from the Kubernetes API server instead (as `run
         /// --kubernetes` does).
         #[command(flatten)]
-        kubernetes: stagewall::kubernetes::KubernetesArgs,
+        kubernetes: stagewall::source::kubernetes::KubernetesArgs,
         /// With --kubernetes: whose pods are local (default: the host name).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
@@ -85,49 +85,6 @@ enum Command {
     },
 }
 
-/// Sends one request to the running agent's control socket and prints its answer.
-fn control(socket: &std::path::Path, line: &str) -> ExitCode {
-    let result = stagewall::control::Request::parse(line)
-        .map_err(anyhow::Error::msg)
-        .and_then(|request| stagewall::control::send(socket, &request));
-    match result {
-        Ok(answer) => {
-            println!("{answer}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn uninstall(bpffs_dir: &std::path::Path, socket: &std::path::Path) -> ExitCode {
-    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        eprintln!(
-            "error: an agent is running (it answers on {}); stop it first, or it would run without its programs",
-            socket.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    match stagewall::pins::uninstall(bpffs_dir) {
-        Ok(links) => {
-            println!(
-                "removed {} ({links} links): every stagewall program is detached",
-                bpffs_dir.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: removing {}: {e}", bpffs_dir.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
-const EXIT_CONFIG: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
@@ -136,14 +93,16 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Quarantine { workload, socket } => {
-            control(&socket, &format!("quarantine {workload}"))
+            cli::quarantine::run(&socket, &format!("quarantine {workload}"))
         }
-        Command::Release { workload, socket } => control(&socket, &format!("release {workload}")),
-        Command::Uninstall { bpffs_dir, socket } => uninstall(&bpffs_dir, &socket),
-        Command::Advise(args) => stagewall::rollout::advise(&args),
-        Command::Simulate(args) => stagewall::rollout::simulate(&args),
-        Command::Report(args) => stagewall::rollout::report(&args),
-        Command::Events(args) => match stagewall::events::client::run(&args) {
+        Command::Release { workload, socket } => {
+            cli::quarantine::run(&socket, &format!("release {workload}"))
+        }
+        Command::Uninstall { bpffs_dir, socket } => cli::uninstall::run(&bpffs_dir, &socket),
+        Command::Advise(args) => cli::advise::run(&args),
+        Command::Simulate(args) => cli::simulate::run(&args),
+        Command::Report(args) => cli::report::run(&args),
+        Command::Events(args) => match cli::events::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -185,23 +144,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("building the tokio runtime");
-            match runtime.block_on(run::run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) if e.is::<run::ConfigError>() => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run(args) => run::run(*args),
     }
 }

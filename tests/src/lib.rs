@@ -212,7 +212,7 @@ impl Testbed {
 
     pub fn with_layout(layout: Layout) -> anyhow::Result<Testbed> {
         let serial = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
-        let cgroup_root = stagewall::host::cgroup2_mount()?;
+        let cgroup_root = stagewall::datapath::host::cgroup2_mount()?;
         remove_stale(&cgroup_root);
         let cgroup_base = cgroup_root.join(&layout.cgroup_dir);
         let dir = std::env::temp_dir().join(&layout.cgroup_dir);
@@ -445,7 +445,10 @@ impl Testbed {
     /// Creates the cgroup `cgroup_path` (below this test bed's cgroup directory) and runs
     /// the node's later commands in it: a workload that starts after the agent.
     pub fn move_cgroup(&mut self, node: &str, cgroup_path: &str) -> anyhow::Result<()> {
-        let dir = stagewall::host::cgroup_dir(&stagewall::host::cgroup2_mount()?, cgroup_path);
+        let dir = stagewall::datapath::host::cgroup_dir(
+            &stagewall::datapath::host::cgroup2_mount()?,
+            cgroup_path,
+        );
         if !dir.starts_with(&self.cgroup_base) {
             bail!("{} is outside the test bed's cgroups", dir.display());
         }

@@ -1,9 +1,8 @@
 //! Verdict events: drained from the kernel's ring buffer (reader), named after the policy
-//! in force (this module), and fanned out (hub) to the metrics, a JSON-lines log on stdout
-//! or a rotating file (sink) and the HTTP event stream; `stagewall events` reads that
-//! stream (client).
+//! in force (this module), and fanned out by the agent to the metrics, a JSON-lines log on
+//! stdout or a rotating file (sink) and the HTTP event stream (hub); `stagewall events`
+//! reads that stream (cli::events).
 
-pub mod client;
 pub mod filter;
 pub mod hub;
 pub mod reader;

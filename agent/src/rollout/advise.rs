@@ -17,11 +17,11 @@ use std::{
 
 use crate::{
     events::protocol_number,
-    flow_records::RecordsFile,
     policy::{
         model::{Labels, PolicySet, Protocol},
         semantics,
     },
+    rollout::flow_records::RecordsFile,
 };
 
 /// The other end of an advised rule.
@@ -288,13 +288,13 @@ mod tests {
 
     use super::*;
     use crate::{
-        flow_records::{FlowRecord, RecordKey, Watched},
         policy::{
             model::{Direction, Mode},
             parse::parse_into,
             pipeline,
         },
-        simulate::simulate,
+        rollout::flow_records::{FlowRecord, RecordKey, Watched},
+        rollout::simulate::simulate,
     };
 
     /// Two namespaces; trainers share a label set, the registry sits in another namespace.
@@ -441,7 +441,10 @@ spec: {addresses: [10.2.0.1]}
         // The would-drop flow is now allowed, the dropped one still dropped.
         let changes: Vec<_> = simulated.stages.iter().flat_map(|s| &s.changes).collect();
         assert_eq!(changes.len(), 1, "{}", simulated.text());
-        assert_eq!(changes[0].change, crate::simulate::Change::NewlyAllowed);
+        assert_eq!(
+            changes[0].change,
+            crate::rollout::simulate::Change::NewlyAllowed
+        );
         let serving = set.workload("ml/serving").unwrap();
         let decide = |dir, peer: &str, proto, port| {
             semantics::decide(&set, serving, dir, peer.parse().unwrap(), proto, port).allowed()

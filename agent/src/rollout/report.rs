@@ -10,8 +10,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    flow_records::RecordsFile,
     policy::model::{Direction, Mode, PolicySet, Workload},
+    rollout::flow_records::RecordsFile,
 };
 
 #[derive(Debug, Default, Serialize)]

@@ -25,7 +25,7 @@ use kube::{
 use tokio::sync::mpsc;
 
 use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
-use crate::{policy::model::PolicySet, watch::Change};
+use crate::{policy::model::PolicySet, source::WakeUp};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct KubernetesArgs {
@@ -159,11 +159,11 @@ async fn client(args: &KubernetesArgs) -> anyhow::Result<Client> {
 /// Connects, starts a watcher per kind and waits until each has listed its objects once
 /// (or, for the optional kinds, was found not to be served). Every later change sends a
 /// wake-up on `changes`.
-pub async fn watch(
+pub async fn start_watchers(
     args: &KubernetesArgs,
     node: &str,
     cgroup_mount: PathBuf,
-    changes: mpsc::Sender<Change>,
+    changes: mpsc::Sender<WakeUp>,
 ) -> anyhow::Result<View> {
     let client = client(args).await?;
     let cluster = Arc::new(Mutex::new(Cluster::default()));
@@ -222,7 +222,7 @@ async fn follow(
     api: Api<DynamicObject>,
     kind: Kind,
     cluster: Arc<Mutex<Cluster>>,
-    changes: mpsc::Sender<Change>,
+    changes: mpsc::Sender<WakeUp>,
     synced: mpsc::Sender<&'static str>,
 ) {
     let mut listed: Vec<serde_json::Value> = Vec::new();
@@ -286,6 +286,6 @@ async fn follow(
             first = false;
             let _ = synced.send(kind.plural).await;
         }
-        let _ = changes.try_send(Change::Complete);
+        let _ = changes.try_send(WakeUp::Complete);
     }
 }

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::{
-    compiler, explain,
-    kubernetes::{self, KubernetesArgs},
-    policy,
+    compiler, policy,
+    policy::explain,
     policy::model::{PolicySet, Protocol},
+    source::kubernetes::{self, KubernetesArgs},
 };
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -58,10 +58,11 @@ pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
         .build()
         .expect("building the tokio runtime");
     let view = runtime.block_on(async {
-        let mount = crate::host::cgroup2_mount().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+        let mount =
+            crate::datapath::host::cgroup2_mount().unwrap_or_else(|_| "/sys/fs/cgroup".into());
         // Nobody listens to the wake-ups: one look is all check takes.
         let (changes, _) = tokio::sync::mpsc::channel(1);
-        kubernetes::watch(args, node, mount, changes).await
+        kubernetes::start_watchers(args, node, mount, changes).await
     });
     let result = match view {
         Ok(mut view) => view

@@ -22,7 +22,13 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{events::VerdictEvent, policy::model::Mode};
+use stagewall_common::{Event, audit_flag};
+
+use crate::{compiler::Compiled, events::VerdictEvent, policy::model::Mode};
+
+/// Where the agent keeps its flow records unless told otherwise (`run --flow-records`),
+/// and where advise, simulate and report look for them.
+pub const DEFAULT_PATH: &str = "/var/lib/stagewall/flow-records.json";
 
 /// Version of the file format; a file of another version is set aside, not misread.
 const FORMAT_VERSION: u32 = 1;
@@ -332,9 +338,38 @@ pub fn load(path: &Path) -> anyhow::Result<RecordsFile> {
         .with_context(|| format!("no flow records at {}", path.display()))
 }
 
+/// Which events the flow records take: those of audited directions, or all.
+#[derive(Clone, Copy)]
+pub struct RecordFilter {
+    pub recording: Recording,
+    /// The agent runs in audit mode: every direction is audited.
+    pub agent_audits: bool,
+}
+
+impl RecordFilter {
+    /// Does it take a direction (DIR_*) of an endpoint with these EP_* flags?
+    pub fn covers(&self, flags: u32, direction: u8) -> bool {
+        match self.recording {
+            Recording::All => true,
+            Recording::Off => false,
+            Recording::Audited => self.agent_audits || flags & audit_flag(direction) != 0,
+        }
+    }
+
+    /// Does it take this event? Only of workloads of the policy in force.
+    pub fn takes(&self, event: &Event, compiled: &Compiled) -> bool {
+        compiled
+            .endpoints
+            .iter()
+            .find(|e| e.endpoint_id == event.endpoint_id)
+            .is_some_and(|e| self.covers(e.flags, event.direction))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagewall_common::{DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS};
 
     fn event(
         verdict: &str,
@@ -451,5 +486,26 @@ mod tests {
         let e = load(&d.join("missing.json")).unwrap_err();
         assert!(format!("{e:#}").contains("no flow records at"), "{e:#}");
         fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn records_take_audited_directions_or_all_or_none() {
+        let filter = |recording, agent_audits| RecordFilter {
+            recording,
+            agent_audits,
+        };
+        let audited = filter(Recording::Audited, false);
+        assert!(audited.covers(EP_AUDIT_INGRESS, DIR_INGRESS));
+        assert!(
+            !audited.covers(EP_AUDIT_INGRESS, DIR_EGRESS),
+            "per direction"
+        );
+        assert!(!audited.covers(0, DIR_INGRESS), "an enforced workload");
+        assert!(
+            filter(Recording::Audited, true).covers(0, DIR_EGRESS),
+            "--mode audit"
+        );
+        assert!(filter(Recording::All, false).covers(0, DIR_EGRESS));
+        assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, DIR_EGRESS));
     }
 }

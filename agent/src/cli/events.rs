@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{VerdictEvent, filter::Filter};
+use crate::events::{VerdictEvent, filter::Filter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -20,7 +20,7 @@ pub enum Output {
 #[derive(clap::Args, Debug)]
 pub struct EventsArgs {
     /// The agent's HTTP endpoint.
-    #[arg(long, default_value = crate::http::DEFAULT_ADDR)]
+    #[arg(long, default_value = crate::observe::http::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     /// Keep printing new events as they come (else: the recent ones, then exit).
     #[arg(long, short)]

@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::host::cgroup_dir;
+use crate::datapath::host::cgroup_dir;
 
 /// The cgroup driver's top directories, as kubelet creates them.
 const SYSTEMD_TOP: &str = "kubepods.slice";

@@ -46,8 +46,8 @@ use stagewall_common::{
 
 use crate::{
     compiler::{Compiled, Endpoint, EndpointIds, slot_policy_id},
-    host::{self, Target},
-    pins::{self, PINNED_MAPS, Pins},
+    datapath::host::{self, Target},
+    datapath::pins::{self, PINNED_MAPS, Pins},
     policy::model::{Attachment, Mode, ObjectName},
 };
 
@@ -77,7 +77,7 @@ struct Links {
 
 /// A local workload the policy in force enforces, as found on this host.
 #[derive(Clone, Debug)]
-pub struct Enforced {
+pub struct AttachedWorkload {
     pub workload: ObjectName,
     pub target: Target,
 }
@@ -155,9 +155,9 @@ pub struct Readers {
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
-/// How the policy is enforced, besides the policy itself.
+/// How the kernel programs enforce the policy, besides the policy itself (their config map).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Enforcement {
+pub struct ProgramSettings {
     pub mode: Mode,
     /// Report allowed flows too (flow logs), at most one event per flow a second.
     pub log_allowed: bool,
@@ -322,9 +322,9 @@ impl Loader {
     pub fn apply(
         &mut self,
         compiled: &Compiled,
-        how: Enforcement,
+        how: ProgramSettings,
         quarantined: &BTreeSet<ObjectName>,
-    ) -> anyhow::Result<Vec<Enforced>> {
+    ) -> anyhow::Result<Vec<AttachedWorkload>> {
         let next_slot = 1 - self.current.active_slot;
         let mut enforced = Vec::new();
         let mut targets = Vec::new();
@@ -384,7 +384,7 @@ impl Loader {
                     .self_addrs
                     .insert(self_addr_key(next_slot, ep.endpoint_id, *addr));
             }
-            enforced.push(Enforced {
+            enforced.push(AttachedWorkload {
                 workload: ep.workload.clone(),
                 target: target.clone(),
             });

@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use crate::{
     events::protocol_number,
-    flow_records::{FlowRecord, RecordsFile},
     policy::{
         model::{Direction, Mode, NetworkPolicy, PolicySet},
         semantics::{self, Side},
     },
+    rollout::flow_records::{FlowRecord, RecordsFile},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     events::{filter::Filter, hub::Hub},
-    metrics::Metrics,
+    observe::metrics::Metrics,
 };
 
 /// 127.0.0.1:9742: loopback, and a port no common exporter uses (not Prometheus's 9090,

@@ -31,7 +31,7 @@ use stagewall_common::{
     MAP_SELF_ADDRS, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SelfAddrKey,
 };
 
-use crate::host::Target;
+use crate::datapath::host::Target;
 
 /// Where the agent pins unless `--bpffs-dir` says otherwise.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/stagewall";

@@ -1,0 +1,327 @@
+//! The running agent (`stagewall run`): start (load the programs, attach, apply the first
+//! policy), then serve until SIGINT or SIGTERM: apply each change of the desired state,
+//! drain the kernel's events, answer the control socket, quarantine automatically.
+//! cli::run checks everything the user gave before any of this touches the kernel.
+
+pub mod auto_quarantine;
+mod fan_out;
+mod serve;
+mod start;
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use stagewall_common::{DIR_EGRESS, DIR_INGRESS, GUARD_ENDPOINT_ID};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
+
+use self::auto_quarantine::{AutoQuarantine, Threshold};
+use crate::{
+    compiler::{self, CompileCache, Compiled},
+    control::Request,
+    datapath::loader::{Loader, ProgramSettings},
+    events::{self, sink::Sink},
+    observe::metrics::Metrics,
+    policy::model::{Mode, ObjectName, PolicySet},
+    rollout::flow_records::{FlowRecords, RecordFilter},
+    source::{Source, WakeUp},
+};
+
+pub use self::serve::run;
+
+/// Errors in the user's configuration: reported, and the process exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What the user asked of the running agent, checked, stored once.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// enforce or audit.
+    pub mode: Mode,
+    /// Allowed flows go to the event log too.
+    pub log_allowed: bool,
+    /// This node's name, which events carry.
+    pub node: String,
+    /// The cgroup2 mount workloads' cgroups are resolved against.
+    pub cgroup_root: PathBuf,
+    /// Level of the kernel programs' own log.
+    pub ebpf_log_level: log::LevelFilter,
+    /// Where maps and links are pinned.
+    pub bpffs_dir: PathBuf,
+    /// Guard cgroups (paths below the cgroup2 mount).
+    pub guard_cgroups: Vec<String>,
+    /// The root-only control socket.
+    pub control_socket: PathBuf,
+    /// Where /metrics is served (for the log line; the listener is bound already).
+    pub metrics_addr: SocketAddr,
+    /// --auto-quarantine's threshold.
+    pub auto_quarantine: Option<Threshold>,
+}
+
+/// What cli::run prepared before the kernel is touched: the source and its first
+/// desired state compiled, the bound HTTP listener, the opened records and event log.
+pub struct Prepared {
+    pub first: FirstPolicy,
+    /// Wake-ups from the Kubernetes watchers; a policy directory gets its own watcher
+    /// once the policy is in force.
+    pub api_wake_ups: Option<mpsc::Receiver<WakeUp>>,
+    pub listener: TcpListener,
+    pub records: Option<Records>,
+    pub sink: Sink,
+}
+
+/// The source and its first desired state, compiled.
+pub struct FirstPolicy {
+    pub source: Source,
+    pub set: PolicySet,
+    pub compiled: Compiled,
+    pub compile_cache: CompileCache,
+}
+
+/// The flow records, and whose flows they take.
+pub type Records = (Arc<Mutex<FlowRecords>>, RecordFilter);
+
+/// Gives the memory freed since to the operating system. Parsing a large policy
+/// allocates tens of MiB for a moment (YAML events, spans); glibc keeps freed memory for
+/// later, which would double the agent's resident memory at 10,000 rules for good. Not
+/// on a change's path: the next compile would fault the pages in again (about 5 ms at
+/// 10,000 rules), so after a change it runs at the next periodic check.
+fn return_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of the process's own heaps.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// The running agent: the desired state, what is in force, and what acts on it.
+pub struct Agent {
+    /// Where the desired state comes from.
+    source: Source,
+    /// The last compile's entry sets: a change recompiles only what it touched.
+    compile_cache: CompileCache,
+    /// What the user asked for (mode, --log-allowed, ...), stored once.
+    options: Options,
+    loader: Loader,
+    metrics: Arc<Metrics>,
+    /// The policy in force, shared with the event reader to name events.
+    policy: watch::Sender<Arc<Compiled>>,
+    /// A change was loaded since the heap was last trimmed.
+    trim_pending: bool,
+    /// Samples of the workloads' egress denials, with --auto-quarantine.
+    auto_quarantine: Option<AutoQuarantine>,
+    /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
+    quarantined: BTreeSet<ObjectName>,
+    /// The flow records, and whose flows they take.
+    records: Option<Records>,
+}
+
+impl Agent {
+    /// Notes in the flow records which workloads' directions they cover from now on, and
+    /// says whether they cover any (the kernel must then report allowed flows).
+    fn note_recorded_directions(&self, compiled: &Compiled) -> bool {
+        let Some((records, filter)) = &self.records else {
+            return false;
+        };
+        let mut records = records.lock().expect("records lock");
+        let mut any = false;
+        for e in &compiled.endpoints {
+            for (direction, name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+                if filter.covers(e.flags, direction) {
+                    records.watch(&e.workload.to_string(), name, e.stage.as_deref());
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
+        let started = Instant::now();
+        // Allowed flows are reported for the event log (--log-allowed) or for the records.
+        let recorded = self.note_recorded_directions(&compiled);
+        let settings = ProgramSettings {
+            mode: self.options.mode,
+            log_allowed: self.options.log_allowed || recorded,
+        };
+        let enforced = self.loader.apply(&compiled, settings, &self.quarantined)?;
+        let took = started.elapsed();
+        self.metrics
+            .policy_apply_seconds
+            .observe(took.as_secs_f64());
+        for e in &enforced {
+            log::debug!("enforcing {} at {:?}", e.workload, e.target);
+        }
+        self.metrics.set_endpoints(
+            compiled
+                .endpoints
+                .iter()
+                .map(|e| (e.endpoint_id, e.workload.to_string()))
+                .chain(
+                    self.loader
+                        .has_guards()
+                        .then(|| (GUARD_ENDPOINT_ID, events::UNPROGRAMMED.to_string())),
+                )
+                .collect(),
+        );
+        for (map, entries, capacity) in compiled.map_usage() {
+            self.metrics.set_map_usage(map, entries, capacity);
+        }
+        log::info!(
+            "policy {} applied in {took:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
+            self.loader.generation(),
+            self.options.mode,
+            enforced.len(),
+            compiled.identities.kinds.len(),
+            compiled.policy.len(),
+        );
+        self.metrics
+            .policy_generation
+            .set(self.loader.generation() as i64);
+        self.metrics
+            .workloads_quarantined
+            .set(self.quarantined.len() as i64);
+        self.metrics.workloads_enforced.set(enforced.len() as i64);
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["applied"])
+            .inc();
+        self.policy.send_replace(Arc::new(compiled));
+        Ok(())
+    }
+
+    /// Quarantines or releases a workload: the policy in force is applied again with the
+    /// workload's flag changed (one atomic switch, like any policy change).
+    fn control(&mut self, request: Request) -> Result<String, String> {
+        let current = self.policy.borrow().clone();
+        let (workload, quarantine) = match &request {
+            Request::Quarantine(w) => (w, true),
+            Request::Release(w) => (w, false),
+        };
+        if current.endpoint(workload).is_none() {
+            return Err(format!(
+                "{workload} is not a workload enforced on this node"
+            ));
+        }
+        let changed = if quarantine {
+            self.quarantined.insert(workload.clone())
+        } else {
+            self.quarantined.remove(workload)
+        };
+        if !changed {
+            return Ok(format!(
+                "{workload} already {}",
+                if quarantine {
+                    "quarantined"
+                } else {
+                    "released"
+                }
+            ));
+        }
+        let started = Instant::now();
+        if let Err(e) = self.apply((*current).clone()) {
+            // Undo, so the set says what the kernel does.
+            if quarantine {
+                self.quarantined.remove(workload);
+            } else {
+                self.quarantined.insert(workload.clone());
+            }
+            return Err(format!("{e:#}"));
+        }
+        let verb = if quarantine {
+            "quarantined"
+        } else {
+            "released"
+        };
+        log::warn!("{workload} {verb} (in {:?})", started.elapsed());
+        Ok(format!("{workload} {verb} in {:?}", started.elapsed()))
+    }
+
+    /// With --auto-quarantine: quarantines the workloads whose egress denials reached the
+    /// threshold since the last samples.
+    fn auto_quarantine(&mut self) {
+        let Some(auto) = self.auto_quarantine.as_mut() else {
+            return;
+        };
+        let current = self.policy.borrow().clone();
+        let by_id: std::collections::BTreeMap<u32, &ObjectName> = current
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint_id, &e.workload))
+            .collect();
+        let totals = self
+            .metrics
+            .egress_drops()
+            .into_iter()
+            .filter_map(|(id, total)| Some(((*by_id.get(&id)?).clone(), total)));
+        let threshold = auto.threshold;
+        for (workload, denials) in auto.observe(Instant::now(), totals, &self.quarantined) {
+            match self.control(Request::Quarantine(workload.clone())) {
+                Ok(said) => {
+                    self.metrics.auto_quarantines.inc();
+                    log::warn!(
+                        "auto-quarantine: {workload} had {denials} egress denials (threshold: {threshold}): {said}"
+                    );
+                }
+                Err(e) => log::error!("auto-quarantine of {workload} failed: {e}"),
+            }
+        }
+    }
+
+    /// Applies what changed: the desired state (a bad change is reported and the policy
+    /// in force stays), or only where the workloads live (a cgroup or interface appeared
+    /// or went).
+    fn reconcile(&mut self) {
+        let started = Instant::now();
+        let current = self.policy.borrow().clone();
+        let Some(changed) = self.source.changed() else {
+            if self.loader.targets_changed(&current) {
+                log::info!("a workload's cgroup or interface changed: applying again");
+                if let Err(e) = self.apply((*current).clone()) {
+                    log::error!("applying the policy again failed: {e:#}");
+                }
+            }
+            return;
+        };
+        let compiled = changed.and_then(|set| {
+            let compiled =
+                compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache)
+                    .map_err(|e| e.to_string())?;
+            Ok((compiled, set))
+        });
+        match compiled {
+            Ok((compiled, set)) => {
+                log::info!("policy change read and compiled in {:?}", started.elapsed());
+                if let Err(e) = self.apply(compiled) {
+                    self.metrics
+                        .policy_reloads
+                        .with_label_values(&["failed"])
+                        .inc();
+                    log::error!(
+                        "applying the changed policy failed, the previous one stays in force: {e:#}"
+                    );
+                }
+                drop(set);
+                self.trim_pending = true;
+            }
+            Err(errors) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                for e in errors.lines() {
+                    log::error!("rejected: {e}");
+                }
+                log::error!(
+                    "policy change rejected; policy {} stays in force",
+                    self.loader.generation()
+                );
+            }
+        }
+    }
+}

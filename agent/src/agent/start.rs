@@ -1,0 +1,98 @@
+//! Start: load the kernel programs (taking over what a previous agent pinned), give the
+//! workloads the endpoint ids they had, and put the first policy in force.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, MapData, RingBuf};
+use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue};
+use tokio::sync::watch;
+
+use super::{Agent, ConfigError, FirstPolicy, Options, Records, auto_quarantine::AutoQuarantine};
+use crate::{
+    compiler::{self, Compiled},
+    datapath::{host, loader::Loader, pins::Pins},
+    observe::metrics::Metrics,
+};
+
+/// How often the flow table's entries are counted (a walk over the whole map).
+const COUNT_FLOWS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts the flow table's entries now and then, on a thread of its own: the walk is a
+/// syscall per entry and must not stall the event reader.
+fn count_flows(flows: HashMap<MapData, FlowKey, FlowValue>, metrics: Arc<Metrics>) {
+    std::thread::spawn(move || {
+        loop {
+            metrics.set_map_usage("flows", flows.keys().flatten().count(), FLOWS_MAX);
+            std::thread::sleep(COUNT_FLOWS_EVERY);
+        }
+    });
+}
+
+/// The agent with its first policy in force, and the kernel's outputs for the tasks.
+pub(super) struct Started {
+    pub agent: Agent,
+    /// The kernel's verdict events.
+    pub events: RingBuf<MapData>,
+    /// The kernel programs' own log, when on.
+    pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The policy in force, for the event reader to name events.
+    pub policy: watch::Receiver<Arc<Compiled>>,
+}
+
+pub(super) fn start(
+    options: &Options,
+    first: FirstPolicy,
+    records: Option<Records>,
+) -> anyhow::Result<Started> {
+    let FirstPolicy {
+        source,
+        set,
+        compiled,
+        mut compile_cache,
+    } = first;
+    host::ensure_bpffs()?;
+    let (loader, readers) = Loader::load(
+        &options.cgroup_root,
+        options.ebpf_log_level,
+        Pins::new(&options.bpffs_dir),
+        options.guard_cgroups.clone(),
+    )?;
+    log::info!(
+        "kernel programs loaded; cgroup2 at {}",
+        options.cgroup_root.display()
+    );
+    // Workloads keep the endpoint ids a previous agent gave them (read from the pinned
+    // maps): their flows, event limits and statistics are keyed by them.
+    let adopted = loader.adopted_endpoint_ids(&compiled);
+    let compiled = if adopted.is_empty() {
+        compiled
+    } else {
+        compiler::compile_with(&set, &adopted, &mut compile_cache)
+            .map_err(|e| ConfigError(e.to_string()))?
+    };
+    drop(set);
+    let metrics = Arc::new(Metrics::new());
+    metrics.attach_kernel(readers.counters, readers.endpoint_stats);
+    count_flows(readers.flows, metrics.clone());
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
+    let mut agent = Agent {
+        source,
+        compile_cache,
+        options: options.clone(),
+        loader,
+        metrics,
+        policy: policy_tx,
+        trim_pending: false,
+        auto_quarantine: options.auto_quarantine.map(AutoQuarantine::new),
+        quarantined: BTreeSet::new(),
+        records,
+    };
+    agent.apply(compiled).context("applying the policy")?;
+    Ok(Started {
+        agent,
+        events: readers.events,
+        logs: readers.logs,
+        policy: policy_rx,
+    })
+}

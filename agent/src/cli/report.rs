@@ -1,0 +1,39 @@
+//! `stagewall report`: per stage, mode, flows seen, would-drops by peer and port, and the
+//! policies in force.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::{
+    cli::rollout_inputs::{Format, InForce, inputs, print},
+    policy::model::Mode,
+    rollout::{flow_records, report},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The agent's flow records (its --flow-records).
+    #[arg(long, default_value = flow_records::DEFAULT_PATH)]
+    pub records: PathBuf,
+    #[command(flatten)]
+    pub in_force: InForce,
+    /// The agent's mode (default: the one the records were written in).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+pub fn run(args: &ReportArgs) -> ExitCode {
+    let (records, set) = match inputs(&args.records, || args.in_force.load()) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
+    };
+    let mode = args.mode.unwrap_or(if records.agent_mode == "audit" {
+        Mode::Audit
+    } else {
+        Mode::Enforce
+    });
+    let stages = report::report(&records, &set, mode);
+    print(args.format, &stages, || report::text(&stages));
+    ExitCode::SUCCESS
+}

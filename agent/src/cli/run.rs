@@ -1,0 +1,223 @@
+//! `stagewall run`: the agent's arguments, and everything about them that can fail checked
+//! before the kernel is touched (exit code 2): the policies parse and compile, the metrics
+//! address binds, the flow records and the event log open. Then agent::run starts and
+//! serves.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::{
+    agent::{self, ConfigError, FirstPolicy, Options, Prepared, auto_quarantine::Threshold},
+    compiler::{self, CompileCache, EndpointIds},
+    control,
+    datapath::{host, pins},
+    events::{
+        self,
+        sink::{RotatingFile, Sink},
+    },
+    observe::http,
+    policy::model::Mode,
+    rollout::flow_records::{self, FlowRecords, RecordFilter, Recording},
+    source::{
+        Source,
+        kubernetes::{self, KubernetesArgs},
+    },
+};
+
+/// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Directory of policy files (*.yaml, *.yml; read recursively, watched for changes).
+    /// Without it the agent needs --kubernetes, or runs as if given it when it finds an
+    /// in-cluster service account.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+    /// enforce drops what policy denies; audit drops nothing and reports what enforce
+    /// would drop.
+    #[arg(long, value_enum, default_value = "enforce")]
+    pub mode: Mode,
+    /// Address of the read-only HTTP endpoint (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = http::DEFAULT_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// cgroup2 mount to resolve workload cgroups against (found in mountinfo by default).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Level of the kernel programs' own log (troubleshooting only; never on the packet
+    /// path at the default).
+    #[arg(long, default_value = "warn")]
+    pub ebpf_log_level: log::LevelFilter,
+    /// Also report allowed flows (flow logs): at most one event per flow and second.
+    #[arg(long)]
+    pub log_allowed: bool,
+    /// Write the JSON-lines event log to this file (rotated by size) instead of stdout.
+    #[arg(long)]
+    pub events_file: Option<PathBuf>,
+    /// Rotate the event log file when it would pass this size.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub events_file_max_bytes: u64,
+    /// Rotated event log files to keep (events.jsonl.1 is the newest).
+    #[arg(long, default_value_t = 5)]
+    pub events_file_keep: u32,
+    /// This node's name: events carry it, and with --kubernetes the pods scheduled to it
+    /// are the ones enforced here (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The root-only Unix socket for `stagewall quarantine` and `release`.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Where maps and links are pinned (on bpffs): enforcement goes on while the agent is
+    /// down, and a restarted agent takes over. `stagewall uninstall` removes them.
+    #[arg(long, default_value = pins::DEFAULT_DIR)]
+    pub bpffs_dir: PathBuf,
+    /// A cgroup (path below the cgroup2 mount, e.g. /kubepods.slice; repeatable) whose
+    /// every cgroup not in a workload is denied — fail closed: a process that starts below
+    /// it has no network until a policy names its workload. Workloads below a guard are
+    /// covered by the guard's programs (attached once, for every cgroup below it).
+    #[arg(long, value_name = "PATH")]
+    pub guard_cgroup: Vec<PathBuf>,
+    /// The flow records file (for `stagewall advise`, `simulate` and `report`): written
+    /// every 10 seconds and at exit, and added to across restarts.
+    #[arg(long, default_value = flow_records::DEFAULT_PATH)]
+    pub flow_records: PathBuf,
+    /// Whose flows are recorded: directions in audit mode (the agent's, a namespace's or
+    /// a policy's), all workloads, or none.
+    #[arg(long, value_enum, default_value = "audited")]
+    pub record_flows: Recording,
+    /// Most flow records kept; the least recently seen make room for new ones.
+    #[arg(long, default_value_t = 100_000)]
+    pub flow_records_max: usize,
+    /// Quarantine a workload automatically when its egress is denied N times within T
+    /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
+    #[arg(long, value_name = "N/T")]
+    pub auto_quarantine: Option<Threshold>,
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(args: RunArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let result = runtime.block_on(async {
+        let (options, prepared) = prepare(args).await?;
+        agent::run(options, prepared).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ConfigError>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks everything the user gave, before the kernel is touched: the options, and the
+/// source's first desired state compiled, the HTTP listener bound, the records and the
+/// event log opened.
+async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
+    if args.auto_quarantine.is_some() && args.mode == Mode::Audit {
+        return Err(ConfigError(
+            "--auto-quarantine acts (it isolates workloads) and audit mode never does; use it in enforce mode".into(),
+        )
+        .into());
+    }
+    let cgroup_root = match &args.cgroup_root {
+        Some(root) => root.clone(),
+        None => host::cgroup2_mount()?,
+    };
+    let node = args.node_name.clone().unwrap_or_else(events::host_name);
+    let (mut source, api_wake_ups) = match &args.policies {
+        Some(dir) => (Source::files(dir.clone()), None),
+        None if !args.kubernetes.kubernetes && !kubernetes::in_cluster() => {
+            return Err(ConfigError(
+                "no --policies DIR, no --kubernetes, and no in-cluster service account: nothing says what to enforce".into(),
+            )
+            .into());
+        }
+        None => {
+            let (tx, rx) = mpsc::channel(64);
+            let view = kubernetes::start_watchers(&args.kubernetes, &node, cgroup_root.clone(), tx)
+                .await
+                .context("Kubernetes")?;
+            (Source::Kubernetes(view), Some(rx))
+        }
+    };
+    let set = source
+        .changed()
+        .expect("a source gives its state when first asked")
+        .map_err(ConfigError)?;
+    let mut compile_cache = CompileCache::default();
+    let compiled = compiler::compile_with(&set, &EndpointIds::new(), &mut compile_cache)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let listener = http::bind(args.metrics_addr)
+        .await
+        .map_err(|e| ConfigError(e.to_string()))?;
+    let records = match args.record_flows {
+        Recording::Off => None,
+        recording => {
+            let records = FlowRecords::open(&args.flow_records, args.flow_records_max, args.mode)
+                .map_err(|e| ConfigError(format!("{e:#}")))?;
+            let filter = RecordFilter {
+                recording,
+                agent_audits: args.mode == Mode::Audit,
+            };
+            Some((Arc::new(Mutex::new(records)), filter))
+        }
+    };
+    let sink = match &args.events_file {
+        Some(path) => Sink::File(
+            RotatingFile::open(
+                path.clone(),
+                args.events_file_max_bytes,
+                args.events_file_keep,
+            )
+            .map_err(|e| ConfigError(format!("event log {}: {e}", path.display())))?,
+        ),
+        None => Sink::stdout(),
+    };
+    let options = Options {
+        mode: args.mode,
+        log_allowed: args.log_allowed,
+        node,
+        cgroup_root,
+        ebpf_log_level: args.ebpf_log_level,
+        bpffs_dir: args.bpffs_dir,
+        guard_cgroups: args
+            .guard_cgroup
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+        control_socket: args.control_socket,
+        metrics_addr: args.metrics_addr,
+        auto_quarantine: args.auto_quarantine,
+    };
+    let prepared = Prepared {
+        first: FirstPolicy {
+            source,
+            set,
+            compiled,
+            compile_cache,
+        },
+        api_wake_ups,
+        listener,
+        records,
+        sink,
+    };
+    Ok((options, prepared))
+}

@@ -1,0 +1,5 @@
+//! What the agent shows of itself: Prometheus metrics and the read-only HTTP endpoint that
+//! serves them, the health checks and the event stream.
+
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,107 @@
+//! The policy directory as a source: what of it was last read, a fingerprint of its
+//! files' contents, and a watcher
+//! that wakes the agent when something in it changes (inotify), so an edit takes effect in
+//! milliseconds. A periodic check backs the watcher up (events can be missed, and a
+//! workload's cgroup or interface can appear without any file changing).
+
+use std::{
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use notify::{
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
+    event::{AccessKind, AccessMode, ModifyKind},
+};
+use tokio::sync::mpsc;
+
+use super::WakeUp;
+
+use crate::policy::{self, documents::ParseCache, model::PolicySet, parse::policy_files};
+
+/// A policy directory, and what of it was last read.
+pub struct Files {
+    dir: PathBuf,
+    /// Fingerprint of the files last read, whether they were applied or rejected.
+    fingerprint: Option<u64>,
+    /// The documents last read, parsed: a change parses only what it touched.
+    cache: ParseCache,
+}
+
+impl Files {
+    pub fn new(dir: PathBuf) -> Files {
+        Files {
+            dir,
+            fingerprint: None,
+            cache: ParseCache::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The policies if the files changed since they were last read.
+    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+        // Taken before reading: a change while reading is seen at the next call.
+        let fingerprint = fingerprint(&self.dir);
+        if self.fingerprint == Some(fingerprint) {
+            return None;
+        }
+        self.fingerprint = Some(fingerprint);
+        let started = Instant::now();
+        let parsed_before = self.cache.parsed;
+        let result = policy::parse::load_dir(&self.dir, &mut self.cache).map_err(|e| e.to_string());
+        log::debug!(
+            "{} read in {:?} ({} changed documents parsed)",
+            self.dir.display(),
+            started.elapsed(),
+            self.cache.parsed - parsed_before
+        );
+        Some(result)
+    }
+}
+
+/// A hash of the policy files' names and contents: equal fingerprints, equal policies.
+/// A directory that cannot be read hashes its error, so a change is still noticed.
+pub fn fingerprint(dir: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    match policy_files(dir) {
+        Ok(files) => {
+            for f in files {
+                f.hash(&mut h);
+                std::fs::read(&f).ok().hash(&mut h);
+            }
+        }
+        Err(e) => e.to_string().hash(&mut h),
+    }
+    h.finish()
+}
+
+/// What a notify event says about the files, if anything.
+fn wake_up_of(kind: &EventKind) -> Option<WakeUp> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(WakeUp::Complete),
+        EventKind::Access(_) => None,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            Some(WakeUp::Partial)
+        }
+        _ => Some(WakeUp::Complete),
+    }
+}
+
+/// Watches `dir` recursively; every change sends a wake-up. Keep the watcher alive as long
+/// as wake-ups are wanted.
+pub fn wake_on_change(dir: &Path) -> anyhow::Result<(RecommendedWatcher, mpsc::Receiver<WakeUp>)> {
+    // Room for a write's burst of events, so the closing one is seen; when full, the
+    // wake-ups already queued will read this change too.
+    let (tx, rx) = mpsc::channel(64);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Some(change) = event.ok().and_then(|e| wake_up_of(&e.kind)) {
+            let _ = tx.try_send(change);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok((watcher, rx))
+}

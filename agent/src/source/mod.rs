@@ -1,0 +1,72 @@
+//! Where the desired state comes from: a directory of policy files, or the Kubernetes API
+//! server. The enforcer asks when something may have changed (a wake-up, or its periodic
+//! check) and applies what it gets.
+
+pub mod files;
+pub mod kubernetes;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::policy::model::PolicySet;
+
+use self::files::Files;
+
+pub enum Source {
+    Files(Files),
+    Kubernetes(kubernetes::View),
+}
+
+impl Source {
+    /// The policy directory, for a source of files.
+    pub fn policy_dir(&self) -> Option<&Path> {
+        match self {
+            Source::Files(f) => Some(f.dir()),
+            Source::Kubernetes(_) => None,
+        }
+    }
+
+    pub fn files(dir: PathBuf) -> Source {
+        Source::Files(Files::new(dir))
+    }
+
+    /// The desired state if it changed since it was last given (the first call always
+    /// gives it): the set, or the errors for which the policy in force stays.
+    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+        match self {
+            Source::Files(f) => f.changed(),
+            Source::Kubernetes(view) => view.changed(),
+        }
+    }
+}
+
+/// A wake-up from a watcher (the policy directory's, or the API server's): something may
+/// have changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeUp {
+    /// A file was closed after writing, renamed into place or removed: what is there now
+    /// is what the writer meant. Read at once.
+    Complete,
+    /// A file was created or written and is still open: more may follow. Read when the
+    /// writer closes it, or after `SETTLE` at the latest.
+    Partial,
+}
+
+/// How long a partial change waits for the writer to finish.
+pub const SETTLE: Duration = Duration::from_millis(5);
+
+/// After a wake-up: waits until the files are complete (or `SETTLE` has passed), then
+/// takes the wake-ups queued meanwhile, which one read of the directory answers.
+pub async fn settle(first: WakeUp, changes: &mut mpsc::Receiver<WakeUp>) {
+    if first == WakeUp::Partial {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while let Ok(Some(WakeUp::Partial)) =
+            tokio::time::timeout_at(deadline, changes.recv()).await
+        {}
+    }
+    while changes.try_recv().is_ok() {}
+}
