@@ -6,7 +6,10 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends llvm-22-dev \
     && rm -rf /var/lib/apt/lists/*
-RUN rustup toolchain install nightly-2026-05-20 --profile minimal --component rust-src \
+# The nightly is named once, in the eBPF crate's rust-toolchain.toml.
+COPY ebpf/stagewall-ebpf/rust-toolchain.toml /tmp/ebpf-toolchain.toml
+RUN rustup toolchain install "$(sed -n 's/^channel = "\(.*\)"/\1/p' /tmp/ebpf-toolchain.toml)" \
+        --profile minimal --component rust-src \
     && LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked \
         --no-default-features --features llvm-22
 WORKDIR /src

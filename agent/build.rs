@@ -1,17 +1,36 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
-/// The nightly that builds the kernel programs (bpfel-unknown-none, -Z build-std=core).
-/// Kept in step with .ci/run and README.md; see shared/TOOLCHAIN.md for why this one.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The nightly that builds the kernel programs: the `channel` of the eBPF crate's
+/// rust-toolchain.toml, the one place that names it.
+fn ebpf_toolchain(ebpf_crate: &std::path::Path) -> anyhow::Result<String> {
+    let file = ebpf_crate.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_string())
+        })
+        .ok_or_else(|| anyhow!("{}: no `channel = \"...\"` line", file.display()))
+}
 
 fn main() -> anyhow::Result<()> {
-    let metadata = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let ebpf_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow!("agent crate has no parent directory"))?
         .join("ebpf/stagewall-ebpf");
-    let root_dir = metadata.to_str().context("eBPF crate path is not UTF-8")?;
-    let toolchain = std::env::var("STAGEWALL_EBPF_TOOLCHAIN").unwrap_or(EBPF_TOOLCHAIN.into());
+    let root_dir = ebpf_crate
+        .to_str()
+        .context("eBPF crate path is not UTF-8")?;
+    let toolchain = match std::env::var("STAGEWALL_EBPF_TOOLCHAIN") {
+        Ok(toolchain) => toolchain,
+        Err(_) => ebpf_toolchain(&ebpf_crate)?,
+    };
     println!("cargo:rerun-if-env-changed=STAGEWALL_EBPF_TOOLCHAIN");
     aya_build::build_ebpf(
         [Package {

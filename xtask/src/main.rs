@@ -90,7 +90,7 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// `cargo fuzz` on the policy documents target for `seconds`, from the agent crate.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    let toolchain = format!("+{}", setup::EBPF_TOOLCHAIN);
+    let toolchain = format!("+{}", setup::ebpf_toolchain()?);
     let limit = format!("-max_total_time={seconds}");
     std::env::set_current_dir("agent")?;
     // libFuzzer adds what it finds to the first corpus directory: a scratch one (ignored
@@ -131,7 +131,7 @@ fn test() -> anyhow::Result<()> {
     )?;
     // The kernel crate is linted on its own, for its own target, so that no user-space
     // feature leaks into it.
-    let toolchain = format!("+{}", setup::EBPF_TOOLCHAIN);
+    let toolchain = format!("+{}", setup::ebpf_toolchain()?);
     cmd(
         "cargo",
         &[

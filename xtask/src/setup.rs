@@ -3,12 +3,27 @@
 
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// The nightly that builds the kernel programs; agent/build.rs names the same one.
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The nightly that builds the kernel programs: the `channel` of
+/// ebpf/stagewall-ebpf/rust-toolchain.toml, the one place that names it (agent/build.rs
+/// and the Dockerfile read it there too).
+pub fn ebpf_toolchain() -> anyhow::Result<String> {
+    let file = "ebpf/stagewall-ebpf/rust-toolchain.toml";
+    let text = std::fs::read_to_string(file).with_context(|| file.to_string())?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_string())
+        })
+        .with_context(|| format!("{file}: no `channel = \"...\"` line"))
+}
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -43,6 +58,7 @@ fn output(program: &str, args: &[&str]) -> String {
 }
 
 pub fn run() -> anyhow::Result<()> {
+    let ebpf_toolchain = ebpf_toolchain()?;
     let components = output(
         "rustup",
         &[
@@ -50,7 +66,7 @@ pub fn run() -> anyhow::Result<()> {
             "list",
             "--installed",
             "--toolchain",
-            EBPF_TOOLCHAIN,
+            &ebpf_toolchain,
         ],
     );
     if !["rust-src", "clippy"]
@@ -62,7 +78,7 @@ pub fn run() -> anyhow::Result<()> {
             &[
                 "toolchain",
                 "install",
-                EBPF_TOOLCHAIN,
+                &ebpf_toolchain,
                 "--profile",
                 "minimal",
                 "--component",
