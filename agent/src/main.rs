@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use stagewall::cli::{self, check, run};
+use stagewall::cli::{self, run};
 
 #[derive(Parser)]
 #[command(
@@ -56,33 +56,7 @@ enum Command {
     /// Per stage: mode, flows seen, would-drops by peer and port, policies in force.
     Report(cli::report::ReportArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
-    Check {
-        /// Directory of policy files.
-        #[arg(required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
-        dir: Option<PathBuf>,
-        /// Read the policies from the Kubernetes API server instead (as `run
-        /// --kubernetes` does).
-        #[command(flatten)]
-        kubernetes: stagewall::source::kubernetes::KubernetesArgs,
-        /// With --kubernetes: whose pods are local (default: the host name).
-        #[arg(long, env = "NODE_NAME")]
-        node_name: Option<String>,
-        /// Explain the verdict for one connection: which policies select each side and
-        /// which rule allows it, or why it is denied.
-        #[arg(long, requires_all = ["from", "to", "port"])]
-        explain: bool,
-        /// Sender: a workload (namespace/name) or an address.
-        #[arg(long)]
-        from: Option<String>,
-        /// Receiver: a workload (namespace/name) or an address.
-        #[arg(long)]
-        to: Option<String>,
-        /// Destination port.
-        #[arg(long)]
-        port: Option<u16>,
-        #[arg(long, value_enum, default_value = "tcp")]
-        protocol: check::ProtocolArg,
-    },
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,41 +83,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check {
-            dir,
-            kubernetes,
-            node_name,
-            explain,
-            from,
-            to,
-            port,
-            protocol,
-        } => {
-            let question = match (explain, from, to, port) {
-                (true, Some(from), Some(to), Some(port)) => Some(check::Question {
-                    from,
-                    to,
-                    port,
-                    protocol: protocol.into(),
-                }),
-                _ => None,
-            };
-            let (set, source) = match &dir {
-                Some(dir) => (check::load(dir), dir.display().to_string()),
-                None => {
-                    let node = node_name.unwrap_or_else(stagewall::events::host_name);
-                    (
-                        check::load_kubernetes(&kubernetes, &node),
-                        "Kubernetes".into(),
-                    )
-                }
-            };
-            if check::check(set, &source, question.as_ref()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Command::Check(args) => cli::check::run(args),
         Command::Run(args) => run::run(*args),
     }
 }

@@ -1,7 +1,10 @@
 //! `stagewall check DIR` (or `--kubernetes`): parse, validate and compile policies without
 //! touching the kernel.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use crate::{
     compiler, policy,
@@ -136,4 +139,62 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
         );
     }
     true
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Directory of policy files.
+    #[arg(required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    pub dir: Option<PathBuf>,
+    /// Read the policies from the Kubernetes API server instead (as `run
+    /// --kubernetes` does).
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+    /// With --kubernetes: whose pods are local (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Explain the verdict for one connection: which policies select each side and
+    /// which rule allows it, or why it is denied.
+    #[arg(long, requires_all = ["from", "to", "port"])]
+    pub explain: bool,
+    /// Sender: a workload (namespace/name) or an address.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Receiver: a workload (namespace/name) or an address.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub protocol: ProtocolArg,
+}
+
+/// `stagewall check`: exit 0 when everything parses and compiles (and the explanation, if
+/// asked, could be given), 1 otherwise.
+pub fn run(args: CheckArgs) -> ExitCode {
+    let question = match (args.explain, args.from, args.to, args.port) {
+        (true, Some(from), Some(to), Some(port)) => Some(Question {
+            from,
+            to,
+            port,
+            protocol: args.protocol.into(),
+        }),
+        _ => None,
+    };
+    let (set, source) = match &args.dir {
+        Some(dir) => (load(dir), dir.display().to_string()),
+        None => {
+            let node = args.node_name.unwrap_or_else(crate::events::host_name);
+            (
+                load_kubernetes(&args.kubernetes, &node),
+                "Kubernetes".into(),
+            )
+        }
+    };
+    if check(set, &source, question.as_ref()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
