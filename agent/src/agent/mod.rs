@@ -42,7 +42,7 @@ pub use self::serve::run;
 pub struct ConfigError(pub String);
 
 /// What the user asked of the running agent, checked, stored once.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Options {
     /// enforce or audit.
     pub mode: Mode,

@@ -38,10 +38,10 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         sink,
     } = prepared;
     let policies_dir = first.source.policy_dir().map(|d| d.to_path_buf());
-    let started = start(&options, first, records.clone())?;
+    let started = start(options, first, records.clone())?;
     let mut agent = started.agent;
     return_freed_memory();
-    let (control_listener, control_path) = control::listen(&options.control_socket)?;
+    let (control_listener, control_path) = control::listen(&agent.options.control_socket)?;
     let (command_tx, mut commands) = mpsc::channel(16);
     // Wake-ups: the policy directory's watcher, or the Kubernetes watchers.
     let (_watcher, mut wake_ups) = match (api_wake_ups, &policies_dir) {
@@ -66,8 +66,8 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         metrics: agent.metrics.clone(),
         sink,
         hub,
-        node: options.node.clone(),
-        log_allowed: options.log_allowed,
+        node: agent.options.node.clone(),
+        log_allowed: agent.options.log_allowed,
         records: records.clone(),
     };
     tasks.spawn(outputs.stream(started.events));
@@ -77,7 +77,10 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         tasks.spawn(kernel_logs(logs));
     }
     state.ready.store(true, Ordering::Relaxed);
-    log::info!("serving metrics on http://{}/metrics", options.metrics_addr);
+    log::info!(
+        "serving metrics on http://{}/metrics",
+        agent.options.metrics_addr
+    );
 
     let shutdown = shutdown();
     tokio::pin!(shutdown);

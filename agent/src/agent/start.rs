@@ -41,7 +41,7 @@ pub(super) struct Started {
 }
 
 pub(super) fn start(
-    options: &Options,
+    options: Options,
     first: FirstPolicy,
     records: Option<Records>,
 ) -> anyhow::Result<Started> {
@@ -79,12 +79,12 @@ pub(super) fn start(
     let mut agent = Agent {
         source,
         compile_cache,
-        options: options.clone(),
+        auto_quarantine: options.auto_quarantine.map(AutoQuarantine::new),
+        options,
         loader,
         metrics,
         policy: policy_tx,
         trim_pending: false,
-        auto_quarantine: options.auto_quarantine.map(AutoQuarantine::new),
         quarantined: BTreeSet::new(),
         records,
     };
