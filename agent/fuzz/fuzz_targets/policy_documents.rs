@@ -10,7 +10,11 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use stagewall::{
     compiler::{EndpointIds, compile},
-    policy::{documents::ParseCache, model::PolicySet, parse, pipeline},
+    policy::{
+        model::PolicySet,
+        parse::{self, ParseCache},
+        pipeline,
+    },
 };
 
 fuzz_target!(|data: &[u8]| {

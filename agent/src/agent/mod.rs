@@ -288,40 +288,42 @@ impl Agent {
             }
             return;
         };
-        let compiled = changed.and_then(|set| {
-            let compiled =
-                compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache)
-                    .map_err(|e| e.to_string())?;
-            Ok((compiled, set))
-        });
-        match compiled {
-            Ok((compiled, set)) => {
-                log::info!("policy change read and compiled in {:?}", started.elapsed());
-                if let Err(e) = self.apply(compiled) {
-                    self.metrics
-                        .policy_reloads
-                        .with_label_values(&["failed"])
-                        .inc();
-                    log::error!(
-                        "applying the changed policy failed, the previous one stays in force: {e:#}"
-                    );
-                }
-                drop(set);
-                self.trim_pending = true;
-            }
-            Err(errors) => {
-                self.metrics
-                    .policy_reloads
-                    .with_label_values(&["rejected"])
-                    .inc();
-                for e in errors.lines() {
-                    log::error!("rejected: {e}");
-                }
-                log::error!(
-                    "policy change rejected; policy {} stays in force",
-                    self.loader.generation()
-                );
-            }
+        let set = match changed {
+            Ok(set) => set,
+            Err(errors) => return self.reject(&errors),
+        };
+        let compiled =
+            match compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache) {
+                Ok(compiled) => compiled,
+                Err(e) => return self.reject([e]),
+            };
+        log::info!("policy change read and compiled in {:?}", started.elapsed());
+        if let Err(e) = self.apply(compiled) {
+            self.metrics
+                .policy_reloads
+                .with_label_values(&["failed"])
+                .inc();
+            log::error!(
+                "applying the changed policy failed, the previous one stays in force: {e:#}"
+            );
         }
+        drop(set);
+        self.trim_pending = true;
+    }
+
+    /// Reports a change of the desired state that is not applied (its policy errors, or
+    /// why it does not compile), one error a line: the policy in force stays.
+    fn reject<E: std::fmt::Display>(&self, errors: impl IntoIterator<Item = E>) {
+        self.metrics
+            .policy_reloads
+            .with_label_values(&["rejected"])
+            .inc();
+        for e in errors {
+            log::error!("rejected: {e}");
+        }
+        log::error!(
+            "policy change rejected; policy {} stays in force",
+            self.loader.generation()
+        );
     }
 }

@@ -44,10 +44,10 @@ pub fn load(dir: &Path) -> Option<PolicySet> {
     match policy::parse::load_dir(dir, &mut Default::default()) {
         Ok(set) => Some(set),
         Err(errors) => {
-            for e in &errors.0 {
+            for e in &errors {
                 eprintln!("error: {e}");
             }
-            eprintln!("{} error(s); nothing was applied", errors.0.len());
+            eprintln!("{} error(s); nothing was applied", errors.len());
             None
         }
     }
@@ -67,16 +67,23 @@ pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
         let (changes, _) = tokio::sync::mpsc::channel(1);
         kubernetes::start_watchers(args, node, mount, changes).await
     });
-    let result = match view {
-        Ok(mut view) => view
-            .changed()
-            .expect("a source gives its state when first asked"),
-        Err(e) => Err(format!("Kubernetes: {e:#}")),
+    let mut view = match view {
+        Ok(view) => view,
+        Err(e) => {
+            // One line of output for each line of the message, as for policy errors.
+            for line in format!("Kubernetes: {e:#}").lines() {
+                eprintln!("error: {line}");
+            }
+            return None;
+        }
     };
-    match result {
+    match view
+        .changed()
+        .expect("a source gives its state when first asked")
+    {
         Ok(set) => Some(set),
         Err(errors) => {
-            for e in errors.lines() {
+            for e in &errors {
                 eprintln!("error: {e}");
             }
             None

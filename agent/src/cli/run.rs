@@ -161,7 +161,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     let set = source
         .changed()
         .expect("a source gives its state when first asked")
-        .map_err(ConfigError)?;
+        .map_err(|errors| ConfigError(errors.to_string()))?;
     let mut compile_cache = CompileCache::default();
     let compiled = compiler::compile_with(&set, &EndpointIds::new(), &mut compile_cache)
         .map_err(|e| ConfigError(e.to_string()))?;

@@ -2,14 +2,28 @@
 //! side of a connection and which rule allows it, or why it is denied. Read directly off
 //! the NetworkPolicy semantics (policy::semantics), not off the compiled maps.
 
-use std::{fmt::Write as _, net::IpAddr};
-
-use anyhow::{Context as _, bail};
+use std::{
+    fmt::{self, Write as _},
+    net::IpAddr,
+};
 
 use crate::policy::{
     model::{Direction, NetworkPolicy, Peer, PolicySet, PortMatch, Protocol, Rule, Workload},
     semantics::{self, Side},
 };
+
+/// Why a question cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("{0:?} is neither an address nor namespace/name")]
+    NotAParty(String),
+    #[error("no Workload {0} in the policies")]
+    NoSuchWorkload(String),
+    #[error("the two sides have no addresses of one family in common")]
+    NoCommonFamily,
+    #[error(transparent)]
+    Format(#[from] fmt::Error),
+}
 
 /// One end of the question: a workload of the inventory (`namespace/name`) or an address.
 pub enum Party<'a> {
@@ -17,7 +31,9 @@ pub enum Party<'a> {
     Address(IpAddr),
 }
 
-pub fn party<'a>(set: &'a PolicySet, spec: &str) -> anyhow::Result<Party<'a>> {
+/// The party `spec` names: an address (the workload that owns it, if any) or a workload
+/// by `namespace/name`.
+pub fn party<'a>(set: &'a PolicySet, spec: &str) -> Result<Party<'a>, ExplainError> {
     if let Ok(addr) = spec.parse::<IpAddr>() {
         return Ok(match semantics::owner(set, addr) {
             Some(w) => Party::Workload(w),
@@ -25,16 +41,16 @@ pub fn party<'a>(set: &'a PolicySet, spec: &str) -> anyhow::Result<Party<'a>> {
         });
     }
     if !spec.contains('/') {
-        bail!("{spec:?} is neither an address nor namespace/name");
+        return Err(ExplainError::NotAParty(spec.to_string()));
     }
     set.workload(spec)
         .map(Party::Workload)
-        .with_context(|| format!("no Workload {spec} in the policies"))
+        .ok_or_else(|| ExplainError::NoSuchWorkload(spec.to_string()))
 }
 
 /// The addresses the question is about: the given ones, or the first pair of one family
 /// (IPv4 first) of the workloads.
-fn addresses(from: &Party, to: &Party) -> anyhow::Result<(IpAddr, IpAddr)> {
+fn addresses(from: &Party, to: &Party) -> Result<(IpAddr, IpAddr), ExplainError> {
     let candidates = |p: &Party| match p {
         Party::Workload(w) => w.addresses.clone(),
         Party::Address(a) => vec![*a],
@@ -47,7 +63,7 @@ fn addresses(from: &Party, to: &Party) -> anyhow::Result<(IpAddr, IpAddr)> {
             return Ok((*f, *t));
         }
     }
-    bail!("the two sides have no addresses of one family in common")
+    Err(ExplainError::NoCommonFamily)
 }
 
 fn name(p: &Party) -> String {
@@ -57,13 +73,14 @@ fn name(p: &Party) -> String {
     }
 }
 
+/// The answer, one line for each side and the verdict.
 pub fn explain(
     set: &PolicySet,
     from: &str,
     to: &str,
     protocol: Protocol,
     port: u16,
-) -> anyhow::Result<String> {
+) -> Result<String, ExplainError> {
     let (from, to) = (party(set, from)?, party(set, to)?);
     let (src, dst) = addresses(&from, &to)?;
     let mut out = String::new();

@@ -1,7 +1,12 @@
 //! The policy model, the YAML sources that feed it, pipelines expanded into policies, and
 //! the semantics read directly (and explained, for `stagewall check --explain`).
+//!
+//! From the bottom up: `model` (what a policy set is) -> `error` (what is wrong with the
+//! input, by file and line) -> `pipeline` (Pipelines expanded into NetworkPolicies) ->
+//! `parse` (YAML to the model, checked as a whole) and, beside it, `semantics` (may this
+//! packet pass?) -> `explain` (`stagewall check --explain`).
 
-pub mod documents;
+pub mod error;
 pub mod explain;
 pub mod model;
 pub mod parse;

@@ -1,5 +1,6 @@
 //! The policy model every source parses into and the compiler reads: workloads (the
-//! inventory), namespaces, and Kubernetes NetworkPolicies.
+//! inventory), namespaces, Kubernetes NetworkPolicies, and Pipelines (which expand into
+//! NetworkPolicies).
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 

@@ -5,8 +5,8 @@
 //! the Pipeline document.
 
 use super::{
+    error::PolicyError,
     model::{FlowEnd, LabelSelector, NetworkPolicy, ObjectName, Peer, Pipeline, PolicySet, Rule},
-    parse::PolicyError,
 };
 
 /// Appends the policies of every pipeline to `set.policies`.

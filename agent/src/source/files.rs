@@ -18,7 +18,11 @@ use tokio::sync::mpsc;
 
 use super::WakeUp;
 
-use crate::policy::{self, documents::ParseCache, model::PolicySet, parse::policy_files};
+use crate::policy::{
+    error::PolicyErrors,
+    model::PolicySet,
+    parse::{ParseCache, load_dir, policy_files},
+};
 
 /// A policy directory, and what of it was last read.
 pub struct Files {
@@ -43,7 +47,7 @@ impl Files {
     }
 
     /// The policies if the files changed since they were last read.
-    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+    pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
         // Taken before reading: a change while reading is seen at the next call.
         let fingerprint = fingerprint(&self.dir);
         if self.fingerprint == Some(fingerprint) {
@@ -52,7 +56,7 @@ impl Files {
         self.fingerprint = Some(fingerprint);
         let started = Instant::now();
         let parsed_before = self.cache.parsed;
-        let result = policy::parse::load_dir(&self.dir, &mut self.cache).map_err(|e| e.to_string());
+        let result = load_dir(&self.dir, &mut self.cache);
         log::debug!(
             "{} read in {:?} ({} changed documents parsed)",
             self.dir.display(),

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use crate::policy::model::PolicySet;
+use crate::policy::{error::PolicyErrors, model::PolicySet};
 
 use self::files::Files;
 
@@ -36,7 +36,7 @@ impl Source {
 
     /// The desired state if it changed since it was last given (the first call always
     /// gives it): the set, or the errors for which the policy in force stays.
-    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+    pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
         match self {
             Source::Files(f) => f.changed(),
             Source::Kubernetes(view) => view.changed(),

@@ -20,8 +20,9 @@ use serde::Deserialize;
 
 use super::{cgroups::PodCgroups, routes::HostRoutes};
 use crate::policy::{
+    error::{PolicyError, PolicyErrors},
     model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
-    parse::{PolicyErrors, complete, parse_into},
+    parse::{complete, parse_into},
 };
 
 /// The kinds the agent watches besides pods, by their plural resource name.
@@ -304,16 +305,12 @@ impl Cluster {
             });
         }
         let errors = complete(&mut set);
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(PolicyErrors(errors))
-        }
+        PolicyErrors::result(errors, set)
     }
 }
 
 fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyErrors {
-    PolicyErrors(vec![crate::policy::parse::PolicyError {
+    PolicyErrors(vec![PolicyError {
         file: object_path(kind, object),
         line: 0,
         message,

@@ -25,7 +25,10 @@ use kube::{
 use tokio::sync::mpsc;
 
 use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
-use crate::{policy::model::PolicySet, source::WakeUp};
+use crate::{
+    policy::{error::PolicyErrors, model::PolicySet},
+    source::WakeUp,
+};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct KubernetesArgs {
@@ -108,7 +111,7 @@ pub struct View {
 impl View {
     /// The desired state if it changed since it was last given: pods' cgroups are looked
     /// up again each time (a pod's appears when kubelet starts it).
-    pub fn changed(&mut self) -> Option<Result<PolicySet, String>> {
+    pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
         let routes = (self.attachment == PodAttachment::Tc).then(HostRoutes::read);
@@ -127,7 +130,7 @@ impl View {
             Err(_) if self.refused == Some(cluster.version) => None,
             Err(e) => {
                 self.refused = Some(cluster.version);
-                Some(Err(e.to_string()))
+                Some(Err(e))
             }
         }
     }
@@ -277,10 +280,8 @@ async fn follow(
                 }
             }
         };
-        for e in errors {
-            for line in e.to_string().lines() {
-                log::error!("Kubernetes object refused, its previous version stays: {line}");
-            }
+        for e in errors.iter().flatten() {
+            log::error!("Kubernetes object refused, its previous version stays: {e}");
         }
         if listed_all && first {
             first = false;

@@ -1,7 +1,8 @@
-//! Policy files as separate YAML documents, and the documents parsed by the last load: a
-//! change re-parses only the documents it touched. Parsing YAML is most of what a policy
-//! change costs (about 150 ms for a 10,000-rule NetworkPolicy), so one rule edited in a
-//! large directory must not parse everything again.
+//! The per-document parse cache: policy files as separate YAML documents, and the
+//! documents parsed by the last load, so a change re-parses only the documents it touched.
+//! Parsing YAML is most of what a policy change costs (about 150 ms for a 10,000-rule
+//! NetworkPolicy), so one rule edited in a large directory must not parse everything
+//! again.
 
 use std::{
     collections::HashMap,
@@ -9,10 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{
-    model::PolicySet,
-    parse::{PolicyErrors, parse_text},
-};
+use super::document::parse_text;
+use crate::policy::{error::PolicyErrors, model::PolicySet};
 
 /// A file's YAML documents, each with the number of lines before it: the text is split
 /// before every `---` marker at the start of a line. YAML forbids such a line inside any
@@ -107,11 +106,7 @@ impl ParseCache {
             set.extend_from(&parsed);
             self.next.insert(key, parsed);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(PolicyErrors(errors))
-        }
+        PolicyErrors::result(errors, ())
     }
 
     /// Ends a load: documents it did not read are forgotten.
@@ -125,13 +120,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::parse::{load_dir, parse_into};
+    use crate::policy::parse::{load_dir, parse_into, policy_files};
 
     /// The example policies, one file after the other: every kind, comments, flow and
     /// block style.
     fn examples() -> String {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let files = crate::policy::parse::policy_files(&dir).expect("example policies");
+        let files = policy_files(&dir).expect("example policies");
         files
             .iter()
             .map(|f| std::fs::read_to_string(f).unwrap())

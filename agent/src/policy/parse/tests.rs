@@ -1,0 +1,298 @@
+//! The parser's tests: errors name the file, the line and what was expected; kubectl
+//! output is accepted; pipelines expand as stated; the parser never panics on arbitrary or
+//! mutated input (property tests).
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::{MAX_FILE_BYTES, ParseCache, load_dir, parse_into, validate_set};
+use crate::policy::{
+    error::PolicyError,
+    model::{Peer, PolicySet},
+    pipeline,
+};
+
+fn errors(yaml: &str) -> Vec<PolicyError> {
+    let mut set = PolicySet::default();
+    let mut errs = match parse_into(Path::new("p.yaml"), yaml, &mut set) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0,
+    };
+    if let Err(mut e) = validate_set(&set) {
+        errs.append(&mut e.0);
+    }
+    errs
+}
+
+fn one_error(yaml: &str) -> PolicyError {
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    errs.into_iter().next().unwrap()
+}
+
+const POLICY_HEAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  podSelector: {}\n";
+
+#[test]
+fn invalid_cidr_names_its_line_and_the_expected_form() {
+    let e = one_error(&format!(
+        "{POLICY_HEAD}  egress:\n    - to:\n        - ipBlock: {{cidr: 10.0.0.0/33}}\n"
+    ));
+    assert_eq!(e.line, 8, "{e}");
+    assert!(e.message.contains("invalid CIDR \"10.0.0.0/33\""), "{e}");
+    assert!(e.message.contains("expected"), "{e}");
+    assert!(e.to_string().starts_with("p.yaml:8: "), "{e}");
+}
+
+#[test]
+fn ports_out_of_range_and_bad_end_ports_are_rejected() {
+    for (ports, wanted) in [
+        ("{port: 0}", "port 0 is out of range"),
+        ("{port: 65536}", "port 65536 is out of range"),
+        ("{port: 90, endPort: 80}", "endPort 80 is invalid"),
+        ("{endPort: 80}", "endPort without port"),
+        (
+            "{port: http, endPort: 90}",
+            "endPort with the named port \"http\"",
+        ),
+        ("{port: Http}", "port name \"Http\" is invalid"),
+        ("{port: 80, protocol: ICMP}", "unknown protocol \"ICMP\""),
+    ] {
+        let e = one_error(&format!(
+            "{POLICY_HEAD}  ingress:\n    - ports: [{ports}]\n"
+        ));
+        assert!(e.message.contains(wanted), "{ports}: {e}");
+        assert_eq!(e.line, 7, "{ports}: {e}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors_not_silently_ignored() {
+    let e = one_error(&format!("{POLICY_HEAD}  ingres: []\n"));
+    assert!(e.message.contains("ingres"), "{e}");
+    assert!(e.line > 0, "{e}");
+}
+
+#[test]
+fn a_huge_file_is_refused_before_it_is_read() {
+    let dir = std::env::temp_dir().join(format!("stagewall-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Sparse: the size is what counts, nothing is written.
+    let file = std::fs::File::create(dir.join("huge.yaml")).unwrap();
+    file.set_len(MAX_FILE_BYTES + 1).unwrap();
+    let errors = load_dir(&dir, &mut ParseCache::default()).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].file.ends_with("huge.yaml"));
+    assert!(
+        errors[0]
+            .message
+            .contains("expected at most 16777216 bytes"),
+        "{}",
+        errors[0]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_line() {
+    let e = one_error("apiVersion: v1\nkind: Namespace\nmetadata: {name: [unclosed\n");
+    assert!(e.line >= 3, "{e}");
+    assert!(e.message.starts_with("invalid YAML document"), "{e}");
+}
+
+#[test]
+fn except_outside_its_block_is_rejected() {
+    let e = one_error(&format!(
+        "{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}\n"
+    ));
+    assert!(e.message.contains("not strictly inside"), "{e}");
+}
+
+#[test]
+fn mode_annotations_other_than_enforce_or_audit_or_on_other_kinds_are_rejected() {
+    let e = one_error(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    stagewall.io/mode: watch\nspec: {podSelector: {}}\n",
+    );
+    assert_eq!(e.line, 6, "{e}");
+    assert!(e.message.contains("expected enforce or audit"), "{e}");
+    let e = one_error(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata:\n  name: w\n  annotations: {stagewall.io/mode: audit}\nspec: {cgroup: /w}\n",
+    );
+    assert_eq!(e.line, 5, "{e}");
+    assert!(
+        e.message
+            .contains("expected it on a Namespace, NetworkPolicy or Pipeline"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fail_modes_other_than_closed_or_open_are_rejected_with_their_line() {
+    let e = one_error(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec:\n  cgroup: /w\n  failMode: maybe\n",
+    );
+    assert_eq!(e.line, 6, "{e}");
+    assert!(e.message.contains("expected closed or open"), "{e}");
+    let e = one_error(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  annotations: {stagewall.io/fail-mode: ajar}\n",
+    );
+    assert!(e.message.contains("stagewall.io/fail-mode"), "{e}");
+    assert!(e.message.contains("expected closed or open"), "{e}");
+}
+
+#[test]
+fn conflicting_workloads_are_rejected() {
+    let w = |name: &str, cgroup: &str, addr: &str| {
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{cgroup: {cgroup}, addresses: [{addr}]}}\n---\n"
+        )
+    };
+    let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("a", "/b", "10.0.0.2")));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("duplicate Workload ns/a")),
+        "{errs:?}"
+    );
+    let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("b", "/b", "10.0.0.1")));
+    assert!(
+        errs.iter().any(|e| e.message.contains("address 10.0.0.1")),
+        "{errs:?}"
+    );
+    let errs = errors(&(w("a", "/a", "10.0.0.1") + &w("b", "/a/b", "10.0.0.2")));
+    assert!(
+        errs.iter().any(|e| e.message.contains("inside cgroup /a")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn policy_types_are_inferred_as_kubernetes_does() {
+    let mut set = PolicySet::default();
+    parse_into(
+        Path::new("p.yaml"),
+        &format!("{POLICY_HEAD}  egress: []\n"),
+        &mut set,
+    )
+    .unwrap();
+    let p = &set.policies[0];
+    assert!(p.ingress_isolates && p.egress_isolates);
+    let mut set = PolicySet::default();
+    parse_into(Path::new("p.yaml"), POLICY_HEAD, &mut set).unwrap();
+    assert!(set.policies[0].ingress_isolates && !set.policies[0].egress_isolates);
+}
+
+#[test]
+fn kubectl_output_with_status_and_server_fields_is_accepted() {
+    let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: ns\n  uid: 1234\n  resourceVersion: \"99\"\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n  annotations: {a: b}\nspec:\n  podSelector: {}\nstatus: {}\n";
+    assert!(errors(yaml).is_empty(), "{:?}", errors(yaml));
+}
+
+#[test]
+fn the_example_policies_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let set = load_dir(&dir, &mut ParseCache::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(set.policies.len() >= 6 && set.workloads.len() >= 6);
+}
+
+const PIPELINE_HEAD: &str = "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {name: pipe, namespace: ml}\nspec:\n  stages:\n    - {name: a, selector: {matchLabels: {stage: a}}}\n    - {name: b, selector: {matchLabels: {stage: b}}}\n";
+
+/// Parses and expands pipelines, returning the set or every error.
+fn expanded(yaml: &str) -> Result<PolicySet, Vec<PolicyError>> {
+    let mut set = PolicySet::default();
+    parse_into(Path::new("p.yaml"), yaml, &mut set).map_err(|e| e.0)?;
+    pipeline::expand(&mut set)?;
+    Ok(set)
+}
+
+#[test]
+fn pipelines_expand_into_one_isolating_policy_per_stage() {
+    let set = expanded(&format!("{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a}}, to: {{stage: b}}, ports: [{{port: 80}}]}}\n    - {{from: {{cidr: 192.0.2.0/24}}, to: {{stage: a}}}}\n")).unwrap();
+    let names: Vec<String> = set.policies.iter().map(|p| p.name.to_string()).collect();
+    assert_eq!(names, ["ml/pipe-a", "ml/pipe-b"]);
+    let (a, b) = (&set.policies[0], &set.policies[1]);
+    assert!(a.ingress_isolates && a.egress_isolates && b.ingress_isolates && b.egress_isolates);
+    assert_eq!(
+        (
+            a.ingress.len(),
+            a.egress.len(),
+            b.ingress.len(),
+            b.egress.len()
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(a.egress[0].line, 9, "rules carry the flow's line");
+    assert!(matches!(&a.ingress[0].peers[0], Peer::IpBlock { .. }));
+}
+
+#[test]
+fn pipeline_errors_name_the_flow() {
+    let errs = expanded(&format!(
+        "{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a}}, to: {{stage: c}}}}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        errs[0].message.contains("stage \"c\"") && errs[0].line == 9,
+        "{errs:?}"
+    );
+    let errs = expanded(&format!(
+        "{PIPELINE_HEAD}  flows:\n    - {{from: {{cidr: 10.0.0.0/8}}, to: {{cidr: 10.0.0.0/8}}}}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        errs[0].message.contains("no stage at either end"),
+        "{errs:?}"
+    );
+    let errs = expanded(&format!("{PIPELINE_HEAD}  flows:\n    - {{from: {{stage: a, cidr: 10.0.0.0/8}}, to: {{stage: b}}}}\n")).unwrap_err();
+    assert!(errs[0].message.contains("exactly one of"), "{errs:?}");
+    let errs = expanded(&format!(
+        "{PIPELINE_HEAD}  tenantLabel: tenant\n  flows: []\n"
+    ))
+    .unwrap_err();
+    assert!(errs[0].message.contains("has no such label"), "{errs:?}");
+}
+
+#[test]
+fn tenant_label_confines_outside_peers_to_the_tenant() {
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ml, labels: {tenant: x}}\n---\n";
+    let set = expanded(&format!("{ns}{PIPELINE_HEAD}  tenantLabel: tenant\n  flows:\n    - {{from: {{workloads: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: mon}}}}}}}}, to: {{stage: a}}}}\n")).unwrap();
+    let Peer::Workloads {
+        namespace_selector, ..
+    } = &set.policies[0].ingress[0].peers[0]
+    else {
+        panic!("expected a workloads peer");
+    };
+    let labels = &namespace_selector.as_ref().unwrap().match_labels;
+    assert_eq!(labels.get("tenant").map(String::as_str), Some("x"));
+    let errs = expanded(&format!("{ns}{PIPELINE_HEAD}  tenantLabel: tenant\n  flows:\n    - {{from: {{workloads: {{namespaceSelector: {{matchLabels: {{tenant: y}}}}}}}}, to: {{stage: a}}}}\n")).unwrap_err();
+    assert!(
+        errs[0].message.contains("not the pipeline's tenant"),
+        "{errs:?}"
+    );
+}
+
+proptest! {
+    // The parser never panics, whatever the bytes; errors carry a message.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+        for e in errors(&text) {
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+
+    // Mutations of a valid policy (a character replaced) give a policy or errors with
+    // a line inside the document, never a panic.
+    #[test]
+    fn mutated_policies_never_panic(pos in 0usize..400, c in proptest::char::any()) {
+        let base = format!("{POLICY_HEAD}  ingress:\n    - from:\n        - ipBlock: {{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}\n        - namespaceSelector: {{matchExpressions: [{{key: tenant, operator: In, values: [a]}}]}}\n      ports: [{{port: 80, endPort: 90}}, {{protocol: UDP}}]\n");
+        let mut chars: Vec<char> = base.chars().collect();
+        let i = pos % chars.len();
+        chars[i] = c;
+        let text: String = chars.into_iter().collect();
+        // YAML breaks lines at \n, \r\n and a lone \r (str::lines() does not split at a
+        // lone \r), and may report the position just past the end.
+        let lines = text.matches(['\n', '\r']).count() as u32 + 2;
+        for e in errors(&text) {
+            prop_assert!(e.line <= lines, "{}", e);
+        }
+    }
+}
