@@ -1,4 +1,4 @@
-//! The demo: build, then run the demo binary (tests/src/bin/demo.rs), which builds the
+//! The demo: build, then run the demo binary (tests/src/bin/stagewall-demo.rs), which builds the
 //! pipeline's namespaces and cgroups, runs the agent on policies/ and probes it.
 
 use crate::cmd;

@@ -1,0 +1,294 @@
+//! The agent under test: `stagewall run` started in the hub namespace and waited for until
+//! ready, its HTTP endpoint (/readyz, /metrics), its events and log, stopping and killing
+//! it, and `stagewall uninstall`.
+
+use std::{
+    ffi::OsStr,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    Testbed,
+    exec::{in_netns_and_cgroup, sibling_bin},
+    probe::http_get_in,
+};
+
+/// The agent binary: STAGEWALL_BIN, else the one cargo built next to the tests.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("STAGEWALL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling_bin("stagewall"));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace --bins`, as `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The running agent; stopped (SIGTERM) or killed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    hub: String,
+}
+
+/// The body of an HTTP response.
+fn body(response: String) -> String {
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => response,
+    }
+}
+
+impl Testbed {
+    /// Starts the agent on the test's policy directory in the hub namespace (so it sees
+    /// the host-side interfaces) and waits until it reports ready.
+    pub fn start_agent(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        self.start_agent_on(&self.dir, extra_args)
+    }
+
+    pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let source = [OsStr::new("--policies"), policies.as_os_str()];
+        self.start_agent_from(&source, extra_args)
+    }
+
+    /// Starts the agent on a Kubernetes API server (`--kubernetes --kubeconfig`).
+    pub fn start_agent_kubernetes(
+        &self,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let source = [
+            OsStr::new("--kubernetes"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        self.start_agent_from(&source, extra_args)
+    }
+
+    fn start_agent_from(&self, source: &[&OsStr], extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
+        cmd.arg("run")
+            .args(source)
+            .arg("--control-socket")
+            .arg(&self.control_socket)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
+            .arg("--flow-records")
+            .arg(&self.flow_records)
+            .args(extra_args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting stagewall")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let l = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let g = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                g.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            lines,
+            log,
+            reader: Some(reader),
+            hub: self.hub.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if agent
+                .http_get("/readyz")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(agent);
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "stagewall exited with {status} before it was ready:\n{}",
+                    agent.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("stagewall not ready after 20 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The body of an HTTP GET to `addr` from the hub namespace (where the agent runs).
+    pub fn hub_get(&self, addr: &str, path: &str) -> Option<String> {
+        http_get_in(&self.hub, addr, path).map(body)
+    }
+
+    /// `stagewall uninstall` of this test bed's pins: every program detached.
+    pub fn uninstall(&self) -> anyhow::Result<String> {
+        let out = Command::new(agent_bin())
+            .arg("uninstall")
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.control_socket)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("stagewall uninstall: {text}");
+        }
+        Ok(text)
+    }
+}
+
+impl Agent {
+    fn http_get(&self, path: &str) -> Option<String> {
+        http_get_in(&self.hub, "127.0.0.1:9742", path)
+    }
+
+    /// The body of a GET to the agent's HTTP endpoint.
+    pub fn get(&self, path: &str) -> Option<String> {
+        self.http_get(path).map(body)
+    }
+
+    /// The agent's process id (for its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The agent's resident memory, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The agent's /metrics text.
+    pub fn metrics(&self) -> String {
+        self.http_get("/metrics").expect("fetching /metrics")
+    }
+
+    /// /metrics and the events printed, taken when no event arrived in between (the agent
+    /// counts an event just before it prints it), so the two can be compared exactly.
+    pub fn settled_metrics_and_events(&self) -> (String, Vec<serde_json::Value>) {
+        loop {
+            let before = self.lines.lock().unwrap().len();
+            let metrics = self.metrics();
+            std::thread::sleep(Duration::from_millis(100));
+            let events = self.events();
+            if events.len() == before {
+                return (metrics, events);
+            }
+        }
+    }
+
+    /// Violation events printed so far, parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not a JSON event line: {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` events arrived (events cross a ring buffer and a pipe).
+    pub fn wait_events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.lines.lock().unwrap().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.events()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the agent dies without a word, as in a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit and the last output.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain syscall on our child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("stagewall did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        if !status.success() {
+            bail!("stagewall exited with {status}:\n{}", self.log());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sums the samples of a metric whose labels contain every `label="value"` pair given.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

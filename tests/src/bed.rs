@@ -1,0 +1,407 @@
+//! The test bed: network namespaces joined by a bridge, one per workload, processes placed
+//! in per-workload cgroups, and the real agent running against them.
+//!
+//! Layout: a hub namespace holds a bridge and the host side of every workload's veth (so
+//! TC programs attach there and nothing touches the host's own network); each workload
+//! namespace has `eth0` with 198.18.0.N/24 (RFC 2544 benchmark range) and fd00:5747::N/64,
+//! and an on-link default route so extra test addresses on the bridge are reachable.
+//! Everything is named after the test process's pid and removed on drop, even when a test
+//! fails; stale leftovers of killed runs are removed on start.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::exec::{in_netns_and_cgroup, ip, run};
+
+/// Kernel state tests run one at a time, whatever the test runner's threads.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Returns false (after saying why) when privileged tests cannot run here. With CI=true a
+/// test that cannot run fails instead: CI must never pass by skipping.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip").arg("-V").output().is_ok();
+    let why = match (root, ip) {
+        (true, true) => return true,
+        (false, _) => "not running as root",
+        (true, false) => "the `ip` command (iproute2) is missing",
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("privileged test cannot run in CI: {why}");
+    }
+    eprintln!("SKIPPED: privileged test needs root and iproute2: {why}");
+    false
+}
+
+/// A workload of the test bed: its namespace, veth, addresses and cgroup.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    /// Host side of the veth, in the hub namespace.
+    pub host_if: String,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+    pub cgroup: PathBuf,
+    /// The cgroup as policies name it: its path below the cgroup2 mount.
+    pub cgroup_path: String,
+}
+
+pub struct Testbed {
+    prefix: String,
+    pub hub: String,
+    pub nodes: Vec<Node>,
+    cgroup_base: PathBuf,
+    pub(crate) children: Vec<Child>,
+    pub dir: PathBuf,
+    /// The agent's control socket (quarantine, release).
+    pub control_socket: PathBuf,
+    /// Where the agent pins its maps and links (removed with the test bed: that detaches
+    /// every program the test's agents attached).
+    pub bpffs: PathBuf,
+    /// The agents' flow records file (outside the policy directory the agent watches).
+    pub flow_records: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and cgroups of earlier test runs whose process is gone.
+fn remove_stale(cgroup_root: &Path) {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if let Some(pid) = name
+            .strip_prefix("swt")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse().ok())
+            && !pid_alive(pid)
+        {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    for (dir, remove) in [
+        (cgroup_root, remove_cgroup_tree as fn(&Path)),
+        (Path::new(BPFFS), |p: &Path| {
+            let _ = fs::remove_dir_all(p);
+        }),
+    ] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name
+                .strip_prefix("stagewall-test-")
+                .and_then(|p| p.parse().ok())
+                && !pid_alive(pid)
+            {
+                remove(&e.path());
+            }
+        }
+    }
+}
+
+/// The bpffs mount; each test bed pins below it in a directory of its own.
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How a test bed is laid out: names, address numbers and interface names.
+pub struct Layout {
+    /// Prefix of namespace names.
+    pub prefix: String,
+    /// Directory below the cgroup2 mount that holds the workloads' cgroups.
+    pub cgroup_dir: String,
+    pub nodes: Vec<NodeSpec>,
+}
+
+pub struct NodeSpec {
+    pub name: String,
+    /// Last number of the node's addresses: 198.18.0.N and fd00:5747::N (the same digits).
+    pub n: u8,
+    /// Name of the host side of its veth (at most 15 characters).
+    pub host_if: String,
+}
+
+impl Layout {
+    /// Names private to this test process, numbered from .10 upwards.
+    pub fn for_test(names: &[&str]) -> Layout {
+        let pid = std::process::id();
+        Layout {
+            prefix: format!("swt{pid}"),
+            cgroup_dir: format!("stagewall-test-{pid}"),
+            nodes: names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| NodeSpec {
+                    name: name.to_string(),
+                    n: i as u8 + 10,
+                    host_if: format!("sw{}{}", pid % 100_000, i + 10),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Testbed {
+    /// A hub namespace and one workload namespace per name, named for this test process.
+    pub fn new(names: &[&str]) -> anyhow::Result<Testbed> {
+        Testbed::with_layout(Layout::for_test(names))
+    }
+
+    pub fn with_layout(layout: Layout) -> anyhow::Result<Testbed> {
+        let serial = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+        let cgroup_root = stagewall::datapath::host::cgroup2_mount()?;
+        remove_stale(&cgroup_root);
+        let cgroup_base = cgroup_root.join(&layout.cgroup_dir);
+        let dir = std::env::temp_dir().join(&layout.cgroup_dir);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut bed = Testbed {
+            hub: format!("{}-hub", layout.prefix),
+            prefix: layout.prefix,
+            nodes: Vec::new(),
+            cgroup_base,
+            children: Vec::new(),
+            control_socket: std::env::temp_dir()
+                .join(format!("{}.control.sock", layout.cgroup_dir)),
+            bpffs: Path::new(BPFFS).join(&layout.cgroup_dir),
+            flow_records: std::env::temp_dir()
+                .join(format!("{}.flow-records.json", layout.cgroup_dir)),
+            dir,
+            _serial: serial,
+        };
+        // From here on, Drop cleans up whatever was made.
+        let _ = fs::remove_file(&bed.flow_records);
+        if bed.cgroup_base.exists() {
+            // Left over by a killed run of the same layout (the demo's fixed names).
+            let _ = fs::remove_dir_all(&bed.bpffs);
+            remove_cgroup_tree(&bed.cgroup_base);
+            let _ = ip(&["netns", "del", &bed.hub]);
+            for spec in &layout.nodes {
+                let _ = ip(&["netns", "del", &format!("{}-{}", bed.prefix, spec.name)]);
+            }
+        }
+        fs::create_dir_all(&bed.cgroup_base)?;
+        ip(&["netns", "add", &bed.hub])?;
+        ip(&["-n", &bed.hub, "link", "set", "lo", "up"])?;
+        ip(&["-n", &bed.hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &bed.hub, "link", "set", "br0", "up"])?;
+        // Where br_netfilter is loaded (Docker hosts), bridged frames pass iptables and
+        // its header checks; in the hub (its setting is per namespace) the bridge forwards
+        // frames as they are, so the kernel programs see what a test sent.
+        let status = in_netns_and_cgroup(&bed.hub, None, "sh")?
+            .args(["-c", "for f in /proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/bridge/bridge-nf-call-ip6tables; do [ -e $f ] && echo 0 > $f; done; true"])
+            .status()?;
+        if !status.success() {
+            bail!("turning off bridge netfilter in {}", bed.hub);
+        }
+        for spec in &layout.nodes {
+            bed.add_node(spec, &cgroup_root)?;
+        }
+        Ok(bed)
+    }
+
+    fn add_node(&mut self, spec: &NodeSpec, cgroup_root: &Path) -> anyhow::Result<()> {
+        let (name, n, host_if) = (&spec.name, spec.n, &spec.host_if);
+        let netns = format!("{}-{name}", self.prefix);
+        ip(&["netns", "add", &netns])?;
+        ip(&[
+            "-n", &self.hub, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ])?;
+        ip(&[
+            "-n", &self.hub, "link", "set", host_if, "master", "br0", "up",
+        ])?;
+        let v4 = format!("198.18.0.{n}");
+        let v6 = format!("fd00:5747::{n}");
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &netns, "route", "add", "default", "dev", "eth0"])?;
+        ip(&["-n", &netns, "-6", "route", "add", "default", "dev", "eth0"])?;
+        let cgroup = self.cgroup_base.join(name);
+        fs::create_dir_all(&cgroup)?;
+        let cgroup_path = format!("/{}", cgroup.strip_prefix(cgroup_root)?.display());
+        self.nodes.push(Node {
+            name: name.to_string(),
+            netns,
+            host_if: host_if.to_string(),
+            v4: v4.parse()?,
+            v6: v6.parse()?,
+            cgroup,
+            cgroup_path,
+        });
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Makes a node an outside peer: its IPv4 address becomes `addr` (say 203.0.113.5),
+    /// reached on-link through the default route every node has.
+    pub fn make_outside(&mut self, node: &str, addr: &str) -> anyhow::Result<()> {
+        let n = self.node(node).clone();
+        ip(&[
+            "-n",
+            &n.netns,
+            "addr",
+            "del",
+            &format!("{}/24", n.v4),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &n.netns,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        // Removing the last IPv4 address flushed the device's IPv4 routes.
+        ip(&["-n", &n.netns, "route", "add", "default", "dev", "eth0"])?;
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|x| x.name == node)
+            .expect("node exists");
+        node.v4 = addr.parse()?;
+        Ok(())
+    }
+
+    /// Writes a policy file into the test's policy directory, atomically (a hidden
+    /// temporary file renamed into place), as a careful operator or a ConfigMap update
+    /// does: the agent never reads half a file.
+    pub fn write_policy(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Creates the cgroup `cgroup_path` (below this test bed's cgroup directory) and runs
+    /// the node's later commands in it: a workload that starts after the agent.
+    pub fn move_cgroup(&mut self, node: &str, cgroup_path: &str) -> anyhow::Result<()> {
+        let dir = stagewall::datapath::host::cgroup_dir(
+            &stagewall::datapath::host::cgroup2_mount()?,
+            cgroup_path,
+        );
+        if !dir.starts_with(&self.cgroup_base) {
+            bail!("{} is outside the test bed's cgroups", dir.display());
+        }
+        fs::create_dir_all(&dir)?;
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .context("no such node")?;
+        n.cgroup = dir;
+        n.cgroup_path = cgroup_path.to_string();
+        Ok(())
+    }
+
+    pub fn remove_policy(&self, name: &str) -> anyhow::Result<()> {
+        Ok(fs::remove_file(self.dir.join(name))?)
+    }
+
+    /// The Workload document of a node, enforced by cgroup or by its host-side interface.
+    pub fn workload_yaml(
+        &self,
+        node: &str,
+        namespace: &str,
+        labels: &str,
+        by_interface: bool,
+    ) -> String {
+        let n = self.node(node);
+        let attachment = if by_interface {
+            format!("interface: {}", n.host_if)
+        } else {
+            format!("cgroup: {}", n.cgroup_path)
+        };
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata:\n  name: {}\n  namespace: {namespace}\n  labels: {labels}\nspec:\n  {attachment}\n  addresses: [\"{}\", \"{}\"]\n---\n",
+            n.name, n.v4, n.v6
+        )
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Unpinning detaches: nothing of the test's agents stays attached.
+        let _ = fs::remove_dir_all(&self.bpffs);
+        for node in &self.nodes {
+            let _ = ip(&["netns", "del", &node.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+        remove_cgroup_tree(&self.cgroup_base);
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_file(&self.control_socket);
+        let _ = fs::remove_file(&self.flow_records);
+    }
+}
