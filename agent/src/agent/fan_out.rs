@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use aya::maps::{MapData, RingBuf};
-use stagewall_common::{Event, REASON_ALLOWED};
+use stagewall_common::Event;
 use tokio::sync::watch;
 
 use super::Records;
 use crate::{
     compiler::Compiled,
-    events::{describe, hub::Hub, reader, sink::Sink},
+    events::{Reason, describe, hub::Hub, reader, sink::Sink},
     observe::metrics::Metrics,
 };
 
@@ -44,7 +44,7 @@ impl reader::Handler for Outputs {
         {
             records.lock().expect("records lock").observe(&e);
         }
-        if event.reason == REASON_ALLOWED && !self.log_allowed {
+        if e.reason == Reason::Allowed && !self.log_allowed {
             return Ok(());
         }
         self.metrics.record_event(&e);

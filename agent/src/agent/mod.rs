@@ -16,7 +16,6 @@ use std::{
     time::Instant,
 };
 
-use stagewall_common::{DIR_EGRESS, DIR_INGRESS, GUARD_ENDPOINT_ID};
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -27,9 +26,9 @@ use crate::{
     compiler::{self, CompileCache, Compiled},
     control::Request,
     datapath::loader::{Loader, ProgramSettings},
-    events::{self, sink::Sink},
+    events::sink::Sink,
     observe::metrics::Metrics,
-    policy::model::{Mode, ObjectName, PolicySet},
+    policy::model::{Direction, Mode, ObjectName, PolicySet},
     rollout::flow_records::{FlowRecords, RecordFilter},
     source::{Source, WakeUp},
 };
@@ -124,16 +123,16 @@ pub struct Agent {
 impl Agent {
     /// Notes in the flow records which workloads' directions they cover from now on, and
     /// says whether they cover any (the kernel must then report allowed flows).
-    fn note_recorded_directions(&self, compiled: &Compiled) -> bool {
+    fn note_covered_directions(&self, compiled: &Compiled) -> bool {
         let Some((records, filter)) = &self.records else {
             return false;
         };
         let mut records = records.lock().expect("records lock");
         let mut any = false;
         for e in &compiled.endpoints {
-            for (direction, name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+            for direction in [Direction::Ingress, Direction::Egress] {
                 if filter.covers(e.flags, direction) {
-                    records.watch(&e.workload.to_string(), name, e.stage.as_deref());
+                    records.cover(&e.workload.to_string(), direction, e.stage.as_deref());
                     any = true;
                 }
             }
@@ -144,7 +143,7 @@ impl Agent {
     fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
         // Allowed flows are reported for the event log (--log-allowed) or for the records.
-        let recorded = self.note_recorded_directions(&compiled);
+        let recorded = self.note_covered_directions(&compiled);
         let settings = ProgramSettings {
             mode: self.options.mode,
             log_allowed: self.options.log_allowed || recorded,
@@ -157,18 +156,9 @@ impl Agent {
         for e in &enforced {
             log::debug!("enforcing {} at {:?}", e.workload, e.target);
         }
-        self.metrics.set_endpoints(
-            compiled
-                .endpoints
-                .iter()
-                .map(|e| (e.endpoint_id, e.workload.to_string()))
-                .chain(
-                    self.loader
-                        .has_guards()
-                        .then(|| (GUARD_ENDPOINT_ID, events::UNPROGRAMMED.to_string())),
-                )
-                .collect(),
-        );
+        let compiled = Arc::new(compiled);
+        self.metrics
+            .set_policy(compiled.clone(), self.loader.has_guards());
         for (map, entries, capacity) in compiled.map_usage() {
             self.metrics.set_map_usage(map, entries, capacity);
         }
@@ -191,7 +181,7 @@ impl Agent {
             .policy_reloads
             .with_label_values(&["applied"])
             .inc();
-        self.policy.send_replace(Arc::new(compiled));
+        self.policy.send_replace(compiled);
         Ok(())
     }
 
@@ -249,16 +239,11 @@ impl Agent {
             return;
         };
         let current = self.policy.borrow().clone();
-        let by_id: std::collections::BTreeMap<u32, &ObjectName> = current
-            .endpoints
-            .iter()
-            .map(|e| (e.endpoint_id, &e.workload))
-            .collect();
         let totals = self
             .metrics
             .egress_drops()
             .into_iter()
-            .filter_map(|(id, total)| Some(((*by_id.get(&id)?).clone(), total)));
+            .filter_map(|(id, total)| Some((current.endpoint_by_id(id)?.workload.clone(), total)));
         let threshold = auto.threshold;
         for (workload, denials) in auto.observe(Instant::now(), totals, &self.quarantined) {
             match self.control(Request::Quarantine(workload.clone())) {

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::events::{VerdictEvent, filter::Filter};
+use crate::events::{Verdict, VerdictEvent, filter::Filter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -33,7 +33,7 @@ pub struct EventsArgs {
     pub workload: Option<String>,
     /// Only events with this verdict: dropped, would-drop or allowed.
     #[arg(long)]
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -57,7 +57,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let filter = Filter {
         namespace: args.namespace.clone(),
         workload: args.workload.clone(),
-        verdict: args.verdict.clone(),
+        verdict: args.verdict,
     };
     let mut query = filter.to_query();
     if args.follow {

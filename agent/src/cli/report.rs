@@ -28,11 +28,7 @@ pub fn run(args: &ReportArgs) -> ExitCode {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
-    let mode = args.mode.unwrap_or(if records.agent_mode == "audit" {
-        Mode::Audit
-    } else {
-        Mode::Enforce
-    });
+    let mode = args.mode.unwrap_or(records.agent_mode);
     let stages = report::report(&records, &set, mode);
     print(args.format, &stages, || report::text(&stages));
     ExitCode::SUCCESS

@@ -108,12 +108,24 @@ pub fn direction_number(direction: Direction) -> u8 {
 /// The compiled policy: everything the loader writes into the kernel.
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
+    /// Sorted by workload name; only `compile` fills it (and `endpoint_index` with it).
     pub endpoints: Vec<Endpoint>,
     pub identities: Identities,
     pub policy: BTreeSet<PolicyEntry>,
+    /// Endpoint id -> position in `endpoints`: kernel events and statistics name
+    /// workloads by endpoint id, many times a second.
+    endpoint_index: HashMap<u32, usize>,
 }
 
 impl Compiled {
+    /// The endpoint with this id (the kernel's name for a workload), if any: the guard
+    /// cgroups' GUARD_ENDPOINT_ID is none.
+    pub fn endpoint_by_id(&self, endpoint_id: u32) -> Option<&Endpoint> {
+        self.endpoint_index
+            .get(&endpoint_id)
+            .map(|&i| &self.endpoints[i])
+    }
+
     /// Entries each policy map needs for this policy, and the most one policy may use:
     /// half of the map, since the two slots live in it side by side.
     pub fn map_usage(&self) -> [(&'static str, usize, u32); 4] {
@@ -338,6 +350,9 @@ pub fn compile_with(
                 }
             }
         }
+        compiled
+            .endpoint_index
+            .insert(endpoint.endpoint_id, compiled.endpoints.len());
         compiled.endpoints.push(endpoint);
     }
     for ((direction, entries), policy) in policy_ids {
@@ -492,6 +507,7 @@ fn peer_identities(
 }
 
 impl Compiled {
+    /// The endpoint of a workload (a linear search: for a control request, not per event).
     pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| &e.workload == name)
     }

@@ -732,6 +732,13 @@ proptest! {
             prop_assert_eq!(&reused.endpoints, &fresh.endpoints);
             prop_assert_eq!(&reused.policy, &fresh.policy);
             prop_assert_eq!(&reused.identities, &fresh.identities);
+            prop_assert_eq!(&reused.endpoint_index, &fresh.endpoint_index);
+            // The index finds every endpoint by its id, and nothing else.
+            prop_assert_eq!(reused.endpoint_index.len(), reused.endpoints.len());
+            for e in &reused.endpoints {
+                prop_assert_eq!(reused.endpoint_by_id(e.endpoint_id), Some(e));
+            }
+            prop_assert!(reused.endpoint_by_id(stagewall_common::GUARD_ENDPOINT_ID).is_none());
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Which events a reader wants: the same filters for `GET /v1/events` and
 //! `stagewall events`.
 
-use super::VerdictEvent;
+use super::{Verdict, VerdictEvent};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -9,7 +9,7 @@ pub struct Filter {
     /// `namespace/name`, or a name alone (any namespace).
     pub workload: Option<String>,
     /// dropped, would-drop or allowed.
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
 }
 
 impl Filter {
@@ -18,10 +18,12 @@ impl Filter {
             && self.workload.as_ref().is_none_or(|w| {
                 &e.workload == w || e.workload.rsplit('/').next() == Some(w.as_str())
             })
-            && self.verdict.as_ref().is_none_or(|v| &e.verdict == v)
+            && self.verdict.is_none_or(|v| e.verdict == v)
     }
 
-    /// From a URL query: `namespace=..&workload=..&verdict=..` (other keys ignored).
+    /// From a URL query: `namespace=..&workload=..&verdict=..` (other keys ignored). A
+    /// verdict that is none of dropped, would-drop or allowed asks for Unknown: no event
+    /// of a verdict the agent knows matches it.
     pub fn from_query(query: &str) -> Filter {
         let mut f = Filter::default();
         for pair in query.split('&') {
@@ -30,7 +32,7 @@ impl Filter {
             match k {
                 "namespace" => f.namespace = Some(v),
                 "workload" => f.workload = Some(v),
-                "verdict" => f.verdict = Some(v),
+                "verdict" => f.verdict = Some(v.parse().unwrap_or(Verdict::Unknown)),
                 _ => {}
             }
         }
@@ -40,9 +42,9 @@ impl Filter {
     /// The query that `from_query` reads back.
     pub fn to_query(&self) -> String {
         [
-            ("namespace", &self.namespace),
-            ("workload", &self.workload),
-            ("verdict", &self.verdict),
+            ("namespace", self.namespace.clone()),
+            ("workload", self.workload.clone()),
+            ("verdict", self.verdict.map(|v| v.to_string())),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
@@ -92,12 +94,12 @@ mod tests {
         let f = Filter {
             namespace: Some("ml-pipeline".into()),
             workload: Some("ml-pipeline/trainer 0".into()),
-            verdict: Some("would-drop".into()),
+            verdict: Some(Verdict::WouldDrop),
         };
         assert_eq!(Filter::from_query(&f.to_query()), f);
         assert_eq!(
-            Filter::from_query("verdict=dropped&x=1").verdict.as_deref(),
-            Some("dropped")
+            Filter::from_query("verdict=dropped&x=1").verdict,
+            Some(Verdict::Dropped)
         );
     }
 }

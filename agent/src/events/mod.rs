@@ -1,8 +1,10 @@
 //! Verdict events: drained from the kernel's ring buffer (reader), named after the policy
-//! in force (this module), and fanned out by the agent to the metrics, a JSON-lines log on
-//! stdout or a rotating file (sink) and the HTTP event stream (hub); `stagewall events`
-//! reads that stream (cli::events).
+//! in force (this module; the closed fields' enums are in fields), and fanned out by the
+//! agent to the metrics, a JSON-lines log on stdout or a rotating file (sink) and the
+//! HTTP event stream (hub); `stagewall events` reads that stream (cli::events) and
+//! filters it (filter).
 
+pub mod fields;
 pub mod filter;
 pub mod hub;
 pub mod reader;
@@ -14,14 +16,10 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use stagewall_common::{
-    DIR_INGRESS, Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID, HOOK_CGROUP_SKB, HOOK_CONNECT,
-    HOOK_SENDMSG, HOOK_TC, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
-};
+use stagewall_common::{Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID};
 
-use crate::compiler::Compiled;
+pub use self::fields::{Hook, IpProtocol, Reason, Verdict};
+use crate::{compiler::Compiled, policy::model::Direction};
 
 /// One verdict event as users see it: a JSON line, an HTTP stream item, a table row.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,16 +27,11 @@ pub struct VerdictEvent {
     pub time: String,
     /// The node (host) whose agent saw it.
     pub node: String,
-    /// "dropped", "would-drop" (audit mode) or "allowed" (flow logging, or an allowed
-    /// packet whose flow could not be tracked).
-    pub verdict: String,
-    /// "default-deny" (isolated by policies without a rule for this direction), "no-rule"
-    /// (rules exist, none allows it), "quarantine" (the workload is quarantined),
-    /// "internal-error" (unparseable packet), "map-full" (flow table full: replies may be
-    /// denied) or "allowed".
-    pub reason: String,
-    pub direction: String,
-    pub protocol: String,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// Seen from the local workload.
+    pub direction: Direction,
+    pub protocol: IpProtocol,
     /// Absent for a denied connect or send (no source chosen yet) and unparseable packets.
     pub src: Option<IpAddr>,
     pub src_port: Option<u16>,
@@ -52,57 +45,28 @@ pub struct VerdictEvent {
     pub peer: String,
     /// The policies that isolate the workload in this direction.
     pub policies: Vec<String>,
-    /// Which kernel program saw it: cgroup_skb, connect, sendmsg or tc.
-    pub hook: String,
+    pub hook: Hook,
     /// Earlier events of this flow the kernel's rate limit folded into this one.
     pub suppressed: u32,
 }
 
 impl VerdictEvent {
     pub fn is_violation(&self) -> bool {
-        self.verdict == "dropped" || self.verdict == "would-drop"
+        self.verdict.is_violation()
     }
 
     /// (source, destination, port) labels of ml_network_violations_total: names, never
     /// raw outside addresses, so the label set stays bounded.
     pub fn metric_labels(&self) -> [String; 3] {
-        let (source, destination) = if self.direction == "ingress" {
-            (self.peer.clone(), self.workload.clone())
-        } else {
-            (self.workload.clone(), self.peer.clone())
+        let (source, destination) = match self.direction {
+            Direction::Ingress => (self.peer.clone(), self.workload.clone()),
+            Direction::Egress => (self.workload.clone(), self.peer.clone()),
         };
         let port = match self.dst_port {
-            Some(p) if has_ports(&self.protocol) => p.to_string(),
-            _ => self.protocol.clone(),
+            Some(p) if self.protocol.has_ports() => p.to_string(),
+            _ => self.protocol.to_string(),
         };
         [source, destination, port]
-    }
-}
-
-fn has_ports(protocol: &str) -> bool {
-    matches!(protocol, "tcp" | "udp" | "sctp")
-}
-
-pub fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        PROTO_TCP => "tcp".into(),
-        PROTO_UDP => "udp".into(),
-        PROTO_SCTP => "sctp".into(),
-        PROTO_ICMP => "icmp".into(),
-        PROTO_ICMPV6 => "icmpv6".into(),
-        other => format!("ip-proto-{other}"),
-    }
-}
-
-/// The protocol number `protocol_name` gave a name.
-pub fn protocol_number(name: &str) -> Option<u8> {
-    match name {
-        "tcp" => Some(PROTO_TCP),
-        "udp" => Some(PROTO_UDP),
-        "sctp" => Some(PROTO_SCTP),
-        "icmp" => Some(PROTO_ICMP),
-        "icmpv6" => Some(PROTO_ICMPV6),
-        other => other.strip_prefix("ip-proto-")?.parse().ok(),
     }
 }
 
@@ -135,68 +99,48 @@ pub const UNPROGRAMMED: &str = "unprogrammed";
 pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent {
     let local = addr(event.family, event.local_addr);
     let remote = addr(event.family, event.remote_addr);
-    let ingress = event.direction == DIR_INGRESS;
-    let endpoint = compiled
-        .endpoints
-        .iter()
-        .find(|e| e.endpoint_id == event.endpoint_id);
+    let direction = fields::direction_from_kernel(event.direction);
+    let endpoint = compiled.endpoint_by_id(event.endpoint_id);
     let (namespace, workload) = match endpoint {
         Some(e) => (e.workload.namespace.clone(), e.workload.to_string()),
         None if event.endpoint_id == GUARD_ENDPOINT_ID => (String::new(), UNPROGRAMMED.into()),
         None => (String::new(), format!("endpoint-{}", event.endpoint_id)),
     };
     let policies = endpoint
-        .map(|e| {
-            if ingress {
-                &e.ingress_policies
-            } else {
-                &e.egress_policies
-            }
+        .map(|e| match direction {
+            Direction::Ingress => &e.ingress_policies,
+            Direction::Egress => &e.egress_policies,
         })
         .map(|names| names.iter().map(|n| n.to_string()).collect())
         .unwrap_or_default();
-    let protocol = protocol_name(event.protocol);
-    let ports = has_ports(&protocol);
+    let protocol = IpProtocol::from_number(event.protocol);
+    let ports = protocol.has_ports();
     let port = |p: u16| (ports && p != 0).then_some(p);
-    let local_known = !(event.hook == HOOK_CONNECT || event.hook == HOOK_SENDMSG);
-    let (src, src_port, dst, dst_port) = if ingress {
-        (
+    let hook = Hook::from_kernel(event.hook);
+    let local_known = !hook.before_source_chosen();
+    let (src, src_port, dst, dst_port) = match direction {
+        Direction::Ingress => (
             remote,
             port(event.remote_port),
             local,
             port(event.local_port),
-        )
-    } else {
-        (
+        ),
+        Direction::Egress => (
             local.filter(|_| local_known),
             port(event.local_port),
             remote,
             port(event.remote_port),
-        )
+        ),
     };
     VerdictEvent {
         time: humantime::format_rfc3339_millis(wall_time(event.time_ns)).to_string(),
         node: node.to_string(),
-        verdict: match event.verdict {
-            VERDICT_ALLOWED => "allowed",
-            VERDICT_DROPPED => "dropped",
-            VERDICT_WOULD_DROP => "would-drop",
-            _ => "unknown",
-        }
-        .into(),
-        reason: match event.reason {
-            REASON_ALLOWED => "allowed",
-            REASON_DEFAULT_DENY => "default-deny",
-            REASON_NO_RULE => "no-rule",
-            REASON_MALFORMED => "internal-error",
-            REASON_MAP_FULL => "map-full",
-            REASON_QUARANTINE => "quarantine",
-            _ => "unknown",
-        }
-        .into(),
-        direction: if ingress { "ingress" } else { "egress" }.into(),
+        verdict: Verdict::from_kernel(event.verdict),
+        reason: Reason::from_kernel(event.reason),
+        direction,
+        // No address family: the packet was not parsed.
         protocol: if event.family == 0 {
-            "unknown".into()
+            IpProtocol::Unknown
         } else {
             protocol
         },
@@ -209,14 +153,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         stage: endpoint.and_then(|e| e.stage.clone()),
         peer: remote.map_or_else(|| "unknown".into(), |r| compiled.identities.peer_name(r)),
         policies,
-        hook: match event.hook {
-            HOOK_CGROUP_SKB => "cgroup_skb",
-            HOOK_CONNECT => "connect",
-            HOOK_SENDMSG => "sendmsg",
-            HOOK_TC => "tc",
-            _ => "unknown",
-        }
-        .into(),
+        hook,
         suppressed: event.suppressed,
     }
 }
@@ -226,4 +163,54 @@ pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use stagewall_common::{
+        DIR_EGRESS, FAMILY_V4, HOOK_CONNECT, PROTO_TCP, REASON_NO_RULE, VERDICT_WOULD_DROP,
+    };
+
+    use super::*;
+
+    /// The JSON the event log, the HTTP stream and `stagewall events` carry: the same
+    /// strings as when the fields were strings.
+    #[test]
+    fn an_event_says_its_fields_by_name() {
+        let mut event = Event {
+            endpoint_id: 7,
+            verdict: VERDICT_WOULD_DROP,
+            reason: REASON_NO_RULE,
+            direction: DIR_EGRESS,
+            hook: HOOK_CONNECT,
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            local_port: 40_000,
+            remote_port: 443,
+            ..Default::default()
+        };
+        event.remote_addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let e = describe(&event, &Compiled::default(), "node-1");
+        let json: serde_json::Value = serde_json::to_value(&e).unwrap();
+        for (field, value) in [
+            ("verdict", "would-drop"),
+            ("reason", "no-rule"),
+            ("direction", "egress"),
+            ("protocol", "tcp"),
+            ("hook", "connect"),
+            ("workload", "endpoint-7"),
+        ] {
+            assert_eq!(json[field], value, "{json}");
+        }
+        assert!(json["src"].is_null(), "a connect has no source yet: {json}");
+        assert_eq!(json["dst_port"], 443);
+        assert_eq!(serde_json::from_value::<VerdictEvent>(json).unwrap(), e);
+        assert!(e.is_violation());
+        assert_eq!(e.metric_labels()[2], "443");
+
+        event.family = 0;
+        let e = describe(&event, &Compiled::default(), "node-1");
+        assert_eq!(serde_json::to_value(&e).unwrap()["protocol"], "unknown");
+        assert_eq!(e.metric_labels()[2], "unknown");
+    }
 }

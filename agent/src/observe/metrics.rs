@@ -1,8 +1,14 @@
 //! Prometheus metrics. `ml_network_violations_total` is named as the users' dashboards
 //! expect; the rest are `stagewall_*`. Label values come from small sets: workload names,
 //! CIDRs from the policy, "world", directions, verdicts, map names.
+//!
+//! Verdict label values differ by metric, as they always have: the event counters say
+//! what events say (`would-drop`), the kernel's packet counters `would_drop`.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use aya::maps::{MapData, PerCpuArray};
 use prometheus::{
@@ -13,11 +19,15 @@ use stagewall_common::{
     CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
     CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, COUNTERS_LEN,
-    DIR_EGRESS, DIR_INGRESS, EndpointStats, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
+    DIR_EGRESS, EndpointStats, GUARD_ENDPOINT_ID, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
     endpoint_stats_index,
 };
 
-use crate::events::VerdictEvent;
+use crate::{
+    compiler::{Compiled, direction_number},
+    events::{UNPROGRAMMED, VerdictEvent},
+    policy::model::{Direction, ObjectName},
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -50,9 +60,21 @@ struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     seen: [u64; COUNTERS_LEN as usize],
     stats: PerCpuArray<MapData, EndpointStats>,
-    /// Enforced workloads by endpoint id.
-    endpoints: Vec<(u32, String)>,
+    /// The policy in force, whose endpoints' statistics are exported.
+    policy: Arc<Compiled>,
+    /// Guard cgroups are attached: their statistics are exported as UNPROGRAMMED's.
+    guards: bool,
     seen_stats: HashMap<u32, EndpointStats>,
+}
+
+/// The endpoints whose statistics are exported: their ids, and their workloads (None for
+/// the guard cgroups, labelled UNPROGRAMMED).
+fn exported(policy: &Compiled, guards: bool) -> impl Iterator<Item = (u32, Option<&ObjectName>)> {
+    policy
+        .endpoints
+        .iter()
+        .map(|e| (e.endpoint_id, Some(&e.workload)))
+        .chain(guards.then_some((GUARD_ENDPOINT_ID, None)))
 }
 
 /// One endpoint statistic summed over the CPUs.
@@ -246,15 +268,18 @@ impl Metrics {
             counters,
             seen: [0; COUNTERS_LEN as usize],
             stats,
-            endpoints: Vec::new(),
+            policy: Arc::default(),
+            guards: false,
             seen_stats: HashMap::new(),
         });
     }
 
-    /// The workloads whose statistics to export, by endpoint id.
-    pub fn set_endpoints(&self, endpoints: Vec<(u32, String)>) {
+    /// The policy in force: its workloads' statistics are exported, and the guard
+    /// cgroups' if `guards` are attached.
+    pub fn set_policy(&self, policy: Arc<Compiled>, guards: bool) {
         if let Some(k) = self.kernel.lock().expect("metrics lock").as_mut() {
-            k.endpoints = endpoints;
+            k.policy = policy;
+            k.guards = guards;
         }
     }
 
@@ -269,7 +294,7 @@ impl Metrics {
 
     pub fn record_event(&self, e: &VerdictEvent) {
         self.events
-            .with_label_values(&[e.verdict.as_str(), e.reason.as_str()])
+            .with_label_values(&[e.verdict.name(), e.reason.name()])
             .inc();
         if e.is_violation() {
             let [source, destination, port] = e.metric_labels();
@@ -314,25 +339,21 @@ impl Metrics {
                 _ => {}
             }
         }
-        let Kernel {
-            stats,
-            endpoints,
-            seen_stats,
-            ..
-        } = k;
-        for (id, workload) in endpoints.iter() {
-            for (direction, dir_name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
+        let policy = k.policy.clone();
+        for (id, workload) in exported(&policy, k.guards) {
+            let workload = workload.map_or_else(|| UNPROGRAMMED.to_string(), |w| w.to_string());
+            for direction in [Direction::Ingress, Direction::Egress] {
                 for (stat, verdict) in [
                     (STAT_ALLOWED, "allowed"),
                     (STAT_DROPPED, "dropped"),
                     (STAT_WOULD_DROP, "would_drop"),
                 ] {
-                    let index = endpoint_stats_index(*id, direction, stat);
-                    let Some(total) = endpoint_total(stats, index) else {
+                    let index = endpoint_stats_index(id, direction_number(direction), stat);
+                    let Some(total) = endpoint_total(&k.stats, index) else {
                         continue;
                     };
-                    let seen = seen_stats.entry(index).or_default();
-                    let labels = [workload.as_str(), dir_name, verdict];
+                    let seen = k.seen_stats.entry(index).or_default();
+                    let labels = [workload.as_str(), direction.name(), verdict];
                     self.workload_packets
                         .with_label_values(&labels)
                         .inc_by(total.packets.saturating_sub(seen.packets));
@@ -352,11 +373,10 @@ impl Metrics {
         let Some(k) = guard.as_ref() else {
             return Vec::new();
         };
-        k.endpoints
-            .iter()
+        exported(&k.policy, k.guards)
             .filter_map(|(id, _)| {
-                let index = endpoint_stats_index(*id, DIR_EGRESS, STAT_DROPPED);
-                Some((*id, endpoint_total(&k.stats, index)?.packets))
+                let index = endpoint_stats_index(id, DIR_EGRESS, STAT_DROPPED);
+                Some((id, endpoint_total(&k.stats, index)?.packets))
             })
             .collect()
     }

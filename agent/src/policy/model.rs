@@ -57,7 +57,22 @@ pub enum FailMode {
 
 /// Whether policy drops what it denies. The agent's `--mode` sets it for every workload;
 /// the annotation `stagewall.io/mode` sets it for a namespace or a single policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+///
+/// Serialised (the flow records' `agent_mode`) as its `name`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop what policy denies.
     #[default]
@@ -149,10 +164,31 @@ impl Requirement {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A direction of traffic, seen from the local workload. Events, flow records and metrics
+/// name it "ingress" or "egress" (`name`, Display and serde agree).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`: widths ({:<7}) apply, as to a string.
+        f.pad(self.name())
+    }
 }
 
 /// A peer of a rule (`from` for ingress, `to` for egress).

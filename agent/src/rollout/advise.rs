@@ -6,8 +6,8 @@
 //! are not allowed.
 //!
 //! A direction is isolated only where it was recorded (the records say which workloads'
-//! directions were watched): a watched direction without a record had no traffic and gets
-//! no rule, a direction nobody watched is left alone.
+//! directions the recording covered): a covered direction without a record had no
+//! traffic and gets no rule, a direction not covered is left alone.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,9 +16,9 @@ use std::{
 };
 
 use crate::{
-    events::protocol_number,
+    events::IpProtocol,
     policy::{
-        model::{Labels, PolicySet, Protocol},
+        model::{Direction, Labels, PolicySet, Protocol},
         semantics,
     },
     rollout::flow_records::RecordsFile,
@@ -42,7 +42,7 @@ struct Allowed {
     ports: BTreeSet<(Protocol, u16)>,
     /// Traffic of a protocol NetworkPolicy ports cannot name (ICMP, say): only a rule
     /// without ports allows it, which allows every protocol of the peer.
-    portless: BTreeSet<String>,
+    portless: BTreeSet<IpProtocol>,
 }
 
 /// One advised policy: the workloads with one label set, and their rules.
@@ -55,11 +55,11 @@ struct Advice {
 }
 
 impl Advice {
-    /// The rules of a direction ("ingress" or "egress"): recorded, so isolated.
-    fn rules(&mut self, direction: &str) -> &mut BTreeMap<AdvisedPeer, Allowed> {
+    /// The rules of a direction: recorded, so isolated.
+    fn rules(&mut self, direction: Direction) -> &mut BTreeMap<AdvisedPeer, Allowed> {
         match direction {
-            "ingress" => self.ingress.get_or_insert_default(),
-            _ => self.egress.get_or_insert_default(),
+            Direction::Ingress => self.ingress.get_or_insert_default(),
+            Direction::Egress => self.egress.get_or_insert_default(),
         }
     }
 }
@@ -88,9 +88,9 @@ fn advice_of<'a>(
 pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> anyhow::Result<String> {
     let mut groups: BTreeMap<(String, Labels), Advice> = BTreeMap::new();
     let mut unknown = BTreeSet::new();
-    for watched in &records.watched {
-        if let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &watched.workload) {
-            advice.rules(&watched.direction);
+    for covered in &records.covered {
+        if let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &covered.workload) {
+            advice.rules(covered.direction);
         }
     }
     for r in records.records.iter().filter(|r| r.passed()) {
@@ -98,17 +98,16 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> anyhow::Result<St
             continue;
         };
         advice.records += 1;
-        let rules = advice.rules(&r.key.direction);
+        let rules = advice.rules(r.key.direction);
         let allowed = rules
             .entry(peer(inventory, r.key.peer_address))
             .or_default();
-        let protocol = protocol_number(&r.key.protocol).and_then(port_protocol);
-        match (protocol, r.key.port) {
+        match (port_protocol(r.key.protocol), r.key.port) {
             (Some(p), Some(port)) => {
                 allowed.ports.insert((p, port));
             }
             _ => {
-                allowed.portless.insert(r.key.protocol.clone());
+                allowed.portless.insert(r.key.protocol);
             }
         }
     }
@@ -153,7 +152,8 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> anyhow::Result<St
 }
 
 /// The NetworkPolicy protocols; others have no ports in a policy.
-fn port_protocol(number: u8) -> Option<Protocol> {
+fn port_protocol(protocol: IpProtocol) -> Option<Protocol> {
+    let number = protocol.number()?;
     [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
         .into_iter()
         .find(|p| p.number() == number)
@@ -259,7 +259,7 @@ fn write_policy(
             }
             if !allowed.portless.is_empty() {
                 // A rule without ports: the only way NetworkPolicy allows these.
-                let seen: Vec<&str> = allowed.portless.iter().map(String::as_str).collect();
+                let seen: Vec<String> = allowed.portless.iter().map(|p| p.to_string()).collect();
                 writeln!(
                     out,
                     "      # {} seen, which NetworkPolicy ports cannot name: every protocol of this peer is allowed.",
@@ -288,12 +288,16 @@ mod tests {
 
     use super::*;
     use crate::{
+        events::IpProtocol::{Icmp, Sctp, Tcp, Udp},
         policy::{
-            model::{Direction, Mode},
+            model::{
+                Direction::{Egress, Ingress},
+                Mode,
+            },
             parse::parse_into,
             pipeline,
         },
-        rollout::flow_records::{FlowRecord, RecordKey, Watched},
+        rollout::flow_records::{CoveredDirection, FlowRecord, RecordKey},
         rollout::simulate::simulate,
     };
 
@@ -338,16 +342,16 @@ spec: {addresses: [10.2.0.1]}
 
     fn record(
         workload: &str,
-        direction: &str,
+        direction: Direction,
         peer: &str,
-        protocol: &str,
+        protocol: IpProtocol,
         port: Option<u16>,
     ) -> FlowRecord {
         FlowRecord {
             key: RecordKey {
                 workload: workload.into(),
-                direction: direction.into(),
-                protocol: protocol.into(),
+                direction,
+                protocol,
                 port,
                 peer_address: peer.parse().unwrap(),
             },
@@ -361,13 +365,13 @@ spec: {addresses: [10.2.0.1]}
         }
     }
 
-    fn watched_all() -> Vec<Watched> {
+    fn all_covered() -> Vec<CoveredDirection> {
         WORKLOADS
             .iter()
             .flat_map(|w| {
-                ["ingress", "egress"].map(|d| Watched {
+                [Ingress, Egress].map(|direction| CoveredDirection {
                     workload: w.to_string(),
-                    direction: d.into(),
+                    direction,
                     stage: None,
                     since: 0,
                 })
@@ -375,12 +379,12 @@ spec: {addresses: [10.2.0.1]}
             .collect()
     }
 
-    fn file(records: Vec<FlowRecord>, watched: Vec<Watched>) -> RecordsFile {
+    fn file(records: Vec<FlowRecord>, covered: Vec<CoveredDirection>) -> RecordsFile {
         RecordsFile {
             version: 1,
-            agent_mode: "audit".into(),
+            agent_mode: Mode::Audit,
             evicted: 0,
-            watched,
+            covered,
             records,
         }
     }
@@ -397,23 +401,23 @@ spec: {addresses: [10.2.0.1]}
 
     #[test]
     fn advice_selects_peers_by_labels_or_address_and_allows_only_what_was_seen() {
-        let mut dropped = record("ml/serving", "ingress", "192.0.2.66", "tcp", Some(22));
+        let mut dropped = record("ml/serving", Ingress, "192.0.2.66", Tcp, Some(22));
         dropped.allowed = 0;
         dropped.dropped = 3;
-        let mut would_drop = record("ml/trainer-0", "egress", "10.2.0.1", "tcp", Some(5000));
+        let mut would_drop = record("ml/trainer-0", Egress, "10.2.0.1", Tcp, Some(5000));
         would_drop.allowed = 0;
         would_drop.would_drop = 2;
         let records = file(
             vec![
-                record("ml/trainer-0", "egress", "10.1.0.3", "tcp", Some(8500)),
-                record("ml/trainer-1", "egress", "10.1.0.3", "tcp", Some(8501)),
-                record("ml/serving", "ingress", "10.1.0.1", "tcp", Some(8500)),
-                record("ml/serving", "ingress", "10.1.0.2", "tcp", Some(8501)),
-                record("ml/serving", "egress", "192.0.2.7", "icmp", None),
+                record("ml/trainer-0", Egress, "10.1.0.3", Tcp, Some(8500)),
+                record("ml/trainer-1", Egress, "10.1.0.3", Tcp, Some(8501)),
+                record("ml/serving", Ingress, "10.1.0.1", Tcp, Some(8500)),
+                record("ml/serving", Ingress, "10.1.0.2", Tcp, Some(8501)),
+                record("ml/serving", Egress, "192.0.2.7", Icmp, None),
                 would_drop,
                 dropped,
             ],
-            watched_all(),
+            all_covered(),
         );
         let yaml = advise(&records, &inventory()).unwrap();
         assert!(yaml.contains("name: advised-trainer-0"), "{yaml}");
@@ -450,40 +454,25 @@ spec: {addresses: [10.2.0.1]}
             semantics::decide(&set, serving, dir, peer.parse().unwrap(), proto, port).allowed()
         };
         assert!(
-            decide(Direction::Ingress, "10.1.0.1", 6, 8501),
+            decide(Ingress, "10.1.0.1", 6, 8501),
             "trainers share a label set"
         );
+        assert!(!decide(Ingress, "10.1.0.1", 6, 8502), "unseen port");
+        assert!(!decide(Ingress, "192.0.2.66", 6, 22), "dropped before");
         assert!(
-            !decide(Direction::Ingress, "10.1.0.1", 6, 8502),
-            "unseen port"
-        );
-        assert!(
-            !decide(Direction::Ingress, "192.0.2.66", 6, 22),
-            "dropped before"
-        );
-        assert!(
-            decide(Direction::Egress, "192.0.2.7", 1, 0),
+            decide(Egress, "192.0.2.7", 1, 0),
             "ICMP needs a rule without ports"
         );
-        assert!(
-            !decide(Direction::Egress, "192.0.2.8", 1, 0),
-            "another address"
-        );
+        assert!(!decide(Egress, "192.0.2.8", 1, 0), "another address");
     }
 
     #[test]
-    fn a_direction_nobody_watched_is_left_alone_a_silent_watched_one_is_closed() {
+    fn a_direction_not_covered_is_left_alone_a_silent_covered_one_is_closed() {
         let records = file(
-            vec![record(
-                "ml/serving",
-                "ingress",
-                "10.1.0.1",
-                "tcp",
-                Some(8500),
-            )],
-            vec![Watched {
+            vec![record("ml/serving", Ingress, "10.1.0.1", Tcp, Some(8500))],
+            vec![CoveredDirection {
                 workload: "ml/trainer-0".into(),
-                direction: "ingress".into(),
+                direction: Ingress,
                 stage: None,
                 since: 0,
             }],
@@ -492,17 +481,11 @@ spec: {addresses: [10.2.0.1]}
         let set = with_advice(&yaml);
         let is = |w: &str, d| !set.isolating(set.workload(w).unwrap(), d).is_empty();
         assert!(
-            is("ml/serving", Direction::Ingress),
-            "records make a direction watched"
+            is("ml/serving", Ingress),
+            "records make a direction covered"
         );
-        assert!(
-            !is("ml/serving", Direction::Egress),
-            "never watched:\n{yaml}"
-        );
-        assert!(
-            is("ml/trainer-0", Direction::Ingress),
-            "watched, silent:\n{yaml}"
-        );
+        assert!(!is("ml/serving", Egress), "never covered:\n{yaml}");
+        assert!(is("ml/trainer-0", Ingress), "covered, silent:\n{yaml}");
         assert!(yaml.contains("ingress: []"), "{yaml}");
     }
 
@@ -511,13 +494,13 @@ spec: {addresses: [10.2.0.1]}
             0..WORKLOADS.len(),
             any::<bool>(),
             0..PEERS.len(),
-            prop_oneof![Just("tcp"), Just("udp"), Just("sctp"), Just("icmp")],
+            prop_oneof![Just(Tcp), Just(Udp), Just(Sctp), Just(Icmp)],
             1u16..100,
             any::<bool>(),
         )
             .prop_map(|(w, ingress, peer, protocol, port, would_drop)| {
-                let direction = if ingress { "ingress" } else { "egress" };
-                let port = (protocol != "icmp").then_some(8000 + port);
+                let direction = if ingress { Ingress } else { Egress };
+                let port = (protocol != Icmp).then_some(8000 + port);
                 let mut r = record(WORKLOADS[w], direction, PEERS[peer], protocol, port);
                 if would_drop {
                     r.allowed = 0;
@@ -535,14 +518,14 @@ spec: {addresses: [10.2.0.1]}
         fn enforcing_the_advice_denies_none_of_the_recorded_flows(
             records in prop::collection::vec(record_strategy(), 0..40)
         ) {
-            let records = file(records, watched_all());
+            let records = file(records, all_covered());
             let yaml = advise(&records, &inventory()).unwrap();
             let set = with_advice(&yaml);
             let simulated = simulate(&records, &set, Mode::Enforce);
             prop_assert_eq!(simulated.newly_denied(), 0, "{}\n{}", simulated.text(), yaml);
             for w in WORKLOADS {
                 let local = set.workload(w).unwrap();
-                for d in [Direction::Ingress, Direction::Egress] {
+                for d in [Ingress, Egress] {
                     prop_assert!(!semantics::decide(&set, local, d, "198.51.100.1".parse().unwrap(), 6, 9999).allowed());
                 }
             }

@@ -9,8 +9,13 @@
 //! many it stands for), an allowed flow is an event when it starts under a policy and
 //! about once a second while a workload that no policy isolates keeps using it. Replies
 //! are never records of their own.
+//!
+//! The file also says which workloads' directions the recording covered (`covered`, kept
+//! as "watched" in the file): a covered direction without a record had no traffic, one
+//! not covered may have had any.
 
 use std::{
+    cmp::Ordering,
     collections::{BTreeMap, HashMap},
     fs,
     io::Write as _,
@@ -24,7 +29,11 @@ use serde::{Deserialize, Serialize};
 
 use stagewall_common::{Event, audit_flag};
 
-use crate::{compiler::Compiled, events::VerdictEvent, policy::model::Mode};
+use crate::{
+    compiler::{Compiled, direction_number},
+    events::{IpProtocol, Verdict, VerdictEvent, fields::direction_from_kernel},
+    policy::model::{Direction, Mode},
+};
 
 /// Where the agent keeps its flow records unless told otherwise (`run --flow-records`),
 /// and where advise, simulate and report look for them.
@@ -46,19 +55,43 @@ pub enum Recording {
 
 /// What identifies a record: one workload's traffic in one direction with one peer
 /// address on one destination port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RecordKey {
     /// The local workload, namespace/name.
     pub workload: String,
-    /// "ingress" or "egress", seen from the workload.
-    pub direction: String,
-    /// "tcp", "udp", "sctp", "icmp", ...
-    pub protocol: String,
+    /// Seen from the workload.
+    pub direction: Direction,
+    pub protocol: IpProtocol,
     /// The destination port (the workload's own for ingress, the peer's for egress);
     /// absent for protocols without ports.
     pub port: Option<u16>,
     /// The other side's address.
     pub peer_address: IpAddr,
+}
+
+impl RecordKey {
+    /// What records sort by in the file: the direction by name, as when it was a string.
+    fn sort_key(&self) -> (&str, &str, IpProtocol, Option<u16>, IpAddr) {
+        (
+            &self.workload,
+            self.direction.name(),
+            self.protocol,
+            self.port,
+            self.peer_address,
+        )
+    }
+}
+
+impl Ord for RecordKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for RecordKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +120,10 @@ impl FlowRecord {
 
 /// A workload's direction whose flows were recorded: with no record, it had no traffic
 /// (as opposed to traffic nobody recorded).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Watched {
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoveredDirection {
     pub workload: String,
-    pub direction: String,
+    pub direction: Direction,
     pub stage: Option<String>,
     /// Seconds since the Unix epoch.
     pub since: u64,
@@ -101,19 +134,21 @@ pub struct Watched {
 pub struct RecordsFile {
     pub version: u32,
     /// The mode the agent that wrote the file ran in (`--mode`).
-    pub agent_mode: String,
+    pub agent_mode: Mode,
     /// Records dropped to stay within the bound, since the file was started.
     pub evicted: u64,
-    pub watched: Vec<Watched>,
+    /// The directions the recording covered ("watched" in the file, as it always was).
+    #[serde(rename = "watched")]
+    pub covered: Vec<CoveredDirection>,
     pub records: Vec<FlowRecord>,
 }
 
 impl RecordsFile {
     /// Was this workload's direction recorded?
-    pub fn watched(&self, workload: &str, direction: &str) -> bool {
-        self.watched
+    pub fn covered(&self, workload: &str, direction: Direction) -> bool {
+        self.covered
             .iter()
-            .any(|w| w.workload == workload && w.direction == direction)
+            .any(|c| c.workload == workload && c.direction == direction)
     }
 }
 
@@ -124,7 +159,7 @@ pub struct FlowRecords {
     agent_mode: Mode,
     records: HashMap<RecordKey, FlowRecord>,
     /// (workload, direction) -> when recording it began, and its stage.
-    watched: BTreeMap<(String, String), (u64, Option<String>)>,
+    covered: BTreeMap<(String, Direction), (u64, Option<String>)>,
     evicted: u64,
     dirty: bool,
 }
@@ -145,7 +180,7 @@ impl FlowRecords {
             max: max.max(1),
             agent_mode,
             records: HashMap::new(),
-            watched: BTreeMap::new(),
+            covered: BTreeMap::new(),
             evicted: 0,
             dirty: false,
         };
@@ -155,10 +190,10 @@ impl FlowRecords {
                 for r in file.records {
                     records.records.insert(r.key.clone(), r);
                 }
-                for w in file.watched {
+                for c in file.covered {
                     records
-                        .watched
-                        .insert((w.workload, w.direction), (w.since, w.stage));
+                        .covered
+                        .insert((c.workload, c.direction), (c.since, c.stage));
                 }
                 records.evict();
             }
@@ -196,9 +231,9 @@ impl FlowRecords {
     }
 
     /// Notes that a workload's direction is recorded from now on (if it was not already).
-    pub fn watch(&mut self, workload: &str, direction: &str, stage: Option<&str>) {
-        let key = (workload.to_string(), direction.to_string());
-        if let std::collections::btree_map::Entry::Vacant(e) = self.watched.entry(key) {
+    pub fn cover(&mut self, workload: &str, direction: Direction, stage: Option<&str>) {
+        let key = (workload.to_string(), direction);
+        if let std::collections::btree_map::Entry::Vacant(e) = self.covered.entry(key) {
             e.insert((now_secs(), stage.map(str::to_string)));
             self.dirty = true;
         }
@@ -211,14 +246,17 @@ impl FlowRecords {
     }
 
     fn observe_at(&mut self, e: &VerdictEvent, now: u64) {
-        let ingress = e.direction == "ingress";
-        let Some(peer_address) = (if ingress { e.src } else { e.dst }) else {
+        let peer = match e.direction {
+            Direction::Ingress => e.src,
+            Direction::Egress => e.dst,
+        };
+        let Some(peer_address) = peer else {
             return;
         };
         let key = RecordKey {
             workload: e.workload.clone(),
-            direction: e.direction.clone(),
-            protocol: e.protocol.clone(),
+            direction: e.direction,
+            protocol: e.protocol,
             port: e.dst_port,
             peer_address,
         };
@@ -239,11 +277,11 @@ impl FlowRecords {
                 last_seen: now,
             });
         let count = 1 + e.suppressed as u64;
-        match e.verdict.as_str() {
-            "allowed" => record.allowed += count,
-            "would-drop" => record.would_drop += count,
-            "dropped" => record.dropped += count,
-            _ => {}
+        match e.verdict {
+            Verdict::Allowed => record.allowed += count,
+            Verdict::WouldDrop => record.would_drop += count,
+            Verdict::Dropped => record.dropped += count,
+            Verdict::Unknown => {}
         }
         record.peer.clone_from(&e.peer);
         record.last_seen = record.last_seen.max(now);
@@ -279,20 +317,25 @@ impl FlowRecords {
         }
         let mut records: Vec<FlowRecord> = self.records.values().cloned().collect();
         records.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut covered: Vec<CoveredDirection> = self
+            .covered
+            .iter()
+            .map(|((workload, direction), (since, stage))| CoveredDirection {
+                workload: workload.clone(),
+                direction: *direction,
+                stage: stage.clone(),
+                since: *since,
+            })
+            .collect();
+        // By workload, then direction by name, as the file always listed them.
+        covered.sort_by(|a, b| {
+            (&a.workload, a.direction.name()).cmp(&(&b.workload, b.direction.name()))
+        });
         let file = RecordsFile {
             version: FORMAT_VERSION,
-            agent_mode: self.agent_mode.name().to_string(),
+            agent_mode: self.agent_mode,
             evicted: self.evicted,
-            watched: self
-                .watched
-                .iter()
-                .map(|((workload, direction), (since, stage))| Watched {
-                    workload: workload.clone(),
-                    direction: direction.clone(),
-                    stage: stage.clone(),
-                    since: *since,
-                })
-                .collect(),
+            covered,
             records,
         };
         let tmp = with_suffix(&self.path, ".tmp");
@@ -347,47 +390,49 @@ pub struct RecordFilter {
 }
 
 impl RecordFilter {
-    /// Does it take a direction (DIR_*) of an endpoint with these EP_* flags?
-    pub fn covers(&self, flags: u32, direction: u8) -> bool {
+    /// Does the recording cover this direction of an endpoint with these EP_* flags?
+    pub fn covers(&self, flags: u32, direction: Direction) -> bool {
         match self.recording {
             Recording::All => true,
             Recording::Off => false,
-            Recording::Audited => self.agent_audits || flags & audit_flag(direction) != 0,
+            Recording::Audited => {
+                self.agent_audits || flags & audit_flag(direction_number(direction)) != 0
+            }
         }
     }
 
     /// Does it take this event? Only of workloads of the policy in force.
     pub fn takes(&self, event: &Event, compiled: &Compiled) -> bool {
         compiled
-            .endpoints
-            .iter()
-            .find(|e| e.endpoint_id == event.endpoint_id)
-            .is_some_and(|e| self.covers(e.flags, event.direction))
+            .endpoint_by_id(event.endpoint_id)
+            .is_some_and(|e| self.covers(e.flags, direction_from_kernel(event.direction)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stagewall_common::{DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS};
+    use crate::events::{Hook, Reason};
+    use crate::{events::Verdict::*, policy::model::Direction::*};
+    use stagewall_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS};
 
     fn event(
-        verdict: &str,
-        direction: &str,
+        verdict: Verdict,
+        direction: Direction,
         peer: &str,
         port: u16,
         suppressed: u32,
     ) -> VerdictEvent {
         let peer_addr: IpAddr = peer.parse().unwrap();
         let local: IpAddr = "10.0.0.1".parse().unwrap();
-        let ingress = direction == "ingress";
+        let ingress = direction == Ingress;
         VerdictEvent {
             time: String::new(),
             node: "n".into(),
-            verdict: verdict.into(),
-            reason: "no-rule".into(),
-            direction: direction.into(),
-            protocol: "tcp".into(),
+            verdict,
+            reason: Reason::NoRule,
+            direction,
+            protocol: IpProtocol::Tcp,
             src: Some(if ingress { peer_addr } else { local }),
             src_port: Some(40_000),
             dst: Some(if ingress { local } else { peer_addr }),
@@ -397,7 +442,7 @@ mod tests {
             stage: Some("training".into()),
             peer: "world".into(),
             policies: Vec::new(),
-            hook: "cgroup_skb".into(),
+            hook: Hook::CgroupSkb,
             suppressed,
         }
     }
@@ -414,13 +459,13 @@ mod tests {
         let d = dir("aggregate");
         let path = d.join("flows.json");
         let mut r = FlowRecords::open(&path, 100, Mode::Audit).unwrap();
-        r.watch("ml/trainer", "egress", Some("training"));
-        r.observe_at(&event("allowed", "egress", "10.0.0.2", 443, 0), 100);
-        r.observe_at(&event("would-drop", "egress", "10.0.0.2", 443, 4), 105);
-        r.observe_at(&event("allowed", "ingress", "10.0.0.2", 8080, 0), 106);
+        r.cover("ml/trainer", Egress, Some("training"));
+        r.observe_at(&event(Allowed, Egress, "10.0.0.2", 443, 0), 100);
+        r.observe_at(&event(WouldDrop, Egress, "10.0.0.2", 443, 4), 105);
+        r.observe_at(&event(Allowed, Ingress, "10.0.0.2", 8080, 0), 106);
         // The client's ephemeral port is not part of the key: a new connection to the
         // same service is the same record.
-        let mut again = event("allowed", "egress", "10.0.0.2", 443, 0);
+        let mut again = event(Allowed, Egress, "10.0.0.2", 443, 0);
         again.src_port = Some(40_001);
         r.observe_at(&again, 110);
         assert_eq!(r.len(), 2, "egress 443 and ingress 8080");
@@ -430,7 +475,7 @@ mod tests {
         let egress = reopened
             .records
             .values()
-            .find(|x| x.key.direction == "egress")
+            .find(|x| x.key.direction == Egress)
             .unwrap();
         assert_eq!(
             (egress.allowed, egress.would_drop, egress.dropped),
@@ -441,9 +486,41 @@ mod tests {
         assert!(egress.passed());
         let file = load(&path).unwrap();
         assert_eq!(file.records.len(), 2);
-        assert_eq!(file.agent_mode, "audit");
-        assert!(file.watched("ml/trainer", "egress"));
-        assert!(!file.watched("ml/trainer", "ingress"));
+        assert_eq!(file.agent_mode, Mode::Audit);
+        assert!(file.covered("ml/trainer", Egress));
+        assert!(!file.covered("ml/trainer", Ingress));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_file_as_written_before_is_read_and_written_back_the_same() {
+        let d = dir("format");
+        fs::create_dir_all(&d).unwrap();
+        let path = d.join("flows.json");
+        let record = |direction: &str, protocol: &str, port: &str| {
+            format!(
+                r#"{{"workload":"ml/a","direction":"{direction}","protocol":"{protocol}","port":{port},"peer_address":"10.0.0.9","stage":null,"peer":"world","allowed":1,"would_drop":2,"dropped":0,"first_seen":1,"last_seen":2}}"#
+            )
+        };
+        let records = [
+            record("egress", "icmp", "null"),
+            record("egress", "ip-proto-10", "null"),
+            record("egress", "ip-proto-2", "null"),
+            record("egress", "tcp", "443"),
+            record("ingress", "tcp", "80"),
+        ];
+        let written = format!(
+            r#"{{"version":1,"agent_mode":"audit","evicted":3,"watched":[{{"workload":"ml/a","direction":"egress","stage":"training","since":5}},{{"workload":"ml/a","direction":"ingress","stage":null,"since":6}}],"records":[{}]}}"#,
+            records.join(",")
+        );
+        fs::write(&path, &written).unwrap();
+        let file = load(&path).unwrap();
+        assert_eq!(file.records[3].key.direction, Egress);
+        assert_eq!(file.records[1].key.protocol, IpProtocol::Other(10));
+        let mut r = FlowRecords::open(&path, 100, Mode::Audit).unwrap();
+        r.dirty = true;
+        r.save().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), written);
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -452,10 +529,7 @@ mod tests {
         let d = dir("bounded");
         let mut r = FlowRecords::open(&d.join("flows.json"), 32, Mode::Audit).unwrap();
         for port in 0..100u16 {
-            r.observe_at(
-                &event("allowed", "egress", "10.0.0.2", port, 0),
-                port as u64,
-            );
+            r.observe_at(&event(Allowed, Egress, "10.0.0.2", port, 0), port as u64);
         }
         assert!(r.len() <= 32, "{}", r.len());
         assert_eq!(r.evicted as usize + r.len(), 100);
@@ -480,7 +554,7 @@ mod tests {
             fs::read(d.join("flows.json.unreadable")).unwrap(),
             b"{\"version\": 1, \"records\": ["
         );
-        r.observe_at(&event("dropped", "ingress", "10.0.0.3", 22, 0), 1);
+        r.observe_at(&event(Dropped, Ingress, "10.0.0.3", 22, 0), 1);
         r.save().unwrap();
         assert_eq!(load(&path).unwrap().records.len(), 1);
         let e = load(&d.join("missing.json")).unwrap_err();
@@ -495,17 +569,14 @@ mod tests {
             agent_audits,
         };
         let audited = filter(Recording::Audited, false);
-        assert!(audited.covers(EP_AUDIT_INGRESS, DIR_INGRESS));
+        assert!(audited.covers(EP_AUDIT_INGRESS, Ingress));
+        assert!(!audited.covers(EP_AUDIT_INGRESS, Egress), "per direction");
+        assert!(!audited.covers(0, Ingress), "an enforced workload");
         assert!(
-            !audited.covers(EP_AUDIT_INGRESS, DIR_EGRESS),
-            "per direction"
-        );
-        assert!(!audited.covers(0, DIR_INGRESS), "an enforced workload");
-        assert!(
-            filter(Recording::Audited, true).covers(0, DIR_EGRESS),
+            filter(Recording::Audited, true).covers(0, Egress),
             "--mode audit"
         );
-        assert!(filter(Recording::All, false).covers(0, DIR_EGRESS));
-        assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, DIR_EGRESS));
+        assert!(filter(Recording::All, false).covers(0, Egress));
+        assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, Egress));
     }
 }

@@ -33,10 +33,11 @@ pub struct StageReport {
     pub egress_policies: Vec<String>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Denials {
-    pub direction: String,
+    pub direction: Direction,
     pub peer: String,
+    /// protocol/port, or the protocol alone.
     pub port: String,
     pub events: u64,
 }
@@ -84,7 +85,8 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             );
         }
     }
-    let mut would_drops: BTreeMap<String, BTreeMap<(String, String, String), u64>> =
+    // Stage -> (direction, peer, protocol/port) -> events.
+    let mut would_drops: BTreeMap<String, BTreeMap<(Direction, String, String), u64>> =
         BTreeMap::new();
     let mut drops = would_drops.clone();
     for r in &records.records {
@@ -101,9 +103,9 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
         entry.events += r.allowed + r.would_drop + r.dropped;
         let port = match r.key.port {
             Some(p) => format!("{}/{p}", r.key.protocol),
-            None => r.key.protocol.clone(),
+            None => r.key.protocol.to_string(),
         };
-        let key = (r.key.direction.clone(), r.peer.clone(), port);
+        let key = (r.key.direction, r.peer.clone(), port);
         for (count, table) in [(r.would_drop, &mut would_drops), (r.dropped, &mut drops)] {
             if count > 0 {
                 *table
@@ -114,8 +116,8 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             }
         }
     }
-    let denials = |table: Option<BTreeMap<(String, String, String), u64>>| {
-        table
+    let denials = |table: Option<BTreeMap<(Direction, String, String), u64>>| {
+        let mut denials: Vec<Denials> = table
             .unwrap_or_default()
             .into_iter()
             .map(|((direction, peer, port), events)| Denials {
@@ -124,7 +126,10 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
                 port,
                 events,
             })
-            .collect()
+            .collect();
+        // Egress before ingress, by name, as the report always listed them.
+        denials.sort_by_key(|d| d.direction.name());
+        denials
     };
     let mode_name = |set: Option<&BTreeSet<Mode>>| match set.map(|s| s.iter().collect::<Vec<_>>()) {
         Some(v) if v.len() == 1 => v[0].name().to_string(),
@@ -175,10 +180,9 @@ pub fn text(stages: &[StageReport]) -> String {
             }
             let _ = writeln!(out, "  {title}:");
             for d in denials {
-                let arrow = if d.direction == "ingress" {
-                    "from"
-                } else {
-                    "to"
+                let arrow = match d.direction {
+                    Direction::Ingress => "from",
+                    Direction::Egress => "to",
                 };
                 let _ = writeln!(
                     out,

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    events::protocol_number,
+    events::IpProtocol,
     policy::{
         model::{Direction, Mode, NetworkPolicy, PolicySet},
         semantics::{self, Side},
@@ -35,13 +35,13 @@ pub enum Change {
 
 /// One record's fate under the candidate.
 #[derive(Clone, Debug, Serialize)]
-pub struct Verdict {
+pub struct Outcome {
     pub change: Change,
     pub workload: String,
-    pub direction: String,
+    pub direction: Direction,
     pub peer: String,
     pub peer_address: std::net::IpAddr,
-    pub protocol: String,
+    pub protocol: IpProtocol,
     pub port: Option<u16>,
     /// Events recorded as allowed, would-drop and dropped.
     pub recorded: [u64; 3],
@@ -57,7 +57,7 @@ pub struct StageResult {
     pub would_drop: usize,
     pub unchanged: usize,
     /// Every record but the unchanged ones.
-    pub changes: Vec<Verdict>,
+    pub changes: Vec<Outcome>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -80,25 +80,28 @@ impl Simulation {
                 "stage {}: {} newly denied, {} newly allowed, {} would drop (audit), {} unchanged",
                 s.stage, s.newly_denied, s.newly_allowed, s.would_drop, s.unchanged
             );
-            for v in &s.changes {
-                let arrow = if v.direction == "ingress" { "<-" } else { "->" };
-                let port = v.port.map_or_else(String::new, |p| format!("/{p}"));
-                let [allowed, would_drop, dropped] = v.recorded;
+            for o in &s.changes {
+                let arrow = match o.direction {
+                    Direction::Ingress => "<-",
+                    Direction::Egress => "->",
+                };
+                let port = o.port.map_or_else(String::new, |p| format!("/{p}"));
+                let [allowed, would_drop, dropped] = o.recorded;
                 let _ = writeln!(
                     out,
                     "  {:<13} {} {} {arrow} {} ({}) {}{port}: {} (recorded: {allowed} allowed, {would_drop} would-drop, {dropped} dropped)",
-                    match v.change {
+                    match o.change {
                         Change::NewlyDenied => "NEWLY DENIED",
                         Change::NewlyAllowed => "newly allowed",
                         Change::WouldDrop => "would drop",
                         Change::Unchanged => "unchanged",
                     },
-                    v.direction,
-                    v.workload,
-                    v.peer,
-                    v.peer_address,
-                    v.protocol,
-                    v.because
+                    o.direction,
+                    o.workload,
+                    o.peer,
+                    o.peer_address,
+                    o.protocol,
+                    o.because
                 );
             }
         }
@@ -122,18 +125,13 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             skipped.insert(r.key.workload.clone());
             continue;
         };
-        let direction = if r.key.direction == "ingress" {
-            Direction::Ingress
-        } else {
-            Direction::Egress
-        };
-        let protocol = protocol_number(&r.key.protocol).unwrap_or(0);
+        let direction = r.key.direction;
         let side = semantics::decide(
             candidate,
             w,
             direction,
             r.key.peer_address,
-            protocol,
+            r.key.protocol.number().unwrap_or(0),
             r.key.port.unwrap_or(0),
         );
         let audited = agent_mode == Mode::Audit || candidate.audited(w, direction);
@@ -160,11 +158,11 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             Change::Unchanged => result.unchanged += 1,
         }
         if change != Change::Unchanged {
-            result.changes.push(verdict(r, change, &side, direction));
+            result.changes.push(outcome(r, change, &side));
         }
     }
     for s in stages.values_mut() {
-        s.changes.sort_by_key(|v| v.change);
+        s.changes.sort_by_key(|o| o.change);
     }
     Simulation {
         stages: stages.into_values().collect(),
@@ -172,11 +170,9 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
     }
 }
 
-fn verdict(r: &FlowRecord, change: Change, side: &Side, direction: Direction) -> Verdict {
-    let section = match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
+fn outcome(r: &FlowRecord, change: Change, side: &Side) -> Outcome {
+    let direction = r.key.direction;
+    let section = direction.name();
     let names = |ps: &[&NetworkPolicy]| {
         ps.iter()
             .map(|p| p.name.to_string())
@@ -198,13 +194,13 @@ fn verdict(r: &FlowRecord, change: Change, side: &Side, direction: Direction) ->
             names(isolated_by)
         ),
     };
-    Verdict {
+    Outcome {
         change,
         workload: r.key.workload.clone(),
-        direction: r.key.direction.clone(),
+        direction,
         peer: r.peer.clone(),
         peer_address: r.key.peer_address,
-        protocol: r.key.protocol.clone(),
+        protocol: r.key.protocol,
         port: r.key.port,
         recorded: [r.allowed, r.would_drop, r.dropped],
         because,
