@@ -120,7 +120,7 @@ pub fn explain(
                 out,
                 "  {label} {}{note}: allowed, no policy selects it for {}",
                 w.name,
-                direction_name(direction)
+                direction.name()
             )?,
             Side::SelfTraffic => writeln!(
                 out,
@@ -136,7 +136,7 @@ pub fn explain(
                 "  {label} {}{note}: allowed by {} {} rule {} at {}:{} ({}); isolated by {}",
                 w.name,
                 policy.name,
-                direction_name(direction),
+                direction.name(),
                 rule + 1,
                 policy.origin.file.display(),
                 policy.rules(direction)[rule].line,
@@ -148,7 +148,7 @@ pub fn explain(
                 "  {label} {}{note}: DENIED: isolated by {}, and no {} rule of theirs allows {} port {port} {} {}",
                 w.name,
                 names(&isolated_by),
-                direction_name(direction),
+                direction.name(),
                 protocol.name(),
                 if direction == Direction::Egress {
                     "to"
@@ -165,13 +165,6 @@ pub fn explain(
         if allowed { "allowed" } else { "denied" }
     )?;
     Ok(out)
-}
-
-fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
 }
 
 fn names(policies: &[&NetworkPolicy]) -> String {
