@@ -1,23 +1,21 @@
 //! Prometheus metrics. `ml_network_violations_total` is named as the users' dashboards
 //! expect; the rest are `stagewall_*`. Label values come from small sets: workload names,
-//! CIDRs from the policy, "world", directions, verdicts, map names.
+//! CIDRs from the policy, "world", directions, verdicts, map names. What the kernel counts
+//! is read through datapath::stats and added at each scrape.
 
 use std::{collections::HashMap, sync::Mutex};
 
-use aya::maps::{MapData, PerCpuArray};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use stagewall_common::{
-    CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
-    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, COUNTERS_LEN,
-    DIR_EGRESS, DIR_INGRESS, EndpointStats, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
-    endpoint_stats_index,
-};
+use stagewall_common::{COUNTERS_LEN, EndpointStats};
 
-use crate::events::VerdictEvent;
+use crate::{
+    datapath::stats::{Counter, KernelStats, Verdict},
+    events::VerdictEvent,
+    policy::model::Direction,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -45,30 +43,29 @@ pub struct Metrics {
     kernel: Mutex<Option<Kernel>>,
 }
 
-/// The kernel's per-CPU counters and statistics, and what was already added from them.
+/// The kernel's counters and statistics, and what was already added from them.
 struct Kernel {
-    counters: PerCpuArray<MapData, u64>,
+    stats: KernelStats,
+    /// Counter totals already added, by COUNTERS index.
     seen: [u64; COUNTERS_LEN as usize],
-    stats: PerCpuArray<MapData, EndpointStats>,
     /// Enforced workloads by endpoint id.
     endpoints: Vec<(u32, String)>,
-    seen_stats: HashMap<u32, EndpointStats>,
+    seen_stats: HashMap<(u32, Direction, Verdict), EndpointStats>,
 }
 
-/// One endpoint statistic summed over the CPUs.
-fn endpoint_total(
-    stats: &PerCpuArray<MapData, EndpointStats>,
-    index: u32,
-) -> Option<EndpointStats> {
-    let values = stats.get(&index, 0).ok()?;
-    Some(
-        values
-            .iter()
-            .fold(EndpointStats::default(), |a, v| EndpointStats {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            }),
-    )
+fn direction_label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+fn verdict_label(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allowed => "allowed",
+        Verdict::Dropped => "dropped",
+        Verdict::WouldDrop => "would_drop",
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -237,15 +234,11 @@ impl Metrics {
         }
     }
 
-    pub fn attach_kernel(
-        &self,
-        counters: PerCpuArray<MapData, u64>,
-        stats: PerCpuArray<MapData, EndpointStats>,
-    ) {
+    /// Exports what the kernel counts, read through `stats`.
+    pub fn attach_kernel(&self, stats: KernelStats) {
         *self.kernel.lock().expect("metrics lock") = Some(Kernel {
-            counters,
-            seen: [0; COUNTERS_LEN as usize],
             stats,
+            seen: [0; COUNTERS_LEN as usize],
             endpoints: Vec::new(),
             seen_stats: HashMap::new(),
         });
@@ -283,35 +276,24 @@ impl Metrics {
     fn sync_kernel(&self) {
         let mut guard = self.kernel.lock().expect("metrics lock");
         let Some(k) = guard.as_mut() else { return };
-        for index in 0..COUNTERS_LEN {
-            let Ok(values) = k.counters.get(&index, 0) else {
-                continue;
-            };
-            let total: u64 = values.iter().sum();
-            let delta = total.saturating_sub(k.seen[index as usize]);
-            k.seen[index as usize] = total;
+        for (counter, total) in k.stats.counters() {
+            let seen = &mut k.seen[counter.index() as usize];
+            let delta = total.saturating_sub(*seen);
+            *seen = total;
             if delta == 0 {
                 continue;
             }
-            let packets = |direction, verdict| {
-                self.packets
-                    .with_label_values(&[direction, verdict])
-                    .inc_by(delta)
-            };
-            match index {
-                CNT_ALLOWED_INGRESS => packets("ingress", "allowed"),
-                CNT_ALLOWED_EGRESS => packets("egress", "allowed"),
-                CNT_DROPPED_INGRESS => packets("ingress", "dropped"),
-                CNT_DROPPED_EGRESS => packets("egress", "dropped"),
-                CNT_WOULD_DROP_INGRESS => packets("ingress", "would_drop"),
-                CNT_WOULD_DROP_EGRESS => packets("egress", "would_drop"),
-                CNT_EVENTS_LOST => self.events_lost.inc_by(delta),
-                CNT_MALFORMED => self.malformed.inc_by(delta),
-                CNT_REPLIES => self.replies.inc_by(delta),
-                CNT_FLOW_INSERT_FAILED => self.flow_insert_failed.inc_by(delta),
-                CNT_EVENTS_SUPPRESSED => self.events_suppressed.inc_by(delta),
-                CNT_EVENTS_QUEUED => self.events_queued.inc_by(delta),
-                _ => {}
+            match counter {
+                Counter::Packets(direction, verdict) => self
+                    .packets
+                    .with_label_values(&[direction_label(direction), verdict_label(verdict)])
+                    .inc_by(delta),
+                Counter::EventsLost => self.events_lost.inc_by(delta),
+                Counter::Malformed => self.malformed.inc_by(delta),
+                Counter::Replies => self.replies.inc_by(delta),
+                Counter::FlowInsertFailed => self.flow_insert_failed.inc_by(delta),
+                Counter::EventsSuppressed => self.events_suppressed.inc_by(delta),
+                Counter::EventsQueued => self.events_queued.inc_by(delta),
             }
         }
         let Kernel {
@@ -321,18 +303,17 @@ impl Metrics {
             ..
         } = k;
         for (id, workload) in endpoints.iter() {
-            for (direction, dir_name) in [(DIR_INGRESS, "ingress"), (DIR_EGRESS, "egress")] {
-                for (stat, verdict) in [
-                    (STAT_ALLOWED, "allowed"),
-                    (STAT_DROPPED, "dropped"),
-                    (STAT_WOULD_DROP, "would_drop"),
-                ] {
-                    let index = endpoint_stats_index(*id, direction, stat);
-                    let Some(total) = endpoint_total(stats, index) else {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for verdict in Verdict::ALL {
+                    let Some(total) = stats.endpoint(*id, direction, verdict) else {
                         continue;
                     };
-                    let seen = seen_stats.entry(index).or_default();
-                    let labels = [workload.as_str(), dir_name, verdict];
+                    let seen = seen_stats.entry((*id, direction, verdict)).or_default();
+                    let labels = [
+                        workload.as_str(),
+                        direction_label(direction),
+                        verdict_label(verdict),
+                    ];
                     self.workload_packets
                         .with_label_values(&labels)
                         .inc_by(total.packets.saturating_sub(seen.packets));
@@ -343,22 +324,6 @@ impl Metrics {
                 }
             }
         }
-    }
-
-    /// Packets each enforced workload's egress had dropped so far, by endpoint id (the
-    /// kernel's counts).
-    pub fn egress_drops(&self) -> Vec<(u32, u64)> {
-        let guard = self.kernel.lock().expect("metrics lock");
-        let Some(k) = guard.as_ref() else {
-            return Vec::new();
-        };
-        k.endpoints
-            .iter()
-            .filter_map(|(id, _)| {
-                let index = endpoint_stats_index(*id, DIR_EGRESS, STAT_DROPPED);
-                Some((*id, endpoint_total(&k.stats, index)?.packets))
-            })
-            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
