@@ -5,7 +5,7 @@
 //!   NetworkPolicy semantics read directly;
 //! - `compiler`: the pure function from the desired state to the kernel maps' contents;
 //! - `datapath`: everything that touches the kernel (load, attach, pins, map writes, the
-//!   host's cgroups and interfaces);
+//!   kernel's counters, the host's cgroups and interfaces);
 //! - `events`: verdict events, from the kernel's ring buffer to the event log and readers;
 //! - `observe`: Prometheus metrics and the read-only HTTP endpoint;
 //! - `rollout`: flow records, and advise, simulate and report over them;

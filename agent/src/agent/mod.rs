@@ -233,17 +233,17 @@ impl Agent {
     }
 
     /// With --auto-quarantine: quarantines the workloads whose egress denials reached the
-    /// threshold since the last samples.
+    /// threshold since the last samples (the kernel's counts, read through datapath::stats).
     fn auto_quarantine(&mut self) {
         let Some(auto) = self.auto_quarantine.as_mut() else {
             return;
         };
         let current = self.policy.borrow().clone();
-        let totals = self
-            .metrics
-            .egress_drops()
-            .into_iter()
-            .filter_map(|(id, total)| Some((current.endpoint_by_id(id)?.workload.clone(), total)));
+        let stats = self.loader.stats();
+        let totals = current.endpoints.iter().filter_map(|e| {
+            let total = stats.egress_drops(e.endpoint_id)?;
+            Some((e.workload.clone(), total))
+        });
         let threshold = auto.threshold;
         for (workload, denials) in auto.observe(Instant::now(), totals, &self.quarantined) {
             match self.control(Request::Quarantine(workload.clone())) {

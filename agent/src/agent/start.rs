@@ -73,7 +73,7 @@ pub(super) fn start(
     };
     drop(set);
     let metrics = Arc::new(Metrics::new());
-    metrics.attach_kernel(readers.counters, readers.endpoint_stats);
+    metrics.attach_kernel(loader.stats().clone());
     count_flows(readers.flows, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut agent = Agent {

@@ -1,8 +1,10 @@
 //! The policy compiler: a pure function from the desired state (workloads, namespaces,
 //! NetworkPolicies) to the exact contents of the kernel maps. No I/O happens here, so the
-//! hard logic is tested without a kernel (see tests.rs).
+//! hard logic is tested without a kernel (see tests.rs). How its entries become map keys
+//! (and which policy slot they carry) is map_keys.rs, shared with the datapath.
 
 mod identity;
+pub mod map_keys;
 mod ports;
 #[cfg(test)]
 mod tests;
@@ -14,11 +16,11 @@ use std::{
 
 pub use identity::{Block, Identities};
 use ipnet::IpNet;
+use map_keys::direction_number;
 pub use ports::{PortPrefix, port_prefixes};
 use stagewall_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS,
-    EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX,
-    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SELF_ADDRS_MAX,
+    ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
     audit_flag,
 };
 
@@ -48,7 +50,7 @@ pub struct Endpoint {
 }
 
 /// One POLICY map entry: a compiled policy allows this identity (or any), protocol (or
-/// any) and port block (or any) in this direction.
+/// any) and port block (or any) in this direction. Its key is map_keys::policy_key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyEntry {
     pub policy: u32,
@@ -58,50 +60,12 @@ pub struct PolicyEntry {
     pub ports: Option<PortPrefix>,
 }
 
+#[cfg(test)]
 impl PolicyEntry {
-    /// The LPM key of this entry in policy slot `slot`: (prefix length, data).
-    pub fn lpm_key(&self, slot: u32) -> (u32, PolicyKey) {
-        let policy = slot_policy_id(self.policy, slot);
-        let (prefix_len, protocol, port) = match (self.protocol, self.ports) {
-            (None, _) => (POLICY_PREFIX_FIXED_BITS, 0, 0),
-            (Some(p), None) => (POLICY_PREFIX_PROTO_BITS, p, 0),
-            (Some(p), Some(ports)) => {
-                (POLICY_PREFIX_PROTO_BITS + ports.bits as u32, p, ports.value)
-            }
-        };
-        (
-            prefix_len,
-            PolicyKey {
-                policy_be: policy.to_be(),
-                identity_be: self.identity.to_be(),
-                direction: direction_number(self.direction),
-                protocol,
-                port_be: port.to_be(),
-            },
-        )
-    }
-
-    #[cfg(test)]
     fn matches(&self, identity: u32, protocol: u8, port: u16) -> bool {
         (self.identity == identity || self.identity == IDENTITY_ANY)
             && self.protocol.is_none_or(|p| p == protocol)
             && self.ports.is_none_or(|ports| ports.contains(port))
-    }
-}
-
-/// A compiled policy id as the kernel sees it in slot `slot` (0 stays "not isolated").
-pub fn slot_policy_id(policy: u32, slot: u32) -> u32 {
-    if policy != 0 && slot == 1 {
-        policy | POLICY_SLOT_BIT
-    } else {
-        policy
-    }
-}
-
-pub fn direction_number(direction: Direction) -> u8 {
-    match direction {
-        Direction::Ingress => DIR_INGRESS,
-        Direction::Egress => DIR_EGRESS,
     }
 }
 

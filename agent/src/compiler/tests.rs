@@ -229,32 +229,6 @@ fn workloads_keep_their_endpoint_ids_across_recompilation() {
     assert_eq!(unique.len(), 3);
 }
 
-#[test]
-fn lpm_keys_encode_slot_protocol_and_port_bits() {
-    let entry = PolicyEntry {
-        policy: 7,
-        identity: 300,
-        direction: Direction::Egress,
-        protocol: Some(PROTO_TCP),
-        ports: Some(PortPrefix {
-            value: 8192,
-            bits: 6,
-        }),
-    };
-    let (len, key) = entry.lpm_key(1);
-    assert_eq!(len, 86);
-    assert_eq!(u32::from_be(key.policy_be), 7 | POLICY_SLOT_BIT);
-    assert_eq!(u32::from_be(key.identity_be), 300);
-    assert_eq!(u16::from_be(key.port_be), 8192);
-    assert_eq!(key.direction, DIR_EGRESS);
-    let any = PolicyEntry {
-        protocol: None,
-        ports: None,
-        ..entry
-    };
-    assert_eq!(any.lpm_key(0).0, POLICY_PREFIX_FIXED_BITS);
-}
-
 /// The example pipeline written with the Pipeline kind enforces exactly what its plain
 /// NetworkPolicy version does: every workload, direction, peer, protocol and port.
 #[test]

@@ -1,7 +1,20 @@
 //! The kernel side: loading the eBPF programs, attaching them to workloads, writing the
-//! compiled policy into the maps, pinning what must outlive the agent, and finding the
-//! host's cgroups and interfaces the programs key on. Nothing else touches the kernel.
+//! compiled policy into the maps, reading what the programs count, pinning what must
+//! outlive the agent, and finding the host's cgroups and interfaces the programs key on.
+//! Nothing else touches the kernel.
+//!
+//! - `loader`: the `Loader` the agent holds; it composes the three below;
+//! - `object`: the eBPF object embedded in the binary, loaded, its maps taken;
+//! - `attach`: the programs' links on cgroups and interfaces (tcx or clsact);
+//! - `slots`: the two-slot atomic apply (map keys are encoded in compiler::map_keys);
+//! - `stats`: the one reader of the kernel's counters and per-endpoint statistics;
+//! - `pins`: what is kept in bpffs, and the map layout it is checked against;
+//! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces.
 
+mod attach;
 pub mod host;
 pub mod loader;
+mod object;
 pub mod pins;
+mod slots;
+pub mod stats;

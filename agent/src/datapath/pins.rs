@@ -23,95 +23,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::MapInfo;
-use stagewall_common::{
-    COUNTERS_LEN, Config, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX, EVENTS_BYTES,
-    EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowKey, FlowValue,
-    IPCACHE_MAX, IpcacheKey, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
-    MAP_EVENT_LIMITS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_LAYOUT_VERSION, MAP_POLICY,
-    MAP_SELF_ADDRS, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SelfAddrKey,
-};
+use stagewall_common::MAP_LAYOUT_VERSION;
 
 use crate::datapath::host::Target;
 
 /// Where the agent pins unless `--bpffs-dir` says otherwise.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/stagewall";
 
-/// A pinned map as this build defines it: name, key size, value size, capacity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapLayout {
-    pub name: &'static str,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-}
-
-const fn layout(name: &'static str, key: usize, value: usize, max_entries: u32) -> MapLayout {
-    MapLayout {
-        name,
-        key_size: key as u32,
-        value_size: value as u32,
-        max_entries,
-    }
-}
-
-/// An LPM trie's key: the prefix length, then the data.
-const fn lpm(data: usize) -> usize {
-    size_of::<u32>() + data
-}
-
-/// Every map the agent pins, as this build defines it.
-pub const PINNED_MAPS: [MapLayout; 10] = [
-    layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
-    layout(
-        MAP_ENDPOINTS,
-        size_of::<EndpointKey>(),
-        size_of::<EndpointInfo>(),
-        ENDPOINTS_MAX,
-    ),
-    layout(
-        MAP_SELF_ADDRS,
-        size_of::<SelfAddrKey>(),
-        size_of::<u32>(),
-        SELF_ADDRS_MAX,
-    ),
-    layout(
-        MAP_IPCACHE,
-        lpm(size_of::<IpcacheKey>()),
-        size_of::<u32>(),
-        IPCACHE_MAX,
-    ),
-    layout(
-        MAP_POLICY,
-        lpm(size_of::<PolicyKey>()),
-        size_of::<u32>(),
-        POLICY_MAX,
-    ),
-    layout(
-        MAP_FLOWS,
-        size_of::<FlowKey>(),
-        size_of::<FlowValue>(),
-        FLOWS_MAX,
-    ),
-    layout(MAP_EVENTS, 0, 0, EVENTS_BYTES),
-    layout(
-        MAP_EVENT_LIMITS,
-        size_of::<FlowKey>(),
-        size_of::<EventLimit>(),
-        EVENT_LIMITS_MAX,
-    ),
-    layout(
-        MAP_ENDPOINT_STATS,
-        size_of::<u32>(),
-        size_of::<EndpointStats>(),
-        ENDPOINT_STATS_LEN,
-    ),
-    layout(
-        MAP_COUNTERS,
-        size_of::<u32>(),
-        size_of::<u64>(),
-        COUNTERS_LEN,
-    ),
-];
+/// Every map the agent pins (all of them): the map table of stagewall-common.
+pub use stagewall_common::{MAPS as PINNED_MAPS, MapLayout};
 
 /// The agent's pin directory for this build's map layout.
 #[derive(Clone, Debug)]
@@ -237,7 +157,7 @@ fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
         file_flags: 0,
         path_fd: 0,
     };
-    let fd = bpf(7, &attr)?;
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -259,8 +179,12 @@ pub fn update_link(pin: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
         flags: 0,
         old_prog_fd: 0,
     };
-    bpf(29, &attr).map(|_| ())
+    bpf(BPF_LINK_UPDATE, &attr).map(|_| ())
 }
+
+// bpf(2) commands (enum bpf_cmd in linux/bpf.h).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<i32> {
     // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, alive for the call;

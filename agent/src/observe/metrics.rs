@@ -1,6 +1,7 @@
 //! Prometheus metrics. `ml_network_violations_total` is named as the users' dashboards
 //! expect; the rest are `stagewall_*`. Label values come from small sets: workload names,
-//! CIDRs from the policy, "world", directions, verdicts, map names.
+//! CIDRs from the policy, "world", directions, verdicts, map names. What the kernel counts
+//! is read through datapath::stats and added at each scrape.
 //!
 //! Verdict label values differ by metric, as they always have: the event counters say
 //! what events say (`would-drop`), the kernel's packet counters `would_drop`.
@@ -10,21 +11,15 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::maps::{MapData, PerCpuArray};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use stagewall_common::{
-    CNT_ALLOWED_EGRESS, CNT_ALLOWED_INGRESS, CNT_DROPPED_EGRESS, CNT_DROPPED_INGRESS,
-    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, CNT_WOULD_DROP_EGRESS, CNT_WOULD_DROP_INGRESS, COUNTERS_LEN,
-    DIR_EGRESS, EndpointStats, GUARD_ENDPOINT_ID, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP,
-    endpoint_stats_index,
-};
+use stagewall_common::{COUNTERS_LEN, EndpointStats, GUARD_ENDPOINT_ID};
 
 use crate::{
-    compiler::{Compiled, direction_number},
+    compiler::Compiled,
+    datapath::stats::{Counter, KernelStats, Verdict},
     events::{UNPROGRAMMED, VerdictEvent},
     policy::model::{Direction, ObjectName},
 };
@@ -55,16 +50,16 @@ pub struct Metrics {
     kernel: Mutex<Option<Kernel>>,
 }
 
-/// The kernel's per-CPU counters and statistics, and what was already added from them.
+/// The kernel's counters and statistics, and what was already added from them.
 struct Kernel {
-    counters: PerCpuArray<MapData, u64>,
+    stats: KernelStats,
+    /// Counter totals already added, by COUNTERS index.
     seen: [u64; COUNTERS_LEN as usize],
-    stats: PerCpuArray<MapData, EndpointStats>,
     /// The policy in force, whose endpoints' statistics are exported.
     policy: Arc<Compiled>,
     /// Guard cgroups are attached: their statistics are exported as UNPROGRAMMED's.
     guards: bool,
-    seen_stats: HashMap<u32, EndpointStats>,
+    seen_stats: HashMap<(u32, Direction, Verdict), EndpointStats>,
 }
 
 /// The endpoints whose statistics are exported: their ids, and their workloads (None for
@@ -77,20 +72,12 @@ fn exported(policy: &Compiled, guards: bool) -> impl Iterator<Item = (u32, Optio
         .chain(guards.then_some((GUARD_ENDPOINT_ID, None)))
 }
 
-/// One endpoint statistic summed over the CPUs.
-fn endpoint_total(
-    stats: &PerCpuArray<MapData, EndpointStats>,
-    index: u32,
-) -> Option<EndpointStats> {
-    let values = stats.get(&index, 0).ok()?;
-    Some(
-        values
-            .iter()
-            .fold(EndpointStats::default(), |a, v| EndpointStats {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            }),
-    )
+fn verdict_label(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allowed => "allowed",
+        Verdict::Dropped => "dropped",
+        Verdict::WouldDrop => "would_drop",
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -259,15 +246,11 @@ impl Metrics {
         }
     }
 
-    pub fn attach_kernel(
-        &self,
-        counters: PerCpuArray<MapData, u64>,
-        stats: PerCpuArray<MapData, EndpointStats>,
-    ) {
+    /// Exports what the kernel counts, read through `stats`.
+    pub fn attach_kernel(&self, stats: KernelStats) {
         *self.kernel.lock().expect("metrics lock") = Some(Kernel {
-            counters,
-            seen: [0; COUNTERS_LEN as usize],
             stats,
+            seen: [0; COUNTERS_LEN as usize],
             policy: Arc::default(),
             guards: false,
             seen_stats: HashMap::new(),
@@ -308,52 +291,40 @@ impl Metrics {
     fn sync_kernel(&self) {
         let mut guard = self.kernel.lock().expect("metrics lock");
         let Some(k) = guard.as_mut() else { return };
-        for index in 0..COUNTERS_LEN {
-            let Ok(values) = k.counters.get(&index, 0) else {
-                continue;
-            };
-            let total: u64 = values.iter().sum();
-            let delta = total.saturating_sub(k.seen[index as usize]);
-            k.seen[index as usize] = total;
+        for (counter, total) in k.stats.counters() {
+            let seen = &mut k.seen[counter.index() as usize];
+            let delta = total.saturating_sub(*seen);
+            *seen = total;
             if delta == 0 {
                 continue;
             }
-            let packets = |direction, verdict| {
-                self.packets
-                    .with_label_values(&[direction, verdict])
-                    .inc_by(delta)
-            };
-            match index {
-                CNT_ALLOWED_INGRESS => packets("ingress", "allowed"),
-                CNT_ALLOWED_EGRESS => packets("egress", "allowed"),
-                CNT_DROPPED_INGRESS => packets("ingress", "dropped"),
-                CNT_DROPPED_EGRESS => packets("egress", "dropped"),
-                CNT_WOULD_DROP_INGRESS => packets("ingress", "would_drop"),
-                CNT_WOULD_DROP_EGRESS => packets("egress", "would_drop"),
-                CNT_EVENTS_LOST => self.events_lost.inc_by(delta),
-                CNT_MALFORMED => self.malformed.inc_by(delta),
-                CNT_REPLIES => self.replies.inc_by(delta),
-                CNT_FLOW_INSERT_FAILED => self.flow_insert_failed.inc_by(delta),
-                CNT_EVENTS_SUPPRESSED => self.events_suppressed.inc_by(delta),
-                CNT_EVENTS_QUEUED => self.events_queued.inc_by(delta),
-                _ => {}
+            match counter {
+                Counter::Packets(direction, verdict) => self
+                    .packets
+                    .with_label_values(&[direction.name(), verdict_label(verdict)])
+                    .inc_by(delta),
+                Counter::EventsLost => self.events_lost.inc_by(delta),
+                Counter::Malformed => self.malformed.inc_by(delta),
+                Counter::Replies => self.replies.inc_by(delta),
+                Counter::FlowInsertFailed => self.flow_insert_failed.inc_by(delta),
+                Counter::EventsSuppressed => self.events_suppressed.inc_by(delta),
+                Counter::EventsQueued => self.events_queued.inc_by(delta),
             }
         }
         let policy = k.policy.clone();
         for (id, workload) in exported(&policy, k.guards) {
             let workload = workload.map_or_else(|| UNPROGRAMMED.to_string(), |w| w.to_string());
             for direction in [Direction::Ingress, Direction::Egress] {
-                for (stat, verdict) in [
-                    (STAT_ALLOWED, "allowed"),
-                    (STAT_DROPPED, "dropped"),
-                    (STAT_WOULD_DROP, "would_drop"),
-                ] {
-                    let index = endpoint_stats_index(id, direction_number(direction), stat);
-                    let Some(total) = endpoint_total(&k.stats, index) else {
+                for verdict in Verdict::ALL {
+                    let Some(total) = k.stats.endpoint(id, direction, verdict) else {
                         continue;
                     };
-                    let seen = k.seen_stats.entry(index).or_default();
-                    let labels = [workload.as_str(), direction.name(), verdict];
+                    let seen = k.seen_stats.entry((id, direction, verdict)).or_default();
+                    let labels = [
+                        workload.as_str(),
+                        direction.name(),
+                        verdict_label(verdict),
+                    ];
                     self.workload_packets
                         .with_label_values(&labels)
                         .inc_by(total.packets.saturating_sub(seen.packets));
@@ -364,21 +335,6 @@ impl Metrics {
                 }
             }
         }
-    }
-
-    /// Packets each enforced workload's egress had dropped so far, by endpoint id (the
-    /// kernel's counts).
-    pub fn egress_drops(&self) -> Vec<(u32, u64)> {
-        let guard = self.kernel.lock().expect("metrics lock");
-        let Some(k) = guard.as_ref() else {
-            return Vec::new();
-        };
-        exported(&k.policy, k.guards)
-            .filter_map(|(id, _)| {
-                let index = endpoint_stats_index(id, DIR_EGRESS, STAT_DROPPED);
-                Some((id, endpoint_total(&k.stats, index)?.packets))
-            })
-            .collect()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use stagewall_common::{Event, audit_flag};
 
 use crate::{
-    compiler::{Compiled, direction_number},
+    compiler::{Compiled, map_keys::direction_number},
     events::{IpProtocol, Verdict, VerdictEvent, fields::direction_from_kernel},
     policy::model::{Direction, Mode},
 };

@@ -1,4 +1,5 @@
-//! Every type that crosses the kernel/user boundary, and the names and sizes of the maps.
+//! Every type that crosses the kernel/user boundary, and the names and sizes of the maps
+//! (the map table, `MAPS`, lists them all).
 //!
 //! Rules for these types (see the aya template): `#[repr(C)]`, no implicit padding (explicit
 //! `_pad` fields, always zero), integers instead of `bool` or enums, and a size assertion next
@@ -8,7 +9,7 @@
 use core::mem::size_of;
 
 // ---------------------------------------------------------------------------------------------
-// Map names and capacities.
+// Map names and capacities (the map table, `MAPS`, is below the types).
 
 /// The layout of the maps the agent pins (their kinds, capacities, and the types they
 /// hold). Pins live in a directory named after it, so a build with another layout never
@@ -384,6 +385,88 @@ pub const CNT_EVENTS_SUPPRESSED: u32 = 10;
 /// Events queued in the ring buffer.
 pub const CNT_EVENTS_QUEUED: u32 = 11;
 pub const COUNTERS_LEN: u32 = 12;
+
+// ---------------------------------------------------------------------------------------------
+// The map table: every map of the kernel programs (ebpf/stagewall-ebpf/src/maps.rs defines
+// them from the names, capacities and types above), all pinned by the agent.
+
+/// A map as this build defines it: name, key size, value size, capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn layout(name: &'static str, key: usize, value: usize, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: key as u32,
+        value_size: value as u32,
+        max_entries,
+    }
+}
+
+/// An LPM trie's key: the prefix length, then the data.
+const fn lpm(data: usize) -> usize {
+    size_of::<u32>() + data
+}
+
+/// Every map, as this build defines it: what MAP_LAYOUT_VERSION stands for. The ring
+/// buffer has neither key nor value; its capacity is in bytes.
+pub const MAPS: [MapLayout; 10] = [
+    layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
+    layout(
+        MAP_ENDPOINTS,
+        size_of::<EndpointKey>(),
+        size_of::<EndpointInfo>(),
+        ENDPOINTS_MAX,
+    ),
+    layout(
+        MAP_SELF_ADDRS,
+        size_of::<SelfAddrKey>(),
+        size_of::<u32>(),
+        SELF_ADDRS_MAX,
+    ),
+    layout(
+        MAP_IPCACHE,
+        lpm(size_of::<IpcacheKey>()),
+        size_of::<u32>(),
+        IPCACHE_MAX,
+    ),
+    layout(
+        MAP_POLICY,
+        lpm(size_of::<PolicyKey>()),
+        size_of::<u32>(),
+        POLICY_MAX,
+    ),
+    layout(
+        MAP_FLOWS,
+        size_of::<FlowKey>(),
+        size_of::<FlowValue>(),
+        FLOWS_MAX,
+    ),
+    layout(MAP_EVENTS, 0, 0, EVENTS_BYTES),
+    layout(
+        MAP_EVENT_LIMITS,
+        size_of::<FlowKey>(),
+        size_of::<EventLimit>(),
+        EVENT_LIMITS_MAX,
+    ),
+    layout(
+        MAP_ENDPOINT_STATS,
+        size_of::<u32>(),
+        size_of::<EndpointStats>(),
+        ENDPOINT_STATS_LEN,
+    ),
+    layout(
+        MAP_COUNTERS,
+        size_of::<u32>(),
+        size_of::<u64>(),
+        COUNTERS_LEN,
+    ),
+];
 
 // ---------------------------------------------------------------------------------------------
 // aya::Pod for user space.

@@ -45,7 +45,8 @@ const CGROUP_DROP: i32 = 0;
 const SOCK_ALLOW: i32 = 1;
 const SOCK_DENY: i32 = 0;
 
-fn lookup(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
+/// The endpoint `kind` (ENDPOINT_KIND_*) `id` of the slot in force.
+fn lookup_endpoint(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
     let key = EndpointKey {
         slot: cfg.active_slot,
         kind,
@@ -63,7 +64,7 @@ fn cgroup_endpoint(
     cgroup_id: u64,
     ancestor: impl Fn(i32) -> u64,
 ) -> Option<&'static EndpointInfo> {
-    if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, cgroup_id) {
+    if let Some(ep) = lookup_endpoint(cfg, ENDPOINT_KIND_CGROUP, cgroup_id) {
         return Some(ep);
     }
     // Ancestors by level from the root down: the last match is the nearest.
@@ -73,7 +74,7 @@ fn cgroup_endpoint(
         if id == 0 || id == cgroup_id {
             break;
         }
-        if let Some(ep) = lookup(cfg, ENDPOINT_KIND_CGROUP, id) {
+        if let Some(ep) = lookup_endpoint(cfg, ENDPOINT_KIND_CGROUP, id) {
             nearest = Some(ep);
         }
     }
@@ -270,7 +271,7 @@ fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
     };
     let skb: &SkBuff = &ctx.skb;
     let ifindex = unsafe { read_volatile(&(*skb.skb).ifindex) };
-    let Some(ep) = lookup(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
+    let Some(ep) = lookup_endpoint(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
         return TC_ACT_OK;
     };
     // TC data starts at the Ethernet header.

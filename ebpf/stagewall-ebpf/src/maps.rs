@@ -48,10 +48,13 @@ pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> =
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
+/// Counts one in a global counter (CNT_*). The kernel's vocabulary: `count` adds to
+/// COUNTERS, `verdict::count_for_endpoint` to ENDPOINT_STATS, `verdict::count_verdict` to
+/// both.
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+pub fn count(counter: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
-        unsafe { *counter += 1 };
+        unsafe { *value += 1 };
     }
 }

@@ -106,12 +106,12 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         // A flow this endpoint already allowed this way, under the policy in force: one
         // hash lookup instead of the LPM lookups below.
         if packet_hook && allowed_before(cfg, ep, flow, now) {
-            tally(ep, flow, STAT_ALLOWED);
+            count_verdict(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
         if is_reply(ep, flow, now) {
             count(CNT_REPLIES);
-            stat(ep, flow, STAT_ALLOWED);
+            count_for_endpoint(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
         let identity = remote_identity(cfg, flow);
@@ -127,13 +127,13 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             } else {
                 REASON_NO_RULE
             };
-            let which = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
+            let stat = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
             // Packets are always reported; a denied connect or sendmsg is too, except in
             // audit mode (its packets will be). Either way the workload's statistics
             // count it, as the global counters do: a connect refused with EPERM is a
             // violation of the workload's own, like a dropped packet.
             if report {
-                tally(ep, flow, which);
+                count_verdict(ep, flow, stat);
                 emit(
                     cfg,
                     ep,
@@ -166,7 +166,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         // connection's answers would show up as traffic to the client's ephemeral port).
         if cfg.log_allowed != 0 && is_reply(ep, flow, now) {
             count(CNT_REPLIES);
-            stat(ep, flow, STAT_ALLOWED);
+            count_for_endpoint(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
         allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
@@ -184,7 +184,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
 /// operator who isolates a workload means it), replies included.
 #[inline(never)]
 fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) -> Verdict {
-    tally(ep, flow, STAT_DROPPED);
+    count_verdict(ep, flow, STAT_DROPPED);
     let report = Report {
         verdict: VERDICT_DROPPED,
         reason: REASON_QUARANTINE,
@@ -213,14 +213,14 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
     };
     let audit = audits(cfg, ep, direction);
     let fail_open = ep.flags & EP_FAIL_OPEN != 0;
-    let (which, verdict) = if fail_open {
+    let (stat, verdict) = if fail_open {
         (STAT_ALLOWED, VERDICT_ALLOWED)
     } else if audit {
         (STAT_WOULD_DROP, VERDICT_WOULD_DROP)
     } else {
         (STAT_DROPPED, VERDICT_DROPPED)
     };
-    stat(ep, &flow, which);
+    count_for_endpoint(ep, &flow, stat);
     let report = Report {
         verdict,
         reason: REASON_MALFORMED,
@@ -237,7 +237,7 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
 
 /// Counts an allowed packet, and logs its flow when flow logging is on.
 fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32, hook: u8) {
-    tally(ep, flow, STAT_ALLOWED);
+    count_verdict(ep, flow, STAT_ALLOWED);
     if cfg.log_allowed != 0 {
         let report = Report {
             verdict: VERDICT_ALLOWED,
@@ -249,20 +249,22 @@ fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32
     }
 }
 
-/// Counts a packet's verdict (STAT_*) in the global counters and the workload's statistics.
-fn tally(ep: &EndpointInfo, flow: &Flow, which: u32) {
-    count(verdict_counter(which, flow.direction));
-    stat(ep, flow, which);
+/// Counts a packet with its verdict (STAT_*) in the global counters and in the workload's
+/// statistics.
+fn count_verdict(ep: &EndpointInfo, flow: &Flow, stat: u32) {
+    count(verdict_counter(stat, flow.direction));
+    count_for_endpoint(ep, flow, stat);
 }
 
-/// Adds a packet to the workload's per-CPU statistics.
-fn stat(ep: &EndpointInfo, flow: &Flow, which: u32) {
-    let index = endpoint_stats_index(ep.endpoint_id, flow.direction, which);
-    if let Some(stats) = ENDPOINT_STATS.get_ptr_mut(index) {
+/// Counts a packet with its verdict (STAT_*) in the workload's statistics only: its
+/// packets and bytes, per CPU.
+fn count_for_endpoint(ep: &EndpointInfo, flow: &Flow, stat: u32) {
+    let index = endpoint_stats_index(ep.endpoint_id, flow.direction, stat);
+    if let Some(entry) = ENDPOINT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
         unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += flow.bytes as u64;
+            (*entry).packets += 1;
+            (*entry).bytes += flow.bytes as u64;
         }
     }
 }
@@ -435,7 +437,7 @@ fn rate_limit(ep: &EndpointInfo, flow: &Flow, now: u64, verdict: u8) -> Option<u
         let _ = EVENT_LIMITS.insert(key, fresh, 0);
         return Some(0);
     };
-    // SAFETY: a valid map value; concurrent CPUs may race on it, which only makes the
+    // SAFETY: a valid map value; concurrent CPUs may race on it, stat only makes the
     // limit approximate (the counters stay exact).
     let state = unsafe { &mut *state };
     if now.saturating_sub(state.window_start_ns) >= EVENT_WINDOW_NS {

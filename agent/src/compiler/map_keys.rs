@@ -1,0 +1,205 @@
+//! The one place that encodes the keys of the policy maps (ENDPOINTS, SELF_ADDRS,
+//! IPCACHE, POLICY) and the policy slot each carries; the compiler and the datapath both
+//! build keys here and nowhere else. It lives below the datapath (the layer rule lets the
+//! datapath import the compiler, not the other way round) and does no I/O.
+//!
+//! Slots: every entry belongs to policy slot 0 or 1 (see datapath/slots.rs). ENDPOINTS,
+//! SELF_ADDRS and IPCACHE keys carry the slot in a field; POLICY keys carry it in the top
+//! bit of the policy id (POLICY_SLOT_BIT), which ENDPOINTS values name too.
+//!
+//! The kernel programs build their lookup keys from the same stagewall-common types
+//! (ebpf/stagewall-ebpf/src/main.rs and verdict.rs).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use stagewall_common::{
+    DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointKey, FAMILY_V4,
+    FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
+    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
+};
+
+use super::PolicyEntry;
+use crate::policy::model::Direction;
+
+/// The key of an LPM trie entry: (prefix length in bits, data).
+pub type LpmKey<K> = (u32, K);
+
+/// The DIR_* number of a direction, as keys, events and flags carry it.
+pub fn direction_number(direction: Direction) -> u8 {
+    match direction {
+        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => DIR_EGRESS,
+    }
+}
+
+/// A compiled policy id as the kernel sees it in slot `slot` (0 stays "not isolated").
+pub fn slot_policy_id(policy: u32, slot: u32) -> u32 {
+    if policy != 0 && slot == 1 {
+        policy | POLICY_SLOT_BIT
+    } else {
+        policy
+    }
+}
+
+/// The POLICY key of `entry` in slot `slot`.
+pub fn policy_key(entry: &PolicyEntry, slot: u32) -> LpmKey<PolicyKey> {
+    let policy = slot_policy_id(entry.policy, slot);
+    let (prefix_len, protocol, port) = match (entry.protocol, entry.ports) {
+        (None, _) => (POLICY_PREFIX_FIXED_BITS, 0, 0),
+        (Some(p), None) => (POLICY_PREFIX_PROTO_BITS, p, 0),
+        (Some(p), Some(ports)) => (POLICY_PREFIX_PROTO_BITS + ports.bits as u32, p, ports.value),
+    };
+    (
+        prefix_len,
+        PolicyKey {
+            policy_be: policy.to_be(),
+            identity_be: entry.identity.to_be(),
+            direction: direction_number(entry.direction),
+            protocol,
+            port_be: port.to_be(),
+        },
+    )
+}
+
+/// The slot a POLICY key belongs to (the top bit of its policy id).
+pub fn policy_key_slot(key: &PolicyKey) -> u32 {
+    u32::from(u32::from_be(key.policy_be) & POLICY_SLOT_BIT != 0)
+}
+
+/// The ENDPOINTS key of a cgroup workload (its cgroup id) in slot `slot`.
+pub fn cgroup_endpoint_key(slot: u32, cgroup_id: u64) -> EndpointKey {
+    EndpointKey {
+        slot,
+        kind: ENDPOINT_KIND_CGROUP,
+        id: cgroup_id,
+    }
+}
+
+/// The ENDPOINTS key of an interface workload (its ifindex) in slot `slot`.
+pub fn interface_endpoint_key(slot: u32, ifindex: u32) -> EndpointKey {
+    EndpointKey {
+        slot,
+        kind: ENDPOINT_KIND_IFINDEX,
+        id: ifindex as u64,
+    }
+}
+
+/// The slot an ENDPOINTS key belongs to.
+pub fn endpoint_key_slot(key: &EndpointKey) -> u32 {
+    key.slot
+}
+
+/// The SELF_ADDRS key of an endpoint's own address in slot `slot`.
+pub fn self_addr_key(slot: u32, endpoint_id: u32, addr: IpAddr) -> SelfAddrKey {
+    let (family, addr) = family_and_bytes(addr);
+    SelfAddrKey {
+        slot,
+        endpoint_id,
+        family,
+        _pad: [0; 3],
+        addr,
+    }
+}
+
+/// The slot a SELF_ADDRS key belongs to.
+pub fn self_addr_key_slot(key: &SelfAddrKey) -> u32 {
+    key.slot
+}
+
+/// The IPCACHE key of a prefix in slot `slot`: slot and family bytes, then the address.
+pub fn ipcache_key(slot: u32, prefix: &IpNet) -> LpmKey<IpcacheKey> {
+    let (family, addr) = family_and_bytes(prefix.addr());
+    let data = IpcacheKey {
+        slot: slot as u8,
+        family,
+        addr,
+        _pad: [0; 2],
+    };
+    (IPCACHE_PREFIX_BITS + prefix.prefix_len() as u32, data)
+}
+
+/// The slot an IPCACHE key belongs to.
+pub fn ipcache_key_slot(key: &IpcacheKey) -> u32 {
+    u32::from(key.slot)
+}
+
+/// An address as the kernel programs hold it: family, and the bytes (IPv4 in the first 4).
+fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    match addr {
+        IpAddr::V4(a) => {
+            let mut bytes = [0; 16];
+            bytes[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, bytes)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stagewall_common::PROTO_TCP;
+
+    use super::*;
+    use crate::compiler::PortPrefix;
+
+    #[test]
+    fn lpm_keys_encode_slot_protocol_and_port_bits() {
+        let entry = PolicyEntry {
+            policy: 7,
+            identity: 300,
+            direction: Direction::Egress,
+            protocol: Some(PROTO_TCP),
+            ports: Some(PortPrefix {
+                value: 8192,
+                bits: 6,
+            }),
+        };
+        let (len, key) = policy_key(&entry, 1);
+        assert_eq!(len, 86);
+        assert_eq!(u32::from_be(key.policy_be), 7 | POLICY_SLOT_BIT);
+        assert_eq!(u32::from_be(key.identity_be), 300);
+        assert_eq!(u16::from_be(key.port_be), 8192);
+        assert_eq!(key.direction, DIR_EGRESS);
+        let any = PolicyEntry {
+            protocol: None,
+            ports: None,
+            ..entry
+        };
+        assert_eq!(policy_key(&any, 0).0, POLICY_PREFIX_FIXED_BITS);
+    }
+
+    #[test]
+    fn every_key_says_its_slot() {
+        let entry = PolicyEntry {
+            policy: 7,
+            identity: 300,
+            direction: Direction::Ingress,
+            protocol: None,
+            ports: None,
+        };
+        let prefix: IpNet = "10.1.0.0/16".parse().unwrap();
+        let addr: IpAddr = "fd00::1".parse().unwrap();
+        for slot in [0, 1] {
+            assert_eq!(policy_key_slot(&policy_key(&entry, slot).1), slot);
+            assert_eq!(endpoint_key_slot(&cgroup_endpoint_key(slot, 42)), slot);
+            assert_eq!(endpoint_key_slot(&interface_endpoint_key(slot, 3)), slot);
+            assert_eq!(self_addr_key_slot(&self_addr_key(slot, 5, addr)), slot);
+            assert_eq!(ipcache_key_slot(&ipcache_key(slot, &prefix).1), slot);
+        }
+        // Policy id 0 (not isolated) is the same in both slots.
+        assert_eq!(slot_policy_id(0, 1), 0);
+    }
+
+    #[test]
+    fn ipcache_keys_put_the_address_after_slot_and_family() {
+        let (len, key) = ipcache_key(1, &"10.1.0.0/16".parse().unwrap());
+        assert_eq!(len, IPCACHE_PREFIX_BITS + 16);
+        assert_eq!(key.family, FAMILY_V4);
+        assert_eq!(key.addr[..4], [10, 1, 0, 0]);
+        assert_eq!(key.addr[4..], [0; 12]);
+        let key = self_addr_key(0, 9, "fd00::1".parse().unwrap());
+        assert_eq!(key.family, FAMILY_V6);
+        assert_eq!(key.addr[15], 1);
+    }
+}

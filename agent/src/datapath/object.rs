@@ -1,0 +1,147 @@
+//! The kernel object: the programs build.rs compiles (aya-build) and embeds in the binary,
+//! loaded into the kernel (the verifier runs here) with the pinned maps opened or created,
+//! then taken apart: the maps the agent writes, those it reads, and the programs, which
+//! attach.rs attaches.
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, RingBuf},
+    programs::{CgroupSkb, CgroupSockAddr, SchedClassifier},
+};
+use stagewall_common::{
+    FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS,
+    MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS,
+};
+
+use crate::datapath::{
+    pins::{PINNED_MAPS, Pins},
+    slots::PolicyMaps,
+    stats::KernelStats,
+};
+
+/// The kernel object, built by build.rs with aya-build and embedded in the binary.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stagewall-ebpf"));
+
+// The programs' names in the object (their link pins are named after them).
+pub(super) const PROG_CGROUP_INGRESS: &str = "stagewall_cgroup_ingress";
+pub(super) const PROG_CGROUP_EGRESS: &str = "stagewall_cgroup_egress";
+pub(super) const PROG_SOCK_ADDR: [&str; 4] = [
+    "stagewall_connect4",
+    "stagewall_connect6",
+    "stagewall_sendmsg4",
+    "stagewall_sendmsg6",
+];
+pub(super) const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
+pub(super) const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
+
+/// Maps the agent reads rather than writes, handed to their readers.
+pub struct Readers {
+    pub events: RingBuf<MapData>,
+    /// The flow table, read only to count its entries (map pressure).
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The loaded object, taken apart.
+pub(super) struct Object {
+    /// The programs, loaded, not attached yet.
+    pub ebpf: Ebpf,
+    /// The maps that hold the policy, which the agent writes.
+    pub policy_maps: PolicyMaps,
+    /// The counters and per-endpoint statistics.
+    pub stats: KernelStats,
+    pub readers: Readers,
+}
+
+/// Loads every program into the kernel and takes the maps. Pinned maps that exist under
+/// `pins` are opened (a previous agent's state); the others are created and pinned.
+pub(super) fn load(pins: &Pins, kernel_log_level: log::LevelFilter) -> anyhow::Result<Object> {
+    let mut ebpf_loader = EbpfLoader::new();
+    // Kernel-side logging is for troubleshooting only; off the packet path by default.
+    let level = aya_log_level(kernel_log_level);
+    ebpf_loader.override_global(aya_log::LEVEL, &level, false);
+    for map in PINNED_MAPS {
+        ebpf_loader.map_pin_path(map.name, pins.map(map.name));
+    }
+    let mut ebpf = ebpf_loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (are you root, with BTF and bpf() allowed?)")?;
+    let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::debug!("kernel log reader not started: {e}");
+            None
+        }
+    };
+    for name in [PROG_CGROUP_INGRESS, PROG_CGROUP_EGRESS] {
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+    }
+    for name in PROG_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+    }
+    for name in [PROG_TC_FROM_WORKLOAD, PROG_TC_TO_WORKLOAD] {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+    }
+    let events = take_map(&mut ebpf, MAP_EVENTS)?;
+    let stats = KernelStats::new(
+        take_map(&mut ebpf, MAP_COUNTERS)?,
+        take_map(&mut ebpf, MAP_ENDPOINT_STATS)?,
+    );
+    let readers = Readers {
+        events,
+        flows: take_map(&mut ebpf, MAP_FLOWS)?,
+        logs,
+    };
+    let policy_maps = PolicyMaps {
+        config: take_map(&mut ebpf, MAP_CONFIG)?,
+        endpoints: take_map(&mut ebpf, MAP_ENDPOINTS)?,
+        self_addrs: take_map(&mut ebpf, MAP_SELF_ADDRS)?,
+        ipcache: take_map(&mut ebpf, MAP_IPCACHE)?,
+        policy: take_map(&mut ebpf, MAP_POLICY)?,
+    };
+    Ok(Object {
+        ebpf,
+        policy_maps,
+        stats,
+        readers,
+    })
+}
+
+/// The level the kernel programs log at, as aya-log numbers it.
+fn aya_log_level(level: log::LevelFilter) -> u8 {
+    match level {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => 1,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 3,
+        log::LevelFilter::Debug => 4,
+        log::LevelFilter::Trace => 5,
+    }
+}
+
+/// Takes the map `name` out of the object, typed.
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+/// The program `name` of the object, typed.
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(prog.try_into()?)
+}

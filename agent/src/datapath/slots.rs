@@ -1,0 +1,314 @@
+//! The two-slot atomic apply. Every entry of the policy maps belongs to slot 0 or slot 1:
+//! ENDPOINTS, SELF_ADDRS and IPCACHE keys carry the slot, policy ids carry it in their top
+//! bit (the encodings are compiler/map_keys.rs). A new policy is written into the inactive
+//! slot, then one write of CONFIG flips `active_slot`; a packet reads CONFIG once, so it
+//! sees the old policy or the new one, never a mix. The old slot keeps the old policy, so
+//! the next change writes only what differs from it.
+//!
+//! The maps are pinned: a restarted agent adopts what they hold (both slots and CONFIG)
+//! and goes on from there as from any change.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
+use stagewall_common::{
+    Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
+    POLICY_ALLOW, PolicyKey, SelfAddrKey,
+};
+
+use crate::{
+    compiler::{
+        Compiled, Endpoint,
+        map_keys::{self, LpmKey},
+    },
+    datapath::host::Target,
+    policy::model::ObjectName,
+};
+
+/// The maps that hold the policy, which the agent writes.
+pub(super) struct PolicyMaps {
+    pub config: Array<MapData, Config>,
+    pub endpoints: BpfHashMap<MapData, EndpointKey, EndpointInfo>,
+    pub self_addrs: BpfHashMap<MapData, SelfAddrKey, u32>,
+    pub ipcache: LpmTrie<MapData, IpcacheKey, u32>,
+    pub policy: LpmTrie<MapData, PolicyKey, u32>,
+}
+
+/// The endpoint entry of a guard cgroup: isolated both ways without a rule, so what
+/// reaches it (a cgroup below it in no workload) is denied as "default deny". A workload
+/// not programmed yet (fail mode closed) gets the same flags under its own id.
+pub(super) const GUARD: EndpointInfo = EndpointInfo {
+    endpoint_id: GUARD_ENDPOINT_ID,
+    ingress_policy: 0,
+    egress_policy: 0,
+    flags: EP_ISOLATED_INGRESS
+        | EP_ISOLATED_EGRESS
+        | EP_DEFAULT_DENY_INGRESS
+        | EP_DEFAULT_DENY_EGRESS,
+};
+
+/// The ENDPOINTS key of a cgroup or interface found on this host, in slot `slot`.
+pub(super) fn endpoint_key(slot: u32, target: &Target) -> EndpointKey {
+    match target {
+        Target::Cgroup { id, .. } => map_keys::cgroup_endpoint_key(slot, *id),
+        Target::Interface { ifindex, .. } => map_keys::interface_endpoint_key(slot, *ifindex),
+    }
+}
+
+/// What one slot of the policy maps holds. Both slots stay filled: the inactive one holds
+/// the policy before the one in force, so a change writes only the entries that differ
+/// from it (a one-rule change is a handful of map updates, not the whole policy), then
+/// switches.
+#[derive(Default)]
+pub(super) struct SlotContents {
+    endpoints: HashMap<EndpointKey, EndpointInfo>,
+    self_addrs: HashSet<SelfAddrKey>,
+    ipcache: HashMap<LpmKey<IpcacheKey>, u32>,
+    policy: HashSet<LpmKey<PolicyKey>>,
+}
+
+impl SlotContents {
+    /// What slot `slot` holds for `compiled`: the guards, the workloads found on this host
+    /// (`targets`; those in `quarantined` flagged so), their own addresses, the IP cache
+    /// and the policy entries.
+    pub fn for_policy(
+        slot: u32,
+        compiled: &Compiled,
+        targets: &[(&Endpoint, Target)],
+        guards: &[Target],
+        quarantined: &BTreeSet<ObjectName>,
+    ) -> SlotContents {
+        let mut contents = SlotContents::default();
+        for guard in guards {
+            contents.endpoints.insert(endpoint_key(slot, guard), GUARD);
+        }
+        for (ep, target) in targets {
+            let info = EndpointInfo {
+                endpoint_id: ep.endpoint_id,
+                ingress_policy: map_keys::slot_policy_id(ep.ingress_policy, slot),
+                egress_policy: map_keys::slot_policy_id(ep.egress_policy, slot),
+                flags: if quarantined.contains(&ep.workload) {
+                    ep.flags | EP_QUARANTINED
+                } else {
+                    ep.flags
+                },
+            };
+            contents.endpoints.insert(endpoint_key(slot, target), info);
+            for addr in &ep.addresses {
+                contents
+                    .self_addrs
+                    .insert(map_keys::self_addr_key(slot, ep.endpoint_id, *addr));
+            }
+        }
+        for (prefix, identity) in compiled.ipcache() {
+            contents
+                .ipcache
+                .insert(map_keys::ipcache_key(slot, prefix), *identity);
+        }
+        for entry in &compiled.policy {
+            contents.policy.insert(map_keys::policy_key(entry, slot));
+        }
+        contents
+    }
+
+    fn len(&self) -> usize {
+        self.endpoints.len() + self.self_addrs.len() + self.ipcache.len() + self.policy.len()
+    }
+}
+
+/// The policy maps, what each slot holds, and which slot is in force.
+pub(super) struct Slots {
+    maps: PolicyMaps,
+    /// CONFIG as last written.
+    current: Config,
+    held: [SlotContents; 2],
+}
+
+impl Slots {
+    /// Reads what a previous agent left in the pinned maps: the policy in force (CONFIG)
+    /// and what each slot holds, so the first apply writes only what differs and switches
+    /// as any change does. Fresh maps hold nothing: generation 0, both slots empty.
+    pub fn adopt(maps: PolicyMaps) -> anyhow::Result<Slots> {
+        let current = maps.config.get(&0, 0).context("reading CONFIG")?;
+        let mut held: [SlotContents; 2] = Default::default();
+        fn slot(held: &mut [SlotContents; 2], n: u32) -> anyhow::Result<&mut SlotContents> {
+            held.get_mut(n as usize)
+                .ok_or_else(|| anyhow!("an entry of slot {n}; expected slot 0 or 1"))
+        }
+        for entry in maps.endpoints.iter() {
+            let (key, info) = entry?;
+            slot(&mut held, map_keys::endpoint_key_slot(&key))?
+                .endpoints
+                .insert(key, info);
+        }
+        for key in maps.self_addrs.keys() {
+            let key = key?;
+            slot(&mut held, map_keys::self_addr_key_slot(&key))?
+                .self_addrs
+                .insert(key);
+        }
+        for entry in maps.ipcache.iter() {
+            let (key, identity) = entry?;
+            let data = key.data();
+            slot(&mut held, map_keys::ipcache_key_slot(&data))?
+                .ipcache
+                .insert((key.prefix_len(), data), identity);
+        }
+        for key in maps.policy.keys() {
+            let key = key?;
+            let data = key.data();
+            slot(&mut held, map_keys::policy_key_slot(&data))?
+                .policy
+                .insert((key.prefix_len(), data));
+        }
+        if current.generation > 0 {
+            log::info!(
+                "adopted the pinned state: policy generation {} in force (slot {}), {} and {} entries in the slots",
+                current.generation,
+                current.active_slot,
+                held[0].len(),
+                held[1].len()
+            );
+        }
+        Ok(Slots {
+            maps,
+            current,
+            held,
+        })
+    }
+
+    /// The slot in force.
+    pub fn active(&self) -> u32 {
+        self.current.active_slot
+    }
+
+    /// The generation of the policy in force (0: none applied yet).
+    pub fn generation(&self) -> u32 {
+        self.current.generation
+    }
+
+    /// The entry the slot in force holds under `key`.
+    pub fn active_endpoint(&self, key: &EndpointKey) -> Option<&EndpointInfo> {
+        self.held[self.current.active_slot as usize & 1]
+            .endpoints
+            .get(key)
+    }
+
+    /// Adds an endpoint to the slot in force, for a workload it does not hold yet (the
+    /// caller makes sure nothing reads the entry before it is complete).
+    pub fn add_to_active(&mut self, key: EndpointKey, info: EndpointInfo) -> anyhow::Result<()> {
+        self.maps
+            .endpoints
+            .insert(key, info, 0)
+            .context("writing ENDPOINTS")?;
+        self.held[self.current.active_slot as usize & 1]
+            .endpoints
+            .insert(key, info);
+        Ok(())
+    }
+
+    /// Makes the (inactive) slot `slot` hold `desired`. On an error nothing was switched:
+    /// the half-written slot is emptied (the next change writes it whole) and the policy
+    /// in force stays.
+    pub fn fill(&mut self, slot: u32, desired: SlotContents) -> anyhow::Result<()> {
+        if let Err(e) = self.write_diff(slot, &desired) {
+            self.empty(slot, &desired);
+            return Err(e);
+        }
+        self.held[slot as usize] = desired;
+        Ok(())
+    }
+
+    /// Puts `next` in force with one write of CONFIG: its slot, mode and settings.
+    pub fn switch(&mut self, next: Config) -> anyhow::Result<()> {
+        self.maps.config.set(0, next, 0).context("writing CONFIG")?;
+        self.current = next;
+        Ok(())
+    }
+
+    /// Removes from slot `slot` what it holds and `desired` does not, and writes what
+    /// differs.
+    fn write_diff(&mut self, slot: u32, desired: &SlotContents) -> anyhow::Result<()> {
+        let held = &self.held[slot as usize];
+        let maps = &mut self.maps;
+        for key in held
+            .endpoints
+            .keys()
+            .filter(|k| !desired.endpoints.contains_key(k))
+        {
+            maps.endpoints
+                .remove(key)
+                .context("removing from ENDPOINTS")?;
+        }
+        for key in held.self_addrs.difference(&desired.self_addrs) {
+            maps.self_addrs
+                .remove(key)
+                .context("removing from SELF_ADDRS")?;
+        }
+        for (len, data) in held
+            .ipcache
+            .keys()
+            .filter(|k| !desired.ipcache.contains_key(k))
+        {
+            maps.ipcache
+                .remove(&Key::new(*len, *data))
+                .context("removing from IPCACHE")?;
+        }
+        for (len, data) in held.policy.difference(&desired.policy) {
+            maps.policy
+                .remove(&Key::new(*len, *data))
+                .context("removing from POLICY")?;
+        }
+        for (key, info) in &desired.endpoints {
+            if held.endpoints.get(key) != Some(info) {
+                maps.endpoints
+                    .insert(key, info, 0)
+                    .context("writing ENDPOINTS")?;
+            }
+        }
+        for key in desired.self_addrs.difference(&held.self_addrs) {
+            maps.self_addrs
+                .insert(key, 1, 0)
+                .context("writing SELF_ADDRS")?;
+        }
+        for ((len, data), identity) in &desired.ipcache {
+            if held.ipcache.get(&(*len, *data)) != Some(identity) {
+                maps.ipcache
+                    .insert(&Key::new(*len, *data), identity, 0)
+                    .context("writing IPCACHE")?;
+            }
+        }
+        for (len, data) in desired.policy.difference(&held.policy) {
+            maps.policy
+                .insert(&Key::new(*len, *data), POLICY_ALLOW, 0)
+                .context("writing POLICY")?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything slot `slot` may hold after a failed write: what it held and
+    /// what was being written.
+    fn empty(&mut self, slot: u32, desired: &SlotContents) {
+        let held = std::mem::take(&mut self.held[slot as usize]);
+        let maps = &mut self.maps;
+        for contents in [&held, desired] {
+            for key in contents.endpoints.keys() {
+                let _ = maps.endpoints.remove(key);
+            }
+            for key in &contents.self_addrs {
+                let _ = maps.self_addrs.remove(key);
+            }
+            for (len, data) in contents.ipcache.keys() {
+                let _ = maps.ipcache.remove(&Key::new(*len, *data));
+            }
+            for (len, data) in &contents.policy {
+                let _ = maps.policy.remove(&Key::new(*len, *data));
+            }
+        }
+    }
+}
