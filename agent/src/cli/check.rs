@@ -141,8 +141,8 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
         println!(
             "  {:<32} ingress: {}; egress: {}",
             ep.workload.to_string(),
-            names(&ep.ingress_policies),
-            names(&ep.egress_policies)
+            names(&ep.ingress_isolated_by),
+            names(&ep.egress_isolated_by)
         );
     }
     true

@@ -39,14 +39,16 @@ pub struct Endpoint {
     /// The workload's `stage` label, which events carry.
     pub stage: Option<String>,
     pub endpoint_id: u32,
-    /// 0 when no policy isolates the direction.
-    pub ingress_policy: u32,
-    pub egress_policy: u32,
+    /// The compiled policy (its id in the POLICY map) per direction; 0 when no policy
+    /// isolates the direction.
+    pub ingress_policy_id: u32,
+    pub egress_policy_id: u32,
     /// EP_* flags.
     pub flags: u32,
-    /// Policies that select the workload, per direction (for events and explanations).
-    pub ingress_policies: Vec<ObjectName>,
-    pub egress_policies: Vec<ObjectName>,
+    /// The NetworkPolicies that isolate the workload, per direction (for events and
+    /// explanations).
+    pub ingress_isolated_by: Vec<ObjectName>,
+    pub egress_isolated_by: Vec<ObjectName>,
 }
 
 /// One POLICY map entry: a compiled policy allows this identity (or any), protocol (or
@@ -227,14 +229,14 @@ pub fn compile_with(
             addresses: w.addresses.clone(),
             stage: w.labels.get("stage").cloned(),
             endpoint_id,
-            ingress_policy: 0,
-            egress_policy: 0,
+            ingress_policy_id: 0,
+            egress_policy_id: 0,
             flags: match set.fail_mode(w) {
                 FailMode::Closed => 0,
                 FailMode::Open => EP_FAIL_OPEN,
             },
-            ingress_policies: Vec::new(),
-            egress_policies: Vec::new(),
+            ingress_isolated_by: Vec::new(),
+            egress_isolated_by: Vec::new(),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             if set.audited(w, direction) {
@@ -297,20 +299,20 @@ pub fn compile_with(
             let names = selecting.iter().map(|p| p.name.clone()).collect();
             match direction {
                 Direction::Ingress => {
-                    endpoint.ingress_policy = id;
+                    endpoint.ingress_policy_id = id;
                     endpoint.flags |= EP_ISOLATED_INGRESS;
                     if rule_count == 0 {
                         endpoint.flags |= EP_DEFAULT_DENY_INGRESS;
                     }
-                    endpoint.ingress_policies = names;
+                    endpoint.ingress_isolated_by = names;
                 }
                 Direction::Egress => {
-                    endpoint.egress_policy = id;
+                    endpoint.egress_policy_id = id;
                     endpoint.flags |= EP_ISOLATED_EGRESS;
                     if rule_count == 0 {
                         endpoint.flags |= EP_DEFAULT_DENY_EGRESS;
                     }
-                    endpoint.egress_policies = names;
+                    endpoint.egress_isolated_by = names;
                 }
             }
         }
@@ -491,8 +493,8 @@ impl Compiled {
         port: u16,
     ) -> bool {
         let (flag, policy) = match direction {
-            Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy),
-            Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy),
+            Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy_id),
+            Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy_id),
         };
         if endpoint.flags & flag == 0 || endpoint.addresses.contains(&remote) {
             return true;

@@ -172,7 +172,7 @@ fn equal_rule_sets_share_a_policy_id() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: workers, namespace: ns}\nspec:\n  podSelector: {matchLabels: {app: worker}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: worker}}}]\n      ports: [{port: 2222}, {port: 8888}]\n",
     );
     let c = compile(&parse(&yaml), &EndpointIds::new()).unwrap();
-    let ids: BTreeSet<u32> = c.endpoints.iter().map(|e| e.ingress_policy).collect();
+    let ids: BTreeSet<u32> = c.endpoints.iter().map(|e| e.ingress_policy_id).collect();
     assert_eq!(ids.len(), 1);
     // 20 workers share one identity: 1 identity x 2 ports.
     assert_eq!(c.policy.len(), 2);

@@ -90,8 +90,8 @@ impl SlotContents {
         for (ep, target) in targets {
             let info = EndpointInfo {
                 endpoint_id: ep.endpoint_id,
-                ingress_policy: map_keys::slot_policy_id(ep.ingress_policy, slot),
-                egress_policy: map_keys::slot_policy_id(ep.egress_policy, slot),
+                ingress_policy: map_keys::slot_policy_id(ep.ingress_policy_id, slot),
+                egress_policy: map_keys::slot_policy_id(ep.egress_policy_id, slot),
                 flags: if quarantined.contains(&ep.workload) {
                     ep.flags | EP_QUARANTINED
                 } else {

@@ -108,8 +108,8 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
     };
     let policies = endpoint
         .map(|e| match direction {
-            Direction::Ingress => &e.ingress_policies,
-            Direction::Egress => &e.egress_policies,
+            Direction::Ingress => &e.ingress_isolated_by,
+            Direction::Egress => &e.egress_isolated_by,
         })
         .map(|names| names.iter().map(|n| n.to_string()).collect())
         .unwrap_or_default();

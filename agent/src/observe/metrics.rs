@@ -320,11 +320,7 @@ impl Metrics {
                         continue;
                     };
                     let seen = k.seen_stats.entry((id, direction, verdict)).or_default();
-                    let labels = [
-                        workload.as_str(),
-                        direction.name(),
-                        verdict_label(verdict),
-                    ];
+                    let labels = [workload.as_str(), direction.name(), verdict_label(verdict)];
                     self.workload_packets
                         .with_label_values(&labels)
                         .inc_by(total.packets.saturating_sub(seen.packets));

@@ -29,8 +29,8 @@ pub struct StageReport {
     pub would_drops: Vec<Denials>,
     pub drops: Vec<Denials>,
     /// The policies that isolate the stage's workloads.
-    pub ingress_policies: Vec<String>,
-    pub egress_policies: Vec<String>,
+    pub ingress_isolated_by: Vec<String>,
+    pub egress_isolated_by: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -146,8 +146,8 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             r.egress_mode = mode_name(m.map(|m| &m[1]));
             let p = policies.remove(&stage).unwrap_or_default();
             let [ingress, egress] = p;
-            r.ingress_policies = ingress.into_iter().collect();
-            r.egress_policies = egress.into_iter().collect();
+            r.ingress_isolated_by = ingress.into_iter().collect();
+            r.egress_isolated_by = egress.into_iter().collect();
             r.would_drops = denials(would_drops.remove(&stage));
             r.drops = denials(drops.remove(&stage));
             r.stage = stage;
@@ -191,8 +191,8 @@ pub fn text(stages: &[StageReport]) -> String {
                 );
             }
         }
-        let _ = writeln!(out, "  ingress policies: {}", list(&s.ingress_policies));
-        let _ = writeln!(out, "  egress policies: {}", list(&s.egress_policies));
+        let _ = writeln!(out, "  ingress policies: {}", list(&s.ingress_isolated_by));
+        let _ = writeln!(out, "  egress policies: {}", list(&s.egress_isolated_by));
     }
     out
 }
