@@ -1,5 +1,5 @@
 //! Where the desired state comes from: a directory of policy files, or the Kubernetes API
-//! server. The enforcer asks when something may have changed (a wake-up, or its periodic
+//! server. The agent asks when something may have changed (a wake-up, or its periodic
 //! check) and applies what it gets.
 
 pub mod files;

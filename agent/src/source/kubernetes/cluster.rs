@@ -178,7 +178,7 @@ pub struct Cluster {
     pods: BTreeMap<Key, PodInfo>,
     /// Every other object, parsed: the last version the parser accepted.
     documents: BTreeMap<Key, PolicySet>,
-    /// Counts changes, so the enforcer can tell whether anything happened.
+    /// Counts changes, so the agent can tell whether anything happened.
     pub version: u64,
 }
 

@@ -1,7 +1,7 @@
 //! Kubernetes as the source of the desired state (`stagewall run --kubernetes`): the agent
 //! watches Pods, Namespaces, NetworkPolicies and the stagewall.io kinds through the API
 //! server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
-//! listing again after 410 Gone), keeps them in a `Cluster`, and gives the enforcer the
+//! listing again after 410 Gone), keeps them in a `Cluster`, and gives the agent the
 //! desired state built from it whenever it changed.
 
 pub mod cgroups;
@@ -92,7 +92,7 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-/// The cluster as the watchers see it, and what of it the enforcer was last given.
+/// The cluster as the watchers see it, and what of it the agent was last given.
 pub struct View {
     cluster: Arc<Mutex<Cluster>>,
     node: String,
