@@ -1,21 +1,15 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+include!("../ebpf/stagewall-ebpf/toolchain_channel.rs");
+
 /// The nightly that builds the kernel programs: the `channel` of the eBPF crate's
 /// rust-toolchain.toml, the one place that names it.
 fn ebpf_toolchain(ebpf_crate: &std::path::Path) -> anyhow::Result<String> {
     let file = ebpf_crate.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", file.display());
     let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_string())
-        })
+    toolchain_channel(&text)
         .ok_or_else(|| anyhow!("{}: no `channel = \"...\"` line", file.display()))
 }
 

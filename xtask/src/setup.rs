@@ -7,22 +7,15 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
+include!("../../ebpf/stagewall-ebpf/toolchain_channel.rs");
+
 /// The nightly that builds the kernel programs: the `channel` of
 /// ebpf/stagewall-ebpf/rust-toolchain.toml, the one place that names it (agent/build.rs
 /// and the Dockerfile read it there too).
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
     let file = "ebpf/stagewall-ebpf/rust-toolchain.toml";
     let text = std::fs::read_to_string(file).with_context(|| file.to_string())?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_string())
-        })
-        .with_context(|| format!("{file}: no `channel = \"...\"` line"))
+    toolchain_channel(&text).with_context(|| format!("{file}: no `channel = \"...\"` line"))
 }
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
