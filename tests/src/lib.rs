@@ -9,7 +9,10 @@
 //!   `Testbed::serve`, `tcp`, `udp`, `ping`).
 //! - `agent`: the agent under test ([`Agent`], `Testbed::start_agent*`, `uninstall`,
 //!   [`metric_sum`]).
-//! - [`apiserver`]: a local Kubernetes API server; [`demo`]: the demo's test bed and probes;
+//! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver) built from the
+//!   Go modules, in the hub namespace;
+//! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
+//!   do on demand; [`demo`]: the demo's test bed and probes;
 //!   [`raw`]: hand-made frames for the hostile-input tests.
 //!
 //! `Testbed`'s methods live with the part they belong to: building the bed in `bed`,
@@ -21,6 +24,7 @@ mod exec;
 mod probe;
 
 pub mod apiserver;
+pub mod cluster;
 pub mod demo;
 pub mod raw;
 

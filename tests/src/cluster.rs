@@ -1,0 +1,367 @@
+//! A real Kubernetes control plane for the tests: etcd and kube-apiserver, built from their
+//! Go modules at one pinned release by `cargo xtask cluster-build` (tests/cluster/) into
+//! `target/cluster/bin`, started in the test bed's hub namespace on its own 127.0.0.1 (so
+//! nothing of it is reachable from the host) and killed when the `Cluster` is dropped.
+//!
+//! The API server runs as a cluster's does: RBAC authorization, service-account tokens
+//! signed with a key made at start, a serving certificate it generates itself. The tests
+//! talk to it with kubectl as an administrator (a static token in group system:masters);
+//! the agent gets a kubeconfig made from a real ServiceAccount token bound to the
+//! ClusterRole that `deploy/kubernetes/rbac.yaml` ships, so the permissions the manifests
+//! give are exactly the ones the agent runs with.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::Testbed;
+
+/// etcd's client and peer ports and the API server's port, inside the hub namespace (a
+/// fresh network namespace: nothing else listens there).
+const ETCD_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+const APISERVER_PORT: u16 = 6443;
+
+/// kube-controller-manager's controllers the tests run (no node lifecycle or pod garbage
+/// collection: the test's pods have no kubelet reporting for their nodes).
+const CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller";
+
+/// How long the control plane may take to become ready (etcd, then the API server's
+/// post-start hooks: RBAC bootstrap roles, priority classes, ...).
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// Where `cargo xtask cluster-build` puts the binaries.
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .join("target/cluster/bin")
+}
+
+/// The workspace's deploy/kubernetes directory (the manifests the tests apply).
+pub fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .join("deploy/kubernetes")
+}
+
+/// Are the control plane's binaries built? Says what is missing otherwise.
+pub fn built() -> Result<(), String> {
+    let missing: Vec<&str> = ["etcd", "kube-apiserver", "kubectl"]
+        .into_iter()
+        .filter(|b| !bin_dir().join(b).is_file())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} missing in {} (run `cargo xtask cluster-build`)",
+            missing.join(", "),
+            bin_dir().display()
+        ))
+    }
+}
+
+pub struct Cluster {
+    /// Scratch directory: etcd's data, keys, certificates, kubeconfigs, logs.
+    pub dir: PathBuf,
+    /// The hub namespace everything runs in.
+    netns: String,
+    children: Vec<(&'static str, Child)>,
+    /// The administrator's kubeconfig (kubectl in the tests).
+    pub admin: PathBuf,
+}
+
+impl Cluster {
+    /// Starts etcd and kube-apiserver in `bed`'s hub namespace and waits until the API
+    /// server is ready.
+    pub fn start(bed: &Testbed) -> anyhow::Result<Cluster> {
+        built().map_err(anyhow::Error::msg)?;
+        let dir = bed.dir.join("cluster");
+        fs::create_dir_all(dir.join("certs"))?;
+        let mut cluster = Cluster {
+            admin: dir.join("admin.kubeconfig"),
+            dir: dir.clone(),
+            netns: bed.hub.clone(),
+            children: Vec::new(),
+        };
+        let etcd_url = format!("http://127.0.0.1:{ETCD_PORT}");
+        let peer_url = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
+        cluster.spawn(
+            "etcd",
+            bed,
+            &[
+                "--name",
+                "test",
+                "--data-dir",
+                &path(&dir.join("etcd")),
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("test={peer_url}"),
+            ],
+        )?;
+        // The key that signs and checks service-account tokens.
+        let sa_key = dir.join("service-account.key");
+        let out = Command::new("openssl")
+            .args(["genrsa", "-out", &path(&sa_key), "2048"])
+            .output()
+            .context("openssl")?;
+        if !out.status.success() {
+            bail!("openssl genrsa: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let token = random_token()?;
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},admin,admin,system:masters\n"),
+        )?;
+        cluster.spawn(
+            "kube-apiserver",
+            bed,
+            &[
+                "--etcd-servers",
+                &etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                &APISERVER_PORT.to_string(),
+                "--cert-dir",
+                &path(&dir.join("certs")),
+                "--service-cluster-ip-range",
+                "10.96.0.0/16",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--service-account-key-file",
+                &path(&sa_key),
+                "--service-account-signing-key-file",
+                &path(&sa_key),
+                "--authorization-mode",
+                "RBAC",
+                "--token-auth-file",
+                &path(&dir.join("tokens.csv")),
+                // No Endpoints for the API server's own Service: they would name a
+                // loopback address, which Endpoints may not hold.
+                "--endpoint-reconciler-type",
+                "none",
+            ],
+        )?;
+        let started = Instant::now();
+        // The serving certificate the API server generated: the CA every client trusts.
+        let ca = dir.join("certs/apiserver.crt");
+        loop {
+            if ca.is_file() {
+                cluster.write_kubeconfig(&cluster.admin, "admin", &token)?;
+                if cluster.kubectl(&["get", "--raw", "/readyz"]).is_ok() {
+                    break;
+                }
+            }
+            let mut exited = None;
+            for (name, child) in &mut cluster.children {
+                if let Some(status) = child.try_wait()? {
+                    exited = Some((*name, status));
+                }
+            }
+            if let Some((name, status)) = exited {
+                bail!("{name} exited ({status})\n{}", cluster.log(name));
+            }
+            if started.elapsed() > READY_WITHIN {
+                bail!(
+                    "the API server was not ready within {READY_WITHIN:?}\n{}",
+                    cluster.log("kube-apiserver")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // The controllers the tests need: service accounts (a namespace's "default", which
+        // pod admission requires) and their tokens, namespaces (deletion), EndpointSlices
+        // for Services, and the garbage collector.
+        cluster.spawn(
+            "kube-controller-manager",
+            bed,
+            &[
+                "--kubeconfig",
+                &path(&cluster.admin),
+                "--bind-address",
+                "127.0.0.1",
+                "--leader-elect=false",
+                "--service-account-private-key-file",
+                &path(&sa_key),
+                "--root-ca-file",
+                &path(&ca),
+                "--controllers",
+                CONTROLLERS,
+            ],
+        )?;
+        println!("control plane ready in {:?}", started.elapsed());
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, name: &'static str, bed: &Testbed, args: &[&str]) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let mut cmd = bed.hub_command(bin_dir().join(name))?;
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// The last lines of a component's log.
+    pub fn log(&self, name: &str) -> String {
+        let text = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {name} (last lines)\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    /// Writes a kubeconfig for `user` with a bearer `token`, trusting the API server's
+    /// own certificate.
+    pub fn write_kubeconfig(&self, file: &Path, user: &str, token: &str) -> anyhow::Result<()> {
+        let ca = path(&self.dir.join("certs/apiserver.crt"));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{APISERVER_PORT}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}}}\ncurrent-context: test\n"
+        );
+        fs::write(file, config)?;
+        Ok(())
+    }
+
+    /// Creates a namespace and waits for its "default" ServiceAccount (made by the
+    /// controller manager), which pod admission requires.
+    pub fn create_namespace(&self, name: &str) -> anyhow::Result<()> {
+        self.kubectl(&["create", "namespace", name])?;
+        let started = Instant::now();
+        while self
+            .kubectl(&["get", "serviceaccount", "default", "--namespace", name])
+            .is_err()
+        {
+            if started.elapsed() > READY_WITHIN {
+                bail!(
+                    "no default ServiceAccount in {name} after {READY_WITHIN:?}\n{}",
+                    self.log("kube-controller-manager")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// kubectl as the administrator; fails with kubectl's stderr.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_as(&self.admin, args, None)
+    }
+
+    /// kubectl as the administrator with `input` on stdin (`apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        self.kubectl_as(&self.admin, args, Some(input))
+    }
+
+    /// kubectl with the credentials of `kubeconfig`.
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut cmd =
+            crate::exec::in_netns_and_cgroup(&self.netns, None, bin_dir().join("kubectl"))?;
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting kubectl")?;
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Installs what the agent needs from deploy/kubernetes (its namespace, the
+    /// ServiceAccount, ClusterRole and binding, the CRDs), and gives a kubeconfig with a
+    /// token of that ServiceAccount (TokenRequest, as kubelet mounts one into the pod).
+    pub fn agent_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        for manifest in ["namespace.yaml", "rbac.yaml", "crds.yaml"] {
+            self.kubectl(&["apply", "-f", &path(&manifests().join(manifest))])?;
+        }
+        // CRDs serve once established.
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/pipelines.stagewall.io",
+            "crd/workloads.stagewall.io",
+        ])?;
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            "stagewall",
+            "--namespace",
+            "stagewall-system",
+            "--duration",
+            "1h",
+        ])?;
+        let file = self.dir.join("agent.kubeconfig");
+        self.write_kubeconfig(&file, "stagewall", token.trim())?;
+        Ok(file)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The API server first, so it does not log etcd's going.
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// 32 hex characters from the kernel's random source: the administrator's token.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

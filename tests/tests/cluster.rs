@@ -1,0 +1,246 @@
+//! Kubernetes mode against a real control plane: etcd and kube-apiserver built from their
+//! Go modules (tests/cluster, `cargo xtask cluster-build`), started in the test bed's hub
+//! namespace. The manifests of deploy/kubernetes are applied with kubectl, the agent runs
+//! with a real ServiceAccount token bound to the ClusterRole they ship, and the test acts
+//! as kubelet for its pods: real Pod objects, each given a network namespace and a cgroup
+//! named as kubelet names it, its address written through the status subresource.
+//!
+//! What the hand-written server in tests/src/apiserver.rs is still kept for: watches cut
+//! and history compacted on demand, and a missing CRD (tests/tests/kubernetes.rs).
+
+use std::time::{Duration, Instant};
+
+use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged};
+
+/// The real control plane is built, or (with CI=true) the test fails saying why not.
+fn cluster_built() -> bool {
+    match stagewall_tests::cluster::built() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("the real-cluster tests cannot run: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// The cgroup kubelet (systemd driver) makes for a BestEffort pod, below `base`.
+fn pod_cgroup(base: &str, uid: &str) -> String {
+    format!(
+        "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    )
+}
+
+/// Waits until `check` holds, failing with the agent's log after 15 s.
+fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: not in force after 15 s\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+/// Acts as kubelet for `name`: creates its Pod object on `node`, and for this node's pods
+/// moves the test bed node's cgroup to where kubelet would put it; then reports its
+/// address through the status subresource, as kubelet does once the sandbox is up.
+fn run_pod(
+    cluster: &Cluster,
+    bed: &mut Testbed,
+    base: &str,
+    name: &str,
+    node: &str,
+    labels: &str,
+) -> String {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ml\n  labels: {labels}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: probe:1\n"
+    );
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &pod)
+        .expect("creating the pod");
+    let uid = cluster
+        .kubectl(&[
+            "get",
+            "pod",
+            name,
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect("the pod's UID");
+    let qos = cluster
+        .kubectl(&[
+            "get",
+            "pod",
+            name,
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.status.qosClass}",
+        ])
+        .expect("the pod's QoS class");
+    assert_eq!(qos, "BestEffort", "the API server sets the QoS class");
+    if node == "node-a" {
+        bed.move_cgroup(name, &pod_cgroup(base, &uid))
+            .expect("moving the pod's cgroup");
+    }
+    let ip = bed.node(name).v4;
+    let status =
+        format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+    cluster
+        .kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            "ml",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])
+        .expect("writing the pod's status");
+    uid
+}
+
+#[test]
+fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_writes_nothing() {
+    if !privileged() || !cluster_built() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server", "other"]).expect("creating the test bed");
+    let base = bed
+        .node("client")
+        .cgroup_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent.to_string())
+        .unwrap();
+    let cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+
+    // The ServiceAccount token the shipped RBAC gives can read what the agent watches and
+    // write nothing at all.
+    let as_agent = |args: &[&str]| cluster.kubectl_as(&agent_kubeconfig, args, None);
+    for resource in [
+        "pods",
+        "namespaces",
+        "networkpolicies.networking.k8s.io",
+        "pipelines.stagewall.io",
+        "workloads.stagewall.io",
+    ] {
+        let said = as_agent(&["auth", "can-i", "watch", resource, "--all-namespaces"]);
+        assert_eq!(said.expect("can-i").trim(), "yes", "watch {resource}");
+        for verb in ["create", "update", "patch", "delete"] {
+            // kubectl says "no" and exits 1.
+            let said = as_agent(&["auth", "can-i", verb, resource, "--all-namespaces"]);
+            assert!(said.is_err(), "the agent's token may {verb} {resource}");
+        }
+    }
+    let write = as_agent(&["create", "namespace", "intruder"]).unwrap_err();
+    assert!(format!("{write:#}").contains("Forbidden"), "{write:#}");
+    let read = as_agent(&["get", "secrets", "--all-namespaces"]).unwrap_err();
+    assert!(format!("{read:#}").contains("Forbidden"), "{read:#}");
+
+    // The API server itself refuses what the CRD schema and NetworkPolicy validation
+    // forbid: such objects never reach the agent.
+    cluster.create_namespace("ml").expect("namespace");
+    cluster
+        .kubectl(&["label", "namespace", "ml", "team=b"])
+        .expect("namespace label");
+    let refused = cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {name: bad, namespace: ml}\nspec:\n  stages:\n  - name: training\n",
+        )
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("selector"),
+        "a stage without a selector: {refused:#}"
+    );
+    let refused = cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: ml}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{protocol: TCP, port: 80, endPort: 70}]\n",
+        )
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("endPort"),
+        "endPort below port: {refused:#}"
+    );
+
+    // Pods as kubelet would run them: client and server on this node, other on node-b.
+    run_pod(
+        &cluster,
+        &mut bed,
+        &base,
+        "client",
+        "node-a",
+        "{app: client}",
+    );
+    run_pod(
+        &cluster,
+        &mut bed,
+        &base,
+        "server",
+        "node-a",
+        "{app: server}",
+    );
+    run_pod(&cluster, &mut bed, &base, "other", "node-b", "{app: other}");
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
+        )
+        .expect("the policy");
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    let server = bed.node("server").v4;
+
+    let agent = bed
+        .start_agent_kubernetes(
+            &agent_kubeconfig,
+            &["--node-name", "node-a", "--pods-cgroup-base", &base],
+        )
+        .expect("starting the agent with the ServiceAccount's token");
+    let log = || format!("{}\n{}", agent.log(), cluster.log("kube-apiserver"));
+    until("the pods enforced", log, || {
+        metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
+    });
+    assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
+    assert!(bed.tcp("client", server, 81).is("timeout"), "{}", log());
+    assert!(bed.tcp("other", server, 80).is("timeout"), "app=other");
+
+    // A label changed with kubectl reaches the kernel.
+    cluster
+        .kubectl(&[
+            "label",
+            "pod",
+            "other",
+            "-n",
+            "ml",
+            "app=client",
+            "--overwrite",
+        ])
+        .expect("relabelling");
+    let took = until("other's new label", log, || {
+        bed.tcp("other", server, 80).is("ok")
+    });
+    println!("a label change through the real API server in force after {took:?}");
+
+    // The policy deleted: server is no longer isolated.
+    cluster
+        .kubectl(&["delete", "networkpolicy", "server-80", "-n", "ml"])
+        .expect("deleting the policy");
+    until("the deletion", log, || {
+        bed.tcp("client", server, 81).is("ok")
+    });
+}
