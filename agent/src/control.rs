@@ -4,13 +4,12 @@
 //! by a line `ok ...` or `error ...`.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Write as _},
     os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
@@ -60,26 +59,68 @@ impl Request {
     }
 }
 
+/// What went wrong serving or sending a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("creating {}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("binding {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "connecting to {} (is `stagewall run` running, and are you root?)",
+        socket.display()
+    )]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The agent answered `error ...`: what it said.
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected answer {0:?}")]
+    UnexpectedAnswer(String),
+    /// The agent's loop no longer takes requests (it is stopping).
+    #[error("channel closed")]
+    AgentGone,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// A request and where its answer goes.
 pub type Command = (Request, oneshot::Sender<Result<String, String>>);
 
 /// Binds the socket (mode 0600, in a 0700 directory) and forwards requests from root.
-pub fn listen(path: &Path) -> anyhow::Result<(UnixListener, PathBuf)> {
+pub fn listen(path: &Path) -> Result<(UnixListener, PathBuf), ControlError> {
     // A directory made here is root's alone; an existing one is left as it is (the
     // socket's own mode keeps others out).
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| ControlError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     // A socket left by an agent that was killed.
     let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok((listener, path.to_path_buf()))
 }
 
-pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) -> anyhow::Result<()> {
+/// Serves until accepting a connection fails.
+pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) -> io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let commands = commands.clone();
@@ -94,7 +135,7 @@ pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>) -> a
 async fn handle(
     stream: tokio::net::UnixStream,
     commands: mpsc::Sender<Command>,
-) -> anyhow::Result<()> {
+) -> Result<(), ControlError> {
     // The file mode already keeps others out; the peer's credentials say so again.
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
@@ -111,8 +152,11 @@ async fn handle(
     let answer = match Request::parse(&line) {
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
-            commands.send((request, tx)).await?;
-            rx.await?
+            commands
+                .send((request, tx))
+                .await
+                .map_err(|_| ControlError::AgentGone)?;
+            rx.await.map_err(|_| ControlError::AgentGone)?
         }
         Err(e) => Err(e),
     };
@@ -126,12 +170,10 @@ async fn handle(
 
 /// The client side, for `stagewall quarantine|release`: sends one request, returns the
 /// agent's answer.
-pub fn send(socket: &Path, request: &Request) -> anyhow::Result<String> {
-    let mut stream = StdUnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to {} (is `stagewall run` running, and are you root?)",
-            socket.display()
-        )
+pub fn send(socket: &Path, request: &Request) -> Result<String, ControlError> {
+    let mut stream = StdUnixStream::connect(socket).map_err(|source| ControlError::Connect {
+        socket: socket.to_path_buf(),
+        source,
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(request.line().as_bytes())?;
@@ -139,8 +181,8 @@ pub fn send(socket: &Path, request: &Request) -> anyhow::Result<String> {
     BufReader::new(stream).read_line(&mut answer)?;
     match answer.trim().split_once(' ') {
         Some(("ok", rest)) => Ok(rest.to_string()),
-        Some(("error", rest)) => bail!("{rest}"),
-        _ => bail!("unexpected answer {answer:?}"),
+        Some(("error", rest)) => Err(ControlError::Refused(rest.to_string())),
+        _ => Err(ControlError::UnexpectedAnswer(answer)),
     }
 }
 

@@ -36,6 +36,8 @@ impl Outputs {
 }
 
 impl reader::Handler for Outputs {
+    type Error = anyhow::Error;
+
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
         let compiled = self.policy.borrow().clone();
         let e = describe(event, &compiled, &self.node);

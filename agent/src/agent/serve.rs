@@ -6,6 +6,7 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::Context as _;
+use futures_util::TryFutureExt as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -71,8 +72,8 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         records: records.clone(),
     };
     tasks.spawn(outputs.stream(started.events));
-    tasks.spawn(http::serve(listener, state.clone()));
-    tasks.spawn(control::serve(control_listener, command_tx));
+    tasks.spawn(http::serve(listener, state.clone()).err_into());
+    tasks.spawn(control::serve(control_listener, command_tx).err_into());
     if let Some(logs) = started.logs {
         tasks.spawn(kernel_logs(logs));
     }
@@ -136,7 +137,7 @@ fn save(records: Option<&Records>, metrics: &Metrics) {
     };
     let mut records = records.lock().expect("records lock");
     if let Err(e) = records.save() {
-        log::error!("{e:#}");
+        log::error!("{:#}", anyhow::Error::from(e));
     }
     metrics.flow_records.set(records.len() as i64);
     metrics.flow_records_evicted.set(records.evicted() as i64);

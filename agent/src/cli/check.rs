@@ -71,7 +71,8 @@ pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
         Ok(view) => view,
         Err(e) => {
             // One line of output for each line of the message, as for policy errors.
-            for line in format!("Kubernetes: {e:#}").lines() {
+            let e = anyhow::Error::from(e).context("Kubernetes");
+            for line in format!("{e:#}").lines() {
                 eprintln!("error: {line}");
             }
             return None;

@@ -9,7 +9,7 @@ use crate::control::{Request, send};
 pub fn run(socket: &Path, line: &str) -> ExitCode {
     let result = Request::parse(line)
         .map_err(anyhow::Error::msg)
-        .and_then(|request| send(socket, &request));
+        .and_then(|request| Ok(send(socket, &request)?));
     match result {
         Ok(answer) => {
             println!("{answer}");

@@ -62,7 +62,7 @@ pub fn inputs(
     policies: impl FnOnce() -> Option<PolicySet>,
 ) -> Result<(RecordsFile, PolicySet), ExitCode> {
     let records = flow_records::load(records).map_err(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {:#}", anyhow::Error::from(e));
         ExitCode::from(EXIT_BAD_INPUT)
     })?;
     let set = policies().ok_or(ExitCode::from(EXIT_BAD_INPUT))?;

@@ -167,12 +167,12 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         .map_err(|e| ConfigError(e.to_string()))?;
     let listener = http::bind(args.metrics_addr)
         .await
-        .map_err(|e| ConfigError(e.to_string()))?;
+        .map_err(|e| ConfigError(format!("{:#}", anyhow::Error::from(e))))?;
     let records = match args.record_flows {
         Recording::Off => None,
         recording => {
             let records = FlowRecords::open(&args.flow_records, args.flow_records_max, args.mode)
-                .map_err(|e| ConfigError(format!("{e:#}")))?;
+                .map_err(|e| ConfigError(format!("{:#}", anyhow::Error::from(e))))?;
             let filter = RecordFilter {
                 recording,
                 agent_audits: args.mode == Mode::Audit,

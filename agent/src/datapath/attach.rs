@@ -10,7 +10,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
 use aya::{
     Ebpf,
     programs::{
@@ -22,13 +21,17 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::datapath::{
-    host::Target,
-    object::{
-        PROG_CGROUP_EGRESS, PROG_CGROUP_INGRESS, PROG_SOCK_ADDR, PROG_TC_FROM_WORKLOAD,
-        PROG_TC_TO_WORKLOAD, program,
+use crate::{
+    datapath::{
+        error::{DatapathError, PathAction},
+        host::Target,
+        object::{
+            PROG_CGROUP_EGRESS, PROG_CGROUP_INGRESS, PROG_SOCK_ADDR, PROG_TC_FROM_WORKLOAD,
+            PROG_TC_TO_WORKLOAD, program,
+        },
+        pins::{self, Pins},
     },
-    pins::{self, Pins},
+    policy::error::Chain,
 };
 
 /// Links of one attached workload, to detach it when it leaves the policy: pinned (the
@@ -66,7 +69,7 @@ impl Attachments {
 
     /// Attaches the programs for `target`: the cgroup programs to a cgroup, the TC
     /// programs to an interface.
-    pub fn attach(&mut self, target: &Target) -> anyhow::Result<()> {
+    pub fn attach(&mut self, target: &Target) -> Result<(), DatapathError> {
         let links = match target {
             Target::Cgroup { dir, .. } => self.attach_cgroup(target, dir)?,
             Target::Interface { name, .. } => self.attach_interface(target, name)?,
@@ -75,9 +78,9 @@ impl Attachments {
         Ok(())
     }
 
-    fn attach_cgroup(&mut self, target: &Target, dir: &Path) -> anyhow::Result<Links> {
+    fn attach_cgroup(&mut self, target: &Target, dir: &Path) -> Result<Links, DatapathError> {
         let mut links = Links::default();
-        let cgroup = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let cgroup = File::open(dir).map_err(DatapathError::path(PathAction::Opening, dir))?;
         // Attached as bpf links (kernel 5.7+): links always run beside other programs on
         // the same cgroup (systemd's, another agent's) and take no attach flags;
         // BPF_F_ALLOW_MULTI here is EINVAL.
@@ -92,7 +95,7 @@ impl Attachments {
             pinned_link(&pin, fd.as_fd(), || {
                 let id = prog
                     .attach(&cgroup, attach_type, mode)
-                    .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                    .map_err(attaching(name, dir.display()))?;
                 Ok(FdLink::try_from(prog.take_link(id)?)?)
             })?;
             links.pinned.push(pin);
@@ -104,7 +107,7 @@ impl Attachments {
             pinned_link(&pin, fd.as_fd(), || {
                 let id = prog
                     .attach(&cgroup, mode)
-                    .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                    .map_err(attaching(name, dir.display()))?;
                 Ok(FdLink::try_from(prog.take_link(id)?)?)
             })?;
             links.pinned.push(pin);
@@ -113,7 +116,11 @@ impl Attachments {
         Ok(links)
     }
 
-    fn attach_interface(&mut self, target: &Target, interface: &str) -> anyhow::Result<Links> {
+    fn attach_interface(
+        &mut self,
+        target: &Target,
+        interface: &str,
+    ) -> Result<Links, DatapathError> {
         let mut links = Links::default();
         // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact, netlink
         // filters that cannot be pinned.
@@ -136,8 +143,8 @@ impl Attachments {
             let mut attach = || {
                 let id = prog
                     .attach(interface, attach_type)
-                    .with_context(|| format!("attaching {prog_name} to {interface}"))?;
-                anyhow::Ok(prog.take_link(id)?)
+                    .map_err(attaching(prog_name, interface))?;
+                Ok::<_, DatapathError>(prog.take_link(id)?)
             };
             if clsact {
                 links.unpinned.push(attach()?);
@@ -162,7 +169,7 @@ impl Attachments {
             if let Some(links) = self.links.remove(&target)
                 && let Err(e) = detach(links)
             {
-                log::warn!("detaching from {target:?}: {e:#}");
+                log::warn!("detaching from {target:?}: {}", Chain(&e));
             }
         }
     }
@@ -193,9 +200,9 @@ impl Attachments {
 }
 
 /// Unpins a workload's links, which detaches them.
-fn detach(links: Links) -> anyhow::Result<()> {
+fn detach(links: Links) -> Result<(), DatapathError> {
     for pin in &links.pinned {
-        std::fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+        std::fs::remove_file(pin).map_err(DatapathError::path(PathAction::Removing, pin))?;
     }
     drop(links.unpinned);
     Ok(())
@@ -207,8 +214,8 @@ fn detach(links: Links) -> anyhow::Result<()> {
 fn pinned_link(
     pin: &Path,
     program: BorrowedFd<'_>,
-    attach: impl FnOnce() -> anyhow::Result<FdLink>,
-) -> anyhow::Result<()> {
+    attach: impl FnOnce() -> Result<FdLink, DatapathError>,
+) -> Result<(), DatapathError> {
     if pin.exists() {
         match pins::update_link(pin, program) {
             Ok(()) => return Ok(()),
@@ -222,8 +229,23 @@ fn pinned_link(
             }
         }
     }
-    attach()?
-        .pin(pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
+    match attach()?.pin(pin) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(DatapathError::Pin {
+            path: pin.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The error of attaching `program` to `target` (a cgroup directory, an interface).
+fn attaching(
+    program: &'static str,
+    target: impl std::fmt::Display,
+) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::Attach {
+        program,
+        target: target.to_string(),
+        source,
+    }
 }

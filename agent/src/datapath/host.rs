@@ -2,22 +2,50 @@
 //! attachment (cgroup path, systemd unit, interface) into what the kernel programs key on.
 
 use std::{
-    ffi::CString,
+    ffi::{CString, NulError},
+    io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
-
-use anyhow::{Context as _, bail};
 
 use crate::policy::model::Attachment;
 
 /// Where bpffs lives by convention; the agent mounts it there when it is missing.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
+/// What the host lacks, or would not give.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("reading /proc/self/mountinfo")]
+    Mountinfo(#[source] io::Error),
+    #[error(
+        "no cgroup2 filesystem is mounted (see /proc/self/mountinfo); stagewall needs cgroup v2"
+    )]
+    NoCgroup2,
+    #[error("creating {BPFFS}")]
+    CreateBpffs(#[source] io::Error),
+    #[error("mount -t bpf bpf {BPFFS}")]
+    MountBpffs(#[source] io::Error),
+    #[error("cgroup {}", dir.display())]
+    Cgroup {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {} is not a directory", dir.display())]
+    NotADirectory { dir: PathBuf },
+    #[error("no cgroup named {unit} below {}", cgroup_root.display())]
+    NoUnitCgroup { unit: String, cgroup_root: PathBuf },
+    #[error("no network interface {name} in the agent's network namespace")]
+    NoInterface { name: String },
+    /// An interface name with a NUL byte.
+    #[error(transparent)]
+    Nul(#[from] NulError),
+}
+
 /// One line of /proc/self/mountinfo: (mount point, filesystem type).
-fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+fn mounts() -> Result<Vec<(PathBuf, String)>, HostError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(HostError::Mountinfo)?;
     Ok(text
         .lines()
         .filter_map(|line| {
@@ -56,25 +84,25 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// The cgroup2 mount point: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
 /// on hybrid ones, wherever mountinfo says. Never hard-coded.
-pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+pub fn cgroup2_mount() -> Result<PathBuf, HostError> {
     mounts()?
         .into_iter()
         .find(|(_, fstype)| fstype == "cgroup2")
         .map(|(path, _)| path)
-        .context("no cgroup2 filesystem is mounted (see /proc/self/mountinfo); stagewall needs cgroup v2")
+        .ok_or(HostError::NoCgroup2)
 }
 
 /// Mounts bpffs at BPFFS unless a bpffs is already there.
-pub fn ensure_bpffs() -> anyhow::Result<()> {
+pub fn ensure_bpffs() -> Result<(), HostError> {
     let mounted = mounts()?
         .iter()
         .any(|(path, fstype)| fstype == "bpf" && path == Path::new(BPFFS));
     if mounted {
         return Ok(());
     }
-    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    std::fs::create_dir_all(BPFFS).map_err(HostError::CreateBpffs)?;
     let target = CString::new(BPFFS)?;
-    let fstype = CString::new("bpf")?;
+    let fstype = c"bpf";
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
         libc::mount(
@@ -86,10 +114,7 @@ pub fn ensure_bpffs() -> anyhow::Result<()> {
         )
     };
     if rc != 0 {
-        bail!(
-            "mount -t bpf bpf {BPFFS}: {}",
-            std::io::Error::last_os_error()
-        );
+        return Err(HostError::MountBpffs(io::Error::last_os_error()));
     }
     log::info!("mounted bpffs at {BPFFS}");
     Ok(())
@@ -110,13 +135,15 @@ pub fn cgroup_dir(cgroup_root: &Path, path: &str) -> PathBuf {
     cgroup_root.join(path.trim_start_matches('/'))
 }
 
-pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> anyhow::Result<Target> {
+pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> Result<Target, HostError> {
     match attachment {
         Attachment::Cgroup(path) => cgroup_target(cgroup_dir(cgroup_root, path)),
         Attachment::SystemdUnit(unit) => {
-            let dir = find_unit_cgroup(cgroup_root, unit, 0).with_context(|| {
-                format!("no cgroup named {unit} below {}", cgroup_root.display())
-            })?;
+            let dir =
+                find_unit_cgroup(cgroup_root, unit, 0).ok_or_else(|| HostError::NoUnitCgroup {
+                    unit: unit.clone(),
+                    cgroup_root: cgroup_root.to_path_buf(),
+                })?;
             cgroup_target(dir)
         }
         Attachment::Interface(name) => {
@@ -124,7 +151,7 @@ pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> anyhow::Result<Ta
             // SAFETY: valid NUL-terminated string.
             let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
             if ifindex == 0 {
-                bail!("no network interface {name} in the agent's network namespace");
+                return Err(HostError::NoInterface { name: name.clone() });
             }
             Ok(Target::Interface {
                 name: name.clone(),
@@ -134,10 +161,13 @@ pub fn resolve(cgroup_root: &Path, attachment: &Attachment) -> anyhow::Result<Ta
     }
 }
 
-fn cgroup_target(dir: PathBuf) -> anyhow::Result<Target> {
-    let meta = std::fs::metadata(&dir).with_context(|| format!("cgroup {}", dir.display()))?;
+fn cgroup_target(dir: PathBuf) -> Result<Target, HostError> {
+    let meta = match std::fs::metadata(&dir) {
+        Ok(meta) => meta,
+        Err(source) => return Err(HostError::Cgroup { dir, source }),
+    };
     if !meta.is_dir() {
-        bail!("cgroup {} is not a directory", dir.display());
+        return Err(HostError::NotADirectory { dir });
     }
     Ok(Target::Cgroup {
         dir,

@@ -12,7 +12,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
 use stagewall_common::{
     Config, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_FAIL_OPEN, EndpointInfo, GUARD_ENDPOINT_ID,
     MODE_AUDIT, MODE_ENFORCE,
@@ -23,13 +22,17 @@ use crate::{
     compiler::{Compiled, Endpoint, EndpointIds},
     datapath::{
         attach::Attachments,
+        error::DatapathError,
         host::{self, Target},
         object,
         pins::Pins,
         slots::{GUARD, SlotContents, Slots, endpoint_key},
         stats::KernelStats,
     },
-    policy::model::{Attachment, Mode, ObjectName},
+    policy::{
+        error::Chain,
+        model::{Attachment, Mode, ObjectName},
+    },
 };
 
 /// A local workload the policy in force enforces, as found on this host.
@@ -80,10 +83,11 @@ impl Loader {
         kernel_log_level: log::LevelFilter,
         pins: Pins,
         guards: Vec<String>,
-    ) -> anyhow::Result<(Loader, Readers)> {
+    ) -> Result<(Loader, Readers), DatapathError> {
         let other_layouts = pins.prepare()?;
         let object = object::load(&pins, kernel_log_level)?;
-        let slots = Slots::adopt(object.policy_maps).context("reading the pinned maps")?;
+        let slots =
+            Slots::adopt(object.policy_maps).map_err(|e| DatapathError::Adopt(Box::new(e)))?;
         let loader = Loader {
             cgroup_root: cgroup_root.to_path_buf(),
             attachments: Attachments::new(object.ebpf, pins, other_layouts),
@@ -103,7 +107,7 @@ impl Loader {
         compiled: &Compiled,
         how: ProgramSettings,
         quarantined: &BTreeSet<ObjectName>,
-    ) -> anyhow::Result<Vec<AttachedWorkload>> {
+    ) -> Result<Vec<AttachedWorkload>, DatapathError> {
         let next_slot = 1 - self.slots.active();
         let mut targets = Vec::new();
         for ep in &compiled.endpoints {
@@ -111,7 +115,7 @@ impl Loader {
                 Ok(target) => targets.push((ep, target)),
                 // A workload that has not started yet is known as a peer and enforced
                 // once its cgroup or interface exists and the policy is applied again.
-                Err(e) => log::warn!("{}: not enforced on this host: {e:#}", ep.workload),
+                Err(e) => log::warn!("{}: not enforced on this host: {}", ep.workload, Chain(&e)),
             }
         }
         let guards = self.guard_targets();
@@ -171,7 +175,11 @@ impl Loader {
     /// everything. Nothing reads that slot's entry for it before its programs are attached,
     /// so the write races nothing; a workload the active slot already holds (an adopted
     /// policy) keeps its entry.
-    fn deny_until_programmed(&mut self, ep: &Endpoint, target: &Target) -> anyhow::Result<()> {
+    fn deny_until_programmed(
+        &mut self,
+        ep: &Endpoint,
+        target: &Target,
+    ) -> Result<(), DatapathError> {
         if ep.flags & EP_FAIL_OPEN != 0 {
             return Ok(());
         }
@@ -210,7 +218,7 @@ impl Loader {
             .iter()
             .filter_map(|path| {
                 host::resolve(&self.cgroup_root, &Attachment::Cgroup(path.clone()))
-                    .map_err(|e| log::warn!("guard cgroup {path}: {e:#}"))
+                    .map_err(|e| log::warn!("guard cgroup {path}: {}", Chain(&e)))
                     .ok()
             })
             .collect()

@@ -9,9 +9,11 @@
 //! - `slots`: the two-slot atomic apply (map keys are encoded in compiler::map_keys);
 //! - `stats`: the one reader of the kernel's counters and per-endpoint statistics;
 //! - `pins`: what is kept in bpffs, and the map layout it is checked against;
-//! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces.
+//! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces;
+//! - `error`: what can go wrong in all but `host`, naming the map, program or path.
 
 mod attach;
+pub mod error;
 pub mod host;
 pub mod loader;
 mod object;

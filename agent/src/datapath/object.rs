@@ -3,7 +3,6 @@
 //! then taken apart: the maps the agent writes, those it reads, and the programs, which
 //! attach.rs attaches.
 
-use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, RingBuf},
@@ -15,6 +14,7 @@ use stagewall_common::{
 };
 
 use crate::datapath::{
+    error::DatapathError,
     pins::{PINNED_MAPS, Pins},
     slots::PolicyMaps,
     stats::KernelStats,
@@ -57,7 +57,10 @@ pub(super) struct Object {
 
 /// Loads every program into the kernel and takes the maps. Pinned maps that exist under
 /// `pins` are opened (a previous agent's state); the others are created and pinned.
-pub(super) fn load(pins: &Pins, kernel_log_level: log::LevelFilter) -> anyhow::Result<Object> {
+pub(super) fn load(
+    pins: &Pins,
+    kernel_log_level: log::LevelFilter,
+) -> Result<Object, DatapathError> {
     let mut ebpf_loader = EbpfLoader::new();
     // Kernel-side logging is for troubleshooting only; off the packet path by default.
     let level = aya_log_level(kernel_log_level);
@@ -67,7 +70,7 @@ pub(super) fn load(pins: &Pins, kernel_log_level: log::LevelFilter) -> anyhow::R
     }
     let mut ebpf = ebpf_loader
         .load(EBPF_OBJECT)
-        .context("loading the eBPF object (are you root, with BTF and bpf() allowed?)")?;
+        .map_err(DatapathError::Object)?;
     let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
         Err(e) => {
@@ -77,15 +80,15 @@ pub(super) fn load(pins: &Pins, kernel_log_level: log::LevelFilter) -> anyhow::R
     };
     for name in [PROG_CGROUP_INGRESS, PROG_CGROUP_EGRESS] {
         let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.load().map_err(loading(name))?;
     }
     for name in PROG_SOCK_ADDR {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.load().map_err(loading(name))?;
     }
     for name in [PROG_TC_FROM_WORKLOAD, PROG_TC_TO_WORKLOAD] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.load().map_err(loading(name))?;
     }
     let events = take_map(&mut ebpf, MAP_EVENTS)?;
     let stats = KernelStats::new(
@@ -124,24 +127,32 @@ fn aya_log_level(level: log::LevelFilter) -> u8 {
     }
 }
 
-/// Takes the map `name` out of the object, typed.
+/// Takes `map` out of the object, typed.
 fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
-    name: &str,
-) -> anyhow::Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
-    T::try_from(map).with_context(|| format!("map {name}"))
+    map: &'static str,
+) -> Result<T, DatapathError> {
+    let taken = ebpf
+        .take_map(map)
+        .ok_or(DatapathError::MissingMap { map })?;
+    T::try_from(taken).map_err(|source| DatapathError::MapType { map, source })
 }
 
-/// The program `name` of the object, typed.
-pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+/// The error of loading `program` into the kernel.
+fn loading(program: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::LoadProgram { program, source }
+}
+
+/// `program` of the object, typed.
+pub(super) fn program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut P, DatapathError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        .program_mut(program)
+        .ok_or(DatapathError::MissingProgram { program })?;
     Ok(prog.try_into()?)
 }

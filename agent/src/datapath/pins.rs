@@ -21,11 +21,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
 use aya::maps::MapInfo;
 use stagewall_common::MAP_LAYOUT_VERSION;
 
-use crate::datapath::host::Target;
+use crate::datapath::{
+    error::{DatapathError, PathAction},
+    host::Target,
+};
 
 /// Where the agent pins unless `--bpffs-dir` says otherwise.
 pub const DEFAULT_DIR: &str = "/sys/fs/bpf/stagewall";
@@ -50,18 +52,21 @@ impl Pins {
 
     /// Creates the directories (on bpffs) and checks that maps pinned there have the
     /// layout this build expects; returns the directories of other layout versions.
-    pub fn prepare(&self) -> anyhow::Result<Vec<PathBuf>> {
+    pub fn prepare(&self) -> Result<Vec<PathBuf>, DatapathError> {
         for sub in ["maps", "links"] {
-            std::fs::create_dir_all(self.dir.join(sub))
-                .with_context(|| format!("creating {}", self.dir.join(sub).display()))?;
+            let dir = self.dir.join(sub);
+            std::fs::create_dir_all(&dir)
+                .map_err(DatapathError::path(PathAction::Creating, dir))?;
         }
         for expected in PINNED_MAPS {
             let path = self.map(expected.name);
             if !path.exists() {
                 continue;
             }
-            let info = MapInfo::from_pin(&path)
-                .with_context(|| format!("reading pinned map {}", path.display()))?;
+            let info = match MapInfo::from_pin(&path) {
+                Ok(info) => info,
+                Err(source) => return Err(DatapathError::PinnedMap { path, source }),
+            };
             let found = MapLayout {
                 name: expected.name,
                 key_size: info.key_size(),
@@ -69,21 +74,16 @@ impl Pins {
                 max_entries: info.max_entries(),
             };
             if found != expected {
-                bail!(
-                    "pinned map {} has key/value size {}/{} and {} entries, this build expects {}/{} and {}: its layout changed without a new MAP_LAYOUT_VERSION (v{MAP_LAYOUT_VERSION}); refusing to misread it (`stagewall uninstall` removes it)",
-                    path.display(),
-                    found.key_size,
-                    found.value_size,
-                    found.max_entries,
-                    expected.key_size,
-                    expected.value_size,
-                    expected.max_entries
-                );
+                return Err(DatapathError::PinnedLayout {
+                    path,
+                    found,
+                    expected,
+                });
             }
         }
         let mut others = Vec::new();
         for entry in std::fs::read_dir(&self.root)
-            .with_context(|| format!("reading {}", self.root.display()))?
+            .map_err(DatapathError::path(PathAction::Reading, &self.root))?
         {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use anyhow::{Context as _, anyhow};
 use aya::maps::{
     Array, HashMap as BpfHashMap, MapData,
     lpm_trie::{Key, LpmTrie},
@@ -18,7 +17,8 @@ use aya::maps::{
 use stagewall_common::{
     Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
-    POLICY_ALLOW, PolicyKey, SelfAddrKey,
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, POLICY_ALLOW, PolicyKey,
+    SelfAddrKey,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
         Compiled, Endpoint,
         map_keys::{self, LpmKey},
     },
-    datapath::host::Target,
+    datapath::{error::DatapathError, host::Target},
     policy::model::ObjectName,
 };
 
@@ -121,6 +121,14 @@ impl SlotContents {
     }
 }
 
+fn write(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::WriteMap { map, source }
+}
+
+fn remove_from(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::RemoveFromMap { map, source }
+}
+
 /// The policy maps, what each slot holds, and which slot is in force.
 pub(super) struct Slots {
     maps: PolicyMaps,
@@ -133,12 +141,18 @@ impl Slots {
     /// Reads what a previous agent left in the pinned maps: the policy in force (CONFIG)
     /// and what each slot holds, so the first apply writes only what differs and switches
     /// as any change does. Fresh maps hold nothing: generation 0, both slots empty.
-    pub fn adopt(maps: PolicyMaps) -> anyhow::Result<Slots> {
-        let current = maps.config.get(&0, 0).context("reading CONFIG")?;
+    pub fn adopt(maps: PolicyMaps) -> Result<Slots, DatapathError> {
+        let current = maps
+            .config
+            .get(&0, 0)
+            .map_err(|source| DatapathError::ReadMap {
+                map: MAP_CONFIG,
+                source,
+            })?;
         let mut held: [SlotContents; 2] = Default::default();
-        fn slot(held: &mut [SlotContents; 2], n: u32) -> anyhow::Result<&mut SlotContents> {
+        fn slot(held: &mut [SlotContents; 2], n: u32) -> Result<&mut SlotContents, DatapathError> {
             held.get_mut(n as usize)
-                .ok_or_else(|| anyhow!("an entry of slot {n}; expected slot 0 or 1"))
+                .ok_or(DatapathError::UnknownSlot { slot: n })
         }
         for entry in maps.endpoints.iter() {
             let (key, info) = entry?;
@@ -201,11 +215,15 @@ impl Slots {
 
     /// Adds an endpoint to the slot in force, for a workload it does not hold yet (the
     /// caller makes sure nothing reads the entry before it is complete).
-    pub fn add_to_active(&mut self, key: EndpointKey, info: EndpointInfo) -> anyhow::Result<()> {
+    pub fn add_to_active(
+        &mut self,
+        key: EndpointKey,
+        info: EndpointInfo,
+    ) -> Result<(), DatapathError> {
         self.maps
             .endpoints
             .insert(key, info, 0)
-            .context("writing ENDPOINTS")?;
+            .map_err(write(MAP_ENDPOINTS))?;
         self.held[self.current.active_slot as usize & 1]
             .endpoints
             .insert(key, info);
@@ -215,7 +233,7 @@ impl Slots {
     /// Makes the (inactive) slot `slot` hold `desired`. On an error nothing was switched:
     /// the half-written slot is emptied (the next change writes it whole) and the policy
     /// in force stays.
-    pub fn fill(&mut self, slot: u32, desired: SlotContents) -> anyhow::Result<()> {
+    pub fn fill(&mut self, slot: u32, desired: SlotContents) -> Result<(), DatapathError> {
         if let Err(e) = self.write_diff(slot, &desired) {
             self.empty(slot, &desired);
             return Err(e);
@@ -225,15 +243,18 @@ impl Slots {
     }
 
     /// Puts `next` in force with one write of CONFIG: its slot, mode and settings.
-    pub fn switch(&mut self, next: Config) -> anyhow::Result<()> {
-        self.maps.config.set(0, next, 0).context("writing CONFIG")?;
+    pub fn switch(&mut self, next: Config) -> Result<(), DatapathError> {
+        self.maps
+            .config
+            .set(0, next, 0)
+            .map_err(write(MAP_CONFIG))?;
         self.current = next;
         Ok(())
     }
 
     /// Removes from slot `slot` what it holds and `desired` does not, and writes what
     /// differs.
-    fn write_diff(&mut self, slot: u32, desired: &SlotContents) -> anyhow::Result<()> {
+    fn write_diff(&mut self, slot: u32, desired: &SlotContents) -> Result<(), DatapathError> {
         let held = &self.held[slot as usize];
         let maps = &mut self.maps;
         for key in held
@@ -243,12 +264,12 @@ impl Slots {
         {
             maps.endpoints
                 .remove(key)
-                .context("removing from ENDPOINTS")?;
+                .map_err(remove_from(MAP_ENDPOINTS))?;
         }
         for key in held.self_addrs.difference(&desired.self_addrs) {
             maps.self_addrs
                 .remove(key)
-                .context("removing from SELF_ADDRS")?;
+                .map_err(remove_from(MAP_SELF_ADDRS))?;
         }
         for (len, data) in held
             .ipcache
@@ -257,36 +278,36 @@ impl Slots {
         {
             maps.ipcache
                 .remove(&Key::new(*len, *data))
-                .context("removing from IPCACHE")?;
+                .map_err(remove_from(MAP_IPCACHE))?;
         }
         for (len, data) in held.policy.difference(&desired.policy) {
             maps.policy
                 .remove(&Key::new(*len, *data))
-                .context("removing from POLICY")?;
+                .map_err(remove_from(MAP_POLICY))?;
         }
         for (key, info) in &desired.endpoints {
             if held.endpoints.get(key) != Some(info) {
                 maps.endpoints
                     .insert(key, info, 0)
-                    .context("writing ENDPOINTS")?;
+                    .map_err(write(MAP_ENDPOINTS))?;
             }
         }
         for key in desired.self_addrs.difference(&held.self_addrs) {
             maps.self_addrs
                 .insert(key, 1, 0)
-                .context("writing SELF_ADDRS")?;
+                .map_err(write(MAP_SELF_ADDRS))?;
         }
         for ((len, data), identity) in &desired.ipcache {
             if held.ipcache.get(&(*len, *data)) != Some(identity) {
                 maps.ipcache
                     .insert(&Key::new(*len, *data), identity, 0)
-                    .context("writing IPCACHE")?;
+                    .map_err(write(MAP_IPCACHE))?;
             }
         }
         for (len, data) in desired.policy.difference(&held.policy) {
             maps.policy
                 .insert(&Key::new(*len, *data), POLICY_ALLOW, 0)
-                .context("writing POLICY")?;
+                .map_err(write(MAP_POLICY))?;
         }
         Ok(())
     }

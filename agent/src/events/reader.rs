@@ -24,15 +24,17 @@ fn decode(bytes: &[u8]) -> Option<Event> {
 
 /// What takes the kernel's events.
 pub trait Handler {
+    /// What the handler fails with; waiting on the ring buffer fails with an io::Error.
+    type Error: From<std::io::Error>;
     /// One event.
-    fn event(&mut self, event: &Event) -> anyhow::Result<()>;
+    fn event(&mut self, event: &Event) -> Result<(), Self::Error>;
     /// The ring buffer is empty for now (a moment to flush).
-    fn drained(&mut self) -> anyhow::Result<()>;
+    fn drained(&mut self) -> Result<(), Self::Error>;
 }
 
 /// Hands every event of the ring buffer to `handler`; runs until the task is cancelled or
 /// the handler fails.
-pub async fn drain(ring: RingBuf<MapData>, handler: &mut impl Handler) -> anyhow::Result<()> {
+pub async fn drain<H: Handler>(ring: RingBuf<MapData>, handler: &mut H) -> Result<(), H::Error> {
     let mut fd = readable(ring)?;
     loop {
         let mut guard = fd.readable_mut().await?;

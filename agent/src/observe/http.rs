@@ -36,13 +36,23 @@ pub struct State {
     pub ready: AtomicBool,
 }
 
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the metrics endpoint to {addr}: {e}"))
+/// The endpoint's address could not be bound (in use, or not this host's).
+#[derive(Debug, thiserror::Error)]
+#[error("binding the metrics endpoint to {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>) -> anyhow::Result<()> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+/// Serves until accepting a connection fails.
+pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let state = state.clone();

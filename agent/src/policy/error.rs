@@ -63,6 +63,23 @@ fn one_a_line(errors: &[PolicyError]) -> String {
         .join("\n")
 }
 
+/// An error and its sources on one line, joined by `: `, as anyhow's `{:#}` prints an
+/// error: for the library's typed errors, whose own text is one step of the chain. Here
+/// at the bottom of the crate so that every part may print errors this way.
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +100,19 @@ mod tests {
             "a.yaml:3: invalid CIDR\nkubernetes/pods/ml/t0:0: not a v1 Pod"
         );
         assert_eq!(PolicyErrors(Vec::new()).to_string(), "");
+    }
+
+    #[test]
+    fn a_chain_prints_as_anyhow_prints_it() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading {0}")]
+        struct Reading(&'static str, #[source] std::io::Error);
+        let e = Reading("x.json", std::io::Error::other("gone"));
+        let expected = format!(
+            "{:#}",
+            anyhow::Error::new(Reading("x.json", std::io::Error::other("gone")))
+        );
+        assert_eq!(Chain(&e).to_string(), expected);
+        assert_eq!(expected, "reading x.json: gone");
     }
 }

@@ -85,7 +85,8 @@ fn advice_of<'a>(
 
 /// The advised policies as YAML documents, for the workloads of `inventory` (a policy
 /// directory's Workload documents) that the records cover.
-pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> anyhow::Result<String> {
+/// Fails only if writing to a String does (never, in practice).
+pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, std::fmt::Error> {
     let mut groups: BTreeMap<(String, Labels), Advice> = BTreeMap::new();
     let mut unknown = BTreeSet::new();
     for covered in &records.covered {

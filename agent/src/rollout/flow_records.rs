@@ -24,7 +24,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use stagewall_common::{Event, audit_flag};
@@ -32,7 +31,11 @@ use stagewall_common::{Event, audit_flag};
 use crate::{
     compiler::{Compiled, map_keys::direction_number},
     events::{IpProtocol, Verdict, VerdictEvent, fields::direction_from_kernel},
-    policy::model::{Direction, Mode},
+    policy::{
+        error::Chain,
+        model::{Direction, Mode},
+    },
+    rollout::error::{FlowRecordsError, ReadError},
 };
 
 /// Where the agent keeps its flow records unless told otherwise (`run --flow-records`),
@@ -174,7 +177,11 @@ impl FlowRecords {
     /// Opens the records at `path`: those a previous agent wrote are kept and added to.
     /// A file that cannot be read as records is renamed to `<path>.unreadable` (kept for
     /// the operator, never overwritten) and recording starts afresh.
-    pub fn open(path: &Path, max: usize, agent_mode: Mode) -> anyhow::Result<FlowRecords> {
+    pub fn open(
+        path: &Path,
+        max: usize,
+        agent_mode: Mode,
+    ) -> Result<FlowRecords, FlowRecordsError> {
         let mut records = FlowRecords {
             path: path.to_path_buf(),
             max: max.max(1),
@@ -203,16 +210,16 @@ impl FlowRecords {
             Err(e) => {
                 let aside = with_suffix(path, ".unreadable");
                 log::error!(
-                    "flow records {}: {e:#}; moved to {} and starting afresh",
+                    "flow records {}: {}; moved to {} and starting afresh",
                     path.display(),
+                    Chain(&e),
                     aside.display()
                 );
-                fs::rename(path, &aside)
-                    .with_context(|| format!("moving {} aside", path.display()))?;
+                fs::rename(path, &aside).map_err(FlowRecordsError::moving_aside(path))?;
             }
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::create_dir_all(dir).map_err(FlowRecordsError::creating(dir))?;
         }
         Ok(records)
     }
@@ -311,7 +318,7 @@ impl FlowRecords {
 
     /// Writes the records if they changed: to a temporary file, synced, then renamed over
     /// the old one, so a crash leaves either the old records or the new, never half.
-    pub fn save(&mut self) -> anyhow::Result<()> {
+    pub fn save(&mut self) -> Result<(), FlowRecordsError> {
         if !self.dirty {
             return Ok(());
         }
@@ -339,14 +346,13 @@ impl FlowRecords {
             records,
         };
         let tmp = with_suffix(&self.path, ".tmp");
-        let write = || -> anyhow::Result<()> {
+        let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&serde_json::to_vec(&file)?)?;
             f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            Ok(())
+            fs::rename(&tmp, &self.path)
         };
-        write().with_context(|| format!("writing flow records {}", self.path.display()))?;
+        write().map_err(FlowRecordsError::writing(&self.path))?;
         self.dirty = false;
         Ok(())
     }
@@ -358,27 +364,30 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     name.into()
 }
 
-fn read(path: &Path) -> anyhow::Result<Option<RecordsFile>> {
+fn read(path: &Path) -> Result<Option<RecordsFile>, ReadError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let file: RecordsFile = serde_json::from_slice(&bytes)
-        .context("not a flow records file (invalid JSON or fields)")?;
-    anyhow::ensure!(
-        file.version == FORMAT_VERSION,
-        "flow records format version {}; this agent reads version {FORMAT_VERSION}",
-        file.version
-    );
+    let file: RecordsFile = serde_json::from_slice(&bytes).map_err(ReadError::NotRecords)?;
+    if file.version != FORMAT_VERSION {
+        return Err(ReadError::Version {
+            found: file.version,
+            expected: FORMAT_VERSION,
+        });
+    }
     Ok(Some(file))
 }
 
 /// Reads a records file for `advise`, `simulate` and `report`.
-pub fn load(path: &Path) -> anyhow::Result<RecordsFile> {
-    read(path)
-        .with_context(|| format!("reading flow records {}", path.display()))?
-        .with_context(|| format!("no flow records at {}", path.display()))
+pub fn load(path: &Path) -> Result<RecordsFile, FlowRecordsError> {
+    let path = path.to_path_buf();
+    match read(&path) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(FlowRecordsError::Missing { path }),
+        Err(source) => Err(FlowRecordsError::Read { path, source }),
+    }
 }
 
 /// Which events the flow records take: those of audited directions, or all.

@@ -97,7 +97,9 @@ fn wake_up_of(kind: &EventKind) -> Option<WakeUp> {
 
 /// Watches `dir` recursively; every change sends a wake-up. Keep the watcher alive as long
 /// as wake-ups are wanted.
-pub fn wake_on_change(dir: &Path) -> anyhow::Result<(RecommendedWatcher, mpsc::Receiver<WakeUp>)> {
+pub fn wake_on_change(
+    dir: &Path,
+) -> Result<(RecommendedWatcher, mpsc::Receiver<WakeUp>), notify::Error> {
     // Room for a write's burst of events, so the closing one is seen; when full, the
     // wake-ups already queued will read this change too.
     let (tx, rx) = mpsc::channel(64);

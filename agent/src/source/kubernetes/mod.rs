@@ -14,12 +14,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use kube::{
     Api, Client, Config,
     api::{ApiResource, DynamicObject, GroupVersionKind},
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::sync::mpsc;
@@ -136,6 +135,30 @@ impl View {
     }
 }
 
+/// Why the API server's objects could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("reading kubeconfig {}", path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    #[error("no in-cluster service account and no kubeconfig")]
+    NoConfig(#[source] InferConfigError),
+    #[error(transparent)]
+    Client(#[from] kube::Error),
+    #[error("the Kubernetes watchers stopped")]
+    WatchersStopped,
+    #[error("the API server did not list every kind within {timeout:?} (listed: {listed:?})")]
+    SyncTimeout {
+        timeout: Duration,
+        listed: std::collections::BTreeSet<&'static str>,
+    },
+}
+
 /// Where Kubernetes mounts a pod's service account token.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -145,16 +168,17 @@ pub fn in_cluster() -> bool {
         && std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists()
 }
 
-async fn client(args: &KubernetesArgs) -> anyhow::Result<Client> {
+async fn client(args: &KubernetesArgs) -> Result<Client, KubernetesError> {
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|source| KubernetesError::ReadKubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
             Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
         }
-        None => Config::infer()
-            .await
-            .context("no in-cluster service account and no kubeconfig")?,
+        None => Config::infer().await.map_err(KubernetesError::NoConfig)?,
     };
     Ok(Client::try_from(config)?)
 }
@@ -167,7 +191,7 @@ pub async fn start_watchers(
     node: &str,
     cgroup_mount: PathBuf,
     changes: mpsc::Sender<WakeUp>,
-) -> anyhow::Result<View> {
+) -> Result<View, KubernetesError> {
     let client = client(args).await?;
     let cluster = Arc::new(Mutex::new(Cluster::default()));
     let (synced_tx, mut synced) = mpsc::channel(8);
@@ -190,11 +214,13 @@ pub async fn start_watchers(
             Ok(Some(plural)) => {
                 done.insert(plural);
             }
-            Ok(None) => anyhow::bail!("the Kubernetes watchers stopped"),
-            Err(_) => anyhow::bail!(
-                "the API server did not list every kind within {:?} (listed: {done:?})",
-                args.sync_timeout
-            ),
+            Ok(None) => return Err(KubernetesError::WatchersStopped),
+            Err(_) => {
+                return Err(KubernetesError::SyncTimeout {
+                    timeout: args.sync_timeout,
+                    listed: done,
+                });
+            }
         }
     }
     log::info!("Kubernetes: every kind listed; enforcing for node {node}");
