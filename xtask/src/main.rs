@@ -2,6 +2,7 @@
 //! and the demo. The normal build is plain cargo (agent/build.rs builds the kernel
 //! programs); this crate only sequences workflows.
 
+mod cluster;
 mod demo;
 mod setup;
 
@@ -22,10 +23,16 @@ enum Task {
     /// Install what building and testing need (skips what is present): the pinned
     /// nightly with rust-src, bpf-linker, iproute2, iputils-ping, prometheus.
     Setup,
-    /// Setup, then formatting, lints (user space and kernel crate), build, every test, a
-    /// short fuzz run and the quick benchmark. The privileged tests need root; with CI=true
-    /// they fail rather than skip.
+    /// Setup, then formatting, lints (user space and kernel crate), build, the Kubernetes
+    /// test binaries (cluster-build, when missing), every test, a short fuzz run and the
+    /// quick benchmark. The privileged tests need root; with CI=true they fail rather than
+    /// skip.
     Test,
+    /// Build the real Kubernetes binaries the tests use (kube-apiserver,
+    /// kube-controller-manager, kube-scheduler, kube-proxy, kubelet, kubectl, etcd) from
+    /// source at the versions tests/cluster/go.mod pins, into target/cluster/bin/; a no-op
+    /// when they are there and current. Needs Go.
+    ClusterBuild,
     /// Fuzz the policy parser and compiler for a while (cargo fuzz, nightly).
     Fuzz {
         /// How long, in seconds.
@@ -53,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test()
         }
+        Task::ClusterBuild => cluster::build().map(drop),
         Task::Demo => {
             setup::run()?;
             demo::run()
@@ -162,8 +170,10 @@ fn test() -> anyhow::Result<()> {
             "deploy/prometheus/stagewall-rules.test.yaml",
         ],
     )?;
-    // The integration tests run the agent and probe binaries: build them first.
+    // The integration tests run the agent and probe binaries, and the real Kubernetes
+    // binaries (target/cluster/bin/, built from source once): build them first.
     cmd("cargo", &["build", "--bins"])?;
+    cluster::build()?;
     cmd("cargo", &["test"])?;
     // A short fuzz run of the policy parser and compiler (the seeds are the example
     // policies; libFuzzer fails the run on any panic).

@@ -1,0 +1,235 @@
+//! The real Kubernetes binaries for the integration tests: kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kube-proxy, kubelet and kubectl from
+//! k8s.io/kubernetes, and etcd from go.etcd.io/etcd/server/v3, at the versions that
+//! tests/cluster/go.mod pins (see tests/cluster/README.md for how that module is laid out).
+//!
+//! They are built from source with Go into target/cluster/bin/, once: again only when the
+//! module's go.mod, go.sum or etcd main, or the build flags below, change (the stamp file
+//! next to bin/ holds what the last successful build was built from). From nothing this
+//! takes a while (see the README for times); a no-op takes well under a second.
+//!
+//! A smoke check that the binaries run (etcd and kube-apiserver on 127.0.0.1, kubectl
+//! asking /readyz) is tests/cluster/smoke.sh; the README records its command lines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+
+/// The Go module, relative to the workspace root.
+const MODULE: &str = "tests/cluster";
+
+/// The Kubernetes release that tests/cluster/go.mod pins; stamped into the binaries as
+/// their version (`kubectl version`, the kubelet's node status, version skew checks).
+const KUBERNETES_VERSION: &str = "v1.37.2";
+
+/// The packages built, relative to the module; each binary is named after its last element.
+const PACKAGES: [&str; 7] = [
+    "./cmd/etcd",
+    "k8s.io/kubernetes/cmd/kube-apiserver",
+    "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "k8s.io/kubernetes/cmd/kube-scheduler",
+    "k8s.io/kubernetes/cmd/kube-proxy",
+    "k8s.io/kubernetes/cmd/kubelet",
+    "k8s.io/kubernetes/cmd/kubectl",
+];
+
+/// Build tags as Kubernetes' own release build sets them (hack/lib/golang.sh).
+const TAGS: &str = "selinux,notest,grpcnotrace";
+
+/// The binaries' directory: target/cluster/bin/ under the workspace root.
+pub fn bin_dir() -> PathBuf {
+    crate::workspace_root().join("target/cluster/bin")
+}
+
+/// `-ldflags`: no symbol tables, and the version variables that Kubernetes' build scripts
+/// set (hack/lib/version.sh) in both packages that hold them. Without them every binary
+/// says v0.0.0-master, which kubectl and the kubelet compare against the apiserver's.
+fn ldflags() -> String {
+    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    let mut flags = vec!["-s".to_string(), "-w".to_string()];
+    for package in [
+        "k8s.io/component-base/version",
+        "k8s.io/client-go/pkg/version",
+    ] {
+        for (name, value) in [
+            ("gitVersion", KUBERNETES_VERSION),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+        ] {
+            flags.push(format!("-X {package}.{name}={value}"));
+        }
+    }
+    flags.join(" ")
+}
+
+/// The `go build` arguments.
+fn build_args(bin: &Path) -> Vec<String> {
+    let mut args = vec![
+        "build".to_string(),
+        "-trimpath".to_string(),
+        // No VCS stamp for ./cmd/etcd (this repository's commit; needs git).
+        "-buildvcs=false".to_string(),
+        format!("-tags={TAGS}"),
+        format!("-ldflags={}", ldflags()),
+        // A trailing slash: `go build -o` writes one binary per package into the directory.
+        "-o".to_string(),
+        format!("{}/", bin.display()),
+    ];
+    args.extend(PACKAGES.iter().map(|p| p.to_string()));
+    args
+}
+
+/// The Go command: `go` on PATH, else the official tarball's place.
+fn go() -> anyhow::Result<(PathBuf, String)> {
+    for go in [PathBuf::from("go"), PathBuf::from("/usr/local/go/bin/go")] {
+        if let Ok(out) = Command::new(&go).arg("version").output()
+            && out.status.success()
+        {
+            return Ok((go, String::from_utf8_lossy(&out.stdout).trim().to_string()));
+        }
+    }
+    bail!(
+        "Go is needed to build the Kubernetes test binaries ({MODULE}/go.mod; Go 1.26 or \
+         newer) and neither `go` on PATH nor /usr/local/go/bin/go runs: install Go \
+         (go.dev/dl) and run `cargo xtask cluster-build` again"
+    )
+}
+
+/// What the binaries are built from: the stamp's contents.
+fn inputs(module: &Path, args: &[String]) -> anyhow::Result<String> {
+    let mut stamp = format!("go {}\n", args.join(" "));
+    for file in ["go.mod", "go.sum", "cmd/etcd/main.go"] {
+        let path = module.join(file);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        stamp.push_str(&format!("--- {file}\n{text}"));
+    }
+    Ok(stamp)
+}
+
+fn binary_name(package: &str) -> &str {
+    package.rsplit('/').next().unwrap_or(package)
+}
+
+/// Builds the binaries into target/cluster/bin/ unless they are there and were built from
+/// the current pins; returns that directory.
+pub fn build() -> anyhow::Result<PathBuf> {
+    let root = crate::workspace_root();
+    let module = root.join(MODULE);
+    let bin = bin_dir();
+    let stamp_path = bin.with_file_name("stamp");
+    let args = build_args(&bin);
+    let wanted = inputs(&module, &args)?;
+    let complete = PACKAGES.iter().all(|p| bin.join(binary_name(p)).is_file());
+    if complete && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == wanted) {
+        println!(
+            "Kubernetes {KUBERNETES_VERSION} binaries up to date in {}",
+            bin.display()
+        );
+        return Ok(bin);
+    }
+
+    let (go, version) = go()?;
+    println!(
+        "Building Kubernetes {KUBERNETES_VERSION} and etcd into {} with {version} \
+         (from nothing this downloads the modules and compiles for a long while)",
+        bin.display()
+    );
+    // Removed first, so that a build that fails half way is redone next time.
+    match std::fs::remove_file(&stamp_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("{}", stamp_path.display()));
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(&bin).with_context(|| format!("{}", bin.display()))?;
+    // Printed as a shell would take it (the -ldflags value quoted).
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((flag, value)) if value.contains(' ') => format!("{flag}='{value}'"),
+            _ => a.clone(),
+        })
+        .collect();
+    println!(
+        "+ (cd {MODULE} && CGO_ENABLED=0 GOWORK=off {} {})",
+        go.display(),
+        shown.join(" ")
+    );
+    let started = Instant::now();
+    let status = Command::new(&go)
+        .args(&args)
+        .current_dir(&module)
+        // Static binaries, as Kubernetes builds its servers; no C compiler needed.
+        .env("CGO_ENABLED", "0")
+        // This module alone, whatever go.work lies above it. go.mod and go.sum are used as
+        // committed (go build's default -mod=readonly: a missing checksum is an error).
+        .env("GOWORK", "off")
+        .status()
+        .with_context(|| format!("running {}", go.display()))?;
+    let took = started.elapsed();
+    if !status.success() {
+        bail!(
+            "building the Kubernetes test binaries failed after {:.0?} ({status}); the command \
+             is printed above, run from {MODULE}",
+            took
+        );
+    }
+    std::fs::write(&stamp_path, wanted).with_context(|| format!("{}", stamp_path.display()))?;
+    println!(
+        "Built Kubernetes {KUBERNETES_VERSION} binaries in {:.0?} into {}",
+        took,
+        bin.display()
+    );
+    Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_flags_name_the_release() {
+        let flags = ldflags();
+        assert!(flags.contains("-X k8s.io/component-base/version.gitVersion=v1.37.2"));
+        assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMajor=1"));
+        assert!(flags.contains("-X k8s.io/client-go/pkg/version.gitMinor=37"));
+    }
+
+    #[test]
+    fn the_pinned_release_is_the_one_go_mod_requires() {
+        let go_mod = std::fs::read_to_string(crate::workspace_root().join(MODULE).join("go.mod"))
+            .expect("tests/cluster/go.mod");
+        assert!(
+            go_mod
+                .lines()
+                .any(|l| l.trim() == format!("k8s.io/kubernetes {KUBERNETES_VERSION}")),
+            "KUBERNETES_VERSION and tests/cluster/go.mod disagree"
+        );
+        let staging = KUBERNETES_VERSION.replacen("v1.", "v0.", 1);
+        for line in go_mod.lines().filter(|l| l.contains("=> k8s.io/")) {
+            assert!(line.trim_end().ends_with(&staging), "{line}");
+        }
+    }
+
+    #[test]
+    fn binaries_are_named_after_their_package() {
+        let names: Vec<&str> = PACKAGES.iter().map(|p| binary_name(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+                "kubelet",
+                "kubectl"
+            ]
+        );
+    }
+}
