@@ -174,6 +174,7 @@ fn test() -> anyhow::Result<()> {
     // binaries (target/cluster/bin/, built from source once): build them first.
     cmd("cargo", &["build", "--bins"])?;
     cluster::build()?;
+    cluster::vet()?;
     cmd("cargo", &["test"])?;
     // A short fuzz run of the policy parser and compiler (the seeds are the example
     // policies; libFuzzer fails the run on any panic).
