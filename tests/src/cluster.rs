@@ -69,6 +69,44 @@ pub fn built() -> Result<(), String> {
     }
 }
 
+/// With CI=true a real-cluster test that cannot run fails, saying why; elsewhere it is
+/// skipped with the reason printed. True when the binaries are there.
+pub fn built_or_fail_in_ci() -> bool {
+    match built() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("the real-cluster tests cannot run: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+    }
+}
+
+/// A pod the test runs as kubelet would: a Pod object on `node`, a test bed node as its
+/// sandbox.
+pub struct PodSpec<'a> {
+    /// The test bed node that is the pod's network namespace and cgroup.
+    pub bed_node: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The Kubernetes node it is scheduled to (`spec.nodeName`).
+    pub node: &'a str,
+    /// Labels as a YAML flow mapping, e.g. `{app: client}`.
+    pub labels: &'a str,
+    /// The container's ports as a YAML flow sequence, e.g. `[{name: http, containerPort: 80}]`.
+    pub ports: &'a str,
+}
+
+/// The cgroup kubelet (systemd driver) makes for a BestEffort pod, below `base`.
+pub fn pod_cgroup(base: &str, uid: &str) -> String {
+    format!(
+        "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    )
+}
+
 pub struct Cluster {
     /// Scratch directory: etcd's data, keys, certificates, kubeconfigs, logs.
     pub dir: PathBuf,
@@ -262,6 +300,68 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         Ok(())
+    }
+
+    /// Acts as kubelet for `pod`: creates its Pod object, and for a pod of `local_node`
+    /// moves the test bed node's cgroup to where kubelet would put it (named after the UID
+    /// the API server gave); then reports its address through the status subresource, as
+    /// kubelet does once the sandbox is up. Gives the UID.
+    pub fn run_pod(
+        &self,
+        bed: &mut Testbed,
+        local_node: &str,
+        base: &str,
+        pod: &PodSpec,
+    ) -> anyhow::Result<String> {
+        let PodSpec {
+            bed_node,
+            namespace,
+            name,
+            node,
+            labels,
+            ports,
+        } = pod;
+        self.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{name}\"\n  namespace: \"{namespace}\"\n  labels: {labels}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: probe:1\n    ports: {ports}\n"
+            ),
+        )?;
+        let get = |path: &str| {
+            self.kubectl(&[
+                "get",
+                "pod",
+                name,
+                "--namespace",
+                namespace,
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ])
+        };
+        let uid = get(".metadata.uid")?;
+        let qos = get(".status.qosClass")?;
+        if qos != "BestEffort" {
+            bail!("{namespace}/{name}: QoS class {qos}, not the BestEffort the test expects");
+        }
+        if node == &local_node {
+            bed.move_cgroup(bed_node, &pod_cgroup(base, &uid))?;
+        }
+        let ip = bed.node(bed_node).v4;
+        let status = format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+        );
+        self.kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "--namespace",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])?;
+        Ok(uid)
     }
 
     /// kubectl as the administrator; fails with kubectl's stderr.

@@ -10,29 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged};
-
-/// The real control plane is built, or (with CI=true) the test fails saying why not.
-fn cluster_built() -> bool {
-    match stagewall_tests::cluster::built() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the real-cluster tests cannot run: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            false
-        }
-    }
-}
-
-/// The cgroup kubelet (systemd driver) makes for a BestEffort pod, below `base`.
-fn pod_cgroup(base: &str, uid: &str) -> String {
-    format!(
-        "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    )
-}
+use stagewall_tests::{
+    Testbed,
+    cluster::{Cluster, PodSpec},
+    metric_sum, privileged,
+};
 
 /// Waits until `check` holds, failing with the agent's log after 15 s.
 fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
@@ -48,72 +30,24 @@ fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Dura
     started.elapsed()
 }
 
-/// Acts as kubelet for `name`: creates its Pod object on `node`, and for this node's pods
-/// moves the test bed node's cgroup to where kubelet would put it; then reports its
-/// address through the status subresource, as kubelet does once the sandbox is up.
-fn run_pod(
-    cluster: &Cluster,
-    bed: &mut Testbed,
-    base: &str,
-    name: &str,
-    node: &str,
-    labels: &str,
-) -> String {
-    let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ml\n  labels: {labels}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: probe:1\n"
-    );
+/// Runs `name` in namespace ml on `node` as kubelet would (see Cluster::run_pod).
+fn run_pod(cluster: &Cluster, bed: &mut Testbed, base: &str, name: &str, node: &str, labels: &str) {
+    let pod = PodSpec {
+        bed_node: name,
+        namespace: "ml",
+        name,
+        node,
+        labels,
+        ports: "[]",
+    };
     cluster
-        .kubectl_stdin(&["apply", "-f", "-"], &pod)
-        .expect("creating the pod");
-    let uid = cluster
-        .kubectl(&[
-            "get",
-            "pod",
-            name,
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
-        .expect("the pod's UID");
-    let qos = cluster
-        .kubectl(&[
-            "get",
-            "pod",
-            name,
-            "-n",
-            "ml",
-            "-o",
-            "jsonpath={.status.qosClass}",
-        ])
-        .expect("the pod's QoS class");
-    assert_eq!(qos, "BestEffort", "the API server sets the QoS class");
-    if node == "node-a" {
-        bed.move_cgroup(name, &pod_cgroup(base, &uid))
-            .expect("moving the pod's cgroup");
-    }
-    let ip = bed.node(name).v4;
-    let status =
-        format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
-    cluster
-        .kubectl(&[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            "ml",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ])
-        .expect("writing the pod's status");
-    uid
+        .run_pod(bed, "node-a", base, &pod)
+        .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
 }
 
 #[test]
 fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_writes_nothing() {
-    if !privileged() || !cluster_built() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
         return;
     }
     let mut bed = Testbed::new(&["client", "server", "other"]).expect("creating the test bed");

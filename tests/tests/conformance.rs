@@ -9,7 +9,11 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use stagewall_tests::{Layout, Testbed, privileged};
+use stagewall_tests::{
+    Agent, Layout, Testbed,
+    cluster::{Cluster, PodSpec},
+    privileged,
+};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -49,7 +53,7 @@ struct Case {
 
 fn np(ns: &str, name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}---\n"
     )
 }
 
@@ -107,7 +111,7 @@ fn cases() -> Vec<Case> {
             policies: np(
                 "x",
                 "p",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]\n",
             ),
             expect: |f, t, _, _| !t.is("x/a") || f.ns == "y",
         },
@@ -116,7 +120,7 @@ fn cases() -> Vec<Case> {
             policies: np(
                 "x",
                 "p",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: b}}}]}]\n",
             ),
             expect: |f, t, _, _| !t.is("x/a") || f.is("y/b"),
         },
@@ -125,7 +129,7 @@ fn cases() -> Vec<Case> {
             policies: np(
                 "x",
                 "p",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]\n",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}, {podSelector: {matchLabels: {pod: b}}}]}]\n",
             ),
             expect: |f, t, _, _| !t.is("x/a") || f.ns == "y" || f.is("x/b"),
         },
@@ -134,7 +138,7 @@ fn cases() -> Vec<Case> {
             policies: np(
                 "x",
                 "p",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [y]}]}}]}]\n",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [\"y\"]}]}}]}]\n",
             ),
             expect: |f, t, _, _| !t.is("x/a") || f.ns != "y",
         },
@@ -275,7 +279,7 @@ fn cases() -> Vec<Case> {
             policies: np(
                 "x",
                 "p",
-                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: b}}}]}]\n",
             ) + &np(
                 "y",
                 "p",
@@ -396,11 +400,8 @@ fn expected(expect: Expect) -> Matrix {
     m
 }
 
-#[test]
-fn networkpolicy_conformance_matrix() {
-    if !privileged() {
-        return;
-    }
+/// The test bed of the model: one node per pod.
+fn conformance_bed() -> Testbed {
     let mut layout = Layout::for_test(
         &pods()
             .iter()
@@ -413,29 +414,27 @@ fn networkpolicy_conformance_matrix() {
     for (spec, p) in layout.nodes.iter_mut().zip(pods()) {
         spec.n = address_number(p);
     }
-    let mut bed = Testbed::with_layout(layout).expect("creating the test bed");
+    Testbed::with_layout(layout).expect("creating the test bed")
+}
+
+/// Every pod serves both ports and protocols (in the cgroup its node has now: a server
+/// started before a node's cgroup moved stays in the old one).
+fn serve_all(bed: &mut Testbed) {
     for p in pods() {
         bed.serve(&p.node(), &PORTS, &PORTS).unwrap();
     }
-    let inventory = inventory(&bed);
+}
 
-    // Without policy, everything is reachable: the test bed itself works.
-    bed.write_policy("inventory.yaml", &inventory).unwrap();
-    let baseline = measure(&bed);
-    assert!(
-        baseline.values().all(|&v| v),
-        "test bed broken without the agent"
-    );
-
+/// Runs every case: `enforce` puts the case's policies in force and gives the agent that
+/// enforces them, `clear` takes them away after the matrix was measured. Fails listing
+/// every probe whose verdict differs from the case's expectation.
+fn run_cases(bed: &Testbed, mut enforce: impl FnMut(&Case) -> Agent, mut clear: impl FnMut(&Case)) {
     let cases = cases();
     let mut failures = Vec::new();
     let mut probes = 0;
     for case in &cases {
-        bed.write_policy("case.yaml", &case.policies).unwrap();
-        let mut agent = bed
-            .start_agent(&[])
-            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let got = measure(&bed);
+        let mut agent = enforce(case);
+        let got = measure(bed);
         agent
             .stop()
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
@@ -444,6 +443,7 @@ fn networkpolicy_conformance_matrix() {
         // then, rightly, the reply of an established flow, not a new one.
         bed.uninstall()
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        clear(case);
         probes += got.len();
         let want = expected(case.expect);
         let wrong: Vec<String> = want
@@ -473,4 +473,101 @@ fn networkpolicy_conformance_matrix() {
     }
     eprintln!("{} cases, {probes} probes", cases.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn networkpolicy_conformance_matrix() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = conformance_bed();
+    serve_all(&mut bed);
+    let inventory = inventory(&bed);
+
+    // Without policy, everything is reachable: the test bed itself works.
+    bed.write_policy("inventory.yaml", &inventory).unwrap();
+    let baseline = measure(&bed);
+    assert!(
+        baseline.values().all(|&v| v),
+        "test bed broken without the agent"
+    );
+
+    run_cases(
+        &bed,
+        |case| {
+            bed.write_policy("case.yaml", &case.policies).unwrap();
+            bed.start_agent(&[])
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+        },
+        |_| {},
+    );
+}
+
+/// The same matrix in Kubernetes mode on a real API server: namespaces and Pod objects
+/// (named ports in their containers' ports), policies applied with kubectl, the agent
+/// with the shipped RBAC's token. Every pod is this node's and enforced by its cgroup
+/// (the file-mode run above covers TC).
+#[test]
+fn networkpolicy_conformance_matrix_on_a_real_api_server() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let mut bed = conformance_bed();
+    let base = bed
+        .node(&pods()[0].node())
+        .cgroup_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent.to_string())
+        .unwrap();
+    let cluster = Cluster::start(&bed).expect("starting the control plane");
+    let kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+    for ns in NAMESPACES {
+        cluster.create_namespace(ns).expect("namespace");
+        cluster
+            .kubectl(&["label", "namespace", ns, &format!("ns={ns}")])
+            .expect("namespace label");
+    }
+    let ports = "[{name: serve-80-tcp, containerPort: 80}, {name: serve-81-tcp, containerPort: 81}, {name: serve-80-udp, containerPort: 80, protocol: UDP}, {name: serve-81-udp, containerPort: 81, protocol: UDP}]";
+    for p in pods() {
+        let node = p.node();
+        let labels = format!("{{pod: {}}}", p.pod);
+        let pod = PodSpec {
+            bed_node: &node,
+            namespace: p.ns,
+            name: p.pod,
+            node: "node-a",
+            labels: &labels,
+            ports,
+        };
+        cluster
+            .run_pod(&mut bed, "node-a", &base, &pod)
+            .unwrap_or_else(|e| panic!("running {node}: {e:#}"));
+    }
+    serve_all(&mut bed);
+    let baseline = measure(&bed);
+    assert!(
+        baseline.values().all(|&v| v),
+        "test bed broken without the agent"
+    );
+
+    let agent_args = ["--node-name", "node-a", "--pods-cgroup-base", &base];
+    run_cases(
+        &bed,
+        |case| {
+            cluster
+                .kubectl_stdin(&["apply", "-f", "-"], &case.policies)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+            bed.start_agent_kubernetes(&kubeconfig, &agent_args)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+        },
+        |case| {
+            for ns in NAMESPACES {
+                cluster
+                    .kubectl(&["delete", "networkpolicy", "--all", "--namespace", ns])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", case.name));
+            }
+        },
+    );
 }

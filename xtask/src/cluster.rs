@@ -188,6 +188,24 @@ pub fn build() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `go vet` over the module's own Go code (the etcd main), as clippy lints the Rust.
+pub fn vet() -> anyhow::Result<()> {
+    let module = crate::workspace_root().join(MODULE);
+    let (go, _) = go()?;
+    println!("+ (cd {MODULE} && go vet ./...)");
+    let status = Command::new(&go)
+        .args(["vet", "./..."])
+        .current_dir(&module)
+        .env("GOWORK", "off")
+        .env("CGO_ENABLED", "0")
+        .status()
+        .context("running go vet")?;
+    if !status.success() {
+        bail!("go vet ./... in {MODULE} failed: {status}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,22 +250,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// `go vet` over the module's own Go code (the etcd main), as clippy lints the Rust.
-pub fn vet() -> anyhow::Result<()> {
-    let module = crate::workspace_root().join(MODULE);
-    let (go, _) = go()?;
-    println!("+ (cd {MODULE} && go vet ./...)");
-    let status = Command::new(&go)
-        .args(["vet", "./..."])
-        .current_dir(&module)
-        .env("GOWORK", "off")
-        .env("CGO_ENABLED", "0")
-        .status()
-        .context("running go vet")?;
-    if !status.success() {
-        bail!("go vet ./... in {MODULE} failed: {status}");
-    }
-    Ok(())
 }
