@@ -112,6 +112,56 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         "endPort below port: {refused:#}"
     );
 
+    // The CRDs' CEL rules: a port range below its port, a flow end that is two things.
+    let pipeline = |flow: &str| {
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: bad, namespace: ml}}\nspec:\n  stages:\n  - {{name: training, selector: {{matchLabels: {{stage: training}}}}}}\n  flows:\n  - {flow}\n"
+        )
+    };
+    for (flow, expected) in [
+        (
+            "{from: {stage: training}, to: {cidr: 192.0.2.0/24}, ports: [{port: 90, endPort: 80}]}",
+            "endPort needs a numeric port and must not be below it",
+        ),
+        (
+            "{from: {stage: training}, to: {cidr: 192.0.2.0/24}, ports: [{port: https, endPort: 500}]}",
+            "endPort needs a numeric port and must not be below it",
+        ),
+        (
+            "{from: {stage: training, cidr: 192.0.2.0/24}, to: {stage: training}}",
+            "a flow end is exactly one of",
+        ),
+        (
+            "{from: {stage: training, except: [192.0.2.1/32]}, to: {stage: training}}",
+            "except belongs to a cidr flow end",
+        ),
+    ] {
+        let refused = cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &pipeline(flow))
+            .unwrap_err();
+        assert!(
+            format!("{refused:#}").contains(expected),
+            "{flow}: {refused:#}"
+        );
+    }
+    // The example pipeline passes the same rules (a server-side dry run).
+    let examples = stagewall_tests::cluster::manifests().join("../../policies/ml-pipeline");
+    cluster
+        .kubectl(&[
+            "apply",
+            "-f",
+            &examples.join("namespace.yaml").to_string_lossy(),
+        ])
+        .expect("the example namespace");
+    cluster
+        .kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &examples.join("pipeline.yaml").to_string_lossy(),
+        ])
+        .expect("the example pipeline passes the CRD's schema and rules");
+
     // Pods as kubelet would run them: client and server on this node, other on node-b.
     run_pod(
         &cluster,
