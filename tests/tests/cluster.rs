@@ -186,8 +186,28 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
         )
         .expect("the policy");
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-81, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: a}}}]\n    ports: [{protocol: TCP, port: 81}]\n",
+        )
+        .expect("the policy");
     bed.serve("server", &[80, 81], &[]).unwrap();
     let server = bed.node("server").v4;
+
+    // `check --kubernetes` with the agent's own token: the shipped RBAC is enough for it.
+    let mut check = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
+    check.args(["check", "--kubernetes", "--kubeconfig"]);
+    check.arg(&agent_kubeconfig);
+    check.args(["--node-name", "node-a", "--pods-cgroup-base", &base]);
+    let out = check.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
 
     let agent = bed
         .start_agent_kubernetes(
@@ -220,11 +240,26 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     });
     println!("a label change through the real API server in force after {took:?}");
 
-    // The policy deleted: server is no longer isolated.
+    // A namespace label changed with kubectl: ml is team a now, so server-81 admits it.
     cluster
-        .kubectl(&["delete", "networkpolicy", "server-80", "-n", "ml"])
-        .expect("deleting the policy");
-    until("the deletion", log, || {
+        .kubectl(&["label", "namespace", "ml", "team=a", "--overwrite"])
+        .expect("relabelling the namespace");
+    until("the namespace's new label", log, || {
         bed.tcp("client", server, 81).is("ok")
+    });
+
+    // The policies deleted: server is no longer isolated.
+    cluster
+        .kubectl(&[
+            "delete",
+            "networkpolicy",
+            "server-80",
+            "server-81",
+            "-n",
+            "ml",
+        ])
+        .expect("deleting the policies");
+    until("the deletion", log, || {
+        bed.tcp("other", server, 81).is("ok")
     });
 }
