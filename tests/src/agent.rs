@@ -292,3 +292,18 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits until `check` holds (a change went through the agent into the kernel), failing
+/// with `log()` after 10 s; says how long it took.
+pub fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not in force after 10 s\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}

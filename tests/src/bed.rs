@@ -290,6 +290,20 @@ impl Testbed {
         Ok(())
     }
 
+    /// The test bed's cgroup, below the cgroup2 mount (`/stagewall-test-<pid>`): every
+    /// node's cgroup is below it, and so are the pod cgroups a Kubernetes test names after
+    /// kubelet's (the agent's --pods-cgroup-base, or a --guard-cgroup above them).
+    pub fn cgroup_base_path(&self) -> String {
+        let root = stagewall::datapath::host::cgroup2_mount().expect("the cgroup2 mount");
+        format!(
+            "/{}",
+            self.cgroup_base
+                .strip_prefix(root)
+                .expect("the test bed's cgroups are below the cgroup2 mount")
+                .display()
+        )
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

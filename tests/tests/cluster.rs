@@ -8,27 +8,11 @@
 //! What the hand-written server in tests/src/apiserver.rs is still kept for: watches cut
 //! and history compacted on demand, and a missing CRD (tests/tests/kubernetes.rs).
 
-use std::time::{Duration, Instant};
-
 use stagewall_tests::{
     Testbed,
     cluster::{Cluster, PodSpec},
-    metric_sum, privileged,
+    metric_sum, privileged, until,
 };
-
-/// Waits until `check` holds, failing with the agent's log after 15 s.
-fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{what}: not in force after 15 s\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
-}
 
 /// Runs `name` in namespace ml on `node` as kubelet would (see Cluster::run_pod).
 fn run_pod(cluster: &Cluster, bed: &mut Testbed, base: &str, name: &str, node: &str, labels: &str) {
@@ -51,12 +35,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         return;
     }
     let mut bed = Testbed::new(&["client", "server", "other"]).expect("creating the test bed");
-    let base = bed
-        .node("client")
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
+    let base = bed.cgroup_base_path();
     let cluster = Cluster::start(&bed).expect("starting the control plane");
     let agent_kubeconfig = cluster
         .agent_kubeconfig()

@@ -513,12 +513,7 @@ fn networkpolicy_conformance_matrix_on_a_real_api_server() {
         return;
     }
     let mut bed = conformance_bed();
-    let base = bed
-        .node(&pods()[0].node())
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
+    let base = bed.cgroup_base_path();
     let cluster = Cluster::start(&bed).expect("starting the control plane");
     let kubeconfig = cluster
         .agent_kubeconfig()

@@ -13,12 +13,7 @@ fn below_a_guard_cgroup_a_workload_is_denied_until_its_policy_is_programmed() {
         return;
     }
     let mut bed = Testbed::new(&["client", "server", "late"]).expect("creating the test bed");
-    let guard = bed
-        .node("client")
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
+    let guard = bed.cgroup_base_path();
     let mut inventory = bed.workload_yaml("client", "app", "{app: client}", false);
     inventory += &bed.workload_yaml("server", "app", "{app: server}", false);
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: 80}]}]\n";

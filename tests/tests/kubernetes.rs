@@ -9,24 +9,15 @@
 //! With KUBECONFIG set, `a_real_cluster_given_by_kubeconfig_lists_and_compiles` also checks the
 //! agent's client against that real cluster.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use stagewall_tests::{Testbed, apiserver::ApiServer, metric_sum, privileged};
+use stagewall_tests::{
+    Testbed, apiserver::ApiServer, cluster::pod_cgroup, metric_sum, privileged, until,
+};
 
 fn uid(n: u32) -> String {
     format!("7a1c0000-0000-4000-8000-{n:012}")
-}
-
-/// The cgroup kubelet (systemd driver) makes for a BestEffort pod, below `base`.
-fn pod_cgroup(base: &str, uid: &str) -> String {
-    format!(
-        "{base}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    )
 }
 
 fn pod(name: &str, uid: &str, node: &str, ips: &[IpAddr], labels: Value) -> Value {
@@ -56,21 +47,6 @@ fn policy(name: &str, selector: Value, from: Value, port: u16) -> Value {
     })
 }
 
-/// Waits until `check` holds (the change went from the API server through the agent into
-/// the kernel), and says how long that took.
-fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: not in force after 10 s\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
-}
-
 /// A test bed whose nodes are pods, and an API server in its hub namespace. The nodes
 /// named in `local` are pods of "node-a" (this node), in cgroups named as kubelet names
 /// them; node i is pod UID uid(i + 1).
@@ -85,12 +61,7 @@ struct KubeBed {
 impl KubeBed {
     fn new(names: &[&str], local: &[&str], missing: &[&'static str]) -> KubeBed {
         let mut bed = Testbed::new(names).expect("creating the test bed");
-        let base = bed
-            .node(names[0])
-            .cgroup_path
-            .rsplit_once('/')
-            .map(|(parent, _)| parent.to_string())
-            .unwrap();
+        let base = bed.cgroup_base_path();
         for (i, name) in names.iter().enumerate() {
             if local.contains(name) {
                 bed.move_cgroup(name, &pod_cgroup(&base, &uid(i as u32 + 1)))
