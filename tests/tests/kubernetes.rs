@@ -1,7 +1,7 @@
 //! Kubernetes DaemonSet mode end to end against the hand-written list/watch server
 //! (tests/src/apiserver.rs), kept for what a real API server cannot be made to do on
 //! demand: watches cut at will, a history compacted away (410 Gone, then every watcher
-//! lists again), a CRD that is not served (404), a pod's IP changed in place. The same
+//! lists again), a CRD that is not served (404). The same
 //! mode on a real kube-apiserver is tests/tests/cluster.rs (and the conformance matrix).
 //! The agent (`run --kubernetes`) talks kube-rs to it with API JSON (resourceVersion,
 //! bookmarks). Pods of "node-a" are the test bed's namespaces in cgroups
