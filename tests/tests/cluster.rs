@@ -227,6 +227,27 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         bed.tcp("client", server, 81).is("ok")
     });
 
+    // A stagewall.io object through the real API server: a Pipeline whose one stage
+    // (the client) may reach the server on port 81 only.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: clients, namespace: ml}}\nspec:\n  stages:\n  - {{name: clients, selector: {{matchLabels: {{app: client}}}}}}\n  flows:\n  - {{from: {{stage: clients}}, to: {{cidr: {server}/32}}, ports: [{{protocol: TCP, port: 81}}]}}\n"
+            ),
+        )
+        .expect("the Pipeline");
+    until("the Pipeline", log, || {
+        bed.tcp("client", server, 80).is("eperm")
+    });
+    assert!(bed.tcp("client", server, 81).is("ok"), "{}", log());
+    cluster
+        .kubectl(&["delete", "pipeline", "clients", "-n", "ml"])
+        .expect("deleting the Pipeline");
+    until("the Pipeline's deletion", log, || {
+        bed.tcp("client", server, 80).is("ok")
+    });
+
     // The policies deleted: server is no longer isolated.
     cluster
         .kubectl(&[
