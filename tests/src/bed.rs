@@ -308,9 +308,12 @@ impl Testbed {
     ///   reply from the pod address it never called (TCP: a reset, the connect times out).
     ///   The alternative, kube-proxy masquerading (`--masquerade-all`), would make the hub
     ///   the source the server sees and hide the client from its ingress policy.
-    /// - IPv4 forwarding on (a DNAT'ed packet br_netfilter does not re-bridge is routed out
-    ///   of br0) and ICMP redirects off: the hub must not tell a client to send the
-    ///   ClusterIP's traffic straight to the endpoint, past the DNAT.
+    /// - IPv4 forwarding on. The client's packet for the ClusterIP is addressed to br0's
+    ///   MAC; br_netfilter DNATs it in the bridge's prerouting and, its new destination
+    ///   being on br0 itself, bridges it on to the server pod rather than routing it (the
+    ///   hub's IpForwDatagrams stays 0, so it sends no ICMP redirects either). But it looks
+    ///   that route up as a forwarded packet's: with forwarding off the packet is dropped
+    ///   (seen on kernel 6.18: the ClusterIP then never answers).
     pub fn route_services_through_hub(&self, service_range: &str) -> anyhow::Result<()> {
         ip(&[
             "-n",
@@ -321,15 +324,12 @@ impl Testbed {
             "dev",
             "br0",
         ])?;
-        let sysctls = [
+        let script = [
             "/proc/sys/net/bridge/bridge-nf-call-iptables",
             "/proc/sys/net/ipv4/ip_forward",
         ]
         .map(|f| format!("echo 1 > {f}"))
         .join(" && ");
-        let script = format!(
-            "{sysctls} && for f in all default br0; do echo 0 > /proc/sys/net/ipv4/conf/$f/send_redirects; done"
-        );
         let out = in_netns_and_cgroup(&self.hub, None, "sh")?
             .args(["-c", &script])
             .output()?;

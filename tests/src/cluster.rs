@@ -403,8 +403,10 @@ impl Cluster {
     /// becomes that node's network: `Testbed::route_services_through_hub` routes the pods'
     /// Service traffic there, and the Node object is created with the hub's address. Waits
     /// until kube-proxy has programmed its first sync (its /healthz says 200). Its rules
-    /// are in the hub's own nftables, gone with the namespace; it is killed with the
-    /// cluster.
+    /// are in the hub's own nftables (tables `ip kube-proxy` and `ip6 kube-proxy`), gone
+    /// with the namespace; it is killed with the cluster. Its first sync logs "Failed to
+    /// list existing sets ... no such file or directory" once per family: it looks for
+    /// stale sets in a table it has not made yet; harmless.
     pub fn start_kube_proxy(&mut self, bed: &Testbed, node: &str) -> anyhow::Result<()> {
         bed.route_services_through_hub(SERVICE_RANGE)?;
         self.create_node(node, crate::bed::HUB_GATEWAY)?;
