@@ -115,6 +115,9 @@ fn remove_stale(cgroup_root: &Path) {
     }
 }
 
+/// The hub's own address on the bridge, when it routes Services (nodes are .10 and up).
+pub const HUB_GATEWAY: &str = "198.18.0.1";
+
 /// The bpffs mount; each test bed pins below it in a directory of its own.
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -302,6 +305,67 @@ impl Testbed {
                 .expect("the test bed's cgroups are below the cgroup2 mount")
                 .display()
         )
+    }
+
+    /// Makes the hub a Kubernetes node's network for Services (kube-proxy runs there; see
+    /// Cluster::start_kube_proxy): pods send `service_range` to the hub, and the hub's
+    /// netfilter sees the pods' bridged replies. Call it after the nodes are added.
+    ///
+    /// - br0 gets [`HUB_GATEWAY`] (nodes are numbered from .10), and each node a route for
+    ///   the service range via it. Their on-link default route would otherwise ARP for the
+    ///   ClusterIP itself on the bridge, and nobody answers for it.
+    /// - Bridge netfilter on, in the hub only (it is per namespace; `with_layout` turns it
+    ///   off for the other tests). The server answers the client's own address, which is
+    ///   on its link: the reply is bridged from veth to veth and never routed through the
+    ///   hub. Only br_netfilter hands bridged IPv4 to the hub's netfilter hooks, where
+    ///   conntrack turns its source back into the ClusterIP; without it the client gets a
+    ///   reply from the pod address it never called (TCP: a reset, the connect times out).
+    ///   The alternative, kube-proxy masquerading (`--masquerade-all`), would make the hub
+    ///   the source the server sees and hide the client from its ingress policy.
+    /// - IPv4 forwarding on. The client's packet for the ClusterIP is addressed to br0's
+    ///   MAC; br_netfilter DNATs it in the bridge's prerouting and, its new destination
+    ///   being on br0 itself, bridges it on to the server pod rather than routing it (the
+    ///   hub's IpForwDatagrams stays 0, so it sends no ICMP redirects either). But it looks
+    ///   that route up as a forwarded packet's: with forwarding off the packet is dropped
+    ///   (seen on kernel 6.18: the ClusterIP then never answers).
+    pub fn route_services_through_hub(&self, service_range: &str) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            &self.hub,
+            "addr",
+            "add",
+            &format!("{HUB_GATEWAY}/24"),
+            "dev",
+            "br0",
+        ])?;
+        let script = [
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "/proc/sys/net/ipv4/ip_forward",
+        ]
+        .map(|f| format!("echo 1 > {f}"))
+        .join(" && ");
+        let out = in_netns_and_cgroup(&self.hub, None, "sh")?
+            .args(["-c", &script])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "hub sysctls for Services in {}: {}",
+                self.hub,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for node in &self.nodes {
+            ip(&[
+                "-n",
+                &node.netns,
+                "route",
+                "add",
+                service_range,
+                "via",
+                HUB_GATEWAY,
+            ])?;
+        }
+        Ok(())
     }
 
     pub fn node(&self, name: &str) -> &Node {

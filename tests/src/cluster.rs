@@ -27,6 +27,14 @@ use crate::Testbed;
 const ETCD_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
 const APISERVER_PORT: u16 = 6443;
+/// kube-proxy's health and metrics ports, in the hub namespace too.
+const KUBE_PROXY_HEALTHZ: &str = "127.0.0.1:10256";
+const KUBE_PROXY_METRICS: &str = "127.0.0.1:10249";
+
+/// Where the API server allocates ClusterIPs.
+pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+/// The test bed's pod addresses (IPv4), as kube-proxy's `--cluster-cidr`.
+pub const POD_RANGE: &str = "198.18.0.0/24";
 
 /// kube-controller-manager's controllers the tests run (no node lifecycle or pod garbage
 /// collection: the test's pods have no kubelet reporting for their nodes).
@@ -181,7 +189,7 @@ impl Cluster {
                 "--cert-dir",
                 &path(&dir.join("certs")),
                 "--service-cluster-ip-range",
-                "10.96.0.0/16",
+                SERVICE_RANGE,
                 "--service-account-issuer",
                 "https://kubernetes.default.svc",
                 "--service-account-key-file",
@@ -347,8 +355,12 @@ impl Cluster {
             bed.move_cgroup(bed_node, &pod_cgroup(base, &uid))?;
         }
         let ip = bed.node(bed_node).v4;
+        // Ready, as kubelet reports once the containers run: the EndpointSlice controller
+        // makes only ready pods a Service's serving endpoints.
+        let ready =
+            r#"[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]"#;
         let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":{ready}}}}}"#
         );
         self.kubectl(&[
             "patch",
@@ -362,6 +374,102 @@ impl Cluster {
             &status,
         ])?;
         Ok(uid)
+    }
+
+    /// Creates the Node object `name` with `address` as its InternalIP (a kubelet would
+    /// register it). The EndpointSlice controller skips pods whose node does not exist, and
+    /// kube-proxy takes its node's address from it.
+    pub fn create_node(&self, name: &str, address: &str) -> anyhow::Result<()> {
+        self.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"),
+        )?;
+        let status = format!(
+            r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{address}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
+        );
+        self.kubectl(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])?;
+        Ok(())
+    }
+
+    /// Runs the real kube-proxy (nftables mode) for `node` in the hub namespace, which
+    /// becomes that node's network: `Testbed::route_services_through_hub` routes the pods'
+    /// Service traffic there, and the Node object is created with the hub's address. Waits
+    /// until kube-proxy has programmed its first sync (its /healthz says 200). Its rules
+    /// are in the hub's own nftables (tables `ip kube-proxy` and `ip6 kube-proxy`), gone
+    /// with the namespace; it is killed with the cluster. Its first sync logs "Failed to
+    /// list existing sets ... no such file or directory" once per family: it looks for
+    /// stale sets in a table it has not made yet; harmless.
+    pub fn start_kube_proxy(&mut self, bed: &Testbed, node: &str) -> anyhow::Result<()> {
+        bed.route_services_through_hub(SERVICE_RANGE)?;
+        self.create_node(node, crate::bed::HUB_GATEWAY)?;
+        self.spawn(
+            "kube-proxy",
+            bed,
+            &[
+                "--kubeconfig",
+                &path(&self.admin),
+                "--hostname-override",
+                node,
+                "--proxy-mode",
+                "nftables",
+                // Traffic from pods is the cluster's own and keeps its source (no
+                // masquerading): the server's ingress policy must see the client.
+                "--cluster-cidr",
+                POD_RANGE,
+                // 0: leave the conntrack sysctls alone (nf_conntrack_max is the host's, not
+                // the namespace's).
+                "--conntrack-max-per-core",
+                "0",
+                "--conntrack-tcp-timeout-established",
+                "0",
+                "--conntrack-tcp-timeout-close-wait",
+                "0",
+                "--healthz-bind-address",
+                KUBE_PROXY_HEALTHZ,
+                "--metrics-bind-address",
+                KUBE_PROXY_METRICS,
+            ],
+        )?;
+        let started = Instant::now();
+        loop {
+            let healthz = crate::probe::http_get_in(&self.netns, KUBE_PROXY_HEALTHZ, "/healthz");
+            if healthz.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                break;
+            }
+            if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| *n == "kube-proxy")
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("kube-proxy exited ({status})\n{}", self.log("kube-proxy"));
+            }
+            if started.elapsed() > READY_WITHIN {
+                bail!(
+                    "kube-proxy not synced within {READY_WITHIN:?}\n{}",
+                    self.log("kube-proxy")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        println!("kube-proxy synced in {:?}", started.elapsed());
+        Ok(())
+    }
+
+    /// The rules kube-proxy wrote (nftables mode), as `nft list table ip kube-proxy`.
+    pub fn kube_proxy_rules(&self) -> anyhow::Result<String> {
+        let out = crate::exec::in_netns_and_cgroup(&self.netns, None, "nft")?
+            .args(["list", "table", "ip", "kube-proxy"])
+            .output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// kubectl as the administrator; fails with kubectl's stderr.

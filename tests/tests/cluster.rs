@@ -263,3 +263,173 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         bed.tcp("other", server, 81).is("ok")
     });
 }
+
+/// A Service through the real kube-proxy (nftables mode) in the hub namespace, the node's
+/// network: a pod calls the Service's ClusterIP, kube-proxy's DNAT sends it to the server
+/// pod with the client's own address (no masquerading of pod traffic), so the server's
+/// ingress NetworkPolicy judges the real client: allowed for app=client, refused for a pod
+/// it does not name, TCP and UDP alike. Conntrack turns the replies' source back into the
+/// ClusterIP (the bridged replies pass the hub's netfilter: Testbed::route_services_through_hub).
+///
+/// Not tested here: an egress-isolated client calling a ClusterIP. The agent judges egress
+/// at connect/sendmsg, before kube-proxy translates, against the ClusterIP, which no
+/// policy peer names; such calls are refused today (issue "Kubernetes semantics on a real
+/// node").
+#[test]
+fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_servers_ingress_policy()
+{
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server", "other"]).expect("creating the test bed");
+    let base = bed
+        .node("client")
+        .cgroup_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent.to_string())
+        .unwrap();
+    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+    cluster
+        .start_kube_proxy(&bed, "node-a")
+        .expect("starting kube-proxy");
+    cluster.create_namespace("ml").expect("namespace");
+    for (name, labels) in [
+        ("client", "{app: client}"),
+        ("server", "{app: server}"),
+        ("other", "{app: other}"),
+    ] {
+        run_pod(&cluster, &mut bed, &base, name, "node-a", labels);
+    }
+    // The policy names the pod's port: it is judged after kube-proxy's DNAT (80 -> 8080).
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-8080, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 8080}, {protocol: UDP, port: 8080}]\n",
+        )
+        .expect("the policy");
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: ml}\nspec:\n  selector: {app: server}\n  ports:\n  - {name: tcp, protocol: TCP, port: 80, targetPort: 8080}\n  - {name: udp, protocol: UDP, port: 80, targetPort: 8080}\n",
+        )
+        .expect("the Service");
+    let cluster_ip: std::net::IpAddr = cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "server",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("the ClusterIP")
+        .parse()
+        .expect("an address");
+    bed.serve("server", &[8080], &[8080]).unwrap();
+    let server = bed.node("server").v4;
+    let other = bed.node("other").v4;
+
+    // The EndpointSlice controller makes the ready server pod the Service's endpoint.
+    let endpoints = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "endpointslices",
+                "-n",
+                "ml",
+                "-l",
+                "kubernetes.io/service-name=server",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].addresses[*]}",
+            ])
+            .unwrap_or_default()
+    };
+    until(
+        "the Service's EndpointSlice",
+        || cluster.log("kube-controller-manager"),
+        || endpoints().trim() == server.to_string(),
+    );
+
+    let agent = bed
+        .start_agent_kubernetes(
+            &agent_kubeconfig,
+            &["--node-name", "node-a", "--pods-cgroup-base", &base],
+        )
+        .expect("starting the agent with the ServiceAccount's token");
+    let log = || {
+        format!(
+            "{}\n{}\n--- kube-proxy's rules\n{}",
+            agent.log(),
+            cluster.log("kube-proxy"),
+            cluster
+                .kube_proxy_rules()
+                .unwrap_or_else(|e| format!("{e:#}"))
+        )
+    };
+    until("the pods enforced", log, || {
+        metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == 3.0
+    });
+    // Straight to the pod first: the policy is in force.
+    assert!(bed.tcp("client", server, 8080).is("ok"), "{}", log());
+    assert!(bed.tcp("other", server, 8080).is("timeout"), "{}", log());
+
+    // Through the ClusterIP (kube-proxy programs the Service's endpoints asynchronously).
+    let took = until("the ClusterIP served", log, || {
+        bed.tcp("client", cluster_ip, 80).is("ok")
+    });
+    println!("client -> {cluster_ip}:80 (TCP) served after {took:?}");
+    let rules = cluster.kube_proxy_rules().expect("kube-proxy's rules");
+    assert!(rules.contains(&cluster_ip.to_string()), "{rules}");
+    let udp = bed.udp("client", cluster_ip, 80, 3);
+    assert!(
+        udp.is("ok"),
+        "UDP through the ClusterIP: {udp:?}\n{}",
+        log()
+    );
+    assert_eq!(
+        udp.body.trim(),
+        format!("from {cluster_ip}:80"),
+        "the echo's source, translated back by conntrack"
+    );
+    let before = agent.events().len();
+    assert!(
+        bed.tcp("other", cluster_ip, 80).is("timeout"),
+        "app=other through the ClusterIP\n{}",
+        log()
+    );
+    assert!(
+        bed.udp("other", cluster_ip, 80, 1).is("timeout"),
+        "app=other through the ClusterIP (UDP)\n{}",
+        log()
+    );
+    // Once more, after the refusals: nothing in between changed the client's way.
+    assert!(bed.tcp("client", cluster_ip, 80).is("ok"), "{}", log());
+
+    // The refusals name the real peer and the pod's own address and port: the server saw
+    // the packets after DNAT, from `other` itself.
+    let events = agent.wait_events(before + 2);
+    let refused: Vec<_> = events[before..]
+        .iter()
+        .filter(|e| e["verdict"] == "dropped" && e["direction"] == "ingress")
+        .collect();
+    for protocol in ["tcp", "udp"] {
+        assert!(
+            refused.iter().any(|e| e["protocol"] == protocol
+                && e["workload"] == "ml/server"
+                && e["src"] == other.to_string()
+                && e["dst"] == server.to_string()
+                && e["dst_port"] == 8080),
+            "no {protocol} refusal naming {other} -> {server}:8080: {refused:#?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .all(|e| e["src"] != bed.node("client").v4.to_string()),
+        "the client was refused: {events:#?}"
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //!   stagewall-probe serve --tcp 9090,9091 --udp 9090      echo servers; prints "ready"
 //!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo
-//!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes
+//!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes;
+//!                                                          prints `from ADDR:PORT` of the last
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
 //!   stagewall-probe flood ADDR PORT MILLIS SOCKETS       UDP from SOCKETS source ports
 //!                                                          for MILLIS; prints `sent N`
@@ -61,7 +62,9 @@ fn any_port_like(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
-fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<(), std::io::Error> {
+/// Gives where the last echo came from (through a Service: its ClusterIP once conntrack has
+/// undone the DNAT).
+fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<SocketAddr, std::io::Error> {
     let bind = any_port_like(addr);
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
@@ -70,10 +73,11 @@ fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<(), std::io::E
         s.send_to(b"ping", addr)?;
     }
     let mut buf = [0u8; 16];
+    let mut from = addr;
     for _ in 0..count {
-        s.recv_from(&mut buf)?;
+        (_, from) = s.recv_from(&mut buf)?;
     }
-    Ok(())
+    Ok(from)
 }
 
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, std::io::Error> {
@@ -293,7 +297,7 @@ fn matrix(timeout: Duration, targets: &[String]) {
                     let start = Instant::now();
                     let result = match proto {
                         "tcp" => tcp(addr, timeout),
-                        _ => udp(addr, timeout, 1),
+                        _ => udp(addr, timeout, 1).map(|_| ()),
                     };
                     let word = match result {
                         Ok(()) => "ok".to_string(),
@@ -335,7 +339,7 @@ fn main() {
         }
         Some("udp") if args.len() >= 4 => {
             let count = args.get(4).map_or(1, |c| c.parse().expect("count"));
-            udp(sock(&args[1], &args[2]), ms(&args[3]), count).map(|_| String::new())
+            udp(sock(&args[1], &args[2]), ms(&args[3]), count).map(|from| format!("from {from}\n"))
         }
         Some("flood") if args.len() == 5 => {
             let sent = flood(
