@@ -282,12 +282,7 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
         return;
     }
     let mut bed = Testbed::new(&["client", "server", "other"]).expect("creating the test bed");
-    let base = bed
-        .node("client")
-        .cgroup_path
-        .rsplit_once('/')
-        .map(|(parent, _)| parent.to_string())
-        .unwrap();
+    let base = bed.cgroup_base_path();
     let mut cluster = Cluster::start(&bed).expect("starting the control plane");
     let agent_kubeconfig = cluster
         .agent_kubeconfig()
