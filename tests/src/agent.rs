@@ -296,11 +296,22 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Waits until `check` holds (a change went through the agent into the kernel), failing
 /// with `log()` after 10 s; says how long it took.
 pub fn until(what: &str, log: impl Fn() -> String, check: impl Fn() -> bool) -> Duration {
+    until_within(what, Duration::from_secs(10), log, check)
+}
+
+/// `until` with its own limit, for what the agent does not control (a controller or
+/// kube-proxy catching up on a loaded machine).
+pub fn until_within(
+    what: &str,
+    within: Duration,
+    log: impl Fn() -> String,
+    check: impl Fn() -> bool,
+) -> Duration {
     let started = Instant::now();
     while !check() {
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: not in force after 10 s\n{}",
+            started.elapsed() < within,
+            "{what}: not in force after {within:?}\n{}",
             log()
         );
         std::thread::sleep(Duration::from_millis(50));

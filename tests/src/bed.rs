@@ -338,6 +338,18 @@ impl Testbed {
             "dev",
             "br0",
         ])?;
+        // br_netfilter may be a module (built in on the machines this runs on).
+        if !Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+            let loaded = Command::new("modprobe")
+                .arg("br_netfilter")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !loaded {
+                bail!(
+                    "Services through kube-proxy need bridge netfilter: /proc/sys/net/bridge is missing and `modprobe br_netfilter` failed"
+                );
+            }
+        }
         let script = [
             "/proc/sys/net/bridge/bridge-nf-call-iptables",
             "/proc/sys/net/ipv4/ip_forward",

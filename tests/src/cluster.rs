@@ -1,7 +1,9 @@
-//! A real Kubernetes control plane for the tests: etcd and kube-apiserver, built from their
-//! Go modules at one pinned release by `cargo xtask cluster-build` (tests/cluster/) into
+//! A real Kubernetes control plane for the tests: etcd, kube-apiserver and
+//! kube-controller-manager (and kube-proxy when a test asks), built from their Go modules
+//! at one pinned release by `cargo xtask cluster-build` (tests/cluster/) into
 //! `target/cluster/bin`, started in the test bed's hub namespace on its own 127.0.0.1 (so
-//! nothing of it is reachable from the host) and killed when the `Cluster` is dropped.
+//! nothing of it is reachable from the host) and killed when the `Cluster` is dropped, or
+//! when the test thread that started them dies (a killed test run leaves none behind).
 //!
 //! The API server runs as a cluster's does: RBAC authorization, service-account tokens
 //! signed with a key made at start, a serving certificate it generates itself. The tests
@@ -13,6 +15,7 @@
 use std::{
     fs,
     io::Write as _,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -260,6 +263,17 @@ impl Cluster {
     fn spawn(&mut self, name: &'static str, bed: &Testbed, args: &[&str]) -> anyhow::Result<()> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut cmd = bed.hub_command(bin_dir().join(name))?;
+        // SAFETY: prctl is async-signal-safe; it only sets this child's death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Killed with the thread that started it, also when the test process is
+                // killed (SIGKILL skips Drop).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -402,7 +416,8 @@ impl Cluster {
     /// Runs the real kube-proxy (nftables mode) for `node` in the hub namespace, which
     /// becomes that node's network: `Testbed::route_services_through_hub` routes the pods'
     /// Service traffic there, and the Node object is created with the hub's address. Waits
-    /// until kube-proxy has programmed its first sync (its /healthz says 200). Its rules
+    /// until kube-proxy answers on /healthz (200; it may still be syncing: tests wait for
+    /// the Service itself to answer). Its rules
     /// are in the hub's own nftables (tables `ip kube-proxy` and `ip6 kube-proxy`), gone
     /// with the namespace; it is killed with the cluster. Its first sync logs "Failed to
     /// list existing sets ... no such file or directory" once per family: it looks for
@@ -491,7 +506,11 @@ impl Cluster {
     ) -> anyhow::Result<String> {
         let mut cmd =
             crate::exec::in_netns_and_cgroup(&self.netns, None, bin_dir().join("kubectl"))?;
-        cmd.arg("--kubeconfig")
+        // kubectl's discovery cache lives with this cluster, not in root's home, where every
+        // test cluster at 127.0.0.1:6443 would share (and leave) one.
+        cmd.arg("--cache-dir")
+            .arg(self.dir.join("kubectl-cache"))
+            .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(args)
             .stdin(if input.is_some() {

@@ -28,6 +28,6 @@ pub mod cluster;
 pub mod demo;
 pub mod raw;
 
-pub use agent::{Agent, agent_bin, metric_sum, until};
+pub use agent::{Agent, agent_bin, metric_sum, until, until_within};
 pub use bed::{Layout, Node, NodeSpec, Testbed, privileged};
 pub use probe::{Outcome, probe_bin};

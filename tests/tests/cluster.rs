@@ -8,10 +8,12 @@
 //! What the hand-written server in tests/src/apiserver.rs is still kept for: watches cut
 //! and history compacted on demand, and a missing CRD (tests/tests/kubernetes.rs).
 
+use std::time::Duration;
+
 use stagewall_tests::{
     Testbed,
     cluster::{Cluster, PodSpec},
-    metric_sum, privileged, until,
+    metric_sum, privileged, until, until_within,
 };
 
 /// Runs `name` in namespace ml on `node` as kubelet would (see Cluster::run_pod).
@@ -343,8 +345,9 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
             ])
             .unwrap_or_default()
     };
-    until(
+    until_within(
         "the Service's EndpointSlice",
+        Duration::from_secs(60),
         || cluster.log("kube-controller-manager"),
         || endpoints().trim() == server.to_string(),
     );
@@ -373,7 +376,7 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
     assert!(bed.tcp("other", server, 8080).is("timeout"), "{}", log());
 
     // Through the ClusterIP (kube-proxy programs the Service's endpoints asynchronously).
-    let took = until("the ClusterIP served", log, || {
+    let took = until_within("the ClusterIP served", Duration::from_secs(60), log, || {
         bed.tcp("client", cluster_ip, 80).is("ok")
     });
     println!("client -> {cluster_ip}:80 (TCP) served after {took:?}");

@@ -26,6 +26,9 @@ pub struct Outputs {
     pub log_allowed: bool,
     /// Flow records, and which events feed them.
     pub records: Option<Records>,
+    /// The policy that names the events of the batch being drained: read once per batch,
+    /// so a batch is named by one policy and the lock is not taken per event.
+    pub batch_policy: Option<Arc<Compiled>>,
 }
 
 impl Outputs {
@@ -39,7 +42,10 @@ impl reader::Handler for Outputs {
     type Error = anyhow::Error;
 
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
-        let compiled = self.policy.borrow().clone();
+        let compiled = self
+            .batch_policy
+            .get_or_insert_with(|| self.policy.borrow().clone())
+            .clone();
         let e = describe(event, &compiled, &self.node);
         if let Some((records, filter)) = &self.records
             && filter.takes(event, &compiled)
@@ -56,6 +62,7 @@ impl reader::Handler for Outputs {
     }
 
     fn drained(&mut self) -> anyhow::Result<()> {
+        self.batch_policy = None;
         Ok(self.sink.flush()?)
     }
 }

@@ -70,6 +70,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         node: agent.options.node.clone(),
         log_allowed: agent.options.log_allowed,
         records: records.clone(),
+        batch_policy: None,
     };
     tasks.spawn(outputs.stream(started.events));
     tasks.spawn(http::serve(listener, state.clone()).err_into());

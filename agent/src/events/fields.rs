@@ -36,7 +36,9 @@ pub enum Verdict {
     Dropped,
     /// Denied in audit mode: reported, not dropped.
     WouldDrop,
-    /// A verdict number this agent does not know (a kernel program of another version).
+    /// A verdict number this agent does not know (a kernel program of another version);
+    /// also what a newer agent's unknown verdict name reads as.
+    #[serde(other)]
     Unknown,
 }
 
@@ -81,6 +83,7 @@ pub enum Reason {
     /// The flow table is full: replies may be denied.
     MapFull,
     /// A reason number this agent does not know.
+    #[serde(other)]
     Unknown,
 }
 
@@ -122,6 +125,7 @@ pub enum Hook {
     Sendmsg,
     /// tc: an interface-attached workload's packets.
     Tc,
+    #[serde(other)]
     Unknown,
 }
 
@@ -348,5 +352,16 @@ mod tests {
         assert!("TCP".parse::<IpProtocol>().is_err());
         assert!(IpProtocol::Other(10) < IpProtocol::Other(2), "by name");
         assert!(IpProtocol::Icmpv6 < IpProtocol::Other(0));
+    }
+
+    #[test]
+    fn names_a_newer_agent_adds_read_as_unknown() {
+        // `stagewall events` may read the stream of a newer agent.
+        let verdict: Verdict = serde_json::from_str("\"rate-limited\"").unwrap();
+        assert_eq!(verdict, Verdict::Unknown);
+        let reason: Reason = serde_json::from_str("\"dns-expired\"").unwrap();
+        assert_eq!(reason, Reason::Unknown);
+        let hook: Hook = serde_json::from_str("\"xdp\"").unwrap();
+        assert_eq!(hook, Hook::Unknown);
     }
 }
