@@ -96,7 +96,7 @@ fn go() -> anyhow::Result<(PathBuf, String)> {
     bail!(
         "Go is needed to build the Kubernetes test binaries ({MODULE}/go.mod; Go 1.26 or \
          newer) and neither `go` on PATH nor /usr/local/go/bin/go runs: install Go \
-         (go.dev/dl) and run `cargo xtask cluster-build` again"
+         and run `cargo xtask cluster-build` again"
     )
 }
 
