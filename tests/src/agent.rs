@@ -137,6 +137,32 @@ impl Testbed {
         }
     }
 
+    /// `stagewall check --kubernetes` from the hub as node-a's agent would read the cluster
+    /// (pods' cgroups below `pods_cgroup_base`); fails the test unless it succeeds, and
+    /// gives what it printed.
+    pub fn check_kubernetes(&self, kubeconfig: &Path, pods_cgroup_base: &str) -> String {
+        let out = self
+            .hub_command(agent_bin())
+            .expect("a command in the hub")
+            .args(["check", "--kubernetes", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args([
+                "--node-name",
+                "node-a",
+                "--pods-cgroup-base",
+                pods_cgroup_base,
+            ])
+            .output()
+            .expect("running stagewall check");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    }
+
     /// The body of an HTTP GET to `addr` from the hub namespace (where the agent runs).
     pub fn hub_get(&self, addr: &str, path: &str) -> Option<String> {
         http_get_in(&self.hub, addr, path).map(body)

@@ -177,17 +177,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     let server = bed.node("server").v4;
 
     // `check --kubernetes` with the agent's own token: the shipped RBAC is enough for it.
-    let mut check = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
-    check.args(["check", "--kubernetes", "--kubeconfig"]);
-    check.arg(&agent_kubeconfig);
-    check.args(["--node-name", "node-a", "--pods-cgroup-base", &base]);
-    let out = check.output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = bed.check_kubernetes(&agent_kubeconfig, &base);
     assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
 
     let agent = bed

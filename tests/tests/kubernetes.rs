@@ -147,24 +147,7 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     let kubeconfig = &k.kubeconfig;
 
     // `check --kubernetes` reads the same objects and compiles them, without the kernel.
-    let mut check = bed.hub_command(stagewall_tests::agent_bin()).unwrap();
-    check.args([
-        "check",
-        "--kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-        "--pods-cgroup-base",
-        base,
-    ]);
-    let out = check.output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = bed.check_kubernetes(kubeconfig, base);
     assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
     assert!(said.contains("ml/server"), "{said}");
     let guard = format!("{base}/kubepods.slice");
