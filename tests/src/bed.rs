@@ -121,7 +121,7 @@ pub const HUB_GATEWAY: &str = "198.18.0.1";
 /// The bpffs mount; each test bed pins below it in a directory of its own.
 const BPFFS: &str = "/sys/fs/bpf";
 
-fn remove_cgroup_tree(dir: &Path) {
+pub(crate) fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -329,15 +329,7 @@ impl Testbed {
     ///   that route up as a forwarded packet's: with forwarding off the packet is dropped
     ///   (seen on kernel 6.18: the ClusterIP then never answers).
     pub fn route_services_through_hub(&self, service_range: &str) -> anyhow::Result<()> {
-        ip(&[
-            "-n",
-            &self.hub,
-            "addr",
-            "add",
-            &format!("{HUB_GATEWAY}/24"),
-            "dev",
-            "br0",
-        ])?;
+        self.give_hub_gateway()?;
         // br_netfilter may be a module (built in on the machines this runs on).
         if !Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
             let loaded = Command::new("modprobe")
@@ -378,6 +370,20 @@ impl Testbed {
             ])?;
         }
         Ok(())
+    }
+
+    /// Gives br0 [`HUB_GATEWAY`]: the hub's address on the nodes' link, which a
+    /// Kubernetes node in the hub (kube-proxy, kubelet) has as its own. Idempotent.
+    pub fn give_hub_gateway(&self) -> anyhow::Result<()> {
+        ip(&[
+            "-n",
+            &self.hub,
+            "addr",
+            "replace",
+            &format!("{HUB_GATEWAY}/24"),
+            "dev",
+            "br0",
+        ])
     }
 
     pub fn node(&self, name: &str) -> &Node {

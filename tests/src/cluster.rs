@@ -41,7 +41,9 @@ pub const POD_RANGE: &str = "198.18.0.0/24";
 
 /// kube-controller-manager's controllers the tests run (no node lifecycle or pod garbage
 /// collection: the test's pods have no kubelet reporting for their nodes).
-const CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller";
+/// With a kubelet node: the DaemonSet controller, and the publisher of the cluster's CA
+/// (`kube-root-ca.crt`, which every pod's service-account volume mounts).
+const CONTROLLERS: &str = "serviceaccount-controller,serviceaccount-token-controller,namespace-controller,endpointslice-controller,endpointslice-mirroring-controller,garbage-collector-controller,daemonset-controller,root-ca-certificate-publisher-controller";
 
 /// How long the control plane may take to become ready (etcd, then the API server's
 /// post-start hooks: RBAC bootstrap roles, priority classes, ...).
@@ -258,6 +260,26 @@ impl Cluster {
         )?;
         println!("control plane ready in {:?}", started.elapsed());
         Ok(cluster)
+    }
+
+    /// Starts kube-scheduler (once): pods without a nodeName, and the DaemonSet's, which
+    /// the DaemonSet controller leaves to it.
+    pub fn start_scheduler(&mut self, bed: &Testbed) -> anyhow::Result<()> {
+        if self.children.iter().any(|(n, _)| *n == "kube-scheduler") {
+            return Ok(());
+        }
+        let admin = path(&self.admin);
+        self.spawn(
+            "kube-scheduler",
+            bed,
+            &[
+                "--kubeconfig",
+                &admin,
+                "--bind-address",
+                "127.0.0.1",
+                "--leader-elect=false",
+            ],
+        )
     }
 
     fn spawn(&mut self, name: &'static str, bed: &Testbed, args: &[&str]) -> anyhow::Result<()> {
@@ -580,7 +602,7 @@ impl Drop for Cluster {
     }
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 

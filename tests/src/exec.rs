@@ -66,8 +66,17 @@ pub(crate) fn in_netns_and_cgroup(
     cgroup: Option<&Path>,
     program: impl AsRef<std::ffi::OsStr>,
 ) -> anyhow::Result<Command> {
-    let ns =
-        fs::File::open(format!("/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
+    in_netns_path_and_cgroup(Path::new(&format!("/run/netns/{netns}")), cgroup, program)
+}
+
+/// As [`in_netns_and_cgroup`], with the network namespace as a path (a process's
+/// `/proc/PID/ns/net`, for a real pod's sandbox).
+pub(crate) fn in_netns_path_and_cgroup(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> anyhow::Result<Command> {
+    let ns = fs::File::open(netns).with_context(|| format!("netns {}", netns.display()))?;
     let procs = match cgroup {
         Some(dir) => Some(
             fs::OpenOptions::new()

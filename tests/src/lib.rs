@@ -11,6 +11,8 @@
 //!   [`metric_sum`]).
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver) built from the
 //!   Go modules, in the hub namespace;
+//! - [`node`]: a real node for that control plane: kubelet, containerd, runc and the CNI
+//!   bridge plugin, running real pods from locally written images;
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
 //!   do on demand; [`demo`]: the demo's test bed and probes;
 //!   [`raw`]: hand-made frames for the hostile-input tests.
@@ -26,6 +28,7 @@ mod probe;
 pub mod apiserver;
 pub mod cluster;
 pub mod demo;
+pub mod node;
 pub mod raw;
 
 pub use agent::{Agent, agent_bin, metric_sum, until, until_within};

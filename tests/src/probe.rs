@@ -31,7 +31,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn parse(out: &str) -> Outcome {
+    pub(crate) fn parse(out: &str) -> Outcome {
         let (first, body) = out.split_once('\n').unwrap_or((out, ""));
         let mut parts = first.split_whitespace();
         Outcome {

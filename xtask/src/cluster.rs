@@ -1,10 +1,13 @@
 //! The real Kubernetes binaries for the integration tests: kube-apiserver,
 //! kube-controller-manager, kube-scheduler, kube-proxy, kubelet and kubectl from
 //! k8s.io/kubernetes, and etcd from go.etcd.io/etcd/server/v3, at the versions that
-//! tests/cluster/go.mod pins (see tests/cluster/README.md for how that module is laid out).
+//! tests/cluster/go.mod pins; and the test node's container runtime from
+//! tests/cluster/node/go.mod: containerd (with its runc shim and ctr), runc, the CNI
+//! plugins bridge, host-local and loopback, and `ociimage`, which writes the local images
+//! (see tests/cluster/README.md for how the modules are laid out).
 //!
-//! They are built from source with Go into target/cluster/bin/, once: again only when the
-//! module's go.mod, go.sum or etcd main, or the build flags below, change (the stamp file
+//! They are built from source with Go into target/cluster/bin/, once: again only when a
+//! module's go.mod, go.sum or own Go code, or the build flags below, change (the stamp file
 //! next to bin/ holds what the last successful build was built from). From nothing this
 //! takes a while (see the README for times); a no-op takes well under a second.
 //!
@@ -17,8 +20,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-/// The Go module, relative to the workspace root.
+/// The Kubernetes module, relative to the workspace root.
 const MODULE: &str = "tests/cluster";
+/// The node runtime's module, relative to the workspace root.
+const NODE_MODULE: &str = "tests/cluster/node";
 
 /// The Kubernetes release that tests/cluster/go.mod pins; stamped into the binaries as
 /// their version (`kubectl version`, the kubelet's node status, version skew checks).
@@ -37,6 +42,26 @@ const PACKAGES: [&str; 7] = [
 
 /// Build tags as Kubernetes' own release build sets them (hack/lib/golang.sh).
 const TAGS: &str = "selinux,notest,grpcnotrace";
+
+/// The node's runtime, built static (no C compiler): containerd as its release build
+/// leaves out the snapshotters that need C libraries (the test node uses `native`), the
+/// CNI plugins, and the image writer. Binaries named as [`PACKAGES`]'.
+const NODE_PACKAGES: [&str; 7] = [
+    "github.com/containerd/containerd/v2/cmd/containerd",
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+    "github.com/containerd/containerd/v2/cmd/ctr",
+    "github.com/containernetworking/plugins/plugins/main/bridge",
+    "github.com/containernetworking/plugins/plugins/ipam/host-local",
+    "github.com/containernetworking/plugins/plugins/main/loopback",
+    "./cmd/ociimage",
+];
+const NODE_TAGS: &str = "no_btrfs,no_devmapper,no_zfs";
+
+/// runc needs cgo (its nsenter is C); with libseccomp (Debian's libseccomp-dev, which
+/// `cargo xtask setup` installs), because containerd gives every pod sandbox the runtime's
+/// default seccomp profile and a runc without seccomp refuses any profile.
+const RUNC_PACKAGE: &str = "github.com/opencontainers/runc";
+const RUNC_TAGS: &str = "seccomp";
 
 /// The binaries' directory: target/cluster/bin/ under the workspace root.
 pub fn bin_dir() -> PathBuf {
@@ -67,21 +92,58 @@ fn ldflags() -> String {
     flags.join(" ")
 }
 
-/// The `go build` arguments.
-fn build_args(bin: &Path) -> Vec<String> {
+/// One `go build`: a module, whether it needs cgo, its tags, flags and packages.
+struct GoBuild {
+    module: &'static str,
+    cgo: bool,
+    args: Vec<String>,
+}
+
+/// The `go build` arguments for `packages` into `bin`.
+fn build_args(bin: &Path, tags: &str, ldflags: &str, packages: &[&str]) -> Vec<String> {
     let mut args = vec![
         "build".to_string(),
         "-trimpath".to_string(),
-        // No VCS stamp for ./cmd/etcd (this repository's commit; needs git).
+        // No VCS stamp for the modules' own commands (this repository's commit; needs git).
         "-buildvcs=false".to_string(),
-        format!("-tags={TAGS}"),
-        format!("-ldflags={}", ldflags()),
+        format!("-tags={tags}"),
+        format!("-ldflags={ldflags}"),
         // A trailing slash: `go build -o` writes one binary per package into the directory.
         "-o".to_string(),
         format!("{}/", bin.display()),
     ];
-    args.extend(PACKAGES.iter().map(|p| p.to_string()));
+    args.extend(packages.iter().map(|p| p.to_string()));
     args
+}
+
+/// Every build, in order: Kubernetes and etcd, the node's static runtime, runc.
+fn builds(bin: &Path) -> Vec<GoBuild> {
+    vec![
+        GoBuild {
+            module: MODULE,
+            cgo: false,
+            args: build_args(bin, TAGS, &ldflags(), &PACKAGES),
+        },
+        GoBuild {
+            module: NODE_MODULE,
+            cgo: false,
+            args: build_args(bin, NODE_TAGS, "-s -w", &NODE_PACKAGES),
+        },
+        GoBuild {
+            module: NODE_MODULE,
+            cgo: true,
+            args: build_args(bin, RUNC_TAGS, "-s -w", &[RUNC_PACKAGE]),
+        },
+    ]
+}
+
+/// Every binary the builds make.
+fn binaries() -> impl Iterator<Item = &'static str> {
+    PACKAGES
+        .iter()
+        .chain(&NODE_PACKAGES)
+        .chain(&[RUNC_PACKAGE])
+        .map(|p| binary_name(p))
 }
 
 /// The Go command: `go` on PATH, else the official tarball's place.
@@ -101,10 +163,25 @@ fn go() -> anyhow::Result<(PathBuf, String)> {
 }
 
 /// What the binaries are built from: the stamp's contents.
-fn inputs(module: &Path, args: &[String]) -> anyhow::Result<String> {
-    let mut stamp = format!("go {}\n", args.join(" "));
-    for file in ["go.mod", "go.sum", "cmd/etcd/main.go"] {
-        let path = module.join(file);
+fn inputs(root: &Path, builds: &[GoBuild]) -> anyhow::Result<String> {
+    let mut stamp = String::new();
+    for build in builds {
+        stamp.push_str(&format!(
+            "(cd {} && CGO_ENABLED={} go {})\n",
+            build.module,
+            u8::from(build.cgo),
+            build.args.join(" ")
+        ));
+    }
+    for file in [
+        "go.mod",
+        "go.sum",
+        "cmd/etcd/main.go",
+        "node/go.mod",
+        "node/go.sum",
+        "node/cmd/ociimage/main.go",
+    ] {
+        let path = root.join(MODULE).join(file);
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
         stamp.push_str(&format!("--- {file}\n{text}"));
     }
@@ -119,15 +196,14 @@ fn binary_name(package: &str) -> &str {
 /// the current pins; returns that directory.
 pub fn build() -> anyhow::Result<PathBuf> {
     let root = crate::workspace_root();
-    let module = root.join(MODULE);
     let bin = bin_dir();
     let stamp_path = bin.with_file_name("stamp");
-    let args = build_args(&bin);
-    let wanted = inputs(&module, &args)?;
-    let complete = PACKAGES.iter().all(|p| bin.join(binary_name(p)).is_file());
+    let builds = builds(&bin);
+    let wanted = inputs(&root, &builds)?;
+    let complete = binaries().all(|b| bin.join(b).is_file());
     if complete && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == wanted) {
         println!(
-            "Kubernetes {KUBERNETES_VERSION} binaries up to date in {}",
+            "Kubernetes {KUBERNETES_VERSION} binaries and the node runtime up to date in {}",
             bin.display()
         );
         return Ok(bin);
@@ -135,8 +211,8 @@ pub fn build() -> anyhow::Result<PathBuf> {
 
     let (go, version) = go()?;
     println!(
-        "Building Kubernetes {KUBERNETES_VERSION} and etcd into {} with {version} \
-         (from nothing this downloads the modules and compiles for a long while)",
+        "Building Kubernetes {KUBERNETES_VERSION}, etcd and the node runtime into {} with \
+         {version} (from nothing this downloads the modules and compiles for a long while)",
         bin.display()
     );
     // Removed first, so that a build that fails half way is redone next time.
@@ -147,61 +223,69 @@ pub fn build() -> anyhow::Result<PathBuf> {
         _ => {}
     }
     std::fs::create_dir_all(&bin).with_context(|| format!("{}", bin.display()))?;
-    // Printed as a shell would take it (the -ldflags value quoted).
-    let shown: Vec<String> = args
-        .iter()
-        .map(|a| match a.split_once('=') {
-            Some((flag, value)) if value.contains(' ') => format!("{flag}='{value}'"),
-            _ => a.clone(),
-        })
-        .collect();
-    println!(
-        "+ (cd {MODULE} && CGO_ENABLED=0 GOWORK=off {} {})",
-        go.display(),
-        shown.join(" ")
-    );
     let started = Instant::now();
-    let status = Command::new(&go)
-        .args(&args)
-        .current_dir(&module)
-        // Static binaries, as Kubernetes builds its servers; no C compiler needed.
-        .env("CGO_ENABLED", "0")
-        // This module alone, whatever go.work lies above it. go.mod and go.sum are used as
-        // committed (go build's default -mod=readonly: a missing checksum is an error).
-        .env("GOWORK", "off")
-        .status()
-        .with_context(|| format!("running {}", go.display()))?;
-    let took = started.elapsed();
-    if !status.success() {
-        bail!(
-            "building the Kubernetes test binaries failed after {:.0?} ({status}); the command \
-             is printed above, run from {MODULE}",
-            took
+    for build in &builds {
+        // Printed as a shell would take it (the -ldflags value quoted).
+        let shown: Vec<String> = build
+            .args
+            .iter()
+            .map(|a| match a.split_once('=') {
+                Some((flag, value)) if value.contains(' ') => format!("{flag}='{value}'"),
+                _ => a.clone(),
+            })
+            .collect();
+        println!(
+            "+ (cd {} && CGO_ENABLED={} GOWORK=off {} {})",
+            build.module,
+            u8::from(build.cgo),
+            go.display(),
+            shown.join(" ")
         );
+        let status = Command::new(&go)
+            .args(&build.args)
+            .current_dir(root.join(build.module))
+            // Static binaries, as Kubernetes builds its servers, but for runc.
+            .env("CGO_ENABLED", if build.cgo { "1" } else { "0" })
+            // This module alone, whatever go.work lies above it. go.mod and go.sum are used
+            // as committed (go build's default -mod=readonly: a missing checksum is an error).
+            .env("GOWORK", "off")
+            .status()
+            .with_context(|| format!("running {}", go.display()))?;
+        if !status.success() {
+            bail!(
+                "building the test cluster's binaries failed after {:.0?} ({status}); the \
+                 command is printed above, run from {}",
+                started.elapsed(),
+                build.module
+            );
+        }
     }
+    let took = started.elapsed();
     std::fs::write(&stamp_path, wanted).with_context(|| format!("{}", stamp_path.display()))?;
     println!(
-        "Built Kubernetes {KUBERNETES_VERSION} binaries in {:.0?} into {}",
+        "Built Kubernetes {KUBERNETES_VERSION} and the node runtime in {:.0?} into {}",
         took,
         bin.display()
     );
     Ok(bin)
 }
 
-/// `go vet` over the module's own Go code (the etcd main), as clippy lints the Rust.
+/// `go vet` over the modules' own Go code (the etcd main, the image writer), as clippy
+/// lints the Rust.
 pub fn vet() -> anyhow::Result<()> {
-    let module = crate::workspace_root().join(MODULE);
     let (go, _) = go()?;
-    println!("+ (cd {MODULE} && go vet ./...)");
-    let status = Command::new(&go)
-        .args(["vet", "./..."])
-        .current_dir(&module)
-        .env("GOWORK", "off")
-        .env("CGO_ENABLED", "0")
-        .status()
-        .context("running go vet")?;
-    if !status.success() {
-        bail!("go vet ./... in {MODULE} failed: {status}");
+    for module in [MODULE, NODE_MODULE] {
+        println!("+ (cd {module} && go vet ./...)");
+        let status = Command::new(&go)
+            .args(["vet", "./..."])
+            .current_dir(crate::workspace_root().join(module))
+            .env("GOWORK", "off")
+            .env("CGO_ENABLED", "0")
+            .status()
+            .context("running go vet")?;
+        if !status.success() {
+            bail!("go vet ./... in {module} failed: {status}");
+        }
     }
     Ok(())
 }
@@ -249,5 +333,8 @@ mod tests {
                 "kubectl"
             ]
         );
+        assert!(binaries().any(|b| b == "runc"));
+        assert!(binaries().any(|b| b == "containerd-shim-runc-v2"));
+        assert!(binaries().any(|b| b == "ociimage"));
     }
 }

@@ -24,8 +24,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Debian packages: `ip` for the test namespaces, `ping` for ICMP probes, LLVM 22 to
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
-/// iperf3, iptables and nftables for the benchmarks.
-const PACKAGES: [&str; 7] = [
+/// iperf3, iptables and nftables for the benchmarks, libseccomp's headers for the test
+/// node's runc (built with cgo by `cargo xtask cluster-build`).
+const PACKAGES: [&str; 8] = [
     "iproute2",
     "iputils-ping",
     "llvm-22-dev",
@@ -33,6 +34,7 @@ const PACKAGES: [&str; 7] = [
     "iperf3",
     "iptables",
     "nftables",
+    "libseccomp-dev",
 ];
 
 fn succeeds(program: &str, args: &[&str]) -> bool {

@@ -14,6 +14,8 @@
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
+//!   stagewall-probe pause                                 a real pod's sandbox process: sleeps
+//!                                                          until SIGTERM or SIGINT
 //!   stagewall-probe raw-count IFACE MS MARKER...           `ready`, then `counts N...`: frames
 //!                                                          seen per marker (IPv4 id, IPv6 flow label)
 //!
@@ -317,15 +319,36 @@ fn matrix(timeout: Duration, targets: &[String]) {
     }
 }
 
+extern "C" fn exit_now(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) }
+}
+
+/// The pause image's process (the test node's pod sandboxes): it only holds the pod's
+/// namespaces. As PID 1 of its PID namespace it has no default signal actions, so it
+/// installs handlers to stop when the runtime asks.
+fn pause() -> ! {
+    // SAFETY: installing a handler that only calls _exit.
+    unsafe {
+        libc::signal(libc::SIGTERM, exit_now as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, exit_now as *const () as libc::sighandler_t);
+    }
+    loop {
+        // SAFETY: pause only waits for a signal.
+        unsafe { libc::pause() };
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
         SocketAddr::new(a.parse().expect("address"), p.parse().expect("port"))
     };
     let result = match args.first().map(String::as_str) {
+        Some("pause") => pause(),
         Some("serve") => {
             let flag = |name: &str| {
                 args.iter()

@@ -1,0 +1,533 @@
+//! A real Kubernetes node for the tests: kubelet with containerd, runc and the CNI bridge
+//! plugin, built by `cargo xtask cluster-build` (tests/cluster/node/) and started in the
+//! test bed's hub namespace, which becomes the node's network: pods get veths on the bed's
+//! bridge `br0` and addresses from 198.18.0.100-199 (the bed's own nodes use .10 up), the
+//! node's address is the hub's [`HUB_GATEWAY`] on br0. Pods are real: kubelet creates their
+//! sandboxes and containers from images written locally (there is no registry), runs their
+//! probes from the node's address and reports their status.
+//!
+//! Cgroups: kubelet's cgroupfs driver below the test bed's cgroup (`--cgroup-root`), so a
+//! pod of UID u lives in `<bed>/kubepods/<qos>/pod<u>` of the cgroup2 tree, where the agent
+//! finds it. On a host with the hybrid cgroup layout (cgroup v1 controllers, cgroup2 at
+//! /sys/fs/cgroup/unified) kubelet runs in cgroup v1 mode (`failCgroupV1: false`), and runc
+//! places every container in the cgroup2 tree too, at the same path.
+//!
+//! Everything it made goes on drop, also what outlives kubelet and containerd: the shims
+//! and containers, the mounts below its directory, the pods' network namespaces and the
+//! cgroups in every hierarchy.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::IpAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    Outcome, Testbed,
+    bed::{HUB_GATEWAY, remove_cgroup_tree},
+    cluster::{Cluster, bin_dir, path},
+    exec::run,
+};
+
+/// The pod sandbox image (the probe binary's `pause`), as containerd is told to use it.
+pub const PAUSE_IMAGE: &str = "docker.io/library/pause:1";
+/// The test pods' image: the probe binary as entrypoint (`args: [serve, --tcp, "80"]`).
+pub const PROBE_IMAGE: &str = "docker.io/library/probe:1";
+
+/// How long kubelet may take to register its Node and report it Ready.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// The node's pod addresses, on the bed's bridge.
+const POD_RANGE_START: &str = "198.18.0.100";
+const POD_RANGE_END: &str = "198.18.0.199";
+
+pub struct KubeletNode {
+    pub name: String,
+    dir: PathBuf,
+    children: Vec<(&'static str, Child)>,
+    /// kubelet's --cgroup-root: the bed's cgroup, as a path below each hierarchy's mount.
+    cgroup_root: String,
+    /// Network namespaces (in /run/netns) that existed before containerd started: the
+    /// ones it adds are its pods'.
+    netns_before: BTreeSet<String>,
+}
+
+impl Cluster {
+    /// Starts containerd and kubelet for the node `name` in `bed`'s hub namespace, with the
+    /// pause and probe images imported, and waits until the Node is Ready. Also starts the
+    /// scheduler (pods without a nodeName, DaemonSets).
+    pub fn start_kubelet(&mut self, bed: &Testbed, name: &str) -> anyhow::Result<KubeletNode> {
+        let dir = bed.dir.join(format!("kubelet-{name}"));
+        fs::create_dir_all(dir.join("cni"))?;
+        let mut node = KubeletNode {
+            name: name.to_string(),
+            dir: dir.clone(),
+            children: Vec::new(),
+            cgroup_root: bed.cgroup_base_path(),
+            netns_before: netns_names(),
+        };
+        node.make_cgroup_root()?;
+        bed.give_hub_gateway()?;
+
+        let bin = bin_dir();
+        let sock = dir.join("containerd.sock");
+        fs::write(
+            dir.join("containerd.toml"),
+            containerd_config(&dir, &sock, &bin),
+        )?;
+        fs::write(dir.join("cni/10-bridge.conflist"), cni_config(&dir))?;
+        let mut containerd = bed.hub_command(bin.join("containerd"))?;
+        containerd
+            .arg("--config")
+            .arg(dir.join("containerd.toml"))
+            // It starts its shims (containerd-shim-runc-v2) from PATH.
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        node.spawn("containerd", containerd)?;
+        let started = Instant::now();
+        while node.ctr(&["version"]).is_err() {
+            node.exited()?;
+            if started.elapsed() > READY_WITHIN {
+                bail!(
+                    "containerd not up within {READY_WITHIN:?}\n{}",
+                    node.log("containerd")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let probe = crate::probe_bin();
+        node.import_image(PAUSE_IMAGE, "/stagewall-probe pause", &probe)?;
+        node.import_image(PROBE_IMAGE, "/stagewall-probe", &probe)?;
+
+        fs::write(
+            dir.join("kubelet.yaml"),
+            kubelet_config(&dir, &sock, &node.cgroup_root),
+        )?;
+        let mut kubelet = bed.hub_command(bin.join("kubelet"))?;
+        kubelet
+            .arg("--config")
+            .arg(dir.join("kubelet.yaml"))
+            .arg("--kubeconfig")
+            .arg(&self.admin)
+            .arg("--root-dir")
+            .arg(dir.join("kubelet"))
+            .arg("--cert-dir")
+            .arg(dir.join("kubelet/pki"))
+            .args(["--hostname-override", name, "--node-ip", HUB_GATEWAY]);
+        node.spawn("kubelet", kubelet)?;
+        loop {
+            let ready = self.kubectl(&[
+                "get",
+                "node",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            if ready.is_ok_and(|s| s == "True") {
+                break;
+            }
+            node.exited()?;
+            if started.elapsed() > READY_WITHIN {
+                bail!(
+                    "node {name} not Ready within {READY_WITHIN:?}\n{}",
+                    node.log("kubelet")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // kubelet registers the Node with the not-ready taint; the node lifecycle
+        // controller takes it off once the Node is Ready. That controller is not run: it
+        // would mark the other tests' kubelet-less Nodes unreachable and evict their pods.
+        let taint = self.kubectl(&["get", "node", name, "-o", "jsonpath={.spec.taints}"])?;
+        if taint.contains("node.kubernetes.io/not-ready") {
+            self.kubectl(&[
+                "taint",
+                "node",
+                name,
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ])?;
+        }
+        self.start_scheduler(bed)?;
+        println!("kubelet node {name} Ready in {:?}", started.elapsed());
+        Ok(node)
+    }
+}
+
+impl KubeletNode {
+    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        // SAFETY: prctl is async-signal-safe; it only sets this child's death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Fails, with its log, if kubelet or containerd has exited.
+    fn exited(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                let name = *name;
+                bail!("{name} exited ({status})\n{}", self.log(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of kubelet's or containerd's log.
+    pub fn log(&self, name: &str) -> String {
+        let text = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {name} (last lines)\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    /// ctr on this node's containerd, in kubelet's (CRI's) namespace.
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let sock = path(&self.dir.join("containerd.sock"));
+        let mut all = vec!["--address", &sock, "--namespace", "k8s.io"];
+        all.extend(args);
+        run(&path(&bin_dir().join("ctr")), &all)
+    }
+
+    /// Writes an image of `binary` (stripped) and the shared libraries it loads, run as
+    /// `entrypoint` (words split at spaces; the binary is at /<its file name>), and imports
+    /// it as `name` into containerd, where kubelet finds it (`imagePullPolicy: Never` or
+    /// `IfNotPresent`).
+    pub fn import_image(&self, name: &str, entrypoint: &str, binary: &Path) -> anyhow::Result<()> {
+        let file = binary.file_name().context("binary has a file name")?;
+        let stripped = self.dir.join(file);
+        run(
+            "strip",
+            &["--strip-debug", "-o", &path(&stripped), &path(binary)],
+        )?;
+        let mut files = vec![format!("{}=/{}", path(&stripped), file.to_string_lossy())];
+        // `ldd` lines: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the
+        // loader's "/lib64/ld-linux-x86-64.so.2 (0x...)"; each at the same path inside.
+        for lib in run("ldd", &[&path(binary)])?
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .collect::<BTreeSet<_>>()
+        {
+            files.push(format!("{lib}={lib}"));
+        }
+        let archive = self
+            .dir
+            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        let mut args = vec![
+            "-o".to_string(),
+            path(&archive),
+            "-name".to_string(),
+            name.to_string(),
+            "-entrypoint".to_string(),
+            entrypoint.to_string(),
+        ];
+        args.extend(files);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&path(&bin_dir().join("ociimage")), &args)?;
+        // --local: unpacked by ctr itself into the native snapshotter (the daemon's
+        // transfer service unpacks only for the default snapshotter).
+        self.ctr(&[
+            "images",
+            "import",
+            "--local",
+            "--snapshotter",
+            "native",
+            &path(&archive),
+        ])?;
+        Ok(())
+    }
+
+    /// kubelet's cgroup root must exist in every hierarchy it uses: the cgroup2 tree (the
+    /// bed's cgroup, there already) and, on a hybrid host, each cgroup v1 controller's
+    /// (cpuset's needs its CPUs and memory nodes before anything can join it).
+    fn make_cgroup_root(&self) -> anyhow::Result<()> {
+        for mount in cgroup_v1_mounts() {
+            let dir = mount.join(self.cgroup_root.trim_start_matches('/'));
+            fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(value) = fs::read_to_string(mount.join(file)) {
+                    fs::write(dir.join(file), value.trim())
+                        .with_context(|| format!("{}", dir.join(file).display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod's cgroup in the cgroup2 tree (`<bed>/kubepods/<qos>/pod<uid>`), once kubelet
+    /// has made it.
+    pub fn pod_cgroup(&self, uid: &str) -> Option<PathBuf> {
+        let root = stagewall::datapath::host::cgroup2_mount().ok()?;
+        let kubepods = root
+            .join(self.cgroup_root.trim_start_matches('/'))
+            .join("kubepods");
+        let name = format!("pod{uid}");
+        [
+            kubepods.join(&name),
+            kubepods.join("burstable").join(&name),
+            kubepods.join("besteffort").join(&name),
+        ]
+        .into_iter()
+        .find(|d| d.is_dir())
+    }
+
+    /// A command that runs inside the pod with this UID: in its network namespace (the
+    /// sandbox's, found through one of its processes) and its cgroup, so the agent's
+    /// cgroup programs see it as the pod.
+    pub fn pod_command(
+        &self,
+        uid: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        let cgroup = self
+            .pod_cgroup(uid)
+            .with_context(|| format!("no cgroup for pod {uid}"))?;
+        let pid = cgroup_pids(&cgroup)
+            .into_iter()
+            .next()
+            .with_context(|| format!("no process in {}", cgroup.display()))?;
+        crate::exec::in_netns_path_and_cgroup(
+            Path::new(&format!("/proc/{pid}/ns/net")),
+            Some(&cgroup),
+            program,
+        )
+    }
+}
+
+impl KubeletNode {
+    /// Runs the probe binary inside the pod with this UID (see [`KubeletNode::pod_command`]).
+    pub fn probe(&self, uid: &str, args: &[&str]) -> Outcome {
+        let out = self
+            .pod_command(uid, crate::probe_bin())
+            .and_then(|mut cmd| Ok(cmd.args(args).output()?))
+            .unwrap_or_else(|e| panic!("probe in pod {uid}: {e:#}"));
+        Outcome::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// A TCP connection from the pod with this UID (1 s timeout).
+    pub fn tcp(&self, uid: &str, to: IpAddr, port: u16) -> Outcome {
+        self.probe(uid, &["tcp", &to.to_string(), &port.to_string(), "1000"])
+    }
+}
+
+impl Drop for KubeletNode {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The shims (daemons, not containerd's children) and the containers.
+        let sock = path(&self.dir.join("containerd.sock"));
+        for pid in pids_with_argument(&sock) {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Ok(root) = stagewall::datapath::host::cgroup2_mount() {
+            let kubepods = root
+                .join(self.cgroup_root.trim_start_matches('/'))
+                .join("kubepods");
+            for pid in cgroup_pids(&kubepods) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Below the node's directory: kubelet's root (bind-mounted onto itself), the pods'
+        // volumes, the sandboxes' /dev/shm and the containers' root filesystems.
+        let dir = path(&self.dir);
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        // Deepest first.
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(target) = std::ffi::CString::new(m) {
+                // SAFETY: a valid path; a lazy unmount touches nothing else.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        for netns in netns_names().difference(&self.netns_before) {
+            if netns.starts_with("cni-") {
+                let _ = run("ip", &["netns", "del", netns]);
+            }
+        }
+        for mount in cgroup_v1_mounts() {
+            remove_cgroup_tree(&mount.join(self.cgroup_root.trim_start_matches('/')));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cgroup v1 hierarchies' mounts (none on a cgroup2-only host).
+fn cgroup_v1_mounts() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split(' ').next()?;
+            let mount = before.split(' ').nth(4)?;
+            (fstype == "cgroup").then(|| PathBuf::from(mount))
+        })
+        .collect()
+}
+
+/// Every process in the cgroup `dir` and below.
+fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// Processes with `arg` as one of their arguments.
+fn pids_with_argument(arg: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            cmdline
+                .split(|b| *b == 0)
+                .any(|a| a == arg.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+fn netns_names() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// containerd: its state below the node's directory, CRI with runc (cgroupfs driver) and
+/// the CNI plugins from the build, the native snapshotter (a copy per container: no
+/// overlayfs needed below the test directory), the pause image, and oom_score_adj kept at
+/// containerd's own (the machines' containers lack CAP_SYS_RESOURCE, which lowering it
+/// needs).
+fn containerd_config(dir: &Path, sock: &Path, bin: &Path) -> String {
+    let (dir, sock, bin) = (path(dir), path(sock), path(bin));
+    format!(
+        r#"version = 3
+root = "{dir}/containerd/root"
+state = "{dir}/containerd/state"
+
+[grpc]
+  address = "{sock}"
+
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      snapshotter = "native"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "{bin}/runc"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{bin}"]
+    conf_dir = "{dir}/cni"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "native"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+"#
+    )
+}
+
+/// The CNI bridge plugin on the bed's bridge (made by the bed, addressed with the node's
+/// [`HUB_GATEWAY`]), host-local addresses from the node's range.
+fn cni_config(dir: &Path) -> String {
+    let ipam = path(&dir.join("cni-ipam"));
+    format!(
+        r#"{{"cniVersion": "1.0.0", "name": "test", "plugins": [
+  {{"type": "bridge", "bridge": "br0", "isGateway": false,
+    "ipam": {{"type": "host-local", "dataDir": "{ipam}",
+      "ranges": [[{{"subnet": "198.18.0.0/24", "rangeStart": "{POD_RANGE_START}",
+                   "rangeEnd": "{POD_RANGE_END}", "gateway": "{HUB_GATEWAY}"}}]],
+      "routes": [{{"dst": "0.0.0.0/0"}}]}}}},
+  {{"type": "loopback"}}]}}
+"#
+    )
+}
+
+/// kubelet: cgroupfs driver below the bed's cgroup (cgroup v1 allowed: the hybrid hosts),
+/// serving on the node's address with anonymous access (the API server reaches it for
+/// logs and exec), no image garbage collection or eviction (the images are imported once
+/// and never pulled), cluster DNS at the Service range's .10.
+fn kubelet_config(dir: &Path, sock: &Path, cgroup_root: &str) -> String {
+    let (dir, sock) = (path(dir), path(sock));
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://{sock}
+address: {HUB_GATEWAY}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}
+authorization: {{mode: AlwaysAllow}}
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
+resolvConf: ""
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {{}}
+volumePluginDir: {dir}/kubelet/volume-plugins
+"#
+    )
+}
