@@ -369,6 +369,18 @@ impl Testbed {
                 HUB_GATEWAY,
             ])?;
         }
+        // The hub's own connections to a ClusterIP (host-network pods: the agent's to the
+        // `kubernetes` Service) need a route before kube-proxy's output DNAT sees them;
+        // the hub has no default route.
+        ip(&[
+            "-n",
+            &self.hub,
+            "route",
+            "replace",
+            service_range,
+            "dev",
+            "br0",
+        ])?;
         Ok(())
     }
 

@@ -137,6 +137,8 @@ impl Cluster {
         built().map_err(anyhow::Error::msg)?;
         let dir = bed.dir.join("cluster");
         fs::create_dir_all(dir.join("certs"))?;
+        // The address the API server advertises and clients connect to.
+        bed.give_hub_gateway()?;
         let mut cluster = Cluster {
             admin: dir.join("admin.kubeconfig"),
             dir: dir.clone(),
@@ -185,10 +187,14 @@ impl Cluster {
             &[
                 "--etcd-servers",
                 &etcd_url,
+                // All addresses of the hub namespace (nothing outside the test bed
+                // reaches it): kubectl and the agent use the node's address, pods reach
+                // it through the `kubernetes` Service, whose endpoint is the advertised
+                // address (the lease reconciler writes it).
                 "--bind-address",
-                "127.0.0.1",
+                "0.0.0.0",
                 "--advertise-address",
-                "127.0.0.1",
+                crate::bed::HUB_GATEWAY,
                 "--secure-port",
                 &APISERVER_PORT.to_string(),
                 "--cert-dir",
@@ -205,10 +211,10 @@ impl Cluster {
                 "RBAC",
                 "--token-auth-file",
                 &path(&dir.join("tokens.csv")),
-                // No Endpoints for the API server's own Service: they would name a
-                // loopback address, which Endpoints may not hold.
-                "--endpoint-reconciler-type",
-                "none",
+                // Logs and exec through the kubelet at its address (node names do not
+                // resolve in the test bed).
+                "--kubelet-preferred-address-types",
+                "InternalIP",
             ],
         )?;
         let started = Instant::now();
@@ -320,7 +326,8 @@ impl Cluster {
     pub fn write_kubeconfig(&self, file: &Path, user: &str, token: &str) -> anyhow::Result<()> {
         let ca = path(&self.dir.join("certs/apiserver.crt"));
         let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{APISERVER_PORT}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}}}\ncurrent-context: test\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:{APISERVER_PORT}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}}}\ncurrent-context: test\n",
+            crate::bed::HUB_GATEWAY
         );
         fs::write(file, config)?;
         Ok(())
@@ -446,7 +453,10 @@ impl Cluster {
     /// stale sets in a table it has not made yet; harmless.
     pub fn start_kube_proxy(&mut self, bed: &Testbed, node: &str) -> anyhow::Result<()> {
         bed.route_services_through_hub(SERVICE_RANGE)?;
-        self.create_node(node, crate::bed::HUB_GATEWAY)?;
+        // A kubelet registered it already (Cluster::start_kubelet); else as a kubelet would.
+        if self.kubectl(&["get", "node", node]).is_err() {
+            self.create_node(node, crate::bed::HUB_GATEWAY)?;
+        }
         self.spawn(
             "kube-proxy",
             bed,

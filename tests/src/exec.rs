@@ -56,6 +56,16 @@ impl Testbed {
     pub fn hub_command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
         in_netns_and_cgroup(&self.hub, None, program)
     }
+
+    /// A command in the hub namespace (the node's network) and in `cgroup` (a directory
+    /// of the cgroup2 tree).
+    pub fn hub_command_in(
+        &self,
+        cgroup: &Path,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        in_netns_and_cgroup(&self.hub, Some(cgroup), program)
+    }
 }
 
 /// A command whose process enters `netns` (and `cgroup`, if given) before it runs.

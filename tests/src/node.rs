@@ -56,6 +56,8 @@ pub struct KubeletNode {
     /// Network namespaces (in /run/netns) that existed before containerd started: the
     /// ones it adds are its pods'.
     netns_before: BTreeSet<String>,
+    /// Directories bind-mounted onto themselves as shared mounts (see `share`).
+    shared: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -71,6 +73,7 @@ impl Cluster {
             children: Vec::new(),
             cgroup_root: bed.cgroup_base_path(),
             netns_before: netns_names(),
+            shared: Vec::new(),
         };
         node.make_cgroup_root()?;
         bed.give_hub_gateway()?;
@@ -215,17 +218,21 @@ impl KubeletNode {
     }
 
     /// Writes an image of `binary` (stripped) and the shared libraries it loads, run as
-    /// `entrypoint` (words split at spaces; the binary is at /<its file name>), and imports
-    /// it as `name` into containerd, where kubelet finds it (`imagePullPolicy: Never` or
-    /// `IfNotPresent`).
+    /// `entrypoint` (words split at spaces; the first is where the binary goes), and
+    /// imports it as `name` into containerd, where kubelet finds it (`imagePullPolicy:
+    /// Never` or `IfNotPresent`).
     pub fn import_image(&self, name: &str, entrypoint: &str, binary: &Path) -> anyhow::Result<()> {
         let file = binary.file_name().context("binary has a file name")?;
+        let at = entrypoint
+            .split_whitespace()
+            .next()
+            .context("an entrypoint")?;
         let stripped = self.dir.join(file);
         run(
             "strip",
             &["--strip-debug", "-o", &path(&stripped), &path(binary)],
         )?;
-        let mut files = vec![format!("{}=/{}", path(&stripped), file.to_string_lossy())];
+        let mut files = vec![format!("{}={at}", path(&stripped))];
         // `ldd` lines: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the
         // loader's "/lib64/ld-linux-x86-64.so.2 (0x...)"; each at the same path inside.
         for lib in run("ldd", &[&path(binary)])?
@@ -276,6 +283,18 @@ impl KubeletNode {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Makes `dir` a shared mount (bound onto itself), as systemd makes every mount of a
+    /// real node: a hostPath with `mountPropagation: HostToContainer` must be on a shared
+    /// or slave mount (containerd refuses the container otherwise), and this machine's
+    /// mounts are private. Undone on drop.
+    pub fn share(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let dir_s = path(dir);
+        run("mount", &["--bind", &dir_s, &dir_s])?;
+        self.shared.push(dir.to_path_buf());
+        run("mount", &["--make-shared", &dir_s])?;
         Ok(())
     }
 
@@ -373,6 +392,9 @@ impl Drop for KubeletNode {
                 // SAFETY: a valid path; a lazy unmount touches nothing else.
                 unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
             }
+        }
+        for dir in self.shared.iter().rev() {
+            let _ = run("umount", &["--lazy", &path(dir)]);
         }
         for netns in netns_names().difference(&self.netns_before) {
             if netns.starts_with("cni-") {

@@ -132,3 +132,208 @@ fn real_pods_on_a_real_kubelet_are_enforced() {
         metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
     });
 }
+
+/// deploy/kubernetes/daemonset.yaml as shipped, but for where this test's node keeps
+/// things; each change says why. Nothing else (capabilities, probes, mounts, the service
+/// account) is touched.
+fn daemonset_for_the_test_node(bed: &Testbed, base: &str) -> String {
+    let shipped =
+        std::fs::read_to_string(stagewall_tests::cluster::manifests().join("daemonset.yaml"))
+            .expect("daemonset.yaml");
+    let cgroup2 = stagewall::datapath::host::cgroup2_mount().expect("the cgroup2 mount");
+    let replaced = [
+        // The cgroup2 mount inside the hostPath: /sys/fs/cgroup on a cgroup2-only host,
+        // /sys/fs/cgroup/unified on this machine's hybrid layout.
+        (
+            "--cgroup-root=/host/sys/fs/cgroup",
+            format!("--cgroup-root=/host{}", cgroup2.display()),
+        ),
+        // kubelet's cgroupfs driver below the test bed's cgroup, not the systemd driver at
+        // the top of the tree; and the pods are found there.
+        (
+            "--guard-cgroup=/kubepods.slice",
+            format!("--guard-cgroup={base}/kubepods\n            - --pods-cgroup-base={base}"),
+        ),
+        // The test bed's own directory of bpffs and its own state directory, so that
+        // nothing outlives the test.
+        (
+            "hostPath: {path: /sys/fs/bpf, type: Directory}",
+            format!(
+                "hostPath: {{path: {}, type: Directory}}",
+                bed.bpffs.display()
+            ),
+        ),
+        (
+            "hostPath: {path: /var/lib/stagewall, type: DirectoryOrCreate}",
+            format!(
+                "hostPath: {{path: {}, type: DirectoryOrCreate}}",
+                bed.dir.join("state").display()
+            ),
+        ),
+    ];
+    let mut manifest = shipped.clone();
+    for (from, to) in replaced {
+        assert!(
+            manifest.contains(from),
+            "daemonset.yaml no longer has {from:?}"
+        );
+        manifest = manifest.replace(from, &to);
+    }
+    manifest
+}
+
+#[test]
+fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let bed = Testbed::new(&[]).expect("creating the test bed");
+    let base = bed.cgroup_base_path();
+    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
+    cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes");
+    let mut node = cluster
+        .start_kubelet(&bed, "node-a")
+        .expect("starting kubelet and containerd");
+    // The agent reaches the API server through the `kubernetes` Service, as in any
+    // cluster: kube-proxy on the node.
+    cluster
+        .start_kube_proxy(&bed, "node-a")
+        .expect("starting kube-proxy");
+    // The agent's image: the binary the tests built and its shared libraries, run as the
+    // Dockerfile's ENTRYPOINT does (no image builder here; see tests/src/node.rs).
+    node.import_image(
+        "docker.io/library/stagewall:0.1.0",
+        "/usr/local/bin/stagewall",
+        &stagewall_tests::agent_bin(),
+    )
+    .expect("the agent's image");
+    std::fs::create_dir_all(&bed.bpffs).expect("the bed's bpffs directory");
+    node.share(&bed.bpffs).expect("a shared bpffs mount");
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &daemonset_for_the_test_node(&bed, &base),
+        )
+        .expect("applying the DaemonSet");
+    let agent_pod = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "pods",
+                "--namespace",
+                "stagewall-system",
+                "-o",
+                "jsonpath={.items[0].metadata.name} {.items[0].status.phase} {.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .unwrap_or_default()
+    };
+    let described = || {
+        format!(
+            "{}\n{}\n{}",
+            cluster
+                .kubectl(&["describe", "pods", "--namespace", "stagewall-system"])
+                .unwrap_or_default(),
+            cluster
+                .kubectl(&[
+                    "logs",
+                    "daemonset/stagewall",
+                    "--namespace",
+                    "stagewall-system",
+                    "--tail=40"
+                ])
+                .unwrap_or_else(|e| format!("{e:#}")),
+            node_log(&cluster, &node)
+        )
+    };
+    until(
+        "the agent's pod Ready (kubelet's readiness probe on /readyz)",
+        described,
+        || agent_pod().ends_with(" Running True"),
+    );
+
+    cluster.create_namespace("ml").expect("namespace ml");
+    let (_server, server_ip) = run_pod(&cluster, "ml", "server", "{app: server}", 80);
+    let (client, _) = run_pod(&cluster, "ml", "client", "{app: client}", 80);
+    let (other, _) = run_pod(&cluster, "ml", "other", "{app: other}", 80);
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
+        )
+        .expect("the policy");
+    until(
+        "app=other cut off from the server by the DaemonSet's agent",
+        described,
+        || node.tcp(&other, server_ip, 80).is("timeout"),
+    );
+    assert!(node.tcp(&client, server_ip, 80).is("ok"), "{}", described());
+    // Still Ready: its probes and its API connection are not cut by its own guard.
+    assert!(agent_pod().ends_with(" Running True"), "{}", described());
+
+    // A host-network pod (kube-proxy, node-local DNS, a GPU operator's daemons) is the
+    // node: below the guard like every pod, never denied by it.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: node-daemon, namespace: ml}\nspec:\n  hostNetwork: true\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"9100\"]\n    readinessProbe: {tcpSocket: {port: 9100}, periodSeconds: 1}\n",
+        )
+        .expect("a host-network pod");
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=120s",
+            "--namespace",
+            "ml",
+            "pod/node-daemon",
+        ])
+        .unwrap_or_else(|e| panic!("the host-network pod not Ready: {e:#}\n{}", described()));
+    let daemon = cluster
+        .kubectl(&[
+            "get",
+            "pod",
+            "node-daemon",
+            "--namespace",
+            "ml",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect("its uid");
+    // The node's address: the API server (TLS) and the agent's own HTTP endpoint.
+    let node_ip: IpAddr = stagewall_tests::HUB_GATEWAY.parse().expect("an address");
+    let agent_healthz = format!("{node_ip}:9742");
+    let last = std::sync::Mutex::new(None);
+    until(
+        "the host-network pod reaches the agent's endpoint on the node",
+        || format!("last: {:?}\n{}", last.lock().unwrap(), described()),
+        || {
+            let outcome = node.probe(&daemon, &["get", &agent_healthz, "/healthz", "1000"]);
+            let ok = outcome.is("ok");
+            *last.lock().unwrap() = Some(outcome);
+            ok
+        },
+    );
+    assert!(
+        node.tcp(&daemon, server_ip, 80).is("timeout"),
+        "the node is no peer of server-80"
+    );
+    // While a cgroup below the guard that is no pod of this node is denied everything.
+    let stray = node
+        .pod_cgroup(&_server)
+        .expect("the server's cgroup")
+        .parent()
+        .expect("its QoS class")
+        .join("pod00000000-0000-0000-0000-000000000000");
+    std::fs::create_dir_all(&stray).expect("a stray cgroup");
+    let out = bed
+        .hub_command_in(&stray, stagewall_tests::probe_bin())
+        .expect("a process in it")
+        .args(["get", &agent_healthz, "/healthz", "1000"])
+        .output()
+        .expect("running the probe");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir(&stray);
+    assert!(said.starts_with("eperm"), "unprogrammed: {said}");
+}
