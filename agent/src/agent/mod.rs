@@ -57,6 +57,8 @@ pub struct Options {
     pub bpffs_dir: PathBuf,
     /// Guard cgroups (paths below the cgroup2 mount).
     pub guard_cgroups: Vec<String>,
+    /// The agent's own cgroup (a path below the cgroup2 mount), which guards let through.
+    pub own_cgroup: Option<String>,
     /// The root-only control socket.
     pub control_socket: PathBuf,
     /// Where /metrics is served (for the log line; the listener is bound already).

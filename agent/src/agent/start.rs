@@ -57,6 +57,7 @@ pub(super) fn start(
         options.ebpf_log_level,
         Pins::new(&options.bpffs_dir),
         options.guard_cgroups.clone(),
+        options.own_cgroup.clone(),
     )?;
     log::info!(
         "kernel programs loaded; cgroup2 at {}",

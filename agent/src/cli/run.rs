@@ -17,7 +17,10 @@ use crate::{
     agent::{self, ConfigError, FirstPolicy, Options, Prepared, auto_quarantine::Threshold},
     compiler::{self, CompileCache, EndpointIds},
     control,
-    datapath::{host, pins},
+    datapath::{
+        host, loader,
+        pins::{self, Pins},
+    },
     events::{
         self,
         sink::{RotatingFile, Sink},
@@ -86,6 +89,11 @@ pub struct RunArgs {
     /// covered by the guard's programs (attached once, for every cgroup below it).
     #[arg(long, value_name = "PATH")]
     pub guard_cgroup: Vec<PathBuf>,
+    /// The UID of the agent's own pod (the DaemonSet sets it from metadata.uid): its
+    /// cgroup, found by UID as every pod's, is let through the guards, so that the agent
+    /// always reaches the API server. Without it, the cgroup /proc/self/cgroup names.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// The flow records file (for `stagewall advise`, `simulate` and `report`): written
     /// every 10 seconds and at exit, and added to across restarts.
     #[arg(long, default_value = flow_records::DEFAULT_PATH)]
@@ -142,6 +150,21 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         None => host::cgroup2_mount()?,
     };
     let node = args.node_name.clone().unwrap_or_else(events::host_name);
+    let own_cgroup = own_cgroup(&args, &cgroup_root);
+    if !args.guard_cgroup.is_empty() {
+        match &own_cgroup {
+            // Before anything connects: a guard a previous agent left in force would deny
+            // this agent (a new pod below it) the API server.
+            Some(own) => {
+                if loader::let_own_cgroup_through(&Pins::new(&args.bpffs_dir), &cgroup_root, own)? {
+                    log::info!("own cgroup {own} let through the guards in force");
+                }
+            }
+            None => log::warn!(
+                "the agent's own cgroup is not known (no --pod-uid, and /proc/self/cgroup names none): if it is below a guard cgroup, the guard denies it"
+            ),
+        }
+    }
     let (mut source, api_wake_ups) = match &args.policies {
         Some(dir) => (Source::files(dir.clone()), None),
         None if !args.kubernetes.kubernetes && !kubernetes::in_cluster() => {
@@ -198,6 +221,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         cgroup_root,
         ebpf_log_level: args.ebpf_log_level,
         bpffs_dir: args.bpffs_dir,
+        own_cgroup,
         guard_cgroups: args
             .guard_cgroup
             .iter()
@@ -220,4 +244,23 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         sink,
     };
     Ok((options, prepared))
+}
+
+/// The agent's own cgroup (a path below the cgroup2 mount): its pod's, by UID, in a
+/// DaemonSet; else what /proc/self/cgroup names, unless that is "/" (a private cgroup
+/// namespace, where the real path is unknown).
+fn own_cgroup(args: &RunArgs, cgroup_root: &std::path::Path) -> Option<String> {
+    if let Some(uid) = &args.pod_uid {
+        let found = kubernetes::pod_cgroup(cgroup_root, &args.kubernetes.pods_cgroup_base, uid);
+        if found.is_none() {
+            log::warn!(
+                "no cgroup for this agent's pod {uid} below {}",
+                args.kubernetes.pods_cgroup_base
+            );
+        }
+        return found;
+    }
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    (path != "/").then(|| path.to_string())
 }

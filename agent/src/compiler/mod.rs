@@ -78,6 +78,9 @@ pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
     pub identities: Identities,
     pub policy: BTreeSet<PolicyEntry>,
+    /// The node's own cgroups (host-network pods; paths below the cgroup2 mount), sorted:
+    /// never guarded, never isolated.
+    pub node_cgroups: Vec<String>,
     /// Endpoint id -> position in `endpoints`: kernel events and statistics name
     /// workloads by endpoint id, many times a second.
     endpoint_index: HashMap<u32, usize>,
@@ -194,8 +197,12 @@ pub fn compile_with(
         Vec::new()
     };
     let mut used: Vec<CachedEntries> = Vec::new();
+    let mut node_cgroups = set.node_cgroups.clone();
+    node_cgroups.sort();
+    node_cgroups.dedup();
     let mut compiled = Compiled {
         identities,
+        node_cgroups,
         ..Default::default()
     };
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct

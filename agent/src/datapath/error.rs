@@ -74,6 +74,13 @@ pub enum DatapathError {
         found: MapLayout,
         expected: MapLayout,
     },
+    /// The agent's own cgroup (which guards must let through) is not on this host.
+    #[error("the agent's own cgroup {path}")]
+    OwnCgroup {
+        path: String,
+        #[source]
+        source: crate::datapath::host::HostError,
+    },
     #[error("reading pinned map {}", path.display())]
     PinnedMap {
         path: PathBuf,

@@ -26,7 +26,7 @@ use crate::{
         host::{self, Target},
         object,
         pins::Pins,
-        slots::{GUARD, SlotContents, Slots, endpoint_key},
+        slots::{GUARD, NODE, SlotContents, Slots, endpoint_key},
         stats::KernelStats,
     },
     policy::{
@@ -60,6 +60,9 @@ pub struct Loader {
     /// Guard cgroups (paths below the cgroup2 mount): below them, a cgroup in no
     /// workload is denied until a policy names it.
     guards: Vec<String>,
+    /// The agent's own cgroup, never guarded (it must reach the API server to learn
+    /// anything); with the node cgroups each policy names (host-network pods).
+    own_cgroup: Option<String>,
     /// The workloads' and guards' cgroups and interfaces as of the last apply.
     applied_targets: BTreeSet<Target>,
 }
@@ -75,6 +78,25 @@ fn guarded(target: &Target, guards: &[Target]) -> bool {
     })
 }
 
+/// Lets the agent's own cgroup through guards that a previous agent left in force (the
+/// pinned policy), before this agent connects to anything: a new agent pod is below the
+/// guard like every pod, and would otherwise be denied the API server that tells it what
+/// to enforce. Writes the node entry into the slot in force (no agent runs meanwhile);
+/// the next apply keeps it. False when nothing is pinned (no guard is in force).
+pub fn let_own_cgroup_through(
+    pins: &Pins,
+    cgroup_root: &Path,
+    own_cgroup: &str,
+) -> Result<bool, DatapathError> {
+    let target = host::resolve(cgroup_root, &Attachment::Cgroup(own_cgroup.to_string())).map_err(
+        |source| DatapathError::OwnCgroup {
+            path: own_cgroup.to_string(),
+            source,
+        },
+    )?;
+    Slots::add_to_pinned_active(pins, &target, NODE)
+}
+
 impl Loader {
     /// Loads every program into the kernel (the verifier runs here), takes the maps and
     /// adopts what a previous agent left in the pinned ones.
@@ -83,6 +105,7 @@ impl Loader {
         kernel_log_level: log::LevelFilter,
         pins: Pins,
         guards: Vec<String>,
+        own_cgroup: Option<String>,
     ) -> Result<(Loader, Readers), DatapathError> {
         let other_layouts = pins.prepare()?;
         let object = object::load(&pins, kernel_log_level)?;
@@ -94,6 +117,7 @@ impl Loader {
             slots,
             stats: object.stats,
             guards,
+            own_cgroup,
             applied_targets: BTreeSet::new(),
         };
         Ok((loader, object.readers))
@@ -119,6 +143,7 @@ impl Loader {
             }
         }
         let guards = self.guard_targets();
+        let node = self.node_targets(compiled);
         // Workloads below a guard need no links of their own: the guard's programs run
         // for every cgroup below it and find the nearest endpoint.
         let to_attach: Vec<(Option<&Endpoint>, &Target)> = guards
@@ -140,7 +165,8 @@ impl Loader {
             }
         }
 
-        let desired = SlotContents::for_policy(next_slot, compiled, &targets, &guards, quarantined);
+        let desired =
+            SlotContents::for_policy(next_slot, compiled, &targets, &guards, &node, quarantined);
         self.slots.fill(next_slot, desired)?;
         self.slots.switch(Config {
             active_slot: next_slot,
@@ -163,6 +189,7 @@ impl Loader {
             .iter()
             .map(|(_, t)| t.clone())
             .chain(guards.iter().cloned())
+            .chain(node.iter().cloned())
             .collect();
         let keep: BTreeSet<&Target> = to_attach.iter().map(|(_, t)| *t).collect();
         self.attachments.detach_all_but(&keep);
@@ -209,6 +236,22 @@ impl Loader {
             .iter()
             .filter_map(|ep| host::resolve(&self.cgroup_root, &ep.attachment).ok())
             .chain(self.guard_targets())
+            .chain(self.node_targets(compiled))
+            .collect()
+    }
+
+    /// The node's own cgroups that exist below a guard: the agent's and those `compiled`
+    /// names (host-network pods). Without guards nothing denies them anyway.
+    fn node_targets(&self, compiled: &Compiled) -> Vec<Target> {
+        if self.guards.is_empty() {
+            return Vec::new();
+        }
+        self.own_cgroup
+            .iter()
+            .chain(&compiled.node_cgroups)
+            .filter_map(|path| {
+                host::resolve(&self.cgroup_root, &Attachment::Cgroup(path.clone())).ok()
+            })
             .collect()
     }
 

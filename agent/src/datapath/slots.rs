@@ -11,14 +11,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData,
+    Array, HashMap as BpfHashMap, Map, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use stagewall_common::{
     Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
-    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, POLICY_ALLOW, PolicyKey,
-    SelfAddrKey,
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, NODE_ENDPOINT_ID,
+    POLICY_ALLOW, PolicyKey, SelfAddrKey,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
         Compiled, Endpoint,
         map_keys::{self, LpmKey},
     },
-    datapath::{error::DatapathError, host::Target},
+    datapath::{error::DatapathError, host::Target, pins::Pins},
     policy::model::ObjectName,
 };
 
@@ -52,6 +52,15 @@ pub(super) const GUARD: EndpointInfo = EndpointInfo {
         | EP_DEFAULT_DENY_EGRESS,
 };
 
+/// The endpoint entry of the node's own cgroups below a guard (host-network pods, the
+/// agent): isolated in neither direction, so the guard above them never denies them.
+pub(super) const NODE: EndpointInfo = EndpointInfo {
+    endpoint_id: NODE_ENDPOINT_ID,
+    ingress_policy: 0,
+    egress_policy: 0,
+    flags: 0,
+};
+
 /// The ENDPOINTS key of a cgroup or interface found on this host, in slot `slot`.
 pub(super) fn endpoint_key(slot: u32, target: &Target) -> EndpointKey {
     match target {
@@ -73,19 +82,23 @@ pub(super) struct SlotContents {
 }
 
 impl SlotContents {
-    /// What slot `slot` holds for `compiled`: the guards, the workloads found on this host
-    /// (`targets`; those in `quarantined` flagged so), their own addresses, the IP cache
-    /// and the policy entries.
+    /// What slot `slot` holds for `compiled`: the guards, the node's own cgroups below them,
+    /// the workloads found on this host (`targets`; those in `quarantined` flagged so),
+    /// their own addresses, the IP cache and the policy entries.
     pub fn for_policy(
         slot: u32,
         compiled: &Compiled,
         targets: &[(&Endpoint, Target)],
         guards: &[Target],
+        node: &[Target],
         quarantined: &BTreeSet<ObjectName>,
     ) -> SlotContents {
         let mut contents = SlotContents::default();
         for guard in guards {
             contents.endpoints.insert(endpoint_key(slot, guard), GUARD);
+        }
+        for cgroup in node {
+            contents.endpoints.insert(endpoint_key(slot, cgroup), NODE);
         }
         for (ep, target) in targets {
             let info = EndpointInfo {
@@ -211,6 +224,43 @@ impl Slots {
         self.held[self.current.active_slot as usize & 1]
             .endpoints
             .get(key)
+    }
+
+    /// Adds an endpoint entry for `target` to the slot in force of the maps a previous
+    /// agent pinned, without loading anything; false when nothing is pinned. Only while no
+    /// agent runs (nothing else writes the maps then).
+    pub fn add_to_pinned_active(
+        pins: &Pins,
+        target: &Target,
+        info: EndpointInfo,
+    ) -> Result<bool, DatapathError> {
+        let open = |name: &'static str| {
+            let path = pins.map(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| DatapathError::PinnedMap { path, source })
+        };
+        if !pins.map(MAP_CONFIG).exists() || !pins.map(MAP_ENDPOINTS).exists() {
+            return Ok(false);
+        }
+        let config: Array<MapData, Config> =
+            Array::try_from(open(MAP_CONFIG)?).map_err(|source| DatapathError::ReadMap {
+                map: MAP_CONFIG,
+                source,
+            })?;
+        let active = config
+            .get(&0, 0)
+            .map_err(|source| DatapathError::ReadMap {
+                map: MAP_CONFIG,
+                source,
+            })?
+            .active_slot;
+        let mut endpoints: BpfHashMap<MapData, EndpointKey, EndpointInfo> =
+            BpfHashMap::try_from(open(MAP_ENDPOINTS)?).map_err(write(MAP_ENDPOINTS))?;
+        endpoints
+            .insert(endpoint_key(active, target), info, 0)
+            .map_err(write(MAP_ENDPOINTS))?;
+        Ok(true)
     }
 
     /// Adds an endpoint to the slot in force, for a workload it does not hold yet (the

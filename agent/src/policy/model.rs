@@ -364,6 +364,10 @@ pub struct PolicySet {
     /// NetworkPolicies as written, and those the pipelines expand into.
     pub policies: Vec<NetworkPolicy>,
     pub pipelines: Vec<Pipeline>,
+    /// The node's own cgroups (paths below the cgroup2 mount): host-network pods, which
+    /// are the node as far as network policy goes. Neither workloads nor peers; the guard
+    /// never denies them.
+    pub node_cgroups: Vec<String>,
 }
 
 impl PolicySet {
@@ -373,6 +377,7 @@ impl PolicySet {
         self.namespaces.extend_from_slice(&other.namespaces);
         self.policies.extend_from_slice(&other.policies);
         self.pipelines.extend_from_slice(&other.pipelines);
+        self.node_cgroups.extend_from_slice(&other.node_cgroups);
     }
 
     /// The workload named `namespace/name`.

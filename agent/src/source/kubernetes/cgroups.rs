@@ -71,6 +71,18 @@ impl PodCgroups {
         }
     }
 
+    /// Pod cgroups as given (UID, path), for tests of what is built from them.
+    #[cfg(test)]
+    pub fn of(found: &[(&str, &str)]) -> PodCgroups {
+        PodCgroups {
+            by_uid: found
+                .iter()
+                .map(|(uid, path)| (uid.to_string(), path.to_string()))
+                .collect(),
+            driver: Some(Driver::Cgroupfs),
+        }
+    }
+
     /// The cgroup of the pod with this UID, if it exists now.
     pub fn get(&self, uid: &str) -> Option<&str> {
         self.by_uid.get(uid).map(String::as_str)

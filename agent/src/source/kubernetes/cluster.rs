@@ -39,6 +39,9 @@ struct PodInfo {
     ports: Vec<NamedPort>,
     qos_class: Option<String>,
     created: String,
+    /// In the node's network namespace: the node itself as far as network policy goes,
+    /// so neither a workload nor a peer, and never guarded.
+    host_network: bool,
 }
 
 // The fields of a v1 Pod the agent reads.
@@ -99,15 +102,14 @@ struct RawPodIp {
     ip: String,
 }
 
-/// The pod as a workload, or None when it has none to enforce or be known by (host
-/// network, finished). An object that is not a pod is an error.
+/// The pod as a workload (or as part of the node, with host network), or None when it
+/// has nothing to enforce or be known by (finished). An object that is not a pod is an
+/// error.
 fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
     let pod = RawPod::deserialize(object).map_err(|e| format!("not a v1 Pod: {e}"))?;
     let spec = pod.spec.unwrap_or_default();
     let status = pod.status.unwrap_or_default();
-    if spec.host_network == Some(true)
-        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-    {
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return Ok(None);
     }
     let mut addresses: Vec<IpAddr> = status
@@ -147,6 +149,7 @@ fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
         ports,
         qos_class: status.qos_class,
         created: pod.metadata.creation_timestamp.unwrap_or_default(),
+        host_network: spec.host_network == Some(true),
     }))
 }
 
@@ -262,7 +265,7 @@ impl Cluster {
         // An address moves from a pod that is going to the one that now has it: the
         // newer pod keeps it (the API server may still list both for a moment).
         let mut owner: BTreeMap<IpAddr, (&str, &Key)> = BTreeMap::new();
-        for (key, pod) in &self.pods {
+        for (key, pod) in self.pods.iter().filter(|(_, p)| !p.host_network) {
             for a in &pod.addresses {
                 let newer = owner
                     .get(a)
@@ -274,6 +277,13 @@ impl Cluster {
         }
         for (key, pod) in &self.pods {
             let local = pod.node.as_deref() == Some(node) && !pod.uid.is_empty();
+            if pod.host_network {
+                // Its cgroup (once kubelet made it) is let through the guards.
+                if let Some(path) = local.then(|| cgroups.get(&pod.uid)).flatten() {
+                    set.node_cgroups.push(path.to_string());
+                }
+                continue;
+            }
             let attachment = local.then(|| {
                 if let Some(interface) = routes.and_then(|r| r.interface(&pod.addresses)) {
                     return Attachment::Interface(interface.to_string());
@@ -448,6 +458,45 @@ mod tests {
         assert_eq!(t1.attachment, None, "another node's pod is a peer");
         assert_eq!(t1.addresses, vec!["10.244.2.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(t1.labels.get("stage").map(String::as_str), Some("training"));
+    }
+
+    #[test]
+    fn this_nodes_host_network_pods_are_node_cgroups_not_workloads() {
+        let mut c = Cluster::default();
+        let local = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6c";
+        let starting = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6d";
+        let remote = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6e";
+        for (name, uid, node) in [
+            ("kube-proxy", local, "node-a"),
+            ("dns-cache", starting, "node-a"),
+            ("exporter", remote, "node-b"),
+        ] {
+            let mut host = pod(name, uid, node, "192.168.1.10", json!({"k8s-app": name}));
+            host["spec"]["hostNetwork"] = true.into();
+            c.apply("pods", &host).unwrap();
+        }
+        c.apply(
+            "pods",
+            &pod("t0", UID, "node-a", "10.244.1.5", json!({"k8s-app": "t0"})),
+        )
+        .unwrap();
+        let path = format!("/kubepods/besteffort/pod{local}");
+        let cgroups = PodCgroups::of(&[(local, &path), (remote, "/elsewhere")]);
+        let set = c.desired("node-a", &cgroups, "/", None).unwrap();
+        assert_eq!(
+            set.node_cgroups,
+            vec![path],
+            "this node's, once kubelet made its cgroup; another node's never"
+        );
+        assert_eq!(
+            set.workloads.len(),
+            1,
+            "no workload, and no peer, for any of them"
+        );
+        assert_eq!(
+            set.workloads[0].addresses,
+            vec!["10.244.1.5".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]

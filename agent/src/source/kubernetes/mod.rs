@@ -159,6 +159,12 @@ pub enum KubernetesError {
     },
 }
 
+/// The cgroup of this node's pod with `uid` (a path below the cgroup2 mount at `mount`),
+/// looked for below `base` as the pods' are.
+pub fn pod_cgroup(mount: &std::path::Path, base: &str, uid: &str) -> Option<String> {
+    PodCgroups::scan(mount, base).get(uid).map(str::to_string)
+}
+
 /// Where Kubernetes mounts a pod's service account token.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
