@@ -59,7 +59,14 @@ impl Testbed {
 
     pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
         let source = [OsStr::new("--policies"), policies.as_os_str()];
-        self.start_agent_from(&source, extra_args)
+        self.start_agent_from(&source, None, extra_args)
+    }
+
+    /// Starts the agent on the bed's policy directory in `cgroup` (a directory of the
+    /// cgroup2 tree), as a service of the host or a pod would be.
+    pub fn start_agent_in(&self, cgroup: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let source = [OsStr::new("--policies"), self.dir.as_os_str()];
+        self.start_agent_from(&source, Some(cgroup), extra_args)
     }
 
     /// Starts the agent on a Kubernetes API server (`--kubernetes --kubeconfig`).
@@ -73,11 +80,16 @@ impl Testbed {
             OsStr::new("--kubeconfig"),
             kubeconfig.as_os_str(),
         ];
-        self.start_agent_from(&source, extra_args)
+        self.start_agent_from(&source, None, extra_args)
     }
 
-    fn start_agent_from(&self, source: &[&OsStr], extra_args: &[&str]) -> anyhow::Result<Agent> {
-        let mut cmd = in_netns_and_cgroup(&self.hub, None, agent_bin())?;
+    fn start_agent_from(
+        &self,
+        source: &[&OsStr],
+        cgroup: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let mut cmd = in_netns_and_cgroup(&self.hub, cgroup, agent_bin())?;
         cmd.arg("run")
             .args(source)
             .arg("--control-socket")

@@ -384,6 +384,14 @@ impl Testbed {
         Ok(())
     }
 
+    /// Makes the cgroup `name` below the test bed's (removed with the bed); gives its
+    /// directory.
+    pub fn make_cgroup(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.cgroup_base.join(name);
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     /// Gives br0 [`HUB_GATEWAY`]: the hub's address on the nodes' link, which a
     /// Kubernetes node in the hub (kube-proxy, kubelet) has as its own. Idempotent.
     pub fn give_hub_gateway(&self) -> anyhow::Result<()> {

@@ -1,9 +1,11 @@
 //! A real Kubernetes control plane for the tests: etcd, kube-apiserver and
 //! kube-controller-manager (and kube-proxy when a test asks), built from their Go modules
 //! at one pinned release by `cargo xtask cluster-build` (tests/cluster/) into
-//! `target/cluster/bin`, started in the test bed's hub namespace on its own 127.0.0.1 (so
-//! nothing of it is reachable from the host) and killed when the `Cluster` is dropped, or
-//! when the test thread that started them dies (a killed test run leaves none behind).
+//! `target/cluster/bin`, started in the test bed's hub namespace, which stands for the
+//! node (the API server listens on its addresses and advertises the node's, 198.18.0.1;
+//! nothing outside the test bed reaches them), and killed when the `Cluster` is dropped,
+//! or when the test thread that started them dies (a killed test run leaves none behind).
+//! A real kubelet for it is tests/src/node.rs.
 //!
 //! The API server runs as a cluster's does: RBAC authorization, service-account tokens
 //! signed with a key made at start, a serving certificate it generates itself. The tests

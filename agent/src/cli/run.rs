@@ -156,6 +156,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
             // Before anything connects: a guard a previous agent left in force would deny
             // this agent (a new pod below it) the API server.
             Some(own) => {
+                log::info!("own cgroup {own} is never guarded");
                 if loader::let_own_cgroup_through(&Pins::new(&args.bpffs_dir), &cgroup_root, own)? {
                     log::info!("own cgroup {own} let through the guards in force");
                 }
