@@ -42,6 +42,14 @@ pub struct Agent {
     hub: String,
 }
 
+/// Where an agent runs: its network namespace and its own files.
+struct Place<'a> {
+    netns: &'a str,
+    bpffs: &'a Path,
+    control_socket: &'a Path,
+    flow_records: &'a Path,
+}
+
 /// The body of an HTTP response.
 fn body(response: String) -> String {
     match response.split_once("\r\n\r\n") {
@@ -83,21 +91,60 @@ impl Testbed {
         self.start_agent_from(&source, None, extra_args)
     }
 
+    /// Starts the agent of a second Kubernetes node in that node's network namespace
+    /// (`netns`), with pins, control socket and flow records of its own, named after it.
+    pub fn start_agent_kubernetes_in(
+        &self,
+        netns: &str,
+        name: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let source = [
+            OsStr::new("--kubernetes"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        let place = Place {
+            netns,
+            bpffs: &self.bpffs.join(name),
+            control_socket: &self.dir.join(format!("{name}.control.sock")),
+            flow_records: &self.dir.join(format!("{name}.flow-records.json")),
+        };
+        self.start_agent_at(&place, &source, None, extra_args)
+    }
+
     fn start_agent_from(
         &self,
         source: &[&OsStr],
         cgroup: Option<&Path>,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
-        let mut cmd = in_netns_and_cgroup(&self.hub, cgroup, agent_bin())?;
+        let place = Place {
+            netns: &self.hub,
+            bpffs: &self.bpffs,
+            control_socket: &self.control_socket,
+            flow_records: &self.flow_records,
+        };
+        self.start_agent_at(&place, source, cgroup, extra_args)
+    }
+
+    fn start_agent_at(
+        &self,
+        place: &Place,
+        source: &[&OsStr],
+        cgroup: Option<&Path>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let mut cmd = in_netns_and_cgroup(place.netns, cgroup, agent_bin())?;
         cmd.arg("run")
             .args(source)
             .arg("--control-socket")
-            .arg(&self.control_socket)
+            .arg(place.control_socket)
             .arg("--bpffs-dir")
-            .arg(&self.bpffs)
+            .arg(place.bpffs)
             .arg("--flow-records")
-            .arg(&self.flow_records)
+            .arg(place.flow_records)
             .args(extra_args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting stagewall")?;
@@ -122,7 +169,7 @@ impl Testbed {
             lines,
             log,
             reader: Some(reader),
-            hub: self.hub.clone(),
+            hub: place.netns.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -1,10 +1,17 @@
-//! A real Kubernetes node for the tests: kubelet with containerd, runc and the CNI bridge
-//! plugin, built by `cargo xtask cluster-build` (tests/cluster/node/) and started in the
-//! test bed's hub namespace, which becomes the node's network: pods get veths on the bed's
-//! bridge `br0` and addresses from 198.18.0.100-199 (the bed's own nodes use .10 up), the
-//! node's address is the hub's [`HUB_GATEWAY`] on br0. Pods are real: kubelet creates their
-//! sandboxes and containers from images written locally (there is no registry), runs their
-//! probes from the node's address and reports their status.
+//! A real Kubernetes node for the tests: kubelet with containerd, runc and a CNI plugin,
+//! built by `cargo xtask cluster-build` (tests/cluster/node/). Two kinds ([`NodeNetwork`]):
+//!
+//! - the test bed's hub namespace becomes the node (as for the control plane and
+//!   kube-proxy): the CNI bridge plugin gives pods veths on the bed's bridge `br0` and
+//!   addresses from 198.18.0.100-199 (the bed's own nodes use .10 up); the node's address
+//!   is the hub's [`HUB_GATEWAY`] on br0;
+//! - a second node in a namespace of its own, on br0 with its own address (198.18.0.N),
+//!   whose pods the CNI ptp plugin routes (a host route per pod through its veth, as
+//!   Calico does) from 198.19.N.0/24; the two nodes route each other's pods.
+//!
+//! Pods are real: kubelet creates their sandboxes and containers from images written
+//! locally (there is no registry), runs their probes from the node's address and reports
+//! their status.
 //!
 //! Cgroups: kubelet's cgroupfs driver below the test bed's cgroup (`--cgroup-root`), so a
 //! pod of UID u lives in `<bed>/kubepods/<qos>/pod<u>` of the cgroup2 tree, where the agent
@@ -32,7 +39,7 @@ use crate::{
     Outcome, Testbed,
     bed::{HUB_GATEWAY, remove_cgroup_tree},
     cluster::{Cluster, bin_dir, path},
-    exec::run,
+    exec::{in_netns_and_cgroup, run},
 };
 
 /// The pod sandbox image (the probe binary's `pause`), as containerd is told to use it.
@@ -47,8 +54,24 @@ const READY_WITHIN: Duration = Duration::from_secs(120);
 const POD_RANGE_START: &str = "198.18.0.100";
 const POD_RANGE_END: &str = "198.18.0.199";
 
+/// Where a node's network is (see the module's description).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeNetwork {
+    /// The bed's hub namespace, pods bridged on br0.
+    Hub,
+    /// A namespace of its own with the address 198.18.0.`n` on br0, pods routed from
+    /// 198.19.`n`.0/24.
+    Routed { n: u8 },
+}
+
 pub struct KubeletNode {
     pub name: String,
+    /// The node's network namespace (a name in /run/netns).
+    pub netns: String,
+    /// The node's address: kubelet's, its probes' source, the agent's.
+    pub address: IpAddr,
+    /// Its own namespace, made for it (deleted on drop); false for the bed's hub.
+    own_netns: bool,
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
     /// kubelet's --cgroup-root: the bed's cgroup, as a path below each hierarchy's mount.
@@ -65,18 +88,46 @@ impl Cluster {
     /// pause and probe images imported, and waits until the Node is Ready. Also starts the
     /// scheduler (pods without a nodeName, DaemonSets).
     pub fn start_kubelet(&mut self, bed: &Testbed, name: &str) -> anyhow::Result<KubeletNode> {
+        self.start_kubelet_on(bed, name, NodeNetwork::Hub)
+    }
+
+    /// As [`Cluster::start_kubelet`], with the node's network as `network` says.
+    pub fn start_kubelet_on(
+        &mut self,
+        bed: &Testbed,
+        name: &str,
+        network: NodeNetwork,
+    ) -> anyhow::Result<KubeletNode> {
         let dir = bed.dir.join(format!("kubelet-{name}"));
         fs::create_dir_all(dir.join("cni"))?;
+        let (netns, address, cgroup_root) = match network {
+            NodeNetwork::Hub => (
+                bed.hub.clone(),
+                HUB_GATEWAY.parse()?,
+                bed.cgroup_base_path(),
+            ),
+            NodeNetwork::Routed { n } => (
+                format!("{}-{name}", bed.hub.trim_end_matches("-hub")),
+                format!("198.18.0.{n}").parse()?,
+                format!("{}/{name}", bed.cgroup_base_path()),
+            ),
+        };
         let mut node = KubeletNode {
             name: name.to_string(),
+            netns,
+            address,
+            own_netns: network != NodeNetwork::Hub,
             dir: dir.clone(),
             children: Vec::new(),
-            cgroup_root: bed.cgroup_base_path(),
+            cgroup_root,
             netns_before: netns_names(),
             shared: Vec::new(),
         };
         node.make_cgroup_root()?;
         bed.give_hub_gateway()?;
+        if let NodeNetwork::Routed { n } = network {
+            node.make_routed_network(bed, n)?;
+        }
 
         let bin = bin_dir();
         let sock = dir.join("containerd.sock");
@@ -84,8 +135,8 @@ impl Cluster {
             dir.join("containerd.toml"),
             containerd_config(&dir, &sock, &bin),
         )?;
-        fs::write(dir.join("cni/10-bridge.conflist"), cni_config(&dir))?;
-        let mut containerd = bed.hub_command(bin.join("containerd"))?;
+        fs::write(dir.join("cni/10-pods.conflist"), cni_config(&dir, network))?;
+        let mut containerd = in_netns_and_cgroup(&node.netns, None, bin.join("containerd"))?;
         containerd
             .arg("--config")
             .arg(dir.join("containerd.toml"))
@@ -116,9 +167,9 @@ impl Cluster {
 
         fs::write(
             dir.join("kubelet.yaml"),
-            kubelet_config(&dir, &sock, &node.cgroup_root),
+            kubelet_config(&dir, &sock, &node.cgroup_root, node.address),
         )?;
-        let mut kubelet = bed.hub_command(bin.join("kubelet"))?;
+        let mut kubelet = in_netns_and_cgroup(&node.netns, None, bin.join("kubelet"))?;
         kubelet
             .arg("--config")
             .arg(dir.join("kubelet.yaml"))
@@ -128,7 +179,10 @@ impl Cluster {
             .arg(dir.join("kubelet"))
             .arg("--cert-dir")
             .arg(dir.join("kubelet/pki"))
-            .args(["--hostname-override", name, "--node-ip", HUB_GATEWAY]);
+            .arg("--hostname-override")
+            .arg(name)
+            .arg("--node-ip")
+            .arg(node.address.to_string());
         node.spawn("kubelet", kubelet)?;
         loop {
             let ready = self.kubectl(&[
@@ -169,6 +223,70 @@ impl Cluster {
 }
 
 impl KubeletNode {
+    /// The second node's own namespace: a veth onto the bed's bridge with its address,
+    /// forwarding on, routes to the hub node's pods (on the link) and from the hub to this
+    /// node's pods (via this node).
+    fn make_routed_network(&self, bed: &Testbed, n: u8) -> anyhow::Result<()> {
+        let netns = self.netns.as_str();
+        let uplink = format!("node{n}");
+        run("ip", &["netns", "add", netns])?;
+        run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n", &bed.hub, "link", "add", &uplink, "type", "veth", "peer", "name", "eth0",
+                "netns", netns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n", &bed.hub, "link", "set", &uplink, "master", "br0", "up",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{}/24", self.address),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
+        run(
+            "ip",
+            &["-n", netns, "route", "add", "default", "via", HUB_GATEWAY],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &bed.hub,
+                "route",
+                "replace",
+                &format!("198.19.{n}.0/24"),
+                "via",
+                &self.address.to_string(),
+            ],
+        )?;
+        for ns in [netns, bed.hub.as_str()] {
+            let out = in_netns_and_cgroup(ns, None, "sh")?
+                .args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "ip_forward in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<()> {
         let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
         // SAFETY: prctl is async-signal-safe; it only sets this child's death signal.
@@ -273,6 +391,8 @@ impl KubeletNode {
     /// bed's cgroup, there already) and, on a hybrid host, each cgroup v1 controller's
     /// (cpuset's needs its CPUs and memory nodes before anything can join it).
     fn make_cgroup_root(&self) -> anyhow::Result<()> {
+        let cgroup2 = stagewall::datapath::host::cgroup2_mount()?;
+        fs::create_dir_all(cgroup2.join(self.cgroup_root.trim_start_matches('/')))?;
         for mount in cgroup_v1_mounts() {
             let dir = mount.join(self.cgroup_root.trim_start_matches('/'));
             fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
@@ -401,6 +521,13 @@ impl Drop for KubeletNode {
                 let _ = run("ip", &["netns", "del", netns]);
             }
         }
+        if self.own_netns {
+            // Its veth on the bed's bridge goes with it.
+            let _ = run("ip", &["netns", "del", &self.netns]);
+            if let Ok(root) = stagewall::datapath::host::cgroup2_mount() {
+                remove_cgroup_tree(&root.join(self.cgroup_root.trim_start_matches('/')));
+            }
+        }
         for mount in cgroup_v1_mounts() {
             remove_cgroup_tree(&mount.join(self.cgroup_root.trim_start_matches('/')));
         }
@@ -508,17 +635,30 @@ state = "{dir}/containerd/state"
     )
 }
 
-/// The CNI bridge plugin on the bed's bridge (made by the bed, addressed with the node's
-/// [`HUB_GATEWAY`]), host-local addresses from the node's range.
-fn cni_config(dir: &Path) -> String {
+/// The hub node: the CNI bridge plugin on the bed's bridge (made by the bed, addressed
+/// with the node's [`HUB_GATEWAY`]), host-local addresses from the node's range. A routed
+/// node: the ptp plugin (a veth per pod, a host route to it; the host side of each veth
+/// is the pods' gateway) from its own /24.
+fn cni_config(dir: &Path, network: NodeNetwork) -> String {
     let ipam = path(&dir.join("cni-ipam"));
-    format!(
-        r#"{{"cniVersion": "1.0.0", "name": "test", "plugins": [
-  {{"type": "bridge", "bridge": "br0", "isGateway": false,
+    let main = match network {
+        NodeNetwork::Hub => format!(
+            r#"{{"type": "bridge", "bridge": "br0", "isGateway": false,
     "ipam": {{"type": "host-local", "dataDir": "{ipam}",
       "ranges": [[{{"subnet": "198.18.0.0/24", "rangeStart": "{POD_RANGE_START}",
                    "rangeEnd": "{POD_RANGE_END}", "gateway": "{HUB_GATEWAY}"}}]],
-      "routes": [{{"dst": "0.0.0.0/0"}}]}}}},
+      "routes": [{{"dst": "0.0.0.0/0"}}]}}}}"#
+        ),
+        NodeNetwork::Routed { n } => format!(
+            r#"{{"type": "ptp", "ipMasq": false,
+    "ipam": {{"type": "host-local", "dataDir": "{ipam}",
+      "ranges": [[{{"subnet": "198.19.{n}.0/24"}}]],
+      "routes": [{{"dst": "0.0.0.0/0"}}]}}}}"#
+        ),
+    };
+    format!(
+        r#"{{"cniVersion": "1.0.0", "name": "test", "plugins": [
+  {main},
   {{"type": "loopback"}}]}}
 "#
     )
@@ -528,7 +668,7 @@ fn cni_config(dir: &Path) -> String {
 /// serving on the node's address with anonymous access (the API server reaches it for
 /// logs and exec), no image garbage collection or eviction (the images are imported once
 /// and never pulled), cluster DNS at the Service range's .10.
-fn kubelet_config(dir: &Path, sock: &Path, cgroup_root: &str) -> String {
+fn kubelet_config(dir: &Path, sock: &Path, cgroup_root: &str, address: IpAddr) -> String {
     let (dir, sock) = (path(dir), path(sock));
     format!(
         r#"apiVersion: kubelet.config.k8s.io/v1beta1
@@ -538,7 +678,7 @@ cgroupRoot: {cgroup_root}
 failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://{sock}
-address: {HUB_GATEWAY}
+address: {address}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 authentication: {{anonymous: {{enabled: true}}, webhook: {{enabled: false}}}}

@@ -6,7 +6,11 @@
 use std::net::IpAddr;
 
 use stagewall_tests::{
-    Testbed, cluster::Cluster, metric_sum, node::KubeletNode, privileged, until,
+    Testbed,
+    cluster::Cluster,
+    metric_sum,
+    node::{KubeletNode, NodeNetwork},
+    privileged, until,
 };
 
 /// Creates a real pod of the probe image in `namespace`, serving TCP on `port` with a
@@ -19,11 +23,24 @@ fn run_pod(
     labels: &str,
     port: u16,
 ) -> (String, IpAddr) {
+    run_pod_on(cluster, None, namespace, name, labels, port)
+}
+
+/// As [`run_pod`], on the node `node` when given (else where the scheduler puts it).
+fn run_pod_on(
+    cluster: &Cluster,
+    node: Option<&str>,
+    namespace: &str,
+    name: &str,
+    labels: &str,
+    port: u16,
+) -> (String, IpAddr) {
+    let node_name = node.map_or(String::new(), |n| format!("  nodeName: {n}\n"));
     cluster
         .kubectl_stdin(
             &["apply", "-f", "-"],
             &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"{port}\"]\n    ports: [{{containerPort: {port}}}]\n    readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec:\n{node_name}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"{port}\"]\n    ports: [{{containerPort: {port}}}]\n    readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}\n"
             ),
         )
         .unwrap_or_else(|e| panic!("creating pod {name}: {e:#}"));
@@ -336,4 +353,128 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
     let said = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::remove_dir(&stray);
     assert!(said.starts_with("eperm"), "unprogrammed: {said}");
+}
+
+#[test]
+fn two_nodes_each_with_its_agent_enforce_cross_node_traffic_at_both_ends() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let bed = Testbed::new(&[]).expect("creating the test bed");
+    let base = bed.cgroup_base_path();
+    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+    // node-a bridges its pods (cgroup enforcement), node-b routes them (a host route per
+    // pod: TC enforcement on the pod's veth).
+    let node_a = cluster
+        .start_kubelet(&bed, "node-a")
+        .expect("starting node-a");
+    let node_b = cluster
+        .start_kubelet_on(&bed, "node-b", NodeNetwork::Routed { n: 2 })
+        .expect("starting node-b");
+    cluster.create_namespace("ml").expect("namespace ml");
+    let (client, _) = run_pod_on(
+        &cluster,
+        Some("node-a"),
+        "ml",
+        "client",
+        "{app: client}",
+        80,
+    );
+    let (other, _) = run_pod_on(&cluster, Some("node-a"), "ml", "other", "{app: other}", 80);
+    let (_, server_ip) = run_pod_on(
+        &cluster,
+        Some("node-b"),
+        "ml",
+        "server",
+        "{app: server}",
+        80,
+    );
+    assert!(
+        server_ip.to_string().starts_with("198.19.2."),
+        "node-b's range: {server_ip}"
+    );
+    assert!(node_a.tcp(&client, server_ip, 80).is("ok"), "across nodes");
+
+    let guard_a = format!("{base}/kubepods");
+    let agent_a = bed
+        .start_agent_kubernetes(
+            &agent_kubeconfig,
+            &[
+                "--node-name",
+                "node-a",
+                "--pods-cgroup-base",
+                &base,
+                "--guard-cgroup",
+                &guard_a,
+            ],
+        )
+        .expect("node-a's agent");
+    let base_b = format!("{base}/node-b");
+    let guard_b = format!("{base_b}/kubepods");
+    let agent_b = bed
+        .start_agent_kubernetes_in(
+            &node_b.netns,
+            "node-b",
+            &agent_kubeconfig,
+            &[
+                "--node-name",
+                "node-b",
+                "--pods-cgroup-base",
+                &base_b,
+                "--guard-cgroup",
+                &guard_b,
+                "--pod-attachment",
+                "tc",
+            ],
+        )
+        .expect("node-b's agent");
+    let log = || {
+        format!(
+            "--- node-a's agent\n{}\n--- node-b's agent\n{}\n{}\n{}",
+            agent_a.log(),
+            agent_b.log(),
+            node_log(&cluster, &node_a),
+            node_b.log("kubelet")
+        )
+    };
+    until("each agent enforces its node's pods", log, || {
+        metric_sum(&agent_a.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
+            && metric_sum(&agent_b.metrics(), "stagewall_workloads_enforced", &[]) == 1.0
+    });
+
+    // The server's ingress is node-b's to enforce, the client's egress node-a's.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-out, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
+        )
+        .expect("the policies");
+    until("app=other dropped by node-b on the way in", log, || {
+        node_a.tcp(&other, server_ip, 80).is("timeout")
+    });
+    assert!(node_a.tcp(&client, server_ip, 80).is("ok"), "{}", log());
+    assert!(
+        node_a.tcp(&client, server_ip, 81).is("eperm"),
+        "refused by node-a at connect: {}",
+        log()
+    );
+    let dropped_at_b = agent_b.events().into_iter().any(|e| {
+        e["verdict"] == "dropped" && e["workload"] == "ml/server" && e["direction"] == "ingress"
+    });
+    assert!(dropped_at_b, "node-b reports its drop: {}", log());
+    // node-b enforces its routed pod on its veth: two TC links, and the guard's cgroup
+    // links only.
+    let links: Vec<String> = std::fs::read_dir(bed.bpffs.join("node-b/v1/links"))
+        .expect("node-b's pins")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        links.iter().filter(|l| l.starts_with("if-")).count(),
+        2,
+        "{links:?}"
+    );
 }

@@ -1,8 +1,11 @@
 //! Kubernetes DaemonSet mode end to end against the hand-written list/watch server
 //! (tests/src/apiserver.rs), kept for what a real API server cannot be made to do on
 //! demand: watches cut at will, a history compacted away (410 Gone, then every watcher
-//! lists again), a CRD that is not served (404). The same
-//! mode on a real kube-apiserver is tests/tests/cluster.rs (and the conformance matrix).
+//! lists again), a CRD that is not served (404). The enforcement around them (labels,
+//! namespaces, policies, pods starting under the guard and going) is what those faults
+//! must not break. The same mode on a real kube-apiserver is tests/tests/cluster.rs (and
+//! the conformance matrix), with a real kubelet, the DaemonSet itself, two nodes and TC
+//! enforcement of routed pods tests/tests/kubelet.rs.
 //! The agent (`run --kubernetes`) talks kube-rs to it with API JSON (resourceVersion,
 //! bookmarks). Pods of "node-a" are the test bed's namespaces in cgroups
 //! named as kubelet names them; a pod of "node-b" is only known by IP and labels. Each
@@ -305,56 +308,4 @@ fn pods_labels_ips_namespaces_and_policies_from_the_api_server_are_enforced() {
     assert!(said.contains("stage ml/server (ml/server)"), "{said}");
     assert!(said.contains("ingress policies: ml/server-80"), "{said}");
     assert!(said.contains("dropped:\n    ingress from"), "{said}");
-}
-
-/// With `--pod-attachment tc`, a pod with a host route to its address through its veth
-/// (as routed CNIs install) is enforced by TC on that veth; one without (here: the
-/// client) by its cgroup.
-#[test]
-fn pods_with_a_host_route_are_enforced_by_tc_on_their_veth() {
-    if !privileged() {
-        return;
-    }
-    let mut k = KubeBed::new(&["client", "server"], &["client", "server"], &[]);
-    k.bed.serve("server", &[80, 81], &[]).unwrap();
-    let bed = &k.bed;
-    let (client, server) = (bed.node("client").clone(), bed.node("server").clone());
-    // The host route a routed CNI gives the pod, in the namespace the agent runs in.
-    let status = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &bed.hub,
-            "route",
-            "add",
-            &format!("{}/32", server.v4),
-            "dev",
-            &server.host_if,
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    k.pod("client", "node-a", &[client.v4], json!({"app": "client"}));
-    k.pod("server", "node-a", &[server.v4], json!({"app": "server"}));
-    k.api
-        .apply("networkpolicies", clients_to_server("server-80", 80));
-    let agent = k.agent(&["--pod-attachment", "tc"]);
-    assert!(bed.tcp("client", server.v4, 80).is("ok"), "{}", agent.log());
-    assert!(
-        bed.tcp("client", server.v4, 81).is("timeout"),
-        "dropped on the way in"
-    );
-    let links: Vec<String> = std::fs::read_dir(bed.bpffs.join("v1/links"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    // Links are named by ifindex or cgroup id: two TC programs on one interface (the
-    // server's), six cgroup programs on one cgroup (the client's).
-    let tc: Vec<&String> = links.iter().filter(|l| l.starts_with("if-")).collect();
-    let cgroup: Vec<&String> = links.iter().filter(|l| l.starts_with("cgroup-")).collect();
-    assert_eq!((tc.len(), cgroup.len()), (2, 6), "{links:?}");
-    assert_eq!(
-        metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]),
-        2.0
-    );
 }

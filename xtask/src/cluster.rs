@@ -46,13 +46,14 @@ const TAGS: &str = "selinux,notest,grpcnotrace";
 /// The node's runtime, built static (no C compiler): containerd as its release build
 /// leaves out the snapshotters that need C libraries (the test node uses `native`), the
 /// CNI plugins, and the image writer. Binaries named as [`PACKAGES`]'.
-const NODE_PACKAGES: [&str; 7] = [
+const NODE_PACKAGES: [&str; 8] = [
     "github.com/containerd/containerd/v2/cmd/containerd",
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
     "github.com/containerd/containerd/v2/cmd/ctr",
     "github.com/containernetworking/plugins/plugins/main/bridge",
     "github.com/containernetworking/plugins/plugins/ipam/host-local",
     "github.com/containernetworking/plugins/plugins/main/loopback",
+    "github.com/containernetworking/plugins/plugins/main/ptp",
     "./cmd/ociimage",
 ];
 const NODE_TAGS: &str = "no_btrfs,no_devmapper,no_zfs";

@@ -78,9 +78,9 @@ pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
     pub identities: Identities,
     pub policy: BTreeSet<PolicyEntry>,
-    /// The node's own cgroups (host-network pods; paths below the cgroup2 mount), sorted:
-    /// never guarded, never isolated.
-    pub node_cgroups: Vec<String>,
+    /// Cgroups no guard denies (host-network pods, pods enforced by TC; paths below the
+    /// cgroup2 mount), sorted.
+    pub unguarded_cgroups: Vec<String>,
     /// Endpoint id -> position in `endpoints`: kernel events and statistics name
     /// workloads by endpoint id, many times a second.
     endpoint_index: HashMap<u32, usize>,
@@ -197,12 +197,12 @@ pub fn compile_with(
         Vec::new()
     };
     let mut used: Vec<CachedEntries> = Vec::new();
-    let mut node_cgroups = set.node_cgroups.clone();
-    node_cgroups.sort();
-    node_cgroups.dedup();
+    let mut unguarded_cgroups = set.unguarded_cgroups.clone();
+    unguarded_cgroups.sort();
+    unguarded_cgroups.dedup();
     let mut compiled = Compiled {
         identities,
-        node_cgroups,
+        unguarded_cgroups,
         ..Default::default()
     };
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct

@@ -26,7 +26,7 @@ use crate::{
         host::{self, Target},
         object,
         pins::Pins,
-        slots::{GUARD, NODE, SlotContents, Slots, endpoint_key},
+        slots::{GUARD, SlotContents, Slots, UNGUARDED, endpoint_key},
         stats::KernelStats,
     },
     policy::{
@@ -61,7 +61,7 @@ pub struct Loader {
     /// workload is denied until a policy names it.
     guards: Vec<String>,
     /// The agent's own cgroup, never guarded (it must reach the API server to learn
-    /// anything); with the node cgroups each policy names (host-network pods).
+    /// anything); with the unguarded cgroups each policy names.
     own_cgroup: Option<String>,
     /// The workloads' and guards' cgroups and interfaces as of the last apply.
     applied_targets: BTreeSet<Target>,
@@ -94,7 +94,7 @@ pub fn let_own_cgroup_through(
             source,
         },
     )?;
-    Slots::add_to_pinned_active(pins, &target, NODE)
+    Slots::add_to_pinned_active(pins, &target, UNGUARDED)
 }
 
 impl Loader {
@@ -143,7 +143,7 @@ impl Loader {
             }
         }
         let guards = self.guard_targets();
-        let node = self.node_targets(compiled);
+        let node = self.unguarded_targets(compiled);
         // Workloads below a guard need no links of their own: the guard's programs run
         // for every cgroup below it and find the nearest endpoint.
         let to_attach: Vec<(Option<&Endpoint>, &Target)> = guards
@@ -236,19 +236,20 @@ impl Loader {
             .iter()
             .filter_map(|ep| host::resolve(&self.cgroup_root, &ep.attachment).ok())
             .chain(self.guard_targets())
-            .chain(self.node_targets(compiled))
+            .chain(self.unguarded_targets(compiled))
             .collect()
     }
 
-    /// The node's own cgroups that exist below a guard: the agent's and those `compiled`
-    /// names (host-network pods). Without guards nothing denies them anyway.
-    fn node_targets(&self, compiled: &Compiled) -> Vec<Target> {
+    /// The cgroups below a guard that it must not deny, as far as they exist: the agent's
+    /// and those `compiled` names (host-network pods, pods enforced by TC). Without guards
+    /// nothing denies them anyway.
+    fn unguarded_targets(&self, compiled: &Compiled) -> Vec<Target> {
         if self.guards.is_empty() {
             return Vec::new();
         }
         self.own_cgroup
             .iter()
-            .chain(&compiled.node_cgroups)
+            .chain(&compiled.unguarded_cgroups)
             .filter_map(|path| {
                 host::resolve(&self.cgroup_root, &Attachment::Cgroup(path.clone())).ok()
             })

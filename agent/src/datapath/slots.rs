@@ -17,8 +17,8 @@ use aya::maps::{
 use stagewall_common::{
     Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
-    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, NODE_ENDPOINT_ID,
-    POLICY_ALLOW, PolicyKey, SelfAddrKey,
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, POLICY_ALLOW, PolicyKey,
+    SelfAddrKey, UNGUARDED_ENDPOINT_ID,
 };
 
 use crate::{
@@ -52,10 +52,10 @@ pub(super) const GUARD: EndpointInfo = EndpointInfo {
         | EP_DEFAULT_DENY_EGRESS,
 };
 
-/// The endpoint entry of the node's own cgroups below a guard (host-network pods, the
-/// agent): isolated in neither direction, so the guard above them never denies them.
-pub(super) const NODE: EndpointInfo = EndpointInfo {
-    endpoint_id: NODE_ENDPOINT_ID,
+/// The endpoint entry of cgroups below a guard that it must not deny (host-network pods,
+/// the agent, pods enforced by TC): isolated in neither direction.
+pub(super) const UNGUARDED: EndpointInfo = EndpointInfo {
+    endpoint_id: UNGUARDED_ENDPOINT_ID,
     ingress_policy: 0,
     egress_policy: 0,
     flags: 0,
@@ -98,7 +98,9 @@ impl SlotContents {
             contents.endpoints.insert(endpoint_key(slot, guard), GUARD);
         }
         for cgroup in node {
-            contents.endpoints.insert(endpoint_key(slot, cgroup), NODE);
+            contents
+                .endpoints
+                .insert(endpoint_key(slot, cgroup), UNGUARDED);
         }
         for (ep, target) in targets {
             let info = EndpointInfo {

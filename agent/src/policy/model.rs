@@ -364,10 +364,11 @@ pub struct PolicySet {
     /// NetworkPolicies as written, and those the pipelines expand into.
     pub policies: Vec<NetworkPolicy>,
     pub pipelines: Vec<Pipeline>,
-    /// The node's own cgroups (paths below the cgroup2 mount): host-network pods, which
-    /// are the node as far as network policy goes. Neither workloads nor peers; the guard
-    /// never denies them.
-    pub node_cgroups: Vec<String>,
+    /// Cgroups (paths below the cgroup2 mount) that a guard above them must not deny:
+    /// host-network pods, which are the node as far as network policy goes (neither
+    /// workloads nor peers), and pods enforced by TC on their interface (their policy is
+    /// applied there).
+    pub unguarded_cgroups: Vec<String>,
 }
 
 impl PolicySet {
@@ -377,7 +378,8 @@ impl PolicySet {
         self.namespaces.extend_from_slice(&other.namespaces);
         self.policies.extend_from_slice(&other.policies);
         self.pipelines.extend_from_slice(&other.pipelines);
-        self.node_cgroups.extend_from_slice(&other.node_cgroups);
+        self.unguarded_cgroups
+            .extend_from_slice(&other.unguarded_cgroups);
     }
 
     /// The workload named `namespace/name`.

@@ -126,10 +126,11 @@ pub const GUARD_ENDPOINT_ID: u32 = 0;
 /// new policy uses, so two slots' worth of ids is always enough.
 pub const ENDPOINT_ID_LIMIT: u32 = ENDPOINTS_MAX;
 
-/// The endpoint id of the node's own cgroups below a guard: host-network pods and the
-/// agent itself. Isolated in neither direction, so never denied; beyond the workloads'
-/// ids, so it has no per-endpoint statistics.
-pub const NODE_ENDPOINT_ID: u32 = ENDPOINT_ID_LIMIT;
+/// The endpoint id of cgroups below a guard that it must not deny: the node's own
+/// (host-network pods, the agent) and those of pods enforced by TC on their interface.
+/// Isolated in neither direction; beyond the workloads' ids, so it has no per-endpoint
+/// statistics.
+pub const UNGUARDED_ENDPOINT_ID: u32 = ENDPOINT_ID_LIMIT;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -280,12 +280,16 @@ impl Cluster {
             if pod.host_network {
                 // Its cgroup (once kubelet made it) is let through the guards.
                 if let Some(path) = local.then(|| cgroups.get(&pod.uid)).flatten() {
-                    set.node_cgroups.push(path.to_string());
+                    set.unguarded_cgroups.push(path.to_string());
                 }
                 continue;
             }
             let attachment = local.then(|| {
                 if let Some(interface) = routes.and_then(|r| r.interface(&pod.addresses)) {
+                    // Enforced on its interface; a guard above its cgroup lets it through.
+                    if let Some(path) = cgroups.get(&pod.uid) {
+                        set.unguarded_cgroups.push(path.to_string());
+                    }
                     return Attachment::Interface(interface.to_string());
                 }
                 let path = cgroups.get(&pod.uid).map_or_else(
@@ -461,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn this_nodes_host_network_pods_are_node_cgroups_not_workloads() {
+    fn this_nodes_host_network_pods_are_unguarded_cgroups_not_workloads() {
         let mut c = Cluster::default();
         let local = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6c";
         let starting = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6d";
@@ -484,7 +488,7 @@ mod tests {
         let cgroups = PodCgroups::of(&[(local, &path), (remote, "/elsewhere")]);
         let set = c.desired("node-a", &cgroups, "/", None).unwrap();
         assert_eq!(
-            set.node_cgroups,
+            set.unguarded_cgroups,
             vec![path],
             "this node's, once kubelet made its cgroup; another node's never"
         );
