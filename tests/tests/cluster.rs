@@ -49,6 +49,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     for resource in [
         "pods",
         "namespaces",
+        "nodes",
         "networkpolicies.networking.k8s.io",
         "pipelines.stagewall.io",
         "workloads.stagewall.io",

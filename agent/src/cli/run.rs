@@ -89,6 +89,11 @@ pub struct RunArgs {
     /// covered by the guard's programs (attached once, for every cgroup below it).
     #[arg(long, value_name = "PATH")]
     pub guard_cgroup: Vec<PathBuf>,
+    /// With --policies: this host's own addresses may always connect to its workloads,
+    /// whatever their ingress policy (as Kubernetes lets a pod's node in, for kubelet's
+    /// probes). Kubernetes mode always does, with the Node object's addresses too.
+    #[arg(long, conflicts_with = "kubernetes")]
+    pub node_ingress: bool,
     /// The UID of the agent's own pod (the DaemonSet sets it from metadata.uid): its
     /// cgroup, found by UID as every pod's, is let through the guards, so that the agent
     /// always reaches the API server. Without it, the cgroup /proc/self/cgroup names.
@@ -167,7 +172,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         }
     }
     let (mut source, api_wake_ups) = match &args.policies {
-        Some(dir) => (Source::files(dir.clone()), None),
+        Some(dir) => (Source::files(dir.clone(), args.node_ingress), None),
         None if !args.kubernetes.kubernetes && !kubernetes::in_cluster() => {
             return Err(ConfigError(
                 "no --policies DIR, no --kubernetes, and no in-cluster service account: nothing says what to enforce".into(),
@@ -179,7 +184,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
             let view = kubernetes::start_watchers(&args.kubernetes, &node, cgroup_root.clone(), tx)
                 .await
                 .context("Kubernetes")?;
-            (Source::Kubernetes(view), Some(rx))
+            (Source::Kubernetes(Box::new(view)), Some(rx))
         }
     };
     let set = source

@@ -16,7 +16,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use stagewall_common::{IDENTITY_FIRST_ALLOCATED, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6};
+use stagewall_common::{
+    IDENTITY_FIRST_ALLOCATED, IDENTITY_NODE_FIRST, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
+};
 
 use crate::policy::model::{Labels, NamedPort, ObjectName, Peer, PolicySet};
 
@@ -57,6 +59,10 @@ pub enum IdentityKind {
         namespace: String,
         labels: Labels,
         ports: Vec<NamedPort>,
+        blocks: BTreeSet<usize>,
+    },
+    /// This node's own addresses that lie in exactly the ipBlocks `blocks`.
+    Node {
         blocks: BTreeSet<usize>,
     },
     /// Addresses whose longest known prefix is this one.
@@ -134,6 +140,31 @@ impl Identities {
         };
         ids.kinds.insert(IDENTITY_WORLD_V4, IdentityKind::WorldV4);
         ids.kinds.insert(IDENTITY_WORLD_V6, IdentityKind::WorldV6);
+        // The node's addresses, by the ipBlocks they lie in, in the range the kernel knows
+        // as the node's. An address a workload has stays the workload's.
+        let mut node_keys: BTreeMap<BTreeSet<usize>, Vec<IpAddr>> = BTreeMap::new();
+        for &addr in &set.node_addresses {
+            if ids.owners.contains_key(&addr) {
+                continue;
+            }
+            let in_blocks = ids
+                .blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.contains_addr(addr))
+                .map(|(i, _)| i)
+                .collect();
+            node_keys.entry(in_blocks).or_default().push(addr);
+        }
+        // More distinct sets than the range holds (hundreds of ipBlocks around the node's
+        // addresses) is a policy no one writes; addresses beyond it stay what they are.
+        for (id, (blocks, addrs)) in (IDENTITY_NODE_FIRST..IDENTITY_FIRST_ALLOCATED).zip(node_keys)
+        {
+            for addr in addrs {
+                ids.ipcache.insert(host_prefix(addr), id);
+            }
+            ids.kinds.insert(id, IdentityKind::Node { blocks });
+        }
         let mut next = IDENTITY_FIRST_ALLOCATED;
         for (kind, addrs) in workload_keys {
             for addr in addrs {
@@ -167,7 +198,9 @@ impl Identities {
     pub fn select_block(&self, block: &Block) -> Vec<u32> {
         let index = self.blocks.binary_search(block).ok();
         let mut ids = self.select_kinds(|kind| match kind {
-            IdentityKind::Workloads { blocks, .. } => index.is_some_and(|i| blocks.contains(&i)),
+            IdentityKind::Workloads { blocks, .. } | IdentityKind::Node { blocks } => {
+                index.is_some_and(|i| blocks.contains(&i))
+            }
             IdentityKind::WorldV4 => block.cidr == IpNet::V4(Default::default()),
             IdentityKind::WorldV6 => block.cidr == IpNet::V6(Default::default()),
             IdentityKind::Cidr(_) => false,
@@ -240,6 +273,7 @@ impl Identities {
             return owner.to_string();
         }
         match self.kinds.get(&self.lookup(addr)) {
+            Some(IdentityKind::Node { .. }) => "node".to_string(),
             Some(IdentityKind::Cidr(prefix)) => prefix.to_string(),
             _ => "world".to_string(),
         }

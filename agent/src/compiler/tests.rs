@@ -716,3 +716,52 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn node_addresses_get_node_identities_that_ipblocks_still_name() {
+    let mut set = parse(
+        r#"
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: web, namespace: ml, labels: {app: web}}
+spec: {cgroup: /ml/web, addresses: [10.1.0.5]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: ml}
+spec:
+  podSelector: {}
+  egress: [{to: [{ipBlock: {cidr: 192.168.0.0/16}}]}]
+"#,
+    );
+    // Two node addresses inside the block, one outside, and one a workload claims.
+    set.node_addresses = vec![
+        ip("192.168.1.10"),
+        ip("192.168.1.11"),
+        ip("172.16.0.1"),
+        ip("10.1.0.5"),
+    ];
+    let ids = Identities::allocate(&set);
+    let inside = ids.lookup(ip("192.168.1.10"));
+    let outside = ids.lookup(ip("172.16.0.1"));
+    assert!(stagewall_common::is_node_identity(inside));
+    assert!(stagewall_common::is_node_identity(outside));
+    assert_eq!(
+        inside,
+        ids.lookup(ip("192.168.1.11")),
+        "one identity per block set"
+    );
+    assert_ne!(inside, outside);
+    assert!(
+        !stagewall_common::is_node_identity(ids.lookup(ip("10.1.0.5"))),
+        "a workload's address stays the workload's"
+    );
+    let block = ids.blocks[0].clone();
+    let selected = ids.select_block(&block);
+    assert!(
+        selected.contains(&inside),
+        "the ipBlock still names the node address in it"
+    );
+    assert!(!selected.contains(&outside));
+    assert_eq!(ids.peer_name(ip("192.168.1.10")), "node");
+}

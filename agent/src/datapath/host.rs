@@ -82,6 +82,44 @@ fn unescape_mount_path(s: &str) -> String {
     out
 }
 
+/// The addresses of this network namespace's interfaces (the node's, for an agent on the
+/// host network), loopback left out; sorted. Empty if they cannot be read.
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases; each
+    // ifa_addr is null or points to a sockaddr of the family it names.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return found;
+        }
+        let mut entry = list;
+        while !entry.is_null() {
+            let addr = (*entry).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                        found.push(std::net::IpAddr::V4(ip));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        found.push(std::net::IpAddr::V6(sin6.sin6_addr.s6_addr.into()));
+                    }
+                    _ => {}
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found.retain(|a| !a.is_loopback());
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// The cgroup2 mount point: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
 /// on hybrid ones, wherever mountinfo says. Never hard-coded.
 pub fn cgroup2_mount() -> Result<PathBuf, HostError> {

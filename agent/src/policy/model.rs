@@ -369,6 +369,10 @@ pub struct PolicySet {
     /// workloads nor peers), and pods enforced by TC on their interface (their policy is
     /// applied there).
     pub unguarded_cgroups: Vec<String>,
+    /// This node's own addresses, when the node counts as a peer of its own (Kubernetes
+    /// mode, or `--node-ingress` on a host): ingress into every workload allows them, as
+    /// Kubernetes lets a pod's node (kubelet's probes) into an ingress-isolated pod.
+    pub node_addresses: Vec<IpAddr>,
 }
 
 impl PolicySet {
@@ -380,6 +384,7 @@ impl PolicySet {
         self.pipelines.extend_from_slice(&other.pipelines);
         self.unguarded_cgroups
             .extend_from_slice(&other.unguarded_cgroups);
+        self.node_addresses.extend_from_slice(&other.node_addresses);
     }
 
     /// The workload named `namespace/name`.

@@ -31,14 +31,18 @@ pub struct Files {
     fingerprint: Option<u64>,
     /// The documents last read, parsed: a change parses only what it touched.
     cache: ParseCache,
+    /// `--node-ingress`: this host's addresses are the node's (ingress always allows
+    /// them), read with every change of the files.
+    node_ingress: bool,
 }
 
 impl Files {
-    pub fn new(dir: PathBuf) -> Files {
+    pub fn new(dir: PathBuf, node_ingress: bool) -> Files {
         Files {
             dir,
             fingerprint: None,
             cache: ParseCache::default(),
+            node_ingress,
         }
     }
 
@@ -56,7 +60,12 @@ impl Files {
         self.fingerprint = Some(fingerprint);
         let started = Instant::now();
         let parsed_before = self.cache.parsed;
-        let result = load_dir(&self.dir, &mut self.cache);
+        let mut result = load_dir(&self.dir, &mut self.cache);
+        if let Ok(set) = &mut result
+            && self.node_ingress
+        {
+            set.node_addresses = crate::datapath::host::local_addresses();
+        }
         log::debug!(
             "{} read in {:?} ({} changed documents parsed)",
             self.dir.display(),

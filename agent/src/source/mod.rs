@@ -18,7 +18,9 @@ use self::files::Files;
 
 pub enum Source {
     Files(Files),
-    Kubernetes(kubernetes::View),
+    // Boxed: the view (watcher state, the last desired state) is much larger than a
+    // directory.
+    Kubernetes(Box<kubernetes::View>),
 }
 
 impl Source {
@@ -30,8 +32,10 @@ impl Source {
         }
     }
 
-    pub fn files(dir: PathBuf) -> Source {
-        Source::Files(Files::new(dir))
+    /// Policy files in `dir`; with `node_ingress`, this host's addresses count as the
+    /// node's (see `Files`).
+    pub fn files(dir: PathBuf, node_ingress: bool) -> Source {
+        Source::Files(Files::new(dir, node_ingress))
     }
 
     /// The desired state if it changed since it was last given (the first call always

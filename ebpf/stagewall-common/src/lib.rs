@@ -189,6 +189,16 @@ pub const IDENTITY_WORLD_V4: u32 = 1;
 pub const IDENTITY_WORLD_V6: u32 = 2;
 /// First identity the compiler hands out to workloads and CIDRs.
 pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
+/// Identities of this node's own addresses, one per set of ipBlocks they lie in (so that
+/// ipBlock rules still name them), from here up to IDENTITY_FIRST_ALLOCATED. Ingress
+/// always allows them: in Kubernetes a pod isolated for ingress still accepts connections
+/// from its node (kubelet's probes).
+pub const IDENTITY_NODE_FIRST: u32 = 16;
+
+/// Whether `identity` is one of this node's addresses.
+pub const fn is_node_identity(identity: u32) -> bool {
+    identity >= IDENTITY_NODE_FIRST && identity < IDENTITY_FIRST_ALLOCATED
+}
 
 // ---------------------------------------------------------------------------------------------
 // Policy: (policy id, identity, direction, protocol, port) -> allow (LPM trie).

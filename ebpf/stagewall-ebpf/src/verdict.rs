@@ -29,7 +29,8 @@ use stagewall_common::{
     IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
     REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
     REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, verdict_counter,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity,
+    verdict_counter,
 };
 
 use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
@@ -115,7 +116,9 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             return Verdict::Pass;
         }
         let identity = remote_identity(cfg, flow);
-        if !allowed_by_policy(policy, identity, flow) {
+        // The node reaches its pods whatever their ingress policy says (probes).
+        let from_node = ingress && is_node_identity(identity);
+        if !from_node && !allowed_by_policy(policy, identity, flow) {
             let audit = audits(cfg, ep, flow.direction);
             let verdict = if audit {
                 VERDICT_WOULD_DROP

@@ -179,6 +179,8 @@ fn key(kind: &str, object: &serde_json::Value) -> Key {
 #[derive(Default)]
 pub struct Cluster {
     pods: BTreeMap<Key, PodInfo>,
+    /// Nodes' addresses (status.addresses), by node: this node's are the node's identity.
+    nodes: BTreeMap<Key, Vec<IpAddr>>,
     /// Every other object, parsed: the last version the parser accepted.
     documents: BTreeMap<Key, PolicySet>,
     /// Counts changes, so the agent can tell whether anything happened.
@@ -190,6 +192,13 @@ impl Cluster {
     /// previous version stays).
     pub fn apply(&mut self, kind: &str, object: &serde_json::Value) -> Result<(), PolicyErrors> {
         let key = key(kind, object);
+        if kind == "nodes" {
+            let addresses = node_addresses(object);
+            if self.nodes.insert(key, addresses.clone()) != Some(addresses) {
+                self.version += 1;
+            }
+            return Ok(());
+        }
         if kind == "pods" {
             let info = pod_info(object).map_err(|message| one_error(kind, object, message))?;
             let changed = match info {
@@ -216,6 +225,8 @@ impl Cluster {
         let key = key(kind, object);
         let removed = if kind == "pods" {
             self.pods.remove(&key).is_some()
+        } else if kind == "nodes" {
+            self.nodes.remove(&key).is_some()
         } else {
             self.documents.remove(&key).is_some()
         };
@@ -233,11 +244,13 @@ impl Cluster {
             .pods
             .keys()
             .chain(self.documents.keys())
+            .chain(self.nodes.keys())
             .filter(|k| k.0 == kind && !listed.contains(*k))
             .cloned()
             .collect();
         for k in gone {
             self.pods.remove(&k);
+            self.nodes.remove(&k);
             self.documents.remove(&k);
             self.version += 1;
         }
@@ -250,7 +263,7 @@ impl Cluster {
     /// The desired state for the agent on `node`: every pod a workload, this node's
     /// enforced through their host-side interface when `routes` are given and name one
     /// (TC), else through their cgroups (found by UID below `base`, or where kubelet will
-    /// create them), plus the policies.
+    /// create them), plus the policies, and this node's addresses from its Node object.
     pub fn desired(
         &self,
         node: &str,
@@ -318,9 +331,26 @@ impl Cluster {
                 },
             });
         }
+        let this_node = ("nodes".to_string(), String::new(), node.to_string());
+        if let Some(addresses) = self.nodes.get(&this_node) {
+            set.node_addresses.extend(addresses);
+        }
         let errors = complete(&mut set);
         PolicyErrors::result(errors, set)
     }
+}
+
+/// A Node's addresses (status.addresses: InternalIP, ExternalIP; host names are skipped).
+fn node_addresses(object: &serde_json::Value) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = object["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["address"].as_str()?.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyErrors {
@@ -501,6 +531,41 @@ mod tests {
             set.workloads[0].addresses,
             vec!["10.244.1.5".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn this_nodes_addresses_come_from_its_node_object() {
+        let mut c = Cluster::default();
+        let node = |name: &str, addresses: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                   "status": {"addresses": addresses}})
+        };
+        c.apply(
+            "nodes",
+            &node(
+                "node-a",
+                json!([{"type": "InternalIP", "address": "192.168.1.10"},
+                       {"type": "InternalIP", "address": "fd00::10"},
+                       {"type": "Hostname", "address": "node-a"}]),
+            ),
+        )
+        .unwrap();
+        c.apply(
+            "nodes",
+            &node(
+                "node-b",
+                json!([{"type": "InternalIP", "address": "192.168.1.11"}]),
+            ),
+        )
+        .unwrap();
+        let set = desired(&c);
+        let want: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+        assert_eq!(
+            set.node_addresses, want,
+            "this node's, not another's; no host names"
+        );
+        c.delete("nodes", &node("node-a", json!([])));
+        assert!(desired(&c).node_addresses.is_empty());
     }
 
     #[test]

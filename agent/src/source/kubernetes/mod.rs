@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod routes;
 
 use std::{
+    net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
 use crate::{
+    datapath::host,
     policy::{error::PolicyErrors, model::PolicySet},
     source::WakeUp,
 };
@@ -65,9 +67,12 @@ struct Kind {
     plural: &'static str,
     resource: ApiResource,
     optional: bool,
+    /// A field selector: only these objects are watched.
+    fields: Option<String>,
 }
 
-fn kinds() -> Vec<Kind> {
+/// What the agent on `node` watches.
+fn kinds(node: &str) -> Vec<Kind> {
     let kind = |group: &str, version: &str, kind: &str, plural: &'static str, optional| Kind {
         plural,
         resource: ApiResource::from_gvk_with_plural(
@@ -75,6 +80,7 @@ fn kinds() -> Vec<Kind> {
             plural,
         ),
         optional,
+        fields: None,
     };
     vec![
         kind("", "v1", "Pod", "pods", false),
@@ -88,6 +94,13 @@ fn kinds() -> Vec<Kind> {
         ),
         kind("stagewall.io", "v1alpha1", "Pipeline", "pipelines", true),
         kind("stagewall.io", "v1alpha1", "Workload", "workloads", true),
+        // This node's addresses (the node's identity), its own Node only; optional so
+        // that an agent whose role predates it goes on, its node's probes then judged as
+        // any address.
+        Kind {
+            fields: Some(format!("metadata.name={node}")),
+            ..kind("", "v1", "Node", "nodes", true)
+        },
     ]
 }
 
@@ -104,7 +117,7 @@ pub struct View {
     refused: Option<u64>,
     /// What the last desired state was built from: the same inputs give the same answer,
     /// so the periodic check does not rebuild it.
-    inputs: Option<(u64, PodCgroups, Option<HostRoutes>)>,
+    inputs: Option<(u64, PodCgroups, Option<HostRoutes>, Vec<IpAddr>)>,
 }
 
 impl View {
@@ -114,12 +127,23 @@ impl View {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
         let routes = (self.attachment == PodAttachment::Tc).then(HostRoutes::read);
-        let inputs = (cluster.version, cgroups, routes);
+        // The node's interfaces (the agent is on the host network), with its Node
+        // object's addresses: the node's identity.
+        let interfaces = host::local_addresses();
+        let inputs = (cluster.version, cgroups, routes, interfaces);
         if self.inputs.as_ref() == Some(&inputs) {
             return None;
         }
-        let (_, cgroups, routes) = self.inputs.insert(inputs);
-        match cluster.desired(&self.node, cgroups, &self.base, routes.as_ref()) {
+        let (_, cgroups, routes, interfaces) = self.inputs.insert(inputs);
+        let desired = cluster
+            .desired(&self.node, cgroups, &self.base, routes.as_ref())
+            .map(|mut set| {
+                set.node_addresses.extend(interfaces.iter());
+                set.node_addresses.sort();
+                set.node_addresses.dedup();
+                set
+            });
+        match desired {
             Ok(set) if self.given.as_ref() == Some(&set) => None,
             Ok(set) => {
                 self.given = Some(set.clone());
@@ -201,7 +225,7 @@ pub async fn start_watchers(
     let client = client(args).await?;
     let cluster = Arc::new(Mutex::new(Cluster::default()));
     let (synced_tx, mut synced) = mpsc::channel(8);
-    let kinds = kinds();
+    let kinds = kinds(node);
     let required = kinds.len();
     for kind in kinds {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
@@ -261,7 +285,11 @@ async fn follow(
     synced: mpsc::Sender<&'static str>,
 ) {
     let mut listed: Vec<serde_json::Value> = Vec::new();
-    let mut stream = watcher(api, watcher::Config::default())
+    let mut config = watcher::Config::default();
+    if let Some(fields) = &kind.fields {
+        config = config.fields(fields);
+    }
+    let mut stream = watcher(api, config)
         .default_backoff()
         .boxed();
     let mut first = true;
