@@ -185,14 +185,7 @@ fn daemonset_for_the_test_node(bed: &Testbed, base: &str) -> String {
     let shipped =
         std::fs::read_to_string(stagewall_tests::cluster::manifests().join("daemonset.yaml"))
             .expect("daemonset.yaml");
-    let cgroup2 = stagewall::datapath::host::cgroup2_mount().expect("the cgroup2 mount");
     let replaced = [
-        // The cgroup2 mount inside the hostPath: /sys/fs/cgroup on a cgroup2-only host,
-        // /sys/fs/cgroup/unified on this machine's hybrid layout.
-        (
-            "--cgroup-root=/host/sys/fs/cgroup",
-            format!("--cgroup-root=/host{}", cgroup2.display()),
-        ),
         // kubelet's cgroupfs driver below the test bed's cgroup, not the systemd driver at
         // the top of the tree; and the pods are found there.
         (

@@ -54,6 +54,8 @@ pub struct RunArgs {
     #[arg(long, default_value = http::DEFAULT_ADDR)]
     pub metrics_addr: SocketAddr,
     /// cgroup2 mount to resolve workload cgroups against (found in mountinfo by default).
+    /// Given a directory that is no cgroup2 mount but holds one as `unified` (the hybrid
+    /// layout), that one is used.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Level of the kernel programs' own log (troubleshooting only; never on the packet
@@ -151,7 +153,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         .into());
     }
     let cgroup_root = match &args.cgroup_root {
-        Some(root) => root.clone(),
+        Some(root) => host::cgroup2_at_or_below(root),
         None => host::cgroup2_mount()?,
     };
     let node = args.node_name.clone().unwrap_or_else(events::host_name);

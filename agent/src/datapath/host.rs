@@ -82,6 +82,30 @@ fn unescape_mount_path(s: &str) -> String {
     out
 }
 
+/// The cgroup2 mount at or below `root`: `root` itself when it is one, else its `unified`
+/// directory when that is (the hybrid layout, where `root` holds the cgroup v1
+/// controllers), else `root` as given (resolving cgroups below it then says what is
+/// wrong). For `--cgroup-root`, which in a DaemonSet names the host's /sys/fs/cgroup as
+/// mounted into the container.
+pub fn cgroup2_at_or_below(root: &Path) -> PathBuf {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |dir: &Path| {
+        let Ok(path) = CString::new(dir.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid path and a zeroed statfs for the kernel to fill.
+        unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            libc::statfs(path.as_ptr(), &mut fs) == 0 && fs.f_type as i64 == CGROUP2_SUPER_MAGIC
+        }
+    };
+    let unified = root.join("unified");
+    if !is_cgroup2(root) && is_cgroup2(&unified) {
+        return unified;
+    }
+    root.to_path_buf()
+}
+
 /// The addresses of this network namespace's interfaces (the node's, for an agent on the
 /// host network), loopback left out; sorted. Empty if they cannot be read.
 pub fn local_addresses() -> Vec<std::net::IpAddr> {

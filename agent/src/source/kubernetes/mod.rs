@@ -289,9 +289,7 @@ async fn follow(
     if let Some(fields) = &kind.fields {
         config = config.fields(fields);
     }
-    let mut stream = watcher(api, config)
-        .default_backoff()
-        .boxed();
+    let mut stream = watcher(api, config).default_backoff().boxed();
     let mut first = true;
     while let Some(event) = stream.next().await {
         let event = match event {
