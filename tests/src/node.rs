@@ -81,6 +81,30 @@ pub struct KubeletNode {
     netns_before: BTreeSet<String>,
     /// Directories bind-mounted onto themselves as shared mounts (see `share`).
     shared: Vec<PathBuf>,
+    /// What the host paths kubelet, containerd and CNI write outside their configured
+    /// directories held before they started (see [`HOST_PATHS`]).
+    host_paths_before: Vec<(PathBuf, Option<BTreeSet<String>>)>,
+}
+
+/// Host paths kubelet, containerd and the CNI plugins write to whatever they are told:
+/// containerd's shim sockets and runc's state (/run/containerd), the CNI result cache,
+/// kubelet's device-plugin directory and its pod and container log links. What a node
+/// adds there is removed with it; what was there before stays.
+const HOST_PATHS: [&str; 5] = [
+    "/run/containerd",
+    "/var/lib/cni",
+    "/var/lib/kubelet",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+
+/// A directory's entries (None: no such directory).
+fn entries(dir: &Path) -> Option<BTreeSet<String>> {
+    fs::read_dir(dir).ok().map(|list| {
+        list.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    })
 }
 
 impl Cluster {
@@ -122,6 +146,10 @@ impl Cluster {
             cgroup_root,
             netns_before: netns_names(),
             shared: Vec::new(),
+            host_paths_before: HOST_PATHS
+                .iter()
+                .map(|p| (PathBuf::from(p), entries(Path::new(p))))
+                .collect(),
         };
         node.make_cgroup_root()?;
         bed.give_hub_gateway()?;
@@ -530,6 +558,23 @@ impl Drop for KubeletNode {
         }
         for mount in cgroup_v1_mounts() {
             remove_cgroup_tree(&mount.join(self.cgroup_root.trim_start_matches('/')));
+        }
+        for (dir, before) in &self.host_paths_before {
+            match before {
+                None => {
+                    let _ = fs::remove_dir_all(dir);
+                }
+                Some(before) => {
+                    for name in entries(dir).unwrap_or_default().difference(before) {
+                        let path = dir.join(name);
+                        if path.is_dir() && !path.is_symlink() {
+                            let _ = fs::remove_dir_all(&path);
+                        } else {
+                            let _ = fs::remove_file(&path);
+                        }
+                    }
+                }
+            }
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

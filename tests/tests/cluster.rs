@@ -181,6 +181,21 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     let said = bed.check_kubernetes(&agent_kubeconfig, &base);
     assert!(said.starts_with("ok: 3 workloads (2 local)"), "{said}");
 
+    // Another namespace's Workload object claiming the server pod's address: it is left
+    // out (and said so), the pod keeps its address, the agent starts and enforces the
+    // rest. (It used to refuse the whole state, and exit at start.)
+    cluster
+        .create_namespace("tenant-b")
+        .expect("namespace tenant-b");
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: thief, namespace: tenant-b, labels: {{app: client}}}}\nspec: {{addresses: [\"{server}\"]}}\n"
+            ),
+        )
+        .expect("a Workload claiming the server's address");
+
     let agent = bed
         .start_agent_kubernetes(
             &agent_kubeconfig,
@@ -191,6 +206,12 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     until("the pods enforced", log, || {
         metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
     });
+    assert!(
+        agent.log().contains("left out, the rest is enforced")
+            && agent.log().contains("kubernetes/workloads/tenant-b/thief"),
+        "{}",
+        log()
+    );
     assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
     assert!(bed.tcp("client", server, 81).is("timeout"), "{}", log());
     assert!(bed.tcp("other", server, 80).is("timeout"), "app=other");

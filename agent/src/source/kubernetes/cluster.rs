@@ -264,17 +264,52 @@ impl Cluster {
     /// enforced through their host-side interface when `routes` are given and name one
     /// (TC), else through their cgroups (found by UID below `base`, or where kubelet will
     /// create them), plus the policies, and this node's addresses from its Node object.
+    ///
+    /// One object never stops the rest: an object that the checks of the whole set refuse
+    /// (a Pipeline flow naming no stage, a Workload claiming an address, a name or a
+    /// cgroup that another object has) is left out, and the rest is enforced; its errors
+    /// come back beside the set. Which of two clashing objects is left out is fixed: pods
+    /// come first (a Workload object never takes a pod's address or cgroup), then the
+    /// other objects by kind, namespace and name; the later one is refused. Errors that
+    /// name no object refuse the whole state.
     pub fn desired(
         &self,
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
         routes: Option<&HostRoutes>,
-    ) -> Result<PolicySet, PolicyErrors> {
-        let mut set = PolicySet::default();
-        for parsed in self.documents.values() {
-            set.extend_from(parsed);
+    ) -> Result<(PolicySet, Vec<PolicyError>), PolicyErrors> {
+        let mut left_out: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
+        let mut refused = Vec::new();
+        loop {
+            let mut set = self.build(node, cgroups, base, routes, &left_out);
+            let errors = complete(&mut set);
+            if errors.is_empty() {
+                return Ok((set, refused));
+            }
+            let at_fault: Vec<Key> = errors
+                .iter()
+                .filter_map(|e| key_of_file(&e.file))
+                .filter(|k| self.documents.contains_key(k) && !left_out.contains(k))
+                .collect();
+            if at_fault.is_empty() {
+                return Err(PolicyErrors(errors));
+            }
+            left_out.extend(at_fault);
+            refused.extend(errors);
         }
+    }
+
+    /// The set before its checks: pods first, then every other object not `left_out`.
+    fn build(
+        &self,
+        node: &str,
+        cgroups: &PodCgroups,
+        base: &str,
+        routes: Option<&HostRoutes>,
+        left_out: &std::collections::BTreeSet<Key>,
+    ) -> PolicySet {
+        let mut set = PolicySet::default();
         // An address moves from a pod that is going to the one that now has it: the
         // newer pod keeps it (the API server may still list both for a moment).
         let mut owner: BTreeMap<IpAddr, (&str, &Key)> = BTreeMap::new();
@@ -331,12 +366,31 @@ impl Cluster {
                 },
             });
         }
+        for (key, parsed) in &self.documents {
+            if !left_out.contains(key) {
+                set.extend_from(parsed);
+            }
+        }
         let this_node = ("nodes".to_string(), String::new(), node.to_string());
         if let Some(addresses) = self.nodes.get(&this_node) {
             set.node_addresses.extend(addresses);
         }
-        let errors = complete(&mut set);
-        PolicyErrors::result(errors, set)
+        set
+    }
+}
+
+/// The object an error's file names (`kubernetes/<kind>[/<namespace>]/<name>`).
+fn key_of_file(file: &Path) -> Option<Key> {
+    let parts: Vec<String> = file
+        .strip_prefix("kubernetes")
+        .ok()?
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match parts.as_slice() {
+        [kind, namespace, name] => Some((kind.clone(), namespace.clone(), name.clone())),
+        [kind, name] => Some((kind.clone(), String::new(), name.clone())),
+        _ => None,
     }
 }
 
@@ -432,6 +486,7 @@ mod tests {
         cluster
             .desired("node-a", &PodCgroups::default(), "/", None)
             .unwrap()
+            .0
     }
 
     #[test]
@@ -516,7 +571,7 @@ mod tests {
         .unwrap();
         let path = format!("/kubepods/besteffort/pod{local}");
         let cgroups = PodCgroups::of(&[(local, &path), (remote, "/elsewhere")]);
-        let set = c.desired("node-a", &cgroups, "/", None).unwrap();
+        let (set, _) = c.desired("node-a", &cgroups, "/", None).unwrap();
         assert_eq!(
             set.unguarded_cgroups,
             vec![path],
@@ -531,6 +586,71 @@ mod tests {
             set.workloads[0].addresses,
             vec!["10.244.1.5".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn an_object_the_whole_set_refuses_is_left_out_and_the_rest_enforced() {
+        let mut c = Cluster::default();
+        c.apply(
+            "pods",
+            &pod(
+                "t0",
+                UID,
+                "node-a",
+                "10.244.1.5",
+                json!({"stage": "training"}),
+            ),
+        )
+        .unwrap();
+        let workload = |ns: &str, name: &str, address: &str| {
+            json!({"apiVersion": "stagewall.io/v1alpha1", "kind": "Workload",
+                   "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                   "spec": {"addresses": [address]}})
+        };
+        // Another namespace's object claiming the pod's address: the pod keeps it.
+        c.apply("workloads", &workload("tenant-b", "thief", "10.244.1.5"))
+            .unwrap();
+        // Two objects claiming one address: the later by namespace and name is refused.
+        c.apply("workloads", &workload("tenant-a", "db", "192.0.2.7"))
+            .unwrap();
+        c.apply("workloads", &workload("tenant-c", "copy", "192.0.2.7"))
+            .unwrap();
+        // A Pipeline whose flow names a stage it does not have.
+        c.apply(
+            "pipelines",
+            &json!({"apiVersion": "stagewall.io/v1alpha1", "kind": "Pipeline",
+                    "metadata": {"name": "broken", "namespace": "ml"},
+                    "spec": {"stages": [{"name": "a", "selector": {"matchLabels": {"x": "a"}}}],
+                             "flows": [{"from": {"stage": "a"}, "to": {"stage": "nowhere"}}]}}),
+        )
+        .unwrap();
+        c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
+            .unwrap();
+        let (set, refused) = c
+            .desired("node-a", &PodCgroups::default(), "/", None)
+            .expect("the rest is enforced");
+        let names: Vec<String> = set.workloads.iter().map(|w| w.name.to_string()).collect();
+        assert_eq!(names, ["ml/t0", "tenant-a/db"], "{refused:?}");
+        assert_eq!(
+            set.policies.len(),
+            1,
+            "the NetworkPolicy stays: {:?}",
+            set.policies
+        );
+        let refused_files: Vec<String> = refused
+            .iter()
+            .map(|e| e.file.display().to_string())
+            .collect();
+        for file in [
+            "kubernetes/workloads/tenant-b/thief",
+            "kubernetes/workloads/tenant-c/copy",
+            "kubernetes/pipelines/ml/broken",
+        ] {
+            assert!(
+                refused_files.iter().any(|f| f == file),
+                "{file}: {refused:?}"
+            );
+        }
     }
 
     #[test]

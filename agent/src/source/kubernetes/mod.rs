@@ -137,15 +137,19 @@ impl View {
         let (_, cgroups, routes, interfaces) = self.inputs.insert(inputs);
         let desired = cluster
             .desired(&self.node, cgroups, &self.base, routes.as_ref())
-            .map(|mut set| {
+            .map(|(mut set, left_out)| {
                 set.node_addresses.extend(interfaces.iter());
                 set.node_addresses.sort();
                 set.node_addresses.dedup();
-                set
+                (set, left_out)
             });
         match desired {
-            Ok(set) if self.given.as_ref() == Some(&set) => None,
-            Ok(set) => {
+            Ok((set, _)) if self.given.as_ref() == Some(&set) => None,
+            Ok((set, left_out)) => {
+                // Said each time the state changes; the rest is enforced.
+                for e in &left_out {
+                    log::warn!("Kubernetes: left out, the rest is enforced: {e}");
+                }
                 self.given = Some(set.clone());
                 self.refused = None;
                 Some(Ok(set))
