@@ -84,7 +84,22 @@ pub struct KubeletNode {
     /// What the host paths kubelet, containerd and CNI write outside their configured
     /// directories held before they started (see [`HOST_PATHS`]).
     host_paths_before: Vec<(PathBuf, Option<BTreeSet<String>>)>,
+    /// The kernel settings kubelet sets for itself (see [`KUBELET_SYSCTLS`]) as they were
+    /// before it started: restored on drop.
+    sysctls_before: Vec<(&'static str, String)>,
 }
+
+/// What kubelet writes into the host's kernel settings at start (unless told to only
+/// check them, which makes it refuse to start on a host that differs): the machine-wide
+/// panic and overcommit behaviour, and the root user's key quotas.
+const KUBELET_SYSCTLS: [&str; 6] = [
+    "/proc/sys/kernel/panic",
+    "/proc/sys/kernel/panic_on_oops",
+    "/proc/sys/vm/overcommit_memory",
+    "/proc/sys/vm/panic_on_oom",
+    "/proc/sys/kernel/keys/root_maxkeys",
+    "/proc/sys/kernel/keys/root_maxbytes",
+];
 
 /// Host paths kubelet, containerd and the CNI plugins write to whatever they are told:
 /// containerd's shim sockets and runc's state (/run/containerd), the CNI result cache,
@@ -149,6 +164,10 @@ impl Cluster {
             host_paths_before: HOST_PATHS
                 .iter()
                 .map(|p| (PathBuf::from(p), entries(Path::new(p))))
+                .collect(),
+            sysctls_before: KUBELET_SYSCTLS
+                .iter()
+                .filter_map(|p| Some((*p, fs::read_to_string(p).ok()?)))
                 .collect(),
         };
         node.make_cgroup_root()?;
@@ -422,12 +441,20 @@ impl KubeletNode {
         let cgroup2 = stagewall::datapath::host::cgroup2_mount()?;
         fs::create_dir_all(cgroup2.join(self.cgroup_root.trim_start_matches('/')))?;
         for mount in cgroup_v1_mounts() {
-            let dir = mount.join(self.cgroup_root.trim_start_matches('/'));
-            fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                if let Ok(value) = fs::read_to_string(mount.join(file)) {
-                    fs::write(dir.join(file), value.trim())
-                        .with_context(|| format!("{}", dir.join(file).display()))?;
+            // Level by level: a new cpuset cgroup has no CPUs or memory nodes until given
+            // its parent's, and nothing can join (or be made below) it meanwhile.
+            let mut dir = mount.clone();
+            for part in self.cgroup_root.trim_start_matches('/').split('/') {
+                dir.push(part);
+                if dir.is_dir() {
+                    continue;
+                }
+                fs::create_dir(&dir).with_context(|| format!("{}", dir.display()))?;
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    if let Ok(value) = fs::read_to_string(mount.join(file)) {
+                        fs::write(dir.join(file), value.trim())
+                            .with_context(|| format!("{}", dir.join(file).display()))?;
+                    }
                 }
             }
         }
@@ -508,6 +535,9 @@ impl Drop for KubeletNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for (setting, value) in &self.sysctls_before {
+            let _ = fs::write(setting, value);
+        }
         // The shims (daemons, not containerd's children) and the containers.
         let sock = path(&self.dir.join("containerd.sock"));
         for pid in pids_with_argument(&sock) {
@@ -557,7 +587,14 @@ impl Drop for KubeletNode {
             }
         }
         for mount in cgroup_v1_mounts() {
-            remove_cgroup_tree(&mount.join(self.cgroup_root.trim_start_matches('/')));
+            let dir = mount.join(self.cgroup_root.trim_start_matches('/'));
+            remove_cgroup_tree(&dir);
+            // A routed node's root is below the bed's, made here too: gone once empty.
+            if self.own_netns
+                && let Some(parent) = dir.parent()
+            {
+                let _ = fs::remove_dir(parent);
+            }
         }
         for (dir, before) in &self.host_paths_before {
             match before {

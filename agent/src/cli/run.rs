@@ -91,9 +91,10 @@ pub struct RunArgs {
     /// covered by the guard's programs (attached once, for every cgroup below it).
     #[arg(long, value_name = "PATH")]
     pub guard_cgroup: Vec<PathBuf>,
-    /// With --policies: this host's own addresses may always connect to its workloads,
-    /// whatever their ingress policy (as Kubernetes lets a pod's node in, for kubelet's
-    /// probes). Kubernetes mode always does, with the Node object's addresses too.
+    /// With --policies: this host's own addresses (its interfaces', looked at every
+    /// second) may always connect to its workloads, whatever their ingress policy (as
+    /// Kubernetes lets a pod's node in, for kubelet's probes). Kubernetes mode always
+    /// does, with the Node object's addresses too.
     #[arg(long, conflicts_with = "kubernetes")]
     pub node_ingress: bool,
     /// The UID of the agent's own pod (the DaemonSet sets it from metadata.uid): its
@@ -158,20 +159,24 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     };
     let node = args.node_name.clone().unwrap_or_else(events::host_name);
     let own_cgroup = own_cgroup(&args, &cgroup_root);
-    if !args.guard_cgroup.is_empty() {
-        match &own_cgroup {
-            // Before anything connects: a guard a previous agent left in force would deny
-            // this agent (a new pod below it) the API server.
-            Some(own) => {
-                log::info!("own cgroup {own} is never guarded");
-                if loader::let_own_cgroup_through(&Pins::new(&args.bpffs_dir), &cgroup_root, own)? {
-                    log::info!("own cgroup {own} let through the guards in force");
+    match &own_cgroup {
+        // Before anything connects: a guard a previous agent left in force (pinned) would
+        // deny this agent, a new pod below it, the API server; also when this agent is
+        // given no guard (it removes the old one only after its first apply).
+        Some(own) => {
+            log::info!("own cgroup {own} is never guarded");
+            match loader::let_own_cgroup_through(&Pins::new(&args.bpffs_dir), &cgroup_root, own) {
+                Ok(true) => log::info!("own cgroup {own} let through the guards in force"),
+                Ok(false) => {}
+                Err(e) => {
+                    log::warn!("could not let own cgroup {own} through the guards in force: {e:#}")
                 }
             }
-            None => log::warn!(
-                "the agent's own cgroup is not known (no --pod-uid, and /proc/self/cgroup names none): if it is below a guard cgroup, the guard denies it"
-            ),
         }
+        None if !args.guard_cgroup.is_empty() => log::warn!(
+            "the agent's own cgroup is not known (no --pod-uid, and /proc/self/cgroup names none): if it is below a guard cgroup, the guard denies it"
+        ),
+        None => {}
     }
     let (mut source, api_wake_ups) = match &args.policies {
         Some(dir) => (Source::files(dir.clone(), args.node_ingress), None),

@@ -106,8 +106,14 @@ pub fn cgroup2_at_or_below(root: &Path) -> PathBuf {
     root.to_path_buf()
 }
 
+/// Interfaces whose addresses are services', not the node's: kube-proxy's IPVS dummy
+/// (every ClusterIP and load-balancer address) and node-local DNS's.
+const SERVICE_INTERFACES: [&str; 2] = ["kube-ipvs0", "nodelocaldns"];
+
 /// The addresses of this network namespace's interfaces (the node's, for an agent on the
-/// host network), loopback left out; sorted. Empty if they cannot be read.
+/// host network); sorted. Left out: loopback, link-local addresses (the same on many
+/// links), and the service interfaces kube-proxy and node-local DNS make. Empty if they
+/// cannot be read.
 pub fn local_addresses() -> Vec<std::net::IpAddr> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -120,7 +126,12 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
         let mut entry = list;
         while !entry.is_null() {
             let addr = (*entry).ifa_addr;
-            if !addr.is_null() {
+            let name = (*entry).ifa_name;
+            let service = !name.is_null()
+                && SERVICE_INTERFACES
+                    .iter()
+                    .any(|s| std::ffi::CStr::from_ptr(name).to_bytes() == s.as_bytes());
+            if !addr.is_null() && !service {
                 match i32::from((*addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(addr as *const libc::sockaddr_in);
@@ -138,7 +149,13 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
         }
         libc::freeifaddrs(list);
     }
-    found.retain(|a| !a.is_loopback());
+    found.retain(|a| {
+        !a.is_loopback()
+            && match a {
+                std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+                std::net::IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            }
+    });
     found.sort();
     found.dedup();
     found

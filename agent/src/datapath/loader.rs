@@ -13,8 +13,8 @@ use std::{
 };
 
 use stagewall_common::{
-    Config, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_FAIL_OPEN, EndpointInfo, GUARD_ENDPOINT_ID,
-    MODE_AUDIT, MODE_ENFORCE,
+    Config, ENDPOINT_ID_LIMIT, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_FAIL_OPEN, EndpointInfo,
+    GUARD_ENDPOINT_ID, MODE_AUDIT, MODE_ENFORCE,
 };
 
 pub use crate::datapath::object::Readers;
@@ -280,7 +280,8 @@ impl Loader {
                 let info = self
                     .slots
                     .active_endpoint(&endpoint_key(self.slots.active(), &target))?;
-                (info.endpoint_id != GUARD_ENDPOINT_ID)
+                // The guard's and the unguarded entries' ids are nobody's.
+                (info.endpoint_id != GUARD_ENDPOINT_ID && info.endpoint_id < ENDPOINT_ID_LIMIT)
                     .then(|| (ep.workload.clone(), info.endpoint_id))
             })
             .collect()

@@ -16,7 +16,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use stagewall_common::{Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID, UNGUARDED_ENDPOINT_ID};
+use stagewall_common::{Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID};
 
 pub use self::fields::{Hook, IpProtocol, Reason, Verdict};
 use crate::{compiler::Compiled, policy::model::Direction};
@@ -94,9 +94,6 @@ fn wall_time(monotonic_ns: u64) -> SystemTime {
 
 /// How events and metrics name a process below a guard cgroup in no workload.
 pub const UNPROGRAMMED: &str = "unprogrammed";
-/// How events name a process below a guard that it lets through (a host-network pod, the
-/// agent, a pod enforced by TC): seen only in allowed flows (`--log-allowed`).
-pub const UNGUARDED: &str = "unguarded";
 
 /// Names a kernel event with the policy in force.
 pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent {
@@ -107,7 +104,6 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
     let (namespace, workload) = match endpoint {
         Some(e) => (e.workload.namespace.clone(), e.workload.to_string()),
         None if event.endpoint_id == GUARD_ENDPOINT_ID => (String::new(), UNPROGRAMMED.into()),
-        None if event.endpoint_id == UNGUARDED_ENDPOINT_ID => (String::new(), UNGUARDED.into()),
         None => (String::new(), format!("endpoint-{}", event.endpoint_id)),
     };
     let policies = endpoint

@@ -127,6 +127,11 @@ pub fn explain(
                 "  {label} {}: allowed, traffic to itself never leaves it",
                 w.name
             )?,
+            Side::FromNode => writeln!(
+                out,
+                "  {label} {}: allowed, its node may always connect to it",
+                w.name
+            )?,
             Side::Allowed {
                 isolated_by,
                 policy,

@@ -14,6 +14,9 @@ pub enum Side<'a> {
     NotIsolated,
     /// Traffic of a workload to itself (its own address) never leaves it.
     SelfTraffic,
+    /// From this node (one of `PolicySet::node_addresses` that no workload has): ingress
+    /// always lets the node in (kubelet's probes).
+    FromNode,
     /// Allowed by this rule (index into the policy's rules of the direction).
     Allowed {
         isolated_by: Vec<&'a NetworkPolicy>,
@@ -51,6 +54,12 @@ pub fn decide<'a>(
     let isolated_by = set.isolating(local, direction);
     if isolated_by.is_empty() {
         return Side::NotIsolated;
+    }
+    if direction == Direction::Ingress
+        && set.node_addresses.contains(&remote)
+        && owner(set, remote).is_none()
+    {
+        return Side::FromNode;
     }
     // Named ports resolve against the destination's declared ports.
     let destination_ports: &[NamedPort] = match direction {

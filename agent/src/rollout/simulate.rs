@@ -182,6 +182,7 @@ fn outcome(r: &FlowRecord, change: Change, side: &Side) -> Outcome {
     let because = match side {
         Side::NotIsolated => format!("no policy selects the workload for {section}"),
         Side::SelfTraffic => "traffic to itself".to_string(),
+        Side::FromNode => "from the workload's node, which ingress always lets in".to_string(),
         Side::Allowed { policy, rule, .. } => format!(
             "allowed by {} {section} rule {} ({}:{})",
             policy.name,

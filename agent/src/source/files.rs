@@ -32,8 +32,9 @@ pub struct Files {
     /// The documents last read, parsed: a change parses only what it touched.
     cache: ParseCache,
     /// `--node-ingress`: this host's addresses are the node's (ingress always allows
-    /// them), read with every change of the files.
+    /// them), looked at with every check of the files; the ones last given.
     node_ingress: bool,
+    node_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Files {
@@ -43,6 +44,7 @@ impl Files {
             fingerprint: None,
             cache: ParseCache::default(),
             node_ingress,
+            node_addresses: Vec::new(),
         }
     }
 
@@ -54,17 +56,21 @@ impl Files {
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
         // Taken before reading: a change while reading is seen at the next call.
         let fingerprint = fingerprint(&self.dir);
-        if self.fingerprint == Some(fingerprint) {
+        let node_addresses = if self.node_ingress {
+            crate::datapath::host::local_addresses()
+        } else {
+            Vec::new()
+        };
+        if self.fingerprint == Some(fingerprint) && self.node_addresses == node_addresses {
             return None;
         }
+        self.node_addresses = node_addresses;
         self.fingerprint = Some(fingerprint);
         let started = Instant::now();
         let parsed_before = self.cache.parsed;
         let mut result = load_dir(&self.dir, &mut self.cache);
-        if let Ok(set) = &mut result
-            && self.node_ingress
-        {
-            set.node_addresses = crate::datapath::host::local_addresses();
+        if let Ok(set) = &mut result {
+            set.node_addresses = self.node_addresses.clone();
         }
         log::debug!(
             "{} read in {:?} ({} changed documents parsed)",

@@ -128,8 +128,9 @@ pub const ENDPOINT_ID_LIMIT: u32 = ENDPOINTS_MAX;
 
 /// The endpoint id of cgroups below a guard that it must not deny: the node's own
 /// (host-network pods, the agent) and those of pods enforced by TC on their interface.
-/// Isolated in neither direction; beyond the workloads' ids, so it has no per-endpoint
-/// statistics.
+/// The kernel programs treat such a cgroup as no endpoint (nothing decided, tracked or
+/// counted); its entry is also isolated in neither direction, and beyond the workloads'
+/// ids (no statistics).
 pub const UNGUARDED_ENDPOINT_ID: u32 = ENDPOINT_ID_LIMIT;
 
 #[repr(C)]

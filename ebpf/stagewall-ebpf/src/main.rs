@@ -30,7 +30,7 @@ use aya_log_ebpf::debug;
 use stagewall_common::{
     Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo,
     EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
-    MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey,
+    MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey, UNGUARDED_ENDPOINT_ID,
 };
 
 use crate::{
@@ -58,8 +58,20 @@ fn lookup_endpoint(cfg: &Config, kind: u32, id: u64) -> Option<&'static Endpoint
 /// The workload whose cgroup holds `cgroup_id`, or the nearest of its ancestors that is
 /// one (processes in child cgroups of a workload's cgroup, such as a systemd slice's
 /// services, belong to it). A guard cgroup is an endpoint too, one that denies: below it,
-/// a cgroup in no workload meets the guard, a workload's meets the workload first.
+/// a cgroup in no workload meets the guard, a workload's meets the workload first. An
+/// unguarded cgroup below a guard (the node's own, a pod enforced by TC) is no endpoint
+/// here: its traffic passes untouched, untracked and uncounted, as a cgroup under no
+/// guard's does.
 fn cgroup_endpoint(
+    cfg: &Config,
+    cgroup_id: u64,
+    ancestor: impl Fn(i32) -> u64,
+) -> Option<&'static EndpointInfo> {
+    nearest_cgroup_endpoint(cfg, cgroup_id, ancestor)
+        .filter(|ep| ep.endpoint_id != UNGUARDED_ENDPOINT_ID)
+}
+
+fn nearest_cgroup_endpoint(
     cfg: &Config,
     cgroup_id: u64,
     ancestor: impl Fn(i32) -> u64,

@@ -299,10 +299,11 @@ async fn follow(
         let event = match event {
             Ok(event) => event,
             Err(e) => {
-                let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
+                // Not served (404), or not granted (403: a role from before the kind).
+                let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404 || s.code == 403);
                 if missing && kind.optional && first {
                     log::warn!(
-                        "Kubernetes: {} are not served (is the CustomResourceDefinition installed?); going on without them",
+                        "Kubernetes: {} are not served or not granted (is the CustomResourceDefinition installed? does the ClusterRole of deploy/kubernetes/rbac.yaml allow them?); going on without them: {e}",
                         kind.plural
                     );
                     first = false;

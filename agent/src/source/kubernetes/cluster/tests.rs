@@ -1,0 +1,346 @@
+//! Tests of the cluster view: pods, nodes and objects as the API server gives them, and
+//! the desired state built from them.
+
+use serde_json::json;
+
+use super::*;
+use crate::policy::model::Direction;
+
+const UID: &str = "5c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6a";
+
+/// A pod as the API server returns it (fields the agent ignores included).
+fn pod(
+    name: &str,
+    uid: &str,
+    node: &str,
+    ip: &str,
+    labels: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": uid,
+            "resourceVersion": "4711",
+            "creationTimestamp": "2026-11-20T10:00:00Z",
+            "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u", "controller": true}],
+            "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "main", "image": "trainer:1", "ports": [{"name": "rendezvous", "containerPort": 2222, "protocol": "TCP"}]}],
+            "restartPolicy": "Always",
+            "serviceAccountName": "default"
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "qosClass": "BestEffort",
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    })
+}
+
+fn policy(ports: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "trainers",
+            "namespace": "ml",
+            "uid": "0b6d7c1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e",
+            "resourceVersion": "812",
+            "generation": 2,
+            "creationTimestamp": "2026-11-20T09:00:00Z",
+            "annotations": {"stagewall.io/mode": "audit"}
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {"stage": "training"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"stage": "training"}}}], "ports": ports}]
+        }
+    })
+}
+
+fn desired(cluster: &Cluster) -> PolicySet {
+    cluster
+        .desired("node-a", &PodCgroups::default(), "/", None)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn pods_become_workloads_enforced_on_their_own_node_and_peers_elsewhere() {
+    let mut c = Cluster::default();
+    let labels = json!({"stage": "training"});
+    c.apply(
+        "pods",
+        &pod("t0", UID, "node-a", "10.244.1.5", labels.clone()),
+    )
+    .unwrap();
+    c.apply(
+        "pods",
+        &pod(
+            "t1",
+            "6c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6b",
+            "node-b",
+            "10.244.2.7",
+            labels.clone(),
+        ),
+    )
+    .unwrap();
+    let mut host = pod(
+        "exporter",
+        "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6c",
+        "node-a",
+        "192.168.1.10",
+        json!({}),
+    );
+    host["spec"]["hostNetwork"] = true.into();
+    c.apply("pods", &host).unwrap();
+    let mut done = pod(
+        "job",
+        "8c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6d",
+        "node-a",
+        "10.244.1.9",
+        json!({}),
+    );
+    done["status"]["phase"] = "Succeeded".into();
+    c.apply("pods", &done).unwrap();
+    let set = desired(&c);
+    assert_eq!(
+        set.workloads.len(),
+        2,
+        "host network and finished pods are left out"
+    );
+    let t0 = set.workload("ml/t0").unwrap();
+    assert_eq!(
+        t0.attachment,
+        Some(Attachment::Cgroup(format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            UID.replace('-', "_")
+        ))),
+        "where kubelet will create it (systemd driver, BestEffort)"
+    );
+    assert_eq!(t0.ports[0].port, 2222, "named ports from containerPorts");
+    let t1 = set.workload("ml/t1").unwrap();
+    assert_eq!(t1.attachment, None, "another node's pod is a peer");
+    assert_eq!(t1.addresses, vec!["10.244.2.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(t1.labels.get("stage").map(String::as_str), Some("training"));
+}
+
+#[test]
+fn this_nodes_host_network_pods_are_unguarded_cgroups_not_workloads() {
+    let mut c = Cluster::default();
+    let local = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6c";
+    let starting = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6d";
+    let remote = "7c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6e";
+    for (name, uid, node) in [
+        ("kube-proxy", local, "node-a"),
+        ("dns-cache", starting, "node-a"),
+        ("exporter", remote, "node-b"),
+    ] {
+        let mut host = pod(name, uid, node, "192.168.1.10", json!({"k8s-app": name}));
+        host["spec"]["hostNetwork"] = true.into();
+        c.apply("pods", &host).unwrap();
+    }
+    c.apply(
+        "pods",
+        &pod("t0", UID, "node-a", "10.244.1.5", json!({"k8s-app": "t0"})),
+    )
+    .unwrap();
+    let path = format!("/kubepods/besteffort/pod{local}");
+    let cgroups = PodCgroups::of(&[(local, &path), (remote, "/elsewhere")]);
+    let (set, _) = c.desired("node-a", &cgroups, "/", None).unwrap();
+    assert_eq!(
+        set.unguarded_cgroups,
+        vec![path],
+        "this node's, once kubelet made its cgroup; another node's never"
+    );
+    assert_eq!(
+        set.workloads.len(),
+        1,
+        "no workload, and no peer, for any of them"
+    );
+    assert_eq!(
+        set.workloads[0].addresses,
+        vec!["10.244.1.5".parse::<IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn an_object_the_whole_set_refuses_is_left_out_and_the_rest_enforced() {
+    let mut c = Cluster::default();
+    c.apply(
+        "pods",
+        &pod(
+            "t0",
+            UID,
+            "node-a",
+            "10.244.1.5",
+            json!({"stage": "training"}),
+        ),
+    )
+    .unwrap();
+    let workload = |ns: &str, name: &str, address: &str| {
+        json!({"apiVersion": "stagewall.io/v1alpha1", "kind": "Workload",
+               "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+               "spec": {"addresses": [address]}})
+    };
+    // Another namespace's object claiming the pod's address: the pod keeps it.
+    c.apply("workloads", &workload("tenant-b", "thief", "10.244.1.5"))
+        .unwrap();
+    // Two objects claiming one address: the later by namespace and name is refused.
+    c.apply("workloads", &workload("tenant-a", "db", "192.0.2.7"))
+        .unwrap();
+    c.apply("workloads", &workload("tenant-c", "copy", "192.0.2.7"))
+        .unwrap();
+    // A Pipeline whose flow names a stage it does not have.
+    c.apply(
+        "pipelines",
+        &json!({"apiVersion": "stagewall.io/v1alpha1", "kind": "Pipeline",
+                "metadata": {"name": "broken", "namespace": "ml"},
+                "spec": {"stages": [{"name": "a", "selector": {"matchLabels": {"x": "a"}}}],
+                         "flows": [{"from": {"stage": "a"}, "to": {"stage": "nowhere"}}]}}),
+    )
+    .unwrap();
+    c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
+        .unwrap();
+    let (set, refused) = c
+        .desired("node-a", &PodCgroups::default(), "/", None)
+        .expect("the rest is enforced");
+    let names: Vec<String> = set.workloads.iter().map(|w| w.name.to_string()).collect();
+    assert_eq!(names, ["ml/t0", "tenant-a/db"], "{refused:?}");
+    assert_eq!(
+        set.policies.len(),
+        1,
+        "the NetworkPolicy stays: {:?}",
+        set.policies
+    );
+    let refused_files: Vec<String> = refused
+        .iter()
+        .map(|e| e.file.display().to_string())
+        .collect();
+    for file in [
+        "kubernetes/workloads/tenant-b/thief",
+        "kubernetes/workloads/tenant-c/copy",
+        "kubernetes/pipelines/ml/broken",
+    ] {
+        assert!(
+            refused_files.iter().any(|f| f == file),
+            "{file}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn this_nodes_addresses_come_from_its_node_object() {
+    let mut c = Cluster::default();
+    let node = |name: &str, addresses: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+               "status": {"addresses": addresses}})
+    };
+    c.apply(
+        "nodes",
+        &node(
+            "node-a",
+            json!([{"type": "InternalIP", "address": "192.168.1.10"},
+                   {"type": "InternalIP", "address": "fd00::10"},
+                   {"type": "Hostname", "address": "node-a"}]),
+        ),
+    )
+    .unwrap();
+    c.apply(
+        "nodes",
+        &node(
+            "node-b",
+            json!([{"type": "InternalIP", "address": "192.168.1.11"}]),
+        ),
+    )
+    .unwrap();
+    let set = desired(&c);
+    let want: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+    assert_eq!(
+        set.node_addresses, want,
+        "this node's, not another's; no host names"
+    );
+    c.delete("nodes", &node("node-a", json!([])));
+    assert!(desired(&c).node_addresses.is_empty());
+}
+
+#[test]
+fn policies_parse_from_api_json_and_a_refused_update_keeps_the_previous_version() {
+    let mut c = Cluster::default();
+    c.apply(
+        "pods",
+        &pod(
+            "t0",
+            UID,
+            "node-a",
+            "10.244.1.5",
+            json!({"stage": "training"}),
+        ),
+    )
+    .unwrap();
+    c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
+        .unwrap();
+    let set = desired(&c);
+    let t0 = set.workload("ml/t0").unwrap();
+    assert_eq!(set.isolating(t0, Direction::Ingress).len(), 1);
+    assert!(
+        set.audited(t0, Direction::Ingress),
+        "annotations come along"
+    );
+    let version = c.version;
+
+    let e = c
+        .apply(
+            "networkpolicies",
+            &policy(json!([{"port": 2222, "endPort": 2000}])),
+        )
+        .unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.starts_with("kubernetes/networkpolicies/ml/trainers:"),
+        "{e}"
+    );
+    assert!(e.contains("endPort 2000 is invalid"), "{e}");
+    assert_eq!(c.version, version, "nothing changed");
+    assert_eq!(desired(&c), set, "the previous version stays in force");
+
+    c.delete("networkpolicies", &policy(json!([])));
+    assert!(desired(&c).policies.is_empty());
+}
+
+#[test]
+fn a_relist_drops_what_is_gone_and_a_reused_address_goes_to_the_newer_pod() {
+    let mut c = Cluster::default();
+    c.apply(
+        "pods",
+        &pod("old", UID, "node-b", "10.244.2.7", json!({"app": "a"})),
+    )
+    .unwrap();
+    let mut new = pod(
+        "new",
+        "9c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6e",
+        "node-b",
+        "10.244.2.7",
+        json!({"app": "b"}),
+    );
+    new["metadata"]["creationTimestamp"] = "2026-11-21T10:00:00Z".into();
+    c.apply("pods", &new).unwrap();
+    let set = desired(&c);
+    assert!(set.workload("ml/old").unwrap().addresses.is_empty());
+    assert_eq!(set.workload("ml/new").unwrap().addresses.len(), 1);
+
+    c.apply("networkpolicies", &policy(json!([]))).unwrap();
+    let errors = c.replace("pods", &[new]);
+    assert!(errors.is_empty());
+    let set = desired(&c);
+    assert!(set.workload("ml/old").is_none(), "not in the new list");
+    assert_eq!(set.policies.len(), 1, "other kinds untouched");
+}
