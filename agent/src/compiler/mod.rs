@@ -507,6 +507,10 @@ impl Compiled {
             return true;
         }
         let identity = self.identities.lookup(remote);
+        // The node reaches its pods whatever their ingress policy says (as the kernel).
+        if direction == Direction::Ingress && stagewall_common::is_node_identity(identity) {
+            return true;
+        }
         self.policy
             .iter()
             .filter(|e| e.policy == policy && e.direction == direction)

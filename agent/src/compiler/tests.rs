@@ -347,6 +347,9 @@ const BLOCKS: [(&str, &[&str]); 5] = [
     ("fd00::/64", &["fd00::2/128"]),
 ];
 const PROBE_ADDRS: [&str; 4] = ["10.0.0.3", "10.0.7.7", "8.8.8.8", "fd00::9"];
+/// Addresses a generated node may have: inside and outside the blocks, IPv4 and IPv6, and
+/// one a workload may own too (the workload's then).
+const NODE_ADDRS: [&str; 4] = ["10.0.7.7", "8.8.8.8", "fd00::9", "10.0.0.1"];
 
 fn selector_strategy() -> impl Strategy<Value = LabelSelector> {
     prop_oneof![
@@ -453,7 +456,9 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
         0..4,
     );
     let team = any::<bool>();
-    (workloads, policies, team).prop_map(|(workloads, policies, team)| {
+    // Which of NODE_ADDRS are this node's (bits).
+    let node = any::<u8>();
+    (workloads, policies, team, node).prop_map(|(workloads, policies, team, node)| {
         let mut set = PolicySet::default();
         set.namespaces.push(crate::policy::model::Namespace {
             name: "a".into(),
@@ -482,6 +487,12 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
         for w in &mut set.workloads {
             w.addresses.retain(|a| seen.insert(*a));
         }
+        set.node_addresses = NODE_ADDRS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| node & (1 << i) != 0)
+            .map(|(_, a)| ip(a))
+            .collect();
         for (i, (ns, selector, ingress, egress, irules, erules)) in policies.into_iter().enumerate()
         {
             set.policies.push(NetworkPolicy {
