@@ -94,6 +94,26 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         "endPort below port: {refused:#}"
     );
 
+    // A namespace's Workload object never attaches to a node's cgroup or interface.
+    for (field, value) in [
+        ("cgroup", "/"),
+        ("cgroup", "/system.slice/kubelet.service"),
+        ("interface", "eth0"),
+    ] {
+        let refused = cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                &format!(
+                    "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: grab, namespace: ml}}\nspec: {{addresses: [192.0.2.9], {field}: \"{value}\"}}\n"
+                ),
+            )
+            .unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("never a cgroup or an interface"),
+            "{field}: {value}: {refused:#}"
+        );
+    }
+
     // The CRDs' CEL rules: a port range below its port, a flow end that is two things.
     let pipeline = |flow: &str| {
         format!(

@@ -213,6 +213,20 @@ impl Cluster {
         let text = serde_json::to_string_pretty(object).expect("JSON values serialise");
         let mut parsed = PolicySet::default();
         parse_into(&object_path(kind, object), &text, &mut parsed)?;
+        // A namespace's object is known by its addresses; it never takes one of the node's
+        // cgroups or interfaces (the root cgroup, a systemd unit, the node's NIC): those
+        // are given by whoever runs the node, in a host's policy directory.
+        if let Some(w) = parsed.workloads.iter().find(|w| w.attachment.is_some()) {
+            return Err(one_error(
+                kind,
+                object,
+                format!(
+                    "{} names a cgroup or an interface ({:?}); expected a Workload object from the API server to name addresses only",
+                    w.name,
+                    w.attachment.as_ref().expect("found by it")
+                ),
+            ));
+        }
         if self.documents.get(&key) != Some(&parsed) {
             self.documents.insert(key, parsed);
             self.version += 1;

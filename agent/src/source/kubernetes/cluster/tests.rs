@@ -344,3 +344,29 @@ fn a_relist_drops_what_is_gone_and_a_reused_address_goes_to_the_newer_pod() {
     assert!(set.workload("ml/old").is_none(), "not in the new list");
     assert_eq!(set.policies.len(), 1, "other kinds untouched");
 }
+
+#[test]
+fn a_workload_object_naming_a_cgroup_or_an_interface_is_refused() {
+    let mut c = Cluster::default();
+    for (field, value) in [
+        ("cgroup", "/"),
+        ("cgroup", "/system.slice/kubelet.service"),
+        ("interface", "eth0"),
+    ] {
+        let object = json!({"apiVersion": "stagewall.io/v1alpha1", "kind": "Workload",
+                            "metadata": {"name": "grab", "namespace": "tenant-b"},
+                            "spec": {"addresses": ["192.0.2.9"], field: value}});
+        let refused = c.apply("workloads", &object).unwrap_err().to_string();
+        assert!(
+            refused.contains("kubernetes/workloads/tenant-b/grab")
+                && refused.contains(
+                    "expected a Workload object from the API server to name addresses only"
+                ),
+            "{field}: {refused}"
+        );
+    }
+    let (set, _) = c
+        .desired("node-a", &PodCgroups::default(), "/", None)
+        .unwrap();
+    assert!(set.workloads.is_empty(), "nothing of them is kept");
+}
