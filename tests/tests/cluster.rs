@@ -232,6 +232,10 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         "{}",
         log()
     );
+    assert_eq!(
+        metric_sum(&agent.metrics(), "stagewall_objects_left_out", &[]),
+        1.0
+    );
     assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
     assert!(bed.tcp("client", server, 81).is("timeout"), "{}", log());
     assert!(bed.tcp("other", server, 80).is("timeout"), "app=other");

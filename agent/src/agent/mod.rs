@@ -279,6 +279,9 @@ impl Agent {
             Ok(set) => set,
             Err(errors) => return self.reject(&errors),
         };
+        self.metrics
+            .objects_left_out
+            .set(self.source.left_out() as i64);
         let compiled =
             match compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache) {
                 Ok(compiled) => compiled,

@@ -75,6 +75,7 @@ pub(super) fn start(
     drop(set);
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(loader.stats().clone());
+    metrics.objects_left_out.set(source.left_out() as i64);
     count_flows(readers.flows, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut agent = Agent {

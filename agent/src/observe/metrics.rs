@@ -40,6 +40,7 @@ pub struct Metrics {
     pub policy_generation: IntGauge,
     pub workloads_enforced: IntGauge,
     pub workloads_quarantined: IntGauge,
+    pub objects_left_out: IntGauge,
     pub auto_quarantines: IntCounter,
     pub flow_records: IntGauge,
     pub flow_records_evicted: IntGauge,
@@ -206,6 +207,11 @@ impl Metrics {
                 &r,
                 "stagewall_workloads_quarantined",
                 "Local workloads isolated by `stagewall quarantine` or automatically.",
+            ),
+            objects_left_out: gauge(
+                &r,
+                "stagewall_objects_left_out",
+                "Kubernetes objects left out of the desired state for an error of theirs (the log names them); everything else is enforced.",
             ),
             flow_records: gauge(
                 &r,

@@ -38,6 +38,15 @@ impl Source {
         Source::Files(Files::new(dir, node_ingress))
     }
 
+    /// How many objects the last desired state given left out for an error of theirs (the
+    /// rest is enforced); none from files, which are taken whole or not at all.
+    pub fn left_out(&self) -> usize {
+        match self {
+            Source::Files(_) => 0,
+            Source::Kubernetes(view) => view.left_out,
+        }
+    }
+
     /// The desired state if it changed since it was last given (the first call always
     /// gives it): the set, or the errors for which the policy in force stays.
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {

@@ -118,6 +118,8 @@ pub struct View {
     /// What the last desired state was built from: the same inputs give the same answer,
     /// so the periodic check does not rebuild it.
     inputs: Option<(u64, PodCgroups, Option<HostRoutes>, Vec<IpAddr>)>,
+    /// Objects left out of the last desired state given, for an error of theirs.
+    pub left_out: usize,
 }
 
 impl View {
@@ -150,6 +152,11 @@ impl View {
                 for e in &left_out {
                     log::warn!("Kubernetes: left out, the rest is enforced: {e}");
                 }
+                self.left_out = left_out
+                    .iter()
+                    .map(|e| &e.file)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
                 self.given = Some(set.clone());
                 self.refused = None;
                 Some(Ok(set))
@@ -267,6 +274,7 @@ pub async fn start_watchers(
         given: None,
         refused: None,
         inputs: None,
+        left_out: 0,
     })
 }
 
