@@ -44,7 +44,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         .expect("installing deploy/kubernetes and a token for the agent");
 
     // The ServiceAccount token the shipped RBAC gives can read what the agent watches and
-    // write nothing at all.
+    // write nothing but new Events.
     let as_agent = |args: &[&str]| cluster.kubectl_as(&agent_kubeconfig, args, None);
     for resource in [
         "pods",
@@ -61,6 +61,24 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
             let said = as_agent(&["auth", "can-i", verb, resource, "--all-namespaces"]);
             assert!(said.is_err(), "the agent's token may {verb} {resource}");
         }
+    }
+    let said = as_agent(&[
+        "auth",
+        "can-i",
+        "create",
+        "events.events.k8s.io",
+        "--all-namespaces",
+    ]);
+    assert_eq!(said.expect("can-i").trim(), "yes", "create events");
+    for verb in ["get", "list", "update", "patch", "delete"] {
+        let said = as_agent(&[
+            "auth",
+            "can-i",
+            verb,
+            "events.events.k8s.io",
+            "--all-namespaces",
+        ]);
+        assert!(said.is_err(), "the agent's token may {verb} events");
     }
     let write = as_agent(&["create", "namespace", "intruder"]).unwrap_err();
     assert!(format!("{write:#}").contains("Forbidden"), "{write:#}");
@@ -235,6 +253,27 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     assert_eq!(
         metric_sum(&agent.metrics(), "stagewall_objects_left_out", &[]),
         1.0
+    );
+    // And a Warning event on the object itself, for whoever wrote it.
+    let event = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "events.events.k8s.io",
+                "--namespace",
+                "tenant-b",
+                "-o",
+                "jsonpath={range .items[*]}{.reason} {.regarding.kind}/{.regarding.name}: {.note}{\"\\n\"}{end}",
+            ])
+            .unwrap_or_default()
+    };
+    until("a LeftOut event on the Workload", log, || {
+        event().contains("LeftOut Workload/thief: left out on node node-a")
+    });
+    assert!(
+        event().contains("also the address of ml/server"),
+        "{}",
+        event()
     );
     assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
     assert!(bed.tcp("client", server, 81).is("timeout"), "{}", log());

@@ -188,9 +188,11 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         }
         None => {
             let (tx, rx) = mpsc::channel(64);
-            let view = kubernetes::start_watchers(&args.kubernetes, &node, cgroup_root.clone(), tx)
-                .await
-                .context("Kubernetes")?;
+            let mut view =
+                kubernetes::start_watchers(&args.kubernetes, &node, cgroup_root.clone(), tx)
+                    .await
+                    .context("Kubernetes")?;
+            view.report_events();
             (Source::Kubernetes(Box::new(view)), Some(rx))
         }
     };

@@ -394,7 +394,7 @@ impl Cluster {
 }
 
 /// The object an error's file names (`kubernetes/<kind>[/<namespace>]/<name>`).
-fn key_of_file(file: &Path) -> Option<Key> {
+pub(super) fn key_of_file(file: &Path) -> Option<Key> {
     let parts: Vec<String> = file
         .strip_prefix("kubernetes")
         .ok()?

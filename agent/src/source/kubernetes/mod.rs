@@ -6,6 +6,7 @@
 
 pub mod cgroups;
 pub mod cluster;
+pub mod events;
 pub mod routes;
 
 use std::{
@@ -120,9 +121,22 @@ pub struct View {
     inputs: Option<(u64, PodCgroups, Option<HostRoutes>, Vec<IpAddr>)>,
     /// Objects left out of the last desired state given, for an error of theirs.
     pub left_out: usize,
+    /// Reports left-out objects as Kubernetes Events (the agent does; a dry run not).
+    events: Option<events::LeftOutEvents>,
+    client: Client,
+    resources: Vec<ApiResource>,
 }
 
 impl View {
+    /// From now on, objects left out are also reported as Kubernetes Events on them.
+    pub fn report_events(&mut self) {
+        self.events = Some(events::LeftOutEvents::new(
+            self.client.clone(),
+            &self.node,
+            self.resources.clone(),
+        ));
+    }
+
     /// The desired state if it changed since it was last given: pods' cgroups are looked
     /// up again each time (a pod's appears when kubelet starts it).
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
@@ -157,6 +171,9 @@ impl View {
                     .map(|e| &e.file)
                     .collect::<std::collections::BTreeSet<_>>()
                     .len();
+                if let Some(events) = &mut self.events {
+                    events.report(&left_out);
+                }
                 self.given = Some(set.clone());
                 self.refused = None;
                 Some(Ok(set))
@@ -238,6 +255,7 @@ pub async fn start_watchers(
     let (synced_tx, mut synced) = mpsc::channel(8);
     let kinds = kinds(node);
     let required = kinds.len();
+    let resources: Vec<ApiResource> = kinds.iter().map(|k| k.resource.clone()).collect();
     for kind in kinds {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
         tokio::spawn(follow(
@@ -275,6 +293,9 @@ pub async fn start_watchers(
         refused: None,
         inputs: None,
         left_out: 0,
+        events: None,
+        resources,
+        client,
     })
 }
 
