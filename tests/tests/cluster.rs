@@ -233,6 +233,12 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
             ),
         )
         .expect("a Workload claiming the server's address");
+    let said = bed.check_kubernetes(&agent_kubeconfig, &base);
+    assert!(
+        said.starts_with("ok: 3 workloads (2 local)")
+            && said.contains("left out: kubernetes/workloads/tenant-b/thief"),
+        "check says what the agent will leave out: {said}"
+    );
 
     let agent = bed
         .start_agent_kubernetes(

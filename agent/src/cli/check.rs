@@ -82,7 +82,13 @@ pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
         .changed()
         .expect("a source gives its state when first asked")
     {
-        Ok(set) => Some(set),
+        Ok(set) => {
+            // As the agent would: left out, the rest enforced.
+            for e in &view.left_out {
+                eprintln!("left out: {e}");
+            }
+            Some(set)
+        }
         Err(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");

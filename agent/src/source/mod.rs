@@ -43,7 +43,12 @@ impl Source {
     pub fn left_out(&self) -> usize {
         match self {
             Source::Files(_) => 0,
-            Source::Kubernetes(view) => view.left_out,
+            Source::Kubernetes(view) => view
+                .left_out
+                .iter()
+                .map(|e| &e.file)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
         }
     }
 

@@ -28,7 +28,10 @@ use tokio::sync::mpsc;
 use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
 use crate::{
     datapath::host,
-    policy::{error::PolicyErrors, model::PolicySet},
+    policy::{
+        error::{PolicyError, PolicyErrors},
+        model::PolicySet,
+    },
     source::WakeUp,
 };
 
@@ -119,8 +122,8 @@ pub struct View {
     /// What the last desired state was built from: the same inputs give the same answer,
     /// so the periodic check does not rebuild it.
     inputs: Option<(u64, PodCgroups, Option<HostRoutes>, Vec<IpAddr>)>,
-    /// Objects left out of the last desired state given, for an error of theirs.
-    pub left_out: usize,
+    /// The errors of the objects left out of the last desired state given.
+    pub left_out: Vec<PolicyError>,
     /// Reports left-out objects as Kubernetes Events (the agent does; a dry run not).
     events: Option<events::LeftOutEvents>,
     client: Client,
@@ -166,14 +169,10 @@ impl View {
                 for e in &left_out {
                     log::warn!("Kubernetes: left out, the rest is enforced: {e}");
                 }
-                self.left_out = left_out
-                    .iter()
-                    .map(|e| &e.file)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len();
                 if let Some(events) = &mut self.events {
                     events.report(&left_out);
                 }
+                self.left_out = left_out;
                 self.given = Some(set.clone());
                 self.refused = None;
                 Some(Ok(set))
@@ -292,7 +291,7 @@ pub async fn start_watchers(
         given: None,
         refused: None,
         inputs: None,
-        left_out: 0,
+        left_out: Vec::new(),
         events: None,
         resources,
         client,
