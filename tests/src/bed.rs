@@ -77,8 +77,52 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes namespaces and cgroups of earlier test runs whose process is gone.
+/// Removes namespaces and cgroups of earlier test runs whose process is gone; for one that
+/// was killed while it ran a real node (tests/src/node.rs), also what outlives the test
+/// process: the container runtime's shims and containers, the mounts below its directory,
+/// its cgroups in the v1 hierarchies and its pods' network namespaces.
 fn remove_stale(cgroup_root: &Path) {
+    let mut killed_runs = false;
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // stagewall-test-<pid>, and its control socket and flow records beside it.
+            let Some(pid) = name
+                .strip_prefix("stagewall-test-")
+                .and_then(|p| p.split('.').next())
+                .and_then(|p| p.parse().ok())
+            else {
+                continue;
+            };
+            if pid_alive(pid) {
+                continue;
+            }
+            if !e.path().is_dir() {
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
+            killed_runs = true;
+            for pid in crate::sweep::pids_with_argument_below(&e.path()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            crate::sweep::unmount_below(&e.path());
+            crate::sweep::restore_sysctls_below(&e.path());
+            for mount in crate::sweep::cgroup_v1_mounts() {
+                remove_cgroup_tree(&mount.join(&name));
+            }
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    if killed_runs {
+        // Pods' namespaces of a killed node: none of their processes is left.
+        for netns in crate::sweep::netns_names() {
+            let empty = run("ip", &["netns", "pids", &netns]).is_ok_and(|p| p.trim().is_empty());
+            if netns.starts_with("cni-") && empty {
+                let _ = ip(&["netns", "del", &netns]);
+            }
+        }
+    }
     let Ok(list) = run("ip", &["netns", "list"]) else {
         return;
     };

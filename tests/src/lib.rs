@@ -7,6 +7,8 @@
 //!   `hub_command`).
 //! - `probe`: traffic between nodes through the probe binary ([`Outcome`],
 //!   `Testbed::serve`, `tcp`, `udp`, `ping`).
+//! - `sweep`: what tests leave on the host (shims, mounts, cgroups in every hierarchy,
+//!   namespaces) and its removal, for a node's cleanup and for runs that were killed.
 //! - `agent`: the agent under test ([`Agent`], `Testbed::start_agent*`, `uninstall`,
 //!   [`metric_sum`]).
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver) built from the
@@ -24,6 +26,7 @@ mod agent;
 mod bed;
 mod exec;
 mod probe;
+mod sweep;
 
 pub mod apiserver;
 pub mod cluster;

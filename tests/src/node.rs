@@ -40,6 +40,7 @@ use crate::{
     bed::{HUB_GATEWAY, remove_cgroup_tree},
     cluster::{Cluster, bin_dir, path},
     exec::{in_netns_and_cgroup, run},
+    sweep::{self, cgroup_pids, cgroup_v1_mounts, netns_names, pids_with_argument},
 };
 
 /// The pod sandbox image (the probe binary's `pause`), as containerd is told to use it.
@@ -170,6 +171,9 @@ impl Cluster {
                 .filter_map(|p| Some((*p, fs::read_to_string(p).ok()?)))
                 .collect(),
         };
+        // Kept on disk too: a run killed before its cleanup gets them back from the sweep
+        // of the next (tests/src/sweep.rs).
+        sweep::save_sysctls(&dir, &node.sysctls_before)?;
         node.make_cgroup_root()?;
         bed.give_hub_gateway()?;
         if let NodeNetwork::Routed { n } = network {
@@ -556,21 +560,7 @@ impl Drop for KubeletNode {
         std::thread::sleep(Duration::from_millis(200));
         // Below the node's directory: kubelet's root (bind-mounted onto itself), the pods'
         // volumes, the sandboxes' /dev/shm and the containers' root filesystems.
-        let dir = path(&self.dir);
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        // Deepest first.
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            if let Ok(target) = std::ffi::CString::new(m) {
-                // SAFETY: a valid path; a lazy unmount touches nothing else.
-                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+        sweep::unmount_below(&self.dir);
         for dir in self.shared.iter().rev() {
             let _ = run("umount", &["--lazy", &path(dir)]);
         }
@@ -615,66 +605,6 @@ impl Drop for KubeletNode {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The cgroup v1 hierarchies' mounts (none on a cgroup2-only host).
-fn cgroup_v1_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split(' ').next()?;
-            let mount = before.split(' ').nth(4)?;
-            (fstype == "cgroup").then(|| PathBuf::from(mount))
-        })
-        .collect()
-}
-
-/// Every process in the cgroup `dir` and below.
-fn cgroup_pids(dir: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                pids.extend(cgroup_pids(&e.path()));
-            }
-        }
-    }
-    pids
-}
-
-/// Processes with `arg` as one of their arguments.
-fn pids_with_argument(arg: &str) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-            cmdline
-                .split(|b| *b == 0)
-                .any(|a| a == arg.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
-}
-
-fn netns_names() -> BTreeSet<String> {
-    fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// containerd: its state below the node's directory, CRI with runc (cgroupfs driver) and
