@@ -42,6 +42,15 @@ pub struct Agent {
     hub: String,
 }
 
+/// The agent's arguments for Kubernetes mode with `kubeconfig`.
+fn kubernetes_source(kubeconfig: &Path) -> [&OsStr; 3] {
+    [
+        OsStr::new("--kubernetes"),
+        OsStr::new("--kubeconfig"),
+        kubeconfig.as_os_str(),
+    ]
+}
+
 /// Where an agent runs: its network namespace and its own files.
 struct Place<'a> {
     netns: &'a str,
@@ -83,11 +92,7 @@ impl Testbed {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
-        let source = [
-            OsStr::new("--kubernetes"),
-            OsStr::new("--kubeconfig"),
-            kubeconfig.as_os_str(),
-        ];
+        let source = kubernetes_source(kubeconfig);
         self.start_agent_from(&source, None, extra_args)
     }
 
@@ -100,11 +105,7 @@ impl Testbed {
         kubeconfig: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
-        let source = [
-            OsStr::new("--kubernetes"),
-            OsStr::new("--kubeconfig"),
-            kubeconfig.as_os_str(),
-        ];
+        let source = kubernetes_source(kubeconfig);
         let place = Place {
             netns,
             bpffs: &self.bpffs.join(name),

@@ -315,12 +315,7 @@ impl Cluster {
 
     /// The last lines of a component's log.
     pub fn log(&self, name: &str) -> String {
-        let text = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- {name} (last lines)\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
+        log_tail(&self.dir, name)
     }
 
     /// Writes a kubeconfig for `user` with a bearer `token`, trusting the API server's
@@ -612,6 +607,17 @@ impl Drop for Cluster {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The last lines of `<dir>/<name>.log`, headed by the name: a component's log as test
+/// failures show it.
+pub(crate) fn log_tail(dir: &Path, name: &str) -> String {
+    let text = fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {name} (last lines)\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
 }
 
 pub(crate) fn path(p: &Path) -> String {

@@ -370,12 +370,7 @@ impl KubeletNode {
 
     /// The last lines of kubelet's or containerd's log.
     pub fn log(&self, name: &str) -> String {
-        let text = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- {name} (last lines)\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
+        crate::cluster::log_tail(&self.dir, name)
     }
 
     /// ctr on this node's containerd, in kubelet's (CRI's) namespace.

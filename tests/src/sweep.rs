@@ -42,6 +42,11 @@ pub(crate) fn cgroup_pids(dir: &Path) -> Vec<i32> {
 
 /// Processes with `arg` as one of their arguments.
 pub(crate) fn pids_with_argument(arg: &str) -> Vec<i32> {
+    pids_with_an_argument(|a| a == arg)
+}
+
+/// Processes one of whose arguments satisfies `matches`.
+fn pids_with_an_argument(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -52,12 +57,13 @@ pub(crate) fn pids_with_argument(arg: &str) -> Vec<i32> {
             let cmdline = fs::read(e.path().join("cmdline")).ok()?;
             cmdline
                 .split(|b| *b == 0)
-                .any(|a| a == arg.as_bytes())
+                .any(|a| matches(&String::from_utf8_lossy(a)))
                 .then_some(pid)
         })
         .collect()
 }
 
+/// The network namespaces named in /run/netns.
 pub(crate) fn netns_names() -> BTreeSet<String> {
     fs::read_dir("/run/netns")
         .map(|entries| {
@@ -90,21 +96,7 @@ pub(crate) fn unmount_below(dir: &Path) {
 /// Processes with an argument that is `dir` or a path below it.
 pub(crate) fn pids_with_argument_below(dir: &Path) -> Vec<i32> {
     let dir = dir.to_string_lossy().into_owned();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-            cmdline
-                .split(|b| *b == 0)
-                .map(String::from_utf8_lossy)
-                .any(|a| a == dir || a.starts_with(&format!("{dir}/")))
-                .then_some(pid)
-        })
-        .collect()
+    pids_with_an_argument(|a| a == dir || a.starts_with(&format!("{dir}/")))
 }
 
 /// Where a test node keeps the kernel settings as they were before its kubelet started.

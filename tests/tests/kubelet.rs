@@ -78,6 +78,21 @@ fn run_pod_on(
     )
 }
 
+/// The server's ingress from app=client on TCP 80, in namespace ml.
+const SERVER_80: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n";
+
+/// A test bed with the real control plane and deploy/kubernetes installed: the bed, its
+/// cgroup, the cluster and the agent's kubeconfig (a token of the shipped ServiceAccount).
+fn control_plane() -> (Testbed, String, Cluster, std::path::PathBuf) {
+    let bed = Testbed::new(&[]).expect("creating the test bed");
+    let base = bed.cgroup_base_path();
+    let cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+    (bed, base, cluster, agent_kubeconfig)
+}
+
 fn node_log(cluster: &Cluster, node: &KubeletNode) -> String {
     format!(
         "{}\n{}\n{}",
@@ -92,12 +107,7 @@ fn real_pods_on_a_real_kubelet_are_enforced() {
     if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
         return;
     }
-    let bed = Testbed::new(&[]).expect("creating the test bed");
-    let base = bed.cgroup_base_path();
-    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
-    let agent_kubeconfig = cluster
-        .agent_kubeconfig()
-        .expect("installing deploy/kubernetes and a token for the agent");
+    let (bed, base, mut cluster, agent_kubeconfig) = control_plane();
     let node = cluster
         .start_kubelet(&bed, "node-a")
         .expect("starting kubelet and containerd");
@@ -131,10 +141,7 @@ fn real_pods_on_a_real_kubelet_are_enforced() {
     });
 
     cluster
-        .kubectl_stdin(
-            &["apply", "-f", "-"],
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
-        )
+        .kubectl_stdin(&["apply", "-f", "-"], SERVER_80)
         .expect("the policy");
     until("app=other cut off from the server", log, || {
         node.tcp(&other, server_ip, 80).is("timeout")
@@ -225,12 +232,7 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
     if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
         return;
     }
-    let bed = Testbed::new(&[]).expect("creating the test bed");
-    let base = bed.cgroup_base_path();
-    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
-    cluster
-        .agent_kubeconfig()
-        .expect("installing deploy/kubernetes");
+    let (bed, base, mut cluster, _) = control_plane();
     let mut node = cluster
         .start_kubelet(&bed, "node-a")
         .expect("starting kubelet and containerd");
@@ -296,10 +298,7 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
     let (client, _) = run_pod(&cluster, "ml", "client", "{app: client}", 80);
     let (other, _) = run_pod(&cluster, "ml", "other", "{app: other}", 80);
     cluster
-        .kubectl_stdin(
-            &["apply", "-f", "-"],
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
-        )
+        .kubectl_stdin(&["apply", "-f", "-"], SERVER_80)
         .expect("the policy");
     until(
         "app=other cut off from the server by the DaemonSet's agent",
@@ -381,12 +380,7 @@ fn two_nodes_each_with_its_agent_enforce_cross_node_traffic_at_both_ends() {
     if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
         return;
     }
-    let bed = Testbed::new(&[]).expect("creating the test bed");
-    let base = bed.cgroup_base_path();
-    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
-    let agent_kubeconfig = cluster
-        .agent_kubeconfig()
-        .expect("installing deploy/kubernetes and a token for the agent");
+    let (bed, base, mut cluster, agent_kubeconfig) = control_plane();
     // node-a bridges its pods (cgroup enforcement), node-b routes them (a host route per
     // pod: TC enforcement on the pod's veth).
     let node_a = cluster
@@ -470,7 +464,9 @@ fn two_nodes_each_with_its_agent_enforce_cross_node_traffic_at_both_ends() {
     cluster
         .kubectl_stdin(
             &["apply", "-f", "-"],
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-80, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 80}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-out, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
+            &(SERVER_80.to_string()
+                + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-out, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    ports: [{protocol: TCP, port: 80}]\n"),
+
         )
         .expect("the policies");
     until("app=other dropped by node-b on the way in", log, || {
