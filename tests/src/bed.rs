@@ -26,6 +26,12 @@ static KERNEL: Mutex<()> = Mutex::new(());
 
 /// Returns false (after saying why) when privileged tests cannot run here. With CI=true a
 /// test that cannot run fails instead: CI must never pass by skipping.
+/// Where an agent pinning under `bpffs` keeps its links (one per program and target): the
+/// directory of this build's map layout.
+pub fn pinned_links(bpffs: &Path) -> PathBuf {
+    bpffs.join(format!("v{}/links", stagewall_common::MAP_LAYOUT_VERSION))
+}
+
 pub fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

@@ -35,5 +35,5 @@ pub mod node;
 pub mod raw;
 
 pub use agent::{Agent, agent_bin, metric_sum, until, until_within};
-pub use bed::{HUB_GATEWAY, Layout, Node, NodeSpec, Testbed, privileged};
+pub use bed::{HUB_GATEWAY, Layout, Node, NodeSpec, Testbed, pinned_links, privileged};
 pub use probe::{Outcome, probe_bin};

@@ -353,11 +353,9 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
 /// ingress NetworkPolicy judges the real client: allowed for app=client, refused for a pod
 /// it does not name, TCP and UDP alike. Conntrack turns the replies' source back into the
 /// ClusterIP (the bridged replies pass the hub's netfilter: Testbed::route_services_through_hub).
-///
-/// Not tested here: an egress-isolated client calling a ClusterIP. The agent judges egress
-/// at connect/sendmsg, before kube-proxy translates, against the ClusterIP, which no
-/// policy peer names; such calls are refused today (issue "Kubernetes semantics on a real
-/// node").
+/// Since the agent translates Services at the socket, the pods' calls reach the server
+/// already translated; kube-proxy's rules serve everyone else. An egress-isolated client
+/// calling Services: tests/tests/services.rs.
 #[test]
 fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_servers_ingress_policy()
 {
@@ -472,7 +470,7 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
     assert_eq!(
         udp.body.trim(),
         format!("from {cluster_ip}:80"),
-        "the echo's source, translated back by conntrack"
+        "the echo's source: the address the client called"
     );
     let before = agent.events().len();
     assert!(

@@ -35,12 +35,12 @@ fn below_a_guard_cgroup_a_workload_is_denied_until_its_policy_is_programmed() {
     assert!(bed.tcp("client", server, 80).is("ok"));
     assert!(bed.tcp("client", server, 81).is("timeout"));
     assert!(bed.tcp("server", client, 80).is("ok"));
-    let links: Vec<String> = std::fs::read_dir(bed.bpffs.join("v1/links"))
+    let links: Vec<String> = std::fs::read_dir(stagewall_tests::pinned_links(&bed.bpffs))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(links.len(), 6, "only the guard's six links: {links:?}");
+    assert_eq!(links.len(), 10, "only the guard's ten links: {links:?}");
 
     // A process in no workload below the guard: no network, either way.
     assert!(bed.tcp("late", server, 80).is("eperm"));

@@ -47,9 +47,7 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
             ]
         })
         .collect();
-    let pin = bed
-        .bpffs
-        .join("v1/links")
+    let pin = stagewall_tests::pinned_links(&bed.bpffs)
         .read_dir()
         .unwrap()
         .flatten()
@@ -139,7 +137,9 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
     // the old ones, and once it enforces, removes the old layout, which detaches them.
     agent.kill();
     let old_layout = bed.bpffs.join("v0");
-    std::fs::rename(bed.bpffs.join("v1"), &old_layout).unwrap();
+    let current_layout = stagewall_tests::pinned_links(&bed.bpffs);
+    let current_layout = current_layout.parent().expect("the layout's directory");
+    std::fs::rename(current_layout, &old_layout).unwrap();
     assert!(
         bed.tcp("client", edge, 82).is("timeout"),
         "the old layout enforces"
@@ -157,10 +157,10 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
         bed.tcp("client", edge, 82).is("timeout"),
         "the new layout enforces"
     );
-    let links = std::fs::read_dir(bed.bpffs.join("v1/links"))
+    let links = std::fs::read_dir(stagewall_tests::pinned_links(&bed.bpffs))
         .unwrap()
         .count();
-    assert_eq!(links, 6 + 6 + 2, "two cgroup workloads and one interface");
+    assert_eq!(links, 10 + 10 + 2, "two cgroup workloads and one interface");
 
     // uninstall refuses while an agent runs, and removes everything once it is stopped.
     assert!(bed.uninstall().is_err());

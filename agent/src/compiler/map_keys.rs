@@ -1,10 +1,10 @@
 //! The one place that encodes the keys of the policy maps (ENDPOINTS, SELF_ADDRS,
-//! IPCACHE, POLICY) and the policy slot each carries; the compiler and the datapath both
+//! IPCACHE, POLICY, SERVICES) and the policy slot each carries; the compiler and the datapath both
 //! build keys here and nowhere else. It lives below the datapath (the layer rule lets the
 //! datapath import the compiler, not the other way round) and does no I/O.
 //!
 //! Slots: every entry belongs to policy slot 0 or 1 (see datapath/slots.rs). ENDPOINTS,
-//! SELF_ADDRS and IPCACHE keys carry the slot in a field; POLICY keys carry it in the top
+//! SELF_ADDRS, IPCACHE and SERVICES keys carry the slot in a field; POLICY keys carry it in the top
 //! bit of the policy id (POLICY_SLOT_BIT), which ENDPOINTS values name too.
 //!
 //! The kernel programs build their lookup keys from the same stagewall-common types
@@ -16,10 +16,10 @@ use ipnet::IpNet;
 use stagewall_common::{
     DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointKey, FAMILY_V4,
     FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
-    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
+    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey, ServiceBackend, ServiceKey,
 };
 
-use super::PolicyEntry;
+use super::{PolicyEntry, Services};
 use crate::policy::model::Direction;
 
 /// The key of an LPM trie entry: (prefix length in bits, data).
@@ -124,6 +124,41 @@ pub fn ipcache_key_slot(key: &IpcacheKey) -> u32 {
     u32::from(key.slot)
 }
 
+/// The SERVICES entries of slot `slot`: per frontend, one per backend, numbered from 0,
+/// each saying how many the frontend has.
+pub fn service_entries(
+    slot: u32,
+    services: &Services,
+) -> impl Iterator<Item = (ServiceKey, ServiceBackend)> + '_ {
+    services.frontends.iter().flat_map(move |f| {
+        let (family, addr) = family_and_bytes(f.address);
+        let number = services.number(&f.service);
+        f.backends.iter().enumerate().map(move |(i, b)| {
+            let key = ServiceKey {
+                slot: slot as u8,
+                family,
+                protocol: f.protocol.number(),
+                _pad: 0,
+                port: f.port,
+                backend: i as u16,
+                addr,
+            };
+            let backend = ServiceBackend {
+                addr: family_and_bytes(b.ip()).1,
+                port: b.port(),
+                backends: f.backends.len() as u16,
+                service: number,
+            };
+            (key, backend)
+        })
+    })
+}
+
+/// The slot a SERVICES key belongs to.
+pub fn service_key_slot(key: &ServiceKey) -> u32 {
+    u32::from(key.slot)
+}
+
 /// An address as the kernel programs hold it: family, and the bytes (IPv4 in the first 4).
 fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
     match addr {
@@ -186,6 +221,19 @@ mod tests {
             assert_eq!(endpoint_key_slot(&interface_endpoint_key(slot, 3)), slot);
             assert_eq!(self_addr_key_slot(&self_addr_key(slot, 5, addr)), slot);
             assert_eq!(ipcache_key_slot(&ipcache_key(slot, &prefix).1), slot);
+            let services = Services::compile(&[crate::policy::model::ServiceFrontend {
+                service: crate::policy::model::ObjectName {
+                    namespace: "ml".into(),
+                    name: "dns".into(),
+                },
+                address: "10.96.0.10".parse().unwrap(),
+                protocol: crate::policy::model::Protocol::Udp,
+                port: 53,
+                backends: vec!["10.1.0.5:5353".parse().unwrap()],
+            }]);
+            for (key, _) in service_entries(slot, &services) {
+                assert_eq!(service_key_slot(&key), slot);
+            }
         }
         // Policy id 0 (not isolated) is the same in both slots.
         assert_eq!(slot_policy_id(0, 1), 0);
@@ -201,5 +249,40 @@ mod tests {
         let key = self_addr_key(0, 9, "fd00::1".parse().unwrap());
         assert_eq!(key.family, FAMILY_V6);
         assert_eq!(key.addr[15], 1);
+    }
+
+    #[test]
+    fn service_entries_number_backends_and_say_how_many_there_are() {
+        use crate::policy::model::{ObjectName, Protocol, ServiceFrontend};
+        let services = Services::compile(&[ServiceFrontend {
+            service: ObjectName {
+                namespace: "ml".into(),
+                name: "registry".into(),
+            },
+            address: "10.96.0.20".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            backends: vec![
+                "10.1.0.9:8080".parse().unwrap(),
+                "10.1.0.3:8081".parse().unwrap(),
+            ],
+        }]);
+        let entries: Vec<_> = service_entries(1, &services).collect();
+        assert_eq!(entries.len(), 2);
+        for (i, (key, backend)) in entries.iter().enumerate() {
+            assert_eq!(key.backend, i as u16);
+            assert_eq!(
+                (key.slot, key.family, key.protocol),
+                (1, FAMILY_V4, PROTO_TCP)
+            );
+            assert_eq!(
+                (key.port, key.addr[..4].to_vec()),
+                (80, vec![10, 96, 0, 20])
+            );
+            assert_eq!((backend.backends, backend.service), (2, 1));
+        }
+        assert_eq!(entries[0].1.addr[..4], [10, 1, 0, 3]);
+        assert_eq!(entries[0].1.port, 8081);
+        assert_eq!(entries[1].1.port, 8080);
     }
 }

@@ -6,6 +6,7 @@
 mod identity;
 pub mod map_keys;
 mod ports;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -18,10 +19,11 @@ pub use identity::{Block, Identities};
 use ipnet::IpNet;
 use map_keys::direction_number;
 pub use ports::{PortPrefix, port_prefixes};
+pub use services::Services;
 use stagewall_common::{
     ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
-    audit_flag,
+    SERVICES_MAX, audit_flag,
 };
 
 use crate::policy::model::{
@@ -81,6 +83,8 @@ pub struct Compiled {
     /// Cgroups no guard denies (host-network pods, pods enforced by TC; paths below the
     /// cgroup2 mount), sorted.
     pub unguarded_cgroups: Vec<String>,
+    /// Services' frontends the kernel translates at the socket, and their names.
+    pub services: Services,
     /// Endpoint id -> position in `endpoints`: kernel events and statistics name
     /// workloads by endpoint id, many times a second.
     endpoint_index: HashMap<u32, usize>,
@@ -97,13 +101,14 @@ impl Compiled {
 
     /// Entries each policy map needs for this policy, and the most one policy may use:
     /// half of the map, since the two slots live in it side by side.
-    pub fn map_usage(&self) -> [(&'static str, usize, u32); 4] {
+    pub fn map_usage(&self) -> [(&'static str, usize, u32); 5] {
         let self_addrs = self.endpoints.iter().map(|e| e.addresses.len()).sum();
         [
             ("endpoints", self.endpoints.len(), ENDPOINTS_MAX / 2),
             ("self_addrs", self_addrs, SELF_ADDRS_MAX / 2),
             ("ipcache", self.identities.ipcache.len(), IPCACHE_MAX / 2),
             ("policy", self.policy.len(), POLICY_MAX / 2),
+            ("services", self.services.entries(), SERVICES_MAX / 2),
         ]
     }
 
@@ -203,6 +208,7 @@ pub fn compile_with(
     let mut compiled = Compiled {
         identities,
         unguarded_cgroups,
+        services: Services::compile(&set.services),
         ..Default::default()
     };
     // Endpoints with equal rule sets share one policy id, so entries grow with distinct

@@ -10,7 +10,7 @@ use aya::{
 };
 use stagewall_common::{
     FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS,
+    MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES,
 };
 
 use crate::datapath::{
@@ -27,11 +27,15 @@ static EBPF_OBJECT: &[u8] =
 // The programs' names in the object (their link pins are named after them).
 pub(super) const PROG_CGROUP_INGRESS: &str = "stagewall_cgroup_ingress";
 pub(super) const PROG_CGROUP_EGRESS: &str = "stagewall_cgroup_egress";
-pub(super) const PROG_SOCK_ADDR: [&str; 4] = [
+pub(super) const PROG_SOCK_ADDR: [&str; 8] = [
     "stagewall_connect4",
     "stagewall_connect6",
     "stagewall_sendmsg4",
     "stagewall_sendmsg6",
+    "stagewall_recvmsg4",
+    "stagewall_recvmsg6",
+    "stagewall_getpeername4",
+    "stagewall_getpeername6",
 ];
 pub(super) const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
 pub(super) const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
@@ -106,6 +110,7 @@ pub(super) fn load(
         self_addrs: take_map(&mut ebpf, MAP_SELF_ADDRS)?,
         ipcache: take_map(&mut ebpf, MAP_IPCACHE)?,
         policy: take_map(&mut ebpf, MAP_POLICY)?,
+        services: take_map(&mut ebpf, MAP_SERVICES)?,
     };
     Ok(Object {
         ebpf,

@@ -1,5 +1,5 @@
 //! The two-slot atomic apply. Every entry of the policy maps belongs to slot 0 or slot 1:
-//! ENDPOINTS, SELF_ADDRS and IPCACHE keys carry the slot, policy ids carry it in their top
+//! ENDPOINTS, SELF_ADDRS, IPCACHE and SERVICES keys carry the slot, policy ids carry it in their top
 //! bit (the encodings are compiler/map_keys.rs). A new policy is written into the inactive
 //! slot, then one write of CONFIG flips `active_slot`; a packet reads CONFIG once, so it
 //! sees the old policy or the new one, never a mix. The old slot keeps the old policy, so
@@ -17,8 +17,8 @@ use aya::maps::{
 use stagewall_common::{
     Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
-    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, POLICY_ALLOW, PolicyKey,
-    SelfAddrKey, UNGUARDED_ENDPOINT_ID,
+    MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES, POLICY_ALLOW,
+    PolicyKey, SelfAddrKey, ServiceBackend, ServiceKey, UNGUARDED_ENDPOINT_ID,
 };
 
 use crate::{
@@ -37,6 +37,7 @@ pub(super) struct PolicyMaps {
     pub self_addrs: BpfHashMap<MapData, SelfAddrKey, u32>,
     pub ipcache: LpmTrie<MapData, IpcacheKey, u32>,
     pub policy: LpmTrie<MapData, PolicyKey, u32>,
+    pub services: BpfHashMap<MapData, ServiceKey, ServiceBackend>,
 }
 
 /// The endpoint entry of a guard cgroup: isolated both ways without a rule, so what
@@ -79,6 +80,7 @@ pub(super) struct SlotContents {
     self_addrs: HashSet<SelfAddrKey>,
     ipcache: HashMap<LpmKey<IpcacheKey>, u32>,
     policy: HashSet<LpmKey<PolicyKey>>,
+    services: HashMap<ServiceKey, ServiceBackend>,
 }
 
 impl SlotContents {
@@ -129,10 +131,17 @@ impl SlotContents {
             contents.policy.insert(map_keys::policy_key(entry, slot));
         }
         contents
+            .services
+            .extend(map_keys::service_entries(slot, &compiled.services));
+        contents
     }
 
     fn len(&self) -> usize {
-        self.endpoints.len() + self.self_addrs.len() + self.ipcache.len() + self.policy.len()
+        self.endpoints.len()
+            + self.self_addrs.len()
+            + self.ipcache.len()
+            + self.policy.len()
+            + self.services.len()
     }
 }
 
@@ -194,6 +203,12 @@ impl Slots {
             slot(&mut held, map_keys::policy_key_slot(&data))?
                 .policy
                 .insert((key.prefix_len(), data));
+        }
+        for entry in maps.services.iter() {
+            let (key, backend) = entry?;
+            slot(&mut held, map_keys::service_key_slot(&key))?
+                .services
+                .insert(key, backend);
         }
         if current.generation > 0 {
             log::info!(
@@ -337,6 +352,15 @@ impl Slots {
                 .remove(&Key::new(*len, *data))
                 .map_err(remove_from(MAP_POLICY))?;
         }
+        for key in held
+            .services
+            .keys()
+            .filter(|k| !desired.services.contains_key(k))
+        {
+            maps.services
+                .remove(key)
+                .map_err(remove_from(MAP_SERVICES))?;
+        }
         for (key, info) in &desired.endpoints {
             if held.endpoints.get(key) != Some(info) {
                 maps.endpoints
@@ -361,6 +385,13 @@ impl Slots {
                 .insert(&Key::new(*len, *data), POLICY_ALLOW, 0)
                 .map_err(write(MAP_POLICY))?;
         }
+        for (key, backend) in &desired.services {
+            if held.services.get(key) != Some(backend) {
+                maps.services
+                    .insert(key, backend, 0)
+                    .map_err(write(MAP_SERVICES))?;
+            }
+        }
         Ok(())
     }
 
@@ -381,6 +412,9 @@ impl Slots {
             }
             for (len, data) in &contents.policy {
                 let _ = maps.policy.remove(&Key::new(*len, *data));
+            }
+            for key in contents.services.keys() {
+                let _ = maps.services.remove(key);
             }
         }
     }

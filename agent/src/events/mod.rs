@@ -48,6 +48,10 @@ pub struct VerdictEvent {
     pub hook: Hook,
     /// Earlier events of this flow the kernel's rate limit folded into this one.
     pub suppressed: u32,
+    /// The Service (namespace/name) the call was made to: `dst` is the backend the
+    /// kernel chose for it, the pod the policy judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl VerdictEvent {
@@ -155,6 +159,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         policies,
         hook,
         suppressed: event.suppressed,
+        service: compiled.services.name(event.service).map(|s| s.to_string()),
     }
 }
 

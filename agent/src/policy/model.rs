@@ -356,6 +356,18 @@ pub enum FlowEnd {
     Peer(Peer),
 }
 
+/// A Service frontend (Kubernetes mode): a virtual address, protocol and port that
+/// clients call, and the ready pods behind it (address and port), from the Service and
+/// its EndpointSlices. A local workload's call to it goes to one of the backends.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceFrontend {
+    pub service: ObjectName,
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub backends: Vec<std::net::SocketAddr>,
+}
+
 /// Everything the compiler needs: the desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicySet {
@@ -373,6 +385,8 @@ pub struct PolicySet {
     /// mode, or `--node-ingress` on a host): ingress into every workload allows them, as
     /// Kubernetes lets a pod's node (kubelet's probes) into an ingress-isolated pod.
     pub node_addresses: Vec<IpAddr>,
+    /// Services' frontends and their backends (Kubernetes mode).
+    pub services: Vec<ServiceFrontend>,
 }
 
 impl PolicySet {
@@ -385,6 +399,7 @@ impl PolicySet {
         self.unguarded_cgroups
             .extend_from_slice(&other.unguarded_cgroups);
         self.node_addresses.extend_from_slice(&other.node_addresses);
+        self.services.extend_from_slice(&other.services);
     }
 
     /// The workload named `namespace/name`.

@@ -453,6 +453,7 @@ mod tests {
             policies: Vec::new(),
             hook: Hook::CgroupSkb,
             suppressed,
+            service: None,
         }
     }
 

@@ -16,7 +16,7 @@ use core::mem::size_of;
 /// reads maps it would misread: it migrates instead. Bump it with any change to a map
 /// definition or to a type a map holds (a test in the agent lists the layout it stands
 /// for and fails until both are updated).
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -28,6 +28,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SELF_ADDRS: &str = "SELF_ADDRS";
 pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
 pub const MAP_ENDPOINT_STATS: &str = "ENDPOINT_STATS";
+pub const MAP_SERVICES: &str = "SERVICES";
+pub const MAP_SERVICE_NAT: &str = "SERVICE_NAT";
 
 /// Endpoints of both policy slots together: 4096 local workloads per node.
 pub const ENDPOINTS_MAX: u32 = 8_192;
@@ -37,6 +39,12 @@ pub const SELF_ADDRS_MAX: u32 = 65_536;
 pub const IPCACHE_MAX: u32 = 262_144;
 /// Policy entries of both policy slots together.
 pub const POLICY_MAX: u32 = 524_288;
+/// Service backends (one entry per frontend and backend) of both policy slots together.
+pub const SERVICES_MAX: u32 = 262_144;
+/// The most backends one Service frontend (address, protocol, port) has in the kernel.
+pub const SERVICE_BACKENDS_MAX: u32 = 4_096;
+/// Sockets' translated Service addresses, for the replies; least recently used first out.
+pub const SERVICE_NAT_MAX: u32 = 131_072;
 /// Tracked flows; least recently used ones are evicted first.
 pub const FLOWS_MAX: u32 = 262_144;
 /// Ring buffer for verdict events, in bytes (a power of two, a multiple of the page size).
@@ -239,6 +247,72 @@ pub const POLICY_ALLOW: u32 = 1;
 pub const POLICY_SLOT_BIT: u32 = 1 << 31;
 
 // ---------------------------------------------------------------------------------------------
+// Services: a Service's virtual address and port -> its backends, translated at the socket
+// (connect, sendmsg) so that every later hook and kube-proxy see the pod the call reaches.
+
+/// A Service frontend's `backend`-th backend in slot `slot`. Entry 0 always exists for a
+/// frontend with backends and tells how many there are; the others are looked up only
+/// after a backend was drawn.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub slot: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: u8,
+    /// The Service's port, host order.
+    pub port: u16,
+    pub backend: u16,
+    /// The virtual address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ServiceKey>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceBackend {
+    /// The backend pod's address, of the frontend's family.
+    pub addr: [u8; 16],
+    /// The backend's port, host order.
+    pub port: u16,
+    /// How many backends the frontend has (every entry of it says the same).
+    pub backends: u16,
+    /// The Service's number in the policy generation in force (events name it): 1 and up.
+    pub service: u32,
+}
+const _: () = assert!(size_of::<ServiceBackend>() == 24);
+
+/// A socket that a Service's address was translated for, and the backend it went to:
+/// replies from the backend (recvmsg) and the socket's peer (getpeername) are translated
+/// back, so the application sees the address it called.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceNatKey {
+    /// bpf_get_socket_cookie.
+    pub cookie: u64,
+    pub family: u8,
+    pub _pad: u8,
+    /// The backend's port, host order.
+    pub port: u16,
+    pub _pad2: u32,
+    /// The backend's address.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ServiceNatKey>() == 32);
+
+/// What the socket called: the Service's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceNat {
+    pub addr: [u8; 16],
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+    pub service: u32,
+}
+const _: () = assert!(size_of::<ServiceNat>() == 24);
+
+// ---------------------------------------------------------------------------------------------
 // Flows: what an endpoint allowed in one direction, so that replies pass the other way.
 
 /// A flow an endpoint allowed, seen from that endpoint. `origin` is the direction the
@@ -330,7 +404,10 @@ pub struct Event {
     pub protocol: u8,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The Service the call was made to (its number in the generation), 0 for none: the
+    /// remote address is the backend that was chosen for it.
+    pub service: u32,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
 }
@@ -432,7 +509,7 @@ const fn lpm(data: usize) -> usize {
 
 /// Every map, as this build defines it: what MAP_LAYOUT_VERSION stands for. The ring
 /// buffer has neither key nor value; its capacity is in bytes.
-pub const MAPS: [MapLayout; 10] = [
+pub const MAPS: [MapLayout; 12] = [
     layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
     layout(
         MAP_ENDPOINTS,
@@ -457,6 +534,18 @@ pub const MAPS: [MapLayout; 10] = [
         lpm(size_of::<PolicyKey>()),
         size_of::<u32>(),
         POLICY_MAX,
+    ),
+    layout(
+        MAP_SERVICES,
+        size_of::<ServiceKey>(),
+        size_of::<ServiceBackend>(),
+        SERVICES_MAX,
+    ),
+    layout(
+        MAP_SERVICE_NAT,
+        size_of::<ServiceNatKey>(),
+        size_of::<ServiceNat>(),
+        SERVICE_NAT_MAX,
     ),
     layout(
         MAP_FLOWS,
@@ -503,4 +592,8 @@ mod user {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for EventLimit {}
     unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceBackend {}
+    unsafe impl aya::Pod for ServiceNatKey {}
+    unsafe impl aya::Pod for ServiceNat {}
 }

@@ -4,7 +4,9 @@
 //! Hooks and directions:
 //! - cgroup_skb ingress/egress: the socket's cgroup is the workload;
 //! - cgroup/connect4|6, sendmsg4|6: the same check before a connect or unconnected UDP send,
-//!   so a denied egress fails at once with EPERM instead of hanging on retransmits;
+//!   so a denied egress fails at once with EPERM instead of hanging on retransmits; a call
+//!   to a Service's address goes to one of its backends first (service.rs), and
+//!   recvmsg4|6 and getpeername4|6 show the Service's address again;
 //! - TC (tcx or clsact) on the host side of a workload's veth: what the host side receives
 //!   (tc ingress) is the workload's egress, what it sends (tc egress) is its ingress.
 #![no_std]
@@ -12,13 +14,17 @@
 
 mod maps;
 mod packet;
+mod service;
 mod verdict;
 
-use core::ptr::read_volatile;
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_sock_addr},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
         bpf_skb_cgroup_id,
@@ -104,6 +110,7 @@ fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
             local_port: p.dport,
             remote_port: p.sport,
             bytes,
+            service: 0,
         }
     } else {
         Flow {
@@ -115,6 +122,7 @@ fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
             local_port: p.sport,
             remote_port: p.dport,
             bytes,
+            service: 0,
         }
     }
 }
@@ -178,43 +186,100 @@ pub fn stagewall_cgroup_egress(ctx: SkBuffContext) -> i32 {
 // ---------------------------------------------------------------------------------------------
 // cgroup/connect4|6 and sendmsg4|6
 
+/// The address a connect(), sendmsg(), recvmsg() or getpeername() names, read from the
+/// context of a hook of `family`.
+struct CallAddr {
+    /// FAMILY_V4 also for an IPv4-mapped address on an IPv6 socket (`mapped`): the
+    /// packets will be IPv4, and the hooks decide them as such.
+    family: u8,
+    mapped: bool,
+    addr: [u8; 16],
+    port: u16,
+}
+
+// The verifier accepts context fields only as loads and stores at a constant offset from
+// the context pointer: each field is read and written on its own, volatile, so LLVM
+// cannot fold them into one moved pointer.
+
+fn read_call_addr(sa: *mut bpf_sock_addr, family: u8) -> CallAddr {
+    let mut addr = [0u8; 16];
+    let mut family = family;
+    let mut mapped = false;
+    if family == FAMILY_V4 {
+        let ip4 = unsafe { read_volatile(&(*sa).user_ip4) };
+        addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+    } else {
+        for i in 0..4 {
+            let word = unsafe { read_volatile(&(*sa).user_ip6[i]) };
+            addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        if addr[..10] == [0; 10] && addr[10..12] == [0xff, 0xff] {
+            family = FAMILY_V4;
+            mapped = true;
+            addr.copy_within(12..16, 0);
+            addr[4..].fill(0);
+        }
+    }
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(unsafe { read_volatile(&(*sa).user_port) } as u16);
+    CallAddr {
+        family,
+        mapped,
+        addr,
+        port,
+    }
+}
+
+/// Makes the call name `addr`:`port` instead (of the family `call` was read as).
+fn write_call_addr(sa: *mut bpf_sock_addr, call: &CallAddr, addr: &[u8; 16], port: u16) {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    unsafe {
+        if call.mapped {
+            write_volatile(&mut (*sa).user_ip6[3], word(0));
+        } else if call.family == FAMILY_V4 {
+            write_volatile(&mut (*sa).user_ip4, word(0));
+        } else {
+            write_volatile(&mut (*sa).user_ip6[0], word(0));
+            write_volatile(&mut (*sa).user_ip6[1], word(4));
+            write_volatile(&mut (*sa).user_ip6[2], word(8));
+            write_volatile(&mut (*sa).user_ip6[3], word(12));
+        }
+        write_volatile(&mut (*sa).user_port, port.to_be() as u32);
+    }
+}
+
 fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     let Some(cfg) = config() else {
         return SOCK_ALLOW;
     };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let ancestor = |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-    let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
+    // Unguarded cgroups (a pod enforced by TC, the node's own) have their Service calls
+    // translated too, and nothing decided: TC then sees the pod the call reaches.
+    let Some(ep) = nearest_cgroup_endpoint(cfg, cgroup_id, ancestor) else {
         return SOCK_ALLOW;
     };
-    // The verifier accepts context fields only as loads at a constant offset from the
-    // context pointer: read each field on its own, volatile, so LLVM cannot fold them
-    // into one moved pointer.
     let sa = ctx.sock_addr;
     let protocol = unsafe { read_volatile(&(*sa).protocol) } as u8;
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return SOCK_ALLOW;
     }
-    let mut remote_addr = [0u8; 16];
-    let mut family = family;
-    if family == FAMILY_V4 {
-        let ip4 = unsafe { read_volatile(&(*sa).user_ip4) };
-        remote_addr[..4].copy_from_slice(&ip4.to_ne_bytes());
-    } else {
-        for i in 0..4 {
-            let word = unsafe { read_volatile(&(*sa).user_ip6[i]) };
-            remote_addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        // A dual-stack socket sending to ::ffff:a.b.c.d sends IPv4: decide it as IPv4,
-        // as the packet hooks will see it.
-        if remote_addr[..10] == [0; 10] && remote_addr[10..12] == [0xff, 0xff] {
-            family = FAMILY_V4;
-            remote_addr.copy_within(12..16, 0);
-            remote_addr[4..].fill(0);
-        }
+    let call = read_call_addr(sa, family);
+    let mut remote_addr = call.addr;
+    let mut remote_port = call.port;
+    // A Service's address: the call goes to one of its backends, and is decided as such.
+    let mut service = 0;
+    if let Some(backend) = service::pick(cfg, call.family, protocol, &call.addr, call.port) {
+        write_call_addr(sa, &call, &backend.addr, backend.port);
+        let cookie = service::cookie(sa as *mut c_void);
+        service::remember(cookie, call.family, backend, &call.addr, call.port);
+        remote_addr = backend.addr;
+        remote_port = backend.port;
+        service = backend.service;
     }
-    // user_port holds the port in network byte order in its low 16 bits.
-    let remote_port = u16::from_be(unsafe { read_volatile(&(*sa).user_port) } as u16);
+    if ep.endpoint_id == UNGUARDED_ENDPOINT_ID {
+        return SOCK_ALLOW;
+    }
     // The socket's own port (host order), when it is bound: a UDP server answering with
     // sendto() is replying within a flow its ingress allowed, and decide() must find it.
     let sk = unsafe { read_volatile(&(*sa).__bindgen_anon_1.sk) };
@@ -225,20 +290,21 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     };
     let flow = Flow {
         direction: DIR_EGRESS,
-        family,
+        family: call.family,
         protocol,
         local_addr: [0; 16],
         remote_addr,
         local_port,
         remote_port,
         bytes: 0,
+        service,
     };
     // connect() or sendmsg() to the workload's own address: the packets will carry the
     // same source and destination, which the packet hooks pass as self traffic.
     let own = SelfAddrKey {
         slot: cfg.active_slot,
         endpoint_id: ep.endpoint_id,
-        family,
+        family: call.family,
         _pad: [0; 3],
         addr: remote_addr,
     };
@@ -252,6 +318,19 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         Verdict::Pass => SOCK_ALLOW,
         Verdict::Drop => SOCK_DENY,
     }
+}
+
+/// recvmsg() and getpeername(): a backend the socket's call to a Service went to shows as
+/// the Service's address again. Only sockets whose calls were translated have entries.
+fn sock_addr_untranslate(ctx: &SockAddrContext, family: u8) -> i32 {
+    let sa = ctx.sock_addr;
+    let call = read_call_addr(sa, family);
+    let cookie = service::cookie(sa as *mut c_void);
+    if let Some(called) = service::called(cookie, call.family, &call.addr, call.port) {
+        write_call_addr(sa, &call, &called.addr, called.port);
+    }
+    // Both hooks must return 1.
+    SOCK_ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -272,6 +351,26 @@ pub fn stagewall_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn stagewall_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr_verdict(&ctx, FAMILY_V6, HOOK_SENDMSG)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn stagewall_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr_untranslate(&ctx, FAMILY_V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn stagewall_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr_untranslate(&ctx, FAMILY_V6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn stagewall_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_addr_untranslate(&ctx, FAMILY_V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn stagewall_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_addr_untranslate(&ctx, FAMILY_V6)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use stagewall_common::{
     COUNTERS_LEN, Config, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX, EVENTS_BYTES,
     EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowKey, FlowValue,
-    IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SelfAddrKey,
+    IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SERVICE_NAT_MAX, SERVICES_MAX,
+    SelfAddrKey, ServiceBackend, ServiceKey, ServiceNat, ServiceNatKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -30,6 +31,14 @@ pub static IPCACHE: LpmTrie<IpcacheKey, u32> =
 #[map]
 pub static POLICY: LpmTrie<PolicyKey, u32> =
     LpmTrie::with_max_entries(POLICY_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceBackend> =
+    HashMap::with_max_entries(SERVICES_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SERVICE_NAT: LruHashMap<ServiceNatKey, ServiceNat> =
+    LruHashMap::with_max_entries(SERVICE_NAT_MAX, 0);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_MAX, 0);

@@ -46,6 +46,8 @@ pub struct Flow {
     pub remote_port: u16,
     /// The packet's length (0 for connect/sendmsg, which are not packets).
     pub bytes: u32,
+    /// The Service the call was made to (connect/sendmsg), 0 for none.
+    pub service: u32,
 }
 
 #[derive(PartialEq, Eq)]
@@ -213,6 +215,7 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         local_port: 0,
         remote_port: 0,
         bytes,
+        service: 0,
     };
     let audit = audits(cfg, ep, direction);
     let fail_open = ep.flags & EP_FAIL_OPEN != 0;
@@ -488,7 +491,8 @@ fn emit(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, report: &Report)
         addr_of_mut!((*e).protocol).write(flow.protocol);
         addr_of_mut!((*e).local_port).write(flow.local_port);
         addr_of_mut!((*e).remote_port).write(flow.remote_port);
-        addr_of_mut!((*e)._pad).write([0; 6]);
+        addr_of_mut!((*e)._pad).write([0; 2]);
+        addr_of_mut!((*e).service).write(flow.service);
         addr_of_mut!((*e).local_addr).write(flow.local_addr);
         addr_of_mut!((*e).remote_addr).write(flow.remote_addr);
     }

@@ -1,7 +1,8 @@
 //! A tiny network probe the integration tests run inside their namespaces and cgroups.
 //!
 //!   stagewall-probe serve --tcp 9090,9091 --udp 9090      echo servers; prints "ready"
-//!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo
+//!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo;
+//!                                                          prints `peer ADDR:PORT` (getpeername)
 //!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes;
 //!                                                          prints `from ADDR:PORT` of the last
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
@@ -45,13 +46,15 @@ fn outcome(e: &std::io::Error) -> String {
     }
 }
 
-fn tcp(addr: SocketAddr, timeout: Duration) -> Result<(), std::io::Error> {
+/// Gives the connection's peer as getpeername() says it (through a Service: its address,
+/// whatever backend the connection went to).
+fn tcp(addr: SocketAddr, timeout: Duration) -> Result<SocketAddr, std::io::Error> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.write_all(b"ping")?;
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf)?;
-    Ok(())
+    s.peer_addr()
 }
 
 /// An ephemeral port on the unspecified address of `addr`'s family.
@@ -298,7 +301,7 @@ fn matrix(timeout: Duration, targets: &[String]) {
                     );
                     let start = Instant::now();
                     let result = match proto {
-                        "tcp" => tcp(addr, timeout),
+                        "tcp" => tcp(addr, timeout).map(|_| ()),
                         _ => udp(addr, timeout, 1).map(|_| ()),
                     };
                     let word = match result {
@@ -358,7 +361,7 @@ fn main() {
             serve(&ports(flag("--tcp")), &ports(flag("--udp")))
         }
         Some("tcp") if args.len() == 4 => {
-            tcp(sock(&args[1], &args[2]), ms(&args[3])).map(|_| String::new())
+            tcp(sock(&args[1], &args[2]), ms(&args[3])).map(|peer| format!("peer {peer}\n"))
         }
         Some("udp") if args.len() >= 4 => {
             let count = args.get(4).map_or(1, |c| c.parse().expect("count"));

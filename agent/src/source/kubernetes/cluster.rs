@@ -18,7 +18,12 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{cgroups::PodCgroups, routes::HostRoutes};
+use super::{
+    PodAttachment,
+    cgroups::PodCgroups,
+    routes::HostRoutes,
+    services::{self, ServiceInfo, SliceInfo},
+};
 use crate::policy::{
     error::{PolicyError, PolicyErrors},
     model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
@@ -42,6 +47,10 @@ struct PodInfo {
     /// In the node's network namespace: the node itself as far as network policy goes,
     /// so neither a workload nor a peer, and never guarded.
     host_network: bool,
+    /// With a service mesh's sidecar (Istio, Linkerd): its inbound connections are
+    /// redirected to the proxy's port inside the pod before a socket sees them, so its
+    /// ingress is decided by TC on its host-side interface, before the redirect.
+    meshed: bool,
 }
 
 // The fields of a v1 Pod the agent reads.
@@ -61,6 +70,8 @@ struct RawMeta {
     uid: Option<String>,
     labels: Option<Labels>,
     creation_timestamp: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -70,14 +81,23 @@ struct RawPodSpec {
     host_network: Option<bool>,
     #[serde(default)]
     containers: Vec<RawContainer>,
+    #[serde(default)]
+    init_containers: Vec<RawContainer>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawContainer {
     #[serde(default)]
+    name: String,
+    #[serde(default)]
     ports: Vec<RawContainerPort>,
 }
+
+/// The sidecars' container names (Istio's also as a native sidecar, an init container)
+/// and the annotations their injectors set.
+const MESH_CONTAINERS: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
+const MESH_ANNOTATIONS: [&str; 2] = ["sidecar.istio.io/status", "linkerd.io/proxy-version"];
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -150,6 +170,14 @@ fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
         qos_class: status.qos_class,
         created: pod.metadata.creation_timestamp.unwrap_or_default(),
         host_network: spec.host_network == Some(true),
+        meshed: spec
+            .containers
+            .iter()
+            .chain(&spec.init_containers)
+            .any(|c| MESH_CONTAINERS.contains(&c.name.as_str()))
+            || MESH_ANNOTATIONS
+                .iter()
+                .any(|a| pod.metadata.annotations.contains_key(*a)),
     }))
 }
 
@@ -181,6 +209,9 @@ pub struct Cluster {
     pods: BTreeMap<Key, PodInfo>,
     /// Nodes' addresses (status.addresses), by node: this node's are the node's identity.
     nodes: BTreeMap<Key, Vec<IpAddr>>,
+    /// Services' virtual addresses and ports, and their EndpointSlices' ready endpoints.
+    services: BTreeMap<Key, ServiceInfo>,
+    slices: BTreeMap<Key, SliceInfo>,
     /// Every other object, parsed: the last version the parser accepted.
     documents: BTreeMap<Key, PolicySet>,
     /// Counts changes, so the agent can tell whether anything happened.
@@ -195,6 +226,22 @@ impl Cluster {
         if kind == "nodes" {
             let addresses = node_addresses(object);
             if self.nodes.insert(key, addresses.clone()) != Some(addresses) {
+                self.version += 1;
+            }
+            return Ok(());
+        }
+        if kind == "services" {
+            let info = services::service_info(object)
+                .map_err(|message| one_error(kind, object, message))?;
+            if self.services.insert(key, info.clone()) != Some(info) {
+                self.version += 1;
+            }
+            return Ok(());
+        }
+        if kind == "endpointslices" {
+            let info =
+                services::slice_info(object).map_err(|message| one_error(kind, object, message))?;
+            if self.slices.insert(key, info.clone()) != Some(info) {
                 self.version += 1;
             }
             return Ok(());
@@ -241,6 +288,10 @@ impl Cluster {
             self.pods.remove(&key).is_some()
         } else if kind == "nodes" {
             self.nodes.remove(&key).is_some()
+        } else if kind == "services" {
+            self.services.remove(&key).is_some()
+        } else if kind == "endpointslices" {
+            self.slices.remove(&key).is_some()
         } else {
             self.documents.remove(&key).is_some()
         };
@@ -259,12 +310,16 @@ impl Cluster {
             .keys()
             .chain(self.documents.keys())
             .chain(self.nodes.keys())
+            .chain(self.services.keys())
+            .chain(self.slices.keys())
             .filter(|k| k.0 == kind && !listed.contains(*k))
             .cloned()
             .collect();
         for k in gone {
             self.pods.remove(&k);
             self.nodes.remove(&k);
+            self.services.remove(&k);
+            self.slices.remove(&k);
             self.documents.remove(&k);
             self.version += 1;
         }
@@ -275,8 +330,8 @@ impl Cluster {
     }
 
     /// The desired state for the agent on `node`: every pod a workload, this node's
-    /// enforced through their host-side interface when `routes` are given and name one
-    /// (TC), else through their cgroups (found by UID below `base`, or where kubelet will
+    /// enforced through their host-side interface when `routes` name one and either
+    /// `attachment` says TC or the pod is meshed, else through their cgroups (found by UID below `base`, or where kubelet will
     /// create them), plus the policies, and this node's addresses from its Node object.
     ///
     /// One object never stops the rest: an object that the checks of the whole set refuse
@@ -291,12 +346,13 @@ impl Cluster {
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
-        routes: Option<&HostRoutes>,
+        routes: &HostRoutes,
+        attachment: PodAttachment,
     ) -> Result<(PolicySet, Vec<PolicyError>), PolicyErrors> {
         let mut left_out: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
         let mut refused = Vec::new();
         loop {
-            let mut set = self.build(node, cgroups, base, routes, &left_out);
+            let mut set = self.build(node, cgroups, base, (routes, attachment), &left_out);
             let errors = complete(&mut set);
             if errors.is_empty() {
                 return Ok((set, refused));
@@ -320,7 +376,7 @@ impl Cluster {
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
-        routes: Option<&HostRoutes>,
+        (routes, attachment): (&HostRoutes, PodAttachment),
         left_out: &std::collections::BTreeSet<Key>,
     ) -> PolicySet {
         let mut set = PolicySet::default();
@@ -346,8 +402,12 @@ impl Cluster {
                 }
                 continue;
             }
+            let by_interface = attachment == PodAttachment::Tc || pod.meshed;
             let attachment = local.then(|| {
-                if let Some(interface) = routes.and_then(|r| r.interface(&pod.addresses)) {
+                if let Some(interface) = by_interface
+                    .then(|| routes.interface(&pod.addresses))
+                    .flatten()
+                {
                     // Enforced on its interface; a guard above its cgroup lets it through.
                     if let Some(path) = cgroups.get(&pod.uid) {
                         set.unguarded_cgroups.push(path.to_string());
@@ -389,6 +449,9 @@ impl Cluster {
         if let Some(addresses) = self.nodes.get(&this_node) {
             set.node_addresses.extend(addresses);
         }
+        let slices: Vec<&SliceInfo> = self.slices.values().collect();
+        set.services =
+            services::frontends(self.services.values(), &slices, node, &set.node_addresses);
         set
     }
 }

@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod cluster;
 pub mod events;
 pub mod routes;
+pub mod services;
 
 use std::{
     net::IpAddr,
@@ -51,7 +52,8 @@ pub struct KubernetesArgs {
     pub pods_cgroup_base: String,
     /// How this node's pods are enforced: by their cgroups, or by TC on their host-side
     /// veth (found by the host route to the pod's address that routed CNIs install; a pod
-    /// without one is enforced by its cgroup).
+    /// without one is enforced by its cgroup). Pods with a mesh's sidecar (Istio,
+    /// Linkerd) are enforced by TC wherever they have such a route, in either mode.
     #[arg(long, value_enum, default_value = "cgroup", requires = "kubernetes")]
     pub pod_attachment: PodAttachment,
     /// How long to wait for the first complete list of every kind before giving up.
@@ -105,6 +107,17 @@ fn kinds(node: &str) -> Vec<Kind> {
             fields: Some(format!("metadata.name={node}")),
             ..kind("", "v1", "Node", "nodes", true)
         },
+        // Services and their endpoints: a pod's call to a Service is translated to one of
+        // its pods at the socket. Optional: an agent whose role predates them goes on,
+        // judging such calls on the Service's address.
+        kind("", "v1", "Service", "services", true),
+        kind(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+        ),
     ]
 }
 
@@ -121,7 +134,7 @@ pub struct View {
     refused: Option<u64>,
     /// What the last desired state was built from: the same inputs give the same answer,
     /// so the periodic check does not rebuild it.
-    inputs: Option<(u64, PodCgroups, Option<HostRoutes>, Vec<IpAddr>)>,
+    inputs: Option<(u64, PodCgroups, HostRoutes, Vec<IpAddr>)>,
     /// The errors of the objects left out of the last desired state given.
     pub left_out: Vec<PolicyError>,
     /// Reports left-out objects as Kubernetes Events (the agent does; a dry run not).
@@ -145,7 +158,8 @@ impl View {
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
-        let routes = (self.attachment == PodAttachment::Tc).then(HostRoutes::read);
+        // Read in either attachment: meshed pods are enforced by TC where they have one.
+        let routes = HostRoutes::read();
         // The node's interfaces (the agent is on the host network), with its Node
         // object's addresses: the node's identity.
         let interfaces = host::local_addresses();
@@ -155,7 +169,7 @@ impl View {
         }
         let (_, cgroups, routes, interfaces) = self.inputs.insert(inputs);
         let desired = cluster
-            .desired(&self.node, cgroups, &self.base, routes.as_ref())
+            .desired(&self.node, cgroups, &self.base, routes, self.attachment)
             .map(|(mut set, left_out)| {
                 set.node_addresses.extend(interfaces.iter());
                 set.node_addresses.sort();

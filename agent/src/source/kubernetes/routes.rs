@@ -17,7 +17,7 @@ impl HostRoutes {
         HostRoutes::parse(&v4, &v6)
     }
 
-    fn parse(v4: &str, v6: &str) -> HostRoutes {
+    pub(super) fn parse(v4: &str, v6: &str) -> HostRoutes {
         let mut routes = HashMap::new();
         // Iface Destination Gateway Flags RefCnt Use Metric Mask ...; numbers in hex, the
         // address in the kernel's (little-endian) byte order.

@@ -68,7 +68,13 @@ fn policy(ports: serde_json::Value) -> serde_json::Value {
 
 fn desired(cluster: &Cluster) -> PolicySet {
     cluster
-        .desired("node-a", &PodCgroups::default(), "/", None)
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
         .unwrap()
         .0
 }
@@ -155,7 +161,15 @@ fn this_nodes_host_network_pods_are_unguarded_cgroups_not_workloads() {
     .unwrap();
     let path = format!("/kubepods/besteffort/pod{local}");
     let cgroups = PodCgroups::of(&[(local, &path), (remote, "/elsewhere")]);
-    let (set, _) = c.desired("node-a", &cgroups, "/", None).unwrap();
+    let (set, _) = c
+        .desired(
+            "node-a",
+            &cgroups,
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
+        .unwrap();
     assert_eq!(
         set.unguarded_cgroups,
         vec![path],
@@ -211,7 +225,13 @@ fn an_object_the_whole_set_refuses_is_left_out_and_the_rest_enforced() {
     c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
         .unwrap();
     let (set, refused) = c
-        .desired("node-a", &PodCgroups::default(), "/", None)
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
         .expect("the rest is enforced");
     let names: Vec<String> = set.workloads.iter().map(|w| w.name.to_string()).collect();
     assert_eq!(names, ["ml/t0", "tenant-a/db"], "{refused:?}");
@@ -366,7 +386,138 @@ fn a_workload_object_naming_a_cgroup_or_an_interface_is_refused() {
         );
     }
     let (set, _) = c
-        .desired("node-a", &PodCgroups::default(), "/", None)
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
         .unwrap();
     assert!(set.workloads.is_empty(), "nothing of them is kept");
+}
+
+/// A pod with a mesh's sidecar is enforced by TC on its host-side interface, where it
+/// has one, even when the agent enforces pods by their cgroups: the sidecar's redirect
+/// (to the proxy's port) happens inside the pod, after TC and before any socket.
+#[test]
+fn a_meshed_pod_is_enforced_on_its_interface_and_a_plain_one_by_its_cgroup() {
+    let mut c = Cluster::default();
+    let mut meshed = pod("meshed", UID, "node-a", "10.244.1.5", json!({"app": "m"}));
+    meshed["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "istio-proxy", "image": "proxyv2:1"}));
+    c.apply("pods", &meshed).unwrap();
+    let mut annotated = pod(
+        "linkerd",
+        "u-3",
+        "node-a",
+        "10.244.1.7",
+        json!({"app": "l"}),
+    );
+    annotated["metadata"]["annotations"] = json!({"linkerd.io/proxy-version": "edge"});
+    c.apply("pods", &annotated).unwrap();
+    c.apply(
+        "pods",
+        &pod("plain", "u-2", "node-a", "10.244.1.6", json!({"app": "p"})),
+    )
+    .unwrap();
+    let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+              veth-m\t0501F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+              veth-p\t0601F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+              veth-l\t0701F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+    let routes = HostRoutes::parse(v4, "");
+    let attachment = |set: &PolicySet, name: &str| {
+        set.workload(&format!("ml/{name}"))
+            .and_then(|w| w.attachment.clone())
+    };
+    let (set, _) = c
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &routes,
+            PodAttachment::Cgroup,
+        )
+        .unwrap();
+    assert_eq!(
+        attachment(&set, "meshed"),
+        Some(Attachment::Interface("veth-m".into()))
+    );
+    assert_eq!(
+        attachment(&set, "linkerd"),
+        Some(Attachment::Interface("veth-l".into()))
+    );
+    assert!(
+        matches!(attachment(&set, "plain"), Some(Attachment::Cgroup(_))),
+        "{set:?}"
+    );
+    // Without a host route (a bridged CNI) the meshed pod keeps its cgroup.
+    let (set, _) = c
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
+        .unwrap();
+    assert!(matches!(
+        attachment(&set, "meshed"),
+        Some(Attachment::Cgroup(_))
+    ));
+}
+
+/// Services and EndpointSlices from the watchers become the desired state's frontends;
+/// a deleted slice takes its backends with it.
+#[test]
+fn services_and_their_endpoint_slices_become_frontends() {
+    let mut c = Cluster::default();
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "registry", "namespace": "ml"},
+        "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]}
+    });
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "registry-abc", "namespace": "ml",
+                     "labels": {"kubernetes.io/service-name": "registry"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]
+    });
+    c.apply("services", &service).unwrap();
+    c.apply("endpointslices", &slice).unwrap();
+    let desired = |c: &Cluster| {
+        c.desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
+        .unwrap()
+        .0
+        .services
+    };
+    let frontends = desired(&c);
+    assert_eq!(frontends.len(), 1);
+    assert_eq!(
+        frontends[0].backends,
+        vec!["10.244.1.5:8080".parse().unwrap()]
+    );
+    c.delete("endpointslices", &slice);
+    assert!(desired(&c)[0].backends.is_empty());
+    let error = c
+        .apply(
+            "services",
+            &json!({"metadata": {"name": "bad", "namespace": "ml"}, "spec": {"ports": 80}}),
+        )
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("kubernetes/services/ml/bad"),
+        "{error}"
+    );
 }
