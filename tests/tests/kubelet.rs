@@ -36,13 +36,26 @@ fn run_pod_on(
     port: u16,
 ) -> (String, IpAddr) {
     let node_name = node.map_or(String::new(), |n| format!("  nodeName: {n}\n"));
+    run_manifest_pod(
+        cluster,
+        namespace,
+        name,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec:\n{node_name}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"{port}\"]\n    ports: [{{containerPort: {port}}}]\n    readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}\n"
+        ),
+    )
+}
+
+/// Creates the pod `manifest` describes, waits until it is Ready and returns its UID and
+/// address.
+fn run_manifest_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    manifest: &str,
+) -> (String, IpAddr) {
     cluster
-        .kubectl_stdin(
-            &["apply", "-f", "-"],
-            &format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec:\n{node_name}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"{port}\"]\n    ports: [{{containerPort: {port}}}]\n    readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}\n"
-            ),
-        )
+        .kubectl_stdin(&["apply", "-f", "-"], manifest)
         .unwrap_or_else(|e| panic!("creating pod {name}: {e:#}"));
     cluster
         .kubectl(&[
@@ -484,11 +497,156 @@ fn two_nodes_each_with_its_agent_enforce_cross_node_traffic_at_both_ends() {
     assert!(dropped_at_b, "node-b reports its drop: {}", log());
     // node-b enforces its routed pod on its veth: two TC links, and the guard's cgroup
     // links only.
-    let links: Vec<String> = std::fs::read_dir(bed.bpffs.join("node-b/v1/links"))
-        .expect("node-b's pins")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let links: Vec<String> =
+        std::fs::read_dir(stagewall_tests::pinned_links(&bed.bpffs.join("node-b")))
+            .expect("node-b's pins")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+    assert_eq!(
+        links.iter().filter(|l| l.starts_with("if-")).count(),
+        2,
+        "{links:?}"
+    );
+}
+
+/// The nat rules istio-init installs in a meshed pod for inbound traffic (its
+/// ISTIO_INBOUND and ISTIO_IN_REDIRECT chains: every TCP connection but the proxy's own
+/// ports goes to the proxy's inbound port 15006), as iptables-restore input. The
+/// outbound half (ISTIO_OUTPUT to 15001) is left out: nothing here calls out of the pod.
+const ISTIO_INBOUND_RULES: &str = "*nat
+:ISTIO_INBOUND - [0:0]
+:ISTIO_IN_REDIRECT - [0:0]
+-A PREROUTING -p tcp -j ISTIO_INBOUND
+-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15090 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15021 -j RETURN
+-A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
+-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
+-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+COMMIT
+";
+
+/// A meshed pod (an `istio-proxy` sidecar, istio-init's redirect of every inbound
+/// connection to the proxy's port 15006 inside the pod) keeps its policy for the
+/// application's port: the agent, enforcing pods by their cgroups, enforces this one by
+/// TC on its host-side veth, which sees the port the client called before the redirect.
+/// By its cgroup, the socket sees 15006 and the rule for 8500 never matches.
+#[test]
+fn a_meshed_pods_ingress_rule_holds_for_the_applications_port() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let (bed, base, mut cluster, agent_kubeconfig) = control_plane();
+    let node_a = cluster
+        .start_kubelet(&bed, "node-a")
+        .expect("starting node-a");
+    let node_b = cluster
+        .start_kubelet_on(&bed, "node-b", NodeNetwork::Routed { n: 2 })
+        .expect("starting node-b");
+    cluster.create_namespace("ml").expect("namespace ml");
+    let (client, _) = run_pod_on(
+        &cluster,
+        Some("node-a"),
+        "ml",
+        "client",
+        "{app: client}",
+        80,
+    );
+    let (other, _) = run_pod_on(&cluster, Some("node-a"), "ml", "other", "{app: other}", 80);
+    // The application listens on 8500, the sidecar (the probe standing in for Envoy: an
+    // echo server on the proxy's inbound port) on 15006.
+    let (server, server_ip) = run_manifest_pod(
+        &cluster,
+        "ml",
+        "server",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: ml, labels: {app: server}}\nspec:\n  nodeName: node-b\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"8500\"]\n    ports: [{containerPort: 8500}]\n    readinessProbe: {tcpSocket: {port: 8500}, periodSeconds: 1}\n  - name: istio-proxy\n    image: probe:1\n    imagePullPolicy: Never\n    args: [serve, --tcp, \"15006\"]\n",
+    );
+    let mut restore = node_b
+        .pod_command(&server, "iptables-restore")
+        .expect("a command in the server pod's network namespace");
+    restore
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = restore.spawn().expect("iptables-restore");
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("piped"),
+        ISTIO_INBOUND_RULES.as_bytes(),
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "istio-init's rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        node_a.tcp(&client, server_ip, 8500).is("ok"),
+        "through the redirect to the sidecar"
+    );
+
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-8500, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{protocol: TCP, port: 8500}]\n",
+        )
+        .expect("the policy");
+    // node-b's agent enforces pods by their cgroups (the default), with the guard.
+    let base_b = format!("{base}/node-b");
+    let guard_b = format!("{base_b}/kubepods");
+    let agent_b = bed
+        .start_agent_kubernetes_in(
+            &node_b.netns,
+            "node-b",
+            &agent_kubeconfig,
+            &[
+                "--node-name",
+                "node-b",
+                "--pods-cgroup-base",
+                &base_b,
+                "--guard-cgroup",
+                &guard_b,
+            ],
+        )
+        .expect("node-b's agent");
+    let log = || {
+        format!(
+            "{}\n{}\n{}",
+            agent_b.log(),
+            node_log(&cluster, &node_a),
+            node_b.log("kubelet")
+        )
+    };
+    until("the meshed pod enforced", log, || {
+        metric_sum(&agent_b.metrics(), "stagewall_workloads_enforced", &[]) == 1.0
+    });
+    until("app=other dropped on the way in", log, || {
+        node_a.tcp(&other, server_ip, 8500).is("timeout")
+    });
+    let client_call = node_a.tcp(&client, server_ip, 8500);
+    assert!(
+        client_call.is("ok"),
+        "app=client to the application's port: {client_call:?}\n{}",
+        log()
+    );
+    // Decided on the port the client called, by TC on the pod's veth.
+    let events = agent_b.events();
+    assert!(
+        events.iter().any(|e| e["verdict"] == "dropped"
+            && e["workload"] == "ml/server"
+            && e["direction"] == "ingress"
+            && e["dst_port"] == 8500
+            && e["hook"] == "tc"),
+        "{events:#?}"
+    );
+    let links: Vec<String> =
+        std::fs::read_dir(stagewall_tests::pinned_links(&bed.bpffs.join("node-b")))
+            .expect("node-b's pins")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
     assert_eq!(
         links.iter().filter(|l| l.starts_with("if-")).count(),
         2,
