@@ -373,6 +373,9 @@ struct RuleTarget<'a> {
 /// the same CIDRs and selectors over and over, and selecting walks every identity.
 type PeerCache<'a> = HashMap<(&'a str, &'a Peer), Vec<u32>>;
 
+/// Selections of more identities than this are not cached.
+const PEER_CACHE_MAX_IDENTITIES: usize = 256;
+
 /// Adds the entries of one rule to `entries`.
 fn rule_entries<'a>(
     set: &PolicySet,
@@ -382,21 +385,42 @@ fn rule_entries<'a>(
     cache: &mut PeerCache<'a>,
     entries: &mut EntrySet,
 ) {
-    let mut peers: Vec<u32> = Vec::new();
+    // The union of what the peers select, never their concatenation: 16,000 ipBlocks
+    // around the same pods each select nearly every identity.
+    let mut union: BTreeSet<u32> = BTreeSet::new();
     if rule.peers.is_empty() {
-        peers.push(IDENTITY_ANY);
+        union.insert(IDENTITY_ANY);
+    }
+    // A rule's ipBlocks are selected together (one pass per distinct CIDR).
+    let blocks: Vec<Block> = rule
+        .peers
+        .iter()
+        .filter_map(|peer| match peer {
+            Peer::IpBlock { cidr, except } => Some(Block::new(*cidr, except)),
+            Peer::Workloads { .. } => None,
+        })
+        .collect();
+    if !blocks.is_empty() {
+        union.extend(identities.select_blocks(&blocks));
     }
     for peer in &rule.peers {
+        if matches!(peer, Peer::IpBlock { .. }) {
+            continue;
+        }
         let key = (target.policy.name.namespace.as_str(), peer);
-        let selected = cache
-            .entry(key)
-            .or_insert_with(|| peer_identities(set, identities, target.policy, peer));
-        peers.extend_from_slice(selected);
+        if let Some(selected) = cache.get(&key) {
+            union.extend(selected.iter().copied());
+            continue;
+        }
+        let selected = peer_identities(set, identities, target.policy, peer);
+        union.extend(selected.iter().copied());
+        // Small selections are kept for the next rule naming the same peer; a large one
+        // is cheaper to select again than to keep thousands of times over.
+        if selected.len() <= PEER_CACHE_MAX_IDENTITIES {
+            cache.insert(key, selected);
+        }
     }
-    if rule.peers.len() > 1 {
-        peers.sort_unstable();
-        peers.dedup();
-    }
+    let peers: Vec<u32> = union.into_iter().collect();
     if rule.ports.is_empty() {
         for identity in peers {
             entries.insert((identity, None, None));
@@ -463,15 +487,7 @@ fn peer_identities(
     peer: &Peer,
 ) -> Vec<u32> {
     match peer {
-        Peer::IpBlock { cidr, except } => {
-            let mut except = except.clone();
-            except.sort();
-            except.dedup();
-            identities.select_block(&Block {
-                cidr: *cidr,
-                except,
-            })
-        }
+        Peer::IpBlock { cidr, except } => identities.select_block(&Block::new(*cidr, except)),
         Peer::Workloads {
             namespace_selector,
             pod_selector,

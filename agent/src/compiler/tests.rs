@@ -339,9 +339,13 @@ const ADDRS: [&str; 8] = [
     "fd00::1",
     "fd00::2",
 ];
-const BLOCKS: [(&str, &[&str]); 5] = [
+const BLOCKS: [(&str, &[&str]); 7] = [
     ("10.0.0.0/29", &["10.0.0.4/30"]),
     ("10.0.0.0/16", &[]),
+    // The same CIDR with other exceptions (nested ones too): a rule's blocks are
+    // selected together, per CIDR.
+    ("10.0.0.0/16", &["10.0.7.0/24"]),
+    ("10.0.0.0/16", &["10.0.0.0/24", "10.0.0.0/29"]),
     ("0.0.0.0/0", &["10.0.0.0/8"]),
     ("10.0.0.6/32", &[]),
     ("fd00::/64", &["fd00::2/128"]),
