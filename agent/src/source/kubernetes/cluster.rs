@@ -184,12 +184,16 @@ fn pod_info(object: &serde_json::Value) -> Result<Option<PodInfo>, String> {
 /// Where an object's errors point: `kubernetes/<kind>/<namespace>/<name>`, with lines of
 /// the object as pretty JSON.
 fn object_path(kind: &str, object: &serde_json::Value) -> PathBuf {
-    let meta = &object["metadata"];
+    key_path(&key(kind, object))
+}
+
+/// The path of the object `key` names (the inverse of `key_of_file`).
+fn key_path((kind, namespace, name): &Key) -> PathBuf {
     let mut path = PathBuf::from("kubernetes").join(kind);
-    if let Some(ns) = meta["namespace"].as_str() {
-        path.push(ns);
+    if !namespace.is_empty() {
+        path.push(namespace);
     }
-    path.join(meta["name"].as_str().unwrap_or("unnamed"))
+    path.join(if name.is_empty() { "unnamed" } else { name })
 }
 
 /// Objects by (kind, namespace, name).
@@ -214,6 +218,9 @@ pub struct Cluster {
     slices: BTreeMap<Key, SliceInfo>,
     /// Every other object, parsed: the last version the parser accepted.
     documents: BTreeMap<Key, PolicySet>,
+    /// Their creation timestamps (RFC 3339, so they sort by time): when the kernel maps
+    /// cannot hold everything, the newest objects are left out first.
+    created: BTreeMap<Key, String>,
     /// Counts changes, so the agent can tell whether anything happened.
     pub version: u64,
 }
@@ -274,6 +281,11 @@ impl Cluster {
                 ),
             ));
         }
+        let created = object["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.created.insert(key.clone(), created);
         if self.documents.get(&key) != Some(&parsed) {
             self.documents.insert(key, parsed);
             self.version += 1;
@@ -293,6 +305,7 @@ impl Cluster {
         } else if kind == "endpointslices" {
             self.slices.remove(&key).is_some()
         } else {
+            self.created.remove(&key);
             self.documents.remove(&key).is_some()
         };
         if removed {
@@ -321,6 +334,7 @@ impl Cluster {
             self.services.remove(&k);
             self.slices.remove(&k);
             self.documents.remove(&k);
+            self.created.remove(&k);
             self.version += 1;
         }
         objects
@@ -341,6 +355,10 @@ impl Cluster {
     /// come first (a Workload object never takes a pod's address or cgroup), then the
     /// other objects by kind, namespace and name; the later one is refused. Errors that
     /// name no object refuse the whole state.
+    ///
+    /// The same for the kernel maps' capacity: when the whole set needs more entries
+    /// than the maps hold (one NetworkPolicy of 900 ports that every pod of the cluster
+    /// may reach, say), the newest objects are left out until the rest fits (capacity.rs).
     pub fn desired(
         &self,
         node: &str,
@@ -355,7 +373,10 @@ impl Cluster {
             let mut set = self.build(node, cgroups, base, (routes, attachment), &left_out);
             let errors = complete(&mut set);
             if errors.is_empty() {
-                return Ok((set, refused));
+                return self.fit(set, refused, &left_out, |left_out| {
+                    let mut set = self.build(node, cgroups, base, (routes, attachment), left_out);
+                    complete(&mut set).is_empty().then_some(set)
+                });
             }
             let at_fault: Vec<Key> = errors
                 .iter()
@@ -492,5 +513,6 @@ fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyE
     }])
 }
 
+mod capacity;
 #[cfg(test)]
 mod tests;

@@ -521,3 +521,66 @@ fn services_and_their_endpoint_slices_become_frontends() {
         "{error}"
     );
 }
+
+/// One NetworkPolicy of 900 single ports from every namespace, with 300 pods that each
+/// are their own identity, needs 270,000 POLICY entries (with the older policy's 300,
+/// 270,300), more than the map holds: that
+/// object is left out, named with the reason, and the older policy stays in force (the
+/// newest objects go first).
+#[test]
+fn a_policy_that_overflows_the_kernel_maps_is_left_out_and_the_older_ones_stay() {
+    let mut c = Cluster::default();
+    for i in 0..300 {
+        let node = if i == 0 { "node-a" } else { "node-b" };
+        c.apply(
+            "pods",
+            &pod(
+                &format!("p{i}"),
+                &format!("uid-{i}"),
+                node,
+                &format!("10.244.{}.{}", i / 200, i % 200 + 1),
+                json!({"app": format!("a{i}")}),
+            ),
+        )
+        .unwrap();
+    }
+    let network_policy = |name: &str, created: &str, ports: serde_json::Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "ml", "creationTimestamp": created},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"namespaceSelector": {}}], "ports": ports}]}
+        })
+    };
+    let many: Vec<serde_json::Value> = (0..900)
+        .map(|p| json!({"protocol": "TCP", "port": 10_000 + p}))
+        .collect();
+    c.apply(
+        "networkpolicies",
+        &network_policy("older", "2026-11-01T00:00:00Z", json!([{"port": 80}])),
+    )
+    .unwrap();
+    c.apply(
+        "networkpolicies",
+        &network_policy("huge", "2026-11-20T00:00:00Z", json!(many)),
+    )
+    .unwrap();
+    let (set, left_out) = c
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &HostRoutes::default(),
+            PodAttachment::Cgroup,
+        )
+        .expect("the rest is enforced");
+    let names: Vec<&str> = set.policies.iter().map(|p| p.name.name.as_str()).collect();
+    assert_eq!(names, ["older"]);
+    assert_eq!(left_out.len(), 1, "{left_out:?}");
+    let error = left_out[0].to_string();
+    assert!(
+        error.contains("kubernetes/networkpolicies/ml/huge")
+            && error.contains("policy: 270300 entries exceed the kernel map's capacity of 262144"),
+        "{error}"
+    );
+}
