@@ -12,6 +12,17 @@ use crate::policy::model::{
     Mode, NetworkPolicy, ObjectName, Peer, PortMatch, PortSpec, Protocol, Rule,
 };
 
+/// Per-object limits: one object never costs a node more than a share of its kernel maps
+/// and of the agent's memory, whatever else the cluster holds. Each is far beyond what
+/// people write (16,000 ipBlocks is a 0.9 MB object).
+/// ipBlock peers in one NetworkPolicy.
+pub const MAX_IP_BLOCKS_PER_OBJECT: usize = 20_000;
+/// Distinct CIDRs (blocks and their exceptions) in one NetworkPolicy.
+pub const MAX_CIDRS_PER_OBJECT: usize = 50_000;
+/// Peers times port entries of one rule (each peer may allow each port: that many policy
+/// entries at least).
+pub const MAX_PEERS_TIMES_PORTS_PER_RULE: usize = 100_000;
+
 impl DocumentParser<'_> {
     pub(super) fn network_policy(
         &mut self,
@@ -37,6 +48,34 @@ impl DocumentParser<'_> {
         let pod_selector = self.selector(pod_selector)?;
         let ingress = self.rules(spec.ingress.as_deref().unwrap_or_default(), true)?;
         let egress = self.rules(spec.egress.as_deref().unwrap_or_default(), false)?;
+        let blocks = || {
+            ingress
+                .iter()
+                .chain(&egress)
+                .flat_map(|r| &r.peers)
+                .filter_map(|p| match p {
+                    Peer::IpBlock { cidr, except } => Some((cidr, except)),
+                    Peer::Workloads { .. } => None,
+                })
+        };
+        let ip_blocks = blocks().count();
+        if ip_blocks > MAX_IP_BLOCKS_PER_OBJECT {
+            self.error(
+                spec_line,
+                format!("NetworkPolicy has {ip_blocks} ipBlock peers; expected at most {MAX_IP_BLOCKS_PER_OBJECT} in one object (use wider blocks, or split it)"),
+            );
+            return None;
+        }
+        let cidrs: std::collections::BTreeSet<&IpNet> = blocks()
+            .flat_map(|(cidr, except)| std::iter::once(cidr).chain(except))
+            .collect();
+        if cidrs.len() > MAX_CIDRS_PER_OBJECT {
+            self.error(
+                spec_line,
+                format!("NetworkPolicy names {} distinct CIDRs (ipBlocks and their exceptions); expected at most {MAX_CIDRS_PER_OBJECT} in one object", cidrs.len()),
+            );
+            return None;
+        }
         let (ingress_isolates, egress_isolates) = match &spec.policy_types {
             Some(types) => {
                 let mut ingress = false;
@@ -104,6 +143,18 @@ impl DocumentParser<'_> {
             }
             for p in r.value.ports.iter().flatten() {
                 rule.ports.push(self.port(p)?);
+            }
+            let cost = rule.peers.len().max(1) * rule.ports.len().max(1);
+            if cost > MAX_PEERS_TIMES_PORTS_PER_RULE {
+                self.error(
+                    line,
+                    format!(
+                        "rule has {} peers and {} ports ({cost} combinations); expected at most {MAX_PEERS_TIMES_PORTS_PER_RULE} (use port ranges or wider peers, or split the rule)",
+                        rule.peers.len(),
+                        rule.ports.len()
+                    ),
+                );
+                return None;
             }
             rules.push(rule);
         }

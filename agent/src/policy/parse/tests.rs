@@ -296,3 +296,73 @@ proptest! {
         }
     }
 }
+
+/// One object's size is bounded where it is read: too many ipBlocks, too many distinct
+/// CIDRs, or a rule whose peers times ports is too large are refused with the line and
+/// the limit; 16,000 ipBlocks (a 0.9 MB object) are still fine.
+#[test]
+fn per_object_limits_refuse_oversized_policies_with_line_and_limit() {
+    use crate::policy::parse::network_policy::{
+        MAX_CIDRS_PER_OBJECT, MAX_IP_BLOCKS_PER_OBJECT, MAX_PEERS_TIMES_PORTS_PER_RULE,
+    };
+    let blocks = |n: usize, excepts: usize| -> String {
+        (0..n)
+            .map(|j| {
+                let except: Vec<String> = (0..excepts)
+                    .map(|k| format!("10.{}.{}.{}/32", j / 256, j % 256, k + 1))
+                    .collect();
+                format!(
+                    "        - ipBlock: {{cidr: 10.{}.{}.0/24, except: [{}]}}\n",
+                    j / 256,
+                    j % 256,
+                    except.join(", ")
+                )
+            })
+            .collect()
+    };
+    assert!(
+        errors(&format!(
+            "{POLICY_HEAD}  egress:\n    - to:\n{}",
+            blocks(16_000, 0)
+        ))
+        .is_empty()
+    );
+
+    let e = one_error(&format!(
+        "{POLICY_HEAD}  egress:\n    - to:\n{}",
+        blocks(MAX_IP_BLOCKS_PER_OBJECT + 1, 0)
+    ));
+    assert_eq!(e.line, 5, "{e}");
+    assert!(
+        e.message
+            .contains("20001 ipBlock peers; expected at most 20000"),
+        "{e}"
+    );
+
+    let e = one_error(&format!(
+        "{POLICY_HEAD}  egress:\n    - to:\n{}",
+        blocks(MAX_CIDRS_PER_OBJECT / 3 + 1, 2)
+    ));
+    assert!(e.message.contains("distinct CIDRs"), "{e}");
+    assert!(
+        e.message
+            .contains(&format!("at most {MAX_CIDRS_PER_OBJECT}")),
+        "{e}"
+    );
+
+    // 400 peers times 300 ports.
+    let ports: String = (0..300)
+        .map(|p| format!("        - {{port: {}}}\n", 1000 + p))
+        .collect();
+    let e = one_error(&format!(
+        "{POLICY_HEAD}  egress:\n    - to:\n{}      ports:\n{ports}",
+        blocks(400, 0)
+    ));
+    assert_eq!(e.line, 7, "the rule's line: {e}");
+    assert!(
+        e.message.contains(&format!(
+            "400 peers and 300 ports (120000 combinations); expected at most {MAX_PEERS_TIMES_PORTS_PER_RULE}"
+        )),
+        "{e}"
+    );
+}
