@@ -219,7 +219,7 @@ pub struct Cluster {
     /// Every other object, parsed: the last version the parser accepted.
     documents: BTreeMap<Key, PolicySet>,
     /// Their creation timestamps (RFC 3339, so they sort by time): when the kernel maps
-    /// cannot hold everything, the newest objects are left out first.
+    /// cannot hold everything, the oldest objects are admitted first.
     created: BTreeMap<Key, String>,
     /// Counts changes, so the agent can tell whether anything happened.
     pub version: u64,
@@ -358,7 +358,8 @@ impl Cluster {
     ///
     /// The same for the kernel maps' capacity: when the whole set needs more entries
     /// than the maps hold (one NetworkPolicy of 900 ports that every pod of the cluster
-    /// may reach, say), the newest objects are left out until the rest fits (capacity.rs).
+    /// may reach, say), objects are admitted oldest first and one that would overflow
+    /// them is left out (capacity.rs).
     pub fn desired(
         &self,
         node: &str,

@@ -177,7 +177,14 @@ impl View {
                 (set, left_out)
             });
         match desired {
-            Ok((set, _)) if self.given.as_ref() == Some(&set) => None,
+            // The same state from the same objects: nothing to do. (The same state with
+            // other objects left out, one too large for the maps now left out, say, is
+            // said and counted below.)
+            Ok((set, left_out))
+                if self.given.as_ref() == Some(&set) && left_out == self.left_out =>
+            {
+                None
+            }
             Ok((set, left_out)) => {
                 // Said each time the state changes; the rest is enforced.
                 for e in &left_out {

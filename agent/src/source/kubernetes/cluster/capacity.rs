@@ -1,8 +1,10 @@
 //! One object never overflows the node's kernel maps for everyone: when the desired state
-//! needs more entries than a map holds, the newest objects (by creationTimestamp, then
-//! kind, namespace and name) are left out until the rest fits, each reported like any
-//! object left out. So which policy wins is fixed and documented: the older ones, which
-//! were in force first; a new object can never push an old one out.
+//! needs more entries than a map holds, objects are admitted oldest first (by
+//! creationTimestamp, then kind, namespace and name) and one that would overflow the maps
+//! is left out, reported like any object left out; the younger ones after it still get
+//! their turn. So which policy wins is fixed and documented: those in force first; a new
+//! object never pushes an old one out, and one huge object never blocks the small ones
+//! that come after it.
 
 use std::collections::BTreeSet;
 
@@ -20,10 +22,10 @@ use crate::{
 const LEFT_OUT_FOR_CAPACITY: [&str; 3] = ["networkpolicies", "pipelines", "workloads"];
 
 impl Cluster {
-    /// `set` if the kernel maps hold it; else the set without the fewest newest objects
-    /// that makes it fit (`rebuild` builds the set without the objects it is given, None
-    /// when its checks fail), with an error for each left out. If nothing left out makes
-    /// it fit (this node's pods alone overflow), the whole state is refused.
+    /// `set` if the kernel maps hold it; else the set without the objects that overflow
+    /// them, admitted oldest first (`rebuild` builds the set without the objects it is
+    /// given, None when its checks fail), with an error for each left out. If the node's
+    /// pods and namespaces alone overflow the maps, the whole state is refused.
     pub(super) fn fit(
         &self,
         set: PolicySet,
@@ -34,47 +36,56 @@ impl Cluster {
         let Err(overflow) = fits(&set) else {
             return Ok((set, refused));
         };
-        // Newest first.
+        // Oldest first.
         let mut candidates: Vec<&Key> = self
             .documents
             .keys()
             .filter(|k| LEFT_OUT_FOR_CAPACITY.contains(&k.0.as_str()) && !left_out.contains(*k))
             .collect();
-        candidates.sort_by_key(|k| std::cmp::Reverse((self.created.get(*k), *k)));
-        let without = |n: usize| {
-            let mut more = left_out.clone();
-            more.extend(candidates[..n].iter().map(|k| (*k).clone()));
-            rebuild(&more).filter(|set| fits(set).is_ok())
+        candidates.sort_by_key(|k| (self.created.get(*k), *k));
+        let mut skipped: BTreeSet<Key> = BTreeSet::new();
+        // The set with the first `admitted` candidates (less those skipped), if it fits.
+        let with_first = |admitted: usize, skipped: &BTreeSet<Key>| {
+            let mut out = left_out.clone();
+            out.extend(skipped.iter().cloned());
+            out.extend(candidates[admitted..].iter().map(|k| (*k).clone()));
+            rebuild(&out).filter(|set| fits(set).is_ok())
         };
-        // Leaving out more never needs more entries: the fewest that fit, by bisection
-        // (a handful of compiles, not one per object).
-        let (mut lo, mut hi) = (0, candidates.len());
-        let Some(mut best) = without(hi) else {
+        if with_first(0, &skipped).is_none() {
             return Err(PolicyErrors(vec![PolicyError {
                 file: "kubernetes".into(),
                 line: 0,
                 message: format!("{overflow}, even without any policy object"),
             }]));
-        };
-        while hi - lo > 1 {
-            let mid = (lo + hi) / 2;
-            match without(mid) {
-                Some(set) => {
-                    hi = mid;
-                    best = set;
-                }
-                None => lo = mid,
-            }
         }
-        for key in &candidates[..hi] {
+        // Invariant: the first `fitting` candidates (less those skipped) fit. Each round
+        // finds, by bisection, the first candidate that makes the set overflow and skips
+        // it: a few compiles per object left out, not one per object.
+        let mut fitting = 0;
+        let best = loop {
+            if let Some(set) = with_first(candidates.len(), &skipped) {
+                break set;
+            }
+            let (mut lo, mut hi) = (fitting, candidates.len());
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if with_first(mid, &skipped).is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let culprit = candidates[hi - 1];
             refused.push(PolicyError {
-                file: super::key_path(key),
+                file: super::key_path(culprit),
                 line: 0,
                 message: format!(
-                    "left out: with it the kernel maps overflow ({overflow}); the newest objects are left out first, the older ones stay in force"
+                    "left out: with it the kernel maps overflow ({overflow}); objects are admitted oldest first, so the ones in force before it stay"
                 ),
             });
-        }
+            skipped.insert(culprit.clone());
+            fitting = hi;
+        };
         Ok((best, refused))
     }
 }

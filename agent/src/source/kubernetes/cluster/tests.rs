@@ -525,8 +525,8 @@ fn services_and_their_endpoint_slices_become_frontends() {
 /// One NetworkPolicy of 900 single ports from every namespace, with 300 pods that each
 /// are their own identity, needs 270,000 POLICY entries (with the older policy's 300,
 /// 270,300), more than the map holds: that
-/// object is left out, named with the reason, and the older policy stays in force (the
-/// newest objects go first).
+/// object is left out, named with the reason; the older policy stays in force, and a
+/// younger one is admitted after it (oldest first, skipping what does not fit).
 #[test]
 fn a_policy_that_overflows_the_kernel_maps_is_left_out_and_the_older_ones_stay() {
     let mut c = Cluster::default();
@@ -565,6 +565,12 @@ fn a_policy_that_overflows_the_kernel_maps_is_left_out_and_the_older_ones_stay()
         &network_policy("huge", "2026-11-20T00:00:00Z", json!(many)),
     )
     .unwrap();
+    // Younger than the huge one: it still gets its turn.
+    c.apply(
+        "networkpolicies",
+        &network_policy("newer", "2026-11-21T00:00:00Z", json!([{"port": 81}])),
+    )
+    .unwrap();
     let (set, left_out) = c
         .desired(
             "node-a",
@@ -575,12 +581,12 @@ fn a_policy_that_overflows_the_kernel_maps_is_left_out_and_the_older_ones_stay()
         )
         .expect("the rest is enforced");
     let names: Vec<&str> = set.policies.iter().map(|p| p.name.name.as_str()).collect();
-    assert_eq!(names, ["older"]);
+    assert_eq!(names, ["newer", "older"]);
     assert_eq!(left_out.len(), 1, "{left_out:?}");
     let error = left_out[0].to_string();
     assert!(
         error.contains("kubernetes/networkpolicies/ml/huge")
-            && error.contains("policy: 270300 entries exceed the kernel map's capacity of 262144"),
+            && error.contains("policy: 270600 entries exceed the kernel map's capacity of 262144"),
         "{error}"
     );
 }
