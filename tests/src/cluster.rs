@@ -38,6 +38,9 @@ const KUBE_PROXY_METRICS: &str = "127.0.0.1:10249";
 
 /// Where the API server allocates ClusterIPs.
 pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+/// And IPv6 ones (the API server is dual-stack; IPv4 is its primary family, so a Service
+/// is IPv6 only when it asks).
+pub const SERVICE_RANGE_V6: &str = "fd00:96::/108";
 /// The test bed's pod addresses (IPv4), as kube-proxy's `--cluster-cidr`.
 pub const POD_RANGE: &str = "198.18.0.0/24";
 
@@ -202,7 +205,7 @@ impl Cluster {
                 "--cert-dir",
                 &path(&dir.join("certs")),
                 "--service-cluster-ip-range",
-                SERVICE_RANGE,
+                &format!("{SERVICE_RANGE},{SERVICE_RANGE_V6}"),
                 "--service-account-issuer",
                 "https://kubernetes.default.svc",
                 "--service-account-key-file",
@@ -414,6 +417,35 @@ impl Cluster {
             &status,
         ])?;
         Ok(uid)
+    }
+
+    /// Reports the pod `namespace/name` (run by `run_pod` from the bed node `bed_node`)
+    /// with the bed node's IPv6 address too, as kubelet does for a dual-stack pod: the
+    /// EndpointSlice controller then gives IPv6 Services their endpoints.
+    pub fn report_dual_stack(
+        &self,
+        bed: &Testbed,
+        bed_node: &str,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let node = bed.node(bed_node);
+        let status = format!(
+            r#"{{"status":{{"podIPs":[{{"ip":"{}"}},{{"ip":"{}"}}]}}}}"#,
+            node.v4, node.v6
+        );
+        self.kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "--namespace",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])?;
+        Ok(())
     }
 
     /// Creates the Node object `name` with `address` as its InternalIP (a kubelet would

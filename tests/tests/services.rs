@@ -41,6 +41,17 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: server-v6, namespace: ml}
+spec:
+  ipFamilyPolicy: SingleStack
+  ipFamilies: [IPv6]
+  selector: {app: server}
+  ports:
+  - {name: tcp, protocol: TCP, port: 80, targetPort: 8080}
+  - {name: udp, protocol: UDP, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: backend, namespace: ml}
 spec:
   selector: {tier: backend}
@@ -101,6 +112,9 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
         cluster
             .run_pod(&mut bed, "node-a", &base, &pod)
             .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
+        cluster
+            .report_dual_stack(&bed, name, "ml", name)
+            .expect("the pod's IPv6 address");
     }
     cluster
         .kubectl_stdin(&["apply", "-f", "-"], POLICY)
@@ -125,6 +139,8 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
     };
     let (server_vip, backend_vip, other_vip, dns_vip) =
         (vip("server"), vip("backend"), vip("other"), vip("dns"));
+    let server_vip6 = vip("server-v6");
+    assert!(server_vip6.is_ipv6(), "{server_vip6}");
     bed.serve("server", &[8080], &[8080]).unwrap();
     bed.serve("other", &[8080], &[8080]).unwrap();
     let server = bed.node("server").v4;
@@ -177,6 +193,7 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
         || cluster.log("kube-controller-manager"),
         || {
             endpoints("server") == [server.to_string()]
+                && endpoints("server-v6") == [bed.node("server").v6.to_string()]
                 && endpoints("backend") == both
                 && endpoints("other") == [other.to_string()]
                 && endpoints("dns") == [dns.to_string()]
@@ -198,13 +215,13 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
     assert!(bed.tcp("client", other, 8080).is("eperm"), "{}", log());
 
     // Through the Services: the agent has their backends once it has seen the
-    // EndpointSlices (the `kubernetes` Service's one entry besides these seven).
+    // EndpointSlices (the `kubernetes` Service's one entry besides these nine).
     until("the Services' backends in the kernel", log, || {
         metric_sum(
             &agent.metrics(),
             "stagewall_map_entries",
             &[("map", "services")],
-        ) >= 7.0
+        ) >= 10.0
     });
     let tcp = bed.tcp("client", server_vip, 80);
     assert!(
@@ -228,6 +245,22 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
         format!("from {server_vip}:80"),
         "recvmsg says the echo came from the address the client called"
     );
+
+    // IPv6: the same through an IPv6-only Service, to the server's IPv6 address.
+    let tcp6 = bed.tcp("client", server_vip6, 80);
+    assert!(
+        tcp6.is("ok"),
+        "TCP to [{server_vip6}]:80: {tcp6:?}\n{}",
+        log()
+    );
+    assert_eq!(tcp6.body.trim(), format!("peer [{server_vip6}]:80"));
+    let udp6 = bed.udp("client", server_vip6, 80, 3);
+    assert!(
+        udp6.is("ok"),
+        "UDP to [{server_vip6}]:80: {udp6:?}\n{}",
+        log()
+    );
+    assert_eq!(udp6.body.trim(), format!("from [{server_vip6}]:80"));
 
     // DNS through its Service, with a real resolver and a real server, over UDP and TCP.
     for transport in ["+notcp", "+tcp"] {
