@@ -402,9 +402,19 @@ impl Cluster {
         // makes only ready pods a Service's serving endpoints.
         let ready =
             r#"[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]"#;
-        let status = format!(
-            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":{ready}}}}}"#
-        );
+        self.patch_pod_status(
+            namespace,
+            name,
+            &format!(
+                r#"{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":{ready}}}"#
+            ),
+        )?;
+        Ok(uid)
+    }
+
+    /// Merges `status` (JSON) into the pod's status, through the status subresource as
+    /// kubelet writes it.
+    fn patch_pod_status(&self, namespace: &str, name: &str, status: &str) -> anyhow::Result<()> {
         self.kubectl(&[
             "patch",
             "pod",
@@ -414,9 +424,37 @@ impl Cluster {
             "--subresource=status",
             "--type=merge",
             "-p",
-            &status,
+            &format!(r#"{{"status":{status}}}"#),
         ])?;
-        Ok(uid)
+        Ok(())
+    }
+
+    /// Runs the bed node `name` as the pod `ml/name` with these labels on `node` (see
+    /// `run_pod`); panics if it cannot.
+    pub fn run_bed_pod(&self, bed: &mut Testbed, base: &str, name: &str, node: &str, labels: &str) {
+        let pod = PodSpec {
+            bed_node: name,
+            namespace: "ml",
+            name,
+            node,
+            labels,
+            ports: "[]",
+        };
+        self.run_pod(bed, "node-a", base, &pod)
+            .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
+    }
+
+    /// The Events (events.k8s.io) of `namespace`, one a line: `REASON KIND/NAME: NOTE`.
+    pub fn events(&self, namespace: &str) -> String {
+        self.kubectl(&[
+            "get",
+            "events.events.k8s.io",
+            "--namespace",
+            namespace,
+            "-o",
+            "jsonpath={range .items[*]}{.reason} {.regarding.kind}/{.regarding.name}: {.note}{\"\\n\"}{end}",
+        ])
+        .unwrap_or_default()
     }
 
     /// Reports the pod `namespace/name` (run by `run_pod` from the bed node `bed_node`)
@@ -430,22 +468,14 @@ impl Cluster {
         name: &str,
     ) -> anyhow::Result<()> {
         let node = bed.node(bed_node);
-        let status = format!(
-            r#"{{"status":{{"podIPs":[{{"ip":"{}"}},{{"ip":"{}"}}]}}}}"#,
-            node.v4, node.v6
-        );
-        self.kubectl(&[
-            "patch",
-            "pod",
-            name,
-            "--namespace",
+        self.patch_pod_status(
             namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ])?;
-        Ok(())
+            name,
+            &format!(
+                r#"{{"podIPs":[{{"ip":"{}"}},{{"ip":"{}"}}]}}"#,
+                node.v4, node.v6
+            ),
+        )
     }
 
     /// Creates the Node object `name` with `address` as its InternalIP (a kubelet would

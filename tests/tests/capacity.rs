@@ -4,11 +4,7 @@
 //! of the map holds. The agent leaves that object out (log, metric, a Warning Event on
 //! it), keeps enforcing the older policy, and still applies a policy created after it.
 
-use stagewall_tests::{
-    Testbed,
-    cluster::{Cluster, PodSpec},
-    metric_sum, privileged, until, until_within,
-};
+use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged, until, until_within};
 
 fn network_policy(name: &str, port_list: &str) -> String {
     format!(
@@ -29,17 +25,7 @@ fn a_policy_too_large_for_the_kernel_maps_is_left_out_and_the_node_goes_on() {
         .expect("installing deploy/kubernetes and a token for the agent");
     cluster.create_namespace("ml").expect("namespace");
     for (name, labels) in [("client", "{app: client}"), ("server", "{app: server}")] {
-        let pod = PodSpec {
-            bed_node: name,
-            namespace: "ml",
-            name,
-            node: "node-a",
-            labels,
-            ports: "[]",
-        };
-        cluster
-            .run_pod(&mut bed, "node-a", &base, &pod)
-            .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
+        cluster.run_bed_pod(&mut bed, &base, name, "node-a", labels);
     }
     bed.serve("server", &[80, 81, 82, 10_000], &[]).unwrap();
     let server = bed.node("server").v4;
@@ -127,18 +113,7 @@ fn a_policy_too_large_for_the_kernel_maps_is_left_out_and_the_node_goes_on() {
         "{}",
         log()
     );
-    let events = || {
-        cluster
-            .kubectl(&[
-                "get",
-                "events.events.k8s.io",
-                "--namespace",
-                "ml",
-                "-o",
-                "jsonpath={range .items[*]}{.reason} {.regarding.kind}/{.regarding.name}: {.note}{\"\\n\"}{end}",
-            ])
-            .unwrap_or_default()
-    };
+    let events = || cluster.events("ml");
     until("a LeftOut event on the huge policy", log, || {
         events().contains("LeftOut NetworkPolicy/huge: left out on node node-a")
     });

@@ -10,26 +10,7 @@
 
 use std::time::Duration;
 
-use stagewall_tests::{
-    Testbed,
-    cluster::{Cluster, PodSpec},
-    metric_sum, privileged, until, until_within,
-};
-
-/// Runs `name` in namespace ml on `node` as kubelet would (see Cluster::run_pod).
-fn run_pod(cluster: &Cluster, bed: &mut Testbed, base: &str, name: &str, node: &str, labels: &str) {
-    let pod = PodSpec {
-        bed_node: name,
-        namespace: "ml",
-        name,
-        node,
-        labels,
-        ports: "[]",
-    };
-    cluster
-        .run_pod(bed, "node-a", base, &pod)
-        .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
-}
+use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged, until, until_within};
 
 #[test]
 fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_writes_nothing() {
@@ -183,23 +164,9 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         .expect("the example pipeline passes the CRD's schema and rules");
 
     // Pods as kubelet would run them: client and server on this node, other on node-b.
-    run_pod(
-        &cluster,
-        &mut bed,
-        &base,
-        "client",
-        "node-a",
-        "{app: client}",
-    );
-    run_pod(
-        &cluster,
-        &mut bed,
-        &base,
-        "server",
-        "node-a",
-        "{app: server}",
-    );
-    run_pod(&cluster, &mut bed, &base, "other", "node-b", "{app: other}");
+    cluster.run_bed_pod(&mut bed, &base, "client", "node-a", "{app: client}");
+    cluster.run_bed_pod(&mut bed, &base, "server", "node-a", "{app: server}");
+    cluster.run_bed_pod(&mut bed, &base, "other", "node-b", "{app: other}");
     cluster
         .kubectl_stdin(
             &["apply", "-f", "-"],
@@ -261,18 +228,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         1.0
     );
     // And a Warning event on the object itself, for whoever wrote it.
-    let event = || {
-        cluster
-            .kubectl(&[
-                "get",
-                "events.events.k8s.io",
-                "--namespace",
-                "tenant-b",
-                "-o",
-                "jsonpath={range .items[*]}{.reason} {.regarding.kind}/{.regarding.name}: {.note}{\"\\n\"}{end}",
-            ])
-            .unwrap_or_default()
-    };
+    let event = || cluster.events("tenant-b");
     until("a LeftOut event on the Workload", log, || {
         event().contains("LeftOut Workload/thief: left out on node node-a")
     });
@@ -377,7 +333,7 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
         ("server", "{app: server}"),
         ("other", "{app: other}"),
     ] {
-        run_pod(&cluster, &mut bed, &base, name, "node-a", labels);
+        cluster.run_bed_pod(&mut bed, &base, name, "node-a", labels);
     }
     // The policy names the pod's port: it is judged after kube-proxy's DNAT (80 -> 8080).
     cluster

@@ -9,11 +9,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use stagewall_tests::{
-    Testbed,
-    cluster::{Cluster, PodSpec},
-    metric_sum, privileged, until, until_within,
-};
+use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged, until, until_within};
 
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -101,17 +97,7 @@ fn an_egress_isolated_pod_reaches_services_by_the_pods_its_policy_allows() {
         ("other", "{app: other, tier: backend}"),
         ("dns", "{k8s-app: kube-dns}"),
     ] {
-        let pod = PodSpec {
-            bed_node: name,
-            namespace: "ml",
-            name,
-            node: "node-a",
-            labels,
-            ports: "[]",
-        };
-        cluster
-            .run_pod(&mut bed, "node-a", &base, &pod)
-            .unwrap_or_else(|e| panic!("running pod {name}: {e:#}"));
+        cluster.run_bed_pod(&mut bed, &base, name, "node-a", labels);
         cluster
             .report_dual_stack(&bed, name, "ml", name)
             .expect("the pod's IPv6 address");
