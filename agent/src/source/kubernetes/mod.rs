@@ -1,6 +1,6 @@
 //! Kubernetes as the source of the desired state (`stagewall run --kubernetes`): the agent
-//! watches Pods, Namespaces, NetworkPolicies and the stagewall.io kinds through the API
-//! server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
+//! watches Pods, Namespaces, NetworkPolicies, its Node, Services, EndpointSlices and the
+//! stagewall.io kinds through the API server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
 //! listing again after 410 Gone), keeps them in a `Cluster`, and gives the agent the
 //! desired state built from it whenever it changed.
 
