@@ -226,6 +226,20 @@ impl Testbed {
         http_get_in(&self.hub, addr, path).map(body)
     }
 
+    /// A control command (`quarantine`, `release`) to the agent of this test bed: whether
+    /// it succeeded, and what it said.
+    pub fn control(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.control_socket)
+            .output()
+            .expect("running stagewall");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
     /// `stagewall uninstall` of this test bed's pins: every program detached.
     pub fn uninstall(&self) -> anyhow::Result<String> {
         let out = Command::new(agent_bin())

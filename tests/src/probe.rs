@@ -1,5 +1,6 @@
 //! Traffic from the test bed's nodes: the probe binary (`stagewall-probe`, in
-//! src/bin/stagewall-probe.rs) as echo server and client, and ping.
+//! src/bin/stagewall-probe.rs) as echo server and client, hand-made frames counted where
+//! they arrive, and ping.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -13,6 +14,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     Testbed,
     exec::{in_netns_and_cgroup, sibling_bin},
+    raw::{Mac, parse_mac},
 };
 
 pub fn probe_bin() -> PathBuf {
@@ -98,6 +100,52 @@ impl Testbed {
                 &count.to_string(),
             ],
         )
+    }
+
+    /// The MAC address of a node's interface.
+    pub fn mac(&self, node: &str) -> Mac {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.node(node).netns, "-br", "link", "show", "eth0"])
+            .output()
+            .expect("running ip");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .find_map(parse_mac)
+            .unwrap_or_else(|| panic!("no MAC address in {text:?}"))
+    }
+
+    /// How many frames carrying each of `markers` reach `receiver`'s interface while
+    /// `send` runs (and `ms` in all): counted by a raw socket there, before any firewall
+    /// or address check of the receiver's.
+    pub fn frames_delivered(
+        &self,
+        receiver: &str,
+        markers: &[u32],
+        ms: u32,
+        send: impl FnOnce(),
+    ) -> Vec<usize> {
+        let mut cmd = self.command(receiver, probe_bin()).expect("probe command");
+        cmd.args(["raw-count", "eth0", &ms.to_string()])
+            .args(markers.iter().map(u32::to_string))
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting the raw counter");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reading the raw counter");
+        assert_eq!(line.trim(), "ready", "raw counter in {receiver}");
+        send();
+        line.clear();
+        out.read_line(&mut line).expect("reading the raw counter");
+        let _ = child.wait();
+        let counts: Vec<usize> = line
+            .trim()
+            .strip_prefix("counts")
+            .unwrap_or_else(|| panic!("raw counter in {receiver}: {line:?}"))
+            .split_whitespace()
+            .map(|c| c.parse().expect("a count"))
+            .collect();
+        assert_eq!(counts.len(), markers.len(), "raw counter in {receiver}");
+        counts
     }
 
     /// ping from a node (one echo request, 1 s to answer).

@@ -18,6 +18,11 @@ pub const IPV6_DSTOPTS: u8 = 60;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ALL: u16 = 0x0003;
+/// 802.1Q and 802.1ad (the outer tag of VLAN in VLAN) tags.
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+pub const PROTO_IGMP: u8 = 2;
+pub const PROTO_ICMPV6: u8 = 58;
 
 pub type Mac = [u8; 6];
 
@@ -43,6 +48,44 @@ pub fn ethernet(dst: Mac, src: Mac, ip: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(ip);
     f
+}
+
+/// The frame with VLAN-in-VLAN tags (802.1ad outer, 802.1Q inner) after its addresses.
+pub fn qinq(frame: &[u8], outer_vlan: u16, inner_vlan: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&ETH_P_8021AD.to_be_bytes());
+    f.extend_from_slice(&outer_vlan.to_be_bytes());
+    f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+    f.extend_from_slice(&inner_vlan.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// Sets an IP packet's TTL (IPv4, checksum fixed) or hop limit (IPv6).
+pub fn set_hop_limit(ip: &mut [u8], hops: u8) {
+    if ip[0] >> 4 == 6 {
+        ip[7] = hops;
+    } else {
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        ip[8] = hops;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&ip[..header_len]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// An IGMPv2 membership report for `group` (checksum 0: counted before any check).
+pub fn igmp_report(group: Ipv4Addr) -> Vec<u8> {
+    let mut m = vec![0x16, 0, 0, 0];
+    m.extend_from_slice(&group.octets());
+    m
+}
+
+/// An ICMPv6 neighbor solicitation for `target` (checksum 0).
+pub fn neighbor_solicitation(target: Ipv6Addr) -> Vec<u8> {
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m
 }
 
 /// An IPv4 packet around `payload`: `options` (padded to 4 bytes) make a longer header;
@@ -130,8 +173,14 @@ fn checksum(bytes: &[u8]) -> u16 {
 
 /// The marker of a frame: the IPv4 identification or the IPv6 flow label.
 pub fn marker(frame: &[u8]) -> Option<u32> {
-    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let ip = frame.get(14..)?;
+    // Past any VLAN tags (a receiving interface may have taken the outer one off already).
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        at += 4;
+        ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    }
+    let ip = frame.get(at + 2..)?;
     match ethertype {
         ETH_P_IP => Some(u32::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]))),
         ETH_P_IPV6 => Some(u32::from_be_bytes(ip.get(..4)?.try_into().ok()?) & 0xf_ffff),
@@ -195,6 +244,38 @@ pub fn send(interface: &str, frames: &[Vec<u8>]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sends each IPv4 packet once, header and all, through a raw IP socket (IP_HDRINCL):
+/// the socket a workload with CAP_NET_RAW opens to write its own headers.
+pub fn send_ip(packets: &[Vec<u8>]) -> io::Result<()> {
+    // SAFETY: plain syscalls on a descriptor closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut result = Ok(());
+        for p in packets {
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
+            let n = libc::sendto(
+                fd,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                &to as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            if n < 0 {
+                result = Err(io::Error::last_os_error());
+                break;
+            }
+        }
+        libc::close(fd);
+        result
+    }
 }
 
 /// Counts the frames arriving on `interface` for `duration` whose marker is in
@@ -266,6 +347,10 @@ mod tests {
             &udp(1, 2, b""),
         );
         assert_eq!(marker(&ethernet([2; 6], [4; 6], &v6)), Some(0x12345));
+        assert_eq!(marker(&qinq(&f, 7, 8)), Some(0xbeef), "past both tags");
+        let mut short = p.clone();
+        set_hop_limit(&mut short, 1);
+        assert_eq!((short[8], checksum(&short[..24])), (1, 0));
         assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
         assert_eq!(parse_mac("02:00"), None);
     }

@@ -18,8 +18,8 @@ use std::{
 use stagewall_tests::{
     Testbed, metric_sum, privileged, probe_bin,
     raw::{
-        IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, Mac, PROTO_UDP, ethernet, ipv4, ipv6,
-        ipv6_fragment, ipv6_options, parse_mac, udp,
+        IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, PROTO_UDP, ethernet, ipv4, ipv6, ipv6_fragment,
+        ipv6_options, udp,
     },
 };
 
@@ -62,17 +62,6 @@ fn v6(a: IpAddr) -> Ipv6Addr {
         IpAddr::V6(a) => a,
         IpAddr::V4(_) => panic!("expected IPv6"),
     }
-}
-
-fn mac(bed: &Testbed, node: &str) -> Mac {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &bed.node(node).netns, "-br", "link", "show", "eth0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(parse_mac)
-        .unwrap_or_else(|| panic!("no MAC address in {text:?}"))
 }
 
 fn case(
@@ -399,7 +388,7 @@ fn hostile_packets_never_bypass_policy() {
                     dst6: v6(d.v6),
                     marker: marker(i),
                 };
-                let frame = ethernet(mac(&bed, c.to), mac(&bed, c.from), &(c.packet)(&ends));
+                let frame = ethernet(bed.mac(c.to), bed.mac(c.from), &(c.packet)(&ends));
                 let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
                 std::iter::repeat_n(hex, COPIES)
             })

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use stagewall_common::{
     DIR_INGRESS, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED,
-    REASON_MAP_FULL, REASON_NO_RULE, REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP,
+    REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_QUARANTINE, VERDICT_ALLOWED,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
 
 use crate::policy::model::Direction;
@@ -82,6 +82,8 @@ pub enum Reason {
     InternalError,
     /// The flow table is full: replies may be denied.
     MapFull,
+    /// A frame that is not IP (nor ARP) at an isolated workload's interface.
+    NotIp,
     /// A reason number this agent does not know.
     #[serde(other)]
     Unknown,
@@ -96,6 +98,7 @@ impl Reason {
             REASON_MALFORMED => Reason::InternalError,
             REASON_MAP_FULL => Reason::MapFull,
             REASON_QUARANTINE => Reason::Quarantine,
+            REASON_NOT_IP => Reason::NotIp,
             _ => Reason::Unknown,
         }
     }
@@ -108,6 +111,7 @@ impl Reason {
             Reason::Quarantine => "quarantine",
             Reason::InternalError => "internal-error",
             Reason::MapFull => "map-full",
+            Reason::NotIp => "not-ip",
             Reason::Unknown => "unknown",
         }
     }

@@ -373,6 +373,10 @@ pub const REASON_MALFORMED: u8 = 3;
 pub const REASON_MAP_FULL: u8 = 4;
 /// The workload is quarantined.
 pub const REASON_QUARANTINE: u8 = 5;
+/// A frame that is not IP (nor ARP) at an isolated workload's interface: VLAN-in-VLAN,
+/// raw L2. Network policy cannot say anything about it, so an isolated workload may not
+/// send or receive it.
+pub const REASON_NOT_IP: u8 = 6;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;

@@ -41,7 +41,7 @@ use stagewall_common::{
 
 use crate::{
     maps::{ENDPOINTS, SELF_ADDRS},
-    packet::{ETH_HLEN, Malformed, Packet},
+    packet::{ETH_HLEN, L3, Packet, Parsed},
     verdict::{Flow, Verdict, config, decide},
 };
 
@@ -99,7 +99,18 @@ fn nearest_cgroup_endpoint(
     nearest
 }
 
-fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// A packet of a workload to itself, seen on a cgroup hook, is one on the loopback device:
+/// it never leaves the workload's network namespace (or, for a workload in the node's, the
+/// node). Not equal addresses in the header: anyone writing the header chooses those.
+fn on_loopback(skb: &SkBuff) -> bool {
+    // SAFETY: skb points at the program's context.
+    (unsafe { read_volatile(&(*skb.skb).ifindex) }) == LOOPBACK_IFINDEX
+}
+
+fn flow_from_packet(p: &Packet, direction: u8, bytes: u32, self_traffic: bool) -> Flow {
     if direction == DIR_INGRESS {
         Flow {
             direction,
@@ -111,6 +122,7 @@ fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
             remote_port: p.sport,
             bytes,
             service: 0,
+            self_traffic,
         }
     } else {
         Flow {
@@ -123,8 +135,23 @@ fn flow_from_packet(p: &Packet, direction: u8, bytes: u32) -> Flow {
             remote_port: p.dport,
             bytes,
             service: 0,
+            self_traffic,
         }
     }
+}
+
+/// The Flow is built here, in a frame of its own, rather than beside the parsed packet in
+/// the entry point's: the verifier allows the whole call chain 512 bytes of stack (and a
+/// BPF function five arguments, hence the configuration looked up again).
+#[inline(never)]
+fn decide_packet(ep: &EndpointInfo, p: &Packet, skb: &SkBuff, direction: u8, hook: u8) -> Verdict {
+    let Some(cfg) = config() else {
+        return Verdict::Pass;
+    };
+    // Only the cgroup hooks see a workload's loopback traffic; TC sees its interface.
+    let self_traffic = hook == HOOK_CGROUP_SKB && on_loopback(skb);
+    let flow = flow_from_packet(p, direction, skb.len(), self_traffic);
+    decide(cfg, ep, &flow, hook, true)
 }
 
 fn skb_verdict(
@@ -132,17 +159,20 @@ fn skb_verdict(
     cfg: &Config,
     ep: &EndpointInfo,
     skb: &SkBuff,
-    parsed: Result<Option<Packet>, Malformed>,
+    l3: L3,
     direction: u8,
     hook: u8,
 ) -> Verdict {
     let bytes = skb.len();
-    match parsed {
-        Ok(Some(p)) if p.link_control => Verdict::Pass,
-        Ok(Some(p)) => decide(cfg, ep, &flow_from_packet(&p, direction, bytes), hook, true),
-        // Not IP (ARP, say): outside of what network policy covers.
-        Ok(None) => Verdict::Pass,
-        Err(Malformed) => {
+    // cgroup_skb data starts at the IP header, TC data at the Ethernet header.
+    let offset = if hook == HOOK_TC { ETH_HLEN } else { 0 };
+    let mut p = Packet::empty();
+    match packet::parse(skb, l3, offset, &mut p) {
+        Parsed::Ip if p.link_control => Verdict::Pass,
+        Parsed::Ip => decide_packet(ep, &p, skb, direction, hook),
+        Parsed::Arp => verdict::arp(cfg, ep, direction, hook, bytes),
+        Parsed::NotIp => verdict::not_ip(cfg, ep, direction, hook, bytes),
+        Parsed::Malformed => {
             debug!(
                 ctx,
                 "stagewall: malformed packet, endpoint {}", ep.endpoint_id
@@ -165,9 +195,8 @@ fn cgroup_skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
     let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
         return CGROUP_PASS;
     };
-    // cgroup_skb data starts at the IP header.
-    let parsed = packet::parse(skb, packet::l3_from_skb(skb), 0);
-    match skb_verdict(ctx, cfg, ep, skb, parsed, direction, HOOK_CGROUP_SKB) {
+    let l3 = packet::l3_from_skb(skb);
+    match skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_CGROUP_SKB) {
         Verdict::Pass => CGROUP_PASS,
         Verdict::Drop => CGROUP_DROP,
     }
@@ -230,14 +259,23 @@ fn read_call_addr(sa: *mut bpf_sock_addr, family: u8) -> CallAddr {
     }
 }
 
-/// Makes the call name `addr`:`port` instead (of the family `call` was read as).
-fn write_call_addr(sa: *mut bpf_sock_addr, call: &CallAddr, addr: &[u8; 16], port: u16) {
+/// Makes the call name `addr`:`port` instead (of the family `call` was read as, by a hook
+/// of `hook_family`). The hook's family, a constant of each program, comes first: the
+/// verifier then sees that an IPv4 hook never writes the IPv6 fields, which it refuses.
+#[inline(always)]
+fn write_call_addr(
+    sa: *mut bpf_sock_addr,
+    hook_family: u8,
+    call: &CallAddr,
+    addr: &[u8; 16],
+    port: u16,
+) {
     let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
     unsafe {
-        if call.mapped {
-            write_volatile(&mut (*sa).user_ip6[3], word(0));
-        } else if call.family == FAMILY_V4 {
+        if hook_family == FAMILY_V4 {
             write_volatile(&mut (*sa).user_ip4, word(0));
+        } else if call.mapped {
+            write_volatile(&mut (*sa).user_ip6[3], word(0));
         } else {
             write_volatile(&mut (*sa).user_ip6[0], word(0));
             write_volatile(&mut (*sa).user_ip6[1], word(4));
@@ -246,6 +284,29 @@ fn write_call_addr(sa: *mut bpf_sock_addr, call: &CallAddr, addr: &[u8; 16], por
         }
         write_volatile(&mut (*sa).user_port, port.to_be() as u32);
     }
+}
+
+/// A call to a Service's address goes to one of its backends instead: the call is
+/// rewritten, and `call` names the backend, which the verdict decides. Returns the
+/// Service's number, 0 for a call to no Service. Not inlined: the lookups' keys leave the
+/// stack before the verdict's call chain starts.
+#[inline(never)]
+fn translate(
+    cfg: &Config,
+    sa: *mut bpf_sock_addr,
+    hook_family: u8,
+    call: &mut CallAddr,
+    protocol: u8,
+) -> u32 {
+    let Some(backend) = service::pick(cfg, call.family, protocol, &call.addr, call.port) else {
+        return 0;
+    };
+    write_call_addr(sa, hook_family, call, &backend.addr, backend.port);
+    let cookie = service::cookie(sa as *mut c_void);
+    service::remember(cookie, call.family, backend, &call.addr, call.port);
+    call.addr = backend.addr;
+    call.port = backend.port;
+    backend.service
 }
 
 fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
@@ -264,19 +325,9 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return SOCK_ALLOW;
     }
-    let call = read_call_addr(sa, family);
-    let mut remote_addr = call.addr;
-    let mut remote_port = call.port;
-    // A Service's address: the call goes to one of its backends, and is decided as such.
-    let mut service = 0;
-    if let Some(backend) = service::pick(cfg, call.family, protocol, &call.addr, call.port) {
-        write_call_addr(sa, &call, &backend.addr, backend.port);
-        let cookie = service::cookie(sa as *mut c_void);
-        service::remember(cookie, call.family, backend, &call.addr, call.port);
-        remote_addr = backend.addr;
-        remote_port = backend.port;
-        service = backend.service;
-    }
+    let mut call = read_call_addr(sa, family);
+    let service = translate(cfg, sa, family, &mut call, protocol);
+    let (remote_addr, remote_port) = (call.addr, call.port);
     if ep.endpoint_id == UNGUARDED_ENDPOINT_ID {
         return SOCK_ALLOW;
     }
@@ -288,6 +339,17 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     } else {
         (unsafe { read_volatile(&(*sk).src_port) }) as u16
     };
+    // connect() or sendmsg() to a loopback address or the workload's own: its packets
+    // will go over the loopback device, which the packet hooks pass as self traffic.
+    let own = SelfAddrKey {
+        slot: cfg.active_slot,
+        endpoint_id: ep.endpoint_id,
+        family: call.family,
+        _pad: [0; 3],
+        addr: remote_addr,
+    };
+    let self_traffic =
+        is_loopback_addr(call.family, &remote_addr) || unsafe { SELF_ADDRS.get(own) }.is_some();
     let flow = Flow {
         direction: DIR_EGRESS,
         family: call.family,
@@ -298,25 +360,22 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         remote_port,
         bytes: 0,
         service,
+        self_traffic,
     };
-    // connect() or sendmsg() to the workload's own address: the packets will carry the
-    // same source and destination, which the packet hooks pass as self traffic.
-    let own = SelfAddrKey {
-        slot: cfg.active_slot,
-        endpoint_id: ep.endpoint_id,
-        family: call.family,
-        _pad: [0; 3],
-        addr: remote_addr,
-    };
-    if unsafe { SELF_ADDRS.get(own) }.is_some() {
-        return SOCK_ALLOW;
-    }
     // In audit mode the packets themselves are reported by cgroup_skb; reporting the
     // connect too would count one would-drop twice.
     let report = !verdict::audits(cfg, ep, DIR_EGRESS);
     match decide(cfg, ep, &flow, hook, report) {
         Verdict::Pass => SOCK_ALLOW,
         Verdict::Drop => SOCK_DENY,
+    }
+}
+
+fn is_loopback_addr(family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        a[0] == 127
+    } else {
+        a[..15].iter().all(|b| *b == 0) && a[15] == 1
     }
 }
 
@@ -327,7 +386,7 @@ fn sock_addr_untranslate(ctx: &SockAddrContext, family: u8) -> i32 {
     let call = read_call_addr(sa, family);
     let cookie = service::cookie(sa as *mut c_void);
     if let Some(called) = service::called(cookie, call.family, &call.addr, call.port) {
-        write_call_addr(sa, &call, &called.addr, called.port);
+        write_call_addr(sa, family, &call, &called.addr, called.port);
     }
     // Both hooks must return 1.
     SOCK_ALLOW
@@ -385,9 +444,9 @@ fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
     let Some(ep) = lookup_endpoint(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
         return TC_ACT_OK;
     };
-    // TC data starts at the Ethernet header.
-    let parsed = packet::l3_from_eth(skb).and_then(|l3| packet::parse(skb, l3, ETH_HLEN));
-    match skb_verdict(ctx, cfg, ep, skb, parsed, direction, HOOK_TC) {
+    // A frame too short for an Ethernet header is as malformed as a truncated IP header.
+    let l3 = packet::l3_from_eth(skb).unwrap_or(L3::Truncated);
+    match skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_TC) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }

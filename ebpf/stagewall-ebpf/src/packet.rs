@@ -4,8 +4,9 @@
 //! cgroup_skb programs see data starting at the IP header; TC programs see the Ethernet
 //! header first. Callers pass the offset of the IP header.
 //!
-//! The parsers are inlined: returning a struct from a BPF-to-BPF call is where LLVM's BPF
-//! backend emits code the verifier rejects (registers read after a helper clobbered them).
+//! The parsers below `parse` are inlined into it: returning a struct from a BPF-to-BPF
+//! call is where LLVM's BPF backend emits code the verifier rejects (registers read after
+//! a helper clobbered them).
 
 use aya_ebpf::programs::sk_buff::SkBuff;
 use stagewall_common::{
@@ -16,6 +17,7 @@ use stagewall_common::{
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 
 /// IPv6 extension headers we step over to find the transport header.
 const IPV6_HOPOPTS: u8 = 0;
@@ -37,9 +39,12 @@ pub struct Packet {
     pub family: u8,
     pub protocol: u8,
     /// Link control: IPv6 neighbor discovery (ICMPv6 133-137, IPv6's ARP), multicast
-    /// listener discovery (ICMPv6 130-132, 143) and IGMP. Policy never blocks it, as it
-    /// never blocks ARP: without neighbor discovery no IPv6 peer of an isolated interface
-    /// could be reached at all.
+    /// listener discovery (ICMPv6 130-132, 143) and IGMP, each only in the form that
+    /// cannot leave the link (`link_scoped`). Policy never blocks it, as it never blocks
+    /// ARP: without neighbor discovery no IPv6 peer of an isolated interface could be
+    /// reached at all. The same message in any other form (to a routable unicast
+    /// address, with a hop limit a router would forward) is decided by policy like any
+    /// other packet of its protocol: otherwise it would carry data anywhere.
     pub link_control: bool,
 }
 
@@ -48,7 +53,38 @@ pub struct Packet {
 struct L4 {
     sport: u16,
     dport: u16,
-    link_control: bool,
+    /// The ICMP or ICMPv6 type (0 for other protocols).
+    icmp_type: u8,
+}
+
+const ICMPV6_ROUTER_SOLICITATION: u8 = 133;
+const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
+const ICMPV6_REDIRECT: u8 = 137;
+/// Neighbor discovery is sent with hop limit 255 and its receivers discard anything else
+/// (RFC 4861), so a router never passes it on as ND; MLD and IGMP are sent with TTL 1
+/// (RFC 3810, RFC 2236).
+const ND_HOP_LIMIT: u8 = 255;
+const MLD_HOP_LIMIT: u8 = 1;
+
+/// Is this IPv6 packet link control that stays on the link? Neighbor solicitations and
+/// advertisements go to unicast addresses too (address resolution replies, reachability
+/// probes), so only their hop limit binds them; router solicitations, advertisements and
+/// redirects, and MLD, must also name a link-local or multicast destination.
+fn ipv6_link_scoped(icmp_type: u8, hop_limit: u8, dst: &[u8; 16]) -> bool {
+    let link_local_or_multicast = dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80);
+    match icmp_type {
+        ICMPV6_ROUTER_SOLICITATION | ICMPV6_ROUTER_ADVERTISEMENT | ICMPV6_REDIRECT => {
+            hop_limit == ND_HOP_LIMIT && link_local_or_multicast
+        }
+        135 | 136 => hop_limit == ND_HOP_LIMIT,
+        130..=132 | 143 => hop_limit == MLD_HOP_LIMIT && link_local_or_multicast,
+        _ => false,
+    }
+}
+
+/// IGMP stays on the link when sent with TTL 1 to a multicast group (224.0.0.0/4).
+fn igmp_link_scoped(ttl: u8, dst: &[u8; 4]) -> bool {
+    ttl == MLD_HOP_LIMIT && dst[0] & 0xf0 == 0xe0
 }
 
 pub struct Malformed;
@@ -57,23 +93,67 @@ pub struct Malformed;
 pub enum L3 {
     V4,
     V6,
+    Arp,
     Other,
+    /// Too short to tell.
+    Truncated,
 }
 
 pub fn l3_from_ethertype(ethertype_be: u16) -> L3 {
     match u16::from_be(ethertype_be) {
         ETH_P_IP => L3::V4,
         ETH_P_IPV6 => L3::V6,
+        ETH_P_ARP => L3::Arp,
         _ => L3::Other,
     }
 }
 
-#[inline(always)]
-pub fn parse(skb: &SkBuff, l3: L3, offset: usize) -> Result<Option<Packet>, Malformed> {
-    match l3 {
-        L3::V4 => parse_v4(skb, offset).map(Some),
-        L3::V6 => parse_v6(skb, offset).map(Some),
-        L3::Other => Ok(None),
+/// What an skb holds.
+pub enum Parsed {
+    /// An IP packet, written to the caller's `Packet`.
+    Ip,
+    /// ARP: IPv4's neighbor discovery, outside of what network policy covers.
+    Arp,
+    /// Any other frame (VLAN in VLAN, raw L2): an isolated workload may not pass it.
+    NotIp,
+    /// Headers that end too early or contradict themselves.
+    Malformed,
+}
+
+impl Packet {
+    pub const fn empty() -> Packet {
+        Packet {
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+            family: 0,
+            protocol: 0,
+            link_control: false,
+        }
+    }
+}
+
+/// Parses the packet at `offset` into `out`. A function of its own, not inlined, and
+/// writing to its caller's `Packet` rather than returning one: its temporaries leave the
+/// stack before the verdict's call chain starts (the verifier allows that chain 512
+/// bytes), and returning a struct from a BPF-to-BPF call is where LLVM's BPF backend
+/// emits code the verifier rejects.
+#[inline(never)]
+pub fn parse(skb: &SkBuff, l3: L3, offset: usize, out: &mut Packet) -> Parsed {
+    let parsed = match l3 {
+        L3::V4 => parse_v4(skb, offset),
+        L3::V6 => parse_v6(skb, offset),
+        L3::Arp => return Parsed::Arp,
+        L3::Other => return Parsed::NotIp,
+        L3::Truncated => return Parsed::Malformed,
+    };
+    match parsed {
+        Ok(p) => {
+            *out = p;
+            Parsed::Ip
+        }
+        Err(Malformed) => Parsed::Malformed,
     }
 }
 
@@ -90,6 +170,7 @@ fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     let frag_off_be: u16 = load(skb, offset + 6)?;
+    let ttl: u8 = load(skb, offset + 8)?;
     let protocol: u8 = load(skb, offset + 9)?;
     let src4: [u8; 4] = load(skb, offset + 12)?;
     let dst4: [u8; 4] = load(skb, offset + 16)?;
@@ -112,13 +193,14 @@ fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
         dport: l4.dport,
         family: FAMILY_V4,
         protocol,
-        link_control: protocol == PROTO_IGMP,
+        link_control: protocol == PROTO_IGMP && igmp_link_scoped(ttl, &dst4),
     })
 }
 
 #[inline(always)]
 fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
     let mut next: u8 = load(skb, offset + 6)?;
+    let hop_limit: u8 = load(skb, offset + 7)?;
     let src: [u8; 16] = load(skb, offset + 8)?;
     let dst: [u8; 16] = load(skb, offset + 24)?;
     let mut l4_offset = offset + 40;
@@ -151,7 +233,9 @@ fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
         dport: l4.dport,
         family: FAMILY_V6,
         protocol: next,
-        link_control: l4.link_control,
+        link_control: next == PROTO_ICMPV6
+            && first_fragment
+            && ipv6_link_scoped(l4.icmp_type, hop_limit, &dst),
     })
 }
 
@@ -163,7 +247,7 @@ fn read_l4(skb: &SkBuff, protocol: u8, offset: usize) -> Result<L4, Malformed> {
             Ok(L4 {
                 sport: u16::from_be_bytes([ports[0], ports[1]]),
                 dport: u16::from_be_bytes([ports[2], ports[3]]),
-                link_control: false,
+                icmp_type: 0,
             })
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
@@ -177,7 +261,7 @@ fn read_l4(skb: &SkBuff, protocol: u8, offset: usize) -> Result<L4, Malformed> {
             Ok(L4 {
                 sport: id,
                 dport: id,
-                link_control: protocol == PROTO_ICMPV6 && matches!(icmp_type, 130..=137 | 143),
+                icmp_type,
             })
         }
         _ => Ok(L4::default()),

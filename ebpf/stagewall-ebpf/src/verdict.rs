@@ -28,7 +28,7 @@ use stagewall_common::{
     HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
     IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
     REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
+    REASON_NOT_IP, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
     VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity,
     verdict_counter,
 };
@@ -48,6 +48,10 @@ pub struct Flow {
     pub bytes: u32,
     /// The Service the call was made to (connect/sendmsg), 0 for none.
     pub service: u32,
+    /// The workload's traffic to itself: on the loopback device (packet hooks), or to a
+    /// loopback address or its own (connect/sendmsg). Never decided from the header's
+    /// addresses, which a raw socket writes as it likes.
+    pub self_traffic: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -77,15 +81,18 @@ struct Report {
 /// Decides one packet (or connect/sendmsg) of a local endpoint. On a denial it counts and
 /// reports the event (with `hook`) unless `report` is false, and returns Drop only in
 /// enforce mode.
+#[inline(never)]
 pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bool) -> Verdict {
-    // A workload's traffic to itself (loopback, or its own address, seen with equal
-    // source and destination) never leaves it; as in Kubernetes, policy does not apply.
-    if is_loopback(flow) || flow.local_addr == flow.remote_addr {
-        return Verdict::Pass;
-    }
     let now = unsafe { bpf_ktime_get_ns() };
+    // Quarantine comes first: nothing, not even loopback traffic (which reaches the
+    // node's own services from a workload in the node's network namespace), passes.
     if ep.flags & EP_QUARANTINED != 0 {
         return quarantined(cfg, ep, flow, now, hook);
+    }
+    // A workload's traffic to itself never leaves it; as in Kubernetes, policy does not
+    // apply.
+    if flow.self_traffic {
+        return Verdict::Pass;
     }
     let ingress = flow.direction == DIR_INGRESS;
     let (isolated, default_deny, policy) = if ingress {
@@ -200,13 +207,9 @@ fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8)
     Verdict::Drop
 }
 
-/// A packet whose headers could not be parsed: counted and reported as an internal error,
-/// and dropped — passed in audit mode, or when the workload's fail mode is open (reported
-/// as allowed then). A truncated header never comes from the local stack, so this only
-/// ever hits crafted packets.
-pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
-    count(CNT_MALFORMED);
-    let flow = Flow {
+/// A frame without an IP header, seen from the endpoint.
+fn frame_flow(direction: u8, bytes: u32) -> Flow {
+    Flow {
         direction,
         family: 0,
         protocol: 0,
@@ -216,7 +219,22 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         remote_port: 0,
         bytes,
         service: 0,
-    };
+        self_traffic: false,
+    }
+}
+
+/// A packet whose headers could not be parsed: counted and reported as an internal error,
+/// and dropped — passed in audit mode, or when the workload's fail mode is open (reported
+/// as allowed then), but never for a quarantined workload. A truncated header never comes
+/// from the local stack, so this only ever hits crafted packets.
+#[inline(never)]
+pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
+    count(CNT_MALFORMED);
+    let flow = frame_flow(direction, bytes);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ep.flags & EP_QUARANTINED != 0 {
+        return quarantined(cfg, ep, &flow, now, hook);
+    }
     let audit = audits(cfg, ep, direction);
     let fail_open = ep.flags & EP_FAIL_OPEN != 0;
     let (stat, verdict) = if fail_open {
@@ -233,12 +251,59 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         identity: 0,
         hook,
     };
-    emit(cfg, ep, &flow, unsafe { bpf_ktime_get_ns() }, &report);
+    emit(cfg, ep, &flow, now, &report);
     if audit || fail_open {
         Verdict::Pass
     } else {
         Verdict::Drop
     }
+}
+
+/// ARP: passes, as network policy does not cover it, except for a quarantined workload.
+#[inline(never)]
+pub fn arp(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
+    if ep.flags & EP_QUARANTINED == 0 {
+        return Verdict::Pass;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    quarantined(cfg, ep, &frame_flow(direction, bytes), now, hook)
+}
+
+/// A frame that is neither IP nor ARP (VLAN in VLAN, raw L2 protocols): policy says
+/// nothing about it, so a workload isolated in its direction may not pass it — dropped
+/// (would-drop in audit mode; the fail mode is for what cannot be parsed, and this can),
+/// counted and reported. A workload that is not isolated passes it uncounted, as before
+/// any policy.
+#[inline(never)]
+pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u32) -> Verdict {
+    let flow = frame_flow(direction, bytes);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ep.flags & EP_QUARANTINED != 0 {
+        return quarantined(cfg, ep, &flow, now, hook);
+    }
+    let isolated = if direction == DIR_INGRESS {
+        ep.flags & EP_ISOLATED_INGRESS != 0
+    } else {
+        ep.flags & EP_ISOLATED_EGRESS != 0
+    };
+    if !isolated {
+        return Verdict::Pass;
+    }
+    let audit = audits(cfg, ep, direction);
+    let (stat, verdict) = if audit {
+        (STAT_WOULD_DROP, VERDICT_WOULD_DROP)
+    } else {
+        (STAT_DROPPED, VERDICT_DROPPED)
+    };
+    count_verdict(ep, &flow, stat);
+    let report = Report {
+        verdict,
+        reason: REASON_NOT_IP,
+        identity: 0,
+        hook,
+    };
+    emit(cfg, ep, &flow, now, &report);
+    if audit { Verdict::Pass } else { Verdict::Drop }
 }
 
 /// Counts an allowed packet, and logs its flow when flow logging is on.
@@ -272,15 +337,6 @@ fn count_for_endpoint(ep: &EndpointInfo, flow: &Flow, stat: u32) {
             (*entry).packets += 1;
             (*entry).bytes += flow.bytes as u64;
         }
-    }
-}
-
-fn is_loopback(flow: &Flow) -> bool {
-    let a = &flow.remote_addr;
-    if flow.family == FAMILY_V4 {
-        a[0] == 127
-    } else {
-        a[..15].iter().all(|b| *b == 0) && a[15] == 1
     }
 }
 

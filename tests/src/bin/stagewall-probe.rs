@@ -15,6 +15,8 @@
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
+//!   stagewall-probe ip-send HEXPACKET...                   send hand-made IPv4 packets through a
+//!                                                          raw IP socket (IP_HDRINCL)
 //!   stagewall-probe pause                                 a real pod's sandbox process: sleeps
 //!                                                          until SIGTERM or SIGINT
 //!   stagewall-probe raw-count IFACE MS MARKER...           `ready`, then `counts N...`: frames
@@ -344,7 +346,7 @@ fn pause() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -396,6 +398,10 @@ fn main() {
         Some("raw-send") if args.len() >= 3 => {
             let frames: Vec<Vec<u8>> = args[2..].iter().map(|h| from_hex(h)).collect();
             raw::send(&args[1], &frames).map(|_| String::new())
+        }
+        Some("ip-send") if args.len() >= 2 => {
+            let packets: Vec<Vec<u8>> = args[1..].iter().map(|h| from_hex(h)).collect();
+            raw::send_ip(&packets).map(|_| String::new())
         }
         Some("raw-count") if args.len() >= 4 => {
             let markers: Vec<u32> = args[3..]
