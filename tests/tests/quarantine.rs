@@ -204,3 +204,69 @@ fn auto_quarantine_isolates_a_workload_that_keeps_breaking_its_egress_policy() {
             .contains("stagewall_workloads_quarantined 0")
     );
 }
+
+/// A quarantine is kept in bpffs, not in the agent: `kill -9` and a restart, and an
+/// upgrade to another map layout, leave the workload isolated; release lifts it for good.
+#[test]
+fn quarantine_survives_kill_9_restart_and_an_upgrade() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let mut p = bed.workload_yaml("client", "app", "{app: client}", false);
+    p += &bed.workload_yaml("server", "app", "{app: server}", false);
+    bed.write_policy("policy.yaml", &p).unwrap();
+    bed.serve("server", &[80], &[]).unwrap();
+    bed.serve("client", &[80], &[]).unwrap();
+    let (client, server) = (bed.node("client").v4, bed.node("server").v4);
+    let isolated = |bed: &Testbed, when: &str| {
+        assert!(
+            bed.tcp("client", server, 80).is("timeout"),
+            "{when}: ingress of the quarantined workload"
+        );
+        assert!(
+            bed.tcp("server", client, 80).is("eperm"),
+            "{when}: egress of the quarantined workload"
+        );
+    };
+    let mut agent = bed.start_agent(&[]).expect("starting the agent");
+    assert!(bed.tcp("client", server, 80).is("ok"));
+    let (ok, said) = stagewall(&bed, &["quarantine", "app/server"]);
+    assert!(ok, "{said}");
+    isolated(&bed, "quarantined");
+
+    agent.kill();
+    let mut agent = bed.start_agent(&[]).expect("restarting the agent");
+    isolated(&bed, "after kill -9 and a restart");
+    assert!(
+        agent.log().contains("app/server stays quarantined"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent
+            .metrics()
+            .contains("stagewall_workloads_quarantined 1"),
+        "the restarted agent counts it"
+    );
+
+    // An upgrade to another map layout (the pinned layout renamed to look like an older
+    // build's): the quarantine is kept beside the layouts, and the new agent reads it.
+    agent.kill();
+    let links = stagewall_tests::pinned_links(&bed.bpffs);
+    let layout = links.parent().expect("the layout's directory");
+    std::fs::rename(layout, bed.bpffs.join("v0")).unwrap();
+    let mut agent = bed.start_agent(&[]).expect("starting the upgraded agent");
+    assert!(agent.log().contains("migrated"), "{}", agent.log());
+    isolated(&bed, "after an upgrade across a map layout change");
+
+    let (ok, said) = stagewall(&bed, &["release", "app/server"]);
+    assert!(ok, "{said}");
+    assert!(bed.tcp("client", server, 80).is("ok"), "released");
+    agent.kill();
+    let _agent = bed.start_agent(&[]).expect("restarting the agent");
+    assert!(
+        bed.tcp("client", server, 80).is("ok"),
+        "a release is kept too"
+    );
+}

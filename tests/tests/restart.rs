@@ -182,3 +182,100 @@ fn kill_9_under_live_traffic_changes_no_verdict_and_a_new_agent_takes_over() {
         "a program still attached"
     );
 }
+
+/// One agent per pin directory: a second `stagewall run` on a running agent's pins
+/// refuses (it would write into the first one's maps), `uninstall` refuses while an agent
+/// holds them even where it cannot reach the agent's control socket (a Kubernetes
+/// uninstall pod), and removes only what the agent made, never the rest of the directory.
+#[test]
+fn one_agent_per_pin_directory_and_uninstall_removes_only_its_own() {
+    if !privileged() {
+        return;
+    }
+    let bed = Testbed::new(&["client", "server", "edge"]).expect("creating the test bed");
+    bed.write_policy("policy.yaml", &policy(&bed, "[{port: 80}]"))
+        .unwrap();
+    let mut agent = bed.start_agent(&[]).expect("starting the agent");
+    // The interface-attached workload shows enforcement on a port nobody serves: a
+    // timeout while enforced, a reset once nothing is attached.
+    let edge = bed.node("edge").v4;
+    assert!(bed.tcp("client", edge, 82).is("timeout"));
+
+    // The second agent has its own control socket and metrics address: only the pin
+    // directory is shared.
+    let other_socket = bed.dir.join("second.control.sock");
+    let mut second = bed
+        .hub_command(stagewall_tests::agent_bin())
+        .unwrap()
+        .arg("run")
+        .arg("--policies")
+        .arg(&bed.dir)
+        .arg("--bpffs-dir")
+        .arg(&bed.bpffs)
+        .arg("--control-socket")
+        .arg(&other_socket)
+        .args(["--metrics-addr", "127.0.0.1:9743"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a second agent ran on the same pins: {said}"
+    );
+    assert!(said.contains("another stagewall agent"), "{said}");
+    assert!(
+        bed.tcp("client", edge, 82).is("timeout"),
+        "the first agent still enforces"
+    );
+    assert!(agent.metrics().contains("stagewall_policy_generation"));
+
+    // uninstall through a socket path where no agent answers: the lock still refuses.
+    let out = std::process::Command::new(stagewall_tests::agent_bin())
+        .args(["uninstall", "--bpffs-dir"])
+        .arg(&bed.bpffs)
+        .arg("--socket")
+        .arg(&other_socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "uninstall under a running agent");
+    assert!(text.contains("another stagewall agent"), "{text}");
+    assert!(
+        bed.tcp("client", edge, 82).is("timeout"),
+        "still enforcing after the refused uninstall"
+    );
+
+    // Stopped, uninstall removes the agent's layouts and nothing else of the directory.
+    agent.stop().unwrap();
+    let foreign = bed.bpffs.join("someone-elses");
+    std::fs::create_dir(&foreign).unwrap();
+    let said = bed.uninstall().unwrap();
+    assert!(said.contains("not stagewall's"), "{said}");
+    assert!(
+        foreign.exists(),
+        "uninstall removed a directory it did not make"
+    );
+    assert!(
+        !stagewall_tests::pinned_links(&bed.bpffs).exists(),
+        "the agent's links are gone"
+    );
+    assert!(
+        bed.tcp("client", edge, 82).is("refused"),
+        "a program still attached"
+    );
+}

@@ -25,7 +25,11 @@ use self::auto_quarantine::{AutoQuarantine, Threshold};
 use crate::{
     compiler::{self, CompileCache, Compiled},
     control::Request,
-    datapath::loader::{Loader, ProgramSettings},
+    datapath::{
+        loader::{Loader, ProgramSettings},
+        pins::PinLock,
+        quarantine::QuarantineStore,
+    },
     events::sink::Sink,
     observe::metrics::Metrics,
     policy::model::{Direction, Mode, ObjectName, PolicySet},
@@ -77,6 +81,8 @@ pub struct Prepared {
     pub listener: TcpListener,
     pub records: Option<Records>,
     pub sink: Sink,
+    /// The pin directory, this agent's alone while it runs.
+    pub pins_lock: PinLock,
 }
 
 /// The source and its first desired state, compiled.
@@ -118,6 +124,9 @@ pub struct Agent {
     auto_quarantine: Option<AutoQuarantine>,
     /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
     quarantined: BTreeSet<ObjectName>,
+    /// The same set, pinned: what a restarted or upgraded agent starts from.
+    quarantine_store: QuarantineStore,
+    _pins_lock: PinLock,
     /// The flow records, and whose flows they take.
     records: Option<Records>,
 }
@@ -230,8 +239,26 @@ impl Agent {
         } else {
             "released"
         };
-        log::warn!("{workload} {verb} (in {:?})", started.elapsed());
-        Ok(format!("{workload} {verb} in {:?}", started.elapsed()))
+        let took = started.elapsed();
+        // In force now; kept for the next agent too. A set that cannot be written is said
+        // (the quarantine holds until this agent stops), not undone.
+        let kept = if quarantine {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.quarantine_store.insert(workload, since)
+        } else {
+            self.quarantine_store.remove(workload)
+        };
+        if let Err(e) = kept {
+            let e = crate::policy::error::Chain(&e);
+            log::error!("{workload} {verb} (in {took:?}), but not kept across restarts: {e}");
+            return Ok(format!(
+                "{workload} {verb} in {took:?}, but not kept across restarts of the agent: {e}"
+            ));
+        }
+        log::warn!("{workload} {verb} (in {took:?})");
+        Ok(format!("{workload} {verb} in {took:?}"))
     }
 
     /// With --auto-quarantine: quarantines the workloads whose egress denials reached the

@@ -37,9 +37,10 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         listener,
         records,
         sink,
+        pins_lock,
     } = prepared;
     let policies_dir = first.source.policy_dir().map(|d| d.to_path_buf());
-    let started = start(options, first, records.clone())?;
+    let started = start(options, first, records.clone(), pins_lock)?;
     let mut agent = started.agent;
     return_freed_memory();
     let (control_listener, control_path) = control::listen(&agent.options.control_socket)?;

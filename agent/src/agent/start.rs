@@ -1,7 +1,7 @@
 //! Start: load the kernel programs (taking over what a previous agent pinned), give the
 //! workloads the endpoint ids they had, and put the first policy in force.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, RingBuf};
@@ -11,7 +11,12 @@ use tokio::sync::watch;
 use super::{Agent, ConfigError, FirstPolicy, Options, Records, auto_quarantine::AutoQuarantine};
 use crate::{
     compiler::{self, Compiled},
-    datapath::{host, loader::Loader, pins::Pins},
+    datapath::{
+        host,
+        loader::Loader,
+        pins::{PinLock, Pins},
+        quarantine::QuarantineStore,
+    },
     observe::metrics::Metrics,
 };
 
@@ -44,6 +49,7 @@ pub(super) fn start(
     options: Options,
     first: FirstPolicy,
     records: Option<Records>,
+    pins_lock: PinLock,
 ) -> anyhow::Result<Started> {
     let FirstPolicy {
         source,
@@ -73,6 +79,21 @@ pub(super) fn start(
             .map_err(|e| ConfigError(e.to_string()))?
     };
     drop(set);
+    // What a previous agent quarantined stays quarantined: from the first apply on.
+    let quarantine_store = QuarantineStore::open(&options.bpffs_dir)?;
+    let (quarantined, unreadable) = quarantine_store.workloads();
+    if unreadable > 0 {
+        log::error!(
+            "{}: {unreadable} entries are no workload name; they are ignored",
+            quarantine_store.path().display()
+        );
+    }
+    for w in &quarantined {
+        log::warn!(
+            "{w} stays quarantined (kept in {})",
+            quarantine_store.path().display()
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(loader.stats().clone());
     metrics.objects_left_out.set(source.left_out() as i64);
@@ -87,7 +108,9 @@ pub(super) fn start(
         metrics,
         policy: policy_tx,
         trim_pending: false,
-        quarantined: BTreeSet::new(),
+        quarantined: quarantined.into_iter().collect(),
+        quarantine_store,
+        _pins_lock: pins_lock,
         records,
     };
     agent.apply(compiled).context("applying the policy")?;

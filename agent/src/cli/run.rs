@@ -159,6 +159,9 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     };
     let node = args.node_name.clone().unwrap_or_else(events::host_name);
     let own_cgroup = own_cgroup(&args, &cgroup_root);
+    // One agent per pin directory, taken before anything in it is read or written.
+    host::ensure_bpffs()?;
+    let pins_lock = pins::lock(&args.bpffs_dir)?;
     match &own_cgroup {
         // Before anything connects: a guard a previous agent left in force (pinned) would
         // deny this agent, a new pod below it, the API server; also when this agent is
@@ -257,6 +260,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         listener,
         records,
         sink,
+        pins_lock,
     };
     Ok((options, prepared))
 }

@@ -13,16 +13,22 @@ pub fn run(bpffs_dir: &Path, socket: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // An agent that does not answer there (another socket path, or in a pod whose socket
+    // this process cannot see) still holds the pin directory's lock.
     match pins::uninstall(bpffs_dir) {
-        Ok(links) => {
+        Ok(done) => {
             println!(
-                "removed {} ({links} links): every stagewall program is detached",
-                bpffs_dir.display()
+                "removed stagewall's pins below {} ({} links): every stagewall program is detached",
+                bpffs_dir.display(),
+                done.links
             );
+            for path in &done.left {
+                println!("left {}: not stagewall's", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: removing {}: {e}", bpffs_dir.display());
+            eprintln!("error: {}", crate::policy::error::Chain(&e));
             ExitCode::FAILURE
         }
     }

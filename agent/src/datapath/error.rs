@@ -53,6 +53,21 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    /// The pinned set of quarantined workloads could not be opened, created or written.
+    #[error("the quarantined workloads pinned at {}", path.display())]
+    QuarantineStore {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("{workload}: a name longer than {limit} bytes cannot be kept quarantined")]
+    QuarantineName { workload: String, limit: usize },
+    /// Another agent holds the pin directory.
+    #[error(
+        "another stagewall agent is running with pin directory {} (it holds its lock); stop it first, or give this one its own --bpffs-dir",
+        path.display()
+    )]
+    PinsLocked { path: PathBuf },
     /// A pinned policy map holds an entry of neither slot.
     #[error("an entry of slot {slot}; expected slot 0 or 1")]
     UnknownSlot { slot: u32 },

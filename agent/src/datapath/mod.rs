@@ -8,7 +8,9 @@
 //! - `attach`: the programs' links on cgroups and interfaces (tcx or clsact);
 //! - `slots`: the two-slot atomic apply (map keys are encoded in compiler::map_keys);
 //! - `stats`: the one reader of the kernel's counters and per-endpoint statistics;
-//! - `pins`: what is kept in bpffs, and the map layout it is checked against;
+//! - `pins`: what is kept in bpffs, the map layout it is checked against, and the lock
+//!   that keeps it one agent's;
+//! - `quarantine`: the quarantined workloads, pinned so that no restart lifts them;
 //! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces;
 //! - `error`: what can go wrong in all but `host`, naming the map, program or path.
 
@@ -18,5 +20,6 @@ pub mod host;
 pub mod loader;
 mod object;
 pub mod pins;
+pub mod quarantine;
 mod slots;
 pub mod stats;

@@ -125,20 +125,89 @@ pub fn remove_all(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// `stagewall uninstall`: removes every pin below `root` (all layouts), which detaches
-/// every program the agent attached. Returns the number of links removed.
-pub fn uninstall(root: &Path) -> io::Result<usize> {
-    let links = std::fs::read_dir(root)
-        .map(|versions| {
-            versions
-                .flatten()
-                .filter_map(|v| std::fs::read_dir(v.path().join("links")).ok())
-                .map(|links| links.count())
-                .sum()
-        })
-        .unwrap_or(0);
-    remove_all(root)?;
-    Ok(links)
+/// The pin directory held by one agent: an exclusive `flock` on the directory, released
+/// when the agent exits however it exits (the kernel drops the lock with the descriptor).
+/// A second agent on the same directory would write into the first one's maps, and
+/// `uninstall` would detach a running agent's programs.
+#[derive(Debug)]
+pub struct PinLock(#[allow(dead_code)] OwnedFd);
+
+/// Takes the pin directory `root` (created if missing) for this process; an error if
+/// another process holds it.
+pub fn lock(root: &Path) -> Result<PinLock, DatapathError> {
+    std::fs::create_dir_all(root).map_err(DatapathError::path(PathAction::Creating, root))?;
+    // Only root may read what the agent pins there.
+    let _ = std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let dir = std::fs::File::open(root).map_err(DatapathError::path(PathAction::Opening, root))?;
+    let fd = OwnedFd::from(dir);
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DatapathError::PinsLocked {
+                path: root.to_path_buf(),
+            });
+        }
+        return Err(DatapathError::path(PathAction::Opening, root)(e));
+    }
+    Ok(PinLock(fd))
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Uninstalled {
+    /// Links removed (each detached a program).
+    pub links: usize,
+    /// Entries of the directory that are not the agent's and were left as they are.
+    pub left: Vec<PathBuf>,
+}
+
+/// Is this entry of the pin directory one the agent makes: a layout (`v<N>`) or the
+/// quarantined workloads (`quarantine-v<N>`)?
+fn is_agents_own(name: &str) -> bool {
+    let version = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix('v').is_some_and(version)
+        || name.strip_prefix("quarantine-v").is_some_and(version)
+}
+
+/// `stagewall uninstall`: removes what the agent pinned below `root` (every layout, which
+/// detaches every program it attached, and the quarantined workloads), and `root` itself
+/// when nothing else is in it. Refuses while an agent holds `root`. Never removes what
+/// the agent does not make: `--bpffs-dir` may name any directory.
+pub fn uninstall(root: &Path) -> Result<Uninstalled, DatapathError> {
+    let entries = match std::fs::read_dir(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Uninstalled {
+                links: 0,
+                left: Vec::new(),
+            });
+        }
+        other => other.map_err(DatapathError::path(PathAction::Reading, root))?,
+    };
+    let _held = lock(root)?;
+    let mut links = 0;
+    let mut left = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_agents_own(&name) {
+            left.push(path);
+            continue;
+        }
+        if path.is_dir() {
+            links += std::fs::read_dir(path.join("links")).map_or(0, |l| l.count());
+            remove_all(&path).map_err(DatapathError::path(PathAction::Removing, &path))?;
+        } else {
+            std::fs::remove_file(&path)
+                .map_err(DatapathError::path(PathAction::Removing, &path))?;
+        }
+    }
+    if left.is_empty() {
+        // The lock is on this directory; removing it while held is fine on Linux.
+        std::fs::remove_dir(root).map_err(DatapathError::path(PathAction::Removing, root))?;
+    }
+    Ok(Uninstalled { links, left })
 }
 
 /// `BPF_OBJ_GET`: opens a pinned object.
@@ -149,13 +218,18 @@ fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        /// The kernel checks that every byte after the command's last field is zero:
+        /// implicit padding here would be whatever was on the stack, and an EINVAL.
+        _pad: u32,
     }
+    const _: () = assert!(size_of::<ObjGet>() == 8 + 4 * 4);
     let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let attr = ObjGet {
         pathname: path.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     let fd = bpf(BPF_OBJ_GET, &attr)?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we own.
@@ -200,6 +274,16 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uninstall_takes_only_what_the_agent_makes() {
+        for own in ["v0", "v2", "v12", "quarantine-v1"] {
+            assert!(is_agents_own(own), "{own}");
+        }
+        for other in ["v", "vx", "v2.bak", "quarantine", "quarantine-v", "maps", "cilium"] {
+            assert!(!is_agents_own(other), "{other}");
+        }
+    }
 
     /// The layout MAP_LAYOUT_VERSION stands for. When this test fails, a map or a type
     /// it holds changed: bump MAP_LAYOUT_VERSION and write the new layout here, so an
