@@ -20,6 +20,7 @@ use std::{
     fs,
     io::Write as _,
     net::IpAddr,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -219,7 +220,12 @@ impl FlowRecords {
             }
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(FlowRecordsError::creating(dir))?;
+            // 0700: the records name peers' addresses.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(FlowRecordsError::creating(dir))?;
         }
         Ok(records)
     }
@@ -347,7 +353,18 @@ impl FlowRecords {
         };
         let tmp = with_suffix(&self.path, ".tmp");
         let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+            // Made afresh, 0600 whatever the umask (the records name peers' addresses):
+            // a leftover temporary file, or a symlink planted in its place, is removed
+            // rather than written through, and O_EXCL never follows a link.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&serde_json::to_vec(&file)?)?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)

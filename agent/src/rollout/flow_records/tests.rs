@@ -168,3 +168,44 @@ fn records_take_audited_directions_or_all_or_none() {
     assert!(filter(Recording::All, false).covers(0, Egress));
     assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, Egress));
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).unwrap().permissions().mode()
+}
+
+#[test]
+fn the_records_file_and_the_directory_made_for_it_are_private() {
+    // They name peers' addresses: no other local user reads them, whatever the umask.
+    let d = dir("private");
+    fs::create_dir_all(&d).unwrap();
+    let path = d.join("state/records.json");
+    let mut records = FlowRecords::open(&path, 10, Mode::Enforce).unwrap();
+    records.save().unwrap();
+    for p in [&d.join("state"), &path] {
+        assert_eq!(mode(p) & 0o077, 0, "{} is {:o}", p.display(), mode(p));
+    }
+    fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_symlink_planted_at_the_temporary_path_is_not_followed() {
+    let d = dir("link");
+    let path = d.join("records.json");
+    let mut records = FlowRecords::open(&path, 10, Mode::Enforce).unwrap();
+    let elsewhere = d.join("elsewhere");
+    fs::write(&elsewhere, b"").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, with_suffix(&path, ".tmp")).unwrap();
+    records.save().unwrap();
+    assert_eq!(
+        fs::read(&elsewhere).unwrap(),
+        b"",
+        "nothing written through the link"
+    );
+    assert!(
+        fs::symlink_metadata(&path).unwrap().is_file(),
+        "the records are a file"
+    );
+    assert!(read(&path).unwrap().is_some(), "and they read back");
+    fs::remove_dir_all(&d).unwrap();
+}
