@@ -182,14 +182,17 @@ pub fn ensure_bpffs() -> Result<(), HostError> {
     std::fs::create_dir_all(BPFFS).map_err(HostError::CreateBpffs)?;
     let target = CString::new(BPFFS)?;
     let fstype = c"bpf";
-    // SAFETY: valid NUL-terminated strings; no data argument.
+    // Root only: bpffs's default root is 1777, where any user could look up the pins or
+    // create entries beside them. (The kernel keeps the sticky bit: the mode reads 1700.)
+    let options = c"mode=0700";
+    // SAFETY: valid NUL-terminated strings; bpffs reads its data argument as options text.
     let rc = unsafe {
         libc::mount(
             fstype.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
             0,
-            std::ptr::null(),
+            options.as_ptr().cast(),
         )
     };
     if rc != 0 {

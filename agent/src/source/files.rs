@@ -21,7 +21,7 @@ use super::WakeUp;
 use crate::policy::{
     error::PolicyErrors,
     model::PolicySet,
-    parse::{ParseCache, load_dir, policy_files},
+    parse::{ParseCache, list_files, load_dir, read_policy_file},
 };
 
 /// A policy directory, and what of it was last read.
@@ -83,17 +83,21 @@ impl Files {
 }
 
 /// A hash of the policy files' names and contents: equal fingerprints, equal policies.
-/// A directory that cannot be read hashes its error, so a change is still noticed.
+/// The files are listed and read as a load lists and reads them (a symlink loop, a fifo or
+/// a device is an error, hashed like a file that cannot be read), so this returns as
+/// surely as a load does and a change is still noticed.
 pub fn fingerprint(dir: &Path) -> u64 {
     let mut h = DefaultHasher::new();
-    match policy_files(dir) {
-        Ok(files) => {
-            for f in files {
-                f.hash(&mut h);
-                std::fs::read(&f).ok().hash(&mut h);
-            }
+    let (files, errors) = list_files(dir);
+    for e in errors {
+        e.to_string().hash(&mut h);
+    }
+    for f in files {
+        f.hash(&mut h);
+        match read_policy_file(&f) {
+            Ok(text) => text.hash(&mut h),
+            Err(e) => e.message.hash(&mut h),
         }
-        Err(e) => e.to_string().hash(&mut h),
     }
     h.finish()
 }
@@ -125,4 +129,49 @@ pub fn wake_on_change(
     })?;
     watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok((watcher, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::symlink, time::Duration};
+
+    use super::*;
+
+    /// Runs `fingerprint` on a thread and waits at most 10 s, so a hang fails the test.
+    fn fingerprint_within_10s(dir: &Path) -> u64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(fingerprint(&dir));
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("fingerprint did not finish within 10 s")
+    }
+
+    #[test]
+    fn fingerprint_returns_on_loops_devices_and_fifos_and_sees_changes() {
+        let dir = std::env::temp_dir().join(format!("stagewall-fp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("good.yaml"), "kind: Namespace\n").unwrap();
+        symlink(".", dir.join("a")).unwrap();
+        symlink(".", dir.join("b")).unwrap();
+        symlink("..", dir.join("sub/up")).unwrap();
+        symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.join("fifo.yaml").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+        let before = fingerprint_within_10s(&dir);
+        assert_eq!(fingerprint_within_10s(&dir), before, "nothing changed");
+        std::fs::write(dir.join("good.yaml"), "kind: Namespace\n# edited\n").unwrap();
+        assert_ne!(
+            fingerprint_within_10s(&dir),
+            before,
+            "an edit of the good file is still seen"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -24,6 +24,6 @@ mod tests;
 pub use self::{
     cache::{ParseCache, split_documents},
     document::{API_CORE, API_NETWORKING, API_STAGEWALL, parse_into, parse_text},
-    load::{MAX_FILE_BYTES, load_dir, load_files, policy_files},
+    load::{MAX_FILE_BYTES, list_files, load_dir, load_files, policy_files, read_policy_file},
     whole_set::{complete, validate_set},
 };

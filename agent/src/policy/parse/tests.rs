@@ -93,6 +93,100 @@ fn a_huge_file_is_refused_before_it_is_read() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A policy directory holding one good policy and the given hostile entries.
+fn hostile_dir(name: &str, make: impl FnOnce(&Path)) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("stagewall-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("good.yaml"), POLICY_HEAD).unwrap();
+    make(&dir);
+    dir
+}
+
+/// Loads `dir` on a thread and waits at most 10 s: a regression that hangs (a loop, a
+/// fifo, an endless device) fails the test instead of stalling the run.
+fn load_within_10s(dir: &Path) -> (Result<PolicySet, Vec<PolicyError>>, usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let mut cache = ParseCache::default();
+        let result = load_dir(&dir, &mut cache).map_err(|e| e.0);
+        let _ = tx.send((result, cache.parsed));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("loading the directory did not finish within 10 s")
+}
+
+/// The good policy was read and parsed (one document, no error of its own) and every
+/// error names one of `bad` with `wanted` in its message. The set as a whole is refused,
+/// as with any file's error: the policy in force stays.
+fn only_bad_entries_reported(dir: &Path, bad: &[&str], wanted: &str) {
+    let (result, parsed) = load_within_10s(dir);
+    let errors = result.expect_err("hostile entries are errors");
+    assert_eq!(parsed, 1, "the good policy is parsed: {errors:?}");
+    for name in bad {
+        let e = errors
+            .iter()
+            .find(|e| e.file == dir.join(name))
+            .unwrap_or_else(|| panic!("no error names {name}: {errors:?}"));
+        assert!(e.message.contains(wanted), "{e}");
+    }
+    assert_eq!(errors.len(), bad.len(), "{errors:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn directory_symlink_loops_are_refused_not_followed_forever() {
+    use std::os::unix::fs::symlink;
+    // Two links to the directory itself, one back up from below: followed blindly, the
+    // paths double at every level (2^40 before the kernel's ELOOP).
+    let dir = hostile_dir("loop", |d| {
+        symlink(".", d.join("a")).unwrap();
+        symlink(".", d.join("b")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        symlink("..", d.join("sub/up")).unwrap();
+    });
+    only_bad_entries_reported(&dir, &["a", "b", "sub/up"], "directory already read");
+}
+
+#[test]
+fn a_symlink_to_a_device_is_refused_not_read_without_end() {
+    let dir = hostile_dir("device", |d| {
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+    });
+    only_bad_entries_reported(&dir, &["zero.yaml"], "not a regular file");
+}
+
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = hostile_dir("fifo", |d| {
+        let path =
+            std::ffi::CString::new(d.join("fifo.yaml").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    });
+    only_bad_entries_reported(&dir, &["fifo.yaml"], "not a regular file");
+}
+
+#[test]
+fn a_symlink_to_a_regular_file_is_followed() {
+    // As a ConfigMap volume does: policy.yaml -> ..data/policy.yaml.
+    let dir = hostile_dir("link", |d| {
+        std::fs::create_dir(d.join("..data")).unwrap();
+        std::fs::write(
+            d.join("..data/other.yaml"),
+            POLICY_HEAD.replace("name: p,", "name: q,"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..data/other.yaml", d.join("other.yaml")).unwrap();
+    });
+    let (result, parsed) = load_within_10s(&dir);
+    let set = result.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((parsed, set.policies.len()), (2, 2));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn yaml_syntax_errors_name_the_line() {
     let e = one_error("apiVersion: v1\nkind: Namespace\nmetadata: {name: [unclosed\n");
