@@ -532,6 +532,16 @@ impl Testbed {
         Ok(fs::remove_file(self.dir.join(name))?)
     }
 
+    /// The Workload document of a node enforced by cgroup, with TC on its host-side
+    /// interface as the backstop for raw sockets.
+    pub fn backstopped_workload_yaml(&self, node: &str, namespace: &str, labels: &str) -> String {
+        let cgroup = format!("cgroup: {}", self.node(node).cgroup_path);
+        self.workload_yaml(node, namespace, labels, false).replace(
+            &cgroup,
+            &format!("{cgroup}\n  interface: {}", self.node(node).host_if),
+        )
+    }
+
     /// The Workload document of a node, enforced by cgroup or by its host-side interface.
     pub fn workload_yaml(
         &self,

@@ -1,7 +1,8 @@
 //! No bypass by writing one's own headers: a workload with CAP_NET_RAW (containerd and
 //! Docker grant it by default) sends hand-made packets through raw IP sockets (IP_HDRINCL,
-//! seen by the cgroup hooks) and AF_PACKET sockets (seen by TC on the host side of its
-//! interface). Each is counted where it would arrive, on the peer's interface, before any
+//! seen by the cgroup hooks) and AF_PACKET sockets (which the cgroup hooks never see: TC on
+//! the host side of its interface decides them, as the backstop of a cgroup-enforced
+//! workload). Each is counted where it would arrive, on the peer's interface, before any
 //! check of the peer's own.
 //!
 //! - the addresses in a header do not make a packet "self traffic": a packet whose source
@@ -23,7 +24,7 @@ use std::{
 use stagewall_tests::{
     Testbed, privileged,
     raw::{
-        PROTO_ICMPV6, PROTO_IGMP, PROTO_UDP, ethernet, igmp_report, ipv4, ipv6,
+        self, PROTO_ICMPV6, PROTO_IGMP, PROTO_UDP, ethernet, igmp_report, ipv4, ipv6,
         neighbor_solicitation, qinq, set_hop_limit, udp,
     },
 };
@@ -66,11 +67,11 @@ fn hand_made_headers_never_bypass_quarantine_or_policy() {
     }
     let bed =
         Testbed::new(&["raw", "rawiso", "lenient", "iso", "peer"]).expect("creating the test bed");
-    // raw and rawiso are enforced by cgroup, lenient and iso at their interface. raw and
-    // lenient (whose fail mode is open) are quarantined below; rawiso and iso may send
-    // nothing at all.
-    let mut p = bed.workload_yaml("raw", "app", "{app: raw}", false);
-    p += &bed.workload_yaml("rawiso", "app", "{app: rawiso}", false);
+    // raw and rawiso are enforced by cgroup (with TC on their interface as the backstop
+    // for AF_PACKET), lenient and iso at their interface. raw and lenient (whose fail mode
+    // is open) are quarantined below; rawiso and iso may send nothing at all.
+    let mut p = bed.backstopped_workload_yaml("raw", "app", "{app: raw}");
+    p += &bed.backstopped_workload_yaml("rawiso", "app", "{app: rawiso}");
     p += &bed
         .workload_yaml("lenient", "app", "{app: lenient}", true)
         .replace("spec:\n", "spec:\n  failMode: open\n");
@@ -121,6 +122,38 @@ fn hand_made_headers_never_bypass_quarantine_or_policy() {
             from: "rawiso",
             ip_socket: true,
             packet: spoofed_self(2002),
+            double_tagged: false,
+            delivered: false,
+        },
+        Case {
+            what: "quarantined, cgroup-enforced, AF_PACKET: UDP to the peer",
+            from: "raw",
+            ip_socket: false,
+            packet: ipv4(
+                addr4("raw"),
+                peer4,
+                PROTO_UDP,
+                2010,
+                &[],
+                0,
+                &udp(40000, 53, b"x"),
+            ),
+            double_tagged: false,
+            delivered: false,
+        },
+        Case {
+            what: "isolated, cgroup-enforced, AF_PACKET: UDP to the peer",
+            from: "rawiso",
+            ip_socket: false,
+            packet: ipv4(
+                addr4("rawiso"),
+                peer4,
+                PROTO_UDP,
+                2011,
+                &[],
+                0,
+                &udp(40000, 53, b"x"),
+            ),
             double_tagged: false,
             delivered: false,
         },
@@ -240,9 +273,16 @@ fn hand_made_headers_never_bypass_quarantine_or_policy() {
         },
     ]
     .into_iter()
-    .enumerate()
-    .map(|(i, c)| (2001 + i as u32, c))
+    .map(|c| {
+        let marker = raw::marker(&ethernet([0; 6], [0; 6], &c.packet)).expect("a marker");
+        (marker, c)
+    })
     .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        cases.iter().all(|(m, _)| seen.insert(*m)),
+        "each case has a marker of its own"
+    );
 
     const COPIES: usize = 3;
     let markers: Vec<u32> = cases.iter().map(|(m, _)| *m).collect();

@@ -10,7 +10,7 @@ use stagewall_tests::{
     cluster::Cluster,
     metric_sum,
     node::{KubeletNode, NodeNetwork},
-    privileged, until,
+    privileged, raw, until,
 };
 
 /// Creates a real pod of the probe image in `namespace`, serving TCP on `port` with a
@@ -545,7 +545,7 @@ fn a_meshed_pods_ingress_rule_holds_for_the_applications_port() {
         .start_kubelet_on(&bed, "node-b", NodeNetwork::Routed { n: 2 })
         .expect("starting node-b");
     cluster.create_namespace("ml").expect("namespace ml");
-    let (client, _) = run_pod_on(
+    let (client, client_ip) = run_pod_on(
         &cluster,
         Some("node-a"),
         "ml",
@@ -651,5 +651,106 @@ fn a_meshed_pods_ingress_rule_holds_for_the_applications_port() {
         links.iter().filter(|l| l.starts_with("if-")).count(),
         2,
         "{links:?}"
+    );
+    // A pod enforced by its cgroup on this routed node gets TC on its veth as the
+    // backstop: what it sends through an AF_PACKET socket (which no cgroup hook sees) is
+    // decided there too. Its egress is denied; a hand-made UDP frame from it to the
+    // client pod must not arrive.
+    let (raw_pod, raw_ip) = run_pod_on(&cluster, Some("node-b"), "ml", "raw", "{app: raw}", 80);
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: raw-no-egress, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: raw}}\n  policyTypes: [Egress]\n",
+        )
+        .expect("the policy");
+    until("the raw pod enforced", log, || {
+        metric_sum(&agent_b.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
+    });
+    until("the raw pod's egress denied at connect", log, || {
+        node_b.tcp(&raw_pod, client_ip, 80).is("eperm")
+    });
+    let route = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &node_b.netns,
+            "-o",
+            "route",
+            "get",
+            &raw_ip.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    let veth = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no device in {route:?}"))
+        .to_string();
+    let mac_of = |out: std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find_map(raw::parse_mac)
+            .unwrap_or_else(|| panic!("no MAC address in {out:?}"))
+    };
+    let gateway_mac = mac_of(
+        std::process::Command::new("ip")
+            .args(["-n", &node_b.netns, "-br", "link", "show", "dev", &veth])
+            .output()
+            .unwrap(),
+    );
+    let raw_mac = mac_of(
+        node_b
+            .pod_command(&raw_pod, "ip")
+            .unwrap()
+            .args(["-br", "link", "show", "dev", "eth0"])
+            .output()
+            .unwrap(),
+    );
+    let (IpAddr::V4(from), IpAddr::V4(to)) = (raw_ip, client_ip) else {
+        panic!("IPv4 pod addresses expected");
+    };
+    let packet = raw::ipv4(
+        from,
+        to,
+        raw::PROTO_UDP,
+        4242,
+        &[],
+        0,
+        &raw::udp(40000, 80, b"x"),
+    );
+    let frame: String = raw::ethernet(gateway_mac, raw_mac, &packet)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut counter = node_a
+        .pod_command(&client, stagewall_tests::probe_bin())
+        .unwrap();
+    counter
+        .args(["raw-count", "eth0", "2500", "4242"])
+        .stdout(std::process::Stdio::piped());
+    let mut counter = counter.spawn().unwrap();
+    let mut out = std::io::BufReader::new(counter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let sent = node_b
+        .pod_command(&raw_pod, stagewall_tests::probe_bin())
+        .unwrap()
+        .args(["raw-send", "eth0", &frame, &frame, &frame])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).starts_with("ok"),
+        "raw-send: {sent:?}"
+    );
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = counter.wait();
+    assert_eq!(
+        line.trim(),
+        "counts 0",
+        "AF_PACKET frames from an egress-denied pod arrived\n{}",
+        log()
     );
 }

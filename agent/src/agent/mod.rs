@@ -161,6 +161,12 @@ impl Agent {
         };
         let enforced = self.loader.apply(&compiled, settings, &self.quarantined)?;
         let took = started.elapsed();
+        // A workload with a backstop interface is attached twice; it is one workload.
+        let workloads_enforced = enforced
+            .iter()
+            .map(|e| &e.workload)
+            .collect::<BTreeSet<_>>()
+            .len();
         self.metrics
             .policy_apply_seconds
             .observe(took.as_secs_f64());
@@ -177,7 +183,7 @@ impl Agent {
             "policy {} applied in {took:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
             self.loader.generation(),
             self.options.mode,
-            enforced.len(),
+            workloads_enforced,
             compiled.identities.kinds.len(),
             compiled.policy.len(),
         );
@@ -187,7 +193,9 @@ impl Agent {
         self.metrics
             .workloads_quarantined
             .set(self.quarantined.len() as i64);
-        self.metrics.workloads_enforced.set(enforced.len() as i64);
+        self.metrics
+            .workloads_enforced
+            .set(workloads_enforced as i64);
         self.metrics
             .policy_reloads
             .with_label_values(&["applied"])

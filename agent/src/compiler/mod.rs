@@ -36,6 +36,8 @@ use crate::policy::model::{
 pub struct Endpoint {
     pub workload: ObjectName,
     pub attachment: Attachment,
+    /// The interface where TC backs the cgroup attachment up (Workload::backstop).
+    pub backstop: Option<String>,
     /// The workload's own addresses: its traffic to them never leaves it and passes.
     pub addresses: Vec<std::net::IpAddr>,
     /// The workload's `stage` label, which events carry.
@@ -51,6 +53,15 @@ pub struct Endpoint {
     /// explanations).
     pub ingress_isolated_by: Vec<ObjectName>,
     pub egress_isolated_by: Vec<ObjectName>,
+}
+
+impl Endpoint {
+    /// Where the kernel finds the workload's traffic: its attachment, and the interface
+    /// that backs a cgroup attachment up, if any.
+    pub fn attachments(&self) -> impl Iterator<Item = Attachment> + '_ {
+        std::iter::once(self.attachment.clone())
+            .chain(self.backstop.clone().map(Attachment::Interface))
+    }
 }
 
 /// One POLICY map entry: a compiled policy allows this identity (or any), protocol (or
@@ -239,6 +250,7 @@ pub fn compile_with(
         let mut endpoint = Endpoint {
             workload: w.name.clone(),
             attachment: w.attachment.clone().expect("filtered on attachment"),
+            backstop: w.backstop.clone(),
             addresses: w.addresses.clone(),
             stage: w.labels.get("stage").cloned(),
             endpoint_id,

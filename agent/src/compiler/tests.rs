@@ -480,6 +480,7 @@ fn set_strategy() -> impl Strategy<Value = PolicySet> {
                 name: name(NAMESPACES[ns], &format!("w{i}")),
                 labels,
                 attachment: local.then(|| Attachment::Cgroup(format!("/w{i}"))),
+                backstop: None,
                 addresses: vec![ip(ADDRS[i]), ip(ADDRS[i + 1 + (i % 2)])],
                 ports: named_ports(ports),
                 fail_mode: None,

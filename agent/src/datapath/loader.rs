@@ -135,11 +135,15 @@ impl Loader {
         let next_slot = 1 - self.slots.active();
         let mut targets = Vec::new();
         for ep in &compiled.endpoints {
-            match host::resolve(&self.cgroup_root, &ep.attachment) {
-                Ok(target) => targets.push((ep, target)),
-                // A workload that has not started yet is known as a peer and enforced
-                // once its cgroup or interface exists and the policy is applied again.
-                Err(e) => log::warn!("{}: not enforced on this host: {}", ep.workload, Chain(&e)),
+            for attachment in ep.attachments() {
+                match host::resolve(&self.cgroup_root, &attachment) {
+                    Ok(target) => targets.push((ep, target)),
+                    // A workload that has not started yet is known as a peer and enforced
+                    // once its cgroup or interface exists and the policy is applied again.
+                    Err(e) => {
+                        log::warn!("{}: not enforced on this host: {}", ep.workload, Chain(&e))
+                    }
+                }
             }
         }
         let guards = self.guard_targets();
@@ -234,7 +238,8 @@ impl Loader {
         compiled
             .endpoints
             .iter()
-            .filter_map(|ep| host::resolve(&self.cgroup_root, &ep.attachment).ok())
+            .flat_map(|ep| ep.attachments())
+            .filter_map(|attachment| host::resolve(&self.cgroup_root, &attachment).ok())
             .chain(self.guard_targets())
             .chain(self.unguarded_targets(compiled))
             .collect()

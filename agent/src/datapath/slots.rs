@@ -15,7 +15,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use stagewall_common::{
-    Config, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
+    Config, EP_BACKSTOP, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EndpointInfo, EndpointKey, GUARD_ENDPOINT_ID, IpcacheKey,
     MAP_CONFIG, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES, POLICY_ALLOW,
     PolicyKey, SelfAddrKey, ServiceBackend, ServiceKey, UNGUARDED_ENDPOINT_ID,
@@ -27,7 +27,7 @@ use crate::{
         map_keys::{self, LpmKey},
     },
     datapath::{error::DatapathError, host::Target, pins::Pins},
-    policy::model::ObjectName,
+    policy::model::{Attachment, ObjectName},
 };
 
 /// The maps that hold the policy, which the agent writes.
@@ -83,6 +83,11 @@ pub(super) struct SlotContents {
     services: HashMap<ServiceKey, ServiceBackend>,
 }
 
+/// Is `target` the interface that backs a cgroup-attached workload up?
+fn is_backstop(ep: &Endpoint, target: &Target) -> bool {
+    matches!(target, Target::Interface { .. }) && !matches!(ep.attachment, Attachment::Interface(_))
+}
+
 impl SlotContents {
     /// What slot `slot` holds for `compiled`: the guards, the node's own cgroups below them,
     /// the workloads found on this host (`targets`; those in `quarantined` flagged so),
@@ -109,11 +114,17 @@ impl SlotContents {
                 endpoint_id: ep.endpoint_id,
                 ingress_policy: map_keys::slot_policy_id(ep.ingress_policy_id, slot),
                 egress_policy: map_keys::slot_policy_id(ep.egress_policy_id, slot),
-                flags: if quarantined.contains(&ep.workload) {
-                    ep.flags | EP_QUARANTINED
-                } else {
-                    ep.flags
-                },
+                flags: ep.flags
+                    | if quarantined.contains(&ep.workload) {
+                        EP_QUARANTINED
+                    } else {
+                        0
+                    }
+                    | if is_backstop(ep, target) {
+                        EP_BACKSTOP
+                    } else {
+                        0
+                    },
             };
             contents.endpoints.insert(endpoint_key(slot, target), info);
             for addr in &ep.addresses {

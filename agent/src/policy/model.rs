@@ -105,6 +105,10 @@ pub struct Workload {
     pub name: ObjectName,
     pub labels: Labels,
     pub attachment: Option<Attachment>,
+    /// With a cgroup (or unit) attachment: the host side of the workload's veth, where TC
+    /// decides too, for what raw sockets (AF_PACKET, AF_XDP) send and receive past the
+    /// cgroup hooks.
+    pub backstop: Option<String>,
     pub addresses: Vec<IpAddr>,
     /// Ports declared by name, which named-port rules resolve against.
     pub ports: Vec<NamedPort>,

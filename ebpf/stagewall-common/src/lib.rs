@@ -105,7 +105,7 @@ pub const EP_DEFAULT_DENY_INGRESS: u32 = 1 << 2;
 pub const EP_DEFAULT_DENY_EGRESS: u32 = 1 << 3;
 
 /// Quarantined (assume breach): every packet in and out is dropped, whatever the policy
-/// and the mode; only the workload's traffic to itself passes.
+/// and the mode, its traffic to itself (over loopback) too.
 pub const EP_QUARANTINED: u32 = 1 << 4;
 /// The workload's fail mode is open: a packet the programs cannot decide (headers that
 /// cannot be parsed) passes, counted and reported, instead of being dropped.
@@ -115,6 +115,13 @@ pub const EP_FAIL_OPEN: u32 = 1 << 5;
 pub const EP_AUDIT_INGRESS: u32 = 1 << 6;
 /// The workload's egress is in audit mode.
 pub const EP_AUDIT_EGRESS: u32 = 1 << 7;
+
+/// The interface entry of a workload enforced by cgroup: TC on the host side of its veth
+/// is a backstop for what raw sockets (AF_PACKET, AF_XDP) send and receive past the cgroup
+/// hooks. It decides every packet as the cgroup hooks would, but counts and reports only
+/// what it denies (the cgroup hooks count the rest), and in audit mode reports nothing
+/// (what sockets send is reported there).
+pub const EP_BACKSTOP: u32 = 1 << 8;
 
 /// The EP_AUDIT_* flag of a direction (DIR_*).
 pub const fn audit_flag(direction: u8) -> u32 {
@@ -318,6 +325,10 @@ const _: () = assert!(size_of::<ServiceNat>() == 24);
 /// A flow an endpoint allowed, seen from that endpoint. `origin` is the direction the
 /// first packet went (DIR_*); a packet in the other direction with the ports swapped is a
 /// reply. ICMP echo uses the echo identifier as both ports.
+///
+/// `kind` FLOW_KIND_FRAGMENTS marks the fragments of one allowed datagram instead (no
+/// ports; `fragment_id` is its IP identification): its later fragments carry no ports
+/// and pass by this entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -325,12 +336,19 @@ pub struct FlowKey {
     pub family: u8,
     pub protocol: u8,
     pub origin: u8,
-    pub _pad: u8,
+    pub kind: u8,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad2: u32,
+    pub fragment_id: u32,
     pub remote_addr: [u8; 16],
 }
+
+/// FlowKey::kind of a flow.
+pub const FLOW_KIND_FLOW: u8 = 0;
+/// FlowKey::kind of an allowed datagram's fragments.
+pub const FLOW_KIND_FRAGMENTS: u8 = 1;
+/// The fragments of a datagram arrive within this (the kernel's own reassembly timeout).
+pub const FRAGMENTS_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 const _: () = assert!(size_of::<FlowKey>() == 32);
 
 #[repr(C)]

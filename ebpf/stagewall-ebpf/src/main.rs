@@ -41,7 +41,7 @@ use stagewall_common::{
 
 use crate::{
     maps::{ENDPOINTS, SELF_ADDRS},
-    packet::{ETH_HLEN, L3, Packet, Parsed},
+    packet::{ETH_HLEN, FRAGMENT_FIRST, FRAGMENT_LATER, L3, Packet, Parsed},
     verdict::{Flow, Verdict, config, decide},
 };
 
@@ -148,10 +148,23 @@ fn decide_packet(ep: &EndpointInfo, p: &Packet, skb: &SkBuff, direction: u8, hoo
     let Some(cfg) = config() else {
         return Verdict::Pass;
     };
+    let bytes = skb.len();
+    if p.icmp_error {
+        // The packet the error is about went the other way.
+        let about = flow_from_packet(p, verdict::opposite(direction), bytes, false);
+        return verdict::icmp_error(cfg, ep, &about, hook);
+    }
     // Only the cgroup hooks see a workload's loopback traffic; TC sees its interface.
     let self_traffic = hook == HOOK_CGROUP_SKB && on_loopback(skb);
-    let flow = flow_from_packet(p, direction, skb.len(), self_traffic);
-    decide(cfg, ep, &flow, hook, true)
+    let flow = flow_from_packet(p, direction, bytes, self_traffic);
+    if p.fragment == FRAGMENT_LATER && verdict::fragment_allowed(ep, &flow, p.fragment_id, hook) {
+        return Verdict::Pass;
+    }
+    let verdict = decide(cfg, ep, &flow, hook, true);
+    if verdict == Verdict::Pass && p.fragment == FRAGMENT_FIRST {
+        verdict::remember_fragments(ep, &flow, p.fragment_id);
+    }
+    verdict
 }
 
 fn skb_verdict(
@@ -341,15 +354,8 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     };
     // connect() or sendmsg() to a loopback address or the workload's own: its packets
     // will go over the loopback device, which the packet hooks pass as self traffic.
-    let own = SelfAddrKey {
-        slot: cfg.active_slot,
-        endpoint_id: ep.endpoint_id,
-        family: call.family,
-        _pad: [0; 3],
-        addr: remote_addr,
-    };
-    let self_traffic =
-        is_loopback_addr(call.family, &remote_addr) || unsafe { SELF_ADDRS.get(own) }.is_some();
+    let self_traffic = is_loopback_addr(call.family, &remote_addr)
+        || is_own_addr(cfg, ep.endpoint_id, call.family, &remote_addr);
     let flow = Flow {
         direction: DIR_EGRESS,
         family: call.family,
@@ -369,6 +375,20 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         Verdict::Pass => SOCK_ALLOW,
         Verdict::Drop => SOCK_DENY,
     }
+}
+
+/// Is `addr` one of the workload's own? A function of its own: the key leaves the stack
+/// before the verdict's call chain starts.
+#[inline(never)]
+fn is_own_addr(cfg: &Config, endpoint_id: u32, family: u8, addr: &[u8; 16]) -> bool {
+    let own = SelfAddrKey {
+        slot: cfg.active_slot,
+        endpoint_id,
+        family,
+        _pad: [0; 3],
+        addr: *addr,
+    };
+    unsafe { SELF_ADDRS.get(own) }.is_some()
 }
 
 fn is_loopback_addr(family: u8, a: &[u8; 16]) -> bool {

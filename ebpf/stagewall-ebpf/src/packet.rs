@@ -46,7 +46,21 @@ pub struct Packet {
     /// address, with a hop limit a router would forward) is decided by policy like any
     /// other packet of its protocol: otherwise it would carry data anywhere.
     pub link_control: bool,
+    /// An ICMP or ICMPv6 error (unreachable, packet too big, time exceeded, parameter
+    /// problem): the addresses, ports and protocol above are those of the packet it is
+    /// about, as that packet went. It passes when that packet's flow is tracked.
+    pub icmp_error: bool,
+    /// FRAGMENT_*: whether this is a fragment, and which.
+    pub fragment: u8,
+    /// A fragment's IP identification (IPv4: 16 bits).
+    pub fragment_id: u32,
 }
+
+pub const FRAGMENT_NONE: u8 = 0;
+/// The first fragment: it carries the transport header and is decided by it.
+pub const FRAGMENT_FIRST: u8 = 1;
+/// A later fragment: no transport header; it passes if its datagram's first did.
+pub const FRAGMENT_LATER: u8 = 2;
 
 /// What the transport header tells.
 #[derive(Default)]
@@ -130,6 +144,9 @@ impl Packet {
             family: 0,
             protocol: 0,
             link_control: false,
+            icmp_error: false,
+            fragment: FRAGMENT_NONE,
+            fragment_id: 0,
         }
     }
 }
@@ -142,17 +159,14 @@ impl Packet {
 #[inline(never)]
 pub fn parse(skb: &SkBuff, l3: L3, offset: usize, out: &mut Packet) -> Parsed {
     let parsed = match l3 {
-        L3::V4 => parse_v4(skb, offset),
-        L3::V6 => parse_v6(skb, offset),
+        L3::V4 => parse_v4(skb, offset, out),
+        L3::V6 => parse_v6(skb, offset, out),
         L3::Arp => return Parsed::Arp,
         L3::Other => return Parsed::NotIp,
         L3::Truncated => return Parsed::Malformed,
     };
     match parsed {
-        Ok(p) => {
-            *out = p;
-            Parsed::Ip
-        }
+        Ok(()) => Parsed::Ip,
         Err(Malformed) => Parsed::Malformed,
     }
 }
@@ -162,31 +176,49 @@ fn load<T>(skb: &SkBuff, offset: usize) -> Result<T, Malformed> {
     skb.load::<T>(offset).map_err(|_| Malformed)
 }
 
-#[inline(always)]
-fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
+// Each parser below is a BPF function of its own writing the caller's Packet: their
+// temporaries would not fit in one frame (the verifier allows 512 bytes to a call chain).
+
+#[inline(never)]
+fn parse_v4(skb: &SkBuff, offset: usize, out: &mut Packet) -> Result<(), Malformed> {
     let version_ihl: u8 = load(skb, offset)?;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Malformed);
     }
+    let id_be: u16 = load(skb, offset + 4)?;
     let frag_off_be: u16 = load(skb, offset + 6)?;
     let ttl: u8 = load(skb, offset + 8)?;
     let protocol: u8 = load(skb, offset + 9)?;
     let src4: [u8; 4] = load(skb, offset + 12)?;
     let dst4: [u8; 4] = load(skb, offset + 16)?;
-    // A non-first fragment carries no transport header: its ports stay 0, so only rules
-    // without ports can allow it (it never borrows the verdict of a port rule).
-    let fragment_offset = u16::from_be(frag_off_be) & 0x1fff;
-    let l4 = if fragment_offset == 0 {
+    // A non-first fragment carries no transport header: its ports stay 0; it passes if
+    // its datagram's first fragment did, else only rules without ports can allow it (it
+    // never borrows the verdict of a port rule).
+    let frag_off = u16::from_be(frag_off_be);
+    let fragment = if frag_off & 0x1fff != 0 {
+        FRAGMENT_LATER
+    } else if frag_off & 0x2000 != 0 {
+        FRAGMENT_FIRST
+    } else {
+        FRAGMENT_NONE
+    };
+    let l4 = if fragment != FRAGMENT_LATER {
         read_l4(skb, protocol, offset + ihl)?
     } else {
         L4::default()
     };
+    if protocol == PROTO_ICMP
+        && is_icmp_error(protocol, l4.icmp_type)
+        && embedded_v4(skb, offset + ihl + 8, out)
+    {
+        return Ok(());
+    }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&src4);
     dst[..4].copy_from_slice(&dst4);
-    Ok(Packet {
+    *out = Packet {
         src,
         dst,
         sport: l4.sport,
@@ -194,17 +226,113 @@ fn parse_v4(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
         family: FAMILY_V4,
         protocol,
         link_control: protocol == PROTO_IGMP && igmp_link_scoped(ttl, &dst4),
-    })
+        icmp_error: false,
+        fragment,
+        fragment_id: u16::from_be(id_be) as u32,
+    };
+    Ok(())
 }
 
-#[inline(always)]
-fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
+/// The IPv4 packet an ICMP error is about, from its header and first 8 bytes there,
+/// written to `out`; false if they are not all there (the error is then decided as the
+/// ICMP packet it is).
+#[inline(never)]
+fn embedded_v4(skb: &SkBuff, offset: usize, out: &mut Packet) -> bool {
+    let Ok(version_ihl) = load::<u8>(skb, offset) else {
+        return false;
+    };
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return false;
+    }
+    let (Ok(protocol), Ok(src4), Ok(dst4), Ok(ports)) = (
+        load::<u8>(skb, offset + 9),
+        load::<[u8; 4]>(skb, offset + 12),
+        load::<[u8; 4]>(skb, offset + 16),
+        load::<[u8; 4]>(skb, offset + ihl),
+    ) else {
+        return false;
+    };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&src4);
+    dst[..4].copy_from_slice(&dst4);
+    let (sport, dport) = embedded_ports(protocol, ports);
+    *out = Packet {
+        src,
+        dst,
+        sport,
+        dport,
+        family: FAMILY_V4,
+        protocol,
+        link_control: false,
+        icmp_error: true,
+        fragment: FRAGMENT_NONE,
+        fragment_id: 0,
+    };
+    true
+}
+
+/// The IPv6 packet an ICMPv6 error is about (its fixed header and the 4 bytes after it;
+/// extension headers are not walked: such a packet's error is decided as ICMPv6).
+#[inline(never)]
+fn embedded_v6(skb: &SkBuff, offset: usize, out: &mut Packet) -> bool {
+    let (Ok(next), Ok(src), Ok(dst), Ok(ports)) = (
+        load::<u8>(skb, offset + 6),
+        load::<[u8; 16]>(skb, offset + 8),
+        load::<[u8; 16]>(skb, offset + 24),
+        load::<[u8; 4]>(skb, offset + 40),
+    ) else {
+        return false;
+    };
+    let (sport, dport) = embedded_ports(next, ports);
+    *out = Packet {
+        src,
+        dst,
+        sport,
+        dport,
+        family: FAMILY_V6,
+        protocol: next,
+        link_control: false,
+        icmp_error: true,
+        fragment: FRAGMENT_NONE,
+        fragment_id: 0,
+    };
+    true
+}
+
+/// The ports of the packet an error is about, as a flow keys them: TCP/UDP/SCTP ports, an
+/// echo's identifier in both.
+fn embedded_ports(protocol: u8, b: [u8; 4]) -> (u16, u16) {
+    match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        ),
+        // Echo: type, code, checksum here; the identifier is further on, not among the 8
+        // bytes every error carries for IPv4, so echo errors match no flow.
+        _ => (0, 0),
+    }
+}
+
+/// Destination unreachable, time exceeded, parameter problem (and ICMPv6's packet too
+/// big): errors that carry the packet they are about.
+fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        PROTO_ICMP => matches!(icmp_type, 3 | 11 | 12),
+        _ => matches!(icmp_type, 1..=4),
+    }
+}
+
+#[inline(never)]
+fn parse_v6(skb: &SkBuff, offset: usize, out: &mut Packet) -> Result<(), Malformed> {
     let mut next: u8 = load(skb, offset + 6)?;
     let hop_limit: u8 = load(skb, offset + 7)?;
     let src: [u8; 16] = load(skb, offset + 8)?;
     let dst: [u8; 16] = load(skb, offset + 24)?;
     let mut l4_offset = offset + 40;
-    let mut first_fragment = true;
+    let mut fragment = FRAGMENT_NONE;
+    let mut fragment_id = 0u32;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
@@ -213,20 +341,36 @@ fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
                 l4_offset += (hdr[1] as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let hdr: [u8; 4] = load(skb, l4_offset)?;
+                let hdr: [u8; 8] = load(skb, l4_offset)?;
                 next = hdr[0];
-                first_fragment = (u16::from_be_bytes([hdr[2], hdr[3]]) >> 3) == 0;
+                let offset_and_more = u16::from_be_bytes([hdr[2], hdr[3]]);
+                fragment = if offset_and_more >> 3 != 0 {
+                    FRAGMENT_LATER
+                } else if offset_and_more & 1 != 0 {
+                    FRAGMENT_FIRST
+                } else {
+                    FRAGMENT_NONE
+                };
+                fragment_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 l4_offset += 8;
             }
             _ => break,
         }
     }
+    let first_fragment = fragment != FRAGMENT_LATER;
     let l4 = if first_fragment {
         read_l4(skb, next, l4_offset)?
     } else {
         L4::default()
     };
-    Ok(Packet {
+    if next == PROTO_ICMPV6
+        && first_fragment
+        && is_icmp_error(next, l4.icmp_type)
+        && embedded_v6(skb, l4_offset + 8, out)
+    {
+        return Ok(());
+    }
+    *out = Packet {
         src,
         dst,
         sport: l4.sport,
@@ -236,7 +380,11 @@ fn parse_v6(skb: &SkBuff, offset: usize) -> Result<Packet, Malformed> {
         link_control: next == PROTO_ICMPV6
             && first_fragment
             && ipv6_link_scoped(l4.icmp_type, hop_limit, &dst),
-    })
+        icmp_error: false,
+        fragment,
+        fragment_id,
+    };
+    Ok(())
 }
 
 #[inline(always)]

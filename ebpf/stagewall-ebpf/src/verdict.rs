@@ -21,10 +21,11 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_DEFAULT_DENY_EGRESS,
-    EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_QUARANTINED,
-    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
-    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FlowKey, FlowValue,
+    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_BACKSTOP,
+    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
+    Event, EventLimit, FAMILY_V4, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS,
+    FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue,
     HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
     IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
     REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
@@ -111,17 +112,24 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     // connect/sendmsg decide before a packet exists: no local port to track, no packet to
     // count (the packets that follow are decided and counted by the packet hooks).
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
+    // TC as the backstop of a cgroup-enforced workload: it decides like the cgroup hooks
+    // but counts and reports only what it denies; the cgroup hooks count the rest.
+    let backstop = hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0;
 
     if isolated {
         // A flow this endpoint already allowed this way, under the policy in force: one
         // hash lookup instead of the LPM lookups below.
         if packet_hook && allowed_before(cfg, ep, flow, now) {
-            count_verdict(ep, flow, STAT_ALLOWED);
+            if !backstop {
+                count_verdict(ep, flow, STAT_ALLOWED);
+            }
             return Verdict::Pass;
         }
         if is_reply(ep, flow, now) {
-            count(CNT_REPLIES);
-            count_for_endpoint(ep, flow, STAT_ALLOWED);
+            if !backstop {
+                count(CNT_REPLIES);
+                count_for_endpoint(ep, flow, STAT_ALLOWED);
+            }
             return Verdict::Pass;
         }
         let identity = remote_identity(cfg, flow);
@@ -129,6 +137,10 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         let from_node = ingress && is_node_identity(identity);
         if !from_node && !allowed_by_policy(policy, identity, flow) {
             let audit = audits(cfg, ep, flow.direction);
+            if audit && backstop {
+                // Reported where sockets send it; a backstop in audit mode only watches.
+                return Verdict::Pass;
+            }
             let verdict = if audit {
                 VERDICT_WOULD_DROP
             } else {
@@ -170,10 +182,10 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                 let _ = remember(ep, flow, now, 0);
             }
             return Verdict::Pass;
-        } else if packet_hook {
+        } else if packet_hook && !backstop {
             allowed(cfg, ep, flow, now, identity, hook);
         }
-    } else if packet_hook {
+    } else if packet_hook && !backstop {
         // With flow logging, a reply must not be reported as a flow of its own (a
         // connection's answers would show up as traffic to the client's ephemeral port).
         if cfg.log_allowed != 0 && is_reply(ep, flow, now) {
@@ -306,6 +318,99 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
     if audit { Verdict::Pass } else { Verdict::Drop }
 }
 
+/// An ICMP error (`about` is the packet it is about, in that packet's direction): passes
+/// when that packet's flow is tracked either way (allowed, or a reply of an allowed one),
+/// so that "packet too big" reaches an allowed flow's sender and path MTU discovery works.
+/// An error about no tracked flow is denied where the workload is isolated.
+#[inline(never)]
+pub fn icmp_error(cfg: &Config, ep: &EndpointInfo, about: &Flow, hook: u8) -> Verdict {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ep.flags & EP_QUARANTINED != 0 {
+        return quarantined(cfg, ep, about, now, hook);
+    }
+    let direction = opposite(about.direction);
+    let isolated = if direction == DIR_INGRESS {
+        ep.flags & EP_ISOLATED_INGRESS != 0
+    } else {
+        ep.flags & EP_ISOLATED_EGRESS != 0
+    };
+    if !isolated || tracked(ep, about, now) {
+        return Verdict::Pass;
+    }
+    let audit = audits(cfg, ep, direction);
+    let backstop = hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0;
+    if audit && backstop {
+        return Verdict::Pass;
+    }
+    let (stat, verdict) = if audit {
+        (STAT_WOULD_DROP, VERDICT_WOULD_DROP)
+    } else {
+        (STAT_DROPPED, VERDICT_DROPPED)
+    };
+    count_verdict(ep, about, stat);
+    let report = Report {
+        verdict,
+        reason: REASON_NO_RULE,
+        identity: remote_identity(cfg, about),
+        hook,
+    };
+    emit(cfg, ep, about, now, &report);
+    if audit { Verdict::Pass } else { Verdict::Drop }
+}
+
+/// Is the flow tracked, allowed this way or as the reply of one allowed the other way?
+fn tracked(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
+    let fresh = |key: FlowKey| match unsafe { FLOWS.get(key) } {
+        Some(value) => now.saturating_sub(value.last_seen_ns) < timeout_ns(flow.protocol),
+        None => false,
+    };
+    fresh(flow_key(ep, flow, flow.direction)) || fresh(flow_key(ep, flow, opposite(flow.direction)))
+}
+
+/// The key of the fragments of one datagram (`id`) of the flow.
+fn fragments_key(ep: &EndpointInfo, flow: &Flow, id: u32) -> FlowKey {
+    FlowKey {
+        endpoint_id: ep.endpoint_id,
+        family: flow.family,
+        protocol: flow.protocol,
+        origin: flow.direction,
+        kind: FLOW_KIND_FRAGMENTS,
+        local_port: 0,
+        remote_port: 0,
+        fragment_id: id,
+        remote_addr: flow.remote_addr,
+    }
+}
+
+/// The first fragment of datagram `id` passed: its later fragments (no ports) may follow.
+#[inline(never)]
+pub fn remember_fragments(ep: &EndpointInfo, flow: &Flow, id: u32) {
+    let value = FlowValue {
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        generation: 0,
+        _pad: 0,
+    };
+    let _ = FLOWS.insert(fragments_key(ep, flow, id), value, 0);
+}
+
+/// A later fragment of a datagram whose first fragment passed (counted as allowed, except
+/// by a backstop). Quarantine still drops it: the caller's decide() sees it otherwise.
+#[inline(never)]
+pub fn fragment_allowed(ep: &EndpointInfo, flow: &Flow, id: u32, hook: u8) -> bool {
+    if ep.flags & EP_QUARANTINED != 0 {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = match unsafe { FLOWS.get(fragments_key(ep, flow, id)) } {
+        Some(value) => now.saturating_sub(value.last_seen_ns) < FRAGMENTS_TIMEOUT_NS,
+        None => false,
+    };
+    if fresh && !(hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0) {
+        count_verdict(ep, flow, STAT_ALLOWED);
+    }
+    fresh
+}
+
 /// Counts an allowed packet, and logs its flow when flow logging is on.
 fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32, hook: u8) {
     count_verdict(ep, flow, STAT_ALLOWED);
@@ -346,15 +451,15 @@ fn flow_key(ep: &EndpointInfo, flow: &Flow, origin: u8) -> FlowKey {
         family: flow.family,
         protocol: flow.protocol,
         origin,
-        _pad: 0,
+        kind: FLOW_KIND_FLOW,
         local_port: flow.local_port,
         remote_port: flow.remote_port,
-        _pad2: 0,
+        fragment_id: 0,
         remote_addr: flow.remote_addr,
     }
 }
 
-fn opposite(direction: u8) -> u8 {
+pub fn opposite(direction: u8) -> u8 {
     if direction == DIR_INGRESS {
         DIR_EGRESS
     } else {

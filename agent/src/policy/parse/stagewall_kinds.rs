@@ -187,17 +187,28 @@ impl DocumentParser<'_> {
             }
             attachments.push(Attachment::SystemdUnit(u.value));
         }
+        let mut interface = None;
         if let Some(i) = spec.interface {
             if i.value.is_empty() || i.value.len() > 15 || i.value.contains(['/', ' ']) {
                 self.error(self.line(&i), format!("interface {:?} is invalid; expected a network interface name of at most 15 characters", i.value));
                 return None;
             }
-            attachments.push(Attachment::Interface(i.value));
+            interface = Some(i.value);
         }
         if attachments.len() > 1 {
-            self.error(spec_line, "Workload has more than one of cgroup, systemdUnit and interface; expected at most one");
+            self.error(
+                spec_line,
+                "Workload has both cgroup and systemdUnit; expected at most one",
+            );
             return None;
         }
+        // An interface beside a cgroup (or unit) is the backstop of cgroup enforcement:
+        // TC there also decides what raw sockets send and receive past the cgroup hooks.
+        let (attachment, backstop) = match (attachments.pop(), interface) {
+            (Some(cgroup), interface) => (Some(cgroup), interface),
+            (None, Some(interface)) => (Some(Attachment::Interface(interface)), None),
+            (None, None) => (None, None),
+        };
         let mut addresses = Vec::new();
         for a in spec.addresses.iter().flatten() {
             match a.value.parse::<IpAddr>() {
@@ -216,7 +227,8 @@ impl DocumentParser<'_> {
         Some(Workload {
             name,
             labels,
-            attachment: attachments.pop(),
+            attachment,
+            backstop,
             addresses,
             ports,
             fail_mode,

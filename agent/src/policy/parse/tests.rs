@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::{MAX_FILE_BYTES, ParseCache, load_dir, parse_into, validate_set};
 use crate::policy::{
     error::PolicyError,
-    model::{Peer, PolicySet},
+    model::{Attachment, Peer, PolicySet},
     pipeline,
 };
 
@@ -232,6 +232,32 @@ fn fail_modes_other_than_closed_or_open_are_rejected_with_their_line() {
     );
     assert!(e.message.contains("stagewall.io/fail-mode"), "{e}");
     assert!(e.message.contains("expected closed or open"), "{e}");
+}
+
+#[test]
+fn an_interface_beside_a_cgroup_is_its_backstop_and_two_cgroups_are_refused() {
+    let set = expanded(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec: {cgroup: /w, interface: veth1}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        set.workloads[0].attachment,
+        Some(Attachment::Cgroup("/w".into()))
+    );
+    assert_eq!(set.workloads[0].backstop.as_deref(), Some("veth1"));
+    let set = expanded(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec: {interface: veth1}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        set.workloads[0].attachment,
+        Some(Attachment::Interface("veth1".into()))
+    );
+    assert_eq!(set.workloads[0].backstop, None);
+    let e = one_error(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec: {cgroup: /w, systemdUnit: w.service}\n",
+    );
+    assert!(e.message.contains("both cgroup and systemdUnit"), "{e}");
 }
 
 #[test]

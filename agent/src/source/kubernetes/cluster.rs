@@ -425,6 +425,12 @@ impl Cluster {
                 continue;
             }
             let by_interface = attachment == PodAttachment::Tc || pod.meshed;
+            // A pod enforced by its cgroup gets TC on its veth (where the routes name one)
+            // as the backstop for raw sockets, which the cgroup hooks never see.
+            let backstop = (local && !by_interface)
+                .then(|| routes.interface(&pod.addresses))
+                .flatten()
+                .map(str::to_string);
             let attachment = local.then(|| {
                 if let Some(interface) = by_interface
                     .then(|| routes.interface(&pod.addresses))
@@ -446,6 +452,7 @@ impl Cluster {
                 name: pod.name.clone(),
                 labels: pod.labels.clone(),
                 attachment,
+                backstop,
                 addresses: pod
                     .addresses
                     .iter()
