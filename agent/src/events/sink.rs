@@ -10,7 +10,7 @@ use std::{
 
 /// Lines are written out once this much is waiting, or when the kernel's ring buffer is
 /// empty for now (`flush`).
-const WRITE_AT: usize = 64 * 1024;
+const WRITE_AT: usize = 8 * 1024;
 
 /// The event log: lines kept in a buffer of its own and written out whole. A write that
 /// fails loses the lines waiting (says how many) and only them: the buffer is emptied, so
@@ -116,24 +116,27 @@ impl Lines {
         }
     }
 
-    /// Writes `buf` to `out`, empties it, and on a failure says how many lines did not
-    /// get out whole.
+    /// Writes `buf` to `out` and empties it; on a failure says how many lines did not get
+    /// out whole.
     fn write_to(&mut self, out: &mut impl Write) -> Result<(), Lost> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
         let mut written = 0;
-        let result = loop {
-            if written == self.buf.len() {
-                break Ok(());
-            }
+        while written < self.buf.len() {
             match out.write(&self.buf[written..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(self.lose(written, io::ErrorKind::WriteZero.into())),
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => return Err(self.lose(written, e)),
             }
-        };
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.ends_broken = false;
+        Ok(())
+    }
+
+    /// Empties `buf` after a write that got only `written` bytes of it out: the lines not
+    /// out whole are lost, and a line broken off is ended before the next.
+    fn lose(&mut self, written: usize, error: io::Error) -> Lost {
         let done = &self.buf[..written];
         let whole = done.iter().filter(|&&b| b == b'\n').count() as u64
             - u64::from(self.ends_broken && written > 0);
@@ -141,14 +144,17 @@ impl Lines {
             Some(&last) => last != b'\n',
             None => self.ends_broken,
         };
-        let lost = self.count - whole;
+        let lost = Lost {
+            lines: self.count - whole,
+            error,
+        };
         self.buf.clear();
         self.count = 0;
         self.ends_broken = broken;
         if broken {
             self.buf.push(b'\n');
         }
-        result.map_err(|error| Lost { lines: lost, error })
+        lost
     }
 }
 
