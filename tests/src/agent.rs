@@ -57,6 +57,9 @@ struct Place<'a> {
     bpffs: &'a Path,
     control_socket: &'a Path,
     flow_records: &'a Path,
+    /// Whether the agent's stdout (its event log) is read; if not, its read end is closed
+    /// at once, so every event printed fails (EPIPE).
+    read_stdout: bool,
 }
 
 /// The body of an HTTP response.
@@ -77,6 +80,17 @@ impl Testbed {
     pub fn start_agent_on(&self, policies: &Path, extra_args: &[&str]) -> anyhow::Result<Agent> {
         let source = [OsStr::new("--policies"), policies.as_os_str()];
         self.start_agent_from(&source, None, extra_args)
+    }
+
+    /// `start_agent` with nobody reading the event log on its stdout: the pipe's read end
+    /// is closed, as when whatever read the agent's output went away.
+    pub fn start_agent_stdout_closed(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let source = [OsStr::new("--policies"), self.dir.as_os_str()];
+        let place = Place {
+            read_stdout: false,
+            ..self.place()
+        };
+        self.start_agent_at(&place, &source, None, extra_args)
     }
 
     /// Starts the agent on the bed's policy directory in `cgroup` (a directory of the
@@ -111,6 +125,7 @@ impl Testbed {
             bpffs: &self.bpffs.join(name),
             control_socket: &self.dir.join(format!("{name}.control.sock")),
             flow_records: &self.dir.join(format!("{name}.flow-records.json")),
+            read_stdout: true,
         };
         self.start_agent_at(&place, &source, None, extra_args)
     }
@@ -121,13 +136,18 @@ impl Testbed {
         cgroup: Option<&Path>,
         extra_args: &[&str],
     ) -> anyhow::Result<Agent> {
-        let place = Place {
+        self.start_agent_at(&self.place(), source, cgroup, extra_args)
+    }
+
+    /// The test bed's own agent: in the hub, with the bed's pins, socket and records.
+    fn place(&self) -> Place<'_> {
+        Place {
             netns: &self.hub,
             bpffs: &self.bpffs,
             control_socket: &self.control_socket,
             flow_records: &self.flow_records,
-        };
-        self.start_agent_at(&place, source, cgroup, extra_args)
+            read_stdout: true,
+        }
     }
 
     fn start_agent_at(
@@ -154,11 +174,16 @@ impl Testbed {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let l = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
+        let reader = if place.read_stdout {
+            Some(std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    l.lock().unwrap().push(line);
+                }
+            }))
+        } else {
+            drop(stdout);
+            None
+        };
         let g = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -169,7 +194,7 @@ impl Testbed {
             child: Some(child),
             lines,
             log,
-            reader: Some(reader),
+            reader,
             hub: place.netns.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -273,6 +298,13 @@ impl Agent {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// How the agent exited, if it did (None while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The agent's resident memory, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -285,7 +317,8 @@ impl Agent {
 
     /// The agent's /metrics text.
     pub fn metrics(&self) -> String {
-        self.http_get("/metrics").expect("fetching /metrics")
+        self.http_get("/metrics")
+            .unwrap_or_else(|| panic!("fetching /metrics failed; the agent's log:\n{}", self.log()))
     }
 
     /// /metrics and the events printed, taken when no event arrived in between (the agent

@@ -20,10 +20,16 @@ fn repo(path: &str) -> std::path::PathBuf {
 /// server accepts TCP/UDP 80 from client; client may send only to server:80 and
 /// its other egress is default-denied by a policy without rules.
 fn policies(bed: &Testbed) -> String {
+    let mut p = server_policy(bed);
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-lockdown, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n";
+    p
+}
+
+/// server accepts TCP/UDP 80 from client, nothing else.
+fn server_policy(bed: &Testbed) -> String {
     let mut p = bed.workload_yaml("client", "app", "{app: client, stage: training}", false);
     p += &bed.workload_yaml("server", "app", "{app: server, stage: serving}", false);
     p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n    - from: [{podSelector: {matchLabels: {app: client}}}]\n      ports: [{port: 80}, {port: 80, protocol: UDP}]\n---\n";
-    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-lockdown, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n";
     p
 }
 
@@ -312,4 +318,76 @@ fn a_flood_is_accounted_for_and_the_agent_keeps_up_in_bounded_memory() {
         violations >= delivered && violations <= dropped,
         "{violations} vs {delivered}..{dropped}"
     );
+}
+
+/// The event log is an output, never a condition of enforcement: with nobody reading the
+/// agent's stdout every event printed fails (EPIPE), and the agent counts the failures and
+/// the events lost, logs them now and then, goes on serving /metrics and enforcing.
+#[test]
+fn a_closed_stdout_loses_events_not_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server", "outside"]).expect("creating the test bed");
+    bed.write_policy("policy.yaml", &server_policy(&bed))
+        .unwrap();
+    bed.serve("server", &[80, 81], &[80, 81]).unwrap();
+    let started = Instant::now();
+    let mut agent = bed
+        .start_agent_stdout_closed(&[])
+        .expect("starting the agent");
+    let server = bed.node("server").v4;
+
+    // Two rounds of denials: the second comes after writes have already failed, so it
+    // shows that a failure neither stops the agent nor the attempts to write.
+    let (mut errors, mut delivered) = (0.0, 0.0);
+    for round in 1..=2 {
+        assert!(bed.udp("outside", server, 81, 5).is("timeout"));
+        assert!(bed.tcp("client", server, 81).is("timeout"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = agent.exited() {
+                panic!(
+                    "round {round}: the agent exited ({status}) when its stdout was closed:\n{}",
+                    agent.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: output errors not counted:\n{}\n{}",
+                agent.get("/metrics").unwrap_or_default(),
+                agent.log()
+            );
+            // The agent may be between counting an event and writing it: until settled.
+            if let Some(m) = agent.get("/metrics") {
+                let now_errors = metric_sum(&m, "stagewall_events_output_errors_total", &[]);
+                let lost = metric_sum(&m, "stagewall_events_output_lost_total", &[]);
+                let now_delivered = metric_sum(&m, "stagewall_events_delivered_total", &[]);
+                // Nothing reads the log: every event delivered to it is lost, and counted.
+                if now_errors > errors && now_delivered > delivered && lost == now_delivered {
+                    (errors, delivered) = (now_errors, now_delivered);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // Verdicts are those of the policy, and the violations are still counted.
+    assert!(bed.tcp("client", server, 80).is("ok"));
+    assert!(bed.tcp("outside", server, 80).is("timeout"));
+    let m = agent.metrics();
+    assert!(
+        metric_sum(&m, "ml_network_violations_total", &[("port", "81")]) >= 10.0,
+        "{m}"
+    );
+    // Logged, but not once per event: at most once every 10 s.
+    let logged = agent.log().matches("writing events failed").count() as u64;
+    let most = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        (1..=most).contains(&logged),
+        "logged {logged} times:\n{}",
+        agent.log()
+    );
+    agent.stop().expect("a clean stop");
 }

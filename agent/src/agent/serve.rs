@@ -72,6 +72,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         log_allowed: agent.options.log_allowed,
         records: records.clone(),
         batch_policy: None,
+        unlogged: Default::default(),
     };
     tasks.spawn(outputs.stream(started.events));
     tasks.spawn(http::serve(listener, state.clone()).err_into());

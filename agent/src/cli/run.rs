@@ -222,7 +222,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         }
     };
     let sink = match &args.events_file {
-        Some(path) => Sink::File(
+        Some(path) => Sink::file(
             RotatingFile::open(
                 path.clone(),
                 args.events_file_max_bytes,
@@ -230,7 +230,9 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
             )
             .map_err(|e| ConfigError(format!("event log {}: {e}", path.display())))?,
         ),
-        None => Sink::stdout(),
+        None => {
+            Sink::stdout().map_err(|e| ConfigError(format!("stdout, for the event log: {e}")))?
+        }
     };
     let options = Options {
         mode: args.mode,

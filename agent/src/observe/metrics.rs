@@ -34,6 +34,8 @@ pub struct Metrics {
     events_lost: IntCounter,
     events_suppressed: IntCounter,
     events_queued: IntCounter,
+    output_errors: IntCounter,
+    output_lost: IntCounter,
     malformed: IntCounter,
     replies: IntCounter,
     flow_insert_failed: IntCounter,
@@ -178,6 +180,16 @@ impl Metrics {
                 "stagewall_events_queued_total",
                 "Verdict events the kernel queued in the ring buffer.",
             ),
+            output_errors: counter(
+                &r,
+                "stagewall_events_output_errors_total",
+                "Writes of the event log (stdout or --events-file) that failed; the agent goes on enforcing and retries with the next events.",
+            ),
+            output_lost: counter(
+                &r,
+                "stagewall_events_output_lost_total",
+                "Verdict events that failed writes of the event log lost (a full disk, a closed stdout).",
+            ),
             malformed: counter(
                 &r,
                 "stagewall_malformed_packets_total",
@@ -291,6 +303,12 @@ impl Metrics {
                 .with_label_values(&[source.as_str(), destination.as_str(), port.as_str()])
                 .inc_by(1 + e.suppressed as u64);
         }
+    }
+
+    /// A write of the event log failed and lost `lost` events.
+    pub fn record_output_failure(&self, lost: u64) {
+        self.output_errors.inc();
+        self.output_lost.inc_by(lost);
     }
 
     /// Adds what the kernel counted since the last call.
