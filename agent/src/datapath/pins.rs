@@ -280,7 +280,15 @@ mod tests {
         for own in ["v0", "v2", "v12", "quarantine-v1"] {
             assert!(is_agents_own(own), "{own}");
         }
-        for other in ["v", "vx", "v2.bak", "quarantine", "quarantine-v", "maps", "cilium"] {
+        for other in [
+            "v",
+            "vx",
+            "v2.bak",
+            "quarantine",
+            "quarantine-v",
+            "maps",
+            "cilium",
+        ] {
             assert!(!is_agents_own(other), "{other}");
         }
     }
