@@ -366,7 +366,8 @@ fn enforce_pipeline(policy_file: &str, isolating: &[&str]) {
         &[
             ("source", "ml-pipeline/ingest"),
             ("destination", "ml-pipeline/validate"),
-            ("port", "9091"),
+            // No policy names 9091: the bounded label is "other".
+            ("port", "other"),
         ],
     );
     assert_eq!(one, 1.0, "{metrics}");

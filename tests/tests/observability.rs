@@ -121,8 +121,8 @@ fn prometheus_counts_exactly_the_violations_sent_and_the_stream_delivers_each() 
         "default deny covers every port"
     );
 
-    let want =
-        "sum(ml_network_violations_total{source=\"world\",destination=\"app/server\",port=\"81\"})";
+    // Port 81 is named by no policy: its label is "other" (item 11: bounded labels).
+    let want = "sum(ml_network_violations_total{source=\"world\",destination=\"app/server\",port=\"other\"})";
     let start = Instant::now();
     let got = loop {
         let got = Prometheus::query(&bed, want);
@@ -313,7 +313,8 @@ fn a_flood_is_accounted_for_and_the_agent_keeps_up_in_bounded_memory() {
     assert!(rss_after < 64 * 1024, "agent RSS {rss_after} KiB");
     // The violations metric counts the suppressed ones the events carried.
     let m = agent.metrics();
-    let violations = metric_sum(&m, "ml_network_violations_total", &[("port", "81")]) as u64;
+    // Port 81 is named by no policy: "other".
+    let violations = metric_sum(&m, "ml_network_violations_total", &[("port", "other")]) as u64;
     assert!(
         violations >= delivered && violations <= dropped,
         "{violations} vs {delivered}..{dropped}"
@@ -390,4 +391,89 @@ fn a_closed_stdout_loses_events_not_the_agent() {
         agent.log()
     );
     agent.stop().expect("a clean stop");
+}
+
+/// Item 10: a one-off burst in one flow is counted whole, without the flow sending again.
+/// The kernel lets EVENTS_PER_FLOW_WINDOW events of the burst through and suppresses the
+/// rest; the agent reads the suppressed counts from the kernel's event limits.
+#[test]
+fn a_one_off_burst_is_counted_whole_within_seconds() {
+    if !privileged() {
+        return;
+    }
+    let bed = setup();
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    let prometheus = Prometheus::start(&bed);
+    let server = bed.node("server").v4;
+
+    // 400 datagrams from one socket, well within one rate-limit window: one flow.
+    const SENT: u32 = 400;
+    assert!(bed.udp("outside", server, 81, SENT).is("timeout"));
+
+    let want = "sum(ml_network_violations_total{source=\"world\",destination=\"app/server\"})";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = Prometheus::query(&bed, want);
+        if got == Some(SENT as f64) || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let m = agent.metrics();
+    let suppressed = metric_sum(&m, "stagewall_events_suppressed_total", &[]);
+    assert!(suppressed > 0.0, "the rate limit did not engage:\n{m}");
+    assert_eq!(
+        got,
+        Some(SENT as f64),
+        "PromQL {want}\n{m}\n{}",
+        agent.log()
+    );
+    drop(prometheus);
+}
+
+/// Item 11: a scan of every port from one workload makes at most (named ports + 1)
+/// series for the pair: the policies name port 80, so "80" and "other".
+#[test]
+fn a_port_scan_keeps_the_series_of_a_pair_bounded() {
+    if !privileged() {
+        return;
+    }
+    let bed = setup();
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    let server = bed.node("server").v4;
+    let out = bed.probe_output("client", &["scan", &server.to_string(), "1", "65535"]);
+    assert_eq!(out.trim(), "tried 65535", "{out}");
+
+    // Wait until the agent has delivered everything the kernel queued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        // None while /metrics does not answer (unbounded series make it too slow).
+        let m = agent.get("/metrics");
+        let done = m.as_deref().is_some_and(|m| {
+            let queued = metric_sum(m, "stagewall_events_queued_total", &[]);
+            queued > 0.0 && metric_sum(m, "stagewall_events_delivered_total", &[]) >= queued
+        });
+        if done || Instant::now() > deadline {
+            break m.expect("/metrics answers within the deadline");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pair = |l: &&str| {
+        l.starts_with("ml_network_violations_total{")
+            && l.contains("source=\"app/client\"")
+            && l.contains("destination=\"app/server\"")
+    };
+    let series: Vec<&str> = m.lines().filter(pair).collect();
+    let counted = metric_sum(
+        &m,
+        "ml_network_violations_total",
+        &[("source", "app/client"), ("destination", "app/server")],
+    );
+    assert!(counted > 1000.0, "the scan did not reach the policy:\n{m}");
+    assert!(
+        series.len() <= 2,
+        "{} series for one pair: {:?}",
+        series.len(),
+        &series[..series.len().min(5)]
+    );
 }

@@ -74,6 +74,8 @@ impl reader::Handler for Outputs {
         {
             records.lock().expect("records lock").observe(&e);
         }
+        // Every event, delivered or not: an allowed one ends its flow's violations.
+        self.metrics.count_violation(event, &e);
         if e.reason == Reason::Allowed && !self.log_allowed {
             return Ok(());
         }

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, RingBuf};
-use stagewall_common::{FLOWS_MAX, FlowKey, FlowValue};
+use stagewall_common::{EventLimit, FLOWS_MAX, FlowKey, FlowValue};
 use tokio::sync::watch;
 
 use super::{Agent, ConfigError, FirstPolicy, Options, Records, auto_quarantine::AutoQuarantine};
@@ -32,6 +32,32 @@ fn count_flows(flows: HashMap<MapData, FlowKey, FlowValue>, metrics: Arc<Metrics
             std::thread::sleep(COUNT_FLOWS_EVERY);
         }
     });
+}
+
+/// How often the suppressed events of flows with violations are counted: a burst shows
+/// whole in the violations metric this long after it.
+const COUNT_SUPPRESSED_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts the violations the kernel's per-flow event limit suppressed, on a thread of its
+/// own (a syscall per flow followed).
+fn count_suppressed(limits: HashMap<MapData, FlowKey, EventLimit>, metrics: Arc<Metrics>) {
+    std::thread::spawn(move || {
+        loop {
+            metrics.flush_suppressed(monotonic_ns(), |key| limits.get(key, 0).ok());
+            std::thread::sleep(COUNT_SUPPRESSED_EVERY);
+        }
+    });
+}
+
+/// CLOCK_MONOTONIC in ns: the kernel's bpf_ktime_get_ns, which event limits are kept in.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The agent with its first policy in force, and the kernel's outputs for the tasks.
@@ -98,6 +124,7 @@ pub(super) fn start(
     metrics.attach_kernel(loader.stats().clone());
     metrics.objects_left_out.set(source.left_out() as i64);
     count_flows(readers.flows, metrics.clone());
+    count_suppressed(readers.event_limits, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
     let mut agent = Agent {
         source,

@@ -14,13 +14,30 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use stagewall_common::{
-    DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointKey, FAMILY_V4,
-    FAMILY_V6, IPCACHE_PREFIX_BITS, IpcacheKey, POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS,
-    POLICY_SLOT_BIT, PolicyKey, SelfAddrKey, ServiceBackend, ServiceKey,
+    DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointKey, Event,
+    FAMILY_V4, FAMILY_V6, FLOW_KIND_FLOW, FlowKey, IPCACHE_PREFIX_BITS, IpcacheKey,
+    POLICY_PREFIX_FIXED_BITS, POLICY_PREFIX_PROTO_BITS, POLICY_SLOT_BIT, PolicyKey, SelfAddrKey,
+    ServiceBackend, ServiceKey,
 };
 
 use super::{PolicyEntry, Services};
 use crate::policy::model::Direction;
+
+/// The EVENT_LIMITS key of the flow an event is about: the kernel's rate_limit keys it
+/// by the same fields of the flow (verdict.rs flow_key, origin = the event's direction).
+pub fn event_flow_key(event: &Event) -> FlowKey {
+    FlowKey {
+        endpoint_id: event.endpoint_id,
+        family: event.family,
+        protocol: event.protocol,
+        origin: event.direction,
+        kind: FLOW_KIND_FLOW,
+        local_port: event.local_port,
+        remote_port: event.remote_port,
+        fragment_id: 0,
+        remote_addr: event.remote_addr,
+    }
+}
 
 /// The key of an LPM trie entry: (prefix length in bits, data).
 pub type LpmKey<K> = (u32, K);

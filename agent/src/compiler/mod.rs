@@ -15,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-pub use identity::{Block, Identities};
+pub use identity::{Block, Identities, IdentityKind};
 use ipnet::IpNet;
 use map_keys::direction_number;
 pub use ports::{PortPrefix, port_prefixes};

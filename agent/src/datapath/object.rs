@@ -9,8 +9,8 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, SchedClassifier},
 };
 use stagewall_common::{
-    FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES,
+    EventLimit, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
+    MAP_EVENT_LIMITS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES,
 };
 
 use crate::datapath::{
@@ -45,6 +45,8 @@ pub struct Readers {
     pub events: RingBuf<MapData>,
     /// The flow table, read only to count its entries (map pressure).
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The flows' event rate limits, read for the events they suppressed.
+    pub event_limits: HashMap<MapData, FlowKey, EventLimit>,
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -102,6 +104,7 @@ pub(super) fn load(
     let readers = Readers {
         events,
         flows: take_map(&mut ebpf, MAP_FLOWS)?,
+        event_limits: take_map(&mut ebpf, MAP_EVENT_LIMITS)?,
         logs,
     };
     let policy_maps = PolicyMaps {

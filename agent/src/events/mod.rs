@@ -60,17 +60,17 @@ impl VerdictEvent {
     }
 
     /// (source, destination, port) labels of ml_network_violations_total: names, never
-    /// raw outside addresses, so the label set stays bounded.
-    pub fn metric_labels(&self) -> [String; 3] {
+    /// raw outside addresses, so the label set stays bounded; `port` names the port
+    /// (the metrics bound it to the ports the policy names).
+    pub fn metric_labels(
+        &self,
+        port: impl FnOnce(IpProtocol, Option<u16>) -> String,
+    ) -> [String; 3] {
         let (source, destination) = match self.direction {
             Direction::Ingress => (self.peer.clone(), self.workload.clone()),
             Direction::Egress => (self.workload.clone(), self.peer.clone()),
         };
-        let port = match self.dst_port {
-            Some(p) if self.protocol.has_ports() => p.to_string(),
-            _ => self.protocol.to_string(),
-        };
-        [source, destination, port]
+        [source, destination, port(self.protocol, self.dst_port)]
     }
 }
 
@@ -211,11 +211,12 @@ mod tests {
         assert_eq!(json["dst_port"], 443);
         assert_eq!(serde_json::from_value::<VerdictEvent>(json).unwrap(), e);
         assert!(e.is_violation());
-        assert_eq!(e.metric_labels()[2], "443");
+        let port = |protocol: IpProtocol, port: Option<u16>| format!("{protocol}/{port:?}");
+        assert_eq!(e.metric_labels(port)[2], "tcp/Some(443)");
 
         event.family = 0;
         let e = describe(&event, &Compiled::default(), "node-1");
         assert_eq!(serde_json::to_value(&e).unwrap()["protocol"], "unknown");
-        assert_eq!(e.metric_labels()[2], "unknown");
+        assert_eq!(e.metric_labels(port)[2], "unknown/Some(443)");
     }
 }

@@ -3,6 +3,10 @@
 //! CIDRs from the policy, "world", directions, verdicts, map names. What the kernel counts
 //! is read through datapath::stats and added at each scrape.
 //!
+//! The `port` label of the violations takes only the ports the policy in force names
+//! (else `other`), and series of workloads gone from it are removed on each apply, so a
+//! port scan or workloads coming and going cannot grow the series without bound.
+//!
 //! Verdict label values differ by metric, as they always have: the event counters say
 //! what events say (`would-drop`), the kernel's packet counters `would_drop`.
 
@@ -13,12 +17,15 @@ use std::{
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector as _,
 };
-use stagewall_common::{COUNTERS_LEN, EndpointStats, GUARD_ENDPOINT_ID};
+use stagewall_common::{
+    COUNTERS_LEN, EndpointStats, Event, EventLimit, FlowKey, GUARD_ENDPOINT_ID,
+};
 
+use super::violations::{Ledger, PortLabels, peer_names};
 use crate::{
-    compiler::Compiled,
+    compiler::{Compiled, map_keys::event_flow_key},
     datapath::stats::{Counter, KernelStats, Verdict},
     events::{UNPROGRAMMED, VerdictEvent},
     policy::model::{Direction, ObjectName},
@@ -51,6 +58,15 @@ pub struct Metrics {
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     kernel: Mutex<Option<Kernel>>,
+    bounds: Mutex<Bounds>,
+}
+
+/// What bounds the violation series, from the policy in force, and the flows whose
+/// suppressed events are still to be counted.
+#[derive(Default)]
+struct Bounds {
+    ports: PortLabels,
+    ledger: Ledger,
 }
 
 /// The kernel's counters and statistics, and what was already added from them.
@@ -75,11 +91,40 @@ fn exported(policy: &Compiled, guards: bool) -> impl Iterator<Item = (u32, Optio
         .chain(guards.then_some((GUARD_ENDPOINT_ID, None)))
 }
 
+const VIOLATION_LABELS: [&str; 3] = ["source", "destination", "port"];
+const WORKLOAD_LABELS: [&str; 3] = ["workload", "direction", "verdict"];
+
 fn verdict_label(verdict: Verdict) -> &'static str {
     match verdict {
         Verdict::Allowed => "allowed",
         Verdict::Dropped => "dropped",
         Verdict::WouldDrop => "would_drop",
+    }
+}
+
+/// Removes the series of `vec` (labelled `labels`, in their declared order) that `keep`
+/// refuses; `keep` gets a label's value by name.
+fn remove_series(
+    vec: &IntCounterVec,
+    labels: &[&str],
+    keep: impl Fn(&dyn Fn(&str) -> String) -> bool,
+) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            // Gathered label pairs are sorted by name, not in the declared order.
+            let pairs = metric.get_label();
+            let value = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .map_or_else(String::new, |p| p.value().to_string())
+            };
+            if !keep(&value) {
+                let values: Vec<String> = labels.iter().map(|l| value(l)).collect();
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                let _ = vec.remove_label_values(&values);
+            }
+        }
     }
 }
 
@@ -139,7 +184,7 @@ impl Metrics {
                 &r,
                 "ml_network_violations_total",
                 "Packets, connects and sends that policy denied (or would deny in audit mode), by sending workload, receiving workload or CIDR, and destination port (or protocol).",
-                &["source", "destination", "port"],
+                &VIOLATION_LABELS,
             ),
             events: counter_vec(
                 &r,
@@ -173,7 +218,7 @@ impl Metrics {
             events_suppressed: counter(
                 &r,
                 "stagewall_events_suppressed_total",
-                "Verdict events the kernel's per-flow rate limit suppressed (the next event of the flow counts them).",
+                "Verdict events the kernel's per-flow rate limit suppressed (ml_network_violations_total counts their violations within about a second).",
             ),
             events_queued: counter(
                 &r,
@@ -261,6 +306,7 @@ impl Metrics {
             ),
             registry: r,
             kernel: Mutex::new(None),
+            bounds: Mutex::default(),
         }
     }
 
@@ -277,7 +323,24 @@ impl Metrics {
 
     /// The policy in force: its workloads' statistics are exported, and the guard
     /// cgroups' if `guards` are attached.
+    /// The series of workloads gone from it are removed, and its named ports bound the
+    /// violations' `port` label.
     pub fn set_policy(&self, policy: Arc<Compiled>, guards: bool) {
+        let names = peer_names(&policy);
+        let ports = PortLabels::new(&policy);
+        let valid =
+            |l: &[String; 3]| names.contains(&l[0]) && names.contains(&l[1]) && ports.allows(&l[2]);
+        remove_series(&self.violations, &VIOLATION_LABELS, |l| {
+            valid(&[l("source"), l("destination"), l("port")])
+        });
+        for v in [&self.workload_packets, &self.workload_bytes] {
+            remove_series(v, &WORKLOAD_LABELS, |l| names.contains(&l("workload")));
+        }
+        {
+            let mut bounds = self.bounds.lock().expect("metrics lock");
+            bounds.ledger.retain(valid);
+            bounds.ports = ports;
+        }
         if let Some(k) = self.kernel.lock().expect("metrics lock").as_mut() {
             k.policy = policy;
             k.guards = guards;
@@ -293,16 +356,52 @@ impl Metrics {
             .set(capacity as i64);
     }
 
+    /// An event delivered to the log and the stream.
     pub fn record_event(&self, e: &VerdictEvent) {
         self.events
             .with_label_values(&[e.verdict.name(), e.reason.name()])
             .inc();
-        if e.is_violation() {
-            let [source, destination, port] = e.metric_labels();
+    }
+
+    /// Every event the kernel reported (`event`, named `e`), delivered or not: a
+    /// violation is counted with what its flow's rate limit suppressed and was not
+    /// counted by `flush_suppressed` already; any other event ends its flow's violations.
+    pub fn count_violation(&self, event: &Event, e: &VerdictEvent) {
+        let key = event_flow_key(event);
+        let mut bounds = self.bounds.lock().expect("metrics lock");
+        if !e.is_violation() {
+            bounds.ledger.other(&key);
+            return;
+        }
+        let labels = e.metric_labels(|protocol, port| bounds.ports.for_event(protocol, port));
+        let n = bounds
+            .ledger
+            .violation(key, labels.clone(), event.time_ns, event.suppressed);
+        drop(bounds);
+        let [source, destination, port] = labels;
+        self.violations
+            .with_label_values(&[source.as_str(), destination.as_str(), port.as_str()])
+            .inc_by(n);
+    }
+
+    /// Counts the denials the kernel's event limits suppressed since the last flush, read
+    /// through `read` at `now_ns` (CLOCK_MONOTONIC): a burst shows whole without the
+    /// flow's next event. Returns the flows still followed.
+    pub fn flush_suppressed(
+        &self,
+        now_ns: u64,
+        read: impl FnMut(&FlowKey) -> Option<EventLimit>,
+    ) -> usize {
+        let mut bounds = self.bounds.lock().expect("metrics lock");
+        let counted = bounds.ledger.flush(now_ns, read);
+        let followed = bounds.ledger.len();
+        drop(bounds);
+        for ([source, destination, port], n) in counted {
             self.violations
                 .with_label_values(&[source.as_str(), destination.as_str(), port.as_str()])
-                .inc_by(1 + e.suppressed as u64);
+                .inc_by(n);
         }
+        followed
     }
 
     /// A write of the event log failed and lost `lost` events.
@@ -365,5 +464,79 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding to a Vec cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stagewall_common::{DIR_EGRESS, FAMILY_V4, PROTO_UDP, REASON_NO_RULE, VERDICT_DROPPED};
+
+    use super::*;
+    use crate::events::describe;
+
+    /// A denied datagram of workload `workload` to `port` of 192.0.2.1 (world).
+    fn violation(m: &Metrics, workload: &str, endpoint_id: u32, port: u16) {
+        let mut event = Event {
+            endpoint_id,
+            verdict: VERDICT_DROPPED,
+            reason: REASON_NO_RULE,
+            direction: DIR_EGRESS,
+            family: FAMILY_V4,
+            protocol: PROTO_UDP,
+            remote_port: port,
+            ..Default::default()
+        };
+        event.remote_addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let mut e = describe(&event, &Compiled::default(), "node");
+        e.workload = workload.to_string();
+        m.count_violation(&event, &e);
+    }
+
+    fn series(m: &Metrics) -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("ml_network_violations_total{"))
+            .map(String::from)
+            .collect()
+    }
+
+    /// A scan of every port makes one series per pair when no policy names a port.
+    #[test]
+    fn a_port_scan_makes_one_series_per_pair() {
+        let m = Metrics::new();
+        for port in 0..=u16::MAX {
+            violation(&m, "app/client", 1, port);
+        }
+        let s = series(&m);
+        assert_eq!(s.len(), 1, "{:?}", &s[..s.len().min(3)]);
+        assert!(
+            s[0].contains("port=\"other\"") && s[0].ends_with(" 65536"),
+            "{s:?}"
+        );
+    }
+
+    /// 1,000 short-lived workloads: their series go with them on the next apply; the
+    /// workload still in the policy keeps its own.
+    #[test]
+    fn series_of_workloads_gone_from_the_policy_are_removed_on_apply() {
+        let m = Metrics::new();
+        for i in 0..1000 {
+            violation(&m, &format!("jobs/w{i}"), i + 1, 53);
+        }
+        violation(&m, "app/keep", 5000, 53);
+        assert_eq!(series(&m).len(), 1001);
+        let mut policy = Compiled::default();
+        policy.identities.owners.insert(
+            "198.51.100.1".parse().unwrap(),
+            ObjectName {
+                namespace: "app".into(),
+                name: "keep".into(),
+            },
+        );
+        m.set_policy(Arc::new(policy), false);
+        let s = series(&m);
+        assert_eq!(s.len(), 1, "{:?}", &s[..s.len().min(3)]);
+        assert!(s[0].contains("source=\"app/keep\""), "{s:?}");
+        assert!(m.bounds.lock().unwrap().ledger.len() <= 1);
     }
 }

@@ -8,6 +8,9 @@
 //!   stagewall-probe get ADDR:PORT PATH TIMEOUT_MS         HTTP GET; prints status and body
 //!   stagewall-probe flood ADDR PORT MILLIS SOCKETS       UDP from SOCKETS source ports
 //!                                                          for MILLIS; prints `sent N`
+//!   stagewall-probe scan ADDR FIRST LAST                 one UDP datagram to each port
+//!                                                          FIRST..=LAST from one socket;
+//!                                                          prints `tried N`
 //!   stagewall-probe rr ADDR PORT MILLIS                  request/response: `ok MS\nTPS P50_US P99_US`
 //!   stagewall-probe crr ADDR PORT MILLIS                 new connections: `ok MS\nPER_SECOND`
 //!   stagewall-probe udp-sink PORT MILLIS                 prints `ready`, then `received N`
@@ -167,6 +170,18 @@ fn flood(addr: SocketAddr, duration: Duration, sockets: usize) -> u64 {
         }
     }
     sent
+}
+
+/// One datagram to each port of `ports` from one socket, as a port scan does: a denied
+/// send (EPERM) does not stop it. Returns how many were tried.
+fn scan(addr: IpAddr, ports: std::ops::RangeInclusive<u16>) -> u64 {
+    let s = UdpSocket::bind(any_port_like(SocketAddr::new(addr, 0))).expect("bind");
+    let mut tried = 0;
+    for port in ports {
+        let _ = s.send_to(b"x", SocketAddr::new(addr, port));
+        tried += 1;
+    }
+    tried
 }
 
 /// Request/response over one TCP connection for `duration`: transactions per second and
@@ -346,7 +361,7 @@ fn pause() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -376,6 +391,12 @@ fn main() {
                 args[4].parse().expect("sockets"),
             );
             println!("sent {sent}");
+            return;
+        }
+        Some("scan") if args.len() == 4 => {
+            let port = |a: &String| a.parse::<u16>().expect("port");
+            let addr: IpAddr = args[1].parse().expect("address");
+            println!("tried {}", scan(addr, port(&args[2])..=port(&args[3])));
             return;
         }
         Some("rr") if args.len() == 4 => rr(sock(&args[1], &args[2]), ms(&args[3])),
