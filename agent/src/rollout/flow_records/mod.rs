@@ -283,12 +283,16 @@ impl FlowRecords {
                 first_seen: now,
                 last_seen: now,
             });
-        let count = 1 + e.suppressed as u64;
-        match e.verdict {
-            Verdict::Allowed => record.allowed += count,
-            Verdict::WouldDrop => record.would_drop += count,
-            Verdict::Dropped => record.dropped += count,
-            Verdict::Unknown => {}
+        let count = 1 + u64::from(e.suppressed);
+        // Saturating: a count read from the file may be anything up to u64::MAX.
+        let total = match e.verdict {
+            Verdict::Allowed => Some(&mut record.allowed),
+            Verdict::WouldDrop => Some(&mut record.would_drop),
+            Verdict::Dropped => Some(&mut record.dropped),
+            Verdict::Unknown => None,
+        };
+        if let Some(total) = total {
+            *total = total.saturating_add(count);
         }
         record.peer.clone_from(&e.peer);
         record.last_seen = record.last_seen.max(now);

@@ -38,8 +38,7 @@ fn event(
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d =
-        std::env::temp_dir().join(format!("stagewall-records-{name}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("stagewall-records-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     d
 }
@@ -168,4 +167,22 @@ fn records_take_audited_directions_or_all_or_none() {
     );
     assert!(filter(Recording::All, false).covers(0, Egress));
     assert!(!filter(Recording::Off, true).covers(EP_AUDIT_EGRESS, Egress));
+}
+
+/// A file's counts may be anything up to u64::MAX (a long-lived agent, or a file written
+/// by hand): adding events to them saturates instead of overflowing.
+#[test]
+fn counts_saturate_at_the_largest_the_file_holds() {
+    let d = dir("saturate");
+    let path = d.join("flows.json");
+    let mut r = FlowRecords::open(&path, 100, Mode::Audit).unwrap();
+    r.observe_at(&event(Allowed, Egress, "10.0.0.2", 443, 0), 1);
+    for record in r.records.values_mut() {
+        record.allowed = u64::MAX - 1;
+    }
+    r.observe_at(&event(Allowed, Egress, "10.0.0.2", 443, u32::MAX), 2);
+    let record = r.records.values().next().unwrap();
+    assert_eq!(record.allowed, u64::MAX);
+    assert_eq!(record.last_seen, 2);
+    let _ = fs::remove_dir_all(d);
 }
