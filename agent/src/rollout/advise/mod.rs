@@ -8,6 +8,19 @@
 //! A direction is isolated only where it was recorded (the records say which workloads'
 //! directions the recording covered): a covered direction without a record had no
 //! traffic and gets no rule, a direction not covered is left alone.
+//!
+//! Advice never widens what was seen, and says in comments what it left out:
+//! - traffic without a port (ICMP, other protocols, non-first IP fragments of TCP, UDP or
+//!   SCTP): NetworkPolicy can allow it only with a rule without ports, which allows every
+//!   protocol and port of the peer, so no rule is written for it;
+//! - a peer no identity knows, seen in one flow once (a scan, a one-off download): its
+//!   rule is written commented out, for a person to decide;
+//! - a record whose workload is not a valid namespace/name: skipped.
+//!
+//! The YAML itself is written by `write`, every string quoted by `yaml`.
+
+mod write;
+mod yaml;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,9 +32,9 @@ use crate::{
     events::IpProtocol,
     policy::{
         model::{Direction, Labels, PolicySet, Protocol},
-        semantics,
+        names, semantics,
     },
-    rollout::flow_records::RecordsFile,
+    rollout::flow_records::{FlowRecord, RecordsFile},
 };
 
 /// The other end of an advised rule.
@@ -38,11 +51,14 @@ enum AdvisedPeer {
 /// What one advised rule allows of a peer.
 #[derive(Default)]
 struct Allowed {
-    /// (protocol, port) seen.
+    /// (protocol, port) seen, port never 0.
     ports: BTreeSet<(Protocol, u16)>,
-    /// Traffic of a protocol NetworkPolicy ports cannot name (ICMP, say): only a rule
-    /// without ports allows it, which allows every protocol of the peer.
-    portless: BTreeSet<IpProtocol>,
+    /// Traffic seen that no port of a rule can name ("icmp", "tcp without a port"): not
+    /// advised, said in a comment.
+    portless: BTreeSet<String>,
+    /// A peer outside every known identity, seen in one flow once: the rule is written
+    /// commented out.
+    seen_once: bool,
 }
 
 /// One advised policy: the workloads with one label set, and their rules.
@@ -64,38 +80,70 @@ impl Advice {
     }
 }
 
-/// The advice of a workload's label group, with the workload in it; None for a workload
-/// the inventory lacks (noted in `unknown`).
-fn advice_of<'a>(
-    groups: &'a mut BTreeMap<(String, Labels), Advice>,
-    unknown: &mut BTreeSet<String>,
-    inventory: &PolicySet,
-    workload: &str,
-) -> Option<&'a mut Advice> {
-    let Some(w) = inventory.workload(workload) else {
-        unknown.insert(workload.to_string());
-        return None;
-    };
-    let advice = groups
-        .entry((w.name.namespace.clone(), w.labels.clone()))
-        .or_default();
-    advice.workloads.insert(workload.to_string());
-    Some(advice)
+/// What advise learnt, before it is written.
+#[derive(Default)]
+struct Learnt {
+    groups: BTreeMap<(String, Labels), Advice>,
+    /// Valid names the inventory lacks.
+    unknown: BTreeSet<String>,
+    /// Workload names that are not a valid namespace/name, with why.
+    invalid: BTreeMap<String, String>,
+}
+
+impl Learnt {
+    /// The advice of a workload's label group, with the workload in it; None for a name
+    /// that is not valid or that the inventory lacks (each noted).
+    fn advice_of(&mut self, inventory: &PolicySet, workload: &str) -> Option<&mut Advice> {
+        if let Err(why) = names::object_name(workload) {
+            self.invalid.insert(workload.to_string(), why);
+            return None;
+        }
+        let Some(w) = inventory.workload(workload) else {
+            self.unknown.insert(workload.to_string());
+            return None;
+        };
+        let advice = self
+            .groups
+            .entry((w.name.namespace.clone(), w.labels.clone()))
+            .or_default();
+        advice.workloads.insert(workload.to_string());
+        Some(advice)
+    }
+}
+
+/// Events that went through: allowed, or would-be denied in audit mode.
+fn passed_events(r: &FlowRecord) -> u64 {
+    r.allowed.saturating_add(r.would_drop)
+}
+
+/// Addresses outside every known identity seen in one record with one event, whichever
+/// workload saw them.
+fn seen_once(records: &RecordsFile, inventory: &PolicySet) -> BTreeSet<IpAddr> {
+    let mut seen: BTreeMap<IpAddr, (usize, u64)> = BTreeMap::new();
+    for r in records.records.iter().filter(|r| r.passed()) {
+        let (flows, events) = seen.entry(r.key.peer_address).or_default();
+        *flows += 1;
+        *events = events.saturating_add(passed_events(r));
+    }
+    seen.into_iter()
+        .filter(|(addr, seen)| *seen == (1, 1) && semantics::owner(inventory, *addr).is_none())
+        .map(|(addr, _)| addr)
+        .collect()
 }
 
 /// The advised policies as YAML documents, for the workloads of `inventory` (a policy
 /// directory's Workload documents) that the records cover.
 /// Fails only if writing to a String does (never, in practice).
 pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, std::fmt::Error> {
-    let mut groups: BTreeMap<(String, Labels), Advice> = BTreeMap::new();
-    let mut unknown = BTreeSet::new();
+    let mut learnt = Learnt::default();
     for covered in &records.covered {
-        if let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &covered.workload) {
+        if let Some(advice) = learnt.advice_of(inventory, &covered.workload) {
             advice.rules(covered.direction);
         }
     }
+    let once = seen_once(records, inventory);
     for r in records.records.iter().filter(|r| r.passed()) {
-        let Some(advice) = advice_of(&mut groups, &mut unknown, inventory, &r.key.workload) else {
+        let Some(advice) = learnt.advice_of(inventory, &r.key.workload) else {
             continue;
         };
         advice.records += 1;
@@ -103,12 +151,20 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
         let allowed = rules
             .entry(peer(inventory, r.key.peer_address))
             .or_default();
+        allowed.seen_once = once.contains(&r.key.peer_address);
         match (port_protocol(r.key.protocol), r.key.port) {
-            (Some(p), Some(port)) => {
+            // Port 0 is no port a packet is sent to: the kernel reports it for packets
+            // whose ports it could not read (a non-first fragment).
+            (Some(p), Some(port)) if port != 0 => {
                 allowed.ports.insert((p, port));
             }
-            _ => {
-                allowed.portless.insert(r.key.protocol);
+            (Some(_), _) => {
+                allowed
+                    .portless
+                    .insert(format!("{} without a port", r.key.protocol));
+            }
+            (None, _) => {
+                allowed.portless.insert(r.key.protocol.to_string());
             }
         }
     }
@@ -118,19 +174,23 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
         "# Least-privilege NetworkPolicies advised by stagewall from {} flow records.",
         records.records.len()
     )?;
-    for name in &unknown {
+    // The reason names the workload as it was written, escaped.
+    for why in learnt.invalid.values() {
+        writeln!(out, "# Skipped records: {}", yaml::in_comment(why))?;
+    }
+    for name in &learnt.unknown {
         writeln!(
             out,
             "# {name}: in the records but not in the inventory; no policy advised"
         )?;
     }
     let mut names = BTreeSet::new();
-    for ((namespace, labels), advice) in &groups {
+    for ((namespace, labels), advice) in &learnt.groups {
         if labels.is_empty() {
             writeln!(
                 out,
                 "# {}: no labels to select by; no policy advised",
-                join(&advice.workloads)
+                yaml::in_comment(&join(&advice.workloads))
             )?;
             continue;
         }
@@ -139,7 +199,7 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
             .iter()
             .next()
             .expect("a group has workloads");
-        let base = format!("advised-{}", first.rsplit('/').next().unwrap_or(first));
+        let base = policy_name(first.rsplit('/').next().unwrap_or(first));
         let mut name = base.clone();
         for n in 2.. {
             if names.insert((namespace.clone(), name.clone())) {
@@ -147,9 +207,16 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
             }
             name = format!("{base}-{n}");
         }
-        write_policy(&mut out, &name, namespace, labels, advice)?;
+        write::policy(&mut out, &name, namespace, labels, advice)?;
     }
     Ok(out)
+}
+
+/// `advised-<workload>`, short enough for a name (253) with a `-N` suffix after it.
+fn policy_name(workload: &str) -> String {
+    let mut name = format!("advised-{workload}");
+    name.truncate(245);
+    name.trim_end_matches(['-', '.']).to_string()
 }
 
 /// The NetworkPolicy protocols; others have no ports in a policy.
@@ -172,113 +239,6 @@ fn peer(inventory: &PolicySet, addr: IpAddr) -> AdvisedPeer {
 
 fn join(items: &BTreeSet<String>) -> String {
     items.iter().cloned().collect::<Vec<_>>().join(", ")
-}
-
-/// `{"k": "v", ...}`: label keys and values are validated names, quoted all the same.
-fn flow_map(labels: &Labels) -> String {
-    let pairs: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k:?}: {v:?}"))
-        .collect();
-    format!("{{{}}}", pairs.join(", "))
-}
-
-fn write_policy(
-    out: &mut String,
-    name: &str,
-    namespace: &str,
-    labels: &Labels,
-    advice: &Advice,
-) -> std::fmt::Result {
-    writeln!(out, "---")?;
-    writeln!(
-        out,
-        "# For {} ({} flow records).",
-        join(&advice.workloads),
-        advice.records
-    )?;
-    writeln!(out, "apiVersion: networking.k8s.io/v1")?;
-    writeln!(out, "kind: NetworkPolicy")?;
-    writeln!(out, "metadata:")?;
-    writeln!(out, "  name: {name}")?;
-    writeln!(out, "  namespace: {namespace}")?;
-    writeln!(out, "spec:")?;
-    writeln!(out, "  podSelector: {{matchLabels: {}}}", flow_map(labels))?;
-    let mut types = Vec::new();
-    if advice.ingress.is_some() {
-        types.push("Ingress");
-    }
-    if advice.egress.is_some() {
-        types.push("Egress");
-    }
-    writeln!(out, "  policyTypes: [{}]", types.join(", "))?;
-    for (section, peer_key, rules) in [
-        ("ingress", "from", &advice.ingress),
-        ("egress", "to", &advice.egress),
-    ] {
-        let Some(rules) = rules else { continue };
-        if rules.is_empty() {
-            writeln!(out, "  # No {section} traffic was seen: none is allowed.")?;
-            writeln!(out, "  {section}: []")?;
-            continue;
-        }
-        writeln!(out, "  {section}:")?;
-        for (peer, allowed) in rules {
-            writeln!(out, "    - {peer_key}:")?;
-            match peer {
-                AdvisedPeer::Workloads {
-                    namespace: peer_ns,
-                    labels,
-                } if peer_ns == namespace => writeln!(
-                    out,
-                    "        - podSelector: {{matchLabels: {}}}",
-                    flow_map(labels)
-                )?,
-                AdvisedPeer::Workloads {
-                    namespace: peer_ns,
-                    labels,
-                } => {
-                    let ns = Labels::from([(
-                        crate::policy::model::NAMESPACE_NAME_LABEL.to_string(),
-                        peer_ns.clone(),
-                    )]);
-                    writeln!(
-                        out,
-                        "        - namespaceSelector: {{matchLabels: {}}}",
-                        flow_map(&ns)
-                    )?;
-                    writeln!(
-                        out,
-                        "          podSelector: {{matchLabels: {}}}",
-                        flow_map(labels)
-                    )?;
-                }
-                AdvisedPeer::Address(addr) => {
-                    let bits = if addr.is_ipv4() { 32 } else { 128 };
-                    writeln!(out, "        - ipBlock: {{cidr: \"{addr}/{bits}\"}}")?;
-                }
-            }
-            if !allowed.portless.is_empty() {
-                // A rule without ports: the only way NetworkPolicy allows these.
-                let seen: Vec<String> = allowed.portless.iter().map(|p| p.to_string()).collect();
-                writeln!(
-                    out,
-                    "      # {} seen, which NetworkPolicy ports cannot name: every protocol of this peer is allowed.",
-                    seen.join(", ")
-                )?;
-                continue;
-            }
-            writeln!(out, "      ports:")?;
-            for (protocol, port) in &allowed.ports {
-                writeln!(
-                    out,
-                    "        - {{protocol: {}, port: {port}}}",
-                    protocol.name()
-                )?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
