@@ -133,7 +133,7 @@ pub struct CoveredDirection {
 }
 
 /// The records file as written.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordsFile {
     pub version: u32,
     /// The mode the agent that wrote the file ran in (`--mode`).
@@ -374,14 +374,21 @@ fn read(path: &Path) -> Result<Option<RecordsFile>, ReadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let file: RecordsFile = serde_json::from_slice(&bytes).map_err(ReadError::NotRecords)?;
+    parse(&bytes).map(Some)
+}
+
+/// A records file's contents, as the agent (adding to them), advise, simulate and report
+/// read them: JSON of this format version, or an error. Pure, so it is fuzzed on its own
+/// (agent/fuzz, `flow_records`): whatever it accepts is written back as equal records.
+pub fn parse(bytes: &[u8]) -> Result<RecordsFile, ReadError> {
+    let file: RecordsFile = serde_json::from_slice(bytes).map_err(ReadError::NotRecords)?;
     if file.version != FORMAT_VERSION {
         return Err(ReadError::Version {
             found: file.version,
             expected: FORMAT_VERSION,
         });
     }
-    Ok(Some(file))
+    Ok(file)
 }
 
 /// Reads a records file for `advise`, `simulate` and `report`.
