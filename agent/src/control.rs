@@ -16,7 +16,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::policy::model::ObjectName;
+use crate::policy::{model::ObjectName, names};
 
 /// Where the socket lives unless `--control-socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/stagewall/control.sock";
@@ -29,19 +29,17 @@ pub enum Request {
 }
 
 impl Request {
+    /// One request line, as the agent reads it from the socket (surrounding whitespace
+    /// and the line break ignored); the error says what was expected. Pure, so it is
+    /// fuzzed on its own (agent/fuzz, `control_request`).
     pub fn parse(line: &str) -> Result<Request, String> {
         let (verb, target) = line
             .trim()
             .split_once(' ')
             .ok_or("expected: quarantine|release namespace/name")?;
-        let (namespace, name) = target
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("{target:?} is not namespace/name"))?;
-        let workload = ObjectName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
+        // A valid name holds no whitespace or line break: what is accepted is sent as
+        // the one line it was read from.
+        let workload = names::object_name(target.trim())?;
         match verb {
             "quarantine" => Ok(Request::Quarantine(workload)),
             "release" => Ok(Request::Release(workload)),
@@ -51,7 +49,8 @@ impl Request {
         }
     }
 
-    fn line(&self) -> String {
+    /// The request as the client sends it: one line.
+    pub fn line(&self) -> String {
         match self {
             Request::Quarantine(w) => format!("quarantine {w}\n"),
             Request::Release(w) => format!("release {w}\n"),
@@ -211,5 +210,36 @@ mod tests {
         assert!(Request::parse("quarantine trainer-0").is_err());
         assert!(Request::parse("delete ml/x").is_err());
         assert!(Request::parse("").is_err());
+    }
+
+    /// Only a Kubernetes namespace/name is a workload: anything else (empty, a line
+    /// break that would make the request two lines, a second '/') is refused, naming
+    /// what was expected, so that what is accepted is sent back as the one line it was.
+    #[test]
+    fn requests_name_a_valid_namespace_and_name() {
+        for bad in [
+            "quarantine /",
+            "quarantine ml/",
+            "quarantine /x",
+            "quarantine ml/a\nrelease ml/b",
+            "quarantine ml/a\rb",
+            "quarantine ml/a/b",
+            "quarantine ML/a",
+            "quarantine ml/a b",
+            "release ml/-a",
+        ] {
+            let e = Request::parse(bad).expect_err(bad);
+            assert!(e.contains("expected"), "{bad:?}: {e}");
+        }
+        let long = format!("quarantine ml/{}", "a".repeat(253));
+        assert!(Request::parse(&long).is_ok());
+        assert!(Request::parse(&format!("{long}a")).is_err());
+        assert_eq!(
+            Request::parse("release ml/trainer-0.v2"),
+            Ok(Request::Release(ObjectName {
+                namespace: "ml".into(),
+                name: "trainer-0.v2".into(),
+            }))
+        );
     }
 }

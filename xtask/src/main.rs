@@ -33,9 +33,10 @@ enum Task {
     /// source at the versions tests/cluster/go.mod pins, into target/cluster/bin/; a no-op
     /// when they are there and current. Needs Go.
     ClusterBuild,
-    /// Fuzz the policy parser and compiler for a while (cargo fuzz, nightly).
+    /// Fuzz the policy parser and compiler, the flow records reader and the control
+    /// request parser for a while each (cargo fuzz, nightly).
     Fuzz {
-        /// How long, in seconds.
+        /// How long each target runs, in seconds.
         #[arg(long, default_value_t = 600)]
         seconds: u32,
     },
@@ -96,28 +97,39 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo fuzz` on the policy documents target for `seconds`, from the agent crate.
+/// The fuzz targets (agent/fuzz/fuzz_targets/), each with the longest input worth trying:
+/// policy files, a records file, one control request (the socket reads at most 1024 bytes).
+const FUZZ_TARGETS: [(&str, u32); 3] = [
+    ("policy_documents", 4096),
+    ("flow_records", 4096),
+    ("control_request", 1024),
+];
+
+/// `cargo fuzz` on every target for `seconds` each, from the agent crate.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
     let toolchain = format!("+{}", setup::ebpf_toolchain()?);
     let limit = format!("-max_total_time={seconds}");
     std::env::set_current_dir("agent")?;
-    // libFuzzer adds what it finds to the first corpus directory: a scratch one (ignored
-    // by git), so the committed seeds stay as they are.
-    std::fs::create_dir_all("fuzz/corpus/policy_documents")?;
-    let result = cmd(
-        "cargo",
-        &[
-            &toolchain,
-            "fuzz",
-            "run",
-            "policy_documents",
-            "fuzz/corpus/policy_documents",
-            "fuzz/seeds/policy_documents",
-            "--",
-            &limit,
-            "-max_len=4096",
-        ],
-    );
+    let result = FUZZ_TARGETS.iter().try_for_each(|(target, max_len)| {
+        // libFuzzer adds what it finds to the first corpus directory: a scratch one
+        // (ignored by git), so the committed seeds stay as they are.
+        let corpus = format!("fuzz/corpus/{target}");
+        std::fs::create_dir_all(&corpus)?;
+        cmd(
+            "cargo",
+            &[
+                &toolchain,
+                "fuzz",
+                "run",
+                target,
+                &corpus,
+                &format!("fuzz/seeds/{target}"),
+                "--",
+                &limit,
+                &format!("-max_len={max_len}"),
+            ],
+        )
+    });
     std::env::set_current_dir("..")?;
     result
 }
@@ -176,8 +188,8 @@ fn test() -> anyhow::Result<()> {
     cluster::build()?;
     cluster::vet()?;
     cmd("cargo", &["test"])?;
-    // A short fuzz run of the policy parser and compiler (the seeds are the example
-    // policies; libFuzzer fails the run on any panic).
+    // A short fuzz run of each target (the seeds are the example policies, records files
+    // and requests; libFuzzer fails the run on any panic).
     fuzz(30)?;
     // The benchmark harness, in its quick mode, so it cannot rot (its numbers are printed,
     // never asserted).

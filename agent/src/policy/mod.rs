@@ -2,13 +2,15 @@
 //! the semantics read directly (and explained, for `stagewall check --explain`).
 //!
 //! From the bottom up: `model` (what a policy set is) -> `error` (what is wrong with the
-//! input, by file and line) -> `pipeline` (Pipelines expanded into NetworkPolicies) ->
+//! input, by file and line), `names` (Kubernetes names checked where they come from
+//! outside the parser) -> `pipeline` (Pipelines expanded into NetworkPolicies) ->
 //! `parse` (YAML to the model, checked as a whole) and, beside it, `semantics` (may this
 //! packet pass?) -> `explain` (`stagewall check --explain`).
 
 pub mod error;
 pub mod explain;
 pub mod model;
+pub mod names;
 pub mod parse;
 pub mod pipeline;
 pub mod semantics;

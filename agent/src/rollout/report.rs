@@ -100,7 +100,12 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             entry.workloads.push(r.key.workload.clone());
         }
         entry.flows_seen += 1;
-        entry.events += r.allowed + r.would_drop + r.dropped;
+        // Saturating: the counts are whatever the records file says, up to u64::MAX each.
+        entry.events = entry
+            .events
+            .saturating_add(r.allowed)
+            .saturating_add(r.would_drop)
+            .saturating_add(r.dropped);
         let port = match r.key.port {
             Some(p) => format!("{}/{p}", r.key.protocol),
             None => r.key.protocol.to_string(),
@@ -108,11 +113,12 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
         let key = (r.key.direction, r.peer.clone(), port);
         for (count, table) in [(r.would_drop, &mut would_drops), (r.dropped, &mut drops)] {
             if count > 0 {
-                *table
+                let total = table
                     .entry(stage.clone())
                     .or_default()
                     .entry(key.clone())
-                    .or_default() += count;
+                    .or_default();
+                *total = total.saturating_add(count);
             }
         }
     }
@@ -195,4 +201,57 @@ pub fn text(stages: &[StageReport]) -> String {
         let _ = writeln!(out, "  egress policies: {}", list(&s.egress_isolated_by));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        events::IpProtocol,
+        rollout::flow_records::{FlowRecord, RecordKey},
+    };
+
+    fn record(port: u16, allowed: u64, would_drop: u64, dropped: u64) -> FlowRecord {
+        FlowRecord {
+            key: RecordKey {
+                workload: "ml/a".into(),
+                direction: Direction::Egress,
+                protocol: IpProtocol::Tcp,
+                port: Some(port),
+                peer_address: IpAddr::from([192, 0, 2, 7]),
+            },
+            stage: Some("training".into()),
+            peer: "world".into(),
+            allowed,
+            would_drop,
+            dropped,
+            first_seen: 0,
+            last_seen: 0,
+        }
+    }
+
+    /// The counts are whatever the file says (JSON numbers up to u64::MAX): adding them up
+    /// saturates rather than overflowing (a panic, or a small number after wrapping).
+    #[test]
+    fn counts_near_the_largest_the_file_allows_saturate() {
+        let max = u64::MAX;
+        let records = RecordsFile {
+            version: 1,
+            agent_mode: Mode::Audit,
+            evicted: 0,
+            covered: Vec::new(),
+            // The same denial twice: one peer, one port, by two records' worth.
+            records: vec![record(443, max, max, max), record(443, 1, max, max)],
+        };
+        let stages = report(&records, &PolicySet::default(), Mode::Audit);
+        assert_eq!(stages.len(), 1);
+        let s = &stages[0];
+        assert_eq!(s.events, max);
+        assert_eq!(s.would_drops.len(), 1);
+        assert_eq!(s.would_drops[0].events, max);
+        assert_eq!(s.drops[0].events, max);
+        assert!(text(&stages).contains(&format!("({max} events)")));
+    }
 }

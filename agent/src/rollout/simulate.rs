@@ -135,7 +135,8 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             r.key.port.unwrap_or(0),
         );
         let audited = agent_mode == Mode::Audit || candidate.audited(w, direction);
-        let was_denied = r.would_drop + r.dropped > 0;
+        // Not a sum: each count may be up to u64::MAX.
+        let was_denied = r.would_drop > 0 || r.dropped > 0;
         let change = match (side.allowed(), audited) {
             (false, false) if r.passed() => Change::NewlyDenied,
             (false, true) => Change::WouldDrop,
@@ -205,5 +206,55 @@ fn outcome(r: &FlowRecord, change: Change, side: &Side) -> Outcome {
         port: r.key.port,
         recorded: [r.allowed, r.would_drop, r.dropped],
         because,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::flow_records::RecordKey;
+
+    /// The counts are whatever the records file says, up to u64::MAX each: a flow denied
+    /// that often is still a denied flow, not an overflow.
+    #[test]
+    fn counts_at_the_largest_the_file_allows_are_read_without_overflow() {
+        let record = FlowRecord {
+            key: RecordKey {
+                workload: "ml/a".into(),
+                direction: Direction::Egress,
+                protocol: IpProtocol::Tcp,
+                port: Some(443),
+                peer_address: [192, 0, 2, 7].into(),
+            },
+            stage: None,
+            peer: "world".into(),
+            allowed: 0,
+            would_drop: u64::MAX,
+            dropped: u64::MAX,
+            first_seen: 0,
+            last_seen: 0,
+        };
+        let records = RecordsFile {
+            version: 1,
+            agent_mode: Mode::Audit,
+            evicted: 0,
+            covered: Vec::new(),
+            records: vec![record],
+        };
+        let mut candidate = PolicySet::default();
+        crate::policy::parse::parse_into(
+            std::path::Path::new("candidate.yaml"),
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: ml}\nspec: {cgroup: /a, addresses: [10.0.0.1]}\n",
+            &mut candidate,
+        )
+        .unwrap();
+        let simulated = simulate(&records, &candidate, Mode::Enforce);
+        let changes: Vec<Change> = simulated
+            .stages
+            .iter()
+            .flat_map(|s| &s.changes)
+            .map(|c| c.change)
+            .collect();
+        assert_eq!(changes, [Change::NewlyAllowed], "{}", simulated.text());
     }
 }

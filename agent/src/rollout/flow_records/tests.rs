@@ -1,4 +1,5 @@
-//! Tests of the flow records: what is recorded, bounded, saved and read back.
+//! The records' tests: aggregation, the file format, the bound, a bad file set aside,
+//! what is recorded, saved and read back, and the files' modes.
 
 use super::*;
 use crate::events::{Hook, Reason};
@@ -208,4 +209,22 @@ fn a_symlink_planted_at_the_temporary_path_is_not_followed() {
     );
     assert!(read(&path).unwrap().is_some(), "and they read back");
     fs::remove_dir_all(&d).unwrap();
+}
+
+/// A file's counts may be anything up to u64::MAX (a long-lived agent, or a file written
+/// by hand): adding events to them saturates instead of overflowing.
+#[test]
+fn counts_saturate_at_the_largest_the_file_holds() {
+    let d = dir("saturate");
+    let path = d.join("flows.json");
+    let mut r = FlowRecords::open(&path, 100, Mode::Audit).unwrap();
+    r.observe_at(&event(Allowed, Egress, "10.0.0.2", 443, 0), 1);
+    for record in r.records.values_mut() {
+        record.allowed = u64::MAX - 1;
+    }
+    r.observe_at(&event(Allowed, Egress, "10.0.0.2", 443, u32::MAX), 2);
+    let record = r.records.values().next().unwrap();
+    assert_eq!(record.allowed, u64::MAX);
+    assert_eq!(record.last_seen, 2);
+    let _ = fs::remove_dir_all(d);
 }

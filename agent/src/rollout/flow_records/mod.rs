@@ -134,7 +134,7 @@ pub struct CoveredDirection {
 }
 
 /// The records file as written.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordsFile {
     pub version: u32,
     /// The mode the agent that wrote the file ran in (`--mode`).
@@ -289,12 +289,16 @@ impl FlowRecords {
                 first_seen: now,
                 last_seen: now,
             });
-        let count = 1 + e.suppressed as u64;
-        match e.verdict {
-            Verdict::Allowed => record.allowed += count,
-            Verdict::WouldDrop => record.would_drop += count,
-            Verdict::Dropped => record.dropped += count,
-            Verdict::Unknown => {}
+        let count = 1 + u64::from(e.suppressed);
+        // Saturating: a count read from the file may be anything up to u64::MAX.
+        let total = match e.verdict {
+            Verdict::Allowed => Some(&mut record.allowed),
+            Verdict::WouldDrop => Some(&mut record.would_drop),
+            Verdict::Dropped => Some(&mut record.dropped),
+            Verdict::Unknown => None,
+        };
+        if let Some(total) = total {
+            *total = total.saturating_add(count);
         }
         record.peer.clone_from(&e.peer);
         record.last_seen = record.last_seen.max(now);
@@ -387,14 +391,21 @@ fn read(path: &Path) -> Result<Option<RecordsFile>, ReadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let file: RecordsFile = serde_json::from_slice(&bytes).map_err(ReadError::NotRecords)?;
+    parse(&bytes).map(Some)
+}
+
+/// A records file's contents, as the agent (adding to them), advise, simulate and report
+/// read them: JSON of this format version, or an error. Pure, so it is fuzzed on its own
+/// (agent/fuzz, `flow_records`): whatever it accepts is written back as equal records.
+pub fn parse(bytes: &[u8]) -> Result<RecordsFile, ReadError> {
+    let file: RecordsFile = serde_json::from_slice(bytes).map_err(ReadError::NotRecords)?;
     if file.version != FORMAT_VERSION {
         return Err(ReadError::Version {
             found: file.version,
             expected: FORMAT_VERSION,
         });
     }
-    Ok(Some(file))
+    Ok(file)
 }
 
 /// Reads a records file for `advise`, `simulate` and `report`.
