@@ -3,3 +3,5 @@
 
 pub mod http;
 pub mod metrics;
+pub mod routes;
+mod write_timeout;
