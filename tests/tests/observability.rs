@@ -431,6 +431,222 @@ fn a_one_off_burst_is_counted_whole_within_seconds() {
     drop(prometheus);
 }
 
+/// Descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Whether `pid` still runs (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Raises this process's open-file limit to its hard limit: the test holds thousands of
+/// sockets, more than the usual soft limit of 1,024.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// Sets the open-file limit of another process (the agent).
+fn set_nofile_of(pid: u32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads `new` (a null `new` only reads) and writes `old`.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            0
+        );
+        let new = libc::rlimit {
+            rlim_max: old.rlim_max,
+            ..new
+        };
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
+            0
+        );
+    }
+    old.rlim_cur
+}
+
+/// `n` connections to `addr` opened from inside the network namespace `netns` (the
+/// sockets stay in it), each sent `request(i)` and then never read: what an abusive
+/// client does. Connections the agent refuses or closes are kept as they are.
+fn abusers(
+    netns: &str,
+    addr: &str,
+    n: usize,
+    request: fn(usize) -> String,
+) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    let ns = std::fs::File::open(format!("/run/netns/{netns}")).expect("the hub's netns");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only, with a namespace file we hold open.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            (0..n)
+                .filter_map(|i| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+                    let _ = s.write_all(request(i).as_bytes());
+                    Some(s)
+                })
+                .collect()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn abusive_clients_neither_stop_scrapes_nor_verdicts_nor_leak_descriptors() {
+    if !privileged() {
+        return;
+    }
+    raise_nofile();
+    let mut bed = setup();
+    bed.serve("outside", &[80], &[]).unwrap();
+    bed.give_hub_gateway().unwrap();
+    // Bound to every address, as the DaemonSet does on the host network.
+    let agent = bed
+        .start_agent(&["--metrics-addr", "0.0.0.0:9742"])
+        .expect("starting the agent");
+    let pid = agent.pid();
+    let prometheus = Prometheus::start(&bed);
+    let server = bed.node("server").v4;
+    let outside = bed.node("outside").v4;
+    let verdicts_hold = || {
+        assert!(
+            bed.tcp("client", server, 80).is("eperm"),
+            "denied stays denied\n{}",
+            agent.log()
+        );
+        assert!(
+            bed.tcp("server", outside, 80).is("ok"),
+            "allowed stays allowed\n{}",
+            agent.log()
+        );
+    };
+    verdicts_hold();
+    let up = "min_over_time(up{job=\"stagewall\"}[5s])";
+    let start = Instant::now();
+    while Prometheus::query(&bed, up) != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Prometheus never scraped the agent"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // From another host, the event stream is refused and says where to read it; the
+    // metrics and health checks stay scrapable.
+    let remote = format!("{}:9742", stagewall_tests::HUB_GATEWAY);
+    let refused = bed.probe("outside", &["get", &remote, "/v1/events", "2000"]);
+    assert!(refused.body.starts_with("HTTP/1.1 403"), "{}", refused.body);
+    assert!(
+        refused.body.contains("stagewall events"),
+        "{}",
+        refused.body
+    );
+    let metrics = bed.probe("outside", &["get", &remote, "/metrics", "2000"]);
+    assert!(metrics.body.starts_with("HTTP/1.1 200"), "{}", metrics.body);
+
+    // 2,000 abusive connections: headers that never end, followers that never read and
+    // followers whose filter never matches, all held open.
+    let fds_before = open_fds(pid);
+    let held = abusers(&bed.hub, "127.0.0.1:9742", 2_000, |i| match i % 3 {
+        0 => "GET /metrics HTTP/1.1\r\nHost: x\r\n".into(),
+        1 => "GET /v1/events?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        _ => "GET /v1/events?follow=true&namespace=nowhere HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+    });
+    eprintln!("abusers: {} connections open", held.len());
+    let abuse = Instant::now();
+    let mut peak = 0;
+    while abuse.elapsed() < Duration::from_secs(15) {
+        peak = peak.max(open_fds(pid));
+        // Events for the followers that do match, so their unread streams fill up.
+        assert!(bed.udp("outside", server, 81, 20).is("timeout"));
+        verdicts_hold();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("agent descriptors: {fds_before} before the abusers, {peak} at most with them");
+    assert!(alive(pid), "{}", agent.log());
+    assert!(
+        peak <= fds_before + 512 + 32,
+        "the agent held {peak} descriptors (from {fds_before}) for 2,000 abusers"
+    );
+    // Prometheus scraped through it all: up stayed 1 and a sample came every second.
+    assert_eq!(
+        Prometheus::query(&bed, "min_over_time(up{job=\"stagewall\"}[15s])"),
+        Some(1.0),
+        "{}",
+        agent.log()
+    );
+    let samples =
+        Prometheus::query(&bed, "count_over_time(up{job=\"stagewall\"}[15s])").unwrap_or(0.0);
+    assert!(samples >= 12.0, "{samples} scrapes in 15 s");
+
+    // Once the abusers go, so do their descriptors.
+    drop(held);
+    let settle = Instant::now();
+    while open_fds(pid) > fds_before + 8 && settle.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        open_fds(pid) <= fds_before + 8,
+        "{} descriptors open, {fds_before} before",
+        open_fds(pid)
+    );
+
+    // Out of descriptors (EMFILE on accept): the agent logs, backs off and keeps
+    // enforcing; it serves again once descriptors are free.
+    let old = set_nofile_of(pid, (open_fds(pid) + 16) as u64);
+    let held = abusers(&bed.hub, "127.0.0.1:9742", 200, |_| {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n".into()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    verdicts_hold();
+    drop(held);
+    set_nofile_of(pid, old);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        alive(pid),
+        "the agent exited when accept failed:\n{}",
+        agent.log()
+    );
+    verdicts_hold();
+    assert_eq!(
+        agent.get("/healthz").as_deref(),
+        Some("ok\n"),
+        "{}",
+        agent.log()
+    );
+    drop(prometheus);
+}
+
 /// Item 11: a scan of every port from one workload makes at most (named ports + 1)
 /// series for the pair: the policies name port 80, so "80" and "other".
 #[test]

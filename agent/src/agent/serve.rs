@@ -75,7 +75,12 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         unlogged: Default::default(),
     };
     tasks.spawn(outputs.stream(started.events));
-    tasks.spawn(http::serve(listener, state.clone()).err_into());
+    // Not one of `tasks`: the endpoint ending must never stop the agent's enforcement.
+    let http = tokio::spawn(serve_http(
+        listener,
+        agent.options.metrics_addr,
+        state.clone(),
+    ));
     tasks.spawn(control::serve(control_listener, command_tx).err_into());
     if let Some(logs) = started.logs {
         tasks.spawn(kernel_logs(logs));
@@ -120,6 +125,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         }
     };
     tasks.shutdown().await;
+    http.abort();
     save(records.as_ref(), &agent.metrics);
     let generation = agent.loader.generation();
     // The links are pinned: the programs stay attached and go on enforcing the policy in
@@ -144,6 +150,38 @@ fn save(records: Option<&Records>, metrics: &Metrics) {
     }
     metrics.flow_records.set(records.len() as i64);
     metrics.flow_records_evicted.set(records.evicted() as i64);
+}
+
+/// How long the endpoint waits before it is served again after it stopped.
+const HTTP_RESTART_AFTER: Duration = Duration::from_secs(1);
+
+/// Serves the HTTP endpoint for as long as the agent runs. `http::serve` only returns
+/// if a bug panics in it: log it and serve again on a newly bound listener (the old one
+/// went with the task), so that /metrics comes back without touching enforcement.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<http::State>,
+) {
+    let mut listener = Some(listener);
+    loop {
+        let bound = match listener.take() {
+            Some(bound) => bound,
+            None => match http::bind(addr).await {
+                Ok(bound) => bound,
+                Err(e) => {
+                    log::error!("{:#}", anyhow::Error::from(e));
+                    tokio::time::sleep(HTTP_RESTART_AFTER).await;
+                    continue;
+                }
+            },
+        };
+        match tokio::spawn(http::serve(bound, state.clone())).await {
+            Ok(never) => match never {},
+            Err(e) => log::error!("the metrics endpoint stopped: {e}; serving it again"),
+        }
+        tokio::time::sleep(HTTP_RESTART_AFTER).await;
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM, naming the signal.

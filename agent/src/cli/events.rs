@@ -2,7 +2,7 @@
 //! it as a table (default) or as JSON lines.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
@@ -74,16 +74,24 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
                 args.addr
             )
         })?;
+    // HTTP/1.0: the answer is the body as it is, ended by the agent closing the
+    // connection (an HTTP/1.1 stream would come in chunks).
     write!(
         stream,
-        "GET /v1/events?{query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        "GET /v1/events?{query} HTTP/1.0\r\nHost: {}\r\n\r\n",
         args.addr
     )?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
     reader.read_line(&mut status)?;
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("the agent answered {}", status.trim());
+    if status.split(' ').nth(1) != Some("200") {
+        // The body says why (a 403 says where the stream can be read).
+        let mut why = String::new();
+        let _ = std::io::Read::take(&mut reader, 4096).read_to_string(&mut why);
+        let why = why
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body.trim());
+        bail!("the agent answered {}: {why}", status.trim());
     }
     // Skip the headers.
     loop {

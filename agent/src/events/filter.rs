@@ -26,10 +26,11 @@ impl Filter {
     /// of a verdict the agent knows matches it.
     pub fn from_query(query: &str) -> Filter {
         let mut f = Filter::default();
-        for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
-            match k {
+        // form_urlencoded decodes `+` and percent escapes; a broken escape stays as it is
+        // and bytes that are not UTF-8 become U+FFFD.
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let v = v.into_owned();
+            match k.as_ref() {
                 "namespace" => f.namespace = Some(v),
                 "workload" => f.workload = Some(v),
                 "verdict" => f.verdict = Some(v.parse().unwrap_or(Verdict::Unknown)),
@@ -63,28 +64,6 @@ pub fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,8 +77,22 @@ mod tests {
         };
         assert_eq!(Filter::from_query(&f.to_query()), f);
         assert_eq!(
+            Filter::from_query("namespace=ml+pipeline&workload=a%2Fb")
+                .namespace
+                .as_deref(),
+            Some("ml pipeline")
+        );
+        assert_eq!(
             Filter::from_query("verdict=dropped&x=1").verdict,
             Some(Verdict::Dropped)
         );
+    }
+
+    #[test]
+    fn a_broken_escape_before_a_multibyte_character_is_kept_as_it_is() {
+        // Once a panic: the escape's two digits were sliced out of the middle of the é.
+        let f = Filter::from_query("namespace=%a\u{e9}&workload=%zz%");
+        assert_eq!(f.namespace.as_deref(), Some("%a\u{e9}"));
+        assert_eq!(f.workload.as_deref(), Some("%zz%"));
     }
 }

@@ -1,40 +1,38 @@
-//! The read-only HTTP endpoint: /metrics, /healthz, /readyz and /v1/events. A deliberately
-//! small HTTP/1.1 server: GET only, one request per connection, bounded request size and
-//! time. Changes that act (quarantine, reload) never go through it.
+//! The read-only HTTP endpoint: /metrics, /healthz, /readyz and /v1/events (what each
+//! answers: `routes.rs`). HTTP/1.1 by hyper, with keep-alive, within bounds a client
+//! cannot move: connections at once, time to send a request's header (and to send the
+//! next one on a kept-alive connection), time a reader may leave a response unread.
+//! Changes that act (quarantine, reload) never go through it.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::broadcast::error::RecvError,
-};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::{
-    events::{filter::Filter, hub::Hub},
-    observe::metrics::Metrics,
-};
+pub use super::routes::State;
+use super::{routes, write_timeout::WriteTimeout};
 
 /// 127.0.0.1:9742: loopback, and a port no common exporter uses (not Prometheus's 9090,
 /// node_exporter's 9100 or Cilium's 9962-9965).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9742";
 
+/// Connections served at once; one more is closed as soon as it is accepted, so that
+/// its descriptor is freed at once. Far below the usual 1,024 open files, so the agent's
+/// own files, maps and watches always find descriptors.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Time to send a request's whole header; hyper also starts it while a kept-alive
+/// connection waits for its next request, so it is the idle timeout too. Longer than a
+/// 1 s scrape interval, so a scraper's connection is kept.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A reader (above all a follower of /v1/events) that takes nothing for this long is
+/// dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers larger than this are refused (hyper's smallest allowed buffer).
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub struct State {
-    pub metrics: Arc<Metrics>,
-    pub events: Arc<Hub>,
-    /// Set once the first policy is in force.
-    pub ready: AtomicBool,
-}
+/// Back-off after a failed accept (EMFILE, ENFILE, ENOBUFS): time for descriptors or
+/// memory to be freed, growing while the failures go on.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
 /// The endpoint's address could not be bound (in use, or not this host's).
 #[derive(Debug, thiserror::Error)]
@@ -51,128 +49,49 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// Serves until accepting a connection fails.
-pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<()> {
+/// Serves forever. A failed accept is logged and retried after a back-off: running out
+/// of descriptors must not stop the endpoint, let alone the agent.
+pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::convert::Infallible {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let followers = Arc::new(Semaphore::new(routes::MAX_FOLLOWERS));
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let (stream, _) = listener.accept().await?;
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &state).await {
-                log::debug!("http connection: {e}");
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF.0;
+                accepted
             }
-        });
-    }
-}
-
-/// Reads the request line of a GET: (path, query).
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String, String, String)>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST_BYTES {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or_default().split(' ');
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Some((method, path.to_string(), query.to_string())))
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
-    let Ok(request) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await else {
-        return Ok(());
-    };
-    let Some((method, path, query)) = request? else {
-        return Ok(());
-    };
-    let text = "text/plain; charset=utf-8";
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/metrics") => {
-            let body = state.metrics.render();
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        ("GET", "/healthz") => respond(&mut stream, "200 OK", text, "ok\n").await,
-        ("GET", "/readyz") if state.ready.load(Ordering::Relaxed) => {
-            respond(&mut stream, "200 OK", text, "ready\n").await
-        }
-        ("GET", "/readyz") => {
-            respond(
-                &mut stream,
-                "503 Service Unavailable",
-                text,
-                "no policy applied yet\n",
-            )
-            .await
-        }
-        ("GET", "/v1/events") => events(stream, state, &query).await,
-        ("GET", _) => respond(&mut stream, "404 Not Found", text, "not found\n").await,
-        _ => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                text,
-                "read-only endpoint: GET only\n",
-            )
-            .await
-        }
-    }
-}
-
-/// `GET /v1/events?namespace=&workload=&verdict=&follow=true`: newline-delimited JSON,
-/// the recent events first; with follow, every new one until the reader goes away.
-async fn events(mut stream: TcpStream, state: &State, query: &str) -> std::io::Result<()> {
-    let filter = Filter::from_query(query);
-    let follow = query
-        .split('&')
-        .any(|p| p == "follow=true" || p == "follow=1");
-    // Subscribe before taking the recent ones, so nothing falls in between.
-    let mut live = state.events.follow();
-    let mut head = String::from(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-    );
-    for e in state.events.recent(&filter) {
-        head.push_str(&serde_json::to_string(&e).unwrap_or_default());
-        head.push('\n');
-    }
-    stream.write_all(head.as_bytes()).await?;
-    if !follow {
-        return stream.shutdown().await;
-    }
-    loop {
-        let line = match live.recv().await {
-            Ok(e) if filter.matches(&e) => serde_json::to_string(&e).unwrap_or_default(),
-            Ok(_) => continue,
-            Err(RecvError::Lagged(n)) => format!(
-                "{{\"lagged\":{n},\"note\":\"this reader fell behind; {n} events were skipped\"}}"
-            ),
-            Err(RecvError::Closed) => return Ok(()),
+            Err(e) => {
+                log::warn!(
+                    "metrics endpoint: accepting a connection: {e}; retrying in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
         };
-        stream.write_all(line.as_bytes()).await?;
-        stream.write_all(b"\n").await?;
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            log::debug!("metrics endpoint: {MAX_CONNECTIONS} connections open; closing {peer}'s");
+            continue;
+        };
+        let state = state.clone();
+        let followers = followers.clone();
+        let service = service_fn(move |req| {
+            let answer = routes::answer(&state, &followers, peer.ip(), &req);
+            async move { Ok::<_, std::convert::Infallible>(answer) }
+        });
+        let io = TokioIo::new(WriteTimeout::new(stream, WRITE_TIMEOUT));
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            .max_buf_size(MAX_REQUEST_BYTES)
+            .serve_connection(io, service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("metrics endpoint: connection from {peer}: {e}");
+            }
+            drop(permit);
+        });
     }
 }

@@ -3,4 +3,6 @@
 
 pub mod http;
 pub mod metrics;
+pub mod routes;
 pub mod violations;
+mod write_timeout;
