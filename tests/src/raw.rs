@@ -246,6 +246,33 @@ pub fn send(interface: &str, frames: &[Vec<u8>]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `count` copies of an IPv4 UDP frame (20-byte IP header) on `interface`, each
+/// with other UDP ports (source and destination counting up from 1024): as many new flows
+/// as frames, from one sender.
+pub fn flood_flows(interface: &str, frame: &[u8], count: u32) -> io::Result<()> {
+    const PORTS: u32 = 64_000;
+    let sock = PacketSocket::bind(interface)?;
+    let mut f = frame.to_vec();
+    for i in 0..count {
+        let sport = 1024 + (i % PORTS) as u16;
+        let dport = 1024 + (i / PORTS) as u16;
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        // SAFETY: the buffer outlives the call.
+        let n = unsafe { libc::send(sock.0, f.as_ptr().cast(), f.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            // A full transmit queue: wait a moment and go on.
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Sends each IPv4 packet once, header and all, through a raw IP socket (IP_HDRINCL):
 /// the socket a workload with CAP_NET_RAW opens to write its own headers.
 pub fn send_ip(packets: &[Vec<u8>]) -> io::Result<()> {

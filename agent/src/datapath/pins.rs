@@ -298,7 +298,7 @@ mod tests {
     /// agent with the new layout never reads maps pinned by the old one.
     #[test]
     fn the_pinned_maps_have_the_layout_their_version_names() {
-        let layout_v2: [(&str, u32, u32, u32); 12] = [
+        let layout_v3: [(&str, u32, u32, u32); 13] = [
             ("CONFIG", 4, 16, 1),
             ("ENDPOINTS", 16, 16, 8_192),
             ("SELF_ADDRS", 28, 4, 65_536),
@@ -307,19 +307,20 @@ mod tests {
             ("SERVICES", 24, 24, 262_144),
             ("SERVICE_NAT", 32, 24, 131_072),
             ("FLOWS", 32, 16, 262_144),
+            ("FLOW_BUDGETS", 4, 16, 8_192),
             ("EVENTS", 0, 0, 1 << 22),
             ("EVENT_LIMITS", 32, 16, 65_536),
             ("ENDPOINT_STATS", 4, 16, 49_152),
             ("COUNTERS", 4, 8, 12),
         ];
         assert_eq!(
-            MAP_LAYOUT_VERSION, 2,
+            MAP_LAYOUT_VERSION, 3,
             "write the new version's layout below"
         );
         let actual: Vec<(&str, u32, u32, u32)> = PINNED_MAPS
             .iter()
             .map(|m| (m.name, m.key_size, m.value_size, m.max_entries))
             .collect();
-        assert_eq!(actual, layout_v2);
+        assert_eq!(actual, layout_v3);
     }
 }

@@ -16,7 +16,7 @@ use core::mem::size_of;
 /// reads maps it would misread: it migrates instead. Bump it with any change to a map
 /// definition or to a type a map holds (a test in the agent lists the layout it stands
 /// for and fails until both are updated).
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -30,6 +30,7 @@ pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
 pub const MAP_ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAT: &str = "SERVICE_NAT";
+pub const MAP_FLOW_BUDGETS: &str = "FLOW_BUDGETS";
 
 /// Endpoints of both policy slots together: 4096 local workloads per node.
 pub const ENDPOINTS_MAX: u32 = 8_192;
@@ -347,6 +348,26 @@ pub struct FlowKey {
 pub const FLOW_KIND_FLOW: u8 = 0;
 /// FlowKey::kind of an allowed datagram's fragments.
 pub const FLOW_KIND_FRAGMENTS: u8 = 1;
+/// Each workload's share of the flow table: at most this many new entries (flows, and
+/// datagrams in fragments) per FLOW_BUDGET_WINDOW_NS, so that one workload — or spoofed
+/// sources sent to it — cannot push everyone else's flows out of the shared LRU table.
+/// Flows over it pass as their policy says, untracked (their replies are decided as new
+/// traffic), and are counted (CNT_FLOW_INSERT_FAILED).
+pub const FLOW_INSERTS_PER_WINDOW: u32 = 8_192;
+pub const FLOW_BUDGET_WINDOW_NS: u64 = 1_000_000_000;
+
+/// A workload's use of its flow-table share in the current window (FLOW_BUDGETS, by
+/// endpoint id). Shared by all CPUs and updated without atomics: approximate, as a rate
+/// limit may be.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBudget {
+    pub window_start_ns: u64,
+    pub inserts: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FlowBudget>() == 16);
+
 /// The fragments of a datagram arrive within this (the kernel's own reassembly timeout).
 pub const FRAGMENTS_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 const _: () = assert!(size_of::<FlowKey>() == 32);
@@ -531,7 +552,7 @@ const fn lpm(data: usize) -> usize {
 
 /// Every map, as this build defines it: what MAP_LAYOUT_VERSION stands for. The ring
 /// buffer has neither key nor value; its capacity is in bytes.
-pub const MAPS: [MapLayout; 12] = [
+pub const MAPS: [MapLayout; 13] = [
     layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
     layout(
         MAP_ENDPOINTS,
@@ -575,6 +596,12 @@ pub const MAPS: [MapLayout; 12] = [
         size_of::<FlowValue>(),
         FLOWS_MAX,
     ),
+    layout(
+        MAP_FLOW_BUDGETS,
+        size_of::<u32>(),
+        size_of::<FlowBudget>(),
+        ENDPOINT_ID_LIMIT,
+    ),
     layout(MAP_EVENTS, 0, 0, EVENTS_BYTES),
     layout(
         MAP_EVENT_LIMITS,
@@ -611,6 +638,7 @@ mod user {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowBudget {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for EventLimit {}
     unsafe impl aya::Pod for EndpointStats {}

@@ -5,10 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use stagewall_common::{
-    COUNTERS_LEN, Config, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX, EVENTS_BYTES,
-    EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowKey, FlowValue,
-    IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX, SERVICE_NAT_MAX, SERVICES_MAX,
-    SelfAddrKey, ServiceBackend, ServiceKey, ServiceNat, ServiceNatKey,
+    COUNTERS_LEN, Config, ENDPOINT_ID_LIMIT, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX,
+    EVENTS_BYTES, EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowBudget,
+    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX,
+    SERVICE_NAT_MAX, SERVICES_MAX, SelfAddrKey, ServiceBackend, ServiceKey, ServiceNat,
+    ServiceNatKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -42,6 +43,9 @@ pub static SERVICE_NAT: LruHashMap<ServiceNatKey, ServiceNat> =
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_MAX, 0);
+
+#[map]
+pub static FLOW_BUDGETS: Array<FlowBudget> = Array::with_max_entries(ENDPOINT_ID_LIMIT, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -24,17 +24,19 @@ use stagewall_common::{
     CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_BACKSTOP,
     EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
-    Event, EventLimit, FAMILY_V4, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS,
-    FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue,
-    HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
-    IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
-    REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_NOT_IP, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity,
-    verdict_counter,
+    Event, EventLimit, FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW,
+    FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
+    FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY,
+    IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT,
+    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY,
+    REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_QUARANTINE,
+    STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
+    VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity, verdict_counter,
 };
 
-use crate::maps::{CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOWS, IPCACHE, POLICY, count};
+use crate::maps::{
+    CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOW_BUDGETS, FLOWS, IPCACHE, POLICY, count,
+};
 
 /// A packet from one endpoint's point of view.
 pub struct Flow {
@@ -178,7 +180,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             // they would had it been allowed), not as violations of their own. The flow is
             // remembered for its replies only (generation 0 is never in force), so its
             // next packets are decided — and reported — again.
-            if packet_hook {
+            if packet_hook && within_flow_budget(ep, now) {
                 let _ = remember(ep, flow, now, 0);
             }
             return Verdict::Pass;
@@ -385,8 +387,13 @@ fn fragments_key(ep: &EndpointInfo, flow: &Flow, id: u32) -> FlowKey {
 /// The first fragment of datagram `id` passed: its later fragments (no ports) may follow.
 #[inline(never)]
 pub fn remember_fragments(ep: &EndpointInfo, flow: &Flow, id: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !within_flow_budget(ep, now) {
+        count(CNT_FLOW_INSERT_FAILED);
+        return;
+    }
     let value = FlowValue {
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        last_seen_ns: now,
         generation: 0,
         _pad: 0,
     };
@@ -508,11 +515,21 @@ fn allowed_before(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64) -> boo
 #[inline(never)]
 fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
     let key = flow_key(ep, flow, flow.direction);
-    if let Some(value) = unsafe { FLOWS.get(key) }
-        && value.generation == cfg.generation
-        && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS
-    {
-        return;
+    match unsafe { FLOWS.get(key) } {
+        Some(value)
+            if value.generation == cfg.generation
+                && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS =>
+        {
+            return;
+        }
+        // Refreshing an entry takes nothing from the table; a new one takes the
+        // workload's share.
+        Some(_) => {}
+        None if within_flow_budget(ep, now) => {}
+        None => {
+            count(CNT_FLOW_INSERT_FAILED);
+            return;
+        }
     }
     if !remember(ep, flow, now, cfg.generation) {
         count(CNT_FLOW_INSERT_FAILED);
@@ -524,6 +541,29 @@ fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
         };
         emit(cfg, ep, flow, now, &report);
     }
+}
+
+/// May the workload add one more entry to the flow table now? Each workload has
+/// FLOW_INSERTS_PER_WINDOW new entries per window (FLOW_BUDGETS): one workload, or
+/// spoofed sources sent to it, cannot evict the others' flows from the shared LRU table.
+/// An id outside the table (the unguarded entry's) has no share to take from.
+#[inline(never)]
+fn within_flow_budget(ep: &EndpointInfo, now: u64) -> bool {
+    let Some(budget) = FLOW_BUDGETS.get_ptr_mut(ep.endpoint_id) else {
+        return true;
+    };
+    // SAFETY: a valid map value; CPUs racing on it make the limit approximate.
+    let budget = unsafe { &mut *budget };
+    if now.saturating_sub(budget.window_start_ns) >= FLOW_BUDGET_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.inserts = 1;
+        return true;
+    }
+    if budget.inserts < FLOW_INSERTS_PER_WINDOW {
+        budget.inserts += 1;
+        return true;
+    }
+    false
 }
 
 /// Records the flow as allowed this way under policy `generation`; false if the table

@@ -18,6 +18,8 @@
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
+//!   stagewall-probe raw-flood IFACE HEXFRAME COUNT         COUNT copies of an IPv4 UDP frame,
+//!                                                          each with other ports (new flows)
 //!   stagewall-probe ip-send HEXPACKET...                   send hand-made IPv4 packets through a
 //!                                                          raw IP socket (IP_HDRINCL)
 //!   stagewall-probe pause                                 a real pod's sandbox process: sleeps
@@ -361,7 +363,7 @@ fn pause() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -419,6 +421,11 @@ fn main() {
         Some("raw-send") if args.len() >= 3 => {
             let frames: Vec<Vec<u8>> = args[2..].iter().map(|h| from_hex(h)).collect();
             raw::send(&args[1], &frames).map(|_| String::new())
+        }
+        Some("raw-flood") if args.len() == 4 => {
+            let frame = from_hex(&args[2]);
+            let count = args[3].parse().expect("a count");
+            raw::flood_flows(&args[1], &frame, count).map(|_| String::new())
         }
         Some("ip-send") if args.len() >= 2 => {
             let packets: Vec<Vec<u8>> = args[1..].iter().map(|h| from_hex(h)).collect();
