@@ -81,8 +81,9 @@ pub struct Prepared {
     pub listener: TcpListener,
     pub records: Option<Records>,
     pub sink: Sink,
-    /// The pin directory, this agent's alone while it runs.
-    pub pins_lock: PinLock,
+    /// The pin directory, this agent's alone while it runs: taken while preparing if it
+    /// existed, else when the agent starts.
+    pub pins_lock: Option<PinLock>,
 }
 
 /// The source and its first desired state, compiled.

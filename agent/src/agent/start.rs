@@ -14,7 +14,7 @@ use crate::{
     datapath::{
         host,
         loader::Loader,
-        pins::{PinLock, Pins},
+        pins::{self, PinLock, Pins},
         quarantine::QuarantineStore,
     },
     observe::metrics::Metrics,
@@ -75,7 +75,7 @@ pub(super) fn start(
     options: Options,
     first: FirstPolicy,
     records: Option<Records>,
-    pins_lock: PinLock,
+    pins_lock: Option<PinLock>,
 ) -> anyhow::Result<Started> {
     let FirstPolicy {
         source,
@@ -84,6 +84,10 @@ pub(super) fn start(
         mut compile_cache,
     } = first;
     host::ensure_bpffs()?;
+    let pins_lock = match pins_lock {
+        Some(lock) => lock,
+        None => pins::lock(&options.bpffs_dir)?,
+    };
     let (loader, readers) = Loader::load(
         &options.cgroup_root,
         options.ebpf_log_level,

@@ -159,9 +159,15 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     };
     let node = args.node_name.clone().unwrap_or_else(events::host_name);
     let own_cgroup = own_cgroup(&args, &cgroup_root);
-    // One agent per pin directory, taken before anything in it is read or written.
-    host::ensure_bpffs()?;
-    let pins_lock = pins::lock(&args.bpffs_dir)?;
+    // One agent per pin directory, taken before anything in it is read or written: here
+    // when a previous agent left pins (the own-cgroup step below writes them), else when
+    // the agent starts (nothing of the user's has been checked yet, and nothing is
+    // created before it is).
+    let pins_lock = if args.bpffs_dir.exists() {
+        Some(pins::lock(&args.bpffs_dir)?)
+    } else {
+        None
+    };
     match &own_cgroup {
         // Before anything connects: a guard a previous agent left in force (pinned) would
         // deny this agent, a new pod below it, the API server; also when this agent is
