@@ -8,7 +8,10 @@
 //! - POLICY (LPM: the peer's identity), then POLICY again (LPM: any peer) on a miss;
 //! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);
 //! - for an allowed packet whose replies need tracking, one FLOWS lookup and, at most
-//!   once a second per flow, an update;
+//!   once a second per flow, an update; a new flow also takes one of the workload's
+//!   FLOW_BUDGETS (array: its share of the shared flow table);
+//! - for a later fragment, one FLOWS lookup (did its datagram's first fragment pass?); for
+//!   an ICMP error, two (is the flow it is about tracked, either way?);
 //! - for a denied packet, EVENT_LIMITS (LRU hash: the flow's event rate) and the ring
 //!   buffer.
 //!
