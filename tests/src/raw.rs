@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -25,6 +25,27 @@ pub const PROTO_IGMP: u8 = 2;
 pub const PROTO_ICMPV6: u8 = 58;
 
 pub type Mac = [u8; 6];
+
+/// A node's IPv4 address as the frame builders take it.
+pub fn v4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => panic!("expected IPv4"),
+    }
+}
+
+/// A node's IPv6 address as the frame builders take it.
+pub fn v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(_) => panic!("expected IPv6"),
+    }
+}
+
+/// Bytes as the probe's raw-send and ip-send take them.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// "aa:bb:cc:dd:ee:ff" as bytes.
 pub fn parse_mac(text: &str) -> Option<Mac> {

@@ -17,35 +17,17 @@
 //!   and are reported.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use stagewall_tests::{
     Testbed, privileged,
     raw::{
-        self, PROTO_ICMPV6, PROTO_IGMP, PROTO_UDP, ethernet, igmp_report, ipv4, ipv6,
-        neighbor_solicitation, qinq, set_hop_limit, udp,
+        self, PROTO_ICMPV6, PROTO_IGMP, PROTO_UDP, ethernet, hex, igmp_report, ipv4, ipv6,
+        neighbor_solicitation, qinq, set_hop_limit, udp, v4, v6,
     },
 };
-
-fn v4(a: IpAddr) -> Ipv4Addr {
-    match a {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => panic!("expected IPv4"),
-    }
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(_) => panic!("expected IPv6"),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// One hand-made packet: who sends it how, and whether it may arrive.
 struct Case {

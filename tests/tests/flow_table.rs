@@ -3,23 +3,10 @@
 //! table's 262,144 entries) must not push another workload's flow out of it, or that
 //! workload's replies would be denied (and, with auto-quarantine, count against it).
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use stagewall_tests::{
     Testbed, metric_sum, privileged,
-    raw::{PROTO_UDP, ethernet, ipv4, udp},
+    raw::{PROTO_UDP, ethernet, hex, ipv4, udp, v4},
 };
-
-fn v4(a: IpAddr) -> Ipv4Addr {
-    match a {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => panic!("expected IPv4"),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 const FLOOD: u32 = 600_000;
 

@@ -11,7 +11,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     process::Stdio,
 };
 
@@ -19,7 +19,7 @@ use stagewall_tests::{
     Testbed, metric_sum, privileged, probe_bin,
     raw::{
         IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, PROTO_UDP, ethernet, ipv4, ipv6, ipv6_fragment,
-        ipv6_options, udp,
+        ipv6_options, udp, v4, v6,
     },
 };
 
@@ -48,20 +48,6 @@ struct Ends {
     src6: Ipv6Addr,
     dst6: Ipv6Addr,
     marker: u16,
-}
-
-fn v4(a: IpAddr) -> Ipv4Addr {
-    match a {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => panic!("expected IPv4"),
-    }
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(_) => panic!("expected IPv6"),
-    }
 }
 
 fn case(

@@ -7,33 +7,13 @@
 //!
 //! Hand-made packets through AF_PACKET sockets, counted on the receiver's interface.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use stagewall_tests::{
     Testbed, privileged,
-    raw::{self, PROTO_ICMPV6, PROTO_UDP, ethernet, ipv4, ipv6, ipv6_fragment, udp},
+    raw::{self, PROTO_ICMPV6, PROTO_UDP, ethernet, hex, ipv4, ipv6, ipv6_fragment, udp, v4, v6},
 };
 
 const PROTO_ICMP: u8 = 1;
 const COPIES: usize = 3;
-
-fn v4(a: IpAddr) -> Ipv4Addr {
-    match a {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => panic!("expected IPv4"),
-    }
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V6(a) => a,
-        IpAddr::V4(_) => panic!("expected IPv6"),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// An ICMP "fragmentation needed" (type 3, code 4, next-hop MTU 1400) about `about`.
 fn frag_needed(about: &[u8]) -> Vec<u8> {
