@@ -124,6 +124,15 @@ pub const EP_AUDIT_EGRESS: u32 = 1 << 7;
 /// (what sockets send is reported there).
 pub const EP_BACKSTOP: u32 = 1 << 8;
 
+/// The EP_ISOLATED_* flag of a direction (DIR_*).
+pub const fn isolation_flag(direction: u8) -> u32 {
+    if direction == DIR_INGRESS {
+        EP_ISOLATED_INGRESS
+    } else {
+        EP_ISOLATED_EGRESS
+    }
+}
+
 /// The EP_AUDIT_* flag of a direction (DIR_*).
 pub const fn audit_flag(direction: u8) -> u32 {
     if direction == DIR_INGRESS {

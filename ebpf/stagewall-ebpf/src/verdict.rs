@@ -34,7 +34,8 @@ use stagewall_common::{
     POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY,
     REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_QUARANTINE,
     STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity, verdict_counter,
+    VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity, isolation_flag,
+    verdict_counter,
 };
 
 use crate::maps::{
@@ -74,6 +75,17 @@ pub fn config() -> Option<&'static Config> {
 /// namespace or policy?
 pub fn audits(cfg: &Config, ep: &EndpointInfo, direction: u8) -> bool {
     cfg.mode == MODE_AUDIT || ep.flags & audit_flag(direction) != 0
+}
+
+/// Does a policy isolate the endpoint in `direction`?
+fn isolates(ep: &EndpointInfo, direction: u8) -> bool {
+    ep.flags & isolation_flag(direction) != 0
+}
+
+/// Is this TC seeing the packet as the backstop of a cgroup-enforced workload (which
+/// counts and reports only what it denies)?
+fn is_backstop(ep: &EndpointInfo, hook: u8) -> bool {
+    hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0
 }
 
 /// What an event says of a packet.
@@ -119,7 +131,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
     // TC as the backstop of a cgroup-enforced workload: it decides like the cgroup hooks
     // but counts and reports only what it denies; the cgroup hooks count the rest.
-    let backstop = hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0;
+    let backstop = is_backstop(ep, hook);
 
     if isolated {
         // A flow this endpoint already allowed this way, under the policy in force: one
@@ -298,12 +310,7 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
     if ep.flags & EP_QUARANTINED != 0 {
         return quarantined(cfg, ep, &flow, now, hook);
     }
-    let isolated = if direction == DIR_INGRESS {
-        ep.flags & EP_ISOLATED_INGRESS != 0
-    } else {
-        ep.flags & EP_ISOLATED_EGRESS != 0
-    };
-    if !isolated {
+    if !isolates(ep, direction) {
         return Verdict::Pass;
     }
     let audit = audits(cfg, ep, direction);
@@ -334,17 +341,11 @@ pub fn icmp_error(cfg: &Config, ep: &EndpointInfo, about: &Flow, hook: u8) -> Ve
         return quarantined(cfg, ep, about, now, hook);
     }
     let direction = opposite(about.direction);
-    let isolated = if direction == DIR_INGRESS {
-        ep.flags & EP_ISOLATED_INGRESS != 0
-    } else {
-        ep.flags & EP_ISOLATED_EGRESS != 0
-    };
-    if !isolated || tracked(ep, about, now) {
+    if !isolates(ep, direction) || tracked(ep, about, now) {
         return Verdict::Pass;
     }
     let audit = audits(cfg, ep, direction);
-    let backstop = hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0;
-    if audit && backstop {
+    if audit && is_backstop(ep, hook) {
         return Verdict::Pass;
     }
     let (stat, verdict) = if audit {
@@ -415,7 +416,7 @@ pub fn fragment_allowed(ep: &EndpointInfo, flow: &Flow, id: u32, hook: u8) -> bo
         Some(value) => now.saturating_sub(value.last_seen_ns) < FRAGMENTS_TIMEOUT_NS,
         None => false,
     };
-    if fresh && !(hook == HOOK_TC && ep.flags & EP_BACKSTOP != 0) {
+    if fresh && !is_backstop(ep, hook) {
         count_verdict(ep, flow, STAT_ALLOWED);
     }
     fresh
