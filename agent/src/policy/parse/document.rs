@@ -1,7 +1,7 @@
 //! YAML text to the policy model: the documents of a text, each dispatched on its
 //! apiVersion and kind after the metadata every kind shares (name, namespace, labels, the
 //! mode annotation) is checked. Namespaces are read here; the other kinds in
-//! network_policy.rs and stagewall_kinds.rs.
+//! network_policy.rs, cluster_network_policy.rs and stagewall_kinds.rs.
 
 use std::path::Path;
 
@@ -19,6 +19,7 @@ use crate::policy::{
 pub const API_NETWORKING: &str = "networking.k8s.io/v1";
 pub const API_CORE: &str = "v1";
 pub const API_STAGEWALL: &str = "stagewall.io/v1alpha1";
+pub const API_POLICY: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// Parses one file's documents into `set` (cross-document checks are `validate_set`'s).
 pub fn parse_into(file: &Path, text: &str, set: &mut PolicySet) -> Result<(), PolicyErrors> {
@@ -97,6 +98,7 @@ impl DocumentParser<'_> {
             Some(_) => return,
             None => "default".to_string(),
         };
+        let namespace_line = meta.namespace.as_ref().map(|n| self.line(n));
         let labels = match meta.labels {
             Some(l) => match self.labels(&l.value, self.line(&l)) {
                 Some(labels) => labels,
@@ -146,6 +148,23 @@ impl DocumentParser<'_> {
                     set.pipelines.push(p);
                 }
             }
+            (API_POLICY, "ClusterNetworkPolicy") => {
+                if let Some(ns_line) = namespace_line {
+                    self.error(ns_line, "ClusterNetworkPolicy is cluster-scoped; expected no metadata.namespace");
+                    return;
+                }
+                let Some(spec) = spec else {
+                    self.error(line, "ClusterNetworkPolicy has no spec; expected spec.tier, spec.priority and spec.subject");
+                    return;
+                };
+                if let Some(p) = self.cluster_network_policy(object.name, spec, line) {
+                    set.cluster_policies.push(p);
+                }
+            }
+            (_, old @ ("AdminNetworkPolicy" | "BaselineAdminNetworkPolicy")) => {
+                let tier = if old == "AdminNetworkPolicy" { "Admin" } else { "Baseline" };
+                self.error(line, format!("{old} is the API's earlier form; expected kind ClusterNetworkPolicy of apiVersion {API_POLICY} with spec.tier: {tier}"));
+            }
             (API_CORE, "Namespace") => {
                 if let Some(s) = &spec
                     && !self.only_fields(&s.value, self.line(s), "Namespace", &["finalizers"]) {
@@ -176,7 +195,7 @@ impl DocumentParser<'_> {
             (api, kind) => self.error(
                 line,
                 format!(
-                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), Namespace ({API_CORE}), Workload or Pipeline ({API_STAGEWALL})"
+                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), ClusterNetworkPolicy ({API_POLICY}), Namespace ({API_CORE}), Workload or Pipeline ({API_STAGEWALL})"
                 ),
             ),
         }

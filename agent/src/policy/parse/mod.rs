@@ -3,12 +3,13 @@
 //! never stops at the first bad document, so `stagewall check` reports all of them at once.
 //!
 //! From the bottom up: `raw` (the documents as written) -> `parser` (one text's parser and
-//! the checks every kind shares) -> `labels`, `network_policy`, `stagewall_kinds` (each
-//! kind's spec) -> `document` (a text's documents, dispatched by kind) -> `whole_set`
+//! the checks every kind shares) -> `labels`, `network_policy`,
+//! `cluster_network_policy`, `stagewall_kinds` (each kind's spec) -> `document` (a text's documents, dispatched by kind) -> `whole_set`
 //! (pipelines expanded, checks across documents) -> `cache` (documents unchanged since the
 //! last load are not parsed again) -> `load` (the files of a directory).
 
 mod cache;
+mod cluster_network_policy;
 mod document;
 mod labels;
 mod load;
@@ -19,11 +20,13 @@ mod stagewall_kinds;
 mod whole_set;
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod tests;
 
 pub use self::{
     cache::{ParseCache, split_documents},
-    document::{API_CORE, API_NETWORKING, API_STAGEWALL, parse_into, parse_text},
+    document::{API_CORE, API_NETWORKING, API_POLICY, API_STAGEWALL, parse_into, parse_text},
     load::{MAX_FILE_BYTES, list_files, load_dir, load_files, policy_files, read_policy_file},
     whole_set::{complete, validate_set},
 };

@@ -134,6 +134,18 @@ impl DocumentParser<'_> {
                 );
                 return None;
             }
+            let foreign = r.value.cluster_fields();
+            if !foreign.is_empty() {
+                self.error(
+                    line,
+                    format!(
+                        "NetworkPolicy rule has {}, which belong to a ClusterNetworkPolicy rule; expected '{}' and 'ports'",
+                        foreign.join(", "),
+                        if ingress { "from" } else { "to" }
+                    ),
+                );
+                return None;
+            }
             let mut rule = Rule {
                 line,
                 ..Rule::default()
@@ -164,6 +176,11 @@ impl DocumentParser<'_> {
     pub(super) fn peer(&mut self, raw: &Spanned<RawPeer>) -> Option<Peer> {
         let line = self.line(raw);
         let p = &raw.value;
+        let foreign = p.cluster_fields();
+        if !foreign.is_empty() {
+            self.error(line, format!("peer has {}, which belong to a ClusterNetworkPolicy peer; expected podSelector, namespaceSelector or ipBlock", foreign.join(", ")));
+            return None;
+        }
         match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
             (Some(block), None, None) => self.ip_block(block),
             (Some(_), _, _) => {

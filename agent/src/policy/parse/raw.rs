@@ -51,6 +51,10 @@ pub(super) struct RawSpec {
     pub(super) default_deny: Option<bool>,
     // Namespace
     pub(super) finalizers: Option<serde::de::IgnoredAny>,
+    // ClusterNetworkPolicy (with ingress and egress)
+    pub(super) tier: Option<Spanned<String>>,
+    pub(super) priority: Option<Spanned<i64>>,
+    pub(super) subject: Option<Spanned<RawSubject>>,
 }
 
 impl RawSpec {
@@ -72,6 +76,9 @@ impl RawSpec {
             ("tenantLabel", self.tenant_label.is_some()),
             ("defaultDeny", self.default_deny.is_some()),
             ("finalizers", self.finalizers.is_some()),
+            ("tier", self.tier.is_some()),
+            ("priority", self.priority.is_some()),
+            ("subject", self.subject.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -120,20 +127,126 @@ pub(super) struct RawRequirement {
     pub(super) values: Option<Vec<String>>,
 }
 
+/// A rule of a NetworkPolicy (from or to, ports) or of a ClusterNetworkPolicy (name,
+/// action, from or to, protocols): each kind rejects the other's fields.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) from: Option<Vec<Spanned<RawPeer>>>,
     pub(super) to: Option<Vec<Spanned<RawPeer>>>,
     pub(super) ports: Option<Vec<Spanned<RawPort>>>,
+    // ClusterNetworkPolicy
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) action: Option<Spanned<String>>,
+    pub(super) protocols: Option<Vec<Spanned<RawProtocol>>>,
 }
 
+impl RawRule {
+    /// The fields of a ClusterNetworkPolicy rule present, as written.
+    pub(super) fn cluster_fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("action", self.action.is_some()),
+            ("protocols", self.protocols.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// A peer of a NetworkPolicy rule (podSelector, namespaceSelector, ipBlock) or of a
+/// ClusterNetworkPolicy rule (exactly one of namespaces, pods, networks, nodes,
+/// domainNames): each kind rejects the other's fields.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct RawPeer {
     pub(super) pod_selector: Option<Spanned<RawSelector>>,
     pub(super) namespace_selector: Option<Spanned<RawSelector>>,
     pub(super) ip_block: Option<Spanned<RawIpBlock>>,
+    // ClusterNetworkPolicy
+    pub(super) namespaces: Option<Spanned<RawSelector>>,
+    pub(super) pods: Option<Spanned<RawNamespacedPod>>,
+    pub(super) networks: Option<Vec<Spanned<String>>>,
+    pub(super) nodes: Option<Spanned<RawSelector>>,
+    pub(super) domain_names: Option<Vec<Spanned<String>>>,
+}
+
+impl RawPeer {
+    /// The fields of a ClusterNetworkPolicy peer present, as written.
+    pub(super) fn cluster_fields(&self) -> Vec<&'static str> {
+        [
+            ("namespaces", self.namespaces.is_some()),
+            ("pods", self.pods.is_some()),
+            ("networks", self.networks.is_some()),
+            ("nodes", self.nodes.is_some()),
+            ("domainNames", self.domain_names.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// The fields of a NetworkPolicy peer present, as written.
+    pub(super) fn network_policy_fields(&self) -> Vec<&'static str> {
+        [
+            ("podSelector", self.pod_selector.is_some()),
+            ("namespaceSelector", self.namespace_selector.is_some()),
+            ("ipBlock", self.ip_block.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// `spec.subject` of a ClusterNetworkPolicy: exactly one of the two.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawSubject {
+    pub(super) namespaces: Option<Spanned<RawSelector>>,
+    pub(super) pods: Option<Spanned<RawNamespacedPod>>,
+}
+
+/// `pods` of a subject or peer: namespaceSelector (absent: every namespace) and
+/// podSelector (required).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawNamespacedPod {
+    pub(super) namespace_selector: Option<Spanned<RawSelector>>,
+    pub(super) pod_selector: Option<Spanned<RawSelector>>,
+}
+
+/// One entry of a ClusterNetworkPolicy rule's `protocols`: exactly one field.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawProtocol {
+    pub(super) tcp: Option<Spanned<RawProtocolPorts>>,
+    pub(super) udp: Option<Spanned<RawProtocolPorts>>,
+    pub(super) sctp: Option<Spanned<RawProtocolPorts>>,
+    pub(super) destination_named_port: Option<Spanned<String>>,
+}
+
+/// `tcp`, `udp` or `sctp`: `{destinationPort: {number: 80}}` or
+/// `{destinationPort: {range: {start: 8000, end: 8080}}}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawProtocolPorts {
+    pub(super) destination_port: Option<Spanned<RawDestinationPort>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawDestinationPort {
+    pub(super) number: Option<Spanned<i64>>,
+    pub(super) range: Option<Spanned<RawPortRange>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct RawPortRange {
+    pub(super) start: Option<Spanned<i64>>,
+    pub(super) end: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -40,10 +40,15 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
         .map(|w| (w.name.to_string(), &w.origin));
     let policies = set.policies.iter().map(|p| (p.name.to_string(), &p.origin));
     let namespaces = set.namespaces.iter().map(|n| (n.name.clone(), &n.origin));
+    let cluster_policies = set
+        .cluster_policies
+        .iter()
+        .map(|p| (p.name.clone(), &p.origin));
     for (kind, named) in [
         ("Workload", workloads.collect::<Vec<_>>()),
         ("NetworkPolicy", policies.collect()),
         ("Namespace", namespaces.collect()),
+        ("ClusterNetworkPolicy", cluster_policies.collect()),
     ] {
         let mut first: HashMap<&str, &Origin> = HashMap::new();
         for (name, origin) in &named {

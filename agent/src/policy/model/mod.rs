@@ -1,10 +1,17 @@
 //! The policy model every source parses into and the compiler reads: workloads (the
-//! inventory), namespaces, Kubernetes NetworkPolicies, and Pipelines (which expand into
-//! NetworkPolicies).
+//! inventory), namespaces, Kubernetes NetworkPolicies, Pipelines (which expand into
+//! NetworkPolicies) and ClusterNetworkPolicies (`cluster`: the tiers around them).
+
+mod cluster;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
+
+pub use self::cluster::{
+    Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, ClusterSelector,
+    PRIORITY_MAX, PRIORITY_MIN, Tier,
+};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -380,6 +387,9 @@ pub struct PolicySet {
     /// NetworkPolicies as written, and those the pipelines expand into.
     pub policies: Vec<NetworkPolicy>,
     pub pipelines: Vec<Pipeline>,
+    /// ClusterNetworkPolicies of both tiers, in no particular order (policy::tiers sorts
+    /// them by precedence).
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
     /// Cgroups (paths below the cgroup2 mount) that a guard above them must not deny:
     /// host-network pods, which are the node as far as network policy goes (neither
     /// workloads nor peers), and pods enforced by TC on their interface (their policy is
@@ -400,6 +410,8 @@ impl PolicySet {
         self.namespaces.extend_from_slice(&other.namespaces);
         self.policies.extend_from_slice(&other.policies);
         self.pipelines.extend_from_slice(&other.pipelines);
+        self.cluster_policies
+            .extend_from_slice(&other.cluster_policies);
         self.unguarded_cgroups
             .extend_from_slice(&other.unguarded_cgroups);
         self.node_addresses.extend_from_slice(&other.node_addresses);
