@@ -5,7 +5,8 @@
 //! input, by file and line), `names` (Kubernetes names checked where they come from
 //! outside the parser) -> `pipeline` (Pipelines expanded into NetworkPolicies) ->
 //! `parse` (YAML to the model, checked as a whole) and, beside it, `semantics` (may this
-//! packet pass?) -> `explain` (`stagewall check --explain`).
+//! packet pass the NetworkPolicies?) -> `tiers` (and the ClusterNetworkPolicies around
+//! them?) -> `explain` (`stagewall check --explain`).
 
 pub mod error;
 pub mod explain;
@@ -14,3 +15,4 @@ pub mod names;
 pub mod parse;
 pub mod pipeline;
 pub mod semantics;
+pub mod tiers;

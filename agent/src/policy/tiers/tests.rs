@@ -1,0 +1,538 @@
+//! The tiers against the upstream conformance scenarios (network-policy-api v0.2.0:
+//! CNPAdminTierPriorityField, CNPAdminTierIntegration, CNPAdminTierGress,
+//! CNPBaselineTierGress, CNPAdminTierEgressInlineCIDRPeers, the named-port cases), read
+//! as one side of a connection at a time.
+
+use std::{net::IpAddr, path::Path};
+
+use super::*;
+use crate::policy::parse::parse_into;
+
+/// Three houses, one workload each: gryffindor/harry (10.0.0.1, declares web = TCP
+/// 8080), slytherin/draco (10.0.1.1, declares dns = UDP 53), ravenclaw/luna (10.0.2.1).
+const HOUSES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: gryffindor, labels: {house: gryffindor}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: slytherin, labels: {house: slytherin}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ravenclaw, labels: {house: ravenclaw}}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: harry, namespace: gryffindor, labels: {house: gryffindor}}
+spec:
+  addresses: [10.0.0.1]
+  ports: [{name: web, port: 8080, protocol: TCP}]
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: draco, namespace: slytherin, labels: {house: slytherin}}
+spec:
+  addresses: [10.0.1.1]
+  ports: [{name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: luna, namespace: ravenclaw, labels: {house: ravenclaw}}
+spec:
+  addresses: [10.0.2.1]
+";
+
+const TCP: u8 = stagewall_common::PROTO_TCP;
+const UDP: u8 = stagewall_common::PROTO_UDP;
+
+fn set(policies: &str) -> PolicySet {
+    let mut set = PolicySet::default();
+    parse_into(
+        Path::new("t.yaml"),
+        &format!("{HOUSES}---\n{policies}"),
+        &mut set,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    set
+}
+
+/// A ClusterNetworkPolicy whose subject is the `house` namespace, with these rules.
+fn cnp(name: &str, tier: &str, priority: u16, house: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{house: {house}}}}}}}\n{rules}---\n"
+    )
+}
+
+/// One side: `local`'s `direction`, the other end `remote` (a workload or an address).
+fn side<'a>(
+    set: &'a PolicySet,
+    local: &str,
+    direction: Direction,
+    remote: &str,
+    protocol: u8,
+    port: u16,
+) -> Decision<'a> {
+    let local = set.workload(local).expect("local workload");
+    let remote: IpAddr = match set.workload(remote) {
+        Some(w) => w.addresses[0],
+        None => remote.parse().expect("an address"),
+    };
+    decide(set, local, direction, remote, protocol, port)
+}
+
+/// "Accept by NAME/RULE", "Deny by NAME/RULE", "NetworkPolicy allowed", ... for asserts.
+fn verdict(d: &Decision) -> String {
+    let passed: Vec<String> = d
+        .passed
+        .iter()
+        .map(|r| format!("pass {}/{}; ", r.policy.name, r.name()))
+        .collect();
+    let by = match &d.by {
+        DecidedBy::SelfTraffic => "self".to_string(),
+        DecidedBy::Default => "default allow".to_string(),
+        DecidedBy::Cluster(r) => format!(
+            "{} {} by {}/{}",
+            r.policy.tier,
+            r.action(),
+            r.policy.name,
+            r.name()
+        ),
+        DecidedBy::NetworkPolicy(Side::Allowed { policy, .. }) => {
+            format!("NetworkPolicy {} allows", policy.name)
+        }
+        DecidedBy::NetworkPolicy(Side::Denied { .. }) => "NetworkPolicy denies".to_string(),
+        DecidedBy::NetworkPolicy(other) => format!("NetworkPolicy {other:?}"),
+    };
+    format!("{}{by}", passed.concat())
+}
+
+const DENY_FROM_SLYTHERIN: &str = "  ingress:\n    - {name: from-slytherin, action: ACTION, from: [{namespaces: {matchLabels: {house: slytherin}}}]}\n  egress:\n    - {name: to-slytherin, action: ACTION, to: [{namespaces: {matchLabels: {house: slytherin}}}]}\n";
+
+fn both_ways(action: &str) -> String {
+    DENY_FROM_SLYTHERIN.replace("ACTION", action)
+}
+
+#[test]
+fn priority_decides_between_admin_policies_and_pass_reaches_baseline() {
+    // CNPAdminTierPriorityField: Deny at 50, Pass at 60, Baseline Accept at 10.
+    let policies = |pass_priority| {
+        cnp("priority-50", "Admin", 50, "gryffindor", &both_ways("Deny"))
+            + &cnp(
+                "moving-pass",
+                "Admin",
+                pass_priority,
+                "gryffindor",
+                &both_ways("Pass"),
+            )
+            + &cnp(
+                "default",
+                "Baseline",
+                10,
+                "gryffindor",
+                &both_ways("Accept"),
+            )
+    };
+    let s = set(&policies(60));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "Admin Deny by priority-50/\"from-slytherin\"");
+    assert!(!d.allowed());
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "slytherin/draco",
+        TCP,
+        8080,
+    );
+    assert_eq!(verdict(&d), "Admin Deny by priority-50/\"to-slytherin\"");
+    // The Pass policy moved to 40: it is read first, and the Baseline accepts.
+    let s = set(&policies(40));
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let d = side(
+            &s,
+            "gryffindor/harry",
+            direction,
+            "slytherin/draco",
+            TCP,
+            80,
+        );
+        assert!(d.allowed(), "{direction}: {}", verdict(&d));
+        assert!(
+            verdict(&d).starts_with("pass moving-pass/"),
+            "{}",
+            verdict(&d)
+        );
+        assert!(
+            verdict(&d).contains("Baseline Accept by default/"),
+            "{}",
+            verdict(&d)
+        );
+    }
+    // Neither tier's subject holds slytherin: its own side is untouched.
+    let d = side(
+        &s,
+        "slytherin/draco",
+        Direction::Egress,
+        "gryffindor/harry",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "default allow");
+}
+
+const NP_ALLOW_SLYTHERIN: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-slytherin, namespace: gryffindor}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {house: slytherin}}}]}]
+  egress: [{to: [{namespaceSelector: {matchLabels: {house: slytherin}}}]}]
+---
+";
+
+#[test]
+fn admin_deny_overrides_a_network_policy_and_pass_defers_to_it() {
+    // CNPAdminTierIntegration: Admin Deny (then Pass), a NetworkPolicy allowing
+    // slytherin, a Baseline Deny.
+    let baseline = cnp("default", "Baseline", 10, "gryffindor", &both_ways("Deny"));
+    let s = set(&(cnp(
+        "pass-example",
+        "Admin",
+        10,
+        "gryffindor",
+        &both_ways("Deny"),
+    ) + NP_ALLOW_SLYTHERIN
+        + &baseline));
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let d = side(
+            &s,
+            "gryffindor/harry",
+            direction,
+            "slytherin/draco",
+            TCP,
+            80,
+        );
+        assert!(!d.allowed());
+        assert!(
+            verdict(&d).starts_with("Admin Deny by pass-example/"),
+            "{}",
+            verdict(&d)
+        );
+    }
+    // Deny becomes Pass: the NetworkPolicy decides (and allows).
+    let s = set(&(cnp(
+        "pass-example",
+        "Admin",
+        10,
+        "gryffindor",
+        &both_ways("Pass"),
+    ) + NP_ALLOW_SLYTHERIN
+        + &baseline));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        TCP,
+        80,
+    );
+    assert_eq!(
+        verdict(&d),
+        "pass pass-example/\"from-slytherin\"; NetworkPolicy gryffindor/allow-slytherin allows"
+    );
+    // The NetworkPolicy isolates: what it does not allow is denied there, and the
+    // Baseline is never read.
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "ravenclaw/luna",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "NetworkPolicy denies");
+    // The NetworkPolicy deleted: the Baseline Deny decides.
+    let s = set(&(cnp(
+        "pass-example",
+        "Admin",
+        10,
+        "gryffindor",
+        &both_ways("Pass"),
+    ) + &baseline));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "slytherin/draco",
+        TCP,
+        80,
+    );
+    assert_eq!(
+        verdict(&d),
+        "pass pass-example/\"to-slytherin\"; Baseline Deny by default/\"to-slytherin\""
+    );
+}
+
+#[test]
+fn admin_accept_overrides_a_network_policy_that_denies() {
+    let np_deny_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: gryffindor}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n---\n";
+    let s = set(&(cnp("ops", "Admin", 1, "gryffindor", &both_ways("Accept")) + np_deny_all));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "Admin Accept by ops/\"from-slytherin\"");
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "ravenclaw/luna",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "NetworkPolicy denies");
+}
+
+#[test]
+fn the_first_matching_rule_of_a_policy_wins_ports_included() {
+    // CNPAdminTierGress / CNPBaselineTierGress: Accept, Deny, Pass to ravenclaw in that
+    // order (Accept wins); Deny to slytherin on TCP 80, UDP 53 only.
+    let rules = "  egress:
+    - {name: allow-ravenclaw, action: Accept, to: [{namespaces: {matchLabels: {house: ravenclaw}}}]}
+    - {name: deny-ravenclaw, action: Deny, to: [{namespaces: {matchLabels: {house: ravenclaw}}}]}
+    - {name: pass-ravenclaw, action: Pass, to: [{namespaces: {matchLabels: {house: ravenclaw}}}]}
+    - name: deny-slytherin-80-53
+      action: Deny
+      to: [{pods: {namespaceSelector: {matchLabels: {house: slytherin}}, podSelector: {}}}]
+      protocols: [{tcp: {destinationPort: {number: 80}}}, {udp: {destinationPort: {number: 53}}}]
+    - name: deny-slytherin-range
+      action: Deny
+      to: [{namespaces: {matchLabels: {house: slytherin}}}]
+      protocols: [{tcp: {destinationPort: {range: {start: 9000, end: 9010}}}}]
+";
+    for tier in ["Admin", "Baseline"] {
+        let s = set(&cnp("gress-rules", tier, 15, "gryffindor", rules));
+        let d = side(
+            &s,
+            "gryffindor/harry",
+            Direction::Egress,
+            "ravenclaw/luna",
+            TCP,
+            80,
+        );
+        assert_eq!(
+            verdict(&d),
+            format!("{tier} Accept by gress-rules/\"allow-ravenclaw\"")
+        );
+        for (protocol, port, denied_by) in [
+            (TCP, 80, Some("deny-slytherin-80-53")),
+            (UDP, 53, Some("deny-slytherin-80-53")),
+            (TCP, 53, None),
+            (UDP, 80, None),
+            (TCP, 9000, Some("deny-slytherin-range")),
+            (TCP, 9010, Some("deny-slytherin-range")),
+            (TCP, 9011, None),
+        ] {
+            let d = side(
+                &s,
+                "gryffindor/harry",
+                Direction::Egress,
+                "slytherin/draco",
+                protocol,
+                port,
+            );
+            match denied_by {
+                Some(rule) => assert_eq!(
+                    verdict(&d),
+                    format!("{tier} Deny by gress-rules/\"{rule}\"")
+                ),
+                None => assert_eq!(verdict(&d), "default allow", "{protocol} {port}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn networks_match_addresses_inside_and_outside_the_inventory() {
+    // CNPAdminTierEgressInlineCIDRPeers: Accept to slytherin, then Deny everything.
+    let rules = "  egress:
+    - {name: allow-slytherin, action: Accept, to: [{namespaces: {matchLabels: {house: slytherin}}}]}
+    - {name: deny-metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}
+    - {name: deny-internet, action: Deny, to: [{networks: [0.0.0.0/0, '::/0']}]}
+";
+    let s = set(&cnp("inline-cidr", "Admin", 85, "gryffindor", rules));
+    let harry = |to: &str| {
+        verdict(&side(
+            &s,
+            "gryffindor/harry",
+            Direction::Egress,
+            to,
+            TCP,
+            443,
+        ))
+    };
+    assert_eq!(
+        harry("slytherin/draco"),
+        "Admin Accept by inline-cidr/\"allow-slytherin\""
+    );
+    assert_eq!(
+        harry("169.254.169.254"),
+        "Admin Deny by inline-cidr/\"deny-metadata\""
+    );
+    // Networks name workloads' addresses too.
+    assert_eq!(
+        harry("ravenclaw/luna"),
+        "Admin Deny by inline-cidr/\"deny-internet\""
+    );
+    assert_eq!(
+        harry("2001:db8::1"),
+        "Admin Deny by inline-cidr/\"deny-internet\""
+    );
+    // Traffic to itself never leaves the workload.
+    assert_eq!(harry("10.0.0.1"), "self");
+}
+
+#[test]
+fn named_ports_resolve_against_the_destination() {
+    // CNPAdminTierIngressNamedPort, CNPAdminTierEgressNamedPort.
+    let rules = "  ingress:
+    - {name: web, action: Deny, from: [{namespaces: {}}], protocols: [{destinationNamedPort: web}]}
+  egress:
+    - {name: dns, action: Deny, to: [{namespaces: {}}], protocols: [{destinationNamedPort: dns}]}
+";
+    let s = set(&cnp("named", "Admin", 1, "gryffindor", rules));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        TCP,
+        8080,
+    );
+    assert_eq!(verdict(&d), "Admin Deny by named/\"web\"");
+    // The name's protocol counts: UDP 8080 is not `web`.
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        UDP,
+        8080,
+    );
+    assert_eq!(verdict(&d), "default allow");
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "slytherin/draco",
+        UDP,
+        53,
+    );
+    assert_eq!(verdict(&d), "Admin Deny by named/\"dns\"");
+    // luna declares no `dns`.
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "ravenclaw/luna",
+        UDP,
+        53,
+    );
+    assert_eq!(verdict(&d), "default allow");
+}
+
+#[test]
+fn baseline_pass_leaves_the_default_and_unnamed_rules_are_numbered() {
+    let rules = "  egress:\n    - {action: Pass, to: [{networks: [0.0.0.0/0]}]}\n    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n";
+    let s = set(&cnp("base", "Baseline", 1, "gryffindor", rules));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "192.0.2.1",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "pass base/#1; default allow");
+    assert!(d.allowed());
+}
+
+#[test]
+fn ties_are_read_by_name_and_warned_about() {
+    let s = set(
+        &(cnp("b-deny", "Admin", 5, "gryffindor", &both_ways("Deny"))
+            + &cnp("a-accept", "Admin", 5, "gryffindor", &both_ways("Accept"))
+            + &cnp(
+                "c-other-tier",
+                "Baseline",
+                5,
+                "gryffindor",
+                &both_ways("Deny"),
+            )),
+    );
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Ingress,
+        "slytherin/draco",
+        TCP,
+        80,
+    );
+    assert_eq!(verdict(&d), "Admin Accept by a-accept/\"from-slytherin\"");
+    let warnings = priority_ties(&s);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("ClusterNetworkPolicies a-accept (t.yaml:"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[0].contains("share Admin priority 5"),
+        "{warnings:?}"
+    );
+    assert!(warnings[0].contains("a-accept first"), "{warnings:?}");
+}
+
+#[test]
+fn subjects_choose_by_namespace_or_by_namespace_and_workload() {
+    let rules = "  egress:\n    - {name: nowhere, action: Deny, to: [{namespaces: {}}]}\n";
+    for (subject, denied) in [
+        // Every namespace (no namespaceSelector), workloads labelled slytherin.
+        (
+            "{pods: {podSelector: {matchLabels: {house: slytherin}}}}",
+            [false, true],
+        ),
+        // Both selectors must hold.
+        (
+            "{pods: {namespaceSelector: {matchLabels: {house: gryffindor}}, podSelector: {matchLabels: {house: slytherin}}}}",
+            [false, false],
+        ),
+        ("{namespaces: {}}", [true, true]),
+    ] {
+        let policy = cnp("subject", "Admin", 1, "x", rules).replace(
+            "subject: {namespaces: {matchLabels: {house: x}}}",
+            &format!("subject: {subject}"),
+        );
+        let s = set(&policy);
+        for (from, denied) in ["gryffindor/harry", "slytherin/draco"]
+            .into_iter()
+            .zip(denied)
+        {
+            let d = side(&s, from, Direction::Egress, "ravenclaw/luna", TCP, 80);
+            assert_eq!(d.allowed(), !denied, "{subject} {from}: {}", verdict(&d));
+        }
+    }
+}
