@@ -1,6 +1,7 @@
 //! `stagewall check DIR --explain --from X --to Y --port P`: which policies select each
 //! side of a connection and which rule allows it, or why it is denied. Read directly off
-//! the NetworkPolicy semantics (policy::semantics), not off the compiled maps.
+//! the tiers (policy::tiers: ClusterNetworkPolicies around the NetworkPolicy semantics),
+//! not off the compiled maps.
 
 use std::{
     fmt::{self, Write as _},
@@ -8,8 +9,11 @@ use std::{
 };
 
 use crate::policy::{
-    model::{Direction, NetworkPolicy, Peer, PolicySet, PortMatch, Protocol, Rule, Workload},
+    model::{
+        Action, Direction, NetworkPolicy, Peer, PolicySet, PortMatch, Protocol, Rule, Workload,
+    },
     semantics::{self, Side},
+    tiers::{self, DecidedBy, RuleRef},
 };
 
 /// Why a question cannot be answered.
@@ -113,12 +117,43 @@ pub fn explain(
         } else {
             ""
         };
-        let side = semantics::decide(set, w, direction, remote, protocol.number(), port);
-        allowed &= side.allowed();
+        let decision = tiers::decide(set, w, direction, remote, protocol.number(), port);
+        allowed &= decision.allowed();
+        // Pass rules read on the way: why a tier did not decide.
+        let passed: String = decision
+            .passed
+            .iter()
+            .map(|r| format!(" (passed on by {})", describe_cluster_rule(r)))
+            .collect();
+        let side = match decision.by {
+            DecidedBy::SelfTraffic => Side::SelfTraffic,
+            DecidedBy::NetworkPolicy(side) => side,
+            DecidedBy::Default => Side::NotIsolated,
+            DecidedBy::Cluster(rule) => {
+                let verdict = if rule.action() == Action::Accept {
+                    "allowed"
+                } else {
+                    "DENIED"
+                };
+                writeln!(
+                    out,
+                    "  {label} {}{note}: {verdict} by {}{passed}",
+                    w.name,
+                    describe_cluster_rule(&rule),
+                )?;
+                continue;
+            }
+        };
         match side {
-            Side::NotIsolated => writeln!(
+            Side::NotIsolated if set.cluster_policies.is_empty() => writeln!(
                 out,
                 "  {label} {}{note}: allowed, no policy selects it for {}",
+                w.name,
+                direction.name()
+            )?,
+            Side::NotIsolated => writeln!(
+                out,
+                "  {label} {}{note}: allowed, no NetworkPolicy selects it for {} and no ClusterNetworkPolicy rule decides{passed}",
                 w.name,
                 direction.name()
             )?,
@@ -129,7 +164,7 @@ pub fn explain(
             )?,
             Side::FromNode => writeln!(
                 out,
-                "  {label} {}: allowed, its node may always connect to it",
+                "  {label} {}: allowed, its node may always connect to it{passed}",
                 w.name
             )?,
             Side::Allowed {
@@ -138,7 +173,7 @@ pub fn explain(
                 rule,
             } => writeln!(
                 out,
-                "  {label} {}{note}: allowed by {} {} rule {} at {}:{} ({}); isolated by {}",
+                "  {label} {}{note}: allowed by {} {} rule {} at {}:{} ({}); isolated by {}{passed}",
                 w.name,
                 policy.name,
                 direction.name(),
@@ -150,7 +185,7 @@ pub fn explain(
             )?,
             Side::Denied { isolated_by } => writeln!(
                 out,
-                "  {label} {}{note}: DENIED: isolated by {}, and no {} rule of theirs allows {} port {port} {} {}",
+                "  {label} {}{note}: DENIED: isolated by {}, and no {} rule of theirs allows {} port {port} {} {}{passed}",
                 w.name,
                 names(&isolated_by),
                 direction.name(),
@@ -170,6 +205,22 @@ pub fn explain(
         if allowed { "allowed" } else { "denied" }
     )?;
     Ok(out)
+}
+
+/// `ClusterNetworkPolicy NAME (Admin tier, priority P) egress rule "R" (Deny) at FILE:LINE`.
+fn describe_cluster_rule(rule: &RuleRef) -> String {
+    let p = rule.policy;
+    format!(
+        "ClusterNetworkPolicy {} ({} tier, priority {}) {} rule {} ({}) at {}:{}",
+        p.name,
+        p.tier,
+        p.priority,
+        rule.direction.name(),
+        rule.name(),
+        rule.action(),
+        p.origin.file.display(),
+        rule.rule().line
+    )
 }
 
 fn names(policies: &[&NetworkPolicy]) -> String {
@@ -249,5 +300,73 @@ fn describe_peer(peer: &Peer) -> String {
             }
             parts.join(" and ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::parse::parse_into;
+
+    const SET: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {tenant: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: b, labels: {tenant: b}}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: x, namespace: a}
+spec: {cgroup: /x, addresses: [10.0.0.1]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: y, namespace: b}
+spec: {cgroup: /y, addresses: [10.0.0.2]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: tenants}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {tenant: a}}}
+  egress:
+    - {name: metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}
+    - {name: same-tenant, action: Pass, to: [{namespaces: {matchLabels: {tenant: a}}}]}
+  ingress:
+    - {name: other-tenants, action: Deny, from: [{namespaces: {matchExpressions: [{key: tenant, operator: NotIn, values: [a]}]}}]}
+";
+
+    fn explained(from: &str, to: &str) -> String {
+        let mut set = PolicySet::default();
+        parse_into(Path::new("e.yaml"), SET, &mut set).unwrap();
+        explain(&set, from, to, Protocol::Tcp, 80).unwrap()
+    }
+
+    #[test]
+    fn the_cluster_rule_that_decides_is_named_with_its_tier_and_line() {
+        let out = explained("b/y", "a/x");
+        assert!(out.contains("egress of b/y: allowed, no NetworkPolicy selects it for egress and no ClusterNetworkPolicy rule decides"), "{out}");
+        assert!(out.contains("ingress of a/x: DENIED by ClusterNetworkPolicy tenants (Admin tier, priority 10) ingress rule \"other-tenants\" (Deny) at e.yaml:30"), "{out}");
+        assert!(out.ends_with("verdict: denied\n"), "{out}");
+        let out = explained("a/x", "169.254.169.254");
+        assert!(out.contains("egress of a/x: DENIED by ClusterNetworkPolicy tenants (Admin tier, priority 10) egress rule \"metadata\" (Deny) at e.yaml:27"), "{out}");
+    }
+
+    #[test]
+    fn a_pass_is_named_beside_the_tier_that_decided() {
+        let out = explained("a/x", "a/x");
+        assert!(out.contains("traffic to itself"), "{out}");
+        let mut set = PolicySet::default();
+        let other = SET.replace("addresses: [10.0.0.2]", "addresses: [10.0.0.2]}\n---\napiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: z, namespace: a}\nspec: {cgroup: /z, addresses: [10.0.0.3]");
+        parse_into(Path::new("e.yaml"), &other, &mut set).unwrap();
+        let out = explain(&set, "a/x", "a/z", Protocol::Tcp, 80).unwrap();
+        assert!(out.contains("egress of a/x: allowed, no NetworkPolicy selects it for egress and no ClusterNetworkPolicy rule decides (passed on by ClusterNetworkPolicy tenants (Admin tier, priority 10) egress rule \"same-tenant\" (Pass) at e.yaml:33)"), "{out}");
+        assert!(out.ends_with("verdict: allowed\n"), "{out}");
     }
 }
