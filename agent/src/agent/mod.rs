@@ -323,6 +323,9 @@ impl Agent {
                 Ok(compiled) => compiled,
                 Err(e) => return self.reject([e]),
             };
+        for warning in compiler::warnings(&set) {
+            log::warn!("{warning}");
+        }
         log::info!("policy change read and compiled in {:?}", started.elapsed());
         if let Err(e) = self.apply(compiled) {
             self.metrics

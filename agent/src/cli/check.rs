@@ -111,6 +111,9 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
             return false;
         }
     };
+    for warning in compiler::warnings(&set) {
+        eprintln!("warning: {warning}");
+    }
     if let Some(q) = question {
         return match explain::explain(&set, &q.from, &q.to, q.protocol, q.port) {
             Ok(text) => {
@@ -124,12 +127,13 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
         };
     }
     println!(
-        "ok: {} workloads ({} local), {} namespaces, {} pipelines, {} NetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
+        "ok: {} workloads ({} local), {} namespaces, {} pipelines, {} NetworkPolicies, {} ClusterNetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
         set.workloads.len(),
         compiled.endpoints.len(),
         set.namespaces.len(),
         set.pipelines.len(),
         set.policies.len(),
+        set.cluster_policies.len(),
         compiled.identities.kinds.len(),
         compiled.identities.ipcache.len(),
         compiled.policy.len(),

@@ -212,6 +212,9 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     let mut compile_cache = CompileCache::default();
     let compiled = compiler::compile_with(&set, &EndpointIds::new(), &mut compile_cache)
         .map_err(|e| ConfigError(e.to_string()))?;
+    for warning in compiler::warnings(&set) {
+        log::warn!("{warning}");
+    }
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(format!("{:#}", anyhow::Error::from(e))))?;

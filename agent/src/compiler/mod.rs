@@ -186,6 +186,22 @@ impl CachedEntries {
     }
 }
 
+/// What the user should know about a desired state that compiles: ClusterNetworkPolicies
+/// of one tier sharing a priority (read by name), and that the kernel maps do not hold
+/// ClusterNetworkPolicies yet (issue 17, phase 1: parsed, checked and explained by
+/// policy::tiers; the tiers' map layout is the next step). One line each, for `check`
+/// to print and the agent to log; the rest of the state is enforced as before.
+pub fn warnings(set: &PolicySet) -> Vec<String> {
+    let mut warnings = crate::policy::tiers::priority_ties(set);
+    warnings.extend(set.cluster_policies.iter().map(|p| {
+        format!(
+            "ClusterNetworkPolicy {} ({} tier, priority {}) at {} is checked but NOT enforced: this version's kernel maps do not hold ClusterNetworkPolicies yet",
+            p.name, p.tier, p.priority, p.origin
+        )
+    }));
+    warnings
+}
+
 /// Compiles the desired state. `previous` holds the ids of the policy in force; workloads
 /// keep theirs, new ones get ids no workload of either policy uses.
 pub fn compile(set: &PolicySet, previous: &EndpointIds) -> Result<Compiled, CompileError> {
