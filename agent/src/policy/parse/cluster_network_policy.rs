@@ -9,8 +9,7 @@ use serde_saphyr::Spanned;
 use super::{
     parser::DocumentParser,
     raw::{
-        RawDestinationPort, RawNamespacedPod, RawPeer, RawProtocol, RawProtocolPorts, RawRule,
-        RawSpec, RawSubject,
+        RawDestinationPort, RawNamespacedPod, RawPeer, RawProtocol, RawRule, RawSpec, RawSubject,
     },
 };
 use crate::policy::model::{
@@ -349,58 +348,50 @@ impl DocumentParser<'_> {
     fn cluster_port(&mut self, raw: &Spanned<RawProtocol>) -> Option<ClusterPort> {
         let line = self.line(raw);
         let p = &raw.value;
-        let given: Vec<(&str, Option<Protocol>, Option<&Spanned<RawProtocolPorts>>)> = [
-            ("tcp", Some(Protocol::Tcp), p.tcp.as_ref()),
-            ("udp", Some(Protocol::Udp), p.udp.as_ref()),
-            ("sctp", Some(Protocol::Sctp), p.sctp.as_ref()),
-        ]
-        .into_iter()
-        .filter(|(_, _, ports)| ports.is_some())
-        .chain(
-            p.destination_named_port
-                .as_ref()
-                .map(|_| ("destinationNamedPort", None, None)),
-        )
-        .collect();
-        let expected = "exactly one of tcp, udp, sctp or destinationNamedPort";
-        match given.as_slice() {
-            [] => {
-                self.error(
-                    line,
-                    format!("protocols entry is empty; expected {expected}"),
-                );
-                None
-            }
-            [(_, None, _)] => {
-                let name = p.destination_named_port.as_ref()?;
-                Some(ClusterPort::Named(
-                    self.port_name(&name.value, self.line(name))?,
-                ))
-            }
-            [(field, Some(protocol), Some(ports))] => {
-                let Some(port) = &ports.value.destination_port else {
-                    self.error(self.line(ports), format!("{field} has no destinationPort; expected destinationPort: {{number: N}} or {{range: {{start: A, end: B}}}} (leave protocols out for every port)"));
-                    return None;
-                };
-                let (first, last) = self.destination_port(port)?;
-                Some(ClusterPort::Ports {
-                    protocol: *protocol,
-                    first,
-                    last,
-                })
-            }
-            many => {
-                let names: Vec<&str> = many.iter().map(|(f, _, _)| *f).collect();
-                self.error(
-                    line,
-                    format!(
-                        "protocols entry has {}; expected {expected} (one entry each)",
-                        names.join(" and ")
-                    ),
-                );
-                None
-            }
+        let numbered = [
+            ("tcp", Protocol::Tcp, &p.tcp),
+            ("udp", Protocol::Udp, &p.udp),
+            ("sctp", Protocol::Sctp, &p.sctp),
+        ];
+        let mut given: Vec<&str> = numbered
+            .iter()
+            .filter(|(_, _, ports)| ports.is_some())
+            .map(|(field, _, _)| *field)
+            .collect();
+        if p.destination_named_port.is_some() {
+            given.push("destinationNamedPort");
         }
+        let expected = "exactly one of tcp, udp, sctp or destinationNamedPort";
+        if given.len() != 1 {
+            let found = if given.is_empty() {
+                "protocols entry is empty".to_string()
+            } else {
+                format!("protocols entry has {}", given.join(" and "))
+            };
+            self.error(
+                line,
+                format!("{found}; expected {expected} (one entry each)"),
+            );
+            return None;
+        }
+        if let Some(name) = &p.destination_named_port {
+            return Some(ClusterPort::Named(
+                self.port_name(&name.value, self.line(name))?,
+            ));
+        }
+        let (field, protocol, ports) = numbered
+            .into_iter()
+            .find_map(|(field, protocol, ports)| Some((field, protocol, ports.as_ref()?)))?;
+        let Some(port) = &ports.value.destination_port else {
+            self.error(self.line(ports), format!("{field} has no destinationPort; expected destinationPort: {{number: N}} or {{range: {{start: A, end: B}}}} (leave protocols out for every port)"));
+            return None;
+        };
+        let (first, last) = self.destination_port(port)?;
+        Some(ClusterPort::Ports {
+            protocol,
+            first,
+            last,
+        })
     }
 
     fn destination_port(&mut self, raw: &Spanned<RawDestinationPort>) -> Option<(u16, u16)> {
