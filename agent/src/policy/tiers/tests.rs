@@ -536,3 +536,121 @@ fn subjects_choose_by_namespace_or_by_namespace_and_workload() {
         }
     }
 }
+
+/// policies/ with a few workloads added where the guardrails have something to decide.
+fn examples_with_tenants() -> PolicySet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut set = crate::policy::parse::load_dir(&dir, &mut Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let workload = |namespace: &str, name: &str, labels: &str, address: &str| {
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: {namespace}, labels: {labels}}}\nspec: {{addresses: [{address}]}}\n---\n"
+        )
+    };
+    let extra = [
+        workload("tenant-a-research", "notebook", "{}", "10.1.0.1"),
+        workload("tenant-a-jobs", "job", "{}", "10.1.0.2"),
+        workload("tenant-b-research", "notebook", "{}", "10.2.0.1"),
+        workload("team-sandbox", "web", "{app: web}", "10.3.0.1"),
+        workload("team-sandbox", "batch", "{}", "10.3.0.2"),
+        workload("kube-system", "coredns", "{k8s-app: kube-dns}", "10.9.0.10"),
+    ]
+    .concat();
+    parse_into(Path::new("extra.yaml"), &extra, &mut set).unwrap_or_else(|e| panic!("{e}"));
+    set
+}
+
+#[test]
+fn the_example_guardrails_decide_as_their_comments_say() {
+    let s = examples_with_tenants();
+    let check = |local: &str, direction, remote: &str, protocol, port, want: &str| {
+        let d = side(&s, local, direction, remote, protocol, port);
+        assert_eq!(verdict(&d), want, "{local} {direction} {remote} {port}");
+    };
+    use Direction::{Egress, Ingress};
+    // Tenants: across is denied in the Admin tier, both ways; within is passed on to the
+    // tenants' own NetworkPolicies.
+    check(
+        "tenant-a-research/notebook",
+        Egress,
+        "tenant-b-research/notebook",
+        TCP,
+        80,
+        "Admin Deny by tenant-a-isolation/\"other-tenants\"",
+    );
+    check(
+        "tenant-b-research/notebook",
+        Ingress,
+        "tenant-a-research/notebook",
+        TCP,
+        80,
+        "Admin Deny by tenant-b-isolation/\"other-tenants\"",
+    );
+    check(
+        "tenant-a-jobs/job",
+        Ingress,
+        "tenant-a-research/notebook",
+        TCP,
+        80,
+        "pass tenant-a-isolation/\"same-tenant\"; NetworkPolicy tenant-a-jobs/tenant-isolation allows",
+    );
+    // The metadata service: denied to every workload, from the ml pipeline as well.
+    check(
+        "ml-pipeline/trainer-0",
+        Egress,
+        "169.254.169.254",
+        TCP,
+        80,
+        "Admin Deny by cloud-metadata/\"metadata-service\"",
+    );
+    check(
+        "team-sandbox/batch",
+        Egress,
+        "192.0.2.7",
+        TCP,
+        443,
+        "Admin Deny by blocked-addresses/\"block-list\"",
+    );
+    // The Baseline default deny, and the NetworkPolicy that opens the web port.
+    check(
+        "team-sandbox/web",
+        Ingress,
+        "ml-pipeline/trainer-0",
+        TCP,
+        8080,
+        "NetworkPolicy team-sandbox/allow-web allows",
+    );
+    check(
+        "team-sandbox/web",
+        Ingress,
+        "ml-pipeline/trainer-0",
+        TCP,
+        9090,
+        "NetworkPolicy denies",
+    );
+    check(
+        "team-sandbox/batch",
+        Ingress,
+        "ml-pipeline/trainer-0",
+        TCP,
+        8080,
+        "Baseline Deny by baseline-default-deny/\"no-workloads-in\"",
+    );
+    check(
+        "team-sandbox/batch",
+        Egress,
+        "kube-system/coredns",
+        UDP,
+        53,
+        "Baseline Accept by baseline-default-deny/\"dns\"",
+    );
+    check(
+        "team-sandbox/web",
+        Egress,
+        "8.8.8.8",
+        TCP,
+        443,
+        "Baseline Deny by baseline-default-deny/\"nothing-else-out\"",
+    );
+    assert!(priority_ties(&s).is_empty(), "{:?}", priority_ties(&s));
+}
