@@ -31,6 +31,7 @@ mod sweep;
 pub mod apiserver;
 pub mod cluster;
 pub mod demo;
+pub mod lsm;
 pub mod node;
 pub mod raw;
 

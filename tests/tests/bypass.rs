@@ -324,3 +324,211 @@ fn hand_made_headers_never_bypass_quarantine_or_policy() {
     let events = agent.events();
     assert!(not_ip(&events), "no not-ip event for app/iso: {events:#?}");
 }
+
+/// Packet sockets where no interface backstops the cgroup hooks: a pod whose veth the
+/// agent does not know (a bridged CNI) and a host process in the node's network namespace
+/// (the hub here, sending out of the peer's veth). The kernel's socket_create LSM hook
+/// refuses isolated and quarantined workloads the socket itself; audit mode only reports,
+/// and a workload no policy isolates keeps its packet sockets.
+#[test]
+fn packet_sockets_are_refused_to_isolated_workloads_no_interface_backstops() {
+    if !privileged() {
+        return;
+    }
+    let bed = Testbed::new(&["bridged", "audited", "free", "peer"]).expect("creating the test bed");
+    let host_cgroup = bed.make_cgroup("host-daemon").expect("a host cgroup");
+    let host_cgroup_path = format!(
+        "/{}",
+        host_cgroup
+            .strip_prefix(stagewall::datapath::host::cgroup2_mount().expect("cgroup2"))
+            .expect("below cgroup2")
+            .display()
+    );
+    let mut p = String::new();
+    for name in ["bridged", "audited", "free"] {
+        p += &bed.workload_yaml(name, "app", &format!("{{app: {name}}}"), false);
+    }
+    p += &format!(
+        "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: host-daemon, namespace: node, labels: {{app: host-daemon}}}}\nspec:\n  cgroup: {host_cgroup_path}\n  addresses: [\"{}\"]\n---\n",
+        stagewall_tests::HUB_GATEWAY
+    );
+    for (name, namespace, audit) in [
+        ("bridged", "app", false),
+        ("audited", "app", true),
+        ("host-daemon", "node", false),
+    ] {
+        let annotations = if audit {
+            "\n  annotations: {stagewall.io/mode: audit}"
+        } else {
+            ""
+        };
+        p += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}{annotations}\nspec:\n  podSelector: {{matchLabels: {{app: {name}}}}}\n  policyTypes: [Egress]\n"
+        );
+    }
+    bed.write_policy("policy.yaml", &p).unwrap();
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    // The kernel is asked first, by itself: does it load LSM programs, and is bpf among
+    // its active LSMs? Where it does not, the agent must say its guard is off (and it
+    // goes on enforcing everything else: the other tests here).
+    let guard = stagewall_tests::metric_sum(&agent.metrics(), "stagewall_packet_socket_guard", &[]);
+    let bpf_lsm_active = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|list| list.split(',').any(|m| m.trim() == "bpf"))
+        .unwrap_or(true);
+    match stagewall_tests::lsm::kernel_loads_lsm_programs() {
+        Ok(()) if bpf_lsm_active => assert_eq!(
+            guard,
+            1.0,
+            "the kernel loads and runs LSM programs: the guard must be on\n{}",
+            agent.log()
+        ),
+        refused => {
+            assert_eq!(
+                guard, 0.0,
+                "no BPF LSM here, yet the agent reports its guard on"
+            );
+            assert!(
+                agent.log().contains("packet-socket guard off"),
+                "the agent does not say that its guard is off:\n{}",
+                agent.log()
+            );
+            eprintln!(
+                "NOT RUN on this kernel: packet sockets refused through BPF LSM (the kernel: {:?}, bpf among the active LSMs: {bpf_lsm_active}); checked instead: the agent says its guard is off",
+                refused.err()
+            );
+            return;
+        }
+    }
+
+    let peer = bed.node("peer");
+    let peer_if = peer.host_if.clone();
+    let frame = |from: &str, src: Ipv4Addr, marker: u16| {
+        let packet = ipv4(
+            src,
+            v4(peer.v4),
+            PROTO_UDP,
+            marker,
+            &[],
+            0,
+            &udp(40000, 53, b"x"),
+        );
+        // The host process sends from no interface of a node: a locally administered MAC.
+        let src_mac = if from == "host-daemon" {
+            [0x02, 0, 0, 0, 0, 0x01]
+        } else {
+            bed.mac(from)
+        };
+        let frame = ethernet(bed.mac("peer"), src_mac, &packet);
+        (raw::marker(&frame).expect("a marker"), hex(&frame))
+    };
+    let hub4 = stagewall_tests::HUB_GATEWAY.parse().expect("an address");
+    // (what, sender, marker and frame, delivered, the probe's first word)
+    let send_host = |frame: &str| {
+        let out = bed
+            .hub_command_in(&host_cgroup, stagewall_tests::probe_bin())
+            .expect("a process in the host cgroup")
+            .args(["raw-send", &peer_if, frame, frame, frame])
+            .output()
+            .expect("running the probe");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let send_pod = |from: &str, frame: &str| {
+        bed.probe_output(from, &["raw-send", "eth0", frame, frame, frame])
+    };
+    let cases = [
+        (
+            "isolated, bridged pod (no backstop)",
+            "bridged",
+            frame("bridged", v4(bed.node("bridged").v4), 3001),
+            0,
+            "eperm",
+        ),
+        (
+            "isolated, host process in the node's network",
+            "host-daemon",
+            frame("host-daemon", hub4, 3002),
+            0,
+            "eperm",
+        ),
+        (
+            "isolated in audit mode",
+            "audited",
+            frame("audited", v4(bed.node("audited").v4), 3003),
+            3,
+            "ok",
+        ),
+        (
+            "not isolated",
+            "free",
+            frame("free", v4(bed.node("free").v4), 3004),
+            3,
+            "ok",
+        ),
+    ];
+    let markers: Vec<u32> = cases.iter().map(|c| c.2.0).collect();
+    let said = std::sync::Mutex::new(Vec::new());
+    let counts = bed.frames_delivered("peer", &markers, 2500, || {
+        for (_, from, (_, frame), _, _) in &cases {
+            let out = if *from == "host-daemon" {
+                send_host(frame)
+            } else {
+                send_pod(from, frame)
+            };
+            said.lock().unwrap().push(out);
+        }
+    });
+    let said = said.into_inner().unwrap();
+    let mut wrong = Vec::new();
+    for ((what, from, _, delivered, word), (n, out)) in cases.iter().zip(counts.iter().zip(&said)) {
+        eprintln!("{what:<50} {n} of 3 delivered; the probe said {out:?}");
+        if n != delivered || !out.starts_with(word) {
+            wrong.push(format!(
+                "{what} (from {from}): {n} of 3 delivered, probe said {out:?}; expected {delivered} and {word}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "packet sockets with the wrong verdict:\n{}",
+        wrong.join("\n")
+    );
+
+    // Quarantine takes a workload's packet sockets away too.
+    let (ok, out) = bed.control(&["quarantine", "app/free"]);
+    assert!(ok, "quarantine app/free: {out}");
+    let (_, free_frame) = frame("free", v4(bed.node("free").v4), 3005);
+    let out = send_pod("free", &free_frame);
+    assert!(
+        out.starts_with("eperm"),
+        "quarantined workload's packet socket: {out}"
+    );
+
+    // Each refusal is reported: the hook, the reason, the workload.
+    let reported = |events: &[serde_json::Value], workload: &str, reason: &str, verdict: &str| {
+        events.iter().any(|e| {
+            e["hook"] == "socket_create"
+                && e["workload"] == workload
+                && e["reason"] == reason
+                && e["verdict"] == verdict
+        })
+    };
+    let expected = [
+        ("app/bridged", "packet-socket", "dropped"),
+        ("node/host-daemon", "packet-socket", "dropped"),
+        ("app/audited", "packet-socket", "would-drop"),
+        ("app/free", "quarantine", "dropped"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let all =
+        |events: &[serde_json::Value]| expected.iter().all(|(w, r, v)| reported(events, w, r, v));
+    while !all(&agent.events()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = agent.events();
+    for (w, r, v) in expected {
+        assert!(
+            reported(&events, w, r, v),
+            "no {v} {r} event for {w}: {events:#?}"
+        );
+    }
+}

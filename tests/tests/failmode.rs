@@ -1,8 +1,8 @@
 //! Fail modes at start: a workload with fail mode closed (the default) is denied
 //! everything from the moment its programs are attached until its policy is programmed;
-//! with fail mode open it passes meanwhile. The first apply of a 10,000-rule policy takes
-//! tens of milliseconds, and a connect loop running from before the agent starts sees
-//! that window (closed) or not (open).
+//! with fail mode open it passes meanwhile. The first apply of a 20,000-rule policy takes
+//! tens of milliseconds, and a connect loop running from before the agent starts until it
+//! has started sees that window (closed) or not (open).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -23,15 +23,23 @@ fn watch_agent_start(fail_mode: &str) -> (String, Vec<serde_json::Value>) {
     p += &format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client, namespace: app}}\nspec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: {server}/32}}}}], ports: [{{port: 80}}]}}]\n---\n"
     );
-    // 10,000 rules elsewhere, so that writing the first policy takes a while.
-    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n";
-    for i in 0..10_000 {
+    // 20,000 rules elsewhere (two policies: a YAML document is bounded), so that writing
+    // the first policy takes a while.
+    for part in 0..2 {
         p += &format!(
-            "    - from: [{{ipBlock: {{cidr: 10.{}.{}.0/24}}}}]\n      ports: [{{port: {}}}]\n",
-            i / 250 % 250,
-            i % 250,
-            1_000 + i
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: big-{part}, namespace: app}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n"
         );
+        for i in part * 10_000..(part + 1) * 10_000 {
+            p += &format!(
+                "    - from: [{{ipBlock: {{cidr: 10.{}.{}.0/24}}}}]\n      ports: [{{port: {}}}]\n",
+                i / 250 % 250,
+                i % 250,
+                1_000 + i
+            );
+        }
+        if part == 0 {
+            p += "---\n";
+        }
     }
     p += &format!(
         "    - from: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: 80}}]\n",
@@ -41,7 +49,16 @@ fn watch_agent_start(fail_mode: &str) -> (String, Vec<serde_json::Value>) {
     bed.serve("server", &[80], &[]).unwrap();
     let mut watch = bed.command("client", probe_bin()).unwrap();
     let mut watch = watch
-        .args(["watch-verdict", &server.to_string(), "80", "8000"])
+        // Until the agent has started (then its window is over), however long its start
+        // takes on a loaded machine: the test closes the watcher's stdin.
+        .args([
+            "watch-verdict",
+            &server.to_string(),
+            "80",
+            "120000",
+            "stdin",
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -52,6 +69,7 @@ fn watch_agent_start(fail_mode: &str) -> (String, Vec<serde_json::Value>) {
         "before the agent runs, nothing is enforced"
     );
     let agent = bed.start_agent(&[]).expect("starting the agent");
+    drop(watch.stdin.take());
     let seen = lines.next().and_then(|l| l.ok()).unwrap_or_default();
     let _ = watch.wait();
     assert!(

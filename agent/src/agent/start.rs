@@ -126,6 +126,9 @@ pub(super) fn start(
     }
     let metrics = Arc::new(Metrics::new());
     metrics.attach_kernel(loader.stats().clone());
+    metrics
+        .packet_socket_guard
+        .set(i64::from(loader.packet_socket_guard()));
     metrics.objects_left_out.set(source.left_out() as i64);
     count_flows(readers.flows, metrics.clone());
     count_suppressed(readers.event_limits, metrics.clone());

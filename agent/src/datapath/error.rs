@@ -24,6 +24,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    /// The kernel's own type information, which an LSM program is loaded against.
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")]
+    Btf {
+        #[source]
+        source: aya::BtfError,
+    },
     #[error("program {program} missing from the eBPF object")]
     MissingProgram { program: &'static str },
     #[error("map {map} missing from the eBPF object")]

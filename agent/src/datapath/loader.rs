@@ -24,7 +24,7 @@ use crate::{
         attach::Attachments,
         error::DatapathError,
         host::{self, Target},
-        object,
+        object, packet_sockets,
         pins::Pins,
         slots::{GUARD, SlotContents, Slots, UNGUARDED, endpoint_key},
         stats::KernelStats,
@@ -57,6 +57,8 @@ pub struct Loader {
     /// The policy maps, both slots, and which is in force.
     slots: Slots,
     stats: KernelStats,
+    /// The kernel runs the packet-socket guard (packet_sockets.rs).
+    packet_socket_guard: bool,
     /// Guard cgroups (paths below the cgroup2 mount): below them, a cgroup in no
     /// workload is denied until a policy names it.
     guards: Vec<String>,
@@ -108,10 +110,12 @@ impl Loader {
         own_cgroup: Option<String>,
     ) -> Result<(Loader, Readers), DatapathError> {
         let other_layouts = pins.prepare()?;
-        let object = object::load(&pins, kernel_log_level)?;
+        let mut object = object::load(&pins, kernel_log_level)?;
         let slots =
             Slots::adopt(object.policy_maps).map_err(|e| DatapathError::Adopt(Box::new(e)))?;
+        let packet_socket_guard = packet_sockets::guard(&mut object.ebpf, &pins, &object.stats);
         let loader = Loader {
+            packet_socket_guard,
             cgroup_root: cgroup_root.to_path_buf(),
             attachments: Attachments::new(object.ebpf, pins, other_layouts),
             slots,
@@ -121,6 +125,11 @@ impl Loader {
             applied_targets: BTreeSet::new(),
         };
         Ok((loader, object.readers))
+    }
+
+    /// Does the kernel refuse isolated workloads packet and XDP sockets (BPF LSM)?
+    pub fn packet_socket_guard(&self) -> bool {
+        self.packet_socket_guard
     }
 
     /// Makes `compiled` the policy in force: attaches to new workloads, writes the inactive

@@ -10,6 +10,8 @@
 //! - `stats`: the one reader of the kernel's counters and per-endpoint statistics;
 //! - `pins`: what is kept in bpffs, the map layout it is checked against, and the lock
 //!   that keeps it one agent's;
+//! - `packet_sockets`: the node-wide guard (BPF LSM) that refuses isolated workloads
+//!   packet and XDP sockets;
 //! - `quarantine`: the quarantined workloads, pinned so that no restart lifts them;
 //! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces;
 //! - `error`: what can go wrong in all but `host`, naming the map, program or path.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod loader;
 mod object;
+mod packet_sockets;
 pub mod pins;
 pub mod quarantine;
 mod slots;

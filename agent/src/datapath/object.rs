@@ -39,6 +39,8 @@ pub(super) const PROG_SOCK_ADDR: [&str; 8] = [
 ];
 pub(super) const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
 pub(super) const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
+/// Loaded and attached by packet_sockets.rs (it needs the kernel's BTF and BPF LSM).
+pub(super) const PROG_PACKET_SOCKET_GUARD: &str = "stagewall_socket_create";
 
 /// Maps the agent reads rather than writes, handed to their readers.
 pub struct Readers {

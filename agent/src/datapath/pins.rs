@@ -53,7 +53,7 @@ impl Pins {
     /// Creates the directories (on bpffs) and checks that maps pinned there have the
     /// layout this build expects; returns the directories of other layout versions.
     pub fn prepare(&self) -> Result<Vec<PathBuf>, DatapathError> {
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "node"] {
             let dir = self.dir.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(DatapathError::path(PathAction::Creating, dir))?;
@@ -106,6 +106,12 @@ impl Pins {
             Target::Interface { ifindex, .. } => format!("if-{ifindex}"),
         };
         self.dir.join("links").join(format!("{target}-{program}"))
+    }
+
+    /// The pin of the link of `program`, attached once for the whole node (not to a
+    /// workload: `links()` does not list it).
+    pub fn node_link(&self, program: &str) -> PathBuf {
+        self.dir.join("node").join(program)
     }
 
     /// Every link pinned under this layout.
@@ -298,7 +304,7 @@ mod tests {
     /// agent with the new layout never reads maps pinned by the old one.
     #[test]
     fn the_pinned_maps_have_the_layout_their_version_names() {
-        let layout_v3: [(&str, u32, u32, u32); 13] = [
+        let layout_v4: [(&str, u32, u32, u32); 13] = [
             ("CONFIG", 4, 16, 1),
             ("ENDPOINTS", 16, 16, 8_192),
             ("SELF_ADDRS", 28, 4, 65_536),
@@ -311,16 +317,16 @@ mod tests {
             ("EVENTS", 0, 0, 1 << 22),
             ("EVENT_LIMITS", 32, 16, 65_536),
             ("ENDPOINT_STATS", 4, 16, 49_152),
-            ("COUNTERS", 4, 8, 12),
+            ("COUNTERS", 4, 8, 14),
         ];
         assert_eq!(
-            MAP_LAYOUT_VERSION, 3,
+            MAP_LAYOUT_VERSION, 4,
             "write the new version's layout below"
         );
         let actual: Vec<(&str, u32, u32, u32)> = PINNED_MAPS
             .iter()
             .map(|m| (m.name, m.key_size, m.value_size, m.max_entries))
             .collect();
-        assert_eq!(actual, layout_v3);
+        assert_eq!(actual, layout_v4);
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use aya::maps::{MapData, PerCpuArray};
 use stagewall_common::{
-    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, COUNTERS_LEN, EndpointStats, STAT_ALLOWED, STAT_DROPPED,
-    STAT_WOULD_DROP, endpoint_stats_index, verdict_counter,
+    CNT_CONFIG_MISSING, CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED,
+    CNT_FLOW_INSERT_FAILED, CNT_MALFORMED, CNT_PACKET_SOCKETS, CNT_REPLIES, COUNTERS_LEN,
+    EndpointStats, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, endpoint_stats_index,
+    verdict_counter,
 };
 
 use crate::{compiler::map_keys::direction_number, policy::model::Direction};
@@ -53,6 +54,11 @@ pub enum Counter {
     EventsSuppressed,
     /// Events queued in the ring buffer.
     EventsQueued,
+    /// Packet and XDP sockets created on the node (by anyone), as the packet-socket
+    /// guard saw them.
+    PacketSockets,
+    /// Programs that found no configuration in force (decided by fail mode).
+    ConfigMissing,
 }
 
 impl Counter {
@@ -70,6 +76,8 @@ impl Counter {
         Counter::FlowInsertFailed,
         Counter::EventsSuppressed,
         Counter::EventsQueued,
+        Counter::PacketSockets,
+        Counter::ConfigMissing,
     ];
 
     /// Its index in COUNTERS (CNT_*).
@@ -84,6 +92,8 @@ impl Counter {
             Counter::FlowInsertFailed => CNT_FLOW_INSERT_FAILED,
             Counter::EventsSuppressed => CNT_EVENTS_SUPPRESSED,
             Counter::EventsQueued => CNT_EVENTS_QUEUED,
+            Counter::PacketSockets => CNT_PACKET_SOCKETS,
+            Counter::ConfigMissing => CNT_CONFIG_MISSING,
         }
     }
 }
@@ -119,6 +129,14 @@ impl KernelStats {
                 Some((counter, values.iter().sum()))
             })
             .collect()
+    }
+
+    /// One counter's total so far (0 when it cannot be read).
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.0
+            .counters
+            .get(&counter.index(), 0)
+            .map_or(0, |values| values.iter().sum())
     }
 
     /// An endpoint's packets and bytes so far in `direction` with `verdict`, summed over

@@ -9,10 +9,10 @@ use std::{borrow::Cow, cmp::Ordering, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 use stagewall_common::{
-    DIR_INGRESS, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED, REASON_DEFAULT_DENY, REASON_MALFORMED,
-    REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_QUARANTINE, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP,
+    DIR_INGRESS, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCKET_CREATE, HOOK_TC,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED,
+    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP,
+    REASON_PACKET_SOCKET, REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
 
 use crate::policy::model::Direction;
@@ -84,6 +84,8 @@ pub enum Reason {
     MapFull,
     /// A frame that is not IP (nor ARP) at an isolated workload's interface.
     NotIp,
+    /// An isolated workload creating a packet (AF_PACKET) or XDP socket.
+    PacketSocket,
     /// A reason number this agent does not know.
     #[serde(other)]
     Unknown,
@@ -99,6 +101,7 @@ impl Reason {
             REASON_MAP_FULL => Reason::MapFull,
             REASON_QUARANTINE => Reason::Quarantine,
             REASON_NOT_IP => Reason::NotIp,
+            REASON_PACKET_SOCKET => Reason::PacketSocket,
             _ => Reason::Unknown,
         }
     }
@@ -112,6 +115,7 @@ impl Reason {
             Reason::InternalError => "internal-error",
             Reason::MapFull => "map-full",
             Reason::NotIp => "not-ip",
+            Reason::PacketSocket => "packet-socket",
             Reason::Unknown => "unknown",
         }
     }
@@ -129,6 +133,8 @@ pub enum Hook {
     Sendmsg,
     /// tc: an interface-attached workload's packets.
     Tc,
+    /// lsm/socket_create: a packet or XDP socket being created.
+    SocketCreate,
     #[serde(other)]
     Unknown,
 }
@@ -140,6 +146,7 @@ impl Hook {
             HOOK_CONNECT => Hook::Connect,
             HOOK_SENDMSG => Hook::Sendmsg,
             HOOK_TC => Hook::Tc,
+            HOOK_SOCKET_CREATE => Hook::SocketCreate,
             _ => Hook::Unknown,
         }
     }
@@ -150,6 +157,7 @@ impl Hook {
             Hook::Connect => "connect",
             Hook::Sendmsg => "sendmsg",
             Hook::Tc => "tc",
+            Hook::SocketCreate => "socket_create",
             Hook::Unknown => "unknown",
         }
     }

@@ -46,6 +46,9 @@ pub struct Metrics {
     malformed: IntCounter,
     replies: IntCounter,
     flow_insert_failed: IntCounter,
+    packet_sockets: IntCounter,
+    config_missing: IntCounter,
+    pub packet_socket_guard: IntGauge,
     pub policy_generation: IntGauge,
     pub workloads_enforced: IntGauge,
     pub workloads_quarantined: IntGauge,
@@ -250,6 +253,21 @@ impl Metrics {
                 "stagewall_flow_track_failures_total",
                 "Allowed flows the kernel could not track for their replies (flow table full).",
             ),
+            packet_sockets: counter(
+                &r,
+                "stagewall_packet_sockets_total",
+                "Packet (AF_PACKET) and XDP sockets created on the node by anyone, as the packet-socket guard saw them.",
+            ),
+            config_missing: counter(
+                &r,
+                "stagewall_config_missing_total",
+                "Kernel program runs that found no configuration in force and decided by the workload's fail mode (should stay 0).",
+            ),
+            packet_socket_guard: gauge(
+                &r,
+                "stagewall_packet_socket_guard",
+                "1 when the kernel refuses isolated and quarantined workloads packet and XDP sockets (BPF LSM), 0 when it cannot (see the log).",
+            ),
             policy_generation: gauge(
                 &r,
                 "stagewall_policy_generation",
@@ -432,6 +450,8 @@ impl Metrics {
                 Counter::FlowInsertFailed => self.flow_insert_failed.inc_by(delta),
                 Counter::EventsSuppressed => self.events_suppressed.inc_by(delta),
                 Counter::EventsQueued => self.events_queued.inc_by(delta),
+                Counter::PacketSockets => self.packet_sockets.inc_by(delta),
+                Counter::ConfigMissing => self.config_missing.inc_by(delta),
             }
         }
         let policy = k.policy.clone();

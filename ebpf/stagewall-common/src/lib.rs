@@ -16,7 +16,7 @@ use core::mem::size_of;
 /// reads maps it would misread: it migrates instead. Bump it with any change to a map
 /// definition or to a type a map holds (a test in the agent lists the layout it stands
 /// for and fails until both are updated).
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -425,12 +425,17 @@ pub const REASON_QUARANTINE: u8 = 5;
 /// raw L2. Network policy cannot say anything about it, so an isolated workload may not
 /// send or receive it.
 pub const REASON_NOT_IP: u8 = 6;
+/// An isolated workload creating a packet (AF_PACKET) or XDP (AF_XDP) socket: frames sent
+/// or received through one never meet a cgroup hook, so such a workload may not have one.
+pub const REASON_PACKET_SOCKET: u8 = 7;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;
 pub const HOOK_CONNECT: u8 = 2;
 pub const HOOK_SENDMSG: u8 = 3;
 pub const HOOK_TC: u8 = 4;
+/// lsm/socket_create: a socket being created (packet and XDP sockets only).
+pub const HOOK_SOCKET_CREATE: u8 = 5;
 
 /// Events per flow and window; more are suppressed and counted, and the next event of
 /// the flow says how many it stands for.
@@ -530,7 +535,14 @@ pub const CNT_FLOW_INSERT_FAILED: u32 = 9;
 pub const CNT_EVENTS_SUPPRESSED: u32 = 10;
 /// Events queued in the ring buffer.
 pub const CNT_EVENTS_QUEUED: u32 = 11;
-pub const COUNTERS_LEN: u32 = 12;
+/// Packet (AF_PACKET) and XDP sockets created on the node, by anyone: the agent creates one
+/// at start and reads this go up to know that the kernel runs its socket_create program
+/// (BPF LSM is enabled).
+pub const CNT_PACKET_SOCKETS: u32 = 12;
+/// Programs that found no CONFIG entry (which the kernel never fails to find in an array
+/// of one: counted so that it could not happen unseen).
+pub const CNT_CONFIG_MISSING: u32 = 13;
+pub const COUNTERS_LEN: u32 = 14;
 
 // ---------------------------------------------------------------------------------------------
 // The map table: every map of the kernel programs (ebpf/stagewall-ebpf/src/maps.rs defines

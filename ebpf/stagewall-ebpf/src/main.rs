@@ -8,7 +8,10 @@
 //!   to a Service's address goes to one of its backends first (service.rs), and
 //!   recvmsg4|6 and getpeername4|6 show the Service's address again;
 //! - TC (tcx or clsact) on the host side of a workload's veth: what the host side receives
-//!   (tc ingress) is the workload's egress, what it sends (tc egress) is its ingress.
+//!   (tc ingress) is the workload's egress, what it sends (tc egress) is its ingress;
+//! - lsm/socket_create (where the kernel runs BPF LSM): an isolated or quarantined
+//!   workload may not create a packet (AF_PACKET) or XDP socket, whose frames no cgroup
+//!   hook sees.
 #![no_std]
 #![no_main]
 
@@ -29,18 +32,19 @@ use aya_ebpf::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
         bpf_skb_cgroup_id,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, classifier},
-    programs::{SkBuffContext, SockAddrContext, TcContext, sk_buff::SkBuff},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, TcContext, sk_buff::SkBuff},
 };
 use aya_log_ebpf::debug;
 use stagewall_common::{
-    Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP, ENDPOINT_KIND_IFINDEX, EndpointInfo,
-    EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC,
-    MAX_CGROUP_DEPTH, PROTO_TCP, PROTO_UDP, SelfAddrKey, UNGUARDED_ENDPOINT_ID,
+    CNT_CONFIG_MISSING, CNT_PACKET_SOCKETS, Config, DIR_EGRESS, DIR_INGRESS, ENDPOINT_KIND_CGROUP,
+    ENDPOINT_KIND_IFINDEX, EndpointInfo, EndpointKey, FAMILY_V4, FAMILY_V6, HOOK_CGROUP_SKB,
+    HOOK_CONNECT, HOOK_SENDMSG, HOOK_TC, MAX_CGROUP_DEPTH, MODE_ENFORCE, PROTO_TCP, PROTO_UDP,
+    SelfAddrKey, UNGUARDED_ENDPOINT_ID,
 };
 
 use crate::{
-    maps::{ENDPOINTS, SELF_ADDRS},
+    maps::{ENDPOINTS, SELF_ADDRS, count},
     packet::{ETH_HLEN, FRAGMENT_FIRST, FRAGMENT_LATER, L3, Packet, Parsed},
     verdict::{Flow, Verdict, config, decide},
 };
@@ -50,6 +54,29 @@ const CGROUP_DROP: i32 = 0;
 /// cgroup/connect and sendmsg: 1 lets the call proceed, 0 fails it with EPERM.
 const SOCK_ALLOW: i32 = 1;
 const SOCK_DENY: i32 = 0;
+
+/// CONFIG is an array of one entry, which the kernel always finds (the verifier still
+/// asks). Were it ever missing, nothing would say which slot is in force: the endpoint
+/// (`find` looks it up under a configuration) is looked up in either slot, the miss is
+/// counted, and the workload's fail mode alone decides (`verdict::without_config`).
+fn without_config(
+    direction: u8,
+    find: impl Fn(&Config) -> Option<&'static EndpointInfo>,
+) -> Verdict {
+    count(CNT_CONFIG_MISSING);
+    for active_slot in 0..2 {
+        let cfg = Config {
+            active_slot,
+            mode: MODE_ENFORCE,
+            generation: 0,
+            log_allowed: 0,
+        };
+        if let Some(ep) = find(&cfg) {
+            return verdict::without_config(ep, direction);
+        }
+    }
+    Verdict::Pass
+}
 
 /// The endpoint `kind` (ENDPOINT_KIND_*) `id` of the slot in force.
 fn lookup_endpoint(cfg: &Config, kind: u32, id: u64) -> Option<&'static EndpointInfo> {
@@ -199,17 +226,20 @@ fn skb_verdict(
 // cgroup_skb
 
 fn cgroup_skb_verdict(ctx: &SkBuffContext, direction: u8) -> i32 {
-    let Some(cfg) = config() else {
-        return CGROUP_PASS;
-    };
     let skb: &SkBuff = &ctx.skb;
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
     let ancestor = |level| unsafe { bpf_skb_ancestor_cgroup_id(skb.skb, level) };
-    let Some(ep) = cgroup_endpoint(cfg, cgroup_id, ancestor) else {
-        return CGROUP_PASS;
+    let verdict = match config() {
+        Some(cfg) => match cgroup_endpoint(cfg, cgroup_id, ancestor) {
+            Some(ep) => {
+                let l3 = packet::l3_from_skb(skb);
+                skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_CGROUP_SKB)
+            }
+            None => Verdict::Pass,
+        },
+        None => without_config(direction, |cfg| cgroup_endpoint(cfg, cgroup_id, ancestor)),
     };
-    let l3 = packet::l3_from_skb(skb);
-    match skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_CGROUP_SKB) {
+    match verdict {
         Verdict::Pass => CGROUP_PASS,
         Verdict::Drop => CGROUP_DROP,
     }
@@ -323,11 +353,14 @@ fn translate(
 }
 
 fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
-    let Some(cfg) = config() else {
-        return SOCK_ALLOW;
-    };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let ancestor = |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    let Some(cfg) = config() else {
+        return match without_config(DIR_EGRESS, |cfg| cgroup_endpoint(cfg, cgroup_id, ancestor)) {
+            Verdict::Pass => SOCK_ALLOW,
+            Verdict::Drop => SOCK_DENY,
+        };
+    };
     // Unguarded cgroups (a pod enforced by TC, the node's own) have their Service calls
     // translated too, and nothing decided: TC then sees the pod the call reaches.
     let Some(ep) = nearest_cgroup_endpoint(cfg, cgroup_id, ancestor) else {
@@ -456,17 +489,23 @@ pub fn stagewall_getpeername6(ctx: SockAddrContext) -> i32 {
 // TC on the host side of a workload's veth
 
 fn tc_verdict(ctx: &TcContext, direction: u8) -> i32 {
-    let Some(cfg) = config() else {
-        return TC_ACT_OK;
-    };
     let skb: &SkBuff = &ctx.skb;
-    let ifindex = unsafe { read_volatile(&(*skb.skb).ifindex) };
-    let Some(ep) = lookup_endpoint(cfg, ENDPOINT_KIND_IFINDEX, ifindex as u64) else {
-        return TC_ACT_OK;
+    let ifindex = unsafe { read_volatile(&(*skb.skb).ifindex) } as u64;
+    let verdict = match config() {
+        Some(cfg) => match lookup_endpoint(cfg, ENDPOINT_KIND_IFINDEX, ifindex) {
+            Some(ep) => {
+                // A frame too short for an Ethernet header is as malformed as a truncated
+                // IP header.
+                let l3 = packet::l3_from_eth(skb).unwrap_or(L3::Truncated);
+                skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_TC)
+            }
+            None => Verdict::Pass,
+        },
+        None => without_config(direction, |cfg| {
+            lookup_endpoint(cfg, ENDPOINT_KIND_IFINDEX, ifindex)
+        }),
     };
-    // A frame too short for an Ethernet header is as malformed as a truncated IP header.
-    let l3 = packet::l3_from_eth(skb).unwrap_or(L3::Truncated);
-    match skb_verdict(ctx, cfg, ep, skb, l3, direction, HOOK_TC) {
+    match verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
@@ -482,6 +521,49 @@ pub fn stagewall_tc_from_workload(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn stagewall_tc_to_workload(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, DIR_INGRESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// lsm/socket_create: packet and XDP sockets
+
+const AF_PACKET: i32 = 17;
+const AF_XDP: i32 = 44;
+/// An LSM program returns 0 to let the call go on, or a negative errno.
+const LSM_ALLOW: i32 = 0;
+const EPERM: i32 = 1;
+
+/// Frames sent or received through a packet (AF_PACKET) or XDP socket never meet the
+/// cgroup hooks: an isolated or quarantined workload may not create one. (TC on a pod's
+/// veth backstops a pod's frames too; this also covers workloads in the node's network
+/// namespace and pods whose veth the agent does not know.) Every packet socket is counted
+/// first, whoever creates it: the agent's own at start shows that the kernel runs this.
+#[lsm(hook = "socket_create")]
+pub fn stagewall_socket_create(ctx: LsmContext) -> i32 {
+    // socket_create(int family, int type, int protocol, int kern), then what the LSM
+    // programs before this one decided.
+    let earlier: i32 = ctx.arg(4);
+    if earlier != 0 {
+        return earlier;
+    }
+    let family: i32 = ctx.arg(0);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 || (family != AF_PACKET && family != AF_XDP) {
+        return LSM_ALLOW;
+    }
+    count(CNT_PACKET_SOCKETS);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let ancestor = |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+    let verdict = match config() {
+        Some(cfg) => match cgroup_endpoint(cfg, cgroup_id, ancestor) {
+            Some(ep) => verdict::packet_socket(cfg, ep),
+            None => Verdict::Pass,
+        },
+        None => without_config(DIR_EGRESS, |cfg| cgroup_endpoint(cfg, cgroup_id, ancestor)),
+    };
+    match verdict {
+        Verdict::Pass => LSM_ALLOW,
+        Verdict::Drop => -EPERM,
+    }
 }
 
 #[cfg(not(test))]

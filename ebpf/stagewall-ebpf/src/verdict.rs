@@ -29,13 +29,13 @@ use stagewall_common::{
     EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
     Event, EventLimit, FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW,
     FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
-    FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_TC, IDENTITY_ANY,
-    IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT,
-    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY,
-    REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_QUARANTINE,
-    STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity, isolation_flag,
-    verdict_counter,
+    FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC,
+    IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey,
+    MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY,
+    REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_PACKET_SOCKET,
+    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity,
+    isolation_flag, verdict_counter,
 };
 
 use crate::maps::{
@@ -328,6 +328,52 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
     };
     emit(cfg, ep, &flow, now, &report);
     if audit { Verdict::Pass } else { Verdict::Drop }
+}
+
+/// A workload creating a packet (AF_PACKET) or XDP socket: refused when it is quarantined
+/// or isolated in either direction (what it would send or receive through the socket
+/// passes no cgroup hook), reported (hook socket_create), and let through in audit mode.
+/// Not counted as a packet: there is none yet.
+pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
+    let quarantined = ep.flags & EP_QUARANTINED != 0;
+    let direction = if isolates(ep, DIR_EGRESS) {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    if !quarantined && !isolates(ep, direction) {
+        return Verdict::Pass;
+    }
+    let audit = !quarantined && audits(cfg, ep, direction);
+    let report = Report {
+        verdict: if audit {
+            VERDICT_WOULD_DROP
+        } else {
+            VERDICT_DROPPED
+        },
+        reason: if quarantined {
+            REASON_QUARANTINE
+        } else {
+            REASON_PACKET_SOCKET
+        },
+        identity: 0,
+        hook: HOOK_SOCKET_CREATE,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(cfg, ep, &frame_flow(direction, 0), now, &report);
+    if audit { Verdict::Pass } else { Verdict::Drop }
+}
+
+/// The verdict without the configuration in force (see `without_config` in main.rs): a
+/// quarantined workload stays cut off, one whose fail mode is open passes, any other is
+/// dropped where it is isolated. Counted there; nothing to report it with.
+pub fn without_config(ep: &EndpointInfo, direction: u8) -> Verdict {
+    if ep.flags & EP_QUARANTINED == 0 && (ep.flags & EP_FAIL_OPEN != 0 || !isolates(ep, direction))
+    {
+        Verdict::Pass
+    } else {
+        Verdict::Drop
+    }
 }
 
 /// An ICMP error (`about` is the packet it is about, in that packet's direction): passes

@@ -14,7 +14,8 @@
 //!   stagewall-probe rr ADDR PORT MILLIS                  request/response: `ok MS\nTPS P50_US P99_US`
 //!   stagewall-probe crr ADDR PORT MILLIS                 new connections: `ok MS\nPER_SECOND`
 //!   stagewall-probe udp-sink PORT MILLIS                 prints `ready`, then `received N`
-//!   stagewall-probe watch-verdict ADDR PORT MILLIS       `first X`, then `changed Y NS`
+//!   stagewall-probe watch-verdict ADDR PORT MILLIS [stdin]  `first X`, then `changed Y NS`;
+//!                                                          with `stdin`, also stops when stdin closes
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
 //!                                                          `PROTO/ADDR/PORT OUTCOME MS`
 //!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
@@ -34,6 +35,10 @@ use stagewall_tests::raw;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -265,8 +270,9 @@ fn udp_sink(port: u16, duration: Duration) -> u64 {
 
 /// Tries TCP connects to `addr` until the outcome differs from the first one for three
 /// attempts in a row (a single slow answer on a busy machine is not a change), or `limit`
-/// passes; prints the outcomes and when (CLOCK_REALTIME, ns) the new one first appeared.
-fn watch_verdict(addr: SocketAddr, limit: Duration) -> String {
+/// passes, or `stop` is set; prints the outcomes and when (CLOCK_REALTIME, ns) the new one
+/// first appeared.
+fn watch_verdict(addr: SocketAddr, limit: Duration, stop: &AtomicBool) -> String {
     let attempt = || match TcpStream::connect_timeout(&addr, Duration::from_millis(10)) {
         Ok(_) => "ok".to_string(),
         Err(e) => outcome(&e),
@@ -276,7 +282,7 @@ fn watch_verdict(addr: SocketAddr, limit: Duration) -> String {
     std::io::stdout().flush().unwrap();
     let start = Instant::now();
     let mut streak: Option<(String, u128, u32)> = None;
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && !stop.load(Ordering::Relaxed) {
         // A pause between attempts leaves the CPU to the agent on small machines (a busy
         // loop of connections slowed the change it measures).
         std::thread::sleep(Duration::from_micros(100));
@@ -363,7 +369,7 @@ fn pause() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -410,8 +416,19 @@ fn main() {
             );
             return;
         }
-        Some("watch-verdict") if args.len() == 4 => {
-            println!("{}", watch_verdict(sock(&args[1], &args[2]), ms(&args[3])));
+        Some("watch-verdict") if args.len() == 4 || (args.len() == 5 && args[4] == "stdin") => {
+            let stop = Arc::new(AtomicBool::new(false));
+            if args.len() == 5 {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                    stop.store(true, Ordering::Relaxed);
+                });
+            }
+            println!(
+                "{}",
+                watch_verdict(sock(&args[1], &args[2]), ms(&args[3]), &stop)
+            );
             return;
         }
         Some("matrix") if args.len() >= 2 => {

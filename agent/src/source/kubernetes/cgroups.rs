@@ -88,6 +88,11 @@ impl PodCgroups {
         self.by_uid.get(uid).map(String::as_str)
     }
 
+    /// Every pod's (UID, cgroup path).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_uid.iter().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
     /// Where kubelet will create the cgroup of a pod that has none yet, so that it is
     /// enforced the moment it appears: by the QoS class the API server gave the pod.
     pub fn expected(&self, base: &str, uid: &str, qos_class: Option<&str>) -> String {

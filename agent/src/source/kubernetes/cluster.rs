@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::{
     PodAttachment,
     cgroups::PodCgroups,
-    routes::HostRoutes,
+    routes::PodInterfaces,
     services::{self, ServiceInfo, SliceInfo},
 };
 use crate::policy::{
@@ -365,7 +365,7 @@ impl Cluster {
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
-        routes: &HostRoutes,
+        routes: &PodInterfaces,
         attachment: PodAttachment,
     ) -> Result<(PolicySet, Vec<PolicyError>), PolicyErrors> {
         let mut left_out: std::collections::BTreeSet<Key> = std::collections::BTreeSet::new();
@@ -398,7 +398,7 @@ impl Cluster {
         node: &str,
         cgroups: &PodCgroups,
         base: &str,
-        (routes, attachment): (&HostRoutes, PodAttachment),
+        (routes, attachment): (&PodInterfaces, PodAttachment),
         left_out: &std::collections::BTreeSet<Key>,
     ) -> PolicySet {
         let mut set = PolicySet::default();
@@ -428,7 +428,7 @@ impl Cluster {
             // A pod enforced by its cgroup gets TC on its veth (where the routes name one)
             // as the backstop for raw sockets, which the cgroup hooks never see.
             let backstop = (local && !by_interface)
-                .then(|| routes.interface(&pod.addresses))
+                .then(|| routes.backstop(&pod.uid, &pod.addresses))
                 .flatten()
                 .map(str::to_string);
             let attachment = local.then(|| {

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod events;
 pub mod routes;
 pub mod services;
+mod veths;
 
 use std::{
     net::IpAddr,
@@ -26,7 +27,7 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use self::{cgroups::PodCgroups, cluster::Cluster, routes::HostRoutes};
+use self::{cgroups::PodCgroups, cluster::Cluster, routes::PodInterfaces};
 use crate::{
     datapath::host,
     policy::{
@@ -126,6 +127,8 @@ pub struct View {
     cluster: Arc<Mutex<Cluster>>,
     node: String,
     cgroup_mount: PathBuf,
+    /// Pods' veths found through their network namespaces (bridged CNIs).
+    veths: veths::PodVeths,
     base: String,
     attachment: PodAttachment,
     given: Option<PolicySet>,
@@ -134,7 +137,7 @@ pub struct View {
     refused: Option<u64>,
     /// What the last desired state was built from: the same inputs give the same answer,
     /// so the periodic check does not rebuild it.
-    inputs: Option<(u64, PodCgroups, HostRoutes, Vec<IpAddr>)>,
+    inputs: Option<(u64, PodCgroups, PodInterfaces, Vec<IpAddr>)>,
     /// The errors of the objects left out of the last desired state given.
     pub left_out: Vec<PolicyError>,
     /// Reports left-out objects as Kubernetes Events (the agent does; a dry run not).
@@ -159,7 +162,8 @@ impl View {
         let cluster = self.cluster.lock().expect("cluster lock");
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
         // Read in either attachment: meshed pods are enforced by TC where they have one.
-        let routes = HostRoutes::read();
+        let routes =
+            PodInterfaces::read().with_veths(self.veths.scan(&cgroups, &self.cgroup_mount));
         // The node's interfaces (the agent is on the host network), with its Node
         // object's addresses: the node's identity.
         let interfaces = host::local_addresses();
@@ -307,6 +311,7 @@ pub async fn start_watchers(
         cluster,
         node: node.to_string(),
         cgroup_mount,
+        veths: veths::PodVeths::default(),
         base: args.pods_cgroup_base.clone(),
         attachment: args.pod_attachment,
         given: None,

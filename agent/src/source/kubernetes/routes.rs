@@ -1,23 +1,37 @@
 //! A pod's host-side interface, for TC enforcement: routed CNIs (Calico, and Cilium and
 //! others in their routed modes) give each local pod a host route to its address alone
 //! (/32 or /128) through its veth. Read from the kernel's routing tables in /proc, so no
-//! netlink is needed; a pod without such a route (a bridged CNI) has no interface here.
+//! netlink is needed. A pod without such a route (a bridged CNI) may still have a veth,
+//! found through its network namespace (veths.rs): TC there is the backstop of its cgroup
+//! enforcement.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
-/// Host routes to single addresses: address -> interface.
+/// Pods' host-side interfaces: host routes to single addresses (address -> interface),
+/// and the veths of pods without one (pod UID -> interface).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct HostRoutes(HashMap<IpAddr, String>);
+pub struct PodInterfaces {
+    routes: HashMap<IpAddr, String>,
+    veths: BTreeMap<String, String>,
+}
 
-impl HostRoutes {
+impl PodInterfaces {
     /// The routes of the agent's network namespace (the host's, in the DaemonSet).
-    pub fn read() -> HostRoutes {
+    pub fn read() -> PodInterfaces {
         let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
         let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-        HostRoutes::parse(&v4, &v6)
+        PodInterfaces::parse(&v4, &v6)
     }
 
-    pub(super) fn parse(v4: &str, v6: &str) -> HostRoutes {
+    /// With the veths of pods (by UID) found through their network namespaces.
+    pub fn with_veths(self, veths: BTreeMap<String, String>) -> PodInterfaces {
+        PodInterfaces { veths, ..self }
+    }
+
+    pub(super) fn parse(v4: &str, v6: &str) -> PodInterfaces {
         let mut routes = HashMap::new();
         // Iface Destination Gateway Flags RefCnt Use Metric Mask ...; numbers in hex, the
         // address in the kernel's (little-endian) byte order.
@@ -42,15 +56,25 @@ impl HostRoutes {
                 routes.insert(IpAddr::V6(dest.into()), f[9].to_string());
             }
         }
-        HostRoutes(routes)
+        PodInterfaces {
+            routes,
+            veths: BTreeMap::new(),
+        }
     }
 
     /// The interface of the first address with a host route.
     pub fn interface(&self, addresses: &[IpAddr]) -> Option<&str> {
         addresses
             .iter()
-            .find_map(|a| self.0.get(a))
+            .find_map(|a| self.routes.get(a))
             .map(String::as_str)
+    }
+
+    /// The interface TC backstops a cgroup-enforced pod on: its host route's, else its
+    /// veth's.
+    pub fn backstop(&self, uid: &str, addresses: &[IpAddr]) -> Option<&str> {
+        self.interface(addresses)
+            .or_else(|| self.veths.get(uid).map(String::as_str))
     }
 }
 
@@ -67,7 +91,7 @@ mod tests {
         let v6 = "fd000000000000000000000000000005 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000400 00000001 00000000 00000001 cali1a2b3c\n\
                   fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
                   00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000001 00000000 80200001       lo\n";
-        let routes = HostRoutes::parse(v4, v6);
+        let routes = PodInterfaces::parse(v4, v6);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(routes.interface(&[ip("10.244.1.5")]), Some("cali1a2b3c"));
         assert_eq!(

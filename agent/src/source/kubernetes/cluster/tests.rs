@@ -72,7 +72,7 @@ fn desired(cluster: &Cluster) -> PolicySet {
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .unwrap()
@@ -166,7 +166,7 @@ fn this_nodes_host_network_pods_are_unguarded_cgroups_not_workloads() {
             "node-a",
             &cgroups,
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .unwrap();
@@ -229,7 +229,7 @@ fn an_object_the_whole_set_refuses_is_left_out_and_the_rest_enforced() {
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .expect("the rest is enforced");
@@ -390,7 +390,7 @@ fn a_workload_object_naming_a_cgroup_or_an_interface_is_refused() {
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .unwrap();
@@ -427,7 +427,7 @@ fn a_meshed_pod_is_enforced_on_its_interface_and_a_plain_one_by_its_cgroup() {
               veth-m\t0501F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
               veth-p\t0601F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
               veth-l\t0701F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
-    let routes = HostRoutes::parse(v4, "");
+    let routes = PodInterfaces::parse(v4, "");
     let attachment = |set: &PolicySet, name: &str| {
         set.workload(&format!("ml/{name}"))
             .and_then(|w| w.attachment.clone())
@@ -459,7 +459,7 @@ fn a_meshed_pod_is_enforced_on_its_interface_and_a_plain_one_by_its_cgroup() {
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .unwrap();
@@ -495,7 +495,7 @@ fn services_and_their_endpoint_slices_become_frontends() {
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .unwrap()
@@ -576,7 +576,7 @@ fn a_policy_that_overflows_the_kernel_maps_is_left_out_and_the_older_ones_stay()
             "node-a",
             &PodCgroups::default(),
             "/",
-            &HostRoutes::default(),
+            &PodInterfaces::default(),
             PodAttachment::Cgroup,
         )
         .expect("the rest is enforced");
