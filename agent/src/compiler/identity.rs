@@ -8,7 +8,8 @@
 //! A workload identity is the workload's (namespace, labels) *and* the set of ipBlocks its
 //! address lies in: two workloads with equal labels but addresses on either side of an
 //! ipBlock boundary get different identities, so an ipBlock rule can never allow an address
-//! outside its block through a shared identity.
+//! outside its block through a shared identity. A ClusterNetworkPolicy's `networks` are
+//! blocks here too (without exceptions).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,7 +21,7 @@ use stagewall_common::{
     IDENTITY_FIRST_ALLOCATED, IDENTITY_NODE_FIRST, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
 };
 
-use crate::policy::model::{Labels, NamedPort, ObjectName, Peer, PolicySet};
+use crate::policy::model::{ClusterPeer, Labels, NamedPort, ObjectName, Peer, PolicySet};
 
 /// An ipBlock as rules name it (the block and its exceptions).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -137,6 +138,17 @@ impl Identities {
                 for peer in &rule.peers {
                     if let Peer::IpBlock { cidr, except } = peer {
                         blocks.insert(Block::new(*cidr, except));
+                    }
+                }
+            }
+        }
+        // A ClusterNetworkPolicy's `networks` split identities as ipBlocks do, so that
+        // every identity is wholly inside or outside each of them.
+        for p in &set.cluster_policies {
+            for rule in p.ingress.iter().chain(&p.egress) {
+                for peer in &rule.peers {
+                    if let ClusterPeer::Networks(cidrs) = peer {
+                        blocks.extend(cidrs.iter().map(|c| Block::new(*c, &[])));
                     }
                 }
             }
