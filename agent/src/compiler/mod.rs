@@ -9,6 +9,7 @@ mod ports;
 mod services;
 #[cfg(test)]
 mod tests;
+mod tiers;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -25,6 +26,7 @@ use stagewall_common::{
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
     SERVICES_MAX, audit_flag,
 };
+pub use tiers::{TierIds, TierRule, action_number};
 
 use crate::policy::model::{
     Attachment, Direction, FailMode, NamedPort, Namespace, NetworkPolicy, ObjectName, Peer,
@@ -53,6 +55,8 @@ pub struct Endpoint {
     /// explanations).
     pub ingress_isolated_by: Vec<ObjectName>,
     pub egress_isolated_by: Vec<ObjectName>,
+    /// The ClusterNetworkPolicy tier programs (POLICY ids in `Compiled::tier_entries`).
+    pub tiers: TierIds,
 }
 
 impl Endpoint {
@@ -75,15 +79,6 @@ pub struct PolicyEntry {
     pub ports: Option<PortPrefix>,
 }
 
-#[cfg(test)]
-impl PolicyEntry {
-    fn matches(&self, identity: u32, protocol: u8, port: u16) -> bool {
-        (self.identity == identity || self.identity == IDENTITY_ANY)
-            && self.protocol.is_none_or(|p| p == protocol)
-            && self.ports.is_none_or(|ports| ports.contains(port))
-    }
-}
-
 /// The compiled policy: everything the loader writes into the kernel.
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
@@ -91,6 +86,11 @@ pub struct Compiled {
     pub endpoints: Vec<Endpoint>,
     pub identities: Identities,
     pub policy: BTreeSet<PolicyEntry>,
+    /// The tier programs' POLICY entries, with their values (`policy_value`: the action
+    /// and the rule reference, an index from 1 into `tier_rules`).
+    pub tier_entries: BTreeMap<PolicyEntry, u32>,
+    /// Every ClusterNetworkPolicy rule, in reading order: what tier entries name.
+    pub tier_rules: Vec<TierRule>,
     /// Cgroups no guard denies (host-network pods, pods enforced by TC; paths below the
     /// cgroup2 mount), sorted.
     pub unguarded_cgroups: Vec<String>,
@@ -118,7 +118,11 @@ impl Compiled {
             ("endpoints", self.endpoints.len(), ENDPOINTS_MAX / 2),
             ("self_addrs", self_addrs, SELF_ADDRS_MAX / 2),
             ("ipcache", self.identities.ipcache.len(), IPCACHE_MAX / 2),
-            ("policy", self.policy.len(), POLICY_MAX / 2),
+            (
+                "policy",
+                self.policy.len() + self.tier_entries.len(),
+                POLICY_MAX / 2,
+            ),
             ("services", self.services.entries(), SERVICES_MAX / 2),
         ]
     }
@@ -187,15 +191,16 @@ impl CachedEntries {
 }
 
 /// What the user should know about a desired state that compiles: ClusterNetworkPolicies
-/// of one tier sharing a priority (read by name), and that the kernel maps do not hold
-/// ClusterNetworkPolicies yet (issue 17, phase 1: parsed, checked and explained by
-/// policy::tiers; the tiers' map layout is the next step). One line each, for `check`
-/// to print and the agent to log; the rest of the state is enforced as before.
+/// of one tier sharing a priority (read by name), and that the kernel does not decide by
+/// ClusterNetworkPolicies yet (issue 17: parsed, checked and explained by policy::tiers,
+/// compiled into tier programs by tiers.rs and written to the maps, but the kernel
+/// programs do not look them up yet). One line each, for `check` to print and the agent
+/// to log; the rest of the state is enforced as before.
 pub fn warnings(set: &PolicySet) -> Vec<String> {
     let mut warnings = crate::policy::tiers::priority_ties(set);
     warnings.extend(set.cluster_policies.iter().map(|p| {
         format!(
-            "ClusterNetworkPolicy {} ({} tier, priority {}) at {} is checked but NOT enforced: this version's kernel maps do not hold ClusterNetworkPolicies yet",
+            "ClusterNetworkPolicy {} ({} tier, priority {}) at {} is checked but NOT enforced: this version's kernel programs do not decide by ClusterNetworkPolicies yet",
             p.name, p.tier, p.priority, p.origin
         )
     }));
@@ -243,6 +248,10 @@ pub fn compile_with(
     // Ordered, not hashed: two large entry sets usually differ in their first entries,
     // while hashing reads every entry of every set.
     let mut policy_ids: BTreeMap<(Direction, Arc<EntrySet>), u32> = BTreeMap::new();
+    // Tier programs get ids from the same counter (the last id handed out).
+    let mut tier_ids = BTreeMap::new();
+    let mut next_id = 0;
+    let mut tier_compiler = tiers::TierCompiler::new(set, &compiled.identities)?;
     let mut peer_cache = PeerCache::new();
     let mut local: Vec<&Workload> = set
         .workloads
@@ -278,6 +287,7 @@ pub fn compile_with(
             },
             ingress_isolated_by: Vec::new(),
             egress_isolated_by: Vec::new(),
+            tiers: tiers::assign(&mut tier_compiler, w, &mut tier_ids, &mut next_id),
         };
         for direction in [Direction::Ingress, Direction::Egress] {
             if set.audited(w, direction) {
@@ -335,8 +345,10 @@ pub fn compile_with(
                     entries
                 }
             };
-            let next_id = policy_ids.len() as u32 + 1;
-            let id = *policy_ids.entry((direction, entries)).or_insert(next_id);
+            let id = *policy_ids.entry((direction, entries)).or_insert_with(|| {
+                next_id += 1;
+                next_id
+            });
             let names = selecting.iter().map(|p| p.name.clone()).collect();
             match direction {
                 Direction::Ingress => {
@@ -361,6 +373,19 @@ pub fn compile_with(
             .endpoint_index
             .insert(endpoint.endpoint_id, compiled.endpoints.len());
         compiled.endpoints.push(endpoint);
+    }
+    compiled.tier_rules = std::mem::take(&mut tier_compiler.rules);
+    for ((direction, entries), policy) in tier_ids {
+        for (&(identity, protocol, ports), &value) in entries.iter() {
+            let entry = PolicyEntry {
+                policy,
+                identity,
+                direction,
+                protocol,
+                ports,
+            };
+            compiled.tier_entries.insert(entry, value);
+        }
     }
     for ((direction, entries), policy) in policy_ids {
         for &(identity, protocol, ports) in entries.iter() {
@@ -533,37 +558,5 @@ impl Compiled {
     /// The endpoint of a workload (a linear search: for a control request, not per event).
     pub fn endpoint(&self, name: &ObjectName) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| &e.workload == name)
-    }
-}
-
-#[cfg(test)]
-impl Compiled {
-    /// The verdict the kernel reaches for a first packet (not a reply) of `endpoint` in
-    /// `direction` with a remote address, protocol and destination port: the same lookups
-    /// as the kernel programs, over the compiled contents.
-    pub fn allows(
-        &self,
-        endpoint: &Endpoint,
-        direction: Direction,
-        remote: std::net::IpAddr,
-        protocol: u8,
-        port: u16,
-    ) -> bool {
-        let (flag, policy) = match direction {
-            Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy_id),
-            Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy_id),
-        };
-        if endpoint.flags & flag == 0 || endpoint.addresses.contains(&remote) {
-            return true;
-        }
-        let identity = self.identities.lookup(remote);
-        // The node reaches its pods whatever their ingress policy says (as the kernel).
-        if direction == Direction::Ingress && stagewall_common::is_node_identity(identity) {
-            return true;
-        }
-        self.policy
-            .iter()
-            .filter(|e| e.policy == policy && e.direction == direction)
-            .any(|e| e.matches(identity, protocol, port))
     }
 }

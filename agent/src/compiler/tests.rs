@@ -12,17 +12,56 @@ use crate::policy::{
     parse::parse_into,
 };
 
-fn parse(yaml: &str) -> PolicySet {
+impl PolicyEntry {
+    fn matches(&self, identity: u32, protocol: u8, port: u16) -> bool {
+        (self.identity == identity || self.identity == IDENTITY_ANY)
+            && self.protocol.is_none_or(|p| p == protocol)
+            && self.ports.is_none_or(|ports| ports.contains(port))
+    }
+}
+
+impl Compiled {
+    /// The verdict the kernel reaches for a first packet (not a reply) of `endpoint` in
+    /// `direction` with a remote address, protocol and destination port: the same lookups
+    /// as the kernel programs, over the compiled contents.
+    pub fn allows(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        remote: std::net::IpAddr,
+        protocol: u8,
+        port: u16,
+    ) -> bool {
+        let (flag, policy) = match direction {
+            Direction::Ingress => (EP_ISOLATED_INGRESS, endpoint.ingress_policy_id),
+            Direction::Egress => (EP_ISOLATED_EGRESS, endpoint.egress_policy_id),
+        };
+        if endpoint.flags & flag == 0 || endpoint.addresses.contains(&remote) {
+            return true;
+        }
+        let identity = self.identities.lookup(remote);
+        // The node reaches its pods whatever their ingress policy says (as the kernel).
+        if direction == Direction::Ingress && stagewall_common::is_node_identity(identity) {
+            return true;
+        }
+        self.policy
+            .iter()
+            .filter(|e| e.policy == policy && e.direction == direction)
+            .any(|e| e.matches(identity, protocol, port))
+    }
+}
+
+pub(super) fn parse(yaml: &str) -> PolicySet {
     let mut set = PolicySet::default();
     parse_into(std::path::Path::new("test.yaml"), yaml, &mut set).expect("valid yaml");
     set
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn name(ns: &str, n: &str) -> ObjectName {
+pub(super) fn name(ns: &str, n: &str) -> ObjectName {
     ObjectName {
         namespace: ns.into(),
         name: n.into(),
@@ -320,7 +359,7 @@ fn reference_allows(
     crate::policy::semantics::decide(set, local, direction, remote, protocol, port).allowed()
 }
 
-fn origin() -> Origin {
+pub(super) fn origin() -> Origin {
     Origin {
         file: "generated".into(),
         line: 1,
@@ -328,8 +367,8 @@ fn origin() -> Origin {
 }
 
 const NAMESPACES: [&str; 2] = ["a", "b"];
-const APPS: [&str; 3] = ["web", "db", "train"];
-const ADDRS: [&str; 8] = [
+pub(super) const APPS: [&str; 3] = ["web", "db", "train"];
+pub(super) const ADDRS: [&str; 8] = [
     "10.0.0.1",
     "10.0.0.2",
     "10.0.0.5",
@@ -339,7 +378,7 @@ const ADDRS: [&str; 8] = [
     "fd00::1",
     "fd00::2",
 ];
-const BLOCKS: [(&str, &[&str]); 7] = [
+pub(super) const BLOCKS: [(&str, &[&str]); 7] = [
     ("10.0.0.0/29", &["10.0.0.4/30"]),
     ("10.0.0.0/16", &[]),
     // The same CIDR with other exceptions (nested ones too): a rule's blocks are
@@ -350,12 +389,12 @@ const BLOCKS: [(&str, &[&str]); 7] = [
     ("10.0.0.6/32", &[]),
     ("fd00::/64", &["fd00::2/128"]),
 ];
-const PROBE_ADDRS: [&str; 4] = ["10.0.0.3", "10.0.7.7", "8.8.8.8", "fd00::9"];
+pub(super) const PROBE_ADDRS: [&str; 4] = ["10.0.0.3", "10.0.7.7", "8.8.8.8", "fd00::9"];
 /// Addresses a generated node may have: inside and outside the blocks, IPv4 and IPv6, and
 /// one a workload may own too (the workload's then).
-const NODE_ADDRS: [&str; 4] = ["10.0.7.7", "8.8.8.8", "fd00::9", "10.0.0.1"];
+pub(super) const NODE_ADDRS: [&str; 4] = ["10.0.7.7", "8.8.8.8", "fd00::9", "10.0.0.1"];
 
-fn selector_strategy() -> impl Strategy<Value = LabelSelector> {
+pub(super) fn selector_strategy() -> impl Strategy<Value = LabelSelector> {
     prop_oneof![
         Just(LabelSelector::default()),
         (0..APPS.len()).prop_map(|i| LabelSelector {
@@ -437,7 +476,7 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
         })
 }
 
-fn set_strategy() -> impl Strategy<Value = PolicySet> {
+pub(super) fn set_strategy() -> impl Strategy<Value = PolicySet> {
     let workloads = prop::collection::vec(
         (
             0..NAMESPACES.len(),

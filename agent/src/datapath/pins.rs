@@ -304,9 +304,9 @@ mod tests {
     /// agent with the new layout never reads maps pinned by the old one.
     #[test]
     fn the_pinned_maps_have_the_layout_their_version_names() {
-        let layout_v4: [(&str, u32, u32, u32); 13] = [
+        let layout_v5: [(&str, u32, u32, u32); 13] = [
             ("CONFIG", 4, 16, 1),
-            ("ENDPOINTS", 16, 16, 8_192),
+            ("ENDPOINTS", 16, 32, 8_192),
             ("SELF_ADDRS", 28, 4, 65_536),
             ("IPCACHE", 24, 4, 262_144),
             ("POLICY", 16, 4, 524_288),
@@ -320,13 +320,13 @@ mod tests {
             ("COUNTERS", 4, 8, 14),
         ];
         assert_eq!(
-            MAP_LAYOUT_VERSION, 4,
+            MAP_LAYOUT_VERSION, 5,
             "write the new version's layout below"
         );
         let actual: Vec<(&str, u32, u32, u32)> = PINNED_MAPS
             .iter()
             .map(|m| (m.name, m.key_size, m.value_size, m.max_entries))
             .collect();
-        assert_eq!(actual, layout_v4);
+        assert_eq!(actual, layout_v5);
     }
 }

@@ -47,6 +47,10 @@ pub(super) const GUARD: EndpointInfo = EndpointInfo {
     endpoint_id: GUARD_ENDPOINT_ID,
     ingress_policy: 0,
     egress_policy: 0,
+    admin_ingress: 0,
+    admin_egress: 0,
+    baseline_ingress: 0,
+    baseline_egress: 0,
     flags: EP_ISOLATED_INGRESS
         | EP_ISOLATED_EGRESS
         | EP_DEFAULT_DENY_INGRESS
@@ -59,6 +63,10 @@ pub(super) const UNGUARDED: EndpointInfo = EndpointInfo {
     endpoint_id: UNGUARDED_ENDPOINT_ID,
     ingress_policy: 0,
     egress_policy: 0,
+    admin_ingress: 0,
+    admin_egress: 0,
+    baseline_ingress: 0,
+    baseline_egress: 0,
     flags: 0,
 };
 
@@ -79,7 +87,9 @@ pub(super) struct SlotContents {
     endpoints: HashMap<EndpointKey, EndpointInfo>,
     self_addrs: HashSet<SelfAddrKey>,
     ipcache: HashMap<LpmKey<IpcacheKey>, u32>,
-    policy: HashSet<LpmKey<PolicyKey>>,
+    /// Key -> value: POLICY_ALLOW for NetworkPolicy entries, the action and rule for the
+    /// tier programs' (compiler/tiers.rs).
+    policy: HashMap<LpmKey<PolicyKey>, u32>,
     services: HashMap<ServiceKey, ServiceBackend>,
 }
 
@@ -114,6 +124,10 @@ impl SlotContents {
                 endpoint_id: ep.endpoint_id,
                 ingress_policy: map_keys::slot_policy_id(ep.ingress_policy_id, slot),
                 egress_policy: map_keys::slot_policy_id(ep.egress_policy_id, slot),
+                admin_ingress: map_keys::slot_policy_id(ep.tiers.admin_ingress, slot),
+                admin_egress: map_keys::slot_policy_id(ep.tiers.admin_egress, slot),
+                baseline_ingress: map_keys::slot_policy_id(ep.tiers.baseline_ingress, slot),
+                baseline_egress: map_keys::slot_policy_id(ep.tiers.baseline_egress, slot),
                 flags: ep.flags
                     | if quarantined.contains(&ep.workload) {
                         EP_QUARANTINED
@@ -139,7 +153,14 @@ impl SlotContents {
                 .insert(map_keys::ipcache_key(slot, prefix), *identity);
         }
         for entry in &compiled.policy {
-            contents.policy.insert(map_keys::policy_key(entry, slot));
+            contents
+                .policy
+                .insert(map_keys::policy_key(entry, slot), POLICY_ALLOW);
+        }
+        for (entry, value) in &compiled.tier_entries {
+            contents
+                .policy
+                .insert(map_keys::policy_key(entry, slot), *value);
         }
         contents
             .services
@@ -208,12 +229,12 @@ impl Slots {
                 .ipcache
                 .insert((key.prefix_len(), data), identity);
         }
-        for key in maps.policy.keys() {
-            let key = key?;
+        for entry in maps.policy.iter() {
+            let (key, value) = entry?;
             let data = key.data();
             slot(&mut held, map_keys::policy_key_slot(&data))?
                 .policy
-                .insert((key.prefix_len(), data));
+                .insert((key.prefix_len(), data), value);
         }
         for entry in maps.services.iter() {
             let (key, backend) = entry?;
@@ -358,7 +379,11 @@ impl Slots {
                 .remove(&Key::new(*len, *data))
                 .map_err(remove_from(MAP_IPCACHE))?;
         }
-        for (len, data) in held.policy.difference(&desired.policy) {
+        for (len, data) in held
+            .policy
+            .keys()
+            .filter(|k| !desired.policy.contains_key(k))
+        {
             maps.policy
                 .remove(&Key::new(*len, *data))
                 .map_err(remove_from(MAP_POLICY))?;
@@ -391,10 +416,12 @@ impl Slots {
                     .map_err(write(MAP_IPCACHE))?;
             }
         }
-        for (len, data) in desired.policy.difference(&held.policy) {
-            maps.policy
-                .insert(&Key::new(*len, *data), POLICY_ALLOW, 0)
-                .map_err(write(MAP_POLICY))?;
+        for ((len, data), value) in &desired.policy {
+            if held.policy.get(&(*len, *data)) != Some(value) {
+                maps.policy
+                    .insert(&Key::new(*len, *data), value, 0)
+                    .map_err(write(MAP_POLICY))?;
+            }
         }
         for (key, backend) in &desired.services {
             if held.services.get(key) != Some(backend) {
@@ -421,7 +448,7 @@ impl Slots {
             for (len, data) in contents.ipcache.keys() {
                 let _ = maps.ipcache.remove(&Key::new(*len, *data));
             }
-            for (len, data) in &contents.policy {
+            for (len, data) in contents.policy.keys() {
                 let _ = maps.policy.remove(&Key::new(*len, *data));
             }
             for key in contents.services.keys() {

@@ -16,7 +16,7 @@ use core::mem::size_of;
 /// reads maps it would misread: it migrates instead. Bump it with any change to a map
 /// definition or to a type a map holds (a test in the agent lists the layout it stands
 /// for and fails until both are updated).
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -169,8 +169,15 @@ pub struct EndpointInfo {
     pub egress_policy: u32,
     /// EP_* flags.
     pub flags: u32,
+    /// Tier program ids (POLICY ids whose entries carry an action, see `policy_value`) of
+    /// the ClusterNetworkPolicies whose subject holds the workload, per tier and
+    /// direction; 0 when no such policy has a rule for the direction.
+    pub admin_ingress: u32,
+    pub admin_egress: u32,
+    pub baseline_ingress: u32,
+    pub baseline_egress: u32,
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<EndpointInfo>() == 32);
 
 /// An address of the endpoint itself: connect() and sendmsg() to it never leave the
 /// workload, and pass whatever the policy (the packet hooks see such traffic with equal
@@ -209,6 +216,20 @@ pub const IPCACHE_PREFIX_BITS: u32 = 16;
 
 /// Identity 0 stands for "any peer" in policy keys; it is never assigned to an address.
 pub const IDENTITY_ANY: u32 = 0;
+/// "Any IPv4 peer" and "any IPv6 peer" in tier programs' keys (never assigned to an
+/// address): a ClusterNetworkPolicy rule for `0.0.0.0/0` matches every IPv4 identity and
+/// no IPv6 one, so the any-peer fallback of a tier is looked up by the packet's family.
+pub const IDENTITY_ANY_V4: u32 = 3;
+pub const IDENTITY_ANY_V6: u32 = 4;
+
+/// The any-peer identity of tier programs for a family (FAMILY_*).
+pub const fn identity_any(family: u8) -> u32 {
+    if family == FAMILY_V4 {
+        IDENTITY_ANY_V4
+    } else {
+        IDENTITY_ANY_V6
+    }
+}
 /// IPv4 addresses outside every known prefix.
 pub const IDENTITY_WORLD_V4: u32 = 1;
 /// IPv6 addresses outside every known prefix.
@@ -227,7 +248,9 @@ pub const fn is_node_identity(identity: u32) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Policy: (policy id, identity, direction, protocol, port) -> allow (LPM trie).
+// Policy: (policy id, identity, direction, protocol, port) -> action and rule (LPM trie).
+// A policy id is a NetworkPolicy entry set (every value POLICY_ALLOW) or a tier program
+// (ClusterNetworkPolicy rules, one value each; EndpointInfo names them per tier).
 
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
@@ -257,8 +280,36 @@ pub const POLICY_PREFIX_FIXED_BITS: u32 = 72;
 pub const POLICY_PREFIX_PROTO_BITS: u32 = 80;
 pub const POLICY_PREFIX_FULL_BITS: u32 = 96;
 
-/// Value of every POLICY entry: Kubernetes rules only allow, so presence is the verdict.
-pub const POLICY_ALLOW: u32 = 1;
+/// What a POLICY entry does, in the top 8 bits of its value (`policy_value`).
+/// NetworkPolicy entries always Accept; tier programs' entries (ClusterNetworkPolicy
+/// rules) may also Deny, or Pass to the next tier.
+pub const ACTION_ACCEPT: u32 = 1;
+pub const ACTION_DENY: u32 = 2;
+pub const ACTION_PASS: u32 = 3;
+const POLICY_ACTION_SHIFT: u32 = 24;
+/// The most rule references a value holds: the low 24 bits.
+pub const POLICY_RULE_MAX: u32 = (1 << POLICY_ACTION_SHIFT) - 1;
+
+/// A POLICY value: the action, and the rule that decided (an index into the agent's table
+/// of ClusterNetworkPolicy rules, from 1; 0 for a NetworkPolicy entry), so that an event
+/// can name the policy and the rule.
+pub const fn policy_value(action: u32, rule: u32) -> u32 {
+    action << POLICY_ACTION_SHIFT | rule & POLICY_RULE_MAX
+}
+
+/// The ACTION_* of a POLICY value.
+pub const fn policy_value_action(value: u32) -> u32 {
+    value >> POLICY_ACTION_SHIFT
+}
+
+/// The rule reference of a POLICY value (0: a NetworkPolicy entry).
+pub const fn policy_value_rule(value: u32) -> u32 {
+    value & POLICY_RULE_MAX
+}
+
+/// Value of every NetworkPolicy entry: Kubernetes rules only allow, so presence is the
+/// verdict.
+pub const POLICY_ALLOW: u32 = policy_value(ACTION_ACCEPT, 0);
 
 /// Policy ids carry the slot in their top bit, so the two slots never share an entry.
 pub const POLICY_SLOT_BIT: u32 = 1 << 31;

@@ -1,0 +1,696 @@
+//! Tier program tests: the kernel's lookups simulated over the compiled POLICY contents
+//! (key bytes and prefix lengths as map_keys writes them) against policy::tiers, for
+//! random ClusterNetworkPolicies with NetworkPolicies, and one hand-written case per way
+//! flattening can go wrong.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use proptest::prelude::*;
+use stagewall_common::{
+    ACTION_ACCEPT, ACTION_DENY, ACTION_PASS, FAMILY_V4, FAMILY_V6, IDENTITY_ANY_V4,
+    IDENTITY_ANY_V6, POLICY_ALLOW, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
+    identity_any, policy_value_action, policy_value_rule,
+};
+
+use super::super::{
+    tests::{
+        ADDRS, NODE_ADDRS, PROBE_ADDRS, ip, name, origin, parse, selector_strategy, set_strategy,
+    },
+    *,
+};
+use crate::policy::{
+    model::{
+        Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, ClusterSelector,
+        LabelSelector, Labels, Protocol, Tier,
+    },
+    tiers::{self, DecidedBy},
+};
+
+/// The POLICY map as the kernel holds it: (prefix length, key bytes) -> value, by
+/// (policy id, identity) so a lookup reads only the entries that can match.
+struct PolicyMap(HashMap<(u32, u32), Vec<MapEntry>>);
+
+/// Prefix length, key bytes, value.
+type MapEntry = (u32, [u8; 12], u32);
+
+/// A tier entry as the flattening cases read it: protocol, (port, prefix bits), action.
+type Flat = (Option<u8>, Option<(u16, u8)>, u32);
+
+fn key_bytes(key: &PolicyKey) -> [u8; 12] {
+    let mut bytes = [0; 12];
+    bytes[..4].copy_from_slice(&key.policy_be.to_ne_bytes());
+    bytes[4..8].copy_from_slice(&key.identity_be.to_ne_bytes());
+    bytes[8] = key.direction;
+    bytes[9] = key.protocol;
+    bytes[10..].copy_from_slice(&key.port_be.to_ne_bytes());
+    bytes
+}
+
+fn prefix_matches(len: u32, entry: &[u8; 12], probe: &[u8; 12]) -> bool {
+    (0..len as usize).all(|bit| {
+        let mask = 0x80 >> (bit % 8);
+        entry[bit / 8] & mask == probe[bit / 8] & mask
+    })
+}
+
+impl PolicyMap {
+    /// Both kinds of entries in one map; no two share a key (the kernel keeps one value).
+    fn of(c: &Compiled) -> PolicyMap {
+        let mut keys = BTreeMap::new();
+        let entries = c
+            .policy
+            .iter()
+            .map(|e| (e, POLICY_ALLOW))
+            .chain(c.tier_entries.iter().map(|(e, v)| (e, *v)));
+        let mut map: HashMap<(u32, u32), Vec<MapEntry>> = HashMap::new();
+        for (entry, value) in entries {
+            let (len, key) = map_keys::policy_key(entry, 0);
+            let bytes = key_bytes(&key);
+            assert!(
+                keys.insert((len, bytes), value).is_none(),
+                "{entry:?} twice"
+            );
+            map.entry((entry.policy, entry.identity))
+                .or_default()
+                .push((len, bytes, value));
+        }
+        PolicyMap(map)
+    }
+
+    /// One LPM lookup of a full-length key.
+    fn lookup(
+        &self,
+        policy: u32,
+        identity: u32,
+        direction: Direction,
+        protocol: u8,
+        port: u16,
+    ) -> Option<u32> {
+        let probe = key_bytes(&PolicyKey {
+            policy_be: policy.to_be(),
+            identity_be: identity.to_be(),
+            direction: map_keys::direction_number(direction),
+            protocol,
+            port_be: port.to_be(),
+        });
+        self.0
+            .get(&(policy, identity))?
+            .iter()
+            .filter(|(len, bytes, _)| prefix_matches(*len, bytes, &probe))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, _, value)| *value)
+    }
+}
+
+/// Who decided, in terms both sides can give.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    SelfTraffic,
+    Cluster(String, Direction, usize, Action),
+    NetworkPolicy(bool),
+    Default,
+}
+
+/// The verdict and the Pass rules on the way, as policy::tiers gives them.
+fn reference(
+    set: &PolicySet,
+    w: &Workload,
+    d: Direction,
+    remote: IpAddr,
+    proto: u8,
+    port: u16,
+) -> (Verdict, Vec<String>) {
+    let decision = tiers::decide(set, w, d, remote, proto, port);
+    let passed = decision
+        .passed
+        .iter()
+        .map(|r| format!("{}/{}", r.policy.name, r.index))
+        .collect();
+    let verdict = match &decision.by {
+        DecidedBy::SelfTraffic => Verdict::SelfTraffic,
+        DecidedBy::Cluster(r) => {
+            Verdict::Cluster(r.policy.name.clone(), r.direction, r.index, r.action())
+        }
+        DecidedBy::NetworkPolicy(side) => Verdict::NetworkPolicy(side.allowed()),
+        DecidedBy::Default => Verdict::Default,
+    };
+    (verdict, passed)
+}
+
+/// The kernel's decision over the compiled contents: self traffic; the Admin tier (the
+/// peer's identity, then the family's any-peer identity); the NetworkPolicy tier when
+/// isolated (the node in; the peer's identity, then any peer); the Baseline tier.
+/// Returns the lookups it made too.
+fn kernel(
+    c: &Compiled,
+    map: &PolicyMap,
+    ep: &Endpoint,
+    d: Direction,
+    remote: IpAddr,
+    proto: u8,
+    port: u16,
+) -> (Verdict, Vec<String>, usize) {
+    let mut passed = Vec::new();
+    let mut lookups = 0;
+    if ep.addresses.contains(&remote) {
+        return (Verdict::SelfTraffic, passed, lookups);
+    }
+    let identity = c.identities.lookup(remote);
+    let family = if remote.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    };
+    let tier = |tier: Tier, passed: &mut Vec<String>, lookups: &mut usize| {
+        let id = ep.tiers.get(tier, d);
+        if id == 0 {
+            return None;
+        }
+        *lookups += 1;
+        let value = map.lookup(id, identity, d, proto, port).or_else(|| {
+            *lookups += 1;
+            map.lookup(id, identity_any(family), d, proto, port)
+        })?;
+        let rule = &c.tier_rules[policy_value_rule(value) as usize - 1];
+        assert_eq!(rule.tier, tier);
+        assert_eq!(rule.direction, d);
+        assert_eq!(action_number(rule.action), policy_value_action(value));
+        if policy_value_action(value) == ACTION_PASS {
+            passed.push(format!("{}/{}", rule.policy, rule.index));
+            return None;
+        }
+        Some(Verdict::Cluster(
+            rule.policy.clone(),
+            d,
+            rule.index,
+            rule.action,
+        ))
+    };
+    if let Some(v) = tier(Tier::Admin, &mut passed, &mut lookups) {
+        return (v, passed, lookups);
+    }
+    let (flag, policy) = match d {
+        Direction::Ingress => (EP_ISOLATED_INGRESS, ep.ingress_policy_id),
+        Direction::Egress => (EP_ISOLATED_EGRESS, ep.egress_policy_id),
+    };
+    if ep.flags & flag != 0 {
+        if d == Direction::Ingress && stagewall_common::is_node_identity(identity) {
+            return (Verdict::NetworkPolicy(true), passed, lookups);
+        }
+        lookups += 2;
+        let hit = map
+            .lookup(policy, identity, d, proto, port)
+            .or_else(|| map.lookup(policy, IDENTITY_ANY, d, proto, port));
+        if let Some(value) = hit {
+            assert_eq!(value, POLICY_ALLOW);
+        }
+        return (Verdict::NetworkPolicy(hit.is_some()), passed, lookups);
+    }
+    if let Some(v) = tier(Tier::Baseline, &mut passed, &mut lookups) {
+        return (v, passed, lookups);
+    }
+    (Verdict::Default, passed, lookups)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property: the kernel's lookups over the compiled tiers decide as policy::tiers.
+
+const NETWORKS: [&str; 9] = [
+    "0.0.0.0/0",
+    "::/0",
+    "10.0.0.0/16",
+    "10.0.0.4/30",
+    "10.0.0.6/32",
+    "fd00::/64",
+    "fd00::2/128",
+    "8.8.8.0/24",
+    "192.168.0.0/24",
+];
+
+fn namespace_selector_strategy() -> impl Strategy<Value = LabelSelector> {
+    let labels = |k: &str, v: &str| LabelSelector {
+        match_labels: Labels::from([(k.to_string(), v.to_string())]),
+        match_expressions: vec![],
+    };
+    prop_oneof![
+        Just(LabelSelector::default()),
+        Just(labels("team", "x")),
+        Just(labels("kubernetes.io/metadata.name", "b")),
+        Just(LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![crate::policy::model::Requirement::Exists("team".into())],
+        }),
+    ]
+}
+
+fn cluster_selector_strategy() -> impl Strategy<Value = ClusterSelector> {
+    prop_oneof![
+        namespace_selector_strategy().prop_map(ClusterSelector::Namespaces),
+        (namespace_selector_strategy(), selector_strategy())
+            .prop_map(|(namespaces, pods)| ClusterSelector::Pods { namespaces, pods }),
+    ]
+}
+
+fn cluster_port_strategy() -> impl Strategy<Value = ClusterPort> {
+    let ports = |protocol, first, last| ClusterPort::Ports {
+        protocol,
+        first,
+        last,
+    };
+    prop_oneof![
+        Just(ports(Protocol::Tcp, 80, 80)),
+        Just(ports(Protocol::Tcp, 70, 90)),
+        Just(ports(Protocol::Tcp, 8000, 8100)),
+        Just(ports(Protocol::Udp, 53, 53)),
+        Just(ports(Protocol::Udp, 1, 65535)),
+        Just(ports(Protocol::Sctp, 80, 80)),
+        Just(ClusterPort::Named("web".into())),
+        Just(ClusterPort::Named("dns".into())),
+    ]
+}
+
+fn cluster_rule_strategy(egress: bool) -> impl Strategy<Value = ClusterRule> {
+    let peer = prop_oneof![
+        cluster_selector_strategy().prop_map(ClusterPeer::Workloads),
+        prop::collection::vec(0..NETWORKS.len(), 1..3).prop_map(|n| ClusterPeer::Networks(
+            n.into_iter()
+                .map(|i| NETWORKS[i].parse().unwrap())
+                .collect()
+        )),
+    ]
+    .prop_filter("networks are egress peers", move |p| {
+        egress || matches!(p, ClusterPeer::Workloads(_))
+    });
+    let action = prop_oneof![Just(Action::Accept), Just(Action::Deny), Just(Action::Pass)];
+    (
+        action,
+        prop::collection::vec(peer, 1..3),
+        prop::collection::vec(cluster_port_strategy(), 0..3),
+    )
+        .prop_map(|(action, peers, protocols)| ClusterRule {
+            name: None,
+            action,
+            peers,
+            protocols,
+            line: 1,
+        })
+}
+
+fn cluster_set_strategy() -> impl Strategy<Value = PolicySet> {
+    let policy = (
+        any::<bool>(),
+        0..3u16,
+        cluster_selector_strategy(),
+        prop::collection::vec(cluster_rule_strategy(false), 0..3),
+        prop::collection::vec(cluster_rule_strategy(true), 0..4),
+    );
+    (set_strategy(), prop::collection::vec(policy, 0..5)).prop_map(|(mut set, policies)| {
+        for (i, (admin, priority, subject, ingress, egress)) in policies.into_iter().enumerate() {
+            set.cluster_policies.push(ClusterNetworkPolicy {
+                // Names out of order, so that equal priorities are read by name.
+                name: format!("c{}", 9 - i),
+                tier: if admin { Tier::Admin } else { Tier::Baseline },
+                priority,
+                subject,
+                ingress,
+                egress,
+                origin: origin(),
+            });
+        }
+        set
+    })
+}
+
+/// How many cases the property runs (the report quotes it).
+const CASES: u32 = 300;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #[test]
+    fn the_kernels_tier_lookups_decide_as_policy_tiers(set in cluster_set_strategy()) {
+        let c = compile(&set, &EndpointIds::new()).unwrap();
+        let map = PolicyMap::of(&c);
+        let remotes: Vec<IpAddr> = ADDRS.iter().chain(&PROBE_ADDRS).chain(&NODE_ADDRS).map(|a| ip(a)).collect();
+        for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
+            let ep = c.endpoint(&w.name).unwrap();
+            for d in [Direction::Ingress, Direction::Egress] {
+                for &remote in &remotes {
+                    for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP] {
+                        for port in [53u16, 80, 85, 8050, 9000] {
+                            let (verdict, passed, lookups) = kernel(&c, &map, ep, d, remote, proto, port);
+                            // Two per tier, and the NetworkPolicy tier ends the walk where it applies: at
+                            // most 4 POLICY lookups (after the one IPCACHE lookup).
+                            prop_assert!(lookups <= 4);
+                            prop_assert_eq!(
+                                (verdict, passed),
+                                reference(&set, w, d, remote, proto, port),
+                                "{} {:?} {} proto {} port {}", w.name, d, remote, proto, port
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One case per flattening rule.
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: ml, labels: {tenant: a}}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: train, namespace: ml, labels: {app: train}}
+spec: {cgroup: /ml/train, addresses: [10.1.0.1, "fd00::1"]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: db, namespace: ml, labels: {app: db}}
+spec: {cgroup: /ml/db, addresses: [10.1.0.2]}
+"#;
+
+fn cnp(name: &str, priority: u16, egress: &str) -> String {
+    format!(
+        "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: Admin\n  priority: {priority}\n  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: train}}}}}}}}\n  egress:\n{egress}"
+    )
+}
+
+/// The train workload's Admin egress entries, and the kernel's verdict for a packet.
+struct Case {
+    set: PolicySet,
+    c: Compiled,
+    map: PolicyMap,
+}
+
+impl Case {
+    fn new(policies: &str) -> Case {
+        let set = parse(&format!("{WORKLOADS}{policies}"));
+        let c = compile(&set, &EndpointIds::new()).unwrap();
+        let map = PolicyMap::of(&c);
+        Case { set, c, map }
+    }
+
+    fn train(&self) -> &Endpoint {
+        self.c.endpoint(&name("ml", "train")).unwrap()
+    }
+
+    /// The Admin egress entries of train under `identity`: (protocol, ports, action).
+    fn entries(&self, identity: u32) -> Vec<Flat> {
+        let id = self.train().tiers.admin_egress;
+        self.c
+            .tier_entries
+            .iter()
+            .filter(|(e, _)| e.policy == id && e.identity == identity)
+            .map(|(e, v)| {
+                (
+                    e.protocol,
+                    e.ports.map(|p| (p.value, p.bits)),
+                    policy_value_action(*v),
+                )
+            })
+            .collect()
+    }
+
+    /// The verdict for train's egress, checked against policy::tiers on the way.
+    fn egress(&self, remote: &str, proto: u8, port: u16) -> Verdict {
+        let w = self
+            .set
+            .workloads
+            .iter()
+            .find(|w| w.name.name == "train")
+            .unwrap();
+        let (verdict, passed, _) = kernel(
+            &self.c,
+            &self.map,
+            self.train(),
+            Direction::Egress,
+            ip(remote),
+            proto,
+            port,
+        );
+        assert_eq!(
+            (&verdict, &passed),
+            (
+                &reference(&self.set, w, Direction::Egress, ip(remote), proto, port).0,
+                &reference(&self.set, w, Direction::Egress, ip(remote), proto, port).1
+            )
+        );
+        verdict
+    }
+}
+
+fn by(policy: &str, index: usize, action: Action) -> Verdict {
+    Verdict::Cluster(policy.into(), Direction::Egress, index, action)
+}
+
+#[test]
+fn overlapping_port_ranges_claim_only_what_earlier_rules_left() {
+    let case = Case::new(&cnp(
+        "ports",
+        1,
+        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]}\n    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 85, end: 100}}}}]}\n",
+    ));
+    // A network of every IPv4 address: written once, under "any IPv4 peer".
+    let any = case.entries(IDENTITY_ANY_V4);
+    let count = |lo, hi| port_prefixes(lo, hi).len();
+    assert_eq!(any.len(), count(80, 90) + count(91, 100), "{any:?}");
+    assert!(any.iter().all(|(p, _, _)| *p == Some(PROTO_TCP)));
+    assert!(case.entries(IDENTITY_ANY_V6).is_empty());
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 85),
+        by("ports", 0, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("10.1.0.2", PROTO_TCP, 90),
+        by("ports", 0, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 91),
+        by("ports", 1, Action::Accept)
+    );
+    assert_eq!(case.egress("8.8.8.8", PROTO_TCP, 101), Verdict::Default);
+    assert_eq!(case.egress("8.8.8.8", PROTO_UDP, 85), Verdict::Default);
+    assert_eq!(case.egress("fd00::9", PROTO_TCP, 85), Verdict::Default);
+}
+
+#[test]
+fn an_any_protocol_rule_after_ported_rules_takes_the_rest() {
+    let case = Case::new(&cnp(
+        "rest",
+        1,
+        "    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 443}}}, {udp: {destinationPort: {number: 53}}}]}\n    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 80}}}]}\n",
+    ));
+    assert_eq!(
+        case.entries(IDENTITY_ANY_V4),
+        vec![
+            (None, None, ACTION_DENY),
+            (Some(PROTO_TCP), Some((443, 16)), ACTION_ACCEPT),
+            (Some(PROTO_UDP), Some((53, 16)), ACTION_ACCEPT),
+        ],
+        "the rule after the any-protocol one is never written"
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 443),
+        by("rest", 0, Action::Accept)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_UDP, 53),
+        by("rest", 0, Action::Accept)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 80),
+        by("rest", 1, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_ICMP, 0),
+        by("rest", 1, Action::Deny)
+    );
+}
+
+#[test]
+fn pass_hides_the_later_rules_of_its_tier() {
+    let case = Case::new(&format!(
+        "{}{}",
+        cnp(
+            "deny-all",
+            2,
+            "    - {action: Deny, to: [{networks: [0.0.0.0/0, \"::/0\"]}]}\n"
+        ),
+        cnp(
+            "pass-db",
+            1,
+            "    - {action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}\n"
+        ),
+    ));
+    let db = case.c.identities.lookup(ip("10.1.0.2"));
+    assert_eq!(
+        case.entries(db),
+        vec![
+            (None, None, ACTION_DENY),
+            (Some(PROTO_TCP), Some((5432, 16)), ACTION_PASS)
+        ],
+        "db's own partition: the Pass, then the any-peer Deny in its place"
+    );
+    // Passed to the NetworkPolicy tier (none isolates train) and the Baseline tier.
+    assert_eq!(case.egress("10.1.0.2", PROTO_TCP, 5432), Verdict::Default);
+    assert_eq!(
+        case.egress("10.1.0.2", PROTO_TCP, 5433),
+        by("deny-all", 0, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 5432),
+        by("deny-all", 0, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("fd00::9", PROTO_UDP, 53),
+        by("deny-all", 0, Action::Deny)
+    );
+}
+
+#[test]
+fn identities_get_entries_of_their_own_only_where_a_rule_names_them() {
+    let case = Case::new(&cnp(
+        "mixed",
+        1,
+        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 22}}}]}\n    - {action: Accept, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}]}\n    - {action: Deny, to: [{networks: [10.1.0.0/16]}]}\n",
+    ));
+    let world = stagewall_common::IDENTITY_WORLD_V4;
+    let db = case.c.identities.lookup(ip("10.1.0.2"));
+    let cidr = case.c.identities.lookup(ip("10.1.9.9"));
+    // The any-peer partition holds the any-peer rule alone.
+    assert_eq!(
+        case.entries(IDENTITY_ANY_V4),
+        vec![(Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)]
+    );
+    // World is named by no other rule: the fallback decides for it.
+    assert!(case.entries(world).is_empty());
+    // db and the /16 have their whole partitions, the any-peer rule first.
+    assert_eq!(
+        case.entries(db),
+        vec![
+            (None, None, ACTION_ACCEPT),
+            (Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)
+        ]
+    );
+    assert_eq!(
+        case.entries(cidr),
+        vec![
+            (None, None, ACTION_DENY),
+            (Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)
+        ]
+    );
+    assert_eq!(
+        case.egress("10.1.0.2", PROTO_TCP, 22),
+        by("mixed", 0, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("10.1.0.2", PROTO_TCP, 5432),
+        by("mixed", 1, Action::Accept)
+    );
+    assert_eq!(
+        case.egress("10.1.9.9", PROTO_TCP, 80),
+        by("mixed", 2, Action::Deny)
+    );
+    assert_eq!(
+        case.egress("8.8.8.8", PROTO_TCP, 22),
+        by("mixed", 0, Action::Deny)
+    );
+    assert_eq!(case.egress("8.8.8.8", PROTO_TCP, 80), Verdict::Default);
+    // train's own IPv6 address is self traffic; another IPv6 address is in no rule.
+    assert_eq!(case.egress("fd00::9", PROTO_TCP, 22), Verdict::Default);
+}
+
+#[test]
+fn endpoints_with_the_same_program_share_its_id_and_others_have_none() {
+    let case = Case::new(&cnp(
+        "one",
+        1,
+        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n",
+    ));
+    let train = case.train();
+    assert_ne!(train.tiers.admin_egress, 0);
+    assert_eq!(train.tiers.admin_ingress, 0, "no ingress rules");
+    assert_eq!(train.tiers.baseline_egress, 0);
+    let db = case.c.endpoint(&name("ml", "db")).unwrap();
+    assert_eq!(db.tiers, TierIds::default(), "not in the subject");
+    // Tier ids come from the NetworkPolicy ids' counter: no clash with them.
+    assert!(
+        case.c
+            .policy
+            .iter()
+            .all(|e| e.policy != train.tiers.admin_egress)
+    );
+    assert_eq!(case.c.tier_rules.len(), 1);
+    assert_eq!(case.c.tier_rules[0].action, Action::Deny);
+}
+
+/// The property is not vacuous: over sets drawn as it draws them, every way of deciding
+/// occurs (each action of both tiers, Pass, the NetworkPolicy tier, the default), and
+/// both lookups of a tier decide some packets.
+#[test]
+fn the_propertys_sets_reach_every_kind_of_verdict() {
+    use proptest::{strategy::ValueTree, test_runner::TestRunner};
+    let mut runner = TestRunner::deterministic();
+    let strategy = cluster_set_strategy();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..60 {
+        let set = strategy.new_tree(&mut runner).unwrap().current();
+        let c = compile(&set, &EndpointIds::new()).unwrap();
+        let map = PolicyMap::of(&c);
+        for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
+            let ep = c.endpoint(&w.name).unwrap();
+            for d in [Direction::Ingress, Direction::Egress] {
+                for remote in ADDRS.iter().chain(&PROBE_ADDRS).map(|a| ip(a)) {
+                    for (proto, port) in [(PROTO_TCP, 80), (PROTO_UDP, 53), (PROTO_ICMP, 0)] {
+                        let (verdict, passed, lookups) =
+                            kernel(&c, &map, ep, d, remote, proto, port);
+                        let kind = match verdict {
+                            Verdict::Cluster(policy, _, _, action) => {
+                                let p = set.cluster_policies.iter().find(|p| p.name == policy);
+                                let tier = p.unwrap().tier;
+                                // Decided under the peer's identity or the fallback?
+                                let id = ep.tiers.get(tier, d);
+                                let own = map.0.contains_key(&(id, c.identities.lookup(remote)));
+                                let by = if own { "identity" } else { "any peer" };
+                                *seen.entry(format!("{tier:?} by {by}")).or_default() += 1;
+                                format!("{tier:?} {action:?}")
+                            }
+                            other => format!("{other:?}"),
+                        };
+                        *seen.entry(kind).or_default() += 1;
+                        if !passed.is_empty() {
+                            *seen.entry("passed".into()).or_default() += 1;
+                        }
+                        *seen.entry(format!("{lookups} lookups")).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    for kind in [
+        "Admin Accept",
+        "Admin Deny",
+        "Baseline Accept",
+        "Baseline Deny",
+        "Admin by identity",
+        "Admin by any peer",
+        "Baseline by identity",
+        "Baseline by any peer",
+        "NetworkPolicy(true)",
+        "NetworkPolicy(false)",
+        "Default",
+        "SelfTraffic",
+        "passed",
+        "2 lookups",
+        "4 lookups",
+    ] {
+        assert!(
+            seen.get(kind).copied().unwrap_or(0) > 0,
+            "{kind} never: {seen:?}"
+        );
+    }
+}
