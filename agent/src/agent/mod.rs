@@ -186,7 +186,7 @@ impl Agent {
             self.options.mode,
             workloads_enforced,
             compiled.identities.kinds.len(),
-            compiled.policy.len(),
+            compiled.policy.len() + compiled.tier_entries.len(),
         );
         self.metrics
             .policy_generation

@@ -136,7 +136,7 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
         set.cluster_policies.len(),
         compiled.identities.kinds.len(),
         compiled.identities.ipcache.len(),
-        compiled.policy.len(),
+        compiled.policy.len() + compiled.tier_entries.len(),
     );
     for ep in &compiled.endpoints {
         let names = |v: &Vec<policy::model::ObjectName>| {
