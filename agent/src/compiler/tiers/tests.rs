@@ -373,13 +373,16 @@ metadata: {name: db, namespace: ml, labels: {app: db}}
 spec: {cgroup: /ml/db, addresses: [10.1.0.2]}
 "#;
 
-fn cnp(name: &str, priority: u16, egress: &str) -> String {
+/// An Admin ClusterNetworkPolicy whose subject is the train workload, with these egress
+/// rules (flow-style YAML, one a line).
+fn cnp(name: &str, priority: u16, egress: &[&str]) -> String {
+    let rules: String = egress.iter().map(|r| format!("    - {r}\n")).collect();
     format!(
-        "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: Admin\n  priority: {priority}\n  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: train}}}}}}}}\n  egress:\n{egress}"
+        "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: Admin\n  priority: {priority}\n  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: train}}}}}}}}\n  egress:\n{rules}"
     )
 }
 
-/// The train workload's Admin egress entries, and the kernel's verdict for a packet.
+/// The compiled policies of WORKLOADS and some ClusterNetworkPolicies.
 struct Case {
     set: PolicySet,
     c: Compiled,
@@ -398,7 +401,7 @@ impl Case {
         self.c.endpoint(&name("ml", "train")).unwrap()
     }
 
-    /// The Admin egress entries of train under `identity`: (protocol, ports, action).
+    /// The train workload's Admin egress entries under `identity`.
     fn entries(&self, identity: u32) -> Vec<Flat> {
         let id = self.train().tiers.admin_egress;
         self.c
@@ -406,40 +409,25 @@ impl Case {
             .iter()
             .filter(|(e, _)| e.policy == id && e.identity == identity)
             .map(|(e, v)| {
-                (
-                    e.protocol,
-                    e.ports.map(|p| (p.value, p.bits)),
-                    policy_value_action(*v),
-                )
+                let ports = e.ports.map(|p| (p.value, p.bits));
+                (e.protocol, ports, policy_value_action(*v))
             })
             .collect()
     }
 
-    /// The verdict for train's egress, checked against policy::tiers on the way.
-    fn egress(&self, remote: &str, proto: u8, port: u16) -> Verdict {
-        let w = self
-            .set
-            .workloads
-            .iter()
-            .find(|w| w.name.name == "train")
-            .unwrap();
-        let (verdict, passed, _) = kernel(
-            &self.c,
-            &self.map,
-            self.train(),
-            Direction::Egress,
-            ip(remote),
-            proto,
-            port,
-        );
-        assert_eq!(
-            (&verdict, &passed),
-            (
-                &reference(&self.set, w, Direction::Egress, ip(remote), proto, port).0,
-                &reference(&self.set, w, Direction::Egress, ip(remote), proto, port).1
-            )
-        );
-        verdict
+    /// The kernel's verdicts for train's egress (remote, protocol, port), each checked
+    /// against policy::tiers as well.
+    fn expect(&self, packets: &[(&str, u8, u16, Verdict)]) {
+        let w = self.set.workloads.iter().find(|w| w.name.name == "train");
+        for (remote, proto, port, expected) in packets {
+            let (remote, d) = (ip(remote), Direction::Egress);
+            let (verdict, passed, _) =
+                kernel(&self.c, &self.map, self.train(), d, remote, *proto, *port);
+            let packet = format!("{remote} {proto}/{port}");
+            assert_eq!(&verdict, expected, "{packet}");
+            let reference = reference(&self.set, w.unwrap(), d, remote, *proto, *port);
+            assert_eq!((verdict, passed), reference, "{packet}");
+        }
     }
 }
 
@@ -452,7 +440,10 @@ fn overlapping_port_ranges_claim_only_what_earlier_rules_left() {
     let case = Case::new(&cnp(
         "ports",
         1,
-        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]}\n    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 85, end: 100}}}}]}\n",
+        &[
+            "{action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]}",
+            "{action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 85, end: 100}}}}]}",
+        ],
     ));
     // A network of every IPv4 address: written once, under "any IPv4 peer".
     let any = case.entries(IDENTITY_ANY_V4);
@@ -460,21 +451,14 @@ fn overlapping_port_ranges_claim_only_what_earlier_rules_left() {
     assert_eq!(any.len(), count(80, 90) + count(91, 100), "{any:?}");
     assert!(any.iter().all(|(p, _, _)| *p == Some(PROTO_TCP)));
     assert!(case.entries(IDENTITY_ANY_V6).is_empty());
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 85),
-        by("ports", 0, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("10.1.0.2", PROTO_TCP, 90),
-        by("ports", 0, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 91),
-        by("ports", 1, Action::Accept)
-    );
-    assert_eq!(case.egress("8.8.8.8", PROTO_TCP, 101), Verdict::Default);
-    assert_eq!(case.egress("8.8.8.8", PROTO_UDP, 85), Verdict::Default);
-    assert_eq!(case.egress("fd00::9", PROTO_TCP, 85), Verdict::Default);
+    case.expect(&[
+        ("8.8.8.8", PROTO_TCP, 85, by("ports", 0, Action::Deny)),
+        ("10.1.0.2", PROTO_TCP, 90, by("ports", 0, Action::Deny)),
+        ("8.8.8.8", PROTO_TCP, 91, by("ports", 1, Action::Accept)),
+        ("8.8.8.8", PROTO_TCP, 101, Verdict::Default),
+        ("8.8.8.8", PROTO_UDP, 85, Verdict::Default),
+        ("fd00::9", PROTO_TCP, 85, Verdict::Default),
+    ]);
 }
 
 #[test]
@@ -482,7 +466,11 @@ fn an_any_protocol_rule_after_ported_rules_takes_the_rest() {
     let case = Case::new(&cnp(
         "rest",
         1,
-        "    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 443}}}, {udp: {destinationPort: {number: 53}}}]}\n    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n    - {action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 80}}}]}\n",
+        &[
+            "{action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 443}}}, {udp: {destinationPort: {number: 53}}}]}",
+            "{action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+            "{action: Accept, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 80}}}]}",
+        ],
     ));
     assert_eq!(
         case.entries(IDENTITY_ANY_V4),
@@ -493,22 +481,12 @@ fn an_any_protocol_rule_after_ported_rules_takes_the_rest() {
         ],
         "the rule after the any-protocol one is never written"
     );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 443),
-        by("rest", 0, Action::Accept)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_UDP, 53),
-        by("rest", 0, Action::Accept)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 80),
-        by("rest", 1, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_ICMP, 0),
-        by("rest", 1, Action::Deny)
-    );
+    case.expect(&[
+        ("8.8.8.8", PROTO_TCP, 443, by("rest", 0, Action::Accept)),
+        ("8.8.8.8", PROTO_UDP, 53, by("rest", 0, Action::Accept)),
+        ("8.8.8.8", PROTO_TCP, 80, by("rest", 1, Action::Deny)),
+        ("8.8.8.8", PROTO_ICMP, 0, by("rest", 1, Action::Deny)),
+    ]);
 }
 
 #[test]
@@ -518,12 +496,14 @@ fn pass_hides_the_later_rules_of_its_tier() {
         cnp(
             "deny-all",
             2,
-            "    - {action: Deny, to: [{networks: [0.0.0.0/0, \"::/0\"]}]}\n"
+            &["{action: Deny, to: [{networks: [0.0.0.0/0, \"::/0\"]}]}"]
         ),
         cnp(
             "pass-db",
             1,
-            "    - {action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}\n"
+            &[
+                "{action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}], protocols: [{tcp: {destinationPort: {number: 5432}}}]}"
+            ],
         ),
     ));
     let db = case.c.identities.lookup(ip("10.1.0.2"));
@@ -535,20 +515,13 @@ fn pass_hides_the_later_rules_of_its_tier() {
         ],
         "db's own partition: the Pass, then the any-peer Deny in its place"
     );
-    // Passed to the NetworkPolicy tier (none isolates train) and the Baseline tier.
-    assert_eq!(case.egress("10.1.0.2", PROTO_TCP, 5432), Verdict::Default);
-    assert_eq!(
-        case.egress("10.1.0.2", PROTO_TCP, 5433),
-        by("deny-all", 0, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 5432),
-        by("deny-all", 0, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("fd00::9", PROTO_UDP, 53),
-        by("deny-all", 0, Action::Deny)
-    );
+    case.expect(&[
+        // Passed on: no NetworkPolicy isolates train, no Baseline rule holds it.
+        ("10.1.0.2", PROTO_TCP, 5432, Verdict::Default),
+        ("10.1.0.2", PROTO_TCP, 5433, by("deny-all", 0, Action::Deny)),
+        ("8.8.8.8", PROTO_TCP, 5432, by("deny-all", 0, Action::Deny)),
+        ("fd00::9", PROTO_UDP, 53, by("deny-all", 0, Action::Deny)),
+    ]);
 }
 
 #[test]
@@ -556,76 +529,81 @@ fn identities_get_entries_of_their_own_only_where_a_rule_names_them() {
     let case = Case::new(&cnp(
         "mixed",
         1,
-        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 22}}}]}\n    - {action: Accept, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}]}\n    - {action: Deny, to: [{networks: [10.1.0.0/16]}]}\n",
+        &[
+            "{action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {number: 22}}}]}",
+            "{action: Accept, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}]}",
+            "{action: Deny, to: [{networks: [10.1.0.0/16]}]}",
+        ],
     ));
-    let world = stagewall_common::IDENTITY_WORLD_V4;
-    let db = case.c.identities.lookup(ip("10.1.0.2"));
-    let cidr = case.c.identities.lookup(ip("10.1.9.9"));
+    let ssh = (Some(PROTO_TCP), Some((22, 16)), ACTION_DENY);
+    let lookup = |a| case.c.identities.lookup(ip(a));
     // The any-peer partition holds the any-peer rule alone.
-    assert_eq!(
-        case.entries(IDENTITY_ANY_V4),
-        vec![(Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)]
-    );
+    assert_eq!(case.entries(IDENTITY_ANY_V4), vec![ssh]);
     // World is named by no other rule: the fallback decides for it.
-    assert!(case.entries(world).is_empty());
-    // db and the /16 have their whole partitions, the any-peer rule first.
+    assert!(case.entries(stagewall_common::IDENTITY_WORLD_V4).is_empty());
+    // db and the /16 have their whole partitions, the any-peer rule in its place.
     assert_eq!(
-        case.entries(db),
-        vec![
-            (None, None, ACTION_ACCEPT),
-            (Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)
-        ]
+        case.entries(lookup("10.1.0.2")),
+        vec![(None, None, ACTION_ACCEPT), ssh]
     );
     assert_eq!(
-        case.entries(cidr),
-        vec![
-            (None, None, ACTION_DENY),
-            (Some(PROTO_TCP), Some((22, 16)), ACTION_DENY)
-        ]
+        case.entries(lookup("10.1.9.9")),
+        vec![(None, None, ACTION_DENY), ssh]
     );
-    assert_eq!(
-        case.egress("10.1.0.2", PROTO_TCP, 22),
-        by("mixed", 0, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("10.1.0.2", PROTO_TCP, 5432),
-        by("mixed", 1, Action::Accept)
-    );
-    assert_eq!(
-        case.egress("10.1.9.9", PROTO_TCP, 80),
-        by("mixed", 2, Action::Deny)
-    );
-    assert_eq!(
-        case.egress("8.8.8.8", PROTO_TCP, 22),
-        by("mixed", 0, Action::Deny)
-    );
-    assert_eq!(case.egress("8.8.8.8", PROTO_TCP, 80), Verdict::Default);
-    // train's own IPv6 address is self traffic; another IPv6 address is in no rule.
-    assert_eq!(case.egress("fd00::9", PROTO_TCP, 22), Verdict::Default);
+    case.expect(&[
+        ("10.1.0.2", PROTO_TCP, 22, by("mixed", 0, Action::Deny)),
+        ("10.1.0.2", PROTO_TCP, 5432, by("mixed", 1, Action::Accept)),
+        ("10.1.9.9", PROTO_TCP, 80, by("mixed", 2, Action::Deny)),
+        ("8.8.8.8", PROTO_TCP, 22, by("mixed", 0, Action::Deny)),
+        ("8.8.8.8", PROTO_TCP, 80, Verdict::Default),
+        // No rule names an IPv6 peer.
+        ("fd00::9", PROTO_TCP, 22, Verdict::Default),
+    ]);
 }
 
 #[test]
 fn endpoints_with_the_same_program_share_its_id_and_others_have_none() {
-    let case = Case::new(&cnp(
-        "one",
-        1,
-        "    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n",
-    ));
+    let deny = "{action: Deny, to: [{networks: [0.0.0.0/0]}]}";
+    // The same rule for train and, through a second policy, for db too.
+    let for_db = cnp("db", 2, &[deny]).replace("app: train", "app: db");
+    let case = Case::new(&format!("{}{for_db}", cnp("train", 1, &[deny])));
     let train = case.train();
-    assert_ne!(train.tiers.admin_egress, 0);
-    assert_eq!(train.tiers.admin_ingress, 0, "no ingress rules");
-    assert_eq!(train.tiers.baseline_egress, 0);
     let db = case.c.endpoint(&name("ml", "db")).unwrap();
-    assert_eq!(db.tiers, TierIds::default(), "not in the subject");
-    // Tier ids come from the NetworkPolicy ids' counter: no clash with them.
-    assert!(
-        case.c
-            .policy
-            .iter()
-            .all(|e| e.policy != train.tiers.admin_egress)
+    assert_ne!(train.tiers.admin_egress, 0);
+    assert_eq!(
+        TierIds {
+            admin_egress: 0,
+            ..train.tiers
+        },
+        TierIds::default(),
+        "no ingress rules, no Baseline policy"
     );
-    assert_eq!(case.c.tier_rules.len(), 1);
-    assert_eq!(case.c.tier_rules[0].action, Action::Deny);
+    // Their programs differ in the rule they name: each has its own.
+    assert_ne!(db.tiers.admin_egress, train.tiers.admin_egress);
+    // A third workload in train's subject shares train's program.
+    let mut set = case.set.clone();
+    let mut twin = set
+        .workloads
+        .iter()
+        .find(|w| w.name.name == "train")
+        .unwrap()
+        .clone();
+    twin.name = name("ml", "train-2");
+    twin.addresses = vec![ip("10.1.0.7")];
+    twin.attachment = Some(Attachment::Cgroup("/ml/train-2".into()));
+    set.workloads.push(twin);
+    let c = compile(&set, &EndpointIds::new()).unwrap();
+    let ids = |n| c.endpoint(&name("ml", n)).unwrap().tiers;
+    assert_eq!(ids("train"), ids("train-2"));
+    // Tier ids come from the NetworkPolicy ids' counter: no clash with them, and every
+    // rule is in the table once, in reading order.
+    assert!(
+        c.policy
+            .iter()
+            .all(|e| e.policy != ids("train").admin_egress)
+    );
+    let table: Vec<&str> = c.tier_rules.iter().map(|r| r.policy.as_str()).collect();
+    assert_eq!(table, ["train", "db"]);
 }
 
 /// The property is not vacuous: over sets drawn as it draws them, every way of deciding
