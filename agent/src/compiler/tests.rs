@@ -760,6 +760,7 @@ proptest! {
             let fresh = compile(next, &ids).unwrap();
             prop_assert_eq!(&reused.endpoints, &fresh.endpoints);
             prop_assert_eq!(&reused.policy, &fresh.policy);
+            prop_assert_eq!(&reused.tier_entries, &fresh.tier_entries);
             prop_assert_eq!(&reused.identities, &fresh.identities);
             prop_assert_eq!(&reused.endpoint_index, &fresh.endpoint_index);
             // The index finds every endpoint by its id, and nothing else.

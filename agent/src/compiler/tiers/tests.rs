@@ -672,3 +672,24 @@ fn the_propertys_sets_reach_every_kind_of_verdict() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// NetworkPolicy entry sets reused from the last compile leave the tier programs and
+    /// their ids as a fresh compile has them, a ClusterNetworkPolicy removed or not.
+    #[test]
+    fn a_compile_reusing_the_last_ones_entries_has_the_fresh_ones_tiers(set in cluster_set_strategy()) {
+        let mut cache = CompileCache::default();
+        let ids = compile_with(&set, &EndpointIds::new(), &mut cache).unwrap().endpoint_ids();
+        let mut changed = set.clone();
+        changed.cluster_policies.pop();
+        for next in [&changed, &set] {
+            let reused = compile_with(next, &ids, &mut cache).unwrap();
+            let fresh = compile(next, &ids).unwrap();
+            prop_assert_eq!(&reused.endpoints, &fresh.endpoints);
+            prop_assert_eq!(&reused.policy, &fresh.policy);
+            prop_assert_eq!(&reused.tier_entries, &fresh.tier_entries);
+            prop_assert_eq!(&reused.tier_rules, &fresh.tier_rules);
+        }
+    }
+}
