@@ -202,17 +202,10 @@ fn real_pods_on_a_real_kubelet_are_enforced() {
     until("app=other's egress denied at connect", log, || {
         node.tcp(&other, client_ip, 80).is("eperm")
     });
-    let client_mac = mac_of(
-        node.pod_command(&client, "ip")
-            .unwrap()
-            .args(["-br", "link", "show", "dev", "eth0"])
-            .output()
-            .unwrap(),
-    );
     let line = af_packet_frames_delivered(
         (&node, &other, other_ip),
         (&node, &client, client_ip),
-        client_mac,
+        pod_mac(&node, &client),
         4343,
     );
     assert_eq!(
@@ -748,6 +741,17 @@ fn mac_of(out: std::process::Output) -> raw::Mac {
         .unwrap_or_else(|| panic!("no MAC address in {out:?}"))
 }
 
+/// The MAC address of pod `uid`'s eth0.
+fn pod_mac(node: &KubeletNode, uid: &str) -> raw::Mac {
+    mac_of(
+        node.pod_command(uid, "ip")
+            .unwrap()
+            .args(["-br", "link", "show", "dev", "eth0"])
+            .output()
+            .unwrap(),
+    )
+}
+
 /// Sends three hand-made UDP frames (to port 80, IP identification `marker`) from pod
 /// `from` through an AF_PACKET socket on its eth0, with `next_hop` as the destination MAC
 /// (the peer pod's on a bridge, the gateway's where routed), and counts those that reach
@@ -758,14 +762,7 @@ fn af_packet_frames_delivered(
     next_hop: raw::Mac,
     marker: u16,
 ) -> String {
-    let from_mac = mac_of(
-        from_node
-            .pod_command(from, "ip")
-            .unwrap()
-            .args(["-br", "link", "show", "dev", "eth0"])
-            .output()
-            .unwrap(),
-    );
+    let from_mac = pod_mac(from_node, from);
     let (IpAddr::V4(src), IpAddr::V4(dst)) = (from_ip, to_ip) else {
         panic!("IPv4 pod addresses expected");
     };
