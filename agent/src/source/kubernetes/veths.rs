@@ -119,18 +119,23 @@ fn veth_of(pid: u32) -> io::Result<Found> {
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
     })?;
-    let peer = links
+    let pod_side = links
         .iter()
         .filter(|l| l.peer_in_other_netns)
         .find(|l| l.name == "eth0")
-        .or_else(|| links.iter().find(|l| l.peer_in_other_netns))
-        .and_then(|l| l.peer_index);
-    let Some(index) = peer else {
+        .or_else(|| links.iter().find(|l| l.peer_in_other_netns));
+    let Some((pod_index, index)) = pod_side.and_then(|l| Some((l.index, l.peer_index?))) else {
         return Ok(Found::None);
     };
-    match name_of(index) {
-        Some(name) => Ok(Found::Veth { index, name }),
-        None => Ok(Found::None),
+    let Some(name) = name_of(index) else {
+        return Ok(Found::None);
+    };
+    // The peer may live in another namespace than the agent's, where the same index is
+    // someone else's interface: this one must be paired with the pod's (its iflink).
+    let iflink = std::fs::read_to_string(format!("/sys/class/net/{name}/iflink"));
+    match iflink.map(|i| i.trim().parse::<u32>()) {
+        Ok(Ok(paired)) if paired != pod_index => Ok(Found::None),
+        _ => Ok(Found::Veth { index, name }),
     }
 }
 
@@ -165,6 +170,8 @@ mod netlink {
     /// One link as RTM_NEWLINK describes it.
     #[derive(Debug, PartialEq, Eq)]
     pub struct Link {
+        /// Its own index (in the namespace dumped).
+        pub index: u32,
         pub name: String,
         /// IFLA_LINK: the peer's index (a veth's other end).
         pub peer_index: Option<u32>,
@@ -268,6 +275,8 @@ mod netlink {
 
     fn link(message: &[u8]) -> Option<Link> {
         let mut link = Link {
+            // ifinfomsg: family, pad, type (u16), then the index (i32).
+            index: u32_at(message, NLMSG_HDRLEN + 4)?,
             name: String::new(),
             peer_index: None,
             peer_in_other_netns: false,
@@ -317,8 +326,9 @@ mod tests {
         m
     }
 
-    fn newlink(attrs: &[Vec<u8>]) -> Vec<u8> {
+    fn newlink(index: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
         let mut body = vec![0u8; 16];
+        body[4..8].copy_from_slice(&index.to_ne_bytes());
         for a in attrs {
             body.extend_from_slice(a);
         }
@@ -327,13 +337,16 @@ mod tests {
 
     #[test]
     fn a_dump_gives_each_link_with_its_peer() {
-        let mut datagram = newlink(&[attr(3, b"lo\0")]);
-        datagram.extend(newlink(&[
-            attr(3, b"eth0\0"),
-            attr(5, &42u32.to_ne_bytes()),
-            // IFLA_LINK_NETNSID, with the nested flag bits a kernel may set.
-            attr(37 | 0x8000, &0i32.to_ne_bytes()),
-        ]));
+        let mut datagram = newlink(1, &[attr(3, b"lo\0")]);
+        datagram.extend(newlink(
+            2,
+            &[
+                attr(3, b"eth0\0"),
+                attr(5, &42u32.to_ne_bytes()),
+                // IFLA_LINK_NETNSID, with the nested flag bits a kernel may set.
+                attr(37 | 0x8000, &0i32.to_ne_bytes()),
+            ],
+        ));
         let mut links = Vec::new();
         assert!(!parse(&datagram, &mut links).unwrap(), "not done yet");
         assert!(parse(&message(3, &[0; 4]), &mut links).unwrap(), "done");
@@ -341,11 +354,13 @@ mod tests {
             links,
             [
                 Link {
+                    index: 1,
                     name: "lo".into(),
                     peer_index: None,
                     peer_in_other_netns: false
                 },
                 Link {
+                    index: 2,
                     name: "eth0".into(),
                     peer_index: Some(42),
                     peer_in_other_netns: true
@@ -360,11 +375,11 @@ mod tests {
         let error = message(2, &(-libc::EPERM).to_ne_bytes());
         let e = parse(&error, &mut links).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
-        let mut cut = newlink(&[attr(3, b"eth0\0")]);
+        let mut cut = newlink(2, &[attr(3, b"eth0\0")]);
         cut.truncate(cut.len() - 3);
         assert!(parse(&cut, &mut links).is_err());
         // An attribute whose length runs past its message.
-        let mut bad = newlink(&[attr(3, b"eth0\0")]);
+        let mut bad = newlink(2, &[attr(3, b"eth0\0")]);
         bad[32] = 200;
         assert!(parse(&bad, &mut links).is_err());
         for n in 0..40 {
