@@ -71,3 +71,34 @@ pub fn kernel_loads_lsm_programs() -> io::Result<()> {
     unsafe { libc::close(fd as i32) };
     Ok(())
 }
+
+/// Is `bpf` among the kernel's active LSMs? Read from securityfs, mounted for the
+/// question (and unmounted after) where nothing mounted it.
+pub fn bpf_lsm_active() -> io::Result<bool> {
+    const LIST: &str = "/sys/kernel/security/lsm";
+    let read =
+        || std::fs::read_to_string(LIST).map(|list| list.split(',').any(|m| m.trim() == "bpf"));
+    match read() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mount = |args: &[&str]| {
+                std::process::Command::new(args[0])
+                    .args(&args[1..])
+                    .status()
+            };
+            let mounted = mount(&[
+                "mount",
+                "-t",
+                "securityfs",
+                "securityfs",
+                "/sys/kernel/security",
+            ])?;
+            if !mounted.success() {
+                return Err(io::Error::other(format!("mounting securityfs: {mounted}")));
+            }
+            let answer = read();
+            let _ = mount(&["umount", "/sys/kernel/security"]);
+            answer
+        }
+        other => other,
+    }
+}

@@ -18,7 +18,6 @@
 use std::{
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
-    time::Duration,
 };
 
 use aya::{
@@ -40,21 +39,31 @@ const HOOK: &str = "socket_create";
 /// the agent: without the guard it enforces everything else.
 pub(super) fn guard(ebpf: &mut Ebpf, pins: &Pins, stats: &KernelStats) -> bool {
     let pin = pins.node_link(PROG_PACKET_SOCKET_GUARD);
-    match attach(ebpf, &pin).and_then(|()| kernel_runs_it(stats)) {
-        Ok(true) => {
+    let attached = attach(ebpf, &pin);
+    // Asked either way: a guard an earlier agent pinned (same map layout) may still run
+    // where this one could not be attached.
+    match (attached, kernel_runs_it(stats)) {
+        (Ok(()), true) => {
             log::info!(
                 "packet-socket guard on: isolated workloads may not open AF_PACKET or AF_XDP sockets"
             );
             true
         }
-        Ok(false) => {
+        (Err(e), true) => {
+            log::warn!(
+                "packet-socket guard on, the one pinned earlier: this agent's could not be attached: {}",
+                crate::policy::error::Chain(&e)
+            );
+            true
+        }
+        (Ok(()), false) => {
             not_guarded(
                 "the kernel does not run BPF LSM programs (add bpf to the lsm= boot parameter)",
             );
             let _ = std::fs::remove_file(&pin);
             false
         }
-        Err(e) => {
+        (Err(e), false) => {
             not_guarded(&crate::policy::error::Chain(&e).to_string());
             false
         }
@@ -90,13 +99,17 @@ fn attach(ebpf: &mut Ebpf, pin: &Path) -> Result<(), DatapathError> {
         path: fresh.clone(),
         source,
     })?;
-    std::fs::rename(&fresh, pin).map_err(DatapathError::path(PathAction::Creating, pin))?;
+    std::fs::rename(&fresh, pin).map_err(|e| {
+        // Unpinned, the new link goes with the agent's descriptor: one guard, the old.
+        let _ = std::fs::remove_file(&fresh);
+        DatapathError::path(PathAction::Creating, pin)(e)
+    })?;
     Ok(())
 }
 
 /// Creates a packet socket and looks for the guard's count of it. The socket needs no
 /// capability to be counted: the LSM hook runs before the packet family checks any.
-fn kernel_runs_it(stats: &KernelStats) -> Result<bool, DatapathError> {
+fn kernel_runs_it(stats: &KernelStats) -> bool {
     let before = stats.counter(Counter::PacketSockets);
     // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -104,13 +117,7 @@ fn kernel_runs_it(stats: &KernelStats) -> Result<bool, DatapathError> {
         // SAFETY: a new descriptor nothing else owns.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    // Per-CPU counters are read after the program ran on this thread's CPU: no wait is
-    // needed, but a read racing the update costs nothing to retry once.
-    for _ in 0..2 {
-        if stats.counter(Counter::PacketSockets) > before {
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(false)
+    // The program ran within socket(2), before it returned: its count (summed over the
+    // CPUs) is there already.
+    stats.counter(Counter::PacketSockets) > before
 }

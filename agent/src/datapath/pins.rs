@@ -202,7 +202,9 @@ pub fn uninstall(root: &Path) -> Result<Uninstalled, DatapathError> {
             continue;
         }
         if path.is_dir() {
-            links += std::fs::read_dir(path.join("links")).map_or(0, |l| l.count());
+            for sub in ["links", "node"] {
+                links += std::fs::read_dir(path.join(sub)).map_or(0, |l| l.count());
+            }
             remove_all(&path).map_err(DatapathError::path(PathAction::Removing, &path))?;
         } else {
             std::fs::remove_file(&path)

@@ -531,6 +531,7 @@ const AF_XDP: i32 = 44;
 /// An LSM program returns 0 to let the call go on, or a negative errno.
 const LSM_ALLOW: i32 = 0;
 const EPERM: i32 = 1;
+const MAX_ERRNO: i32 = 4095;
 
 /// Frames sent or received through a packet (AF_PACKET) or XDP socket never meet the
 /// cgroup hooks: an isolated or quarantined workload may not create one. (TC on a pod's
@@ -543,7 +544,12 @@ pub fn stagewall_socket_create(ctx: LsmContext) -> i32 {
     // programs before this one decided.
     let earlier: i32 = ctx.arg(4);
     if earlier != 0 {
-        return earlier;
+        // The verifier lets an LSM program return only 0 or an errno (-4095..-1).
+        return if (-MAX_ERRNO..0).contains(&earlier) {
+            earlier
+        } else {
+            -EPERM
+        };
     }
     let family: i32 = ctx.arg(0);
     let kern: i32 = ctx.arg(3);

@@ -332,11 +332,15 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
 
 /// A workload creating a packet (AF_PACKET) or XDP socket: refused when it is quarantined
 /// or isolated in either direction (what it would send or receive through the socket
-/// passes no cgroup hook), reported (hook socket_create), and let through in audit mode.
-/// Not counted as a packet: there is none yet.
+/// passes no cgroup hook), reported (hook socket_create); let through, and reported as
+/// would-drop, only when every direction that isolates it is audited. Not counted as a
+/// packet: there is none yet.
 pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
     let quarantined = ep.flags & EP_QUARANTINED != 0;
-    let direction = if isolates(ep, DIR_EGRESS) {
+    let enforced = |d| isolates(ep, d) && !audits(cfg, ep, d);
+    // The direction the event names: an enforced one first, else an audited one.
+    let direction = if enforced(DIR_EGRESS) || (!enforced(DIR_INGRESS) && isolates(ep, DIR_EGRESS))
+    {
         DIR_EGRESS
     } else {
         DIR_INGRESS
@@ -344,7 +348,7 @@ pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
     if !quarantined && !isolates(ep, direction) {
         return Verdict::Pass;
     }
-    let audit = !quarantined && audits(cfg, ep, direction);
+    let audit = !quarantined && !enforced(DIR_EGRESS) && !enforced(DIR_INGRESS);
     let report = Report {
         verdict: if audit {
             VERDICT_WOULD_DROP

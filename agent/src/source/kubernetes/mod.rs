@@ -159,7 +159,7 @@ impl View {
     /// The desired state if it changed since it was last given: pods' cgroups are looked
     /// up again each time (a pod's appears when kubelet starts it).
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {
-        let cluster = self.cluster.lock().expect("cluster lock");
+        // The host is read before the cluster is locked: the watchers wait for nobody.
         let cgroups = PodCgroups::scan(&self.cgroup_mount, &self.base);
         // Read in either attachment: meshed pods are enforced by TC where they have one.
         let routes =
@@ -167,6 +167,7 @@ impl View {
         // The node's interfaces (the agent is on the host network), with its Node
         // object's addresses: the node's identity.
         let interfaces = host::local_addresses();
+        let cluster = self.cluster.lock().expect("cluster lock");
         let inputs = (cluster.version, cgroups, routes, interfaces);
         if self.inputs.as_ref() == Some(&inputs) {
             return None;
