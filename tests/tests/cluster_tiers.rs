@@ -387,4 +387,16 @@ fn without_the_crd_the_agent_says_so_once_and_takes_cluster_network_policies_up_
         "said once, not on every retry\n{}",
         log()
     );
+
+    // The CRD removed again: its objects go with it (the API server deletes them first,
+    // and the watch says so), nothing of them stays in force.
+    cluster
+        .kubectl(&["delete", "crd", CLUSTER_NETWORK_POLICY_CRD, "--wait=true"])
+        .expect("removing the CRD");
+    until("the ClusterNetworkPolicy gone with its CRD", log, || {
+        entries() == before
+    });
+    until("the NetworkPolicy alone", log, || {
+        bed.tcp("client", server, 80).is("ok")
+    });
 }
