@@ -400,3 +400,106 @@ fn without_the_crd_the_agent_says_so_once_and_takes_cluster_network_policies_up_
         bed.tcp("client", server, 80).is("ok")
     });
 }
+
+/// One ClusterNetworkPolicy too large for the kernel maps is left out like any policy
+/// object, with a Warning Event on it (cluster-scoped: the event lives in `default`), and
+/// the rest stays in force: 25 rules of 25 ports each way, from and to 300 identities
+/// elsewhere in the cluster, need 375,000 POLICY entries; a slot holds 262,144.
+#[test]
+fn a_cluster_network_policy_too_large_for_the_kernel_maps_is_left_out_with_an_event() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let base = bed.cgroup_base_path();
+    let cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster
+        .agent_kubeconfig()
+        .expect("installing deploy/kubernetes and a token for the agent");
+    cluster.create_namespace("ml").expect("namespace");
+    for (name, labels) in [("client", "{app: client}"), ("server", "{app: server}")] {
+        cluster.run_bed_pod(&mut bed, &base, name, "node-a", labels);
+    }
+    let workloads: String = (0..300)
+        .map(|i| {
+            format!(
+                "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: w{i}, namespace: ml, labels: {{app: w{i}}}}}\nspec: {{addresses: [\"10.250.{}.{}\"]}}\n---\n",
+                i / 200,
+                i % 200 + 1
+            )
+        })
+        .collect();
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &workloads)
+        .expect("300 Workload objects");
+    let small = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: small}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}\n  ingress:\n  - {action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 81}}}]}\n";
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], small)
+        .expect("the small one");
+
+    let agent = bed
+        .start_agent_kubernetes(
+            &agent_kubeconfig,
+            &["--node-name", "node-a", "--pods-cgroup-base", &base],
+        )
+        .expect("starting the agent with the ServiceAccount's token");
+    let log = || format!("{}\n{}", agent.log(), cluster.log("kube-apiserver"));
+    until("the pods enforced", log, || {
+        metric_sum(&agent.metrics(), "stagewall_workloads_enforced", &[]) == 2.0
+    });
+    let entries = || {
+        metric_sum(
+            &agent.metrics(),
+            "stagewall_map_entries",
+            &[("map", "policy")],
+        )
+    };
+    let before = entries();
+    assert!(before > 0.0, "the small one is compiled\n{}", log());
+
+    let rules = |peers: &str| -> String {
+        (0..25)
+            .map(|r| {
+                let ports: Vec<String> = (0..25)
+                    .map(|p| {
+                        format!(
+                            "{{tcp: {{destinationPort: {{number: {}}}}}}}",
+                            10_000 + r * 25 + p
+                        )
+                    })
+                    .collect();
+                format!(
+                    "  - {{action: Accept, {peers}: [{{namespaces: {{}}}}], protocols: [{}]}}\n",
+                    ports.join(", ")
+                )
+            })
+            .collect()
+    };
+    let huge = format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: huge}}\nspec:\n  tier: Admin\n  priority: 2\n  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: server}}}}}}}}\n  ingress:\n{}  egress:\n{}",
+        rules("from"),
+        rules("to")
+    );
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &huge)
+        .expect("the huge one passes the CRD's schema");
+    let took = until_within(
+        "the huge one left out",
+        Duration::from_secs(60),
+        log,
+        || metric_sum(&agent.metrics(), "stagewall_objects_left_out", &[]) == 1.0,
+    );
+    println!("the huge ClusterNetworkPolicy left out after {took:?}");
+    assert!(
+        agent.log().contains(
+            "kubernetes/clusternetworkpolicies/huge:0: left out: with it the kernel maps overflow (policy:"
+        ),
+        "{}",
+        log()
+    );
+    assert_eq!(entries(), before, "the small one alone\n{}", log());
+    let events = || cluster.events("default");
+    until("a LeftOut event on the huge one", log, || {
+        events().contains("LeftOut ClusterNetworkPolicy/huge: left out on node node-a")
+    });
+}
