@@ -451,19 +451,27 @@ impl PolicySet {
             .unwrap_or_default()
     }
 
-    /// Whether `workload`'s `direction` is audited by its namespace or by a policy that
-    /// isolates it there (the agent's own `--mode audit` aside).
+    /// Whether `workload`'s `direction` is audited by its namespace, by a NetworkPolicy
+    /// that isolates it there, or by a ClusterNetworkPolicy whose subject holds it with
+    /// rules for that direction (the agent's own `--mode audit` aside).
     pub fn audited(&self, workload: &Workload, direction: Direction) -> bool {
         let namespace = self
             .namespaces
             .iter()
             .find(|n| n.name == workload.name.namespace)
             .and_then(|n| n.mode);
-        namespace == Some(Mode::Audit)
+        if namespace == Some(Mode::Audit)
             || self
                 .isolating(workload, direction)
                 .iter()
                 .any(|p| p.mode == Some(Mode::Audit))
+        {
+            return true;
+        }
+        let namespace_labels = self.namespace_labels(&workload.name.namespace);
+        self.cluster_policies.iter().any(|p| {
+            p.mode == Some(Mode::Audit) && p.applies(&namespace_labels, &workload.labels, direction)
+        })
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.
