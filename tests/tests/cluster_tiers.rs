@@ -286,6 +286,35 @@ fn cluster_network_policies_from_the_real_api_server_decide_by_tier_around_netwo
     });
     tiers("beside a refused object and a refused update");
 
+    // The denials name the ClusterNetworkPolicy rule that decided, tier by tier.
+    let denied_by = |workload: &str, direction: &str, reason: &str, policy: &str| {
+        let found = |events: &[serde_json::Value]| {
+            events.iter().any(|e| {
+                e["verdict"] == "dropped"
+                    && e["workload"] == workload
+                    && e["direction"] == direction
+                    && e["reason"] == reason
+                    && e["rule"]["policy"] == policy
+            })
+        };
+        until(&format!("{reason} of {policy} reported"), log, || {
+            found(&agent.events())
+        });
+    };
+    denied_by(
+        "tenant-b/server",
+        "ingress",
+        "admin-deny",
+        "tenant-b-not-from-a",
+    );
+    denied_by(
+        "tenant-a/client",
+        "ingress",
+        "baseline-deny",
+        "tenant-a-baseline",
+    );
+    denied_by("tenant-a/client", "egress", "admin-deny", "tenant-a-egress");
+
     // Deleted with kubectl: tenant b's NetworkPolicy decides again.
     cluster
         .kubectl(&["delete", "clusternetworkpolicy", "tenant-b-not-from-a"])
@@ -301,6 +330,28 @@ fn cluster_network_policies_from_the_real_api_server_decide_by_tier_around_netwo
         "timeout",
         "the NetworkPolicy still isolates",
     );
+
+    // The stagewall.io/mode annotation through the API server: the Baseline audited, its
+    // denial passes and is reported as a would-drop naming the rule.
+    cluster
+        .kubectl(&[
+            "annotate",
+            "clusternetworkpolicy",
+            "tenant-a-baseline",
+            "stagewall.io/mode=audit",
+        ])
+        .expect("annotating it");
+    until("the Baseline audited", log, || {
+        bed.tcp("server", client, 81).is("ok")
+    });
+    until("the would-drop reported", log, || {
+        agent.events().iter().any(|e| {
+            e["verdict"] == "would-drop"
+                && e["workload"] == "tenant-a/client"
+                && e["reason"] == "baseline-deny"
+                && e["rule"]["policy"] == "tenant-a-baseline"
+        })
+    });
 }
 
 /// A platform without the ClusterNetworkPolicy CRD: the agent says so once, enforces the
