@@ -149,11 +149,29 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
                     .join(", ")
             }
         };
+        // The ClusterNetworkPolicies that hold the workload, in the order they are read.
+        let guardrails = |direction| {
+            let Some(w) = set.workload(&ep.workload.to_string()) else {
+                return String::new();
+            };
+            let mut policies = set.cluster_policies_of(w, direction);
+            if policies.is_empty() {
+                return String::new();
+            }
+            policies.sort_by(|a, b| a.precedence(b));
+            let policies: Vec<String> = policies
+                .iter()
+                .map(|p| format!("{} {}", p.tier, p.name))
+                .collect();
+            format!(" (guardrails: {})", policies.join(", "))
+        };
         println!(
-            "  {:<32} ingress: {}; egress: {}",
+            "  {:<32} ingress: {}{}; egress: {}{}",
             ep.workload.to_string(),
             names(&ep.ingress_isolated_by),
-            names(&ep.egress_isolated_by)
+            guardrails(policy::model::Direction::Ingress),
+            names(&ep.egress_isolated_by),
+            guardrails(policy::model::Direction::Egress)
         );
     }
     true

@@ -8,7 +8,7 @@
 //! - the tiers, each a POLICY program (LPM) looked up under the peer's identity and, on a
 //!   miss, under the any-peer identity: the Admin tier (at most 2 lookups), then the
 //!   NetworkPolicy tier (at most 2) when a NetworkPolicy isolates the workload this way,
-//!   else the Baseline tier (at most 2) — so at most 6 POLICY lookups, whatever the
+//!   else the Baseline tier (at most 2) — so at most 4 POLICY lookups, whatever the
 //!   number of ClusterNetworkPolicies and rules (the compiler flattens priorities and
 //!   rule order into the entries: the longest prefix is the first rule that matches);
 //! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);

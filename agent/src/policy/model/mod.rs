@@ -468,10 +468,23 @@ impl PolicySet {
         {
             return true;
         }
+        self.cluster_policies_of(workload, direction)
+            .iter()
+            .any(|p| p.mode == Some(Mode::Audit))
+    }
+
+    /// The ClusterNetworkPolicies whose subject holds `workload` and that have rules for
+    /// `direction`, in the order they are written.
+    pub fn cluster_policies_of(
+        &self,
+        workload: &Workload,
+        direction: Direction,
+    ) -> Vec<&ClusterNetworkPolicy> {
         let namespace_labels = self.namespace_labels(&workload.name.namespace);
-        self.cluster_policies.iter().any(|p| {
-            p.mode == Some(Mode::Audit) && p.applies(&namespace_labels, &workload.labels, direction)
-        })
+        self.cluster_policies
+            .iter()
+            .filter(|p| p.applies(&namespace_labels, &workload.labels, direction))
+            .collect()
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.

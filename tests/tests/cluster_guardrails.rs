@@ -1,0 +1,177 @@
+//! ClusterNetworkPolicy guardrails on the real kernel, beyond the upstream conformance
+//! cases (cluster_conformance.rs): a policy's own audit annotation, the event and metric
+//! that name the deciding rule, the fast EPERM at connect, and a NetworkPolicy that
+//! cannot open what the Admin tier denies. The policy is the shipped example
+//! `policies/cluster/blocked-addresses.yaml`, unchanged but for the annotation.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+use stagewall_tests::{Agent, Testbed, metric_sum, privileged, until};
+
+/// An address of the example's block list (a documentation range), given to an outside
+/// node the test creates.
+const BLOCKED: &str = "192.0.2.10";
+
+fn example(path: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The example with `stagewall.io/mode: audit` on it.
+fn audited(yaml: &str) -> String {
+    let audited = yaml.replacen(
+        "  name: blocked-addresses\n",
+        "  name: blocked-addresses\n  annotations: {stagewall.io/mode: audit}\n",
+        1,
+    );
+    assert_ne!(audited, yaml, "the example's metadata changed");
+    audited
+}
+
+/// A NetworkPolicy of the trainer's namespace that allows its egress to the whole block
+/// list's first range and to the peer: the Admin tier is read first, so it opens nothing
+/// the block list denies.
+const NAMESPACE_OPENS_IT: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: trainer-egress, namespace: ml}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 192.0.2.0/24}}, {namespaceSelector: {}}]
+";
+
+fn generation(agent: &Agent) -> f64 {
+    metric_sum(&agent.metrics(), "stagewall_policy_generation", &[])
+}
+
+/// Events of the trainer's connects to the blocked address.
+fn blocked_events(agent: &Agent) -> Vec<Value> {
+    agent
+        .events()
+        .into_iter()
+        .filter(|e| e["dst"] == BLOCKED && e["workload"] == "ml/trainer")
+        .collect()
+}
+
+fn rule_events(agent: &Agent, verdict: &str) -> f64 {
+    metric_sum(
+        &agent.metrics(),
+        "stagewall_cluster_policy_rule_events_total",
+        &[
+            ("tier", "Admin"),
+            ("policy", "blocked-addresses"),
+            ("rule", "block-list"),
+            ("action", "Deny"),
+            ("verdict", verdict),
+        ],
+    )
+}
+
+#[test]
+fn an_audited_guardrail_reports_then_enforced_it_denies_what_a_namespace_policy_allows() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["trainer", "peer", "blocked"]).expect("creating the test bed");
+    let mut inventory = bed.workload_yaml("trainer", "ml", "{stage: training}", false);
+    inventory += &bed.workload_yaml("peer", "data", "{app: store}", false);
+    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    bed.write_policy("namespace-policy.yaml", NAMESPACE_OPENS_IT)
+        .unwrap();
+    let enforced = example("cluster/blocked-addresses.yaml");
+    bed.write_policy("blocked-addresses.yaml", &audited(&enforced))
+        .unwrap();
+    bed.make_outside("blocked", BLOCKED).unwrap();
+    bed.serve("blocked", &[80], &[]).unwrap();
+    bed.serve("peer", &[5000], &[]).unwrap();
+    let blocked: IpAddr = BLOCKED.parse().unwrap();
+    let peer = bed.node("peer").v4;
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+
+    // Audit: the connection goes through, and the rule that would deny it is reported.
+    let outcome = bed.tcp("trainer", blocked, 80);
+    assert!(outcome.is("ok"), "audited: {outcome:?}\n{}", agent.log());
+    until(
+        "the would-drop event",
+        || agent.log(),
+        || !blocked_events(&agent).is_empty(),
+    );
+    let e = &blocked_events(&agent)[0];
+    assert_eq!(e["verdict"], "would-drop", "{e}");
+    assert_eq!(e["reason"], "admin-deny", "{e}");
+    assert_eq!(
+        e["rule"],
+        serde_json::json!({"tier": "Admin", "policy": "blocked-addresses", "name": "block-list", "action": "Deny"}),
+        "{e}"
+    );
+    assert!(
+        rule_events(&agent, "would-drop") >= 1.0,
+        "{}",
+        agent.metrics()
+    );
+    assert_eq!(rule_events(&agent, "dropped"), 0.0);
+
+    // Enforced: refused at connect, although the namespace's own policy allows it; the
+    // namespace policy still decides the rest.
+    let before = generation(&agent);
+    bed.write_policy("blocked-addresses.yaml", &enforced)
+        .unwrap();
+    until(
+        "the enforced policy",
+        || agent.log(),
+        || generation(&agent) > before,
+    );
+    let outcome = bed.tcp("trainer", blocked, 80);
+    assert!(
+        outcome.is("eperm"),
+        "enforced: {outcome:?}\n{}",
+        agent.log()
+    );
+    assert!(
+        outcome.millis < 500,
+        "a denied connect fails at once, took {} ms",
+        outcome.millis
+    );
+    let outcome = bed.tcp("trainer", peer, 5000);
+    assert!(
+        outcome.is("ok"),
+        "trainer -> peer: {outcome:?}\n{}",
+        agent.log()
+    );
+    until(
+        "the dropped event",
+        || agent.log(),
+        || {
+            blocked_events(&agent)
+                .iter()
+                .any(|e| e["verdict"] == "dropped")
+        },
+    );
+    let e = blocked_events(&agent)
+        .into_iter()
+        .find(|e| e["verdict"] == "dropped")
+        .unwrap();
+    assert_eq!(e["reason"], "admin-deny", "{e}");
+    assert_eq!(e["hook"], "connect", "{e}");
+    assert_eq!(e["rule"]["name"], "block-list", "{e}");
+    assert!(rule_events(&agent, "dropped") >= 1.0, "{}", agent.metrics());
+
+    // Without the guardrail the namespace's policy decides alone: allowed.
+    let before = generation(&agent);
+    bed.remove_policy("blocked-addresses.yaml").unwrap();
+    until(
+        "the guardrail removed",
+        || agent.log(),
+        || generation(&agent) > before,
+    );
+    let outcome = bed.tcp("trainer", blocked, 80);
+    assert!(
+        outcome.is("ok"),
+        "no guardrail: {outcome:?}\n{}",
+        agent.log()
+    );
+}
