@@ -110,6 +110,13 @@ impl Compiled {
             .map(|&i| &self.endpoints[i])
     }
 
+    /// The ClusterNetworkPolicy rule a POLICY value's rule reference (an event's `rule`)
+    /// names; None for 0 (no rule) or a reference beyond this compile's.
+    pub fn tier_rule(&self, reference: u32) -> Option<&TierRule> {
+        let index = usize::try_from(reference.checked_sub(1)?).ok()?;
+        self.tier_rules.get(index)
+    }
+
     /// Entries each policy map needs for this policy, and the most one policy may use:
     /// half of the map, since the two slots live in it side by side.
     pub fn map_usage(&self) -> [(&'static str, usize, u32); 5] {
@@ -191,20 +198,10 @@ impl CachedEntries {
 }
 
 /// What the user should know about a desired state that compiles: ClusterNetworkPolicies
-/// of one tier sharing a priority (read by name), and that the kernel does not decide by
-/// ClusterNetworkPolicies yet (issue 17: parsed, checked and explained by policy::tiers,
-/// compiled into tier programs by tiers.rs and written to the maps, but the kernel
-/// programs do not look them up yet). One line each, for `check` to print and the agent
-/// to log; the rest of the state is enforced as before.
+/// of one tier sharing a priority (read by name). One line each, for `check` to print and
+/// the agent to log; the state is enforced whole.
 pub fn warnings(set: &PolicySet) -> Vec<String> {
-    let mut warnings = crate::policy::tiers::priority_ties(set);
-    warnings.extend(set.cluster_policies.iter().map(|p| {
-        format!(
-            "ClusterNetworkPolicy {} ({} tier, priority {}) at {} is checked but NOT enforced: this version's kernel programs do not decide by ClusterNetworkPolicies yet",
-            p.name, p.tier, p.priority, p.origin
-        )
-    }));
-    warnings
+    crate::policy::tiers::priority_ties(set)
 }
 
 /// Compiles the desired state. `previous` holds the ids of the policy in force; workloads

@@ -78,6 +78,8 @@ pub struct TierRule {
     pub direction: Direction,
     /// Index into the policy's rules of the direction.
     pub index: usize,
+    /// The rule's name, or `#N` (from 1) for a rule without one: what events say.
+    pub name: String,
     pub action: Action,
 }
 
@@ -267,6 +269,10 @@ impl<'a> TierCompiler<'a> {
                         tier: p.tier,
                         direction,
                         index,
+                        name: rule
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("#{}", index + 1)),
                         action: rule.action,
                     });
                     refs.insert((i, direction, index), rules.len() as u32);
@@ -323,7 +329,7 @@ impl<'a> TierCompiler<'a> {
             .copied()
             .filter(|&i| {
                 let p = &set.cluster_policies[i];
-                !p.rules(direction).is_empty() && p.subject.matches(&namespace, &local.labels)
+                p.applies(&namespace, &local.labels, direction)
             })
             .collect();
         if policies.is_empty() {

@@ -10,9 +10,10 @@ use std::{borrow::Cow, cmp::Ordering, fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use stagewall_common::{
     DIR_INGRESS, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCKET_CREATE, HOOK_TC,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED,
-    REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP,
-    REASON_PACKET_SOCKET, REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ADMIN_DENY, REASON_ALLOWED,
+    REASON_BASELINE_DENY, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED,
+    VERDICT_WOULD_DROP,
 };
 
 use crate::policy::model::Direction;
@@ -86,6 +87,10 @@ pub enum Reason {
     NotIp,
     /// An isolated workload creating a packet (AF_PACKET) or XDP socket.
     PacketSocket,
+    /// A ClusterNetworkPolicy rule of the Admin tier denies it.
+    AdminDeny,
+    /// A ClusterNetworkPolicy rule of the Baseline tier denies it.
+    BaselineDeny,
     /// A reason number this agent does not know.
     #[serde(other)]
     Unknown,
@@ -102,6 +107,8 @@ impl Reason {
             REASON_QUARANTINE => Reason::Quarantine,
             REASON_NOT_IP => Reason::NotIp,
             REASON_PACKET_SOCKET => Reason::PacketSocket,
+            REASON_ADMIN_DENY => Reason::AdminDeny,
+            REASON_BASELINE_DENY => Reason::BaselineDeny,
             _ => Reason::Unknown,
         }
     }
@@ -116,6 +123,8 @@ impl Reason {
             Reason::MapFull => "map-full",
             Reason::NotIp => "not-ip",
             Reason::PacketSocket => "packet-socket",
+            Reason::AdminDeny => "admin-deny",
+            Reason::BaselineDeny => "baseline-deny",
             Reason::Unknown => "unknown",
         }
     }

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use stagewall_common::{Event, FAMILY_V4, FAMILY_V6, GUARD_ENDPOINT_ID};
 
 pub use self::fields::{Hook, IpProtocol, Reason, Verdict};
-use crate::{compiler::Compiled, policy::model::Direction};
+use crate::{
+    compiler::{Compiled, TierRule},
+    policy::model::Direction,
+};
 
 /// One verdict event as users see it: a JSON line, an HTTP stream item, a table row.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,6 +55,31 @@ pub struct VerdictEvent {
     /// kernel chose for it, the pod the policy judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The ClusterNetworkPolicy rule that decided (a denial of reason `admin-deny` or
+    /// `baseline-deny`, or an allowed flow's record); absent when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<DecidingRule>,
+}
+
+/// A ClusterNetworkPolicy rule as events name it: its tier, policy, name (`#N` from 1 for
+/// a rule without one) and action.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DecidingRule {
+    pub tier: String,
+    pub policy: String,
+    pub name: String,
+    pub action: String,
+}
+
+impl DecidingRule {
+    fn of(rule: &TierRule) -> DecidingRule {
+        DecidingRule {
+            tier: rule.tier.name().to_string(),
+            policy: rule.policy.clone(),
+            name: rule.name.clone(),
+            action: rule.action.name().to_string(),
+        }
+    }
 }
 
 impl VerdictEvent {
@@ -160,6 +188,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         hook,
         suppressed: event.suppressed,
         service: compiled.services.name(event.service).map(|s| s.to_string()),
+        rule: compiled.tier_rule(event.rule).map(DecidingRule::of),
     }
 }
 
@@ -218,5 +247,56 @@ mod tests {
         let e = describe(&event, &Compiled::default(), "node-1");
         assert_eq!(serde_json::to_value(&e).unwrap()["protocol"], "unknown");
         assert_eq!(e.metric_labels(port)[2], "unknown/Some(443)");
+    }
+
+    /// A denial of the Admin tier names the rule (its POLICY value's reference); a
+    /// reference this compile does not know names none.
+    #[test]
+    fn a_tier_denial_names_its_rule() {
+        use stagewall_common::REASON_ADMIN_DENY;
+
+        use crate::policy::model::{Action, Tier};
+
+        let mut compiled = Compiled::default();
+        for (name, action) in [("allow-dns", Action::Accept), ("#2", Action::Deny)] {
+            compiled.tier_rules.push(TierRule {
+                policy: "tenant-isolation".into(),
+                tier: Tier::Admin,
+                direction: Direction::Egress,
+                index: compiled.tier_rules.len(),
+                name: name.into(),
+                action,
+            });
+        }
+        let event = Event {
+            verdict: stagewall_common::VERDICT_DROPPED,
+            reason: REASON_ADMIN_DENY,
+            direction: DIR_EGRESS,
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            rule: 2,
+            ..Default::default()
+        };
+        let e = describe(&event, &compiled, "node-1");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["reason"], "admin-deny", "{json}");
+        assert_eq!(
+            json["rule"],
+            serde_json::json!({"tier": "Admin", "policy": "tenant-isolation", "name": "#2", "action": "Deny"}),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_value::<VerdictEvent>(json).unwrap(), e);
+        for unknown in [0, 3] {
+            let e = describe(
+                &Event {
+                    rule: unknown,
+                    ..event
+                },
+                &compiled,
+                "node-1",
+            );
+            assert_eq!(e.rule, None);
+            assert!(serde_json::to_value(&e).unwrap().get("rule").is_none());
+        }
     }
 }

@@ -35,6 +35,9 @@ pub struct Metrics {
     registry: Registry,
     violations: IntCounterVec,
     events: IntCounterVec,
+    /// Events a ClusterNetworkPolicy rule decided, by rule and verdict (bounded by the
+    /// rules written).
+    cluster_rule_events: IntCounterVec,
     packets: IntCounterVec,
     workload_packets: IntCounterVec,
     workload_bytes: IntCounterVec,
@@ -188,6 +191,12 @@ impl Metrics {
                 "ml_network_violations_total",
                 "Packets, connects and sends that policy denied (or would deny in audit mode), by sending workload, receiving workload or CIDR, and destination port (or protocol).",
                 &VIOLATION_LABELS,
+            ),
+            cluster_rule_events: counter_vec(
+                &r,
+                "stagewall_cluster_policy_rule_events_total",
+                "Verdict events a ClusterNetworkPolicy rule decided (denials, and allowed flows' records with --log-allowed), by tier, policy, rule name (#N without one), action and verdict.",
+                &["tier", "policy", "rule", "action", "verdict"],
             ),
             events: counter_vec(
                 &r,
@@ -379,6 +388,17 @@ impl Metrics {
         self.events
             .with_label_values(&[e.verdict.name(), e.reason.name()])
             .inc();
+        if let Some(rule) = &e.rule {
+            self.cluster_rule_events
+                .with_label_values(&[
+                    rule.tier.as_str(),
+                    rule.policy.as_str(),
+                    rule.name.as_str(),
+                    rule.action.as_str(),
+                    e.verdict.name(),
+                ])
+                .inc();
+        }
     }
 
     /// Every event the kernel reported (`event`, named `e`), delivered or not: a

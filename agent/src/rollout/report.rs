@@ -28,7 +28,8 @@ pub struct StageReport {
     /// Would-drop and dropped events by (direction, peer, protocol/port).
     pub would_drops: Vec<Denials>,
     pub drops: Vec<Denials>,
-    /// The policies that isolate the stage's workloads.
+    /// The policies in force for the stage's workloads: the NetworkPolicies that isolate
+    /// them, and the ClusterNetworkPolicies whose subject holds them.
     pub ingress_isolated_by: Vec<String>,
     pub egress_isolated_by: Vec<String>,
 }
@@ -78,10 +79,16 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             } else {
                 Mode::Enforce
             });
-            policies.entry(stage.clone()).or_default()[i].extend(
+            let in_force = policies.entry(stage.clone()).or_default();
+            in_force[i].extend(
                 set.isolating(w, direction)
                     .iter()
                     .map(|p| p.name.to_string()),
+            );
+            in_force[i].extend(
+                set.cluster_policies_of(w, direction)
+                    .iter()
+                    .map(|p| format!("ClusterNetworkPolicy {} ({} tier)", p.name, p.tier)),
             );
         }
     }

@@ -1,7 +1,8 @@
 //! `stagewall simulate --policies DIR`: replays flow records against a candidate policy
 //! set and says, per stage, which flows it would newly deny or newly allow, and the rule
-//! responsible. Decided by the NetworkPolicy semantics the compiler is tested against
-//! (policy::semantics), so no kernel is needed; a CI job can gate a policy change on it.
+//! responsible. Decided by the tiers the compiler is tested against (policy::tiers: the
+//! Admin tier, the NetworkPolicies, the Baseline tier), so no kernel is needed; a CI job
+//! can gate a policy change on it.
 //!
 //! What counts is whether the traffic goes through:
 //! - newly denied: the flow went through (allowed, or would-drop in audit mode) and the
@@ -19,7 +20,8 @@ use crate::{
     events::IpProtocol,
     policy::{
         model::{Direction, Mode, NetworkPolicy, PolicySet},
-        semantics::{self, Side},
+        semantics::Side,
+        tiers::{self, DecidedBy, Decision},
     },
     rollout::flow_records::{FlowRecord, RecordsFile},
 };
@@ -126,7 +128,7 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             continue;
         };
         let direction = r.key.direction;
-        let side = semantics::decide(
+        let decision = tiers::decide(
             candidate,
             w,
             direction,
@@ -137,7 +139,7 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
         let audited = agent_mode == Mode::Audit || candidate.audited(w, direction);
         // Not a sum: each count may be up to u64::MAX.
         let was_denied = r.would_drop > 0 || r.dropped > 0;
-        let change = match (side.allowed(), audited) {
+        let change = match (decision.allowed(), audited) {
             (false, false) if r.passed() => Change::NewlyDenied,
             (false, true) => Change::WouldDrop,
             (true, _) if was_denied => Change::NewlyAllowed,
@@ -159,7 +161,7 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             Change::Unchanged => result.unchanged += 1,
         }
         if change != Change::Unchanged {
-            result.changes.push(outcome(r, change, &side));
+            result.changes.push(outcome(r, change, &decision));
         }
     }
     for s in stages.values_mut() {
@@ -171,7 +173,7 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
     }
 }
 
-fn outcome(r: &FlowRecord, change: Change, side: &Side) -> Outcome {
+fn outcome(r: &FlowRecord, change: Change, decision: &Decision) -> Outcome {
     let direction = r.key.direction;
     let section = direction.name();
     let names = |ps: &[&NetworkPolicy]| {
@@ -180,21 +182,38 @@ fn outcome(r: &FlowRecord, change: Change, side: &Side) -> Outcome {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let because = match side {
-        Side::NotIsolated => format!("no policy selects the workload for {section}"),
-        Side::SelfTraffic => "traffic to itself".to_string(),
-        Side::FromNode => "from the workload's node, which ingress always lets in".to_string(),
-        Side::Allowed { policy, rule, .. } => format!(
-            "allowed by {} {section} rule {} ({}:{})",
-            policy.name,
-            rule + 1,
-            policy.origin.file.display(),
-            policy.rules(direction)[*rule].line
+    let because = match &decision.by {
+        DecidedBy::SelfTraffic => "traffic to itself".to_string(),
+        DecidedBy::Default => format!("no policy of any tier decides its {section}"),
+        DecidedBy::Cluster(rule) => format!(
+            "{} by ClusterNetworkPolicy {} ({} tier, priority {}) {section} rule {} ({}:{})",
+            match rule.action() {
+                crate::policy::model::Action::Deny => "denied",
+                _ => "allowed",
+            },
+            rule.policy.name,
+            rule.policy.tier,
+            rule.policy.priority,
+            rule.name(),
+            rule.policy.origin.file.display(),
+            rule.rule().line
         ),
-        Side::Denied { isolated_by } => format!(
-            "isolated by {}, and no {section} rule of theirs allows it",
-            names(isolated_by)
-        ),
+        DecidedBy::NetworkPolicy(side) => match side {
+            Side::NotIsolated => format!("no policy selects the workload for {section}"),
+            Side::SelfTraffic => "traffic to itself".to_string(),
+            Side::FromNode => "from the workload's node, which ingress always lets in".to_string(),
+            Side::Allowed { policy, rule, .. } => format!(
+                "allowed by {} {section} rule {} ({}:{})",
+                policy.name,
+                rule + 1,
+                policy.origin.file.display(),
+                policy.rules(direction)[*rule].line
+            ),
+            Side::Denied { isolated_by } => format!(
+                "isolated by {}, and no {section} rule of theirs allows it",
+                names(isolated_by)
+            ),
+        },
     };
     Outcome {
         change,
@@ -256,5 +275,58 @@ mod tests {
             .map(|c| c.change)
             .collect();
         assert_eq!(changes, [Change::NewlyAllowed], "{}", simulated.text());
+    }
+
+    /// The candidate's tiers decide: an Admin Deny closes what went through, a Pass hands
+    /// the flow to the NetworkPolicies, and the outcome names the rule.
+    #[test]
+    fn a_candidate_cluster_network_policy_is_simulated_by_its_tiers() {
+        let record = |port: u16| FlowRecord {
+            key: RecordKey {
+                workload: "ml/a".into(),
+                direction: Direction::Egress,
+                protocol: IpProtocol::Tcp,
+                port: Some(port),
+                peer_address: [169, 254, 169, 254].into(),
+            },
+            stage: None,
+            peer: "world".into(),
+            allowed: 3,
+            would_drop: 0,
+            dropped: 0,
+            first_seen: 0,
+            last_seen: 0,
+        };
+        let records = RecordsFile {
+            version: 1,
+            agent_mode: Mode::Enforce,
+            evicted: 0,
+            covered: Vec::new(),
+            records: vec![record(80), record(8080)],
+        };
+        let mut candidate = PolicySet::default();
+        crate::policy::parse::parse_into(
+            std::path::Path::new("candidate.yaml"),
+            "apiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: ml}\nspec: {cgroup: /a, addresses: [10.0.0.1]}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: metadata}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {namespaces: {}}\n  egress:\n  - {name: proxy, action: Pass, to: [{networks: [169.254.169.254/32]}], protocols: [{tcp: {destinationPort: {number: 8080}}}]}\n  - {name: no-metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}\n",
+            &mut candidate,
+        )
+        .unwrap();
+        let simulated = simulate(&records, &candidate, Mode::Enforce);
+        let changes: Vec<(Change, Option<u16>, &str)> = simulated
+            .stages
+            .iter()
+            .flat_map(|s| &s.changes)
+            .map(|c| (c.change, c.port, c.because.as_str()))
+            .collect();
+        assert_eq!(
+            changes,
+            [(
+                Change::NewlyDenied,
+                Some(80),
+                "denied by ClusterNetworkPolicy metadata (Admin tier, priority 5) egress rule \"no-metadata\" (candidate.yaml:15)"
+            )],
+            "{}",
+            simulated.text()
+        );
     }
 }

@@ -479,6 +479,11 @@ pub const REASON_NOT_IP: u8 = 6;
 /// An isolated workload creating a packet (AF_PACKET) or XDP (AF_XDP) socket: frames sent
 /// or received through one never meet a cgroup hook, so such a workload may not have one.
 pub const REASON_PACKET_SOCKET: u8 = 7;
+/// A ClusterNetworkPolicy rule of the Admin tier denies it (the event names the rule).
+pub const REASON_ADMIN_DENY: u8 = 8;
+/// A ClusterNetworkPolicy rule of the Baseline tier denies it (no NetworkPolicy isolates
+/// the workload this way; the event names the rule).
+pub const REASON_BASELINE_DENY: u8 = 9;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;
@@ -518,8 +523,12 @@ pub struct Event {
     pub service: u32,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+    /// The ClusterNetworkPolicy rule that decided (the rule reference of its POLICY value,
+    /// `policy_value_rule`), 0 when none did (NetworkPolicy, or no policy at all).
+    pub rule: u32,
+    pub _pad_end: u32,
 }
-const _: () = assert!(size_of::<Event>() == 72);
+const _: () = assert!(size_of::<Event>() == 80);
 
 /// Rate-limit state of one flow's events.
 #[repr(C)]

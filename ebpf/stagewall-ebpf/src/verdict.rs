@@ -5,7 +5,12 @@
 //! - FLOWS (LRU hash: a flow already allowed this way under the policy in force — the
 //!   verdict cache; most packets stop here), FLOWS again (is it a reply?);
 //! - IPCACHE (LPM: the peer's identity);
-//! - POLICY (LPM: the peer's identity), then POLICY again (LPM: any peer) on a miss;
+//! - the tiers, each a POLICY program (LPM) looked up under the peer's identity and, on a
+//!   miss, under the any-peer identity: the Admin tier (at most 2 lookups), then the
+//!   NetworkPolicy tier (at most 2) when a NetworkPolicy isolates the workload this way,
+//!   else the Baseline tier (at most 2) — so at most 4 POLICY lookups, whatever the
+//!   number of ClusterNetworkPolicies and rules (the compiler flattens priorities and
+//!   rule order into the entries: the longest prefix is the first rule that matches);
 //! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);
 //! - for an allowed packet whose replies need tracking, one FLOWS lookup and, at most
 //!   once a second per flow, an update; a new flow also takes one of the workload's
@@ -23,19 +28,20 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
-    CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED, CNT_FLOW_INSERT_FAILED,
-    CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS, EP_BACKSTOP,
-    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo,
-    Event, EventLimit, FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW,
-    FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
-    FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC,
-    IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey,
-    MODE_AUDIT, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ALLOWED, REASON_DEFAULT_DENY,
-    REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE, REASON_NOT_IP, REASON_PACKET_SOCKET,
-    REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED,
-    VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, is_node_identity,
-    isolation_flag, verdict_counter,
+    ACTION_ACCEPT, ACTION_DENY, CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED,
+    CNT_FLOW_INSERT_FAILED, CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS,
+    EP_BACKSTOP, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_QUARANTINED,
+    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
+    FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS,
+    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FRAGMENTS_TIMEOUT_NS, FlowKey,
+    FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
+    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_ALLOW,
+    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ADMIN_DENY, REASON_ALLOWED,
+    REASON_BASELINE_DENY, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
+    REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED,
+    STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag,
+    endpoint_stats_index, identity_any, is_node_identity, isolation_flag, policy_value,
+    policy_value_action, policy_value_rule, verdict_counter,
 };
 
 use crate::maps::{
@@ -82,6 +88,21 @@ fn isolates(ep: &EndpointInfo, direction: u8) -> bool {
     ep.flags & isolation_flag(direction) != 0
 }
 
+/// Does a ClusterNetworkPolicy tier have rules for the endpoint in `direction`?
+fn has_tiers(ep: &EndpointInfo, direction: u8) -> bool {
+    if direction == DIR_INGRESS {
+        ep.admin_ingress != 0 || ep.baseline_ingress != 0
+    } else {
+        ep.admin_egress != 0 || ep.baseline_egress != 0
+    }
+}
+
+/// Is the endpoint's `direction` decided by policy at all: isolated by a NetworkPolicy,
+/// or named by a ClusterNetworkPolicy tier?
+pub fn guarded(ep: &EndpointInfo, direction: u8) -> bool {
+    isolates(ep, direction) || has_tiers(ep, direction)
+}
+
 /// Is this TC seeing the packet as the backstop of a cgroup-enforced workload (which
 /// counts and reports only what it denies)?
 fn is_backstop(ep: &EndpointInfo, hook: u8) -> bool {
@@ -94,6 +115,8 @@ struct Report {
     reason: u8,
     identity: u32,
     hook: u8,
+    /// The ClusterNetworkPolicy rule that decided, 0 for none.
+    rule: u32,
 }
 
 /// Decides one packet (or connect/sendmsg) of a local endpoint. On a denial it counts and
@@ -112,20 +135,10 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     if flow.self_traffic {
         return Verdict::Pass;
     }
-    let ingress = flow.direction == DIR_INGRESS;
-    let (isolated, default_deny, policy) = if ingress {
-        (
-            ep.flags & EP_ISOLATED_INGRESS != 0,
-            ep.flags & EP_DEFAULT_DENY_INGRESS != 0,
-            ep.ingress_policy,
-        )
-    } else {
-        (
-            ep.flags & EP_ISOLATED_EGRESS != 0,
-            ep.flags & EP_DEFAULT_DENY_EGRESS != 0,
-            ep.egress_policy,
-        )
-    };
+    // Decided by policy this way: a NetworkPolicy isolates the workload, or a
+    // ClusterNetworkPolicy tier has rules for it (which may deny what no NetworkPolicy
+    // would).
+    let decided = guarded(ep, flow.direction);
     // connect/sendmsg decide before a packet exists: no local port to track, no packet to
     // count (the packets that follow are decided and counted by the packet hooks).
     let packet_hook = hook == HOOK_CGROUP_SKB || hook == HOOK_TC;
@@ -133,7 +146,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
     // but counts and reports only what it denies; the cgroup hooks count the rest.
     let backstop = is_backstop(ep, hook);
 
-    if isolated {
+    if decided {
         // A flow this endpoint already allowed this way, under the policy in force: one
         // hash lookup instead of the LPM lookups below.
         if packet_hook && allowed_before(cfg, ep, flow, now) {
@@ -150,9 +163,16 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             return Verdict::Pass;
         }
         let identity = remote_identity(cfg, flow);
-        // The node reaches its pods whatever their ingress policy says (probes).
-        let from_node = ingress && is_node_identity(identity);
-        if !from_node && !allowed_by_policy(policy, identity, flow) {
+        // The node reaches its pods whatever their ingress policy says (probes), in every
+        // tier: no ClusterNetworkPolicy ingress peer names a node.
+        let from_node = flow.direction == DIR_INGRESS && is_node_identity(identity);
+        let judgement = if from_node {
+            ALLOWED_BY_DEFAULT
+        } else {
+            judge(ep, flow, identity)
+        };
+        let rule = judged_rule(judgement);
+        if judged_reason(judgement) != REASON_ALLOWED {
             let audit = audits(cfg, ep, flow.direction);
             if audit && backstop {
                 // Reported where sockets send it; a backstop in audit mode only watches.
@@ -163,11 +183,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             } else {
                 VERDICT_DROPPED
             };
-            let reason = if default_deny {
-                REASON_DEFAULT_DENY
-            } else {
-                REASON_NO_RULE
-            };
+            let reason = judged_reason(judgement);
             let stat = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
             // Packets are always reported; a denied connect or sendmsg is too, except in
             // audit mode (its packets will be). Either way the workload's statistics
@@ -185,6 +201,7 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
                         reason,
                         identity,
                         hook,
+                        rule,
                     },
                 );
             }
@@ -200,7 +217,14 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             }
             return Verdict::Pass;
         } else if packet_hook && !backstop {
-            allowed(cfg, ep, flow, now, identity, hook);
+            let report = Report {
+                verdict: VERDICT_ALLOWED,
+                reason: REASON_ALLOWED,
+                identity,
+                hook,
+                rule,
+            };
+            allowed(cfg, ep, flow, now, &report);
         }
     } else if packet_hook && !backstop {
         // With flow logging, a reply must not be reported as a flow of its own (a
@@ -210,11 +234,18 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             count_for_endpoint(ep, flow, STAT_ALLOWED);
             return Verdict::Pass;
         }
-        allowed(cfg, ep, flow, now, remote_identity(cfg, flow), hook);
+        let report = Report {
+            verdict: VERDICT_ALLOWED,
+            reason: REASON_ALLOWED,
+            identity: remote_identity(cfg, flow),
+            hook,
+            rule: 0,
+        };
+        allowed(cfg, ep, flow, now, &report);
     }
     // Track every allowed flow: for its replies — also those that arrive after a policy
     // change isolated the other direction (a connection opened before keeps working, as
-    // conntrack-based enforcement does) — and as the verdict cache when it is isolated.
+    // conntrack-based enforcement does) — and as the verdict cache when policy decides.
     if packet_hook {
         track(cfg, ep, flow, now, hook);
     }
@@ -231,6 +262,7 @@ fn quarantined(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8)
         reason: REASON_QUARANTINE,
         identity: remote_identity(cfg, flow),
         hook,
+        rule: 0,
     };
     emit(cfg, ep, flow, now, &report);
     Verdict::Drop
@@ -279,6 +311,7 @@ pub fn malformed(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes
         reason: REASON_MALFORMED,
         identity: 0,
         hook,
+        rule: 0,
     };
     emit(cfg, ep, &flow, now, &report);
     if audit || fail_open {
@@ -325,27 +358,27 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
         reason: REASON_NOT_IP,
         identity: 0,
         hook,
+        rule: 0,
     };
     emit(cfg, ep, &flow, now, &report);
     if audit { Verdict::Pass } else { Verdict::Drop }
 }
 
 /// A workload creating a packet (AF_PACKET) or XDP socket: refused when it is quarantined
-/// or isolated in either direction (what it would send or receive through the socket
-/// passes no cgroup hook), reported (hook socket_create); let through, and reported as
-/// would-drop, only when every direction that isolates it is audited. Not counted as a
+/// or its traffic is decided by policy in either direction (`guarded`: what it would send
+/// or receive through the socket passes no cgroup hook), reported (hook socket_create);
+/// let through, and reported as would-drop, only when every guarded direction is audited. Not counted as a
 /// packet: there is none yet.
 pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
     let quarantined = ep.flags & EP_QUARANTINED != 0;
-    let enforced = |d| isolates(ep, d) && !audits(cfg, ep, d);
+    let enforced = |d| guarded(ep, d) && !audits(cfg, ep, d);
     // The direction the event names: an enforced one first, else an audited one.
-    let direction = if enforced(DIR_EGRESS) || (!enforced(DIR_INGRESS) && isolates(ep, DIR_EGRESS))
-    {
+    let direction = if enforced(DIR_EGRESS) || (!enforced(DIR_INGRESS) && guarded(ep, DIR_EGRESS)) {
         DIR_EGRESS
     } else {
         DIR_INGRESS
     };
-    if !quarantined && !isolates(ep, direction) {
+    if !quarantined && !guarded(ep, direction) {
         return Verdict::Pass;
     }
     let audit = !quarantined && !enforced(DIR_EGRESS) && !enforced(DIR_INGRESS);
@@ -362,6 +395,7 @@ pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
         },
         identity: 0,
         hook: HOOK_SOCKET_CREATE,
+        rule: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     emit(cfg, ep, &frame_flow(direction, 0), now, &report);
@@ -370,10 +404,10 @@ pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
 
 /// The verdict without the configuration in force (see `without_config` in main.rs): a
 /// quarantined workload stays cut off, one whose fail mode is open passes, any other is
-/// dropped where it is isolated. Counted there; nothing to report it with.
+/// dropped where policy decides its traffic (`guarded`). Counted there; nothing to report
+/// it with.
 pub fn without_config(ep: &EndpointInfo, direction: u8) -> Verdict {
-    if ep.flags & EP_QUARANTINED == 0 && (ep.flags & EP_FAIL_OPEN != 0 || !isolates(ep, direction))
-    {
+    if ep.flags & EP_QUARANTINED == 0 && (ep.flags & EP_FAIL_OPEN != 0 || !guarded(ep, direction)) {
         Verdict::Pass
     } else {
         Verdict::Drop
@@ -409,6 +443,7 @@ pub fn icmp_error(cfg: &Config, ep: &EndpointInfo, about: &Flow, hook: u8) -> Ve
         reason: REASON_NO_RULE,
         identity: remote_identity(cfg, about),
         hook,
+        rule: 0,
     };
     emit(cfg, ep, about, now, &report);
     if audit { Verdict::Pass } else { Verdict::Drop }
@@ -472,17 +507,11 @@ pub fn fragment_allowed(ep: &EndpointInfo, flow: &Flow, id: u32, hook: u8) -> bo
     fresh
 }
 
-/// Counts an allowed packet, and logs its flow when flow logging is on.
-fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, identity: u32, hook: u8) {
+/// Counts an allowed packet, and logs its flow (`report`) when flow logging is on.
+fn allowed(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, report: &Report) {
     count_verdict(ep, flow, STAT_ALLOWED);
     if cfg.log_allowed != 0 {
-        let report = Report {
-            verdict: VERDICT_ALLOWED,
-            reason: REASON_ALLOWED,
-            identity,
-            hook,
-        };
-        emit(cfg, ep, flow, now, &report);
+        emit(cfg, ep, flow, now, report);
     }
 }
 
@@ -592,6 +621,7 @@ fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
             reason: REASON_MAP_FULL,
             identity: remote_identity(cfg, flow),
             hook,
+            rule: 0,
         };
         emit(cfg, ep, flow, now, &report);
     }
@@ -650,8 +680,78 @@ fn remote_identity(cfg: &Config, flow: &Flow) -> u32 {
     }
 }
 
+/// The verdict of the tiers for a new flow, packed in 64 bits (a BPF function returns one
+/// register): the reason (REASON_ALLOWED or the denial's) above the POLICY value that
+/// decided (`policy_value`: its action and rule reference).
+type Judgement = u64;
+
+const fn judgement(reason: u8, value: u32) -> Judgement {
+    (reason as u64) << 32 | value as u64
+}
+
+fn judged_reason(j: Judgement) -> u8 {
+    (j >> 32) as u8
+}
+
+/// The ClusterNetworkPolicy rule that decided, 0 for none.
+fn judged_rule(j: Judgement) -> u32 {
+    policy_value_rule(j as u32)
+}
+
+/// Allowed, with no rule to name: nothing denies it.
+const ALLOWED_BY_DEFAULT: Judgement = judgement(REASON_ALLOWED, POLICY_ALLOW);
+
+/// The tiers, first match wins: the Admin tier (Accept allows, Deny denies, Pass or no
+/// match goes on); then, if a NetworkPolicy isolates the workload this way, their union
+/// (allowed by one of them, or denied); else the Baseline tier (Accept, Deny; Pass or no
+/// match goes on); then allowed.
 #[inline(never)]
-fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
+fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32) -> Judgement {
+    let ingress = flow.direction == DIR_INGRESS;
+    let (admin, baseline) = if ingress {
+        (ep.admin_ingress, ep.baseline_ingress)
+    } else {
+        (ep.admin_egress, ep.baseline_egress)
+    };
+    if admin != 0 {
+        let value = lookup_policy(admin, identity, identity_any(flow.family), flow);
+        match policy_value_action(value) {
+            ACTION_ACCEPT => return judgement(REASON_ALLOWED, value),
+            ACTION_DENY => return judgement(REASON_ADMIN_DENY, value),
+            _ => {}
+        }
+    }
+    if isolates(ep, flow.direction) {
+        let (policy, default_deny) = if ingress {
+            (ep.ingress_policy, ep.flags & EP_DEFAULT_DENY_INGRESS != 0)
+        } else {
+            (ep.egress_policy, ep.flags & EP_DEFAULT_DENY_EGRESS != 0)
+        };
+        if lookup_policy(policy, identity, IDENTITY_ANY, flow) != 0 {
+            return ALLOWED_BY_DEFAULT;
+        }
+        let reason = if default_deny {
+            REASON_DEFAULT_DENY
+        } else {
+            REASON_NO_RULE
+        };
+        return judgement(reason, policy_value(ACTION_DENY, 0));
+    }
+    if baseline != 0 {
+        let value = lookup_policy(baseline, identity, identity_any(flow.family), flow);
+        match policy_value_action(value) {
+            ACTION_ACCEPT => return judgement(REASON_ALLOWED, value),
+            ACTION_DENY => return judgement(REASON_BASELINE_DENY, value),
+            _ => {}
+        }
+    }
+    ALLOWED_BY_DEFAULT
+}
+
+/// The value of policy program `policy`'s entry for the flow's peer `identity`, or on a
+/// miss for `any` (the program's any-peer identity); 0 when neither has one.
+#[inline(never)]
+fn lookup_policy(policy: u32, identity: u32, any: u32, flow: &Flow) -> u32 {
     // The port a rule names is the destination's: the remote's for egress, ours for ingress.
     let port = if flow.direction == DIR_INGRESS {
         flow.local_port
@@ -665,16 +765,14 @@ fn allowed_by_policy(policy: u32, identity: u32, flow: &Flow) -> bool {
         protocol: flow.protocol,
         port_be: port.to_be(),
     };
-    if POLICY
-        .get(Key::new(POLICY_PREFIX_FULL_BITS, data))
-        .is_some()
-    {
-        return true;
+    if let Some(value) = POLICY.get(Key::new(POLICY_PREFIX_FULL_BITS, data)) {
+        return *value;
     }
-    data.identity_be = IDENTITY_ANY.to_be();
-    POLICY
-        .get(Key::new(POLICY_PREFIX_FULL_BITS, data))
-        .is_some()
+    data.identity_be = any.to_be();
+    match POLICY.get(Key::new(POLICY_PREFIX_FULL_BITS, data)) {
+        Some(value) => *value,
+        None => 0,
+    }
 }
 
 /// Applies the flow's event rate limit: how many suppressed events the next one stands
@@ -750,6 +848,8 @@ fn emit(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, report: &Report)
         addr_of_mut!((*e).service).write(flow.service);
         addr_of_mut!((*e).local_addr).write(flow.local_addr);
         addr_of_mut!((*e).remote_addr).write(flow.remote_addr);
+        addr_of_mut!((*e).rule).write(report.rule);
+        addr_of_mut!((*e)._pad_end).write(0);
     }
     entry.submit(0);
     count(CNT_EVENTS_QUEUED);

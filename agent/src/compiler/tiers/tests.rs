@@ -314,6 +314,7 @@ fn cluster_set_strategy() -> impl Strategy<Value = PolicySet> {
                 subject,
                 ingress,
                 egress,
+                mode: None,
                 origin: origin(),
             });
         }

@@ -7,7 +7,7 @@ use std::{cmp::Ordering, fmt};
 
 use ipnet::IpNet;
 
-use super::{LabelSelector, Labels, NamedPort, Origin, Protocol};
+use super::{LabelSelector, Labels, Mode, NamedPort, Origin, Protocol};
 
 /// Where a ClusterNetworkPolicy stands relative to the namespaces' NetworkPolicies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,10 +155,25 @@ pub struct ClusterNetworkPolicy {
     pub subject: ClusterSelector,
     pub ingress: Vec<ClusterRule>,
     pub egress: Vec<ClusterRule>,
+    /// Its `stagewall.io/mode` annotation: audit puts every workload of its subject in
+    /// audit mode for each direction it has rules for, as a NetworkPolicy's does for the
+    /// workloads it isolates (its denials are reported as would-drop, nothing dropped).
+    pub mode: Option<Mode>,
     pub origin: Origin,
 }
 
 impl ClusterNetworkPolicy {
+    /// Does its subject hold a workload with `labels` in a namespace with
+    /// `namespace_labels`, and has it rules for `direction`?
+    pub fn applies(
+        &self,
+        namespace_labels: &Labels,
+        labels: &Labels,
+        direction: super::Direction,
+    ) -> bool {
+        !self.rules(direction).is_empty() && self.subject.matches(namespace_labels, labels)
+    }
+
     pub fn rules(&self, direction: super::Direction) -> &[ClusterRule] {
         match direction {
             super::Direction::Ingress => &self.ingress,

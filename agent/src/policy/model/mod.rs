@@ -451,19 +451,40 @@ impl PolicySet {
             .unwrap_or_default()
     }
 
-    /// Whether `workload`'s `direction` is audited by its namespace or by a policy that
-    /// isolates it there (the agent's own `--mode audit` aside).
+    /// Whether `workload`'s `direction` is audited by its namespace, by a NetworkPolicy
+    /// that isolates it there, or by a ClusterNetworkPolicy whose subject holds it with
+    /// rules for that direction (the agent's own `--mode audit` aside).
     pub fn audited(&self, workload: &Workload, direction: Direction) -> bool {
         let namespace = self
             .namespaces
             .iter()
             .find(|n| n.name == workload.name.namespace)
             .and_then(|n| n.mode);
-        namespace == Some(Mode::Audit)
+        if namespace == Some(Mode::Audit)
             || self
                 .isolating(workload, direction)
                 .iter()
                 .any(|p| p.mode == Some(Mode::Audit))
+        {
+            return true;
+        }
+        self.cluster_policies_of(workload, direction)
+            .iter()
+            .any(|p| p.mode == Some(Mode::Audit))
+    }
+
+    /// The ClusterNetworkPolicies whose subject holds `workload` and that have rules for
+    /// `direction`, in the order they are written.
+    pub fn cluster_policies_of(
+        &self,
+        workload: &Workload,
+        direction: Direction,
+    ) -> Vec<&ClusterNetworkPolicy> {
+        let namespace_labels = self.namespace_labels(&workload.name.namespace);
+        self.cluster_policies
+            .iter()
+            .filter(|p| p.applies(&namespace_labels, &workload.labels, direction))
+            .collect()
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::policy::model::{
     Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, ClusterSelector,
-    LabelSelector, PRIORITY_MAX, PRIORITY_MIN, Protocol, Tier,
+    LabelSelector, Mode, PRIORITY_MAX, PRIORITY_MIN, Protocol, Tier,
 };
 
 /// The API's limits (its schema's maxItems and maxLength).
@@ -33,6 +33,7 @@ impl DocumentParser<'_> {
         &mut self,
         name: String,
         spec: Spanned<RawSpec>,
+        mode: Option<Mode>,
         line: u32,
     ) -> Option<ClusterNetworkPolicy> {
         let spec_line = self.line(&spec);
@@ -97,6 +98,7 @@ impl DocumentParser<'_> {
             subject,
             ingress,
             egress,
+            mode,
             origin: self.origin(line),
         })
     }

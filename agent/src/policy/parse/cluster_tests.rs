@@ -9,7 +9,8 @@ use super::{ParseCache, parse_into, validate_set};
 use crate::policy::{
     error::PolicyError,
     model::{
-        Action, ClusterPeer, ClusterPort, ClusterSelector, LabelSelector, PolicySet, Protocol, Tier,
+        Action, ClusterPeer, ClusterPort, ClusterSelector, LabelSelector, Mode, PolicySet,
+        Protocol, Tier,
     },
 };
 
@@ -431,11 +432,12 @@ fn metadata_and_kind_mistakes_are_named() {
     );
     assert!(e.message.contains("expected kind ClusterNetworkPolicy of apiVersion policy.networking.k8s.io/v1alpha2 with spec.tier: Admin"), "{e}");
     let e = one_error(&format!(
-        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: g, annotations: {{stagewall.io/mode: audit}}}}\nspec:\n{BASE}"
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: g, annotations: {{stagewall.io/mode: watch}}}}\nspec:\n{BASE}"
     ));
     assert!(
-        e.message
-            .contains("annotation stagewall.io/mode on a ClusterNetworkPolicy"),
+        e.message.contains(
+            "annotation stagewall.io/mode \"watch\" is invalid; expected enforce or audit"
+        ),
         "{e}"
     );
     let (_, errors) = parse(&format!("{HEAD}{BASE}---\n{HEAD}{BASE}"));
@@ -495,4 +497,16 @@ fn one_bad_object_never_stops_the_others() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors.0[0].message.contains("portz"), "{errors:?}");
     assert_eq!(set.cluster_policies.len(), 1);
+}
+
+#[test]
+fn the_mode_annotation_puts_a_cluster_network_policy_in_audit_mode() {
+    let (set, errors) = parse(&format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: g, annotations: {{stagewall.io/mode: audit}}}}\nspec:\n{BASE}"
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(set.cluster_policies[0].mode, Some(Mode::Audit));
+    let (set, errors) = parse(&format!("{HEAD}{BASE}"));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(set.cluster_policies[0].mode, None);
 }

@@ -157,7 +157,7 @@ impl DocumentParser<'_> {
                     self.error(line, "ClusterNetworkPolicy has no spec; expected spec.tier, spec.priority and spec.subject");
                     return;
                 };
-                if let Some(p) = self.cluster_network_policy(object.name, spec, line) {
+                if let Some(p) = self.cluster_network_policy(object.name, spec, mode, line) {
                     set.cluster_policies.push(p);
                 }
             }
@@ -203,8 +203,11 @@ impl DocumentParser<'_> {
 
     /// The `stagewall.io/mode` annotation of a document of `kind`.
     pub(super) fn mode(&mut self, value: &str, line: u32, kind: &str) -> Option<Mode> {
-        if !matches!(kind, "Namespace" | "NetworkPolicy" | "Pipeline") {
-            self.error(line, format!("annotation {MODE_ANNOTATION} on a {kind}; expected it on a Namespace, NetworkPolicy or Pipeline"));
+        if !matches!(
+            kind,
+            "Namespace" | "NetworkPolicy" | "Pipeline" | "ClusterNetworkPolicy"
+        ) {
+            self.error(line, format!("annotation {MODE_ANNOTATION} on a {kind}; expected it on a Namespace, NetworkPolicy, ClusterNetworkPolicy or Pipeline"));
             return None;
         }
         match value {

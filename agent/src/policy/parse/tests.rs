@@ -214,8 +214,9 @@ fn mode_annotations_other_than_enforce_or_audit_or_on_other_kinds_are_rejected()
     );
     assert_eq!(e.line, 5, "{e}");
     assert!(
-        e.message
-            .contains("expected it on a Namespace, NetworkPolicy or Pipeline"),
+        e.message.contains(
+            "expected it on a Namespace, NetworkPolicy, ClusterNetworkPolicy or Pipeline"
+        ),
         "{e}"
     );
 }

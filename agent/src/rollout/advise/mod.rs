@@ -15,7 +15,10 @@
 //!   protocol and port of the peer, so no rule is written for it;
 //! - a peer no identity knows, seen in one flow once (a scan, a one-off download): its
 //!   rule is written commented out, for a person to decide;
-//! - a record whose workload is not a valid namespace/name: skipped.
+//! - a record whose workload is not a valid namespace/name: skipped;
+//! - a flow an Admin-tier ClusterNetworkPolicy of the inventory denies (seen as would-drop
+//!   in audit mode): no NetworkPolicy can open it, so none is advised; a comment names
+//!   the rule.
 //!
 //! The YAML itself is written by `write`, every string quoted by `yaml`.
 
@@ -31,8 +34,9 @@ use std::{
 use crate::{
     events::IpProtocol,
     policy::{
-        model::{Direction, Labels, PolicySet, Protocol},
+        model::{Action, Direction, Labels, PolicySet, Protocol, Tier},
         names, semantics,
+        tiers::{self, DecidedBy},
     },
     rollout::flow_records::{FlowRecord, RecordsFile},
 };
@@ -88,6 +92,8 @@ struct Learnt {
     unknown: BTreeSet<String>,
     /// Workload names that are not a valid namespace/name, with why.
     invalid: BTreeMap<String, String>,
+    /// Flows an Admin-tier rule denies, as comment lines.
+    admin_denied: BTreeSet<String>,
 }
 
 impl Learnt {
@@ -143,6 +149,10 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
     }
     let once = seen_once(records, inventory);
     for r in records.records.iter().filter(|r| r.passed()) {
+        if let Some(denied) = admin_denied(inventory, r) {
+            learnt.admin_denied.insert(denied);
+            continue;
+        }
         let Some(advice) = learnt.advice_of(inventory, &r.key.workload) else {
             continue;
         };
@@ -178,6 +188,9 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
     for why in learnt.invalid.values() {
         writeln!(out, "# Skipped records: {}", yaml::in_comment(why))?;
     }
+    for denied in &learnt.admin_denied {
+        writeln!(out, "# {}", yaml::in_comment(denied))?;
+    }
     for name in &learnt.unknown {
         writeln!(
             out,
@@ -210,6 +223,36 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
         write::policy(&mut out, &name, namespace, labels, advice)?;
     }
     Ok(out)
+}
+
+/// The record's flow, if an Admin-tier ClusterNetworkPolicy of the inventory denies it:
+/// what the comment says of it.
+fn admin_denied(inventory: &PolicySet, r: &FlowRecord) -> Option<String> {
+    let workload = inventory.workload(&r.key.workload)?;
+    let decision = tiers::decide(
+        inventory,
+        workload,
+        r.key.direction,
+        r.key.peer_address,
+        r.key.protocol.number().unwrap_or(0),
+        r.key.port.unwrap_or(0),
+    );
+    let DecidedBy::Cluster(rule) = decision.by else {
+        return None;
+    };
+    if rule.policy.tier != Tier::Admin || rule.action() != Action::Deny {
+        return None;
+    }
+    let port = r.key.port.map(|p| format!("/{p}")).unwrap_or_default();
+    Some(format!(
+        "{} {} {} {}{port}: denied by ClusterNetworkPolicy {} (Admin tier) rule {}, which no NetworkPolicy can open; not advised",
+        r.key.workload,
+        r.key.direction,
+        r.key.peer_address,
+        r.key.protocol,
+        rule.policy.name,
+        rule.name()
+    ))
 }
 
 /// `advised-<workload>`, short enough for a name (253) with a `-N` suffix after it.

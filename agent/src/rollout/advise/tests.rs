@@ -449,3 +449,40 @@ fn a_rule_left_commented_out_is_allowed_by_uncommenting_it() {
         .collect();
     assert!(decide(&with_advice(&uncommented)), "{uncommented}");
 }
+
+/// A flow an Admin-tier Deny of the inventory denies (would-drop in audit mode) gets no
+/// rule, since no NetworkPolicy could open it, and a comment names the rule; the rest of
+/// the workload's flows are advised as before.
+#[test]
+fn a_flow_an_admin_deny_denies_is_named_not_advised() {
+    let mut set = inventory();
+    parse_into(
+        Path::new("guardrails.yaml"),
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: cloud-metadata}\nspec:\n  tier: Admin\n  priority: 10\n  subject: {namespaces: {}}\n  egress:\n  - {name: no-metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}\n",
+        &mut set,
+    )
+    .unwrap();
+    let mut metadata = twice(record(
+        "ml/trainer-0",
+        Egress,
+        "169.254.169.254",
+        Tcp,
+        Some(80),
+    ));
+    metadata.allowed = 0;
+    metadata.would_drop = 2;
+    let records = file(
+        vec![
+            metadata,
+            twice(record("ml/trainer-0", Egress, "10.2.0.1", Tcp, Some(5000))),
+        ],
+        all_covered(),
+    );
+    let yaml = advise(&records, &set).unwrap();
+    assert!(
+        yaml.contains("# ml/trainer-0 egress 169.254.169.254 tcp/80: denied by ClusterNetworkPolicy cloud-metadata (Admin tier) rule \"no-metadata\", which no NetworkPolicy can open; not advised"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("169.254.169.254/32"), "{yaml}");
+    assert!(yaml.contains("5000"), "{yaml}");
+}

@@ -35,6 +35,7 @@ fn event(
         hook: Hook::CgroupSkb,
         suppressed,
         service: None,
+        rule: None,
     }
 }
 
