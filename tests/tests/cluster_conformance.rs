@@ -1163,8 +1163,9 @@ fn example_tenant_isolation() {
 
 /// A denial by a ClusterNetworkPolicy is an event whose reason names the tier
 /// (admin-deny, baseline-deny) and whose `rule` names the tier, the policy, the rule and
-/// its action; the ingress side (the receiver's kernel program drops) and the egress side
-/// (the sender's sendmsg is refused) alike.
+/// its action (`{tier, policy, name, action}`); the ingress side (the receiver's
+/// cgroup_skb program drops the SYN) and the egress side (the sender's sendmsg is
+/// refused) alike.
 #[test]
 fn denials_are_events_naming_the_tier_policy_and_rule() {
     if !privileged() {
@@ -1206,31 +1207,41 @@ fn denials_are_events_naming_the_tier_policy_and_rule() {
         );
         find(workload, reason, port).expect("found")
     };
-    for (event, namespace, tier, policy, rule) in [
+    let slytherin_0 = "network-policy-conformance-slytherin/draco-malfoy-0";
+    for (event, (direction, hook), tier, policy, rule) in [
         (
-            wait("harry-potter-0", "admin-deny", 80),
-            "network-policy-conformance-gryffindor",
-            "admin",
+            wait(
+                "network-policy-conformance-gryffindor/harry-potter-0",
+                "admin-deny",
+                80,
+            ),
+            ("ingress", "cgroup_skb"),
+            "Admin",
             "ingress-tcp",
             "deny-from-slytherin-at-port-80",
         ),
         (
-            wait("cedric-diggory-0", "baseline-deny", 5353),
-            "network-policy-conformance-hufflepuff",
-            "baseline",
+            wait(
+                "network-policy-conformance-hufflepuff/cedric-diggory-0",
+                "baseline-deny",
+                5353,
+            ),
+            ("egress", "sendmsg"),
+            "Baseline",
             "default",
             "deny-to-slytherin-at-port-5353",
         ),
     ] {
-        assert_eq!(event["namespace"], namespace, "{event:#}");
         assert_eq!(event["verdict"], "dropped", "{event:#}");
-        // However `rule` is written (a string or an object), it names all four.
-        let named = event["rule"].to_string().to_lowercase();
-        for part in [tier, policy, rule, "deny"] {
-            assert!(
-                !event["rule"].is_null() && named.contains(part),
-                "the rule of {event:#} does not name {part:?}"
-            );
-        }
+        assert_eq!(event["direction"], direction, "{event:#}");
+        assert_eq!(event["hook"], hook, "{event:#}");
+        assert_eq!(event["peer"], slytherin_0, "{event:#}");
+        assert_eq!(
+            event["rule"],
+            serde_json::json!({"tier": tier, "policy": policy, "name": rule, "action": "Deny"}),
+            "{event:#}"
+        );
+        // A ClusterNetworkPolicy's denial names no NetworkPolicy.
+        assert_eq!(event["policies"], serde_json::json!([]), "{event:#}");
     }
 }
