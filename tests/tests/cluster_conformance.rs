@@ -571,7 +571,13 @@ fn measure(
         .map(|(k, _)| k.clone())
         .collect();
     for (from, to, proto, port) in late {
-        measured.extend(probe(&from, &[(to, proto, port)], TIMEOUT_MS * 5));
+        let again = probe(&from, &[(to.clone(), proto, port)], TIMEOUT_MS * 5);
+        eprintln!(
+            "late: {from} -> {to} {}/{port} timed out, then {}",
+            proto.word(),
+            again.values().next().map_or("nothing", String::as_str)
+        );
+        measured.extend(again);
     }
     for ((f, t, proto, port), o) in &measured {
         assert!(
