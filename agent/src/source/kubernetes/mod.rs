@@ -361,9 +361,14 @@ async fn follow(
     }
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut first = true;
+    // A lost grant is said once, until the kind is listed again.
+    let mut ungranted_said = false;
     while let Some(event) = stream.next().await {
         let event = match event {
-            Ok(event) => event,
+            Ok(event) => {
+                ungranted_said = false;
+                event
+            }
             Err(e) => {
                 // Not served (404), or not granted (403: a role from before the kind).
                 let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404 || s.code == 403);
@@ -377,6 +382,32 @@ async fn follow(
                 } else if missing && kind.optional {
                     // Said once; the watcher keeps asking, and takes them up once served.
                     log::debug!("Kubernetes: {} still not served", kind.plural);
+                    let not_served = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404);
+                    if not_served {
+                        // The kind is gone (its CustomResourceDefinition deleted), and its
+                        // objects with it: a watch that missed their deletions must not
+                        // keep them in force. (Not granted, 403, keeps what was listed: a
+                        // revoked role is no reason to drop guardrails.)
+                        let removed = {
+                            let mut cluster = cluster.lock().expect("cluster lock");
+                            let before = cluster.version;
+                            cluster.replace(kind.plural, &[]);
+                            cluster.version != before
+                        };
+                        if removed {
+                            log::warn!(
+                                "Kubernetes: {} are no longer served; the ones listed before are out of force",
+                                kind.plural
+                            );
+                            let _ = changes.try_send(WakeUp::Complete);
+                        }
+                    } else if !first && !ungranted_said {
+                        ungranted_said = true;
+                        log::warn!(
+                            "Kubernetes: {} are no longer granted; the ones listed before stay in force: {e}",
+                            kind.plural
+                        );
+                    }
                 } else {
                     log::warn!("Kubernetes: watching {}: {e}", kind.plural);
                 }
