@@ -175,3 +175,153 @@ fn an_audited_guardrail_reports_then_enforced_it_denies_what_a_namespace_policy_
         agent.log()
     );
 }
+
+/// A NetworkPolicy the namespace's owner writes, in audit mode and allowing all egress.
+const OWNER_AUDITS: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: owner-trial, namespace: ml, annotations: {stagewall.io/mode: audit}}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{}]
+";
+
+/// Two guardrails on trial (audit mode): an Accept of the block list ahead of it, and a
+/// Deny of the data namespace.
+const TRIAL: &str = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: trial-accept, annotations: {stagewall.io/mode: audit}}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+    - {name: open-block-list, action: Accept, to: [{networks: [192.0.2.0/24]}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: trial-deny, annotations: {stagewall.io/mode: audit}}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: ml}}}
+  egress:
+    - {name: no-data, action: Deny, to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: data}}}]}
+";
+
+/// Audit mode never weakens an enforced guardrail: not a NetworkPolicy's annotation (the
+/// namespace owner's), not an audited ClusterNetworkPolicy that would accept what the
+/// guardrail denies. An audited ClusterNetworkPolicy changes no verdict; it reports what it
+/// would deny.
+#[test]
+fn audit_mode_never_weakens_an_enforced_guardrail() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["trainer", "peer", "blocked"]).expect("creating the test bed");
+    let mut inventory = bed.workload_yaml("trainer", "ml", "{stage: training}", false);
+    inventory += &bed.workload_yaml("peer", "data", "{app: store}", false);
+    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    bed.write_policy("owner.yaml", OWNER_AUDITS).unwrap();
+    bed.write_policy("trial.yaml", TRIAL).unwrap();
+    bed.write_policy(
+        "blocked-addresses.yaml",
+        &example("cluster/blocked-addresses.yaml"),
+    )
+    .unwrap();
+    bed.make_outside("blocked", BLOCKED).unwrap();
+    bed.serve("blocked", &[80], &[]).unwrap();
+    bed.serve("peer", &[5000], &[]).unwrap();
+    let blocked: IpAddr = BLOCKED.parse().unwrap();
+    let peer = bed.node("peer").v4;
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+
+    let outcome = bed.tcp("trainer", blocked, 80);
+    assert!(
+        outcome.is("eperm"),
+        "the block list, under an audited NetworkPolicy and an audited Accept: {outcome:?}\n{}",
+        agent.log()
+    );
+    let outcome = bed.tcp("trainer", peer, 5000);
+    assert!(
+        outcome.is("ok"),
+        "the audited Deny changes no verdict: {outcome:?}\n{}",
+        agent.log()
+    );
+    until(
+        "the audited Deny's would-drop",
+        || agent.log(),
+        || {
+            agent
+                .events()
+                .iter()
+                .any(|e| e["verdict"] == "would-drop" && e["rule"]["policy"] == "trial-deny")
+        },
+    );
+    let events = agent.events();
+    let trial = events
+        .iter()
+        .find(|e| e["rule"]["policy"] == "trial-deny")
+        .unwrap();
+    assert_eq!(trial["reason"], "admin-deny", "{trial}");
+    assert_eq!(trial["rule"]["name"], "no-data", "{trial}");
+    assert_eq!(trial["workload"], "ml/trainer", "{trial}");
+    let dropped = events
+        .iter()
+        .find(|e| e["dst"] == BLOCKED)
+        .unwrap_or_else(|| panic!("the block list's denial is reported: {events:?}"));
+    assert_eq!(dropped["verdict"], "dropped", "{dropped}");
+    assert_eq!(dropped["rule"]["policy"], "blocked-addresses", "{dropped}");
+    assert!(
+        events.iter().all(|e| e["rule"]["policy"] != "trial-accept"),
+        "an Accept decides nothing to report"
+    );
+}
+
+/// IPv6 through the tiers: a Deny of `::/0` (the any-peer program of IPv6) cuts the
+/// dual-stack peer's IPv6 address and leaves its IPv4 one to the NetworkPolicy tier.
+#[test]
+fn an_ipv6_guardrail_denies_ipv6_only() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["trainer", "peer"]).expect("creating the test bed");
+    let mut inventory = bed.workload_yaml("trainer", "ml", "{stage: training}", false);
+    inventory += &bed.workload_yaml("peer", "data", "{app: store}", true);
+    bed.write_policy("workloads.yaml", &inventory).unwrap();
+    bed.write_policy(
+        "no-ipv6.yaml",
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-ipv6}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: ml}}}
+  egress:
+    - {name: ipv4-only, action: Deny, to: [{networks: [\"::/0\"]}]}
+",
+    )
+    .unwrap();
+    bed.serve("peer", &[5000], &[5001]).unwrap();
+    let (v4, v6) = (bed.node("peer").v4, bed.node("peer").v6);
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    for (what, outcome, expected) in [
+        ("tcp v6", bed.tcp("trainer", v6, 5000), "eperm"),
+        ("udp v6", bed.udp("trainer", v6, 5001, 1), "eperm"),
+        ("tcp v4", bed.tcp("trainer", v4, 5000), "ok"),
+        ("udp v4", bed.udp("trainer", v4, 5001, 1), "ok"),
+        // The peer's own egress is no subject's: its replies and connects pass.
+        (
+            "peer -> trainer v6",
+            bed.tcp("peer", bed.node("trainer").v6, 9),
+            "refused",
+        ),
+    ] {
+        assert!(
+            outcome.is(expected),
+            "{what}: expected {expected}, got {outcome:?}\n{}",
+            agent.log()
+        );
+    }
+}

@@ -152,7 +152,7 @@ impl Agent {
         any
     }
 
-    fn apply(&mut self, compiled: Compiled) -> anyhow::Result<()> {
+    fn apply(&mut self, mut compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
         // Allowed flows are reported for the event log (--log-allowed) or for the records.
         let recorded = self.note_covered_directions(&compiled);
@@ -174,6 +174,8 @@ impl Agent {
         for e in &enforced {
             log::debug!("enforcing {} at {:?}", e.workload, e.target);
         }
+        // Events name rules by references of this generation only.
+        compiled.generation = self.loader.generation();
         let compiled = Arc::new(compiled);
         self.metrics
             .set_policy(compiled.clone(), self.loader.has_guards());

@@ -23,8 +23,8 @@ pub use ports::{PortPrefix, port_prefixes};
 pub use services::Services;
 use stagewall_common::{
     ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX,
-    SERVICES_MAX, audit_flag,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_TIERS_AUDIT_EGRESS, EP_TIERS_AUDIT_INGRESS,
+    IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX, SERVICES_MAX, audit_flag, shadow_flag,
 };
 pub use tiers::{TierIds, TierRule, action_number};
 
@@ -57,6 +57,9 @@ pub struct Endpoint {
     pub egress_isolated_by: Vec<ObjectName>,
     /// The ClusterNetworkPolicy tier programs (POLICY ids in `Compiled::tier_entries`).
     pub tiers: TierIds,
+    /// The tier programs with the audited ClusterNetworkPolicies too (read where the
+    /// EP_SHADOW_* flags say so; default where none holds the workload).
+    pub shadow_tiers: TierIds,
 }
 
 impl Endpoint {
@@ -91,6 +94,9 @@ pub struct Compiled {
     pub tier_entries: BTreeMap<PolicyEntry, u32>,
     /// Every ClusterNetworkPolicy rule, in reading order: what tier entries name.
     pub tier_rules: Vec<TierRule>,
+    /// The policy generation this compile went into force as (set by the agent once
+    /// applied; 0 before): rule references name `tier_rules` of this generation only.
+    pub generation: u32,
     /// Cgroups no guard denies (host-network pods, pods enforced by TC; paths below the
     /// cgroup2 mount), sorted.
     pub unguarded_cgroups: Vec<String>,
@@ -111,8 +117,14 @@ impl Compiled {
     }
 
     /// The ClusterNetworkPolicy rule a POLICY value's rule reference (an event's `rule`)
-    /// names; None for 0 (no rule) or a reference beyond this compile's.
-    pub fn tier_rule(&self, reference: u32) -> Option<&TierRule> {
+    /// of policy generation `generation` names; None for 0 (no rule), a reference beyond
+    /// this compile's, or another generation's (references are indices into one
+    /// compile's table: an event decided just before a change never names a rule of the
+    /// next policy).
+    pub fn tier_rule(&self, generation: u32, reference: u32) -> Option<&TierRule> {
+        if generation != self.generation {
+            return None;
+        }
         let index = usize::try_from(reference.checked_sub(1)?).ok()?;
         self.tier_rules.get(index)
     }
@@ -284,9 +296,24 @@ pub fn compile_with(
             },
             ingress_isolated_by: Vec::new(),
             egress_isolated_by: Vec::new(),
-            tiers: tiers::assign(&mut tier_compiler, w, &mut tier_ids, &mut next_id),
+            tiers: tiers::assign(&mut tier_compiler, w, false, &mut tier_ids, &mut next_id),
+            shadow_tiers: TierIds::default(),
         };
-        for direction in [Direction::Ingress, Direction::Egress] {
+        let shadowed = [Direction::Ingress, Direction::Egress].map(|d| set.cluster_audited(w, d));
+        if shadowed.contains(&true) {
+            endpoint.shadow_tiers =
+                tiers::assign(&mut tier_compiler, w, true, &mut tier_ids, &mut next_id);
+        }
+        if set.tiers_audited(w) {
+            endpoint.flags |= EP_TIERS_AUDIT_INGRESS | EP_TIERS_AUDIT_EGRESS;
+        }
+        for (direction, shadowed) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .zip(shadowed)
+        {
+            if shadowed {
+                endpoint.flags |= shadow_flag(direction_number(direction));
+            }
             if set.audited(w, direction) {
                 endpoint.flags |= audit_flag(direction_number(direction));
             }

@@ -34,7 +34,7 @@ use super::{Block, CompileError, Identities, IdentityKind, PortPrefix, port_pref
 use crate::policy::{
     model::{
         Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, Direction, Labels,
-        NamedPort, PolicySet, Tier, Workload,
+        Mode, NamedPort, PolicySet, Tier, Workload,
     },
     tiers::ordered,
 };
@@ -315,12 +315,15 @@ impl<'a> TierCompiler<'a> {
         })
     }
 
-    /// The program of `local` for `tier` and `direction` (None when it has no entry).
+    /// The program of `local` for `tier` and `direction` (None when it has no entry):
+    /// the enforced one, or with `audited` the shadow one, which has the policies in
+    /// audit mode too.
     pub fn program(
         &mut self,
         local: &Workload,
         tier: Tier,
         direction: Direction,
+        audited: bool,
     ) -> Option<Arc<TierEntrySet>> {
         let namespace = self.labels_of(&local.name.namespace);
         let set = self.set;
@@ -329,7 +332,8 @@ impl<'a> TierCompiler<'a> {
             .copied()
             .filter(|&i| {
                 let p = &set.cluster_policies[i];
-                p.applies(&namespace, &local.labels, direction)
+                (audited || p.mode != Some(Mode::Audit))
+                    && p.applies(&namespace, &local.labels, direction)
             })
             .collect();
         if policies.is_empty() {
@@ -477,18 +481,20 @@ fn has_named(policy: &ClusterNetworkPolicy, direction: Direction) -> bool {
     policy.rules(direction).iter().any(rule_has_named)
 }
 
-/// Sets the tier ids of an endpoint: each program gets the id its entries already have,
-/// or the next free one (`next_id`, shared with NetworkPolicy ids).
+/// Sets the tier ids of an endpoint (with `audited`, of its shadow programs): each
+/// program gets the id its entries already have, or the next free one (`next_id`, shared
+/// with NetworkPolicy ids).
 pub(super) fn assign(
     compiler: &mut TierCompiler,
     local: &Workload,
+    audited: bool,
     ids: &mut BTreeMap<(Direction, Arc<TierEntrySet>), u32>,
     next_id: &mut u32,
 ) -> TierIds {
     let mut tier_ids = TierIds::default();
     for tier in [Tier::Admin, Tier::Baseline] {
         for direction in [Direction::Ingress, Direction::Egress] {
-            if let Some(entries) = compiler.program(local, tier, direction) {
+            if let Some(entries) = compiler.program(local, tier, direction, audited) {
                 let id = *ids.entry((direction, entries)).or_insert_with(|| {
                     *next_id += 1;
                     *next_id

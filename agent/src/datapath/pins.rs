@@ -308,7 +308,7 @@ mod tests {
     fn the_pinned_maps_have_the_layout_their_version_names() {
         let layout_v5: [(&str, u32, u32, u32); 13] = [
             ("CONFIG", 4, 16, 1),
-            ("ENDPOINTS", 16, 32, 8_192),
+            ("ENDPOINTS", 16, 48, 8_192),
             ("SELF_ADDRS", 28, 4, 65_536),
             ("IPCACHE", 24, 4, 262_144),
             ("POLICY", 16, 4, 524_288),

@@ -51,6 +51,10 @@ pub(super) const GUARD: EndpointInfo = EndpointInfo {
     admin_egress: 0,
     baseline_ingress: 0,
     baseline_egress: 0,
+    shadow_admin_ingress: 0,
+    shadow_admin_egress: 0,
+    shadow_baseline_ingress: 0,
+    shadow_baseline_egress: 0,
     flags: EP_ISOLATED_INGRESS
         | EP_ISOLATED_EGRESS
         | EP_DEFAULT_DENY_INGRESS
@@ -67,6 +71,10 @@ pub(super) const UNGUARDED: EndpointInfo = EndpointInfo {
     admin_egress: 0,
     baseline_ingress: 0,
     baseline_egress: 0,
+    shadow_admin_ingress: 0,
+    shadow_admin_egress: 0,
+    shadow_baseline_ingress: 0,
+    shadow_baseline_egress: 0,
     flags: 0,
 };
 
@@ -128,6 +136,16 @@ impl SlotContents {
                 admin_egress: map_keys::slot_policy_id(ep.tiers.admin_egress, slot),
                 baseline_ingress: map_keys::slot_policy_id(ep.tiers.baseline_ingress, slot),
                 baseline_egress: map_keys::slot_policy_id(ep.tiers.baseline_egress, slot),
+                shadow_admin_ingress: map_keys::slot_policy_id(ep.shadow_tiers.admin_ingress, slot),
+                shadow_admin_egress: map_keys::slot_policy_id(ep.shadow_tiers.admin_egress, slot),
+                shadow_baseline_ingress: map_keys::slot_policy_id(
+                    ep.shadow_tiers.baseline_ingress,
+                    slot,
+                ),
+                shadow_baseline_egress: map_keys::slot_policy_id(
+                    ep.shadow_tiers.baseline_egress,
+                    slot,
+                ),
                 flags: ep.flags
                     | if quarantined.contains(&ep.workload) {
                         EP_QUARANTINED

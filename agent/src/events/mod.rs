@@ -188,7 +188,9 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         hook,
         suppressed: event.suppressed,
         service: compiled.services.name(event.service).map(|s| s.to_string()),
-        rule: compiled.tier_rule(event.rule).map(DecidingRule::of),
+        rule: compiled
+            .tier_rule(event.generation, event.rule)
+            .map(DecidingRule::of),
     }
 }
 
@@ -258,6 +260,7 @@ mod tests {
         use crate::policy::model::{Action, Tier};
 
         let mut compiled = Compiled::default();
+        compiled.generation = 7;
         for (name, action) in [("allow-dns", Action::Accept), ("#2", Action::Deny)] {
             compiled.tier_rules.push(TierRule {
                 policy: "tenant-isolation".into(),
@@ -275,6 +278,7 @@ mod tests {
             family: FAMILY_V4,
             protocol: PROTO_TCP,
             rule: 2,
+            generation: 7,
             ..Default::default()
         };
         let e = describe(&event, &compiled, "node-1");
@@ -286,15 +290,17 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_value::<VerdictEvent>(json).unwrap(), e);
-        for unknown in [0, 3] {
-            let e = describe(
-                &Event {
-                    rule: unknown,
-                    ..event
-                },
-                &compiled,
-                "node-1",
-            );
+        let unknown = [
+            Event { rule: 0, ..event },
+            Event { rule: 3, ..event },
+            // Decided under the policy before: its references are not this one's.
+            Event {
+                generation: 6,
+                ..event
+            },
+        ];
+        for e in unknown {
+            let e = describe(&e, &compiled, "node-1");
             assert_eq!(e.rule, None);
             assert!(serde_json::to_value(&e).unwrap().get("rule").is_none());
         }

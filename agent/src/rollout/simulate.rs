@@ -122,28 +122,57 @@ impl Simulation {
 pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) -> Simulation {
     let mut stages: BTreeMap<String, StageResult> = BTreeMap::new();
     let mut skipped = std::collections::BTreeSet::new();
+    let mut enforced = candidate.clone();
+    enforced
+        .cluster_policies
+        .retain(|p| p.mode != Some(Mode::Audit));
     for r in &records.records {
         let Some(w) = candidate.workload(&r.key.workload) else {
             skipped.insert(r.key.workload.clone());
             continue;
         };
         let direction = r.key.direction;
-        let decision = tiers::decide(
-            candidate,
-            w,
-            direction,
-            r.key.peer_address,
-            r.key.protocol.number().unwrap_or(0),
-            r.key.port.unwrap_or(0),
-        );
-        let audited = agent_mode == Mode::Audit || candidate.audited(w, direction);
+        let decide = |set| {
+            tiers::decide(
+                set,
+                w,
+                direction,
+                r.key.peer_address,
+                r.key.protocol.number().unwrap_or(0),
+                r.key.port.unwrap_or(0),
+            )
+        };
+        // The verdict comes from the enforced policies; ClusterNetworkPolicies in audit
+        // mode only report what they would deny (the tiers read again with them).
+        let mut decision = decide(&enforced);
+        let denied = !decision.allowed();
+        let audited = agent_mode == Mode::Audit
+            || match decision.by {
+                DecidedBy::Cluster(_) => candidate.tiers_audited(w),
+                _ => candidate.audited(w, direction),
+            };
+        let mut shadow_denies = false;
+        if !denied && candidate.cluster_audited(w, direction) {
+            let shadow = decide(candidate);
+            if !shadow.allowed() {
+                decision = shadow;
+                shadow_denies = true;
+            }
+        }
         // Not a sum: each count may be up to u64::MAX.
         let was_denied = r.would_drop > 0 || r.dropped > 0;
-        let change = match (decision.allowed(), audited) {
-            (false, false) if r.passed() => Change::NewlyDenied,
-            (false, true) => Change::WouldDrop,
-            (true, _) if was_denied => Change::NewlyAllowed,
-            _ => Change::Unchanged,
+        let change = if (denied && audited) || shadow_denies {
+            Change::WouldDrop
+        } else if denied {
+            if r.passed() {
+                Change::NewlyDenied
+            } else {
+                Change::Unchanged
+            }
+        } else if was_denied {
+            Change::NewlyAllowed
+        } else {
+            Change::Unchanged
         };
         let stage = r
             .stage
@@ -325,6 +354,23 @@ mod tests {
                 Some(80),
                 "denied by ClusterNetworkPolicy metadata (Admin tier, priority 5) egress rule \"no-metadata\" (candidate.yaml:15)"
             )],
+            "{}",
+            simulated.text()
+        );
+
+        // The same policy in audit mode changes no verdict: the flow would drop.
+        let mut audited = candidate.clone();
+        audited.cluster_policies[0].mode = Some(Mode::Audit);
+        let simulated = simulate(&records, &audited, Mode::Enforce);
+        let changes: Vec<(Change, Option<u16>)> = simulated
+            .stages
+            .iter()
+            .flat_map(|s| &s.changes)
+            .map(|c| (c.change, c.port))
+            .collect();
+        assert_eq!(
+            changes,
+            [(Change::WouldDrop, Some(80))],
             "{}",
             simulated.text()
         );

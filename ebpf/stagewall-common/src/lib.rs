@@ -111,11 +111,23 @@ pub const EP_QUARANTINED: u32 = 1 << 4;
 /// The workload's fail mode is open: a packet the programs cannot decide (headers that
 /// cannot be parsed) passes, counted and reported, instead of being dropped.
 pub const EP_FAIL_OPEN: u32 = 1 << 5;
-/// The workload's ingress is in audit mode (a namespace or policy annotation): what its
-/// policy denies is reported as would-drop and passes, whatever `Config::mode` says.
+/// The workload's ingress is in audit mode for its NetworkPolicies (a namespace or policy
+/// annotation): what they deny is reported as would-drop and passes, whatever
+/// `Config::mode` says. ClusterNetworkPolicy denials are not: a namespace owner's policy
+/// never weakens a guardrail (EP_TIERS_AUDIT_*).
 pub const EP_AUDIT_INGRESS: u32 = 1 << 6;
-/// The workload's egress is in audit mode.
+/// The workload's egress is in audit mode for its NetworkPolicies.
 pub const EP_AUDIT_EGRESS: u32 = 1 << 7;
+/// The workload's ingress is in audit mode for the ClusterNetworkPolicy tiers too (its
+/// namespace's annotation, which only those who may change the Namespace set).
+pub const EP_TIERS_AUDIT_INGRESS: u32 = 1 << 9;
+pub const EP_TIERS_AUDIT_EGRESS: u32 = 1 << 10;
+/// ClusterNetworkPolicies in audit mode (their own annotation) hold the workload for
+/// ingress: its `shadow` tier programs, which include them, are read after an allowed
+/// verdict, and what they would deny is reported as would-drop. The enforced programs
+/// (`admin_*`, `baseline_*`) leave them out, so an audited policy changes no verdict.
+pub const EP_SHADOW_INGRESS: u32 = 1 << 11;
+pub const EP_SHADOW_EGRESS: u32 = 1 << 12;
 
 /// The interface entry of a workload enforced by cgroup: TC on the host side of its veth
 /// is a backstop for what raw sockets (AF_PACKET, AF_XDP) send and receive past the cgroup
@@ -139,6 +151,24 @@ pub const fn audit_flag(direction: u8) -> u32 {
         EP_AUDIT_INGRESS
     } else {
         EP_AUDIT_EGRESS
+    }
+}
+
+/// The EP_TIERS_AUDIT_* flag of a direction (DIR_*).
+pub const fn tiers_audit_flag(direction: u8) -> u32 {
+    if direction == DIR_INGRESS {
+        EP_TIERS_AUDIT_INGRESS
+    } else {
+        EP_TIERS_AUDIT_EGRESS
+    }
+}
+
+/// The EP_SHADOW_* flag of a direction (DIR_*).
+pub const fn shadow_flag(direction: u8) -> u32 {
+    if direction == DIR_INGRESS {
+        EP_SHADOW_INGRESS
+    } else {
+        EP_SHADOW_EGRESS
     }
 }
 
@@ -176,8 +206,14 @@ pub struct EndpointInfo {
     pub admin_egress: u32,
     pub baseline_ingress: u32,
     pub baseline_egress: u32,
+    /// The tier programs with the audited ClusterNetworkPolicies in them too, read only
+    /// where EP_SHADOW_* says so (0: no such policy has a rule for the direction).
+    pub shadow_admin_ingress: u32,
+    pub shadow_admin_egress: u32,
+    pub shadow_baseline_ingress: u32,
+    pub shadow_baseline_egress: u32,
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 32);
+const _: () = assert!(size_of::<EndpointInfo>() == 48);
 
 /// An address of the endpoint itself: connect() and sendmsg() to it never leave the
 /// workload, and pass whatever the policy (the packet hooks see such traffic with equal

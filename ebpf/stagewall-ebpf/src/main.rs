@@ -401,10 +401,9 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         service,
         self_traffic,
     };
-    // In audit mode the packets themselves are reported by cgroup_skb; reporting the
-    // connect too would count one would-drop twice.
-    let report = !verdict::audits(cfg, ep, DIR_EGRESS);
-    match decide(cfg, ep, &flow, hook, report) {
+    // An audited denial is reported by cgroup_skb, with the packets that follow;
+    // reporting the connect too would count one would-drop twice.
+    match decide(cfg, ep, &flow, hook, false) {
         Verdict::Pass => SOCK_ALLOW,
         Verdict::Drop => SOCK_DENY,
     }

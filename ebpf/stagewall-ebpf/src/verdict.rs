@@ -41,7 +41,7 @@ use stagewall_common::{
     REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED,
     STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag,
     endpoint_stats_index, identity_any, is_node_identity, isolation_flag, policy_value,
-    policy_value_action, policy_value_rule, verdict_counter,
+    policy_value_action, policy_value_rule, shadow_flag, tiers_audit_flag, verdict_counter,
 };
 
 use crate::maps::{
@@ -88,19 +88,54 @@ fn isolates(ep: &EndpointInfo, direction: u8) -> bool {
     ep.flags & isolation_flag(direction) != 0
 }
 
-/// Does a ClusterNetworkPolicy tier have rules for the endpoint in `direction`?
-fn has_tiers(ep: &EndpointInfo, direction: u8) -> bool {
+/// The endpoint's tier programs for `direction`: (Admin, Baseline) enforced, then the
+/// shadow pair with the audited ClusterNetworkPolicies in them (EP_SHADOW_*).
+fn tier_programs(ep: &EndpointInfo, direction: u8) -> [u32; 4] {
     if direction == DIR_INGRESS {
-        ep.admin_ingress != 0 || ep.baseline_ingress != 0
+        [
+            ep.admin_ingress,
+            ep.baseline_ingress,
+            ep.shadow_admin_ingress,
+            ep.shadow_baseline_ingress,
+        ]
     } else {
-        ep.admin_egress != 0 || ep.baseline_egress != 0
+        [
+            ep.admin_egress,
+            ep.baseline_egress,
+            ep.shadow_admin_egress,
+            ep.shadow_baseline_egress,
+        ]
     }
 }
 
+/// Does an enforced ClusterNetworkPolicy tier have rules for the endpoint in `direction`?
+fn has_tiers(ep: &EndpointInfo, direction: u8) -> bool {
+    let [admin, baseline, _, _] = tier_programs(ep, direction);
+    admin != 0 || baseline != 0
+}
+
 /// Is the endpoint's `direction` decided by policy at all: isolated by a NetworkPolicy,
-/// or named by a ClusterNetworkPolicy tier?
+/// or held by a ClusterNetworkPolicy (enforced, or audited: its shadow is read)?
 pub fn guarded(ep: &EndpointInfo, direction: u8) -> bool {
-    isolates(ep, direction) || has_tiers(ep, direction)
+    isolates(ep, direction) || has_tiers(ep, direction) || ep.flags & shadow_flag(direction) != 0
+}
+
+/// Does anything deny in `direction` and drop (not audited)? An enforced NetworkPolicy,
+/// or an enforced tier program.
+fn enforces(cfg: &Config, ep: &EndpointInfo, direction: u8) -> bool {
+    (isolates(ep, direction) && !audits(cfg, ep, direction))
+        || (has_tiers(ep, direction) && !audits_denial(cfg, ep, direction, REASON_ADMIN_DENY))
+}
+
+/// Is a denial for `reason` in `direction` audited? A tier's denial only by the agent's
+/// mode or the namespace's annotation (EP_TIERS_AUDIT_*), never by a NetworkPolicy's:
+/// the namespace's owner may write those, and a guardrail is what they cannot weaken.
+fn audits_denial(cfg: &Config, ep: &EndpointInfo, direction: u8, reason: u8) -> bool {
+    if reason == REASON_ADMIN_DENY || reason == REASON_BASELINE_DENY {
+        cfg.mode == MODE_AUDIT || ep.flags & tiers_audit_flag(direction) != 0
+    } else {
+        audits(cfg, ep, direction)
+    }
 }
 
 /// Is this TC seeing the packet as the backstop of a cgroup-enforced workload (which
@@ -120,10 +155,17 @@ struct Report {
 }
 
 /// Decides one packet (or connect/sendmsg) of a local endpoint. On a denial it counts and
-/// reports the event (with `hook`) unless `report` is false, and returns Drop only in
-/// enforce mode.
+/// reports the event (with `hook`) — an audited one only if `report_audited` (connect and
+/// sendmsg leave those to the packets that follow) — and returns Drop only for an
+/// enforced one.
 #[inline(never)]
-pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bool) -> Verdict {
+pub fn decide(
+    cfg: &Config,
+    ep: &EndpointInfo,
+    flow: &Flow,
+    hook: u8,
+    report_audited: bool,
+) -> Verdict {
     let now = unsafe { bpf_ktime_get_ns() };
     // Quarantine comes first: nothing, not even loopback traffic (which reaches the
     // node's own services from a workload in the node's network namespace), passes.
@@ -166,14 +208,23 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
         // The node reaches its pods whatever their ingress policy says (probes), in every
         // tier: no ClusterNetworkPolicy ingress peer names a node.
         let from_node = flow.direction == DIR_INGRESS && is_node_identity(identity);
-        let judgement = if from_node {
+        let mut judgement = if from_node {
             ALLOWED_BY_DEFAULT
         } else {
-            judge(ep, flow, identity)
+            judge(ep, flow, identity, false)
         };
+        // Allowed: would the audited ClusterNetworkPolicies deny it? Reported as
+        // would-drop, and it passes.
+        let shadow = !from_node
+            && judged_reason(judgement) == REASON_ALLOWED
+            && ep.flags & shadow_flag(flow.direction) != 0;
+        if shadow {
+            judgement = judge(ep, flow, identity, true);
+        }
         let rule = judged_rule(judgement);
-        if judged_reason(judgement) != REASON_ALLOWED {
-            let audit = audits(cfg, ep, flow.direction);
+        let reason = judged_reason(judgement);
+        if reason != REASON_ALLOWED {
+            let audit = shadow || audits_denial(cfg, ep, flow.direction, reason);
             if audit && backstop {
                 // Reported where sockets send it; a backstop in audit mode only watches.
                 return Verdict::Pass;
@@ -183,13 +234,12 @@ pub fn decide(cfg: &Config, ep: &EndpointInfo, flow: &Flow, hook: u8, report: bo
             } else {
                 VERDICT_DROPPED
             };
-            let reason = judged_reason(judgement);
             let stat = if audit { STAT_WOULD_DROP } else { STAT_DROPPED };
             // Packets are always reported; a denied connect or sendmsg is too, except in
             // audit mode (its packets will be). Either way the workload's statistics
             // count it, as the global counters do: a connect refused with EPERM is a
             // violation of the workload's own, like a dropped packet.
-            if report {
+            if report_audited || !audit {
                 count_verdict(ep, flow, stat);
                 emit(
                     cfg,
@@ -371,7 +421,7 @@ pub fn not_ip(cfg: &Config, ep: &EndpointInfo, direction: u8, hook: u8, bytes: u
 /// packet: there is none yet.
 pub fn packet_socket(cfg: &Config, ep: &EndpointInfo) -> Verdict {
     let quarantined = ep.flags & EP_QUARANTINED != 0;
-    let enforced = |d| guarded(ep, d) && !audits(cfg, ep, d);
+    let enforced = |d| enforces(cfg, ep, d);
     // The direction the event names: an enforced one first, else an audited one.
     let direction = if enforced(DIR_EGRESS) || (!enforced(DIR_INGRESS) && guarded(ep, DIR_EGRESS)) {
         DIR_EGRESS
@@ -701,17 +751,19 @@ fn judged_rule(j: Judgement) -> u32 {
 /// Allowed, with no rule to name: nothing denies it.
 const ALLOWED_BY_DEFAULT: Judgement = judgement(REASON_ALLOWED, POLICY_ALLOW);
 
-/// The tiers, first match wins: the Admin tier (Accept allows, Deny denies, Pass or no
-/// match goes on); then, if a NetworkPolicy isolates the workload this way, their union
-/// (allowed by one of them, or denied); else the Baseline tier (Accept, Deny; Pass or no
-/// match goes on); then allowed.
+/// The tiers, first match wins: the Admin tier program (Accept allows, Deny denies, Pass
+/// or no match goes on); then, if a NetworkPolicy isolates the workload this way, their
+/// union (allowed by one of them, or denied); else the Baseline tier program (Accept,
+/// Deny; Pass or no match goes on); then allowed. The enforced programs, or with `shadow`
+/// those with the audited ClusterNetworkPolicies too. A program id of 0 has no rules.
 #[inline(never)]
-fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32) -> Judgement {
+fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgement {
     let ingress = flow.direction == DIR_INGRESS;
-    let (admin, baseline) = if ingress {
-        (ep.admin_ingress, ep.baseline_ingress)
+    let [admin, baseline, shadow_admin, shadow_baseline] = tier_programs(ep, flow.direction);
+    let (admin, baseline) = if shadow {
+        (shadow_admin, shadow_baseline)
     } else {
-        (ep.admin_egress, ep.baseline_egress)
+        (admin, baseline)
     };
     if admin != 0 {
         let value = lookup_policy(admin, identity, identity_any(flow.family), flow);
@@ -826,7 +878,7 @@ fn emit(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, report: &Report)
         return;
     };
     // Written field by field into the ring buffer: an Event built on the stack first
-    // would cost 72 bytes of the 512 the verifier allows the whole call chain.
+    // would cost 80 bytes of the 512 the verifier allows the whole call chain.
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points at reserved ring buffer memory the size of an Event; every field
     // is written before submit.

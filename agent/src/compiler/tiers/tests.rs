@@ -694,3 +694,80 @@ proptest! {
         }
     }
 }
+
+/// A ClusterNetworkPolicy in audit mode is in no enforced program: only in the shadow
+/// ones, which the kernel reads for the directions the EP_SHADOW_* flags name. It audits
+/// nothing else: the NetworkPolicy audit flags stay off, and the tiers' audit flags are
+/// the namespace's alone.
+#[test]
+fn an_audited_cluster_network_policy_is_only_in_the_shadow_programs() {
+    use stagewall_common::{
+        EP_AUDIT_EGRESS, EP_SHADOW_EGRESS, EP_SHADOW_INGRESS, EP_TIERS_AUDIT_EGRESS,
+    };
+    let deny = "{action: Deny, to: [{networks: [10.2.0.0/16]}]}";
+    let enforced = cnp("enforced", 1, &[deny]);
+    let audited = cnp(
+        "trial",
+        2,
+        &["{action: Deny, to: [{networks: [10.3.0.0/16]}]}"],
+    )
+    .replace(
+        "metadata: {name: trial}",
+        "metadata: {name: trial, annotations: {stagewall.io/mode: audit}}",
+    );
+    let alone = Case::new(&enforced);
+    let case = Case::new(&format!("{enforced}{audited}"));
+    let train = case.train();
+    // The enforced program is the one without the trial: the same entries, naming the
+    // same rules.
+    let program = |c: &Compiled, id: u32| {
+        c.tier_entries
+            .iter()
+            .filter(|(e, _)| e.policy == id)
+            .map(|(e, v)| {
+                let rule = c.tier_rule(0, policy_value_rule(*v)).unwrap();
+                (
+                    e.identity,
+                    e.protocol,
+                    e.ports,
+                    rule.policy.clone(),
+                    rule.action,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        program(&case.c, train.tiers.admin_egress),
+        program(&alone.c, alone.train().tiers.admin_egress)
+    );
+    assert_ne!(train.shadow_tiers.admin_egress, 0);
+    assert_ne!(train.shadow_tiers.admin_egress, train.tiers.admin_egress);
+    assert_eq!(train.flags & EP_SHADOW_EGRESS, EP_SHADOW_EGRESS);
+    assert_eq!(train.flags & EP_SHADOW_INGRESS, 0, "no ingress rules");
+    assert_eq!(
+        train.flags & (EP_AUDIT_EGRESS | EP_TIERS_AUDIT_EGRESS),
+        0,
+        "nothing else is audited"
+    );
+    let trial_rule = case
+        .c
+        .tier_entries
+        .iter()
+        .filter(|(e, _)| e.policy == train.shadow_tiers.admin_egress)
+        .map(|(_, v)| {
+            case.c
+                .tier_rule(0, policy_value_rule(*v))
+                .unwrap()
+                .policy
+                .clone()
+        })
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        trial_rule,
+        ["enforced".to_string(), "trial".to_string()].into(),
+        "the shadow has both"
+    );
+    // Without an audited policy there is no shadow.
+    assert_eq!(alone.train().shadow_tiers, TierIds::default());
+    assert_eq!(alone.train().flags & EP_SHADOW_EGRESS, 0);
+}

@@ -155,9 +155,9 @@ pub struct ClusterNetworkPolicy {
     pub subject: ClusterSelector,
     pub ingress: Vec<ClusterRule>,
     pub egress: Vec<ClusterRule>,
-    /// Its `stagewall.io/mode` annotation: audit puts every workload of its subject in
-    /// audit mode for each direction it has rules for, as a NetworkPolicy's does for the
-    /// workloads it isolates (its denials are reported as would-drop, nothing dropped).
+    /// Its `stagewall.io/mode` annotation. In audit mode it changes no verdict: the
+    /// kernel decides without it, and reports as would-drop what it would deny were it
+    /// enforced (the tiers read again with it).
     pub mode: Option<Mode>,
     pub origin: Origin,
 }

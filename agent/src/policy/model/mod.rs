@@ -451,23 +451,33 @@ impl PolicySet {
             .unwrap_or_default()
     }
 
-    /// Whether `workload`'s `direction` is audited by its namespace, by a NetworkPolicy
-    /// that isolates it there, or by a ClusterNetworkPolicy whose subject holds it with
-    /// rules for that direction (the agent's own `--mode audit` aside).
+    /// Whether the NetworkPolicy denials of `workload`'s `direction` are audited: by its
+    /// namespace, or by a NetworkPolicy that isolates it there (the agent's own `--mode
+    /// audit` aside). ClusterNetworkPolicy denials are audited only by the namespace
+    /// (`tiers_audited`) or by the agent: a NetworkPolicy is the namespace owner's, and a
+    /// guardrail is what they cannot weaken. An audited ClusterNetworkPolicy only reports
+    /// (`ClusterNetworkPolicy::mode`).
     pub fn audited(&self, workload: &Workload, direction: Direction) -> bool {
-        let namespace = self
-            .namespaces
-            .iter()
-            .find(|n| n.name == workload.name.namespace)
-            .and_then(|n| n.mode);
-        if namespace == Some(Mode::Audit)
+        self.tiers_audited(workload)
             || self
                 .isolating(workload, direction)
                 .iter()
                 .any(|p| p.mode == Some(Mode::Audit))
-        {
-            return true;
-        }
+    }
+
+    /// Whether every denial of `workload`, ClusterNetworkPolicies' too, is audited: its
+    /// namespace's annotation (the agent's own `--mode audit` aside).
+    pub fn tiers_audited(&self, workload: &Workload) -> bool {
+        self.namespaces
+            .iter()
+            .find(|n| n.name == workload.name.namespace)
+            .and_then(|n| n.mode)
+            == Some(Mode::Audit)
+    }
+
+    /// Whether a ClusterNetworkPolicy in audit mode holds `workload` for `direction`: its
+    /// would-be denials are reported, nothing else changes.
+    pub fn cluster_audited(&self, workload: &Workload, direction: Direction) -> bool {
         self.cluster_policies_of(workload, direction)
             .iter()
             .any(|p| p.mode == Some(Mode::Audit))
