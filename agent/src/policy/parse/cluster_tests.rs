@@ -266,7 +266,7 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
         (
             egress("{action: Deny, to: [{}]}"),
             9,
-            "peer is empty; expected exactly one of namespaces, pods or networks",
+            "peer is empty; expected exactly one of namespaces, pods, networks or nodes",
         ),
         (
             egress("{action: Deny, to: [{namespaces: {}, networks: [10.0.0.0/8]}]}"),
@@ -284,9 +284,19 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
             "networks is an egress peer; expected namespaces or pods in an ingress rule",
         ),
         (
-            egress("{action: Deny, to: [{nodes: {}}]}"),
+            ingress("{action: Deny, from: [{nodes: {}}]}"),
             9,
-            "nodes peers are not supported yet",
+            "nodes is an egress peer; expected namespaces or pods in an ingress rule",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {}, networks: [10.0.0.0/8]}]}"),
+            9,
+            "peer has networks and nodes; expected exactly one",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {matchLabels: {'a b': x}}}]}"),
+            9,
+            "label key",
         ),
         (
             egress("{action: Accept, to: [{domainNames: [example.org]}]}"),
@@ -384,6 +394,11 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
             ),
             9,
             "networks peer and a destinationNamedPort",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {}}], protocols: [{destinationNamedPort: web}]}"),
+            9,
+            "rule has a nodes peer and a destinationNamedPort; expected numbered ports with nodes",
         ),
         (
             egress(&format!(
@@ -509,4 +524,127 @@ fn the_mode_annotation_puts_a_cluster_network_policy_in_audit_mode() {
     let (set, errors) = parse(&format!("{HEAD}{BASE}"));
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(set.cluster_policies[0].mode, None);
+}
+
+/// A control-plane Node as `kubectl get node -o yaml` shows it (trimmed), lines 1-17.
+const CONTROL_PLANE: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: cp-1
+  labels: {node-role.kubernetes.io/control-plane: '', kubernetes.io/hostname: cp-1}
+  uid: 0b7a
+spec:
+  podCIDR: 10.244.0.0/24
+  podCIDRs: [10.244.0.0/24]
+  taints: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]
+status:
+  addresses:
+    - {type: InternalIP, address: 10.0.0.10}
+    - {type: Hostname, address: cp-1}
+    - {type: ExternalIP, address: 'fd00::10'}
+    - {type: InternalIP, address: 10.0.0.10}
+  conditions: [{type: Ready, status: 'True'}]
+";
+
+#[test]
+fn a_nodes_peer_and_node_documents_parse_into_the_model() {
+    let yaml = format!(
+        "{CONTROL_PLANE}---\napiVersion: v1\nkind: Node\nmetadata: {{name: worker-1}}\n---\n{HEAD}{BASE}  egress:
+    - name: control-plane
+      action: Deny
+      to: [{{nodes: {{matchExpressions: [{{key: node-role.kubernetes.io/control-plane, operator: Exists}}]}}}}]
+      protocols: [{{tcp: {{destinationPort: {{number: 6443}}}}}}]
+"
+    );
+    let (set, errors) = parse(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let [cp, worker] = set.nodes.as_slice() else {
+        panic!("{set:?}")
+    };
+    assert_eq!((cp.name.as_str(), cp.origin.line), ("cp-1", 2));
+    assert_eq!(
+        cp.addresses,
+        vec![
+            "10.0.0.10".parse::<std::net::IpAddr>().unwrap(),
+            "fd00::10".parse().unwrap()
+        ],
+        "IPs only, without repeats"
+    );
+    assert_eq!(cp.labels["node-role.kubernetes.io/control-plane"], "");
+    assert_eq!(
+        (worker.name.as_str(), worker.addresses.len()),
+        ("worker-1", 0)
+    );
+    let rule = &set.cluster_policies[0].egress[0];
+    let ClusterPeer::Nodes(selector) = &rule.peers[0] else {
+        panic!("{rule:?}")
+    };
+    assert_eq!(
+        set.node_peer_addresses(selector),
+        cp.addresses,
+        "the control plane's addresses, not the worker's"
+    );
+}
+
+#[test]
+fn a_bad_node_document_names_its_line_and_never_stops_the_others() {
+    let node = |body: &str| format!("apiVersion: v1\nkind: Node\n{body}");
+    let cases: Vec<(String, u32, &str)> = vec![
+        (
+            node("metadata: {name: n, namespace: default}\n"),
+            3,
+            "Node is cluster-scoped; expected no metadata.namespace",
+        ),
+        (
+            node(
+                "metadata: {name: n}\nstatus:\n  addresses:\n    - {type: InternalIP, address: 10.0.0.300}\n",
+            ),
+            6,
+            "Node address \"10.0.0.300\" of type InternalIP is not an IP address; expected e.g. 10.0.0.1",
+        ),
+        (
+            node(
+                "metadata: {name: n}\nstatus:\n  addresses:\n    - {type: PodIP, address: 10.0.0.3}\n",
+            ),
+            6,
+            "Node address type \"PodIP\" is unknown; expected InternalIP, ExternalIP, Hostname",
+        ),
+        (
+            node("metadata: {name: n}\nstatus:\n  addresses:\n    - {address: 10.0.0.3}\n"),
+            6,
+            "Node address needs type and address",
+        ),
+        (
+            node("metadata: {name: n}\nspec: {podSelector: {}}\n"),
+            4,
+            "Node spec has podSelector, which belong to another kind; expected only podCIDR",
+        ),
+        (
+            node("metadata: {name: n, labels: {'no spaces': x}}\n"),
+            3,
+            "label key \"no spaces\" is invalid",
+        ),
+        (
+            node("metadata: {name: n, annotations: {stagewall.io/mode: audit}}\n"),
+            3,
+            "annotation stagewall.io/mode on a Node; expected it on a Namespace",
+        ),
+        (
+            node("metadata: {name: n}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n"),
+            6,
+            "duplicate Node n; first defined at c.yaml:2",
+        ),
+    ];
+    for (yaml, line, expected) in cases {
+        let e = one_error(&yaml);
+        assert!(
+            e.line == line && e.message.contains(expected),
+            "{yaml}\nexpected line {line}: {expected}\ngot {e}"
+        );
+        // The same document beside a good Node: the good one is still read.
+        let beside = format!("{CONTROL_PLANE}---\n{yaml}");
+        let (set, errors) = parse(&beside);
+        assert!(!errors.is_empty(), "{beside}");
+        assert!(set.nodes.iter().any(|n| n.name == "cp-1"), "{beside}");
+    }
 }
