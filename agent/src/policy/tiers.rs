@@ -178,6 +178,9 @@ impl<'a> Packet<'a, '_> {
                         ClusterPeer::Networks(cidrs) => {
                             cidrs.iter().any(|c| c.contains(&self.remote))
                         }
+                        ClusterPeer::Nodes(selector) => self.set.nodes.iter().any(|n| {
+                            n.addresses.contains(&self.remote) && selector.matches(&n.labels)
+                        }),
                         ClusterPeer::Workloads(selector) => remote
                             .zip(remote_namespace.as_ref())
                             .is_some_and(|(w, ns)| selector.matches(ns, &w.labels)),
