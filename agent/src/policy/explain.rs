@@ -424,9 +424,15 @@ spec:
         let mut set = PolicySet::default();
         parse_into(Path::new("e.yaml"), &format!("{SET}{nodes}"), &mut set).unwrap();
         let out = explain(&set, "b/y", "10.0.9.1", Protocol::Tcp, 6443).unwrap();
-        assert!(out.starts_with("from b/y (10.0.0.2) to node cp-1 (10.0.9.1), TCP port 6443"), "{out}");
+        assert!(
+            out.starts_with("from b/y (10.0.0.2) to node cp-1 (10.0.9.1), TCP port 6443"),
+            "{out}"
+        );
         assert!(out.contains("egress of b/y: DENIED by ClusterNetworkPolicy control-plane (Admin tier, priority 5) egress rule \"api\" (Deny) at e.yaml:51: 10.0.9.1 is an address of node cp-1, which its nodes peer {node-role.kubernetes.io/control-plane exists} selects"), "{out}");
-        assert!(out.contains("ingress of node cp-1: not a workload of the inventory"), "{out}");
+        assert!(
+            out.contains("ingress of node cp-1: not a workload of the inventory"),
+            "{out}"
+        );
         let out = explain(&set, "b/y", "10.0.9.2", Protocol::Tcp, 6443).unwrap();
         assert!(out.ends_with("verdict: allowed\n"), "{out}");
     }
