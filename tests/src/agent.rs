@@ -226,6 +226,16 @@ impl Testbed {
     /// (pods' cgroups below `pods_cgroup_base`); fails the test unless it succeeds, and
     /// gives what it printed.
     pub fn check_kubernetes(&self, kubeconfig: &Path, pods_cgroup_base: &str) -> String {
+        self.check_kubernetes_with(kubeconfig, pods_cgroup_base, &[])
+    }
+
+    /// `check_kubernetes` with more arguments (`--explain --from ... --to ... --port N`).
+    pub fn check_kubernetes_with(
+        &self,
+        kubeconfig: &Path,
+        pods_cgroup_base: &str,
+        extra_args: &[&str],
+    ) -> String {
         let out = self
             .hub_command(agent_bin())
             .expect("a command in the hub")
@@ -237,6 +247,7 @@ impl Testbed {
                 "--pods-cgroup-base",
                 pods_cgroup_base,
             ])
+            .args(extra_args)
             .output()
             .expect("running stagewall check");
         // What it printed, then what it warned of (objects left out).

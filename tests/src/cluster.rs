@@ -631,12 +631,14 @@ impl Cluster {
     }
 
     /// Installs what the agent needs from deploy/kubernetes (its namespace, the
-    /// ServiceAccount, ClusterRole and binding, the CRDs), and gives a kubeconfig with a
-    /// token of that ServiceAccount (TokenRequest, as kubelet mounts one into the pod).
+    /// ServiceAccount, ClusterRole and binding, stagewall's CRDs and the upstream
+    /// ClusterNetworkPolicy CRD), and gives a kubeconfig with a token of that
+    /// ServiceAccount (TokenRequest, as kubelet mounts one into the pod).
     pub fn agent_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         for manifest in ["namespace.yaml", "rbac.yaml", "crds.yaml"] {
             self.kubectl(&["apply", "-f", &path(&manifests().join(manifest))])?;
         }
+        self.install_cluster_network_policy_crd()?;
         // CRDs serve once established.
         self.kubectl(&[
             "wait",
@@ -657,6 +659,25 @@ impl Cluster {
         let file = self.dir.join("agent.kubeconfig");
         self.write_kubeconfig(&file, "stagewall", token.trim())?;
         Ok(file)
+    }
+}
+
+/// The upstream ClusterNetworkPolicy CRD's name (deploy/kubernetes/clusternetworkpolicies.crd.yaml).
+pub const CLUSTER_NETWORK_POLICY_CRD: &str = "clusternetworkpolicies.policy.networking.k8s.io";
+
+impl Cluster {
+    /// Applies deploy/kubernetes/clusternetworkpolicies.crd.yaml and waits until the API
+    /// server serves ClusterNetworkPolicies.
+    pub fn install_cluster_network_policy_crd(&self) -> anyhow::Result<()> {
+        let file = manifests().join("clusternetworkpolicies.crd.yaml");
+        self.kubectl(&["apply", "-f", &path(&file)])?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{CLUSTER_NETWORK_POLICY_CRD}"),
+        ])?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,8 @@
 //!
 //! What the hand-written server in tests/src/apiserver.rs is still kept for: watches cut
 //! and history compacted on demand, and a missing CRD (tests/tests/kubernetes.rs).
+//! ClusterNetworkPolicies through the real API server, with and without their CRD:
+//! tests/tests/cluster_tiers.rs.
 
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         "namespaces",
         "nodes",
         "networkpolicies.networking.k8s.io",
+        "clusternetworkpolicies.policy.networking.k8s.io",
         "pipelines.stagewall.io",
         "workloads.stagewall.io",
     ] {

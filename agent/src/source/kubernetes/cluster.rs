@@ -5,8 +5,9 @@
 //! - Pods become workloads: by IP and labels everywhere (peers), and enforced through
 //!   their cgroup when they run on this node. Pods on the host network share the node's
 //!   addresses and are left alone, as NetworkPolicy leaves them; finished pods are gone.
-//! - Namespaces, NetworkPolicies, Pipelines and Workloads go through the same parser as
-//!   policy files, each object on its own: an object the parser refuses is reported
+//! - Namespaces, NetworkPolicies, ClusterNetworkPolicies (cluster-scoped: known as
+//!   `kubernetes/clusternetworkpolicies/<name>`), Pipelines and Workloads go through the
+//!   same parser as policy files, each object on its own: an object the parser refuses is reported
 //!   (kind, name, line of its JSON, what was expected) and its previous version, if any,
 //!   stays in force, so one bad object neither opens nor freezes the rest.
 
@@ -31,7 +32,13 @@ use crate::policy::{
 };
 
 /// The kinds the agent watches besides pods, by their plural resource name.
-pub const DOCUMENT_KINDS: [&str; 4] = ["namespaces", "networkpolicies", "pipelines", "workloads"];
+pub const DOCUMENT_KINDS: [&str; 5] = [
+    "namespaces",
+    "networkpolicies",
+    "clusternetworkpolicies",
+    "pipelines",
+    "workloads",
+];
 
 /// What a pod contributes, from its API object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -522,5 +529,7 @@ fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyE
 }
 
 mod capacity;
+#[cfg(test)]
+mod cluster_policy_tests;
 #[cfg(test)]
 mod tests;

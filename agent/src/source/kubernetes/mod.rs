@@ -1,6 +1,6 @@
 //! Kubernetes as the source of the desired state (`stagewall run --kubernetes`): the agent
-//! watches Pods, Namespaces, NetworkPolicies, its Node, Services, EndpointSlices and the
-//! stagewall.io kinds through the API server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
+//! watches Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies, its Node, Services,
+//! EndpointSlices and the stagewall.io kinds through the API server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
 //! listing again after 410 Gone), keeps them in a `Cluster`, and gives the agent the
 //! desired state built from it whenever it changed.
 
@@ -69,7 +69,8 @@ pub enum PodAttachment {
 }
 
 /// One watched kind: its API resource, and whether the agent can do without it (the
-/// stagewall.io kinds, when their CustomResourceDefinitions are not installed).
+/// stagewall.io kinds and ClusterNetworkPolicy, when their CustomResourceDefinitions are
+/// not installed).
 struct Kind {
     plural: &'static str,
     resource: ApiResource,
@@ -101,6 +102,16 @@ fn kinds(node: &str) -> Vec<Kind> {
         ),
         kind("stagewall.io", "v1alpha1", "Pipeline", "pipelines", true),
         kind("stagewall.io", "v1alpha1", "Workload", "workloads", true),
+        // Cluster-scoped; optional: the CRD is the API's own (deploy/kubernetes has it),
+        // which a platform may not have installed. Without it the agent says so once and
+        // goes on; the watcher asks again (backoff up to 30 s) and takes them up once served.
+        kind(
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            "ClusterNetworkPolicy",
+            "clusternetworkpolicies",
+            true,
+        ),
         // This node's addresses (the node's identity), its own Node only; optional so
         // that an agent whose role predates it goes on, its node's probes then judged as
         // any address.
@@ -358,7 +369,7 @@ async fn follow(
                 let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404 || s.code == 403);
                 if missing && kind.optional && first {
                     log::warn!(
-                        "Kubernetes: {} are not served or not granted (is the CustomResourceDefinition installed? does the ClusterRole of deploy/kubernetes/rbac.yaml allow them?); going on without them: {e}",
+                        "Kubernetes: {} are not served or not granted (is the CustomResourceDefinition installed? does the ClusterRole of deploy/kubernetes/rbac.yaml allow them?); going on without them, and taking them up once they are: {e}",
                         kind.plural
                     );
                     first = false;

@@ -17,9 +17,15 @@ use crate::{
     },
 };
 
-/// Kinds an object of which may be left out for capacity: those that add policy.
-/// Namespaces only label; leaving one out would change what other objects select.
-const LEFT_OUT_FOR_CAPACITY: [&str; 3] = ["networkpolicies", "pipelines", "workloads"];
+/// Kinds an object of which may be left out for capacity: those that add policy
+/// (a ClusterNetworkPolicy its tier rules and entries). Namespaces only label; leaving one
+/// out would change what other objects select.
+const LEFT_OUT_FOR_CAPACITY: [&str; 4] = [
+    "networkpolicies",
+    "clusternetworkpolicies",
+    "pipelines",
+    "workloads",
+];
 
 impl Cluster {
     /// `set` if the kernel maps hold it; else the set without the objects that overflow

@@ -9,7 +9,7 @@ use crate::policy::model::Direction;
 const UID: &str = "5c8ab4e0-9a1f-4d62-8a43-1f2e3d4c5b6a";
 
 /// A pod as the API server returns it (fields the agent ignores included).
-fn pod(
+pub(super) fn pod(
     name: &str,
     uid: &str,
     node: &str,
@@ -66,7 +66,7 @@ fn policy(ports: serde_json::Value) -> serde_json::Value {
     })
 }
 
-fn desired(cluster: &Cluster) -> PolicySet {
+pub(super) fn desired(cluster: &Cluster) -> PolicySet {
     cluster
         .desired(
             "node-a",
