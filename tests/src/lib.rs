@@ -17,7 +17,8 @@
 //!   bridge plugin, running real pods from locally written images;
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
 //!   do on demand; [`demo`]: the demo's test bed and probes;
-//!   [`raw`]: hand-made frames for the hostile-input tests.
+//!   [`raw`]: hand-made frames for the hostile-input tests; [`sctp`]: the probe's SCTP
+//!   (INIT and INIT ACK over raw sockets, for kernels without an SCTP stack).
 //!
 //! `Testbed`'s methods live with the part they belong to: building the bed in `bed`,
 //! running commands in `exec`, traffic in `probe`, the agent in `agent`.
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod lsm;
 pub mod node;
 pub mod raw;
+pub mod sctp;
 
 pub use agent::{Agent, agent_bin, metric_sum, until, until_within};
 pub use bed::{HUB_GATEWAY, Layout, Node, NodeSpec, Testbed, pinned_links, privileged};

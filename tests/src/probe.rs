@@ -54,6 +54,18 @@ impl Outcome {
 impl Testbed {
     /// Starts the probe's echo servers in `node` and waits until they listen.
     pub fn serve(&mut self, node: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
+        self.serve_with_sctp(node, tcp, udp, &[])
+    }
+
+    /// `serve`, and SCTP on `sctp` (an INIT answered with an INIT ACK: see
+    /// [`crate::sctp`]).
+    pub fn serve_with_sctp(
+        &mut self,
+        node: &str,
+        tcp: &[u16],
+        udp: &[u16],
+        sctp: &[u16],
+    ) -> anyhow::Result<()> {
         let join = |p: &[u16]| {
             p.iter()
                 .map(|p| p.to_string())
@@ -62,6 +74,9 @@ impl Testbed {
         };
         let mut cmd = self.command(node, probe_bin())?;
         cmd.args(["serve", "--tcp", &join(tcp), "--udp", &join(udp)]);
+        if !sctp.is_empty() {
+            cmd.args(["--sctp", &join(sctp)]);
+        }
         cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().context("starting probe server")?;
         let mut line = String::new();

@@ -37,9 +37,21 @@ struct Settings {
 #[derive(Clone, Copy, PartialEq)]
 enum Config {
     Baseline,
-    Stagewall { rules: usize, audit: bool },
-    Iptables { rules: usize },
-    Nftables { rules: usize },
+    Stagewall {
+        rules: usize,
+        audit: bool,
+    },
+    /// The NetworkPolicy of `rules` rules behind ClusterNetworkPolicy guardrails that
+    /// hold both workloads: every new flow reads the Admin tier first.
+    Tiered {
+        rules: usize,
+    },
+    Iptables {
+        rules: usize,
+    },
+    Nftables {
+        rules: usize,
+    },
 }
 
 impl Config {
@@ -51,6 +63,10 @@ impl Config {
                 audit: false,
             } => format!("stagewall, {rules} rules"),
             Config::Stagewall { rules, audit: true } => format!("stagewall audit, {rules} rules"),
+            Config::Tiered { rules } => format!(
+                "stagewall, {rules} rules + {} ClusterNetworkPolicies",
+                TENANTS + 1
+            ),
             Config::Iptables { rules } => format!("iptables linear chain, {rules} rules"),
             Config::Nftables { rules } => format!("nftables set, {rules} rules"),
         }
@@ -92,6 +108,54 @@ fn stagewall_policy(bed: &Testbed, rules: usize) -> String {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: ctl, namespace: bench}}\nspec:\n  podSelector: {{matchLabels: {{app: ctl}}}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {ECHO_PORT}}}]\n",
         bed.node("server").v4
     );
+    p
+}
+
+/// Tenant-isolation guardrails in the Tiered configuration, one per tenant.
+const TENANTS: usize = 20;
+
+/// `stagewall_policy` behind guardrails: the bench namespace is tenant t0's, every tenant
+/// has its isolation policy (Admin: Pass inside the tenant, Deny to other tenants), and
+/// the example block list applies to every workload. The measured flows come from outside
+/// every tenant, so the Admin tier reads and passes on, and the NetworkPolicy decides.
+fn tiered_policy(bed: &Testbed, rules: usize) -> String {
+    let mut p = stagewall_policy(bed, rules);
+    p += "---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench, labels: {tenant: t0}}
+";
+    for t in 0..TENANTS {
+        p += &format!(
+            "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: t{t}-isolation}}
+spec:
+  tier: Admin
+  priority: {}
+  subject: {{namespaces: {{matchLabels: {{tenant: t{t}}}}}}}
+  ingress:
+    - {{name: same-tenant, action: Pass, from: [{{namespaces: {{matchLabels: {{tenant: t{t}}}}}}}]}}
+    - {{name: other-tenants, action: Deny, from: [{{namespaces: {{matchExpressions: [{{key: tenant, operator: Exists}}]}}}}]}}
+  egress:
+    - {{name: same-tenant, action: Pass, to: [{{namespaces: {{matchLabels: {{tenant: t{t}}}}}}}]}}
+    - {{name: other-tenants, action: Deny, to: [{{namespaces: {{matchExpressions: [{{key: tenant, operator: Exists}}]}}}}]}}
+",
+            20 + t
+        );
+    }
+    p += "---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: blocked-addresses}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  egress:
+    - {name: block-list, action: Deny, to: [{networks: [192.0.2.0/24, 198.51.100.0/24]}]}
+";
     p
 }
 
@@ -324,6 +388,7 @@ fn main() {
         rules: largest,
         audit: true,
     });
+    configs.push(Config::Tiered { rules: largest });
     for &rules in &settings.rule_counts {
         configs.push(Config::Iptables { rules });
     }
@@ -351,6 +416,11 @@ fn main() {
                     bed.start_agent(&["--mode", mode])
                         .expect("starting the agent"),
                 );
+            }
+            Config::Tiered { rules } => {
+                bed.write_policy("bench.yaml", &tiered_policy(&bed, rules))
+                    .unwrap();
+                agent = Some(bed.start_agent(&[]).expect("starting the agent"));
             }
             Config::Iptables { rules } => firewall(
                 &bed,

@@ -1,6 +1,8 @@
 //! A tiny network probe the integration tests run inside their namespaces and cgroups.
 //!
-//!   stagewall-probe serve --tcp 9090,9091 --udp 9090      echo servers; prints "ready"
+//!   stagewall-probe serve --tcp 9090,9091 --udp 9090 [--sctp 9003]
+//!                                                          echo servers (SCTP: answers INIT,
+//!                                                          see stagewall_tests::sctp); prints "ready"
 //!   stagewall-probe tcp ADDR PORT TIMEOUT_MS              connect, send, await the echo;
 //!                                                          prints `peer ADDR:PORT` (getpeername)
 //!   stagewall-probe udp ADDR PORT TIMEOUT_MS [COUNT]      send COUNT datagrams, await echoes;
@@ -17,7 +19,9 @@
 //!   stagewall-probe watch-verdict ADDR PORT MILLIS [stdin]  `first X`, then `changed Y NS`;
 //!                                                          with `stdin`, also stops when stdin closes
 //!   stagewall-probe matrix TIMEOUT_MS PROTO/ADDR/PORT...   all at once, one line each:
-//!                                                          `PROTO/ADDR/PORT OUTCOME MS`
+//!                                                          `PROTO/ADDR/PORT OUTCOME MS`;
+//!                                                          PROTO tcp, udp or sctp (IPv4: INIT,
+//!                                                          awaits the INIT ACK)
 //!   stagewall-probe raw-send IFACE HEXFRAME...             send hand-made frames as they are
 //!   stagewall-probe raw-flood IFACE HEXFRAME COUNT         COUNT copies of an IPv4 UDP frame,
 //!                                                          each with other ports (new flows)
@@ -31,7 +35,7 @@
 //! Probes print one outcome word and the elapsed milliseconds: `ok 2`, `eperm 0`,
 //! `timeout 1000`, `refused 1`, `error:<what> 3`. They exit 0 whatever the outcome.
 
-use stagewall_tests::raw;
+use stagewall_tests::{raw, sctp};
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -109,9 +113,15 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, std::i
     Ok(out)
 }
 
-fn serve(tcp_ports: &[u16], udp_ports: &[u16]) -> ! {
+fn serve(tcp_ports: &[u16], udp_ports: &[u16], sctp_ports: Vec<u16>) -> ! {
     let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
     let mut threads = Vec::new();
+    if !sctp_ports.is_empty() {
+        threads.push(std::thread::spawn(move || {
+            let Err(e) = sctp::serve(&sctp_ports);
+            panic!("sctp server: {e}");
+        }));
+    }
     for &port in tcp_ports {
         // [::] with IPV6_V6ONLY off (the Linux default) accepts IPv4 too.
         let l = TcpListener::bind(SocketAddr::new(any, port)).expect("bind tcp");
@@ -325,8 +335,12 @@ fn matrix(timeout: Duration, targets: &[String]) {
                         port.parse().expect("port"),
                     );
                     let start = Instant::now();
-                    let result = match proto {
-                        "tcp" => tcp(addr, timeout).map(|_| ()),
+                    let result = match (proto, addr) {
+                        ("tcp", _) => tcp(addr, timeout).map(|_| ()),
+                        ("sctp", SocketAddr::V4(v4)) => sctp::associate(v4, timeout),
+                        ("sctp", SocketAddr::V6(_)) => {
+                            return format!("{t} error:sctp_is_ipv4_only 0");
+                        }
                         _ => udp(addr, timeout, 1).map(|_| ()),
                     };
                     let word = match result {
@@ -369,7 +383,7 @@ fn pause() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -383,7 +397,11 @@ fn main() {
                     .position(|a| a == name)
                     .and_then(|i| args.get(i + 1))
             };
-            serve(&ports(flag("--tcp")), &ports(flag("--udp")))
+            serve(
+                &ports(flag("--tcp")),
+                &ports(flag("--udp")),
+                ports(flag("--sctp")),
+            )
         }
         Some("tcp") if args.len() == 4 => {
             tcp(sock(&args[1], &args[2]), ms(&args[3])).map(|peer| format!("peer {peer}\n"))
