@@ -198,8 +198,8 @@ impl CachedEntries {
 }
 
 /// What the user should know about a desired state that compiles: ClusterNetworkPolicies
-/// of one tier sharing a priority (read by name), nodes peers that select no node. One line each, for `check` to print and
-/// the agent to log; the state is enforced whole.
+/// of one tier sharing a priority (read by name), nodes peers that select no node. One
+/// line each, for `check` to print and the agent to log; the state is enforced whole.
 pub fn warnings(set: &PolicySet) -> Vec<String> {
     let mut warnings = crate::policy::tiers::priority_ties(set);
     warnings.extend(crate::policy::tiers::empty_nodes_peers(set));
