@@ -28,9 +28,9 @@
 //! answered by an INIT ACK) through raw sockets (tests/src/sctp.rs says what that covers).
 //!
 //! Not ported: CNPAdminTierEgressNodePeers and CNPBaselineTierEgressNodePeers (the `nodes`
-//! peer, experimental upstream, which stagewall refuses: it knows its node's addresses,
-//! not the cluster's nodes and their labels; and their servers are host-network pods,
-//! which stagewall treats as the node).
+//! peer, experimental upstream: their servers are host-network pods, which stagewall
+//! treats as the node; the peer itself is checked on the kernel by cluster_guardrails.rs,
+//! against outside addresses that Node documents name).
 
 #[path = "cluster_conformance/scenarios.rs"]
 mod scenarios;

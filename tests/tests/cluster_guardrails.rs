@@ -2,7 +2,8 @@
 //! cases (cluster_conformance.rs): a policy's own audit annotation, the event and metric
 //! that name the deciding rule, the fast EPERM at connect, and a NetworkPolicy that
 //! cannot open what the Admin tier denies. The policy is the shipped example
-//! `policies/cluster/blocked-addresses.yaml`, unchanged but for the annotation.
+//! `policies/cluster/blocked-addresses.yaml`, unchanged but for the annotation. And the
+//! experimental `nodes` peer: the control plane's Node denied by its role label.
 
 use std::net::IpAddr;
 
@@ -304,18 +305,20 @@ spec:
     )
     .unwrap();
     bed.serve("peer", &[5000], &[5001]).unwrap();
+    bed.serve("trainer", &[7000], &[]).unwrap();
     let (v4, v6) = (bed.node("peer").v4, bed.node("peer").v6);
+    let trainer_v6 = bed.node("trainer").v6;
     let agent = bed.start_agent(&[]).expect("starting the agent");
     for (what, outcome, expected) in [
         ("tcp v6", bed.tcp("trainer", v6, 5000), "eperm"),
         ("udp v6", bed.udp("trainer", v6, 5001, 1), "eperm"),
         ("tcp v4", bed.tcp("trainer", v4, 5000), "ok"),
         ("udp v4", bed.udp("trainer", v4, 5001, 1), "ok"),
-        // The peer's own egress is no subject's: its replies and connects pass.
+        // Into the trainer over IPv6: its replies pass its egress Deny (stateful).
         (
             "peer -> trainer v6",
-            bed.tcp("peer", bed.node("trainer").v6, 9),
-            "refused",
+            bed.tcp("peer", trainer_v6, 7000),
+            "ok",
         ),
     ] {
         assert!(
@@ -324,4 +327,106 @@ spec:
             agent.log()
         );
     }
+}
+
+/// A Node document with `address`, and the control plane's role label when `control_plane`.
+fn node_doc(name: &str, address: &str, control_plane: bool) -> String {
+    let labels = if control_plane {
+        "{node-role.kubernetes.io/control-plane: '', kubernetes.io/hostname: NAME}"
+    } else {
+        "{kubernetes.io/hostname: NAME}"
+    }
+    .replace("NAME", name);
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {labels}}}\nstatus:\n  addresses:\n    - {{type: InternalIP, address: {address}}}\n    - {{type: Hostname, address: {name}}}\n---\n"
+    )
+}
+
+/// Every workload's egress to the control plane's nodes is denied, whatever their address.
+const DENY_CONTROL_PLANE: &str = "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: control-plane}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+    - name: nodes
+      action: Deny
+      to:
+        - nodes:
+            matchExpressions:
+              - {key: node-role.kubernetes.io/control-plane, operator: Exists}
+";
+
+#[test]
+fn a_nodes_peer_denies_the_nodes_whose_labels_match_and_follows_their_labels() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["trainer", "control", "worker"]).expect("creating the test bed");
+    bed.write_policy(
+        "workloads.yaml",
+        &bed.workload_yaml("trainer", "ml", "{stage: training}", false),
+    )
+    .unwrap();
+    let (control, worker) = ("192.0.2.20", "192.0.2.21");
+    bed.write_policy(
+        "nodes.yaml",
+        &(node_doc("cp-1", control, true) + &node_doc("worker-1", worker, false)),
+    )
+    .unwrap();
+    bed.write_policy("control-plane.yaml", DENY_CONTROL_PLANE)
+        .unwrap();
+    bed.make_outside("control", control).unwrap();
+    bed.make_outside("worker", worker).unwrap();
+    bed.serve("control", &[80], &[]).unwrap();
+    bed.serve("worker", &[80], &[]).unwrap();
+    let (control, worker): (IpAddr, IpAddr) = (control.parse().unwrap(), worker.parse().unwrap());
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+
+    let outcome = bed.tcp("trainer", control, 80);
+    assert!(
+        outcome.is("eperm"),
+        "trainer -> control-plane node: {outcome:?}\n{}",
+        agent.log()
+    );
+    let outcome = bed.tcp("trainer", worker, 80);
+    assert!(
+        outcome.is("ok"),
+        "trainer -> worker node: {outcome:?}\n{}",
+        agent.log()
+    );
+    until(
+        "the dropped event",
+        || agent.log(),
+        || {
+            agent.events().iter().any(|e| {
+                e["dst"] == "192.0.2.20"
+                    && e["verdict"] == "dropped"
+                    && e["rule"]["name"] == "nodes"
+            })
+        },
+    );
+
+    // The role moves to the other node: the denial follows the label, not the address.
+    let before = generation(&agent);
+    bed.write_policy(
+        "nodes.yaml",
+        &(node_doc("cp-1", "192.0.2.20", false) + &node_doc("worker-1", "192.0.2.21", true)),
+    )
+    .unwrap();
+    until(
+        "the relabelled nodes",
+        || agent.log(),
+        || generation(&agent) > before,
+    );
+    let outcome = bed.tcp("trainer", control, 80);
+    assert!(outcome.is("ok"), "unlabelled: {outcome:?}\n{}", agent.log());
+    let outcome = bed.tcp("trainer", worker, 80);
+    assert!(
+        outcome.is("eperm"),
+        "labelled: {outcome:?}\n{}",
+        agent.log()
+    );
 }

@@ -9,7 +9,8 @@
 //! address lies in: two workloads with equal labels but addresses on either side of an
 //! ipBlock boundary get different identities, so an ipBlock rule can never allow an address
 //! outside its block through a shared identity. A ClusterNetworkPolicy's `networks` are
-//! blocks here too (without exceptions).
+//! blocks here too (without exceptions), and so are its `nodes` peers, as the host
+//! prefixes of the matching nodes' addresses (`node_blocks`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,7 +22,9 @@ use stagewall_common::{
     IDENTITY_FIRST_ALLOCATED, IDENTITY_NODE_FIRST, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6,
 };
 
-use crate::policy::model::{ClusterPeer, Labels, NamedPort, ObjectName, Peer, PolicySet};
+use crate::policy::model::{
+    ClusterPeer, LabelSelector, Labels, NamedPort, ObjectName, Peer, PolicySet,
+};
 
 /// An ipBlock as rules name it (the block and its exceptions).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,6 +133,17 @@ fn host_prefix(addr: IpAddr) -> IpNet {
     IpNet::from(addr)
 }
 
+/// A `nodes` peer resolved at compile time: one block per address of a node whose labels
+/// match (none when no node matches), so it selects exactly as `networks` of those /32
+/// and /128 would. A change of the nodes' labels or addresses changes the blocks, hence
+/// the identities, and the next compile follows it.
+pub(super) fn node_blocks(set: &PolicySet, selector: &LabelSelector) -> Vec<Block> {
+    set.node_peer_addresses(selector)
+        .into_iter()
+        .map(|a| Block::new(host_prefix(a), &[]))
+        .collect()
+}
+
 impl Identities {
     pub fn allocate(set: &PolicySet) -> Identities {
         let mut blocks = BTreeSet::new();
@@ -142,13 +156,17 @@ impl Identities {
                 }
             }
         }
-        // A ClusterNetworkPolicy's `networks` split identities as ipBlocks do, so that
-        // every identity is wholly inside or outside each of them.
+        // A ClusterNetworkPolicy's `networks` and `nodes` split identities as ipBlocks
+        // do, so that every identity is wholly inside or outside each of them.
         for p in &set.cluster_policies {
             for rule in p.ingress.iter().chain(&p.egress) {
                 for peer in &rule.peers {
-                    if let ClusterPeer::Networks(cidrs) = peer {
-                        blocks.extend(cidrs.iter().map(|c| Block::new(*c, &[])));
+                    match peer {
+                        ClusterPeer::Networks(cidrs) => {
+                            blocks.extend(cidrs.iter().map(|c| Block::new(*c, &[])));
+                        }
+                        ClusterPeer::Nodes(selector) => blocks.extend(node_blocks(set, selector)),
+                        ClusterPeer::Workloads(_) => {}
                     }
                 }
             }

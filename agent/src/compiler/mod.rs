@@ -210,10 +210,12 @@ impl CachedEntries {
 }
 
 /// What the user should know about a desired state that compiles: ClusterNetworkPolicies
-/// of one tier sharing a priority (read by name). One line each, for `check` to print and
-/// the agent to log; the state is enforced whole.
+/// of one tier sharing a priority (read by name), nodes peers that select no node. One
+/// line each, for `check` to print and the agent to log; the state is enforced whole.
 pub fn warnings(set: &PolicySet) -> Vec<String> {
-    crate::policy::tiers::priority_ties(set)
+    let mut warnings = crate::policy::tiers::priority_ties(set);
+    warnings.extend(crate::policy::tiers::empty_nodes_peers(set));
+    warnings
 }
 
 /// Compiles the desired state. `previous` holds the ids of the policy in force; workloads

@@ -30,7 +30,9 @@ use stagewall_common::{
     IDENTITY_WORLD_V6, POLICY_RULE_MAX, identity_any, policy_value,
 };
 
-use super::{Block, CompileError, Identities, IdentityKind, PortPrefix, port_prefixes};
+use super::{
+    Block, CompileError, Identities, IdentityKind, PortPrefix, identity::node_blocks, port_prefixes,
+};
 use crate::policy::{
     model::{
         Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, Direction, Labels,
@@ -391,6 +393,10 @@ impl<'a> TierCompiler<'a> {
             match peer {
                 ClusterPeer::Networks(cidrs) => {
                     let blocks: Vec<Block> = cidrs.iter().map(|c| Block::new(*c, &[])).collect();
+                    ids.extend(self.identities.select_blocks(&blocks));
+                }
+                ClusterPeer::Nodes(selector) => {
+                    let blocks = node_blocks(self.set, selector);
                     ids.extend(self.identities.select_blocks(&blocks));
                 }
                 ClusterPeer::Workloads(selector) => {

@@ -10,7 +10,8 @@ use std::{
 
 use crate::policy::{
     model::{
-        Action, Direction, NetworkPolicy, Peer, PolicySet, PortMatch, Protocol, Rule, Workload,
+        Action, ClusterPeer, Direction, LabelSelector, NetworkPolicy, Peer, PolicySet, PortMatch,
+        Protocol, Requirement, Rule, Workload,
     },
     semantics::{self, Side},
     tiers::{self, DecidedBy, RuleRef},
@@ -70,10 +71,14 @@ fn addresses(from: &Party, to: &Party) -> Result<(IpAddr, IpAddr), ExplainError>
     Err(ExplainError::NoCommonFamily)
 }
 
-fn name(p: &Party) -> String {
+/// A workload by name; an address by the Node that has it, if one does.
+fn name(set: &PolicySet, p: &Party) -> String {
     match p {
         Party::Workload(w) => w.name.to_string(),
-        Party::Address(a) => a.to_string(),
+        Party::Address(a) => match set.nodes.iter().find(|n| n.addresses.contains(a)) {
+            Some(node) => format!("node {}", node.name),
+            None => a.to_string(),
+        },
     }
 }
 
@@ -91,8 +96,8 @@ pub fn explain(
     writeln!(
         out,
         "from {} ({src}) to {} ({dst}), {} port {port}",
-        name(&from),
-        name(&to),
+        name(set, &from),
+        name(set, &to),
         protocol.name()
     )?;
     let mut allowed = true;
@@ -108,7 +113,7 @@ pub fn explain(
             writeln!(
                 out,
                 "  {label} {}: not a workload of the inventory, no policy applies",
-                name(party)
+                name(set, party)
             )?;
             continue;
         };
@@ -137,9 +142,10 @@ pub fn explain(
                 };
                 writeln!(
                     out,
-                    "  {label} {}{note}: {verdict} by {}{passed}",
+                    "  {label} {}{note}: {verdict} by {}{}{passed}",
                     w.name,
                     describe_cluster_rule(&rule),
+                    nodes_note(set, &rule, remote),
                 )?;
                 continue;
             }
@@ -223,6 +229,49 @@ fn describe_cluster_rule(rule: &RuleRef) -> String {
     )
 }
 
+/// For a rule that holds `remote` by a nodes peer: which node it is and by what labels,
+/// since neither the rule's line nor the address says so.
+fn nodes_note(set: &PolicySet, rule: &RuleRef, remote: IpAddr) -> String {
+    rule.rule()
+        .peers
+        .iter()
+        .find_map(|peer| {
+            let ClusterPeer::Nodes(selector) = peer else {
+                return None;
+            };
+            let node = set
+                .nodes
+                .iter()
+                .find(|n| n.addresses.contains(&remote) && selector.matches(&n.labels))?;
+            Some(format!(
+                ": {remote} is an address of node {}, which its nodes peer {{{}}} selects",
+                node.name,
+                describe_selector(selector)
+            ))
+        })
+        .unwrap_or_default()
+}
+
+/// `k=v,key exists,zone in (a,b)`, or `all` for the empty selector.
+fn describe_selector(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    parts.extend(s.match_expressions.iter().map(|r| match r {
+        Requirement::In(k, v) => format!("{k} in ({})", v.join(",")),
+        Requirement::NotIn(k, v) => format!("{k} not in ({})", v.join(",")),
+        Requirement::Exists(k) => format!("{k} exists"),
+        Requirement::DoesNotExist(k) => format!("{k} does not exist"),
+    }));
+    if parts.is_empty() {
+        "all".to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
 fn names(policies: &[&NetworkPolicy]) -> String {
     policies
         .iter()
@@ -264,19 +313,7 @@ fn describe_rule(rule: &Rule, direction: Direction) -> String {
 }
 
 fn describe_peer(peer: &Peer) -> String {
-    let selector = |s: &crate::policy::model::LabelSelector| {
-        let mut parts: Vec<String> = s
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        parts.extend(s.match_expressions.iter().map(|r| format!("{r:?}")));
-        if parts.is_empty() {
-            "all".to_string()
-        } else {
-            parts.join(",")
-        }
-    };
+    let selector = describe_selector;
     match peer {
         Peer::IpBlock { cidr, except } if except.is_empty() => format!("ipBlock {cidr}"),
         Peer::IpBlock { cidr, except } => format!(
@@ -356,6 +393,48 @@ spec:
         assert!(out.ends_with("verdict: denied\n"), "{out}");
         let out = explained("a/x", "169.254.169.254");
         assert!(out.contains("egress of a/x: DENIED by ClusterNetworkPolicy tenants (Admin tier, priority 10) egress rule \"metadata\" (Deny) at e.yaml:27"), "{out}");
+    }
+
+    #[test]
+    fn a_nodes_peer_names_the_node_and_the_labels_it_selects_by() {
+        let nodes = "
+---
+apiVersion: v1
+kind: Node
+metadata: {name: cp-1, labels: {node-role.kubernetes.io/control-plane: ''}}
+status: {addresses: [{type: InternalIP, address: 10.0.9.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: worker-1}
+status: {addresses: [{type: InternalIP, address: 10.0.9.2}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: control-plane}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  egress:
+    - name: api
+      action: Deny
+      to: [{nodes: {matchExpressions: [{key: node-role.kubernetes.io/control-plane, operator: Exists}]}}]
+";
+        let mut set = PolicySet::default();
+        parse_into(Path::new("e.yaml"), &format!("{SET}{nodes}"), &mut set).unwrap();
+        let out = explain(&set, "b/y", "10.0.9.1", Protocol::Tcp, 6443).unwrap();
+        assert!(
+            out.starts_with("from b/y (10.0.0.2) to node cp-1 (10.0.9.1), TCP port 6443"),
+            "{out}"
+        );
+        assert!(out.contains("egress of b/y: DENIED by ClusterNetworkPolicy control-plane (Admin tier, priority 5) egress rule \"api\" (Deny) at e.yaml:51: 10.0.9.1 is an address of node cp-1, which its nodes peer {node-role.kubernetes.io/control-plane exists} selects"), "{out}");
+        assert!(
+            out.contains("ingress of node cp-1: not a workload of the inventory"),
+            "{out}"
+        );
+        let out = explain(&set, "b/y", "10.0.9.2", Protocol::Tcp, 6443).unwrap();
+        assert!(out.ends_with("verdict: allowed\n"), "{out}");
     }
 
     #[test]

@@ -178,6 +178,9 @@ impl<'a> Packet<'a, '_> {
                         ClusterPeer::Networks(cidrs) => {
                             cidrs.iter().any(|c| c.contains(&self.remote))
                         }
+                        ClusterPeer::Nodes(selector) => self.set.nodes.iter().any(|n| {
+                            n.addresses.contains(&self.remote) && selector.matches(&n.labels)
+                        }),
                         ClusterPeer::Workloads(selector) => remote
                             .zip(remote_namespace.as_ref())
                             .is_some_and(|(w, ns)| selector.matches(ns, &w.labels)),
@@ -220,6 +223,38 @@ pub fn priority_ties(set: &PolicySet) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Rules whose `nodes` peer selects no Node of the inventory (none declared, or labels
+/// that no node has): such a peer matches nothing, which is worth a warning, not an error
+/// (a node may join later).
+pub fn empty_nodes_peers(set: &PolicySet) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for p in &set.cluster_policies {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for (index, rule) in p.rules(direction).iter().enumerate() {
+                let empty = rule.peers.iter().any(|peer| {
+                    matches!(peer, ClusterPeer::Nodes(s) if set.node_peer_addresses(s).is_empty())
+                });
+                if empty {
+                    let rule = RuleRef {
+                        policy: p,
+                        direction,
+                        index,
+                    };
+                    warnings.push(format!(
+                        "ClusterNetworkPolicy {} {} rule {} ({}:{}) has a nodes peer that selects no Node address; expected Node objects (or documents) whose labels match",
+                        p.name,
+                        direction.name(),
+                        rule.name(),
+                        p.origin.file.display(),
+                        rule.rule().line
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 #[cfg(test)]

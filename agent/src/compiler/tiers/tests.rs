@@ -21,8 +21,9 @@ use super::super::{
 use crate::policy::{
     model::{
         Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, ClusterSelector,
-        LabelSelector, Labels, Protocol, Tier,
+        LabelSelector, Labels, Node, Protocol, Tier,
     },
+    semantics,
     tiers::{self, DecidedBy},
 };
 
@@ -269,6 +270,75 @@ fn cluster_port_strategy() -> impl Strategy<Value = ClusterPort> {
     ]
 }
 
+/// Addresses a generated Node may have: a workload's, this node's own, inside and outside
+/// the networks, IPv4 and IPv6, and one no other part of the set names.
+const NODE_PEER_ADDRS: [&str; 6] = [
+    "10.0.0.1",
+    "10.0.7.7",
+    "8.8.8.8",
+    "fd00::2",
+    "fd00::9",
+    "172.16.0.1",
+];
+
+/// Node labels: the control plane's role label (empty value), a zone, or none.
+const NODE_LABELS: [(&str, &str); 3] = [
+    ("node-role.kubernetes.io/control-plane", ""),
+    ("zone", "a"),
+    ("zone", "b"),
+];
+
+fn node_selector_strategy() -> impl Strategy<Value = LabelSelector> {
+    use crate::policy::model::Requirement;
+    let role = || NODE_LABELS[0].0.to_string();
+    prop_oneof![
+        Just(LabelSelector::default()),
+        Just(LabelSelector {
+            match_labels: Labels::from([("zone".to_string(), "a".to_string())]),
+            match_expressions: vec![],
+        }),
+        Just(LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::Exists(role())],
+        }),
+        Just(LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::DoesNotExist(role())],
+        }),
+        Just(LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement::NotIn("zone".into(), vec!["a".into()])],
+        }),
+    ]
+}
+
+/// Up to four Nodes, each with some of NODE_LABELS and of NODE_PEER_ADDRS (bits).
+fn nodes_strategy() -> impl Strategy<Value = Vec<Node>> {
+    prop::collection::vec((any::<u8>(), any::<u8>()), 0..4).prop_map(|nodes| {
+        nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (labels, addresses))| Node {
+                name: format!("n{i}"),
+                labels: NODE_LABELS
+                    .iter()
+                    .enumerate()
+                    // Never both zones.
+                    .filter(|(b, _)| labels & (1 << b) != 0 && !(*b == 2 && labels & 2 != 0))
+                    .map(|(_, (k, v))| (k.to_string(), v.to_string()))
+                    .collect(),
+                addresses: NODE_PEER_ADDRS
+                    .iter()
+                    .enumerate()
+                    .filter(|(b, _)| addresses & (1 << b) != 0)
+                    .map(|(_, a)| ip(a))
+                    .collect(),
+                origin: origin(),
+            })
+            .collect()
+    })
+}
+
 fn cluster_rule_strategy(egress: bool) -> impl Strategy<Value = ClusterRule> {
     let peer = prop_oneof![
         cluster_selector_strategy().prop_map(ClusterPeer::Workloads),
@@ -277,8 +347,9 @@ fn cluster_rule_strategy(egress: bool) -> impl Strategy<Value = ClusterRule> {
                 .map(|i| NETWORKS[i].parse().unwrap())
                 .collect()
         )),
+        node_selector_strategy().prop_map(ClusterPeer::Nodes),
     ]
-    .prop_filter("networks are egress peers", move |p| {
+    .prop_filter("networks and nodes are egress peers", move |p| {
         egress || matches!(p, ClusterPeer::Workloads(_))
     });
     let action = prop_oneof![Just(Action::Accept), Just(Action::Deny), Just(Action::Pass)];
@@ -304,7 +375,13 @@ fn cluster_set_strategy() -> impl Strategy<Value = PolicySet> {
         prop::collection::vec(cluster_rule_strategy(false), 0..3),
         prop::collection::vec(cluster_rule_strategy(true), 0..4),
     );
-    (set_strategy(), prop::collection::vec(policy, 0..5)).prop_map(|(mut set, policies)| {
+    let sets = (
+        set_strategy(),
+        prop::collection::vec(policy, 0..5),
+        nodes_strategy(),
+    );
+    sets.prop_map(|(mut set, policies, nodes)| {
+        set.nodes = nodes;
         for (i, (admin, priority, subject, ingress, egress)) in policies.into_iter().enumerate() {
             set.cluster_policies.push(ClusterNetworkPolicy {
                 // Names out of order, so that equal priorities are read by name.
@@ -331,7 +408,7 @@ proptest! {
     fn the_kernels_tier_lookups_decide_as_policy_tiers(set in cluster_set_strategy()) {
         let c = compile(&set, &EndpointIds::new()).unwrap();
         let map = PolicyMap::of(&c);
-        let remotes: Vec<IpAddr> = ADDRS.iter().chain(&PROBE_ADDRS).chain(&NODE_ADDRS).map(|a| ip(a)).collect();
+        let remotes: Vec<IpAddr> = ADDRS.iter().chain(&PROBE_ADDRS).chain(&NODE_ADDRS).chain(&NODE_PEER_ADDRS).map(|a| ip(a)).collect();
         for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
             let ep = c.endpoint(&w.name).unwrap();
             for d in [Direction::Ingress, Direction::Egress] {
@@ -616,21 +693,39 @@ fn the_propertys_sets_reach_every_kind_of_verdict() {
     let mut runner = TestRunner::deterministic();
     let strategy = cluster_set_strategy();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..60 {
+    for _ in 0..120 {
         let set = strategy.new_tree(&mut runner).unwrap().current();
         let c = compile(&set, &EndpointIds::new()).unwrap();
         let map = PolicyMap::of(&c);
         for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
             let ep = c.endpoint(&w.name).unwrap();
             for d in [Direction::Ingress, Direction::Egress] {
-                for remote in ADDRS.iter().chain(&PROBE_ADDRS).map(|a| ip(a)) {
+                let remotes = ADDRS.iter().chain(&PROBE_ADDRS).chain(&NODE_PEER_ADDRS);
+                for remote in remotes.map(|a| ip(a)) {
                     for (proto, port) in [(PROTO_TCP, 80), (PROTO_UDP, 53), (PROTO_ICMP, 0)] {
                         let (verdict, passed, lookups) =
                             kernel(&c, &map, ep, d, remote, proto, port);
                         let kind = match verdict {
-                            Verdict::Cluster(policy, _, _, action) => {
+                            Verdict::Cluster(policy, d, index, action) => {
                                 let p = set.cluster_policies.iter().find(|p| p.name == policy);
                                 let tier = p.unwrap().tier;
+                                // Decided by a nodes peer (no other peer of the rule holds
+                                // the remote)?
+                                let rule = &p.unwrap().rules(d)[index];
+                                let only_nodes = rule.peers.iter().all(|peer| match peer {
+                                    ClusterPeer::Nodes(_) => true,
+                                    ClusterPeer::Networks(n) => {
+                                        !n.iter().any(|n| n.contains(&remote))
+                                    }
+                                    ClusterPeer::Workloads(_) => {
+                                        semantics::owner(&set, remote).is_none()
+                                    }
+                                });
+                                if only_nodes {
+                                    *seen
+                                        .entry(format!("{action:?} by a nodes peer"))
+                                        .or_default() += 1;
+                                }
                                 // Decided under the peer's identity or the fallback?
                                 let id = ep.tiers.get(tier, d);
                                 let own = map.0.contains_key(&(id, c.identities.lookup(remote)));
@@ -664,6 +759,8 @@ fn the_propertys_sets_reach_every_kind_of_verdict() {
         "Default",
         "SelfTraffic",
         "passed",
+        "Accept by a nodes peer",
+        "Deny by a nodes peer",
         "2 lookups",
         "4 lookups",
     ] {
@@ -684,7 +781,10 @@ proptest! {
         let ids = compile_with(&set, &EndpointIds::new(), &mut cache).unwrap().endpoint_ids();
         let mut changed = set.clone();
         changed.cluster_policies.pop();
-        for next in [&changed, &set] {
+        // A node gone changes what nodes peers select.
+        let mut fewer_nodes = set.clone();
+        fewer_nodes.nodes.pop();
+        for next in [&changed, &set, &fewer_nodes, &set] {
             let reused = compile_with(next, &ids, &mut cache).unwrap();
             let fresh = compile(next, &ids).unwrap();
             prop_assert_eq!(&reused.endpoints, &fresh.endpoints);

@@ -91,14 +91,16 @@ impl ClusterSelector {
 }
 
 /// A peer of a ClusterNetworkPolicy rule (`from` of an ingress rule, `to` of an egress
-/// rule). `nodes` and `domainNames` are refused by the parser: this model knows neither
-/// the cluster's nodes nor names.
+/// rule). `domainNames` is refused by the parser: this model knows no names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClusterPeer {
     /// Workloads of the inventory (`namespaces` or `pods`).
     Workloads(ClusterSelector),
     /// Addresses (egress only): every address in one of these CIDRs, workloads' too.
     Networks(Vec<IpNet>),
+    /// Nodes (egress only, the API's experimental `nodes`): the addresses of the nodes of
+    /// the inventory (`PolicySet::nodes`) whose labels match.
+    Nodes(LabelSelector),
 }
 
 /// One entry of a rule's `protocols`.

@@ -136,6 +136,17 @@ pub struct Namespace {
     pub origin: Origin,
 }
 
+/// A v1 `Node` document (or Kubernetes Node object): its labels and addresses
+/// (status.addresses of type InternalIP and ExternalIP), which a ClusterNetworkPolicy's
+/// `nodes` peer selects by. Not this host's own addresses (`PolicySet::node_addresses`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    pub addresses: Vec<IpAddr>,
+    pub origin: Origin,
+}
+
 /// The label Kubernetes sets on every namespace (used by namespaceSelectors).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -390,6 +401,8 @@ pub struct PolicySet {
     /// ClusterNetworkPolicies of both tiers, in no particular order (policy::tiers sorts
     /// them by precedence).
     pub cluster_policies: Vec<ClusterNetworkPolicy>,
+    /// The cluster's nodes, which ClusterNetworkPolicies' `nodes` peers select.
+    pub nodes: Vec<Node>,
     /// Cgroups (paths below the cgroup2 mount) that a guard above them must not deny:
     /// host-network pods, which are the node as far as network policy goes (neither
     /// workloads nor peers), and pods enforced by TC on their interface (their policy is
@@ -412,6 +425,7 @@ impl PolicySet {
         self.pipelines.extend_from_slice(&other.pipelines);
         self.cluster_policies
             .extend_from_slice(&other.cluster_policies);
+        self.nodes.extend_from_slice(&other.nodes);
         self.unguarded_cgroups
             .extend_from_slice(&other.unguarded_cgroups);
         self.node_addresses.extend_from_slice(&other.node_addresses);
@@ -495,6 +509,20 @@ impl PolicySet {
             .iter()
             .filter(|p| p.applies(&namespace_labels, &workload.labels, direction))
             .collect()
+    }
+
+    /// The addresses of the nodes whose labels match `selector` (a `nodes` peer), sorted,
+    /// without repeats.
+    pub fn node_peer_addresses(&self, selector: &LabelSelector) -> Vec<IpAddr> {
+        let mut addresses: Vec<IpAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| selector.matches(&n.labels))
+            .flat_map(|n| n.addresses.iter().copied())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     /// A namespace's labels, with the name label Kubernetes always sets.

@@ -247,11 +247,15 @@ impl DocumentParser<'_> {
             .iter()
             .map(|p| self.cluster_port(p))
             .collect::<Option<Vec<_>>>()?;
-        // The API's rule: a named port is a workload's; networks have none.
+        // The API's rule: a named port is a workload's; networks and nodes have none.
         if protocols.iter().any(|p| matches!(p, ClusterPort::Named(_)))
-            && peers.iter().any(|p| matches!(p, ClusterPeer::Networks(_)))
+            && let Some(peer) = peers.iter().find_map(|p| match p {
+                ClusterPeer::Networks(_) => Some("networks"),
+                ClusterPeer::Nodes(_) => Some("nodes"),
+                ClusterPeer::Workloads(_) => None,
+            })
         {
-            self.error(line, "rule has a networks peer and a destinationNamedPort; expected numbered ports with networks, which have no named ports");
+            self.error(line, format!("rule has a {peer} peer and a destinationNamedPort; expected numbered ports with {peer}, which have no named ports"));
             return None;
         }
         Some(ClusterRule {
@@ -269,7 +273,7 @@ impl DocumentParser<'_> {
         let expected = if ingress {
             "exactly one of namespaces or pods"
         } else {
-            "exactly one of namespaces, pods or networks"
+            "exactly one of namespaces, pods, networks or nodes"
         };
         let foreign = p.network_policy_fields();
         if !foreign.is_empty() {
@@ -302,13 +306,12 @@ impl DocumentParser<'_> {
             );
             return None;
         }
-        if p.nodes.is_some() {
-            self.error(line, "nodes peers are not supported yet: stagewall knows this node's own addresses, not the cluster's nodes and their labels; expected namespaces, pods or networks (the nodes' addresses)");
+        if p.domain_names.is_some() {
+            self.error(line, "domainNames peers are not supported yet (they need the agent's DNS proxy); expected namespaces, pods, networks or nodes");
             return None;
         }
-        if p.domain_names.is_some() {
-            self.error(line, "domainNames peers are not supported yet (they need the agent's DNS proxy); expected namespaces, pods or networks");
-            return None;
+        if let Some(n) = &p.nodes {
+            return Some(ClusterPeer::Nodes(self.selector(n)?));
         }
         if let Some(n) = &p.namespaces {
             return Some(ClusterPeer::Workloads(ClusterSelector::Namespaces(

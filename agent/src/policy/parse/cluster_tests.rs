@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::{ParseCache, parse_into, validate_set};
+use super::{ParseCache, parse_into, tests::CONTROL_PLANE, validate_set};
 use crate::policy::{
     error::PolicyError,
     model::{
@@ -266,7 +266,7 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
         (
             egress("{action: Deny, to: [{}]}"),
             9,
-            "peer is empty; expected exactly one of namespaces, pods or networks",
+            "peer is empty; expected exactly one of namespaces, pods, networks or nodes",
         ),
         (
             egress("{action: Deny, to: [{namespaces: {}, networks: [10.0.0.0/8]}]}"),
@@ -284,9 +284,19 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
             "networks is an egress peer; expected namespaces or pods in an ingress rule",
         ),
         (
-            egress("{action: Deny, to: [{nodes: {}}]}"),
+            ingress("{action: Deny, from: [{nodes: {}}]}"),
             9,
-            "nodes peers are not supported yet",
+            "nodes is an egress peer; expected namespaces or pods in an ingress rule",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {}, networks: [10.0.0.0/8]}]}"),
+            9,
+            "peer has networks and nodes; expected exactly one",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {matchLabels: {'a b': x}}}]}"),
+            9,
+            "label key",
         ),
         (
             egress("{action: Accept, to: [{domainNames: [example.org]}]}"),
@@ -384,6 +394,11 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
             ),
             9,
             "networks peer and a destinationNamedPort",
+        ),
+        (
+            egress("{action: Deny, to: [{nodes: {}}], protocols: [{destinationNamedPort: web}]}"),
+            9,
+            "rule has a nodes peer and a destinationNamedPort; expected numbered ports with nodes",
         ),
         (
             egress(&format!(
@@ -509,4 +524,44 @@ fn the_mode_annotation_puts_a_cluster_network_policy_in_audit_mode() {
     let (set, errors) = parse(&format!("{HEAD}{BASE}"));
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(set.cluster_policies[0].mode, None);
+}
+
+#[test]
+fn a_nodes_peer_and_node_documents_parse_into_the_model() {
+    let yaml = format!(
+        "{CONTROL_PLANE}---\napiVersion: v1\nkind: Node\nmetadata: {{name: worker-1}}\n---\n{HEAD}{BASE}  egress:
+    - name: control-plane
+      action: Deny
+      to: [{{nodes: {{matchExpressions: [{{key: node-role.kubernetes.io/control-plane, operator: Exists}}]}}}}]
+      protocols: [{{tcp: {{destinationPort: {{number: 6443}}}}}}]
+"
+    );
+    let (set, errors) = parse(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let [cp, worker] = set.nodes.as_slice() else {
+        panic!("{set:?}")
+    };
+    assert_eq!((cp.name.as_str(), cp.origin.line), ("cp-1", 2));
+    assert_eq!(
+        cp.addresses,
+        vec![
+            "10.0.0.10".parse::<std::net::IpAddr>().unwrap(),
+            "fd00::10".parse().unwrap()
+        ],
+        "IPs only, without repeats"
+    );
+    assert_eq!(cp.labels["node-role.kubernetes.io/control-plane"], "");
+    assert_eq!(
+        (worker.name.as_str(), worker.addresses.len()),
+        ("worker-1", 0)
+    );
+    let rule = &set.cluster_policies[0].egress[0];
+    let ClusterPeer::Nodes(selector) = &rule.peers[0] else {
+        panic!("{rule:?}")
+    };
+    assert_eq!(
+        set.node_peer_addresses(selector),
+        cp.addresses,
+        "the control plane's addresses, not the worker's"
+    );
 }

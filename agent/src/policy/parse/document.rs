@@ -1,18 +1,20 @@
 //! YAML text to the policy model: the documents of a text, each dispatched on its
 //! apiVersion and kind after the metadata every kind shares (name, namespace, labels, the
-//! mode annotation) is checked. Namespaces are read here; the other kinds in
+//! mode annotation) is checked. Namespaces and Nodes are read here; the other kinds in
 //! network_policy.rs, cluster_network_policy.rs and stagewall_kinds.rs.
 
-use std::path::Path;
+use std::{net::IpAddr, path::Path};
+
+use serde_saphyr::Spanned;
 
 use super::{
     parser::DocumentParser,
-    raw::{RawDocument, RawSpec},
+    raw::{RawDocument, RawSpec, RawStatus},
 };
 use crate::policy::{
     error::{PolicyError, PolicyErrors},
     model::{
-        FAIL_MODE_ANNOTATION, Labels, MODE_ANNOTATION, Mode, Namespace, ObjectName, PolicySet,
+        FAIL_MODE_ANNOTATION, Labels, MODE_ANNOTATION, Mode, Namespace, Node, ObjectName, PolicySet,
     },
 };
 
@@ -122,6 +124,7 @@ impl DocumentParser<'_> {
             None => None,
         };
         let spec = doc.spec;
+        let status = doc.status;
         match (api.value.as_str(), kind.value.as_str()) {
             (API_NETWORKING, "NetworkPolicy") => {
                 let Some(spec) = spec else {
@@ -192,13 +195,71 @@ impl DocumentParser<'_> {
                     origin: self.origin(line),
                 });
             }
+            (API_CORE, "Node") => {
+                if let Some(ns_line) = namespace_line {
+                    self.error(ns_line, "Node is cluster-scoped; expected no metadata.namespace");
+                    return;
+                }
+                if let Some(s) = &spec {
+                    let allowed = ["podCIDR", "podCIDRs", "providerID", "taints", "unschedulable"];
+                    if !self.only_fields(&s.value, self.line(s), "Node", &allowed) {
+                        return;
+                    }
+                }
+                if let Some(node) = self.node(name.value, labels, status, line) {
+                    set.nodes.push(node);
+                }
+            }
             (api, kind) => self.error(
                 line,
                 format!(
-                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), ClusterNetworkPolicy ({API_POLICY}), Namespace ({API_CORE}), Workload or Pipeline ({API_STAGEWALL})"
+                    "unsupported kind {kind:?} of apiVersion {api:?}; expected NetworkPolicy ({API_NETWORKING}), ClusterNetworkPolicy ({API_POLICY}), Namespace or Node ({API_CORE}), Workload or Pipeline ({API_STAGEWALL})"
                 ),
             ),
         }
+    }
+
+    /// A Node: its labels and the addresses in `status.addresses` that are IPs
+    /// (InternalIP, ExternalIP); host and DNS names are skipped, as a nodes peer is
+    /// matched by address.
+    fn node(
+        &mut self,
+        name: String,
+        labels: Labels,
+        status: Option<Spanned<RawStatus>>,
+        line: u32,
+    ) -> Option<Node> {
+        let mut addresses = Vec::new();
+        let raw = status.and_then(|s| s.value.addresses).unwrap_or_default();
+        for a in &raw {
+            let a_line = self.line(a);
+            let (Some(kind), Some(address)) = (&a.value.kind, &a.value.address) else {
+                self.error(a_line, "Node address needs type and address; expected e.g. {type: InternalIP, address: 10.0.0.1}");
+                return None;
+            };
+            match kind.value.as_str() {
+                "InternalIP" | "ExternalIP" => match address.value.parse::<IpAddr>() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => {
+                        self.error(self.line(address), format!("Node address {:?} of type {} is not an IP address; expected e.g. 10.0.0.1 or fd00::1", address.value, kind.value));
+                        return None;
+                    }
+                },
+                "Hostname" | "InternalDNS" | "ExternalDNS" => {}
+                other => {
+                    self.error(self.line(kind), format!("Node address type {other:?} is unknown; expected InternalIP, ExternalIP, Hostname, InternalDNS or ExternalDNS"));
+                    return None;
+                }
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        Some(Node {
+            name,
+            labels,
+            addresses,
+            origin: self.origin(line),
+        })
     }
 
     /// The `stagewall.io/mode` annotation of a document of `kind`.

@@ -1,7 +1,8 @@
 //! The documents as written, deserialised with their positions (`Spanned`) before
 //! anything is checked. Fields that Kubernetes objects carry but policy does not use (uid,
-//! resourceVersion, status, ...) are accepted and ignored; unknown fields in a spec are
-//! errors, since a misspelt field would silently change what a policy allows.
+//! resourceVersion, status but a Node's addresses, ...) are accepted and ignored; unknown
+//! fields in a spec are errors, since a misspelt field would silently change what a
+//! policy allows.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +16,23 @@ pub(super) struct RawDocument {
     pub(super) kind: Option<Spanned<String>>,
     pub(super) metadata: Option<Spanned<RawMetadata>>,
     pub(super) spec: Option<Spanned<RawSpec>>,
-    #[allow(dead_code)]
-    pub(super) status: Option<serde::de::IgnoredAny>,
+    pub(super) status: Option<Spanned<RawStatus>>,
+}
+
+/// `status` of any kind: only a Node's `addresses` are read, the rest is ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RawStatus {
+    pub(super) addresses: Option<Vec<Spanned<RawNodeAddress>>>,
+}
+
+/// One of a Node's `status.addresses`: `{type: InternalIP, address: 10.0.0.1}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RawNodeAddress {
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) address: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +71,15 @@ pub(super) struct RawSpec {
     pub(super) tier: Option<Spanned<String>>,
     pub(super) priority: Option<Spanned<i64>>,
     pub(super) subject: Option<Spanned<RawSubject>>,
+    // Node: what `kubectl get node -o yaml` shows, accepted and ignored.
+    #[serde(rename = "podCIDR")]
+    pub(super) pod_cidr: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "podCIDRs")]
+    pub(super) pod_cidrs: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "providerID")]
+    pub(super) provider_id: Option<serde::de::IgnoredAny>,
+    pub(super) taints: Option<serde::de::IgnoredAny>,
+    pub(super) unschedulable: Option<serde::de::IgnoredAny>,
 }
 
 impl RawSpec {
@@ -79,6 +104,11 @@ impl RawSpec {
             ("tier", self.tier.is_some()),
             ("priority", self.priority.is_some()),
             ("subject", self.subject.is_some()),
+            ("podCIDR", self.pod_cidr.is_some()),
+            ("podCIDRs", self.pod_cidrs.is_some()),
+            ("providerID", self.provider_id.is_some()),
+            ("taints", self.taints.is_some()),
+            ("unschedulable", self.unschedulable.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -487,3 +487,90 @@ fn per_object_limits_refuse_oversized_policies_with_line_and_limit() {
         "{e}"
     );
 }
+
+/// A control-plane Node as `kubectl get node -o yaml` shows it (trimmed), lines 1-17.
+pub(super) const CONTROL_PLANE: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: cp-1
+  labels: {node-role.kubernetes.io/control-plane: '', kubernetes.io/hostname: cp-1}
+  uid: 0b7a
+spec:
+  podCIDR: 10.244.0.0/24
+  podCIDRs: [10.244.0.0/24]
+  taints: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]
+status:
+  addresses:
+    - {type: InternalIP, address: 10.0.0.10}
+    - {type: Hostname, address: cp-1}
+    - {type: ExternalIP, address: 'fd00::10'}
+    - {type: InternalIP, address: 10.0.0.10}
+  conditions: [{type: Ready, status: 'True'}]
+";
+
+#[test]
+fn a_bad_node_document_names_its_line_and_never_stops_the_others() {
+    let node = |body: &str| format!("apiVersion: v1\nkind: Node\n{body}");
+    let cases: Vec<(String, u32, &str)> = vec![
+        (
+            node("metadata: {name: n, namespace: default}\n"),
+            3,
+            "Node is cluster-scoped; expected no metadata.namespace",
+        ),
+        (
+            node(
+                "metadata: {name: n}\nstatus:\n  addresses:\n    - {type: InternalIP, address: 10.0.0.300}\n",
+            ),
+            6,
+            "Node address \"10.0.0.300\" of type InternalIP is not an IP address; expected e.g. 10.0.0.1",
+        ),
+        (
+            node(
+                "metadata: {name: n}\nstatus:\n  addresses:\n    - {type: PodIP, address: 10.0.0.3}\n",
+            ),
+            6,
+            "Node address type \"PodIP\" is unknown; expected InternalIP, ExternalIP, Hostname",
+        ),
+        (
+            node("metadata: {name: n}\nstatus:\n  addresses:\n    - {address: 10.0.0.3}\n"),
+            6,
+            "Node address needs type and address",
+        ),
+        (
+            node("metadata: {name: n}\nspec: {podSelector: {}}\n"),
+            4,
+            "Node spec has podSelector, which belong to another kind; expected only podCIDR",
+        ),
+        (
+            node("metadata: {name: n, labels: {'no spaces': x}}\n"),
+            3,
+            "label key \"no spaces\" is invalid",
+        ),
+        (
+            node("metadata: {name: n, annotations: {stagewall.io/mode: audit}}\n"),
+            3,
+            "annotation stagewall.io/mode on a Node; expected it on a Namespace",
+        ),
+        (
+            node("metadata: {name: n}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n"),
+            6,
+            "duplicate Node n; first defined at p.yaml:2",
+        ),
+    ];
+    for (yaml, line, expected) in cases {
+        let e = one_error(&yaml);
+        assert!(
+            e.line == line && e.message.contains(expected),
+            "{yaml}\nexpected line {line}: {expected}\ngot {e}"
+        );
+        // The same document beside a good Node: the good one is still read.
+        let beside = format!("{CONTROL_PLANE}---\n{yaml}");
+        let mut set = PolicySet::default();
+        assert!(
+            parse_into(Path::new("p.yaml"), &beside, &mut set).is_err()
+                || validate_set(&set).is_err(),
+            "{beside}"
+        );
+        assert!(set.nodes.iter().any(|n| n.name == "cp-1"), "{beside}");
+    }
+}

@@ -44,11 +44,13 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
         .cluster_policies
         .iter()
         .map(|p| (p.name.clone(), &p.origin));
+    let nodes = set.nodes.iter().map(|n| (n.name.clone(), &n.origin));
     for (kind, named) in [
         ("Workload", workloads.collect::<Vec<_>>()),
         ("NetworkPolicy", policies.collect()),
         ("Namespace", namespaces.collect()),
         ("ClusterNetworkPolicy", cluster_policies.collect()),
+        ("Node", nodes.collect()),
     ] {
         let mut first: HashMap<&str, &Origin> = HashMap::new();
         for (name, origin) in &named {

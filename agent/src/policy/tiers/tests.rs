@@ -654,3 +654,69 @@ fn the_example_guardrails_decide_as_their_comments_say() {
     );
     assert!(priority_ties(&s).is_empty(), "{:?}", priority_ties(&s));
 }
+
+/// Two Nodes: a control plane (with a workload's address too, as a host-network pod's
+/// would be) and a worker.
+const NODES: &str = "apiVersion: v1
+kind: Node
+metadata: {name: cp-1, labels: {node-role.kubernetes.io/control-plane: ''}}
+status:
+  addresses:
+    - {type: InternalIP, address: 10.9.0.1}
+    - {type: ExternalIP, address: 'fd09::1'}
+    - {type: InternalIP, address: 10.0.2.1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: worker-1, labels: {zone: a}}
+status: {addresses: [{type: InternalIP, address: 10.9.0.2}]}
+---
+";
+
+#[test]
+fn a_nodes_peer_matches_the_addresses_of_the_nodes_whose_labels_match() {
+    let deny = "  egress:\n    - name: control-plane\n      action: Deny\n      to: [{nodes: {matchExpressions: [{key: node-role.kubernetes.io/control-plane, operator: Exists}]}}]\n";
+    let s = set(&format!(
+        "{NODES}{}",
+        cnp("guard", "Admin", 1, "gryffindor", deny)
+    ));
+    let egress = |remote: &str| {
+        verdict(&side(
+            &s,
+            "gryffindor/harry",
+            Direction::Egress,
+            remote,
+            TCP,
+            6443,
+        ))
+    };
+    for remote in ["10.9.0.1", "fd09::1", "ravenclaw/luna"] {
+        assert_eq!(
+            egress(remote),
+            "Admin Deny by guard/\"control-plane\"",
+            "{remote}"
+        );
+    }
+    for remote in ["10.9.0.2", "10.9.0.3"] {
+        assert_eq!(egress(remote), "default allow", "{remote}");
+    }
+    assert!(empty_nodes_peers(&s).is_empty());
+
+    // Without the Nodes, the peer selects nothing, which is a warning.
+    let s = set(&cnp("guard", "Admin", 1, "gryffindor", deny));
+    let d = side(
+        &s,
+        "gryffindor/harry",
+        Direction::Egress,
+        "10.9.0.1",
+        TCP,
+        1,
+    );
+    assert_eq!(verdict(&d), "default allow");
+    let warnings = empty_nodes_peers(&s);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("guard egress rule \"control-plane\" (t.yaml:"),
+        "{warnings:?}"
+    );
+}

@@ -5,6 +5,9 @@
 //! - Pods become workloads: by IP and labels everywhere (peers), and enforced through
 //!   their cgroup when they run on this node. Pods on the host network share the node's
 //!   addresses and are left alone, as NetworkPolicy leaves them; finished pods are gone.
+//! - Nodes become the nodes inventory (name, labels, InternalIP and ExternalIP addresses)
+//!   that ClusterNetworkPolicies' nodes peers select; this node's addresses are also the
+//!   node's identity.
 //! - Namespaces, NetworkPolicies, ClusterNetworkPolicies (cluster-scoped: known as
 //!   `kubernetes/clusternetworkpolicies/<name>`), Pipelines and Workloads go through the
 //!   same parser as policy files, each object on its own: an object the parser refuses is reported
@@ -27,7 +30,9 @@ use super::{
 };
 use crate::policy::{
     error::{PolicyError, PolicyErrors},
-    model::{Attachment, Labels, NamedPort, ObjectName, Origin, PolicySet, Protocol, Workload},
+    model::{
+        Attachment, Labels, NamedPort, Node, ObjectName, Origin, PolicySet, Protocol, Workload,
+    },
     parse::{complete, parse_into},
 };
 
@@ -218,8 +223,9 @@ fn key(kind: &str, object: &serde_json::Value) -> Key {
 #[derive(Default)]
 pub struct Cluster {
     pods: BTreeMap<Key, PodInfo>,
-    /// Nodes' addresses (status.addresses), by node: this node's are the node's identity.
-    nodes: BTreeMap<Key, Vec<IpAddr>>,
+    /// Nodes' labels and addresses (status.addresses), by node: this node's addresses
+    /// are the node's identity; every node's, what nodes peers select.
+    nodes: BTreeMap<Key, Node>,
     /// Services' virtual addresses and ports, and their EndpointSlices' ready endpoints.
     services: BTreeMap<Key, ServiceInfo>,
     slices: BTreeMap<Key, SliceInfo>,
@@ -238,8 +244,9 @@ impl Cluster {
     pub fn apply(&mut self, kind: &str, object: &serde_json::Value) -> Result<(), PolicyErrors> {
         let key = key(kind, object);
         if kind == "nodes" {
-            let addresses = node_addresses(object);
-            if self.nodes.insert(key, addresses.clone()) != Some(addresses) {
+            // Only labels and addresses count: a status heartbeat changes nothing.
+            let node = node_info(object);
+            if self.nodes.insert(key, node.clone()) != Some(node) {
                 self.version += 1;
             }
             return Ok(());
@@ -482,9 +489,10 @@ impl Cluster {
             }
         }
         let this_node = ("nodes".to_string(), String::new(), node.to_string());
-        if let Some(addresses) = self.nodes.get(&this_node) {
-            set.node_addresses.extend(addresses);
+        if let Some(this) = self.nodes.get(&this_node) {
+            set.node_addresses.extend(&this.addresses);
         }
+        set.nodes.extend(self.nodes.values().cloned());
         let slices: Vec<&SliceInfo> = self.slices.values().collect();
         set.services =
             services::frontends(self.services.values(), &slices, node, &set.node_addresses);
@@ -507,8 +515,10 @@ pub(super) fn key_of_file(file: &Path) -> Option<Key> {
     }
 }
 
-/// A Node's addresses (status.addresses: InternalIP, ExternalIP; host names are skipped).
-fn node_addresses(object: &serde_json::Value) -> Vec<IpAddr> {
+/// A Node's name, labels and addresses (status.addresses: InternalIP, ExternalIP; host
+/// names are skipped). Read leniently, not by the parser: the API server has validated
+/// the object, and a Node refused here would silently leave nodes peers short of it.
+fn node_info(object: &serde_json::Value) -> Node {
     let mut addresses: Vec<IpAddr> = object["status"]["addresses"]
         .as_array()
         .into_iter()
@@ -517,7 +527,24 @@ fn node_addresses(object: &serde_json::Value) -> Vec<IpAddr> {
         .collect();
     addresses.sort();
     addresses.dedup();
-    addresses
+    let labels: Labels = object["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    Node {
+        name: object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        labels,
+        addresses,
+        origin: Origin {
+            file: object_path("nodes", object),
+            line: 0,
+        },
+    }
 }
 
 fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyErrors {

@@ -1,5 +1,5 @@
 //! Kubernetes as the source of the desired state (`stagewall run --kubernetes`): the agent
-//! watches Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies, its Node, Services,
+//! watches Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies, Nodes, Services,
 //! EndpointSlices and the stagewall.io kinds through the API server (kube-rs watchers: list, then watch from its resourceVersion with bookmarks,
 //! listing again after 410 Gone), keeps them in a `Cluster`, and gives the agent the
 //! desired state built from it whenever it changed.
@@ -75,12 +75,10 @@ struct Kind {
     plural: &'static str,
     resource: ApiResource,
     optional: bool,
-    /// A field selector: only these objects are watched.
-    fields: Option<String>,
 }
 
-/// What the agent on `node` watches.
-fn kinds(node: &str) -> Vec<Kind> {
+/// What the agent watches (the same on every node).
+fn kinds() -> Vec<Kind> {
     let kind = |group: &str, version: &str, kind: &str, plural: &'static str, optional| Kind {
         plural,
         resource: ApiResource::from_gvk_with_plural(
@@ -88,7 +86,6 @@ fn kinds(node: &str) -> Vec<Kind> {
             plural,
         ),
         optional,
-        fields: None,
     };
     vec![
         kind("", "v1", "Pod", "pods", false),
@@ -112,13 +109,11 @@ fn kinds(node: &str) -> Vec<Kind> {
             "clusternetworkpolicies",
             true,
         ),
-        // This node's addresses (the node's identity), its own Node only; optional so
-        // that an agent whose role predates it goes on, its node's probes then judged as
-        // any address.
-        Kind {
-            fields: Some(format!("metadata.name={node}")),
-            ..kind("", "v1", "Node", "nodes", true)
-        },
+        // Every Node: this node's addresses (the node's identity), and every node's
+        // labels and addresses, which ClusterNetworkPolicies' nodes peers select. Optional
+        // so that an agent whose role predates it goes on, its node's probes then judged
+        // as any address and nodes peers selecting nothing.
+        kind("", "v1", "Node", "nodes", true),
         // Services and their endpoints: a pod's call to a Service is translated to one of
         // its pods at the socket. Optional: an agent whose role predates them goes on,
         // judging such calls on the Service's address.
@@ -289,7 +284,7 @@ pub async fn start_watchers(
     let client = client(args).await?;
     let cluster = Arc::new(Mutex::new(Cluster::default()));
     let (synced_tx, mut synced) = mpsc::channel(8);
-    let kinds = kinds(node);
+    let kinds = kinds();
     let required = kinds.len();
     let resources: Vec<ApiResource> = kinds.iter().map(|k| k.resource.clone()).collect();
     for kind in kinds {
@@ -355,10 +350,7 @@ async fn follow(
     synced: mpsc::Sender<&'static str>,
 ) {
     let mut listed: Vec<serde_json::Value> = Vec::new();
-    let mut config = watcher::Config::default();
-    if let Some(fields) = &kind.fields {
-        config = config.fields(fields);
-    }
+    let config = watcher::Config::default();
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut first = true;
     // A lost grant is said once, until the kind is listed again.

@@ -324,7 +324,7 @@ fn a_cluster_network_policy_that_overflows_the_kernel_maps_is_left_out_and_the_o
 
 #[test]
 fn the_agent_watches_every_document_kind_and_cluster_network_policies_are_optional() {
-    let kinds = crate::source::kubernetes::kinds("node-a");
+    let kinds = crate::source::kubernetes::kinds();
     for plural in DOCUMENT_KINDS {
         assert!(
             kinds.iter().any(|k| k.plural == plural),
@@ -344,4 +344,6 @@ fn the_agent_watches_every_document_kind_and_cluster_network_policies_are_option
         cnp.optional,
         "without its CRD the agent goes on without ClusterNetworkPolicies"
     );
+    // Every Node, not only this one: nodes peers select among them.
+    assert!(kinds.iter().any(|k| k.plural == "nodes" && k.optional));
 }

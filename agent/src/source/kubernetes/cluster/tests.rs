@@ -293,6 +293,56 @@ fn this_nodes_addresses_come_from_its_node_object() {
 }
 
 #[test]
+fn every_nodes_labels_and_addresses_are_the_inventory_nodes_peers_select() {
+    let mut c = Cluster::default();
+    let node = |name: &str, labels: serde_json::Value, address: &str| {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "labels": labels},
+               "status": {"addresses": [{"type": "InternalIP", "address": address},
+                                        {"type": "Hostname", "address": name}],
+                          "conditions": [{"type": "Ready", "status": "True",
+                                          "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let control = json!({"node-role.kubernetes.io/control-plane": ""});
+    c.apply("nodes", &node("cp-1", control.clone(), "192.168.1.1"))
+        .unwrap();
+    c.apply(
+        "nodes",
+        &node("node-a", json!({"zone": "a"}), "192.168.1.10"),
+    )
+    .unwrap();
+    let set = desired(&c);
+    let names: Vec<(&str, usize)> = set
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.labels.len()))
+        .collect();
+    assert_eq!(names, [("cp-1", 1), ("node-a", 1)]);
+    assert_eq!(
+        set.nodes[0].addresses,
+        vec!["192.168.1.1".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        set.node_addresses,
+        vec!["192.168.1.10".parse::<IpAddr>().unwrap()],
+        "this node's identity is still its own addresses only"
+    );
+
+    // A heartbeat (status conditions) changes nothing; a label does.
+    let version = c.version;
+    let mut beat = node("cp-1", control, "192.168.1.1");
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-01-01T00:05:00Z");
+    c.apply("nodes", &beat).unwrap();
+    assert_eq!(c.version, version, "a heartbeat is no change");
+    c.apply("nodes", &node("cp-1", json!({}), "192.168.1.1"))
+        .unwrap();
+    assert!(c.version > version);
+    assert!(desired(&c).nodes[0].labels.is_empty());
+    c.delete("nodes", &node("cp-1", json!({}), "192.168.1.1"));
+    assert_eq!(desired(&c).nodes.len(), 1);
+}
+
+#[test]
 fn policies_parse_from_api_json_and_a_refused_update_keeps_the_previous_version() {
     let mut c = Cluster::default();
     c.apply(
