@@ -97,9 +97,12 @@ impl Mode {
     }
 }
 
-/// The annotation that puts a namespace, a NetworkPolicy or a Pipeline in audit (or
-/// enforce) mode. Audit anywhere wins: a workload's direction is audited when the agent,
-/// its namespace, or any policy that isolates it in that direction is in audit mode.
+/// The annotation that puts a namespace, a NetworkPolicy, a ClusterNetworkPolicy or a
+/// Pipeline in audit (or enforce) mode. For NetworkPolicy denials audit anywhere wins: a
+/// workload's direction is audited when the agent, its namespace, or any policy that
+/// isolates it in that direction is in audit mode. A ClusterNetworkPolicy's denials only
+/// by the agent or the namespace, and an audited ClusterNetworkPolicy only reports
+/// (`PolicySet::audited`, `tiers_audited`, `cluster_audited`).
 pub const MODE_ANNOTATION: &str = "stagewall.io/mode";
 
 /// The annotation that sets a namespace's fail mode (a Workload's `spec.failMode` wins).
