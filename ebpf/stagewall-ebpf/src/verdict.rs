@@ -8,9 +8,11 @@
 //! - the tiers, each a POLICY program (LPM) looked up under the peer's identity and, on a
 //!   miss, under the any-peer identity: the Admin tier (at most 2 lookups), then the
 //!   NetworkPolicy tier (at most 2) when a NetworkPolicy isolates the workload this way,
-//!   else the Baseline tier (at most 2) — so at most 4 POLICY lookups, whatever the
-//!   number of ClusterNetworkPolicies and rules (the compiler flattens priorities and
-//!   rule order into the entries: the longest prefix is the first rule that matches);
+//!   else the Baseline tier (at most 2) — so at most 4 POLICY lookups (4 more where an
+//!   audited ClusterNetworkPolicy holds the workload: its shadow programs, read for a flow
+//!   the enforced ones allow), whatever the number of ClusterNetworkPolicies and rules
+//!   (the compiler flattens priorities and rule order into the entries: the longest
+//!   prefix is the first rule that matches);
 //! - ENDPOINT_STATS (per-CPU array: the workload's packets and bytes);
 //! - for an allowed packet whose replies need tracking, one FLOWS lookup and, at most
 //!   once a second per flow, an update; a new flow also takes one of the workload's
