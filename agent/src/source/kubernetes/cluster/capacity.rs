@@ -1,10 +1,12 @@
 //! One object never overflows the node's kernel maps for everyone: when the desired state
-//! needs more entries than a map holds, objects are admitted oldest first (by
-//! creationTimestamp, then kind, namespace and name) and one that would overflow the maps
-//! is left out, reported like any object left out; the younger ones after it still get
-//! their turn. So which policy wins is fixed and documented: those in force first; a new
-//! object never pushes an old one out, and one huge object never blocks the small ones
-//! that come after it.
+//! needs more entries than a map holds, objects are admitted ClusterNetworkPolicies
+//! first, then oldest first (by creationTimestamp, then kind, namespace and name), and one
+//! that would overflow the maps is left out, reported like any object left out; the
+//! younger ones after it still get their turn. So which policy wins is fixed and
+//! documented: the cluster's guardrails (a guardrail left out opens what it denies, and a
+//! namespace's objects must not push one out), then those in force first; a new object
+//! never pushes an old one of its rank out, and one huge object never blocks the small
+//! ones that come after it.
 
 use std::collections::BTreeSet;
 
@@ -42,13 +44,13 @@ impl Cluster {
         let Err(overflow) = fits(&set) else {
             return Ok((set, refused));
         };
-        // Oldest first.
+        // ClusterNetworkPolicies first, then oldest first.
         let mut candidates: Vec<&Key> = self
             .documents
             .keys()
             .filter(|k| LEFT_OUT_FOR_CAPACITY.contains(&k.0.as_str()) && !left_out.contains(*k))
             .collect();
-        candidates.sort_by_key(|k| (self.created.get(*k), *k));
+        candidates.sort_by_key(|k| (k.0 != "clusternetworkpolicies", self.created.get(*k), *k));
         let mut skipped: BTreeSet<Key> = BTreeSet::new();
         // The set with the first `admitted` candidates (less those skipped), if it fits.
         let with_first = |admitted: usize, skipped: &BTreeSet<Key>| {

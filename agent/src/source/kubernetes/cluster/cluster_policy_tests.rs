@@ -322,6 +322,79 @@ fn a_cluster_network_policy_that_overflows_the_kernel_maps_is_left_out_and_the_o
     );
 }
 
+/// A guardrail is admitted before a namespace's objects, older or not: left out, it would
+/// open what it denies.
+#[test]
+fn a_guardrail_is_admitted_before_an_older_network_policy_that_would_push_it_out() {
+    let mut c = Cluster::default();
+    for i in 0..300 {
+        let node = if i == 0 { "node-a" } else { "node-b" };
+        let ip = format!("10.244.{}.{}", i / 200, i % 200 + 1);
+        let labels = json!({"app": format!("a{i}")});
+        c.apply(
+            "pods",
+            &pod(&format!("p{i}"), &format!("uid-{i}"), node, &ip, labels),
+        )
+        .unwrap();
+    }
+    let ports = |first: u16, n: u16| -> Vec<serde_json::Value> {
+        (first..first + n).map(|p| json!({"port": p})).collect()
+    };
+    // Every identity on 800 ports: 240,000 entries, which fit alone in a slot's 262,144.
+    let rules: Vec<serde_json::Value> = (0..16u16)
+        .map(|r| json!({"from": [{"namespaceSelector": {}}], "ports": ports(10_000 + r * 50, 50)}))
+        .collect();
+    let wide = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "wide", "namespace": "ml", "uid": "u-wide",
+                     "creationTimestamp": "2026-11-01T00:00:00Z"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": rules}
+    });
+    c.apply("networkpolicies", &wide).unwrap();
+    // Every identity on 100 ports (4 rules of 25): 30,000 entries, which fit alone, not
+    // beside it.
+    let guard_rules: Vec<serde_json::Value> = (0..4u16)
+        .map(|r| {
+            let protocols: Vec<serde_json::Value> = (0..25u16)
+                .map(|p| json!({"tcp": {"destinationPort": {"number": 20_000 + r * 25 + p}}}))
+                .collect();
+            json!({"action": "Deny", "from": [{"namespaces": {}}], "protocols": protocols})
+        })
+        .collect();
+    let mut guard = cluster_policy(
+        "guard",
+        json!({"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+               "ingress": guard_rules}),
+    );
+    guard["metadata"]["creationTimestamp"] = "2026-11-21T00:00:00Z".into();
+    c.apply("clusternetworkpolicies", &guard).unwrap();
+    let (set, left_out) = c
+        .desired(
+            "node-a",
+            &PodCgroups::default(),
+            "/",
+            &PodInterfaces::default(),
+            PodAttachment::Cgroup,
+        )
+        .expect("the rest is enforced");
+    let names: Vec<&str> = set
+        .cluster_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["guard"]);
+    assert!(set.policies.is_empty(), "{:?}", set.policies);
+    assert_eq!(left_out.len(), 1, "{left_out:?}");
+    let error = left_out[0].to_string();
+    assert!(
+        error.starts_with(
+            "kubernetes/networkpolicies/ml/wide:0: left out: with it the kernel maps overflow"
+        ),
+        "{error}"
+    );
+}
+
 #[test]
 fn the_agent_watches_every_document_kind_and_cluster_network_policies_are_optional() {
     let kinds = crate::source::kubernetes::kinds();
