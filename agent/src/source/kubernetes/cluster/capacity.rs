@@ -1,12 +1,13 @@
 //! One object never overflows the node's kernel maps for everyone: when the desired state
-//! needs more entries than a map holds, objects are admitted ClusterNetworkPolicies
-//! first, then oldest first (by creationTimestamp, then kind, namespace and name), and one
-//! that would overflow the maps is left out, reported like any object left out; the
-//! younger ones after it still get their turn. So which policy wins is fixed and
-//! documented: the cluster's guardrails (a guardrail left out opens what it denies, and a
-//! namespace's objects must not push one out), then those in force first; a new object
-//! never pushes an old one of its rank out, and one huge object never blocks the small
-//! ones that come after it.
+//! needs more entries than a map holds, objects are admitted by rank — Workloads (the
+//! inventory, as pods are), then ClusterNetworkPolicies, then the namespaces' policies —
+//! and within a rank oldest first (by creationTimestamp, then kind, namespace and name);
+//! one that would overflow the maps is left out, reported like any object left out, and
+//! the younger ones after it still get their turn. So which policy wins is fixed and
+//! documented: a namespace's policy never pushes a guardrail out (left out, a guardrail
+//! would open what it denies), a guardrail never pushes the inventory out (a huge one is
+//! itself left out, found at once, not after the workloads one by one), those in force
+//! first within a rank, and one huge object never blocks the small ones after it.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +30,16 @@ const LEFT_OUT_FOR_CAPACITY: [&str; 4] = [
     "workloads",
 ];
 
+/// The order kinds are admitted in when the maps would overflow: the inventory, the
+/// guardrails, the namespaces' policies.
+fn admission_rank(kind: &str) -> u8 {
+    match kind {
+        "workloads" => 0,
+        "clusternetworkpolicies" => 1,
+        _ => 2,
+    }
+}
+
 impl Cluster {
     /// `set` if the kernel maps hold it; else the set without the objects that overflow
     /// them, admitted oldest first (`rebuild` builds the set without the objects it is
@@ -44,13 +55,13 @@ impl Cluster {
         let Err(overflow) = fits(&set) else {
             return Ok((set, refused));
         };
-        // ClusterNetworkPolicies first, then oldest first.
+        // By rank, then oldest first.
         let mut candidates: Vec<&Key> = self
             .documents
             .keys()
             .filter(|k| LEFT_OUT_FOR_CAPACITY.contains(&k.0.as_str()) && !left_out.contains(*k))
             .collect();
-        candidates.sort_by_key(|k| (k.0 != "clusternetworkpolicies", self.created.get(*k), *k));
+        candidates.sort_by_key(|k| (admission_rank(&k.0), self.created.get(*k), *k));
         let mut skipped: BTreeSet<Key> = BTreeSet::new();
         // The set with the first `admitted` candidates (less those skipped), if it fits.
         let with_first = |admitted: usize, skipped: &BTreeSet<Key>| {
