@@ -306,7 +306,7 @@ mod tests {
     /// agent with the new layout never reads maps pinned by the old one.
     #[test]
     fn the_pinned_maps_have_the_layout_their_version_names() {
-        let layout_v5: [(&str, u32, u32, u32); 13] = [
+        let layout_v6: [(&str, u32, u32, u32); 17] = [
             ("CONFIG", 4, 16, 1),
             ("ENDPOINTS", 16, 48, 8_192),
             ("SELF_ADDRS", 28, 4, 65_536),
@@ -320,15 +320,19 @@ mod tests {
             ("EVENT_LIMITS", 32, 16, 65_536),
             ("ENDPOINT_STATS", 4, 16, 49_152),
             ("COUNTERS", 4, 8, 14),
+            ("DNS_PROXY", 4, 8, 1),
+            ("DNS_RESOLVERS", 20, 20, 64),
+            ("DNS_CLIENTS", 20, 4, 65_536),
+            ("DNS_LEARNT", 24, 24, 262_144),
         ];
         assert_eq!(
-            MAP_LAYOUT_VERSION, 5,
+            MAP_LAYOUT_VERSION, 6,
             "write the new version's layout below"
         );
         let actual: Vec<(&str, u32, u32, u32)> = PINNED_MAPS
             .iter()
             .map(|m| (m.name, m.key_size, m.value_size, m.max_entries))
             .collect();
-        assert_eq!(actual, layout_v5);
+        assert_eq!(actual, layout_v6);
     }
 }

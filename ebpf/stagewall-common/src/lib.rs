@@ -16,7 +16,7 @@ use core::mem::size_of;
 /// reads maps it would misread: it migrates instead. Bump it with any change to a map
 /// definition or to a type a map holds (a test in the agent lists the layout it stands
 /// for and fails until both are updated).
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -31,6 +31,10 @@ pub const MAP_ENDPOINT_STATS: &str = "ENDPOINT_STATS";
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_NAT: &str = "SERVICE_NAT";
 pub const MAP_FLOW_BUDGETS: &str = "FLOW_BUDGETS";
+pub const MAP_DNS_PROXY: &str = "DNS_PROXY";
+pub const MAP_DNS_RESOLVERS: &str = "DNS_RESOLVERS";
+pub const MAP_DNS_CLIENTS: &str = "DNS_CLIENTS";
+pub const MAP_DNS_LEARNT: &str = "DNS_LEARNT";
 
 /// Endpoints of both policy slots together: 4096 local workloads per node.
 pub const ENDPOINTS_MAX: u32 = 8_192;
@@ -48,6 +52,15 @@ pub const SERVICE_BACKENDS_MAX: u32 = 4_096;
 pub const SERVICE_NAT_MAX: u32 = 131_072;
 /// Tracked flows; least recently used ones are evicted first.
 pub const FLOWS_MAX: u32 = 262_144;
+/// Resolvers whose DNS traffic goes through the agent's DNS proxy (address, protocol, port).
+pub const DNS_RESOLVERS_MAX: u32 = 64;
+/// Sockets of workloads that sent DNS to the proxy, so the proxy knows whose query it
+/// holds; least recently used first out.
+pub const DNS_CLIENTS_MAX: u32 = 65_536;
+/// Addresses learnt from DNS answers, per workload, for every node's workloads together.
+/// The agent bounds them lower (per workload and per node, `--dns-learnt-max`) and evicts
+/// itself; this is the kernel's hard limit.
+pub const DNS_LEARNT_MAX: u32 = 262_144;
 /// Ring buffer for verdict events, in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
@@ -128,6 +141,11 @@ pub const EP_TIERS_AUDIT_EGRESS: u32 = 1 << 10;
 /// (`admin_*`, `baseline_*`) leave them out, so an audited policy changes no verdict.
 pub const EP_SHADOW_INGRESS: u32 = 1 << 11;
 pub const EP_SHADOW_EGRESS: u32 = 1 << 12;
+/// The workload's egress has rules that name domains (a Pipeline flow's `fqdn`, a
+/// ClusterNetworkPolicy's `domainNames`): its DNS to the resolvers in DNS_RESOLVERS goes
+/// through the agent's proxy (while it is alive), and a new flow no address rule allows
+/// reads DNS_LEARNT for the name identities the destination was learnt for.
+pub const EP_NAME_RULES: u32 = 1 << 13;
 
 /// The interface entry of a workload enforced by cgroup: TC on the host side of its veth
 /// is a backstop for what raw sockets (AF_PACKET, AF_XDP) send and receive past the cgroup
@@ -272,6 +290,17 @@ pub const IDENTITY_WORLD_V4: u32 = 1;
 pub const IDENTITY_WORLD_V6: u32 = 2;
 /// First identity the compiler hands out to workloads and CIDRs.
 pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
+
+/// Identities of domain-name patterns (`pypi.org`, `*.pythonhosted.org`): the top bit set,
+/// the rest a hash of the pattern's canonical text (lower case, no trailing dot), so the
+/// same pattern has the same identity in every compile and across restarts (learnt
+/// entries outlive both). The compiler refuses two patterns with one identity. They are
+/// never in IPCACHE: a destination has one only through DNS_LEARNT, per workload.
+pub const IDENTITY_NAME_FIRST: u32 = 1 << 31;
+
+pub const fn is_name_identity(identity: u32) -> bool {
+    identity >= IDENTITY_NAME_FIRST
+}
 /// Identities of this node's own addresses, one per set of ipBlocks they lie in (so that
 /// ipBlock rules still name them), from here up to IDENTITY_FIRST_ALLOCATED. Ingress
 /// always allows them: in Kubernetes a pod isolated for ingress still accepts connections
@@ -641,6 +670,62 @@ pub const CNT_CONFIG_MISSING: u32 = 13;
 pub const COUNTERS_LEN: u32 = 14;
 
 // ---------------------------------------------------------------------------------------------
+// DNS: the agent's proxy, and the addresses learnt from the answers it held.
+
+/// `DNS_PROXY[0]`: whether the proxy is alive. The agent moves `alive_until_ns`
+/// (CLOCK_MONOTONIC, as bpf_ktime_get_ns) forward every second; past it (the agent is down
+/// or stuck) the socket hooks stop redirecting DNS, so a dead proxy never takes DNS down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsProxyState {
+    pub alive_until_ns: u64,
+}
+const _: () = assert!(size_of::<DnsProxyState>() == 8);
+
+/// A socket address: a resolver the workloads call (DNS_RESOLVERS' key), the proxy it is
+/// redirected to (the value), or a workload's socket that called the proxy (DNS_CLIENTS'
+/// key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsSocket {
+    pub family: u8,
+    /// PROTO_TCP or PROTO_UDP.
+    pub protocol: u8,
+    /// Host order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<DnsSocket>() == 20);
+
+/// DNS_LEARNT's key: an address a workload's DNS answers gave for a name a rule allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsLearntKey {
+    pub endpoint_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<DnsLearntKey>() == 24);
+
+/// How many name identities one learnt address carries (names that share an address, the
+/// most recently answered first).
+pub const DNS_LEARNT_IDENTITIES: usize = 4;
+
+/// DNS_LEARNT's value. A new flow is allowed by it until `expires_ns` (the answer's TTL
+/// plus the grace, CLOCK_MONOTONIC); a flow allowed before is never cut by expiry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsLearntValue {
+    pub expires_ns: u64,
+    /// Name identities (IDENTITY_NAME_FIRST and up); 0 ends the list.
+    pub identities: [u32; DNS_LEARNT_IDENTITIES],
+}
+const _: () = assert!(size_of::<DnsLearntValue>() == 24);
+
+// ---------------------------------------------------------------------------------------------
 // The map table: every map of the kernel programs (ebpf/stagewall-ebpf/src/maps.rs defines
 // them from the names, capacities and types above), all pinned by the agent.
 
@@ -669,7 +754,7 @@ const fn lpm(data: usize) -> usize {
 
 /// Every map, as this build defines it: what MAP_LAYOUT_VERSION stands for. The ring
 /// buffer has neither key nor value; its capacity is in bytes.
-pub const MAPS: [MapLayout; 13] = [
+pub const MAPS: [MapLayout; 17] = [
     layout(MAP_CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
     layout(
         MAP_ENDPOINTS,
@@ -738,6 +823,30 @@ pub const MAPS: [MapLayout; 13] = [
         size_of::<u64>(),
         COUNTERS_LEN,
     ),
+    layout(
+        MAP_DNS_PROXY,
+        size_of::<u32>(),
+        size_of::<DnsProxyState>(),
+        1,
+    ),
+    layout(
+        MAP_DNS_RESOLVERS,
+        size_of::<DnsSocket>(),
+        size_of::<DnsSocket>(),
+        DNS_RESOLVERS_MAX,
+    ),
+    layout(
+        MAP_DNS_CLIENTS,
+        size_of::<DnsSocket>(),
+        size_of::<u32>(),
+        DNS_CLIENTS_MAX,
+    ),
+    layout(
+        MAP_DNS_LEARNT,
+        size_of::<DnsLearntKey>(),
+        size_of::<DnsLearntValue>(),
+        DNS_LEARNT_MAX,
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -763,4 +872,8 @@ mod user {
     unsafe impl aya::Pod for ServiceBackend {}
     unsafe impl aya::Pod for ServiceNatKey {}
     unsafe impl aya::Pod for ServiceNat {}
+    unsafe impl aya::Pod for DnsProxyState {}
+    unsafe impl aya::Pod for DnsSocket {}
+    unsafe impl aya::Pod for DnsLearntKey {}
+    unsafe impl aya::Pod for DnsLearntValue {}
 }

@@ -5,11 +5,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use stagewall_common::{
-    COUNTERS_LEN, Config, ENDPOINT_ID_LIMIT, ENDPOINT_STATS_LEN, ENDPOINTS_MAX, EVENT_LIMITS_MAX,
-    EVENTS_BYTES, EndpointInfo, EndpointKey, EndpointStats, EventLimit, FLOWS_MAX, FlowBudget,
-    FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey, SELF_ADDRS_MAX,
-    SERVICE_NAT_MAX, SERVICES_MAX, SelfAddrKey, ServiceBackend, ServiceKey, ServiceNat,
-    ServiceNatKey,
+    COUNTERS_LEN, Config, DNS_CLIENTS_MAX, DNS_LEARNT_MAX, DNS_RESOLVERS_MAX, DnsLearntKey,
+    DnsLearntValue, DnsProxyState, DnsSocket, ENDPOINT_ID_LIMIT, ENDPOINT_STATS_LEN, ENDPOINTS_MAX,
+    EVENT_LIMITS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, EndpointStats, EventLimit,
+    FLOWS_MAX, FlowBudget, FlowKey, FlowValue, IPCACHE_MAX, IpcacheKey, POLICY_MAX, PolicyKey,
+    SELF_ADDRS_MAX, SERVICE_NAT_MAX, SERVICES_MAX, SelfAddrKey, ServiceBackend, ServiceKey,
+    ServiceNat, ServiceNatKey,
 };
 
 /// LPM tries must be created with BPF_F_NO_PREALLOC.
@@ -57,6 +58,21 @@ pub static EVENT_LIMITS: LruHashMap<FlowKey, EventLimit> =
 #[map]
 pub static ENDPOINT_STATS: PerCpuArray<EndpointStats> =
     PerCpuArray::with_max_entries(ENDPOINT_STATS_LEN, 0);
+
+#[map]
+pub static DNS_PROXY: Array<DnsProxyState> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static DNS_RESOLVERS: HashMap<DnsSocket, DnsSocket> =
+    HashMap::with_max_entries(DNS_RESOLVERS_MAX, 0);
+
+#[map]
+pub static DNS_CLIENTS: LruHashMap<DnsSocket, u32> =
+    LruHashMap::with_max_entries(DNS_CLIENTS_MAX, 0);
+
+#[map]
+pub static DNS_LEARNT: HashMap<DnsLearntKey, DnsLearntValue> =
+    HashMap::with_max_entries(DNS_LEARNT_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
