@@ -16,7 +16,8 @@
 //! - [`node`]: a real node for that control plane: kubelet, containerd, runc and the CNI
 //!   bridge plugin, running real pods from locally written images;
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
-//!   do on demand; [`demo`]: the demo's test bed and probes;
+//!   do on demand; [`demo`]: the demo's test bed and probes; [`dns`]: a real DNS server
+//!   (dnsmasq) in the bed and workloads resolving through it;
 //!   [`raw`]: hand-made frames for the hostile-input tests; [`sctp`]: the probe's SCTP
 //!   (INIT and INIT ACK over raw sockets, for kernels without an SCTP stack).
 //!
@@ -32,6 +33,7 @@ mod sweep;
 pub mod apiserver;
 pub mod cluster;
 pub mod demo;
+pub mod dns;
 pub mod lsm;
 pub mod node;
 pub mod raw;

@@ -12,11 +12,13 @@
 //!   that keeps it one agent's;
 //! - `packet_sockets`: the node-wide guard (BPF LSM) that refuses isolated workloads
 //!   packet and XDP sockets;
+//! - `dns`: the DNS proxy's maps (where it listens, whose query, what was learnt);
 //! - `quarantine`: the quarantined workloads, pinned so that no restart lifts them;
 //! - `host`: the cgroup2 mount, bpffs, and workloads' cgroups and interfaces;
 //! - `error`: what can go wrong in all but `host`, naming the map, program or path.
 
 mod attach;
+pub mod dns;
 pub mod error;
 pub mod host;
 pub mod loader;

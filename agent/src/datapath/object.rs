@@ -9,11 +9,13 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, SchedClassifier},
 };
 use stagewall_common::{
-    EventLimit, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS,
-    MAP_EVENT_LIMITS, MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES,
+    EventLimit, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_CLIENTS, MAP_DNS_LEARNT,
+    MAP_DNS_PROXY, MAP_DNS_RESOLVERS, MAP_ENDPOINT_STATS, MAP_ENDPOINTS, MAP_EVENT_LIMITS,
+    MAP_EVENTS, MAP_FLOWS, MAP_IPCACHE, MAP_POLICY, MAP_SELF_ADDRS, MAP_SERVICES,
 };
 
 use crate::datapath::{
+    dns::DnsMaps,
     error::DatapathError,
     pins::{PINNED_MAPS, Pins},
     slots::PolicyMaps,
@@ -50,6 +52,8 @@ pub struct Readers {
     /// The flows' event rate limits, read for the events they suppressed.
     pub event_limits: HashMap<MapData, FlowKey, EventLimit>,
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The DNS proxy's maps (written and read by the proxy, not by an apply).
+    pub dns: DnsMaps,
 }
 
 /// The loaded object, taken apart.
@@ -108,6 +112,12 @@ pub(super) fn load(
         flows: take_map(&mut ebpf, MAP_FLOWS)?,
         event_limits: take_map(&mut ebpf, MAP_EVENT_LIMITS)?,
         logs,
+        dns: DnsMaps::new(
+            take_map(&mut ebpf, MAP_DNS_PROXY)?,
+            take_map(&mut ebpf, MAP_DNS_RESOLVERS)?,
+            take_map(&mut ebpf, MAP_DNS_CLIENTS)?,
+            take_map(&mut ebpf, MAP_DNS_LEARNT)?,
+        ),
     };
     let policy_maps = PolicyMaps {
         config: take_map(&mut ebpf, MAP_CONFIG)?,

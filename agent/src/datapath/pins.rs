@@ -320,7 +320,7 @@ mod tests {
             ("EVENT_LIMITS", 32, 16, 65_536),
             ("ENDPOINT_STATS", 4, 16, 49_152),
             ("COUNTERS", 4, 8, 14),
-            ("DNS_PROXY", 4, 8, 1),
+            ("DNS_PROXY", 4, 48, 1),
             ("DNS_RESOLVERS", 20, 20, 64),
             ("DNS_CLIENTS", 20, 4, 65_536),
             ("DNS_LEARNT", 24, 24, 262_144),

@@ -672,15 +672,25 @@ pub const COUNTERS_LEN: u32 = 14;
 // ---------------------------------------------------------------------------------------------
 // DNS: the agent's proxy, and the addresses learnt from the answers it held.
 
-/// `DNS_PROXY[0]`: whether the proxy is alive. The agent moves `alive_until_ns`
-/// (CLOCK_MONOTONIC, as bpf_ktime_get_ns) forward every second; past it (the agent is down
-/// or stuck) the socket hooks stop redirecting DNS, so a dead proxy never takes DNS down.
+/// `DNS_PROXY[0]`: where the agent's DNS proxy listens and whether it is alive. The agent
+/// moves `alive_until_ns` (CLOCK_MONOTONIC, as bpf_ktime_get_ns) forward every second;
+/// past it (the agent is down or stuck) the socket hooks stop redirecting DNS, so a dead
+/// proxy never takes DNS down. The packet hooks pass a named workload's packets to the
+/// proxy's ports and their answers (the call was judged against the resolver it named).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsProxyState {
     pub alive_until_ns: u64,
+    /// The proxy's ports, one per resolver: `port_first` up to `port_first + port_count`
+    /// (excluded), host order.
+    pub port_first: u16,
+    pub port_count: u16,
+    pub _pad: u32,
+    /// Its addresses (IPv4 in the first 4 bytes); all zero for a family it has none of.
+    pub addr_v4: [u8; 16],
+    pub addr_v6: [u8; 16],
 }
-const _: () = assert!(size_of::<DnsProxyState>() == 8);
+const _: () = assert!(size_of::<DnsProxyState>() == 48);
 
 /// A socket address: a resolver the workloads call (DNS_RESOLVERS' key), the proxy it is
 /// redirected to (the value), or a workload's socket that called the proxy (DNS_CLIENTS'

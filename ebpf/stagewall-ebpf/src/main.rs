@@ -15,6 +15,7 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod maps;
 mod packet;
 mod service;
@@ -184,6 +185,9 @@ fn decide_packet(ep: &EndpointInfo, p: &Packet, skb: &SkBuff, direction: u8, hoo
     // Only the cgroup hooks see a workload's loopback traffic; TC sees its interface.
     let self_traffic = hook == HOOK_CGROUP_SKB && on_loopback(skb);
     let flow = flow_from_packet(p, direction, bytes, self_traffic);
+    if dns::proxy_traffic(ep, &flow) {
+        return Verdict::Pass;
+    }
     if p.fragment == FRAGMENT_LATER && verdict::fragment_allowed(ep, &flow, p.fragment_id, hook) {
         return Verdict::Pass;
     }
@@ -372,6 +376,18 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         return SOCK_ALLOW;
     }
     let mut call = read_call_addr(sa, family);
+    // A call to a resolver whose DNS goes through the agent's proxy: the verdict judges
+    // the resolver named (or the Service's backend), and an allowed call goes to the
+    // proxy, whose answers show the resolver's address.
+    let proxy = dns::proxy_for(ep, call.family, protocol, &call.addr, call.port);
+    if let Some(proxy) = proxy {
+        dns::remember(
+            service::cookie(sa as *mut c_void),
+            proxy,
+            &call.addr,
+            call.port,
+        );
+    }
     let service = translate(cfg, sa, family, &mut call, protocol);
     let (remote_addr, remote_port) = (call.addr, call.port);
     if ep.endpoint_id == UNGUARDED_ENDPOINT_ID {
@@ -404,7 +420,12 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
     // An audited denial is reported by cgroup_skb, with the packets that follow;
     // reporting the connect too would count one would-drop twice.
     match decide(cfg, ep, &flow, hook, false) {
-        Verdict::Pass => SOCK_ALLOW,
+        Verdict::Pass => {
+            if let Some(proxy) = proxy {
+                write_call_addr(sa, family, &call, &proxy.addr, proxy.port);
+            }
+            SOCK_ALLOW
+        }
         Verdict::Drop => SOCK_DENY,
     }
 }

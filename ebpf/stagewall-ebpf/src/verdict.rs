@@ -32,9 +32,9 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use stagewall_common::{
     ACTION_ACCEPT, ACTION_DENY, CNT_EVENTS_LOST, CNT_EVENTS_QUEUED, CNT_EVENTS_SUPPRESSED,
     CNT_FLOW_INSERT_FAILED, CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS,
-    EP_BACKSTOP, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN, EP_QUARANTINED,
-    EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit, FAMILY_V4,
-    FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS,
+    DnsLearntValue, EP_BACKSTOP, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
+    EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit,
+    FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS,
     FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FRAGMENTS_TIMEOUT_NS, FlowKey,
     FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
     IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_ALLOW,
@@ -46,8 +46,11 @@ use stagewall_common::{
     policy_value_action, policy_value_rule, shadow_flag, tiers_audit_flag, verdict_counter,
 };
 
-use crate::maps::{
-    CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOW_BUDGETS, FLOWS, IPCACHE, POLICY, count,
+use crate::{
+    dns,
+    maps::{
+        CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOW_BUDGETS, FLOWS, IPCACHE, POLICY, count,
+    },
 };
 
 /// A packet from one endpoint's point of view.
@@ -193,7 +196,12 @@ pub fn decide(
     if decided {
         // A flow this endpoint already allowed this way, under the policy in force: one
         // hash lookup instead of the LPM lookups below.
-        if packet_hook && allowed_before(cfg, ep, flow, now) {
+        let before = if packet_hook {
+            allowed_before(cfg, ep, flow, now)
+        } else {
+            FLOW_UNKNOWN
+        };
+        if before == FLOW_ALLOWED {
             if !backstop {
                 count_verdict(ep, flow, STAT_ALLOWED);
             }
@@ -213,7 +221,7 @@ pub fn decide(
         let mut judgement = if from_node {
             ALLOWED_BY_DEFAULT
         } else {
-            judge(ep, flow, identity, false)
+            judge(ep, flow, identity, false, before == FLOW_OPEN)
         };
         // Allowed: would the audited ClusterNetworkPolicies deny it? Reported as
         // would-drop, and it passes.
@@ -221,7 +229,7 @@ pub fn decide(
             && judged_reason(judgement) == REASON_ALLOWED
             && ep.flags & shadow_flag(flow.direction) != 0;
         if shadow {
-            judgement = judge(ep, flow, identity, true);
+            judgement = judge(ep, flow, identity, true, before == FLOW_OPEN);
         }
         let rule = judged_rule(judgement);
         let reason = judged_reason(judgement);
@@ -627,24 +635,35 @@ fn is_reply(ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
     }
 }
 
+/// What `allowed_before` found: a flow it does not know (or one remembered only for its
+/// replies, in audit mode), one allowed under the policy in force, or an open flow
+/// allowed under an earlier policy (decided again, but not cut by a learnt address's
+/// expiry).
+const FLOW_UNKNOWN: u8 = 0;
+const FLOW_ALLOWED: u8 = 1;
+const FLOW_OPEN: u8 = 2;
+
 /// Did this endpoint allow this flow, in this direction, under the policy in force (and
 /// recently enough)? Refreshes the entry at most once a second.
 #[inline(never)]
-fn allowed_before(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64) -> bool {
+fn allowed_before(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64) -> u8 {
     let key = flow_key(ep, flow, flow.direction);
     let Some(value) = FLOWS.get_ptr_mut(key) else {
-        return false;
+        return FLOW_UNKNOWN;
     };
     // SAFETY: a valid map value; a racing refresh only writes a similar timestamp.
     let value = unsafe { &mut *value };
     let age = now.saturating_sub(value.last_seen_ns);
-    if value.generation != cfg.generation || age >= timeout_ns(flow.protocol) {
-        return false;
+    if age >= timeout_ns(flow.protocol) || value.generation == 0 {
+        return FLOW_UNKNOWN;
+    }
+    if value.generation != cfg.generation {
+        return FLOW_OPEN;
     }
     if age >= FLOW_REFRESH_NS {
         value.last_seen_ns = now;
     }
-    true
+    FLOW_ALLOWED
 }
 
 #[inline(never)]
@@ -758,9 +777,20 @@ const ALLOWED_BY_DEFAULT: Judgement = judgement(REASON_ALLOWED, POLICY_ALLOW);
 /// union (allowed by one of them, or denied); else the Baseline tier program (Accept,
 /// Deny; Pass or no match goes on); then allowed. The enforced programs, or with `shadow`
 /// those with the audited ClusterNetworkPolicies too. A program id of 0 has no rules.
+///
+/// A destination the workload's DNS answers gave for allowed names (`dns::learnt`) is
+/// also looked up under those names' identities: in a tier program the first rule in
+/// precedence order wins (`with_names`), in the NetworkPolicy union any entry allows.
 #[inline(never)]
-fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgement {
+fn judge(
+    ep: &EndpointInfo,
+    flow: &Flow,
+    identity: u32,
+    shadow: bool,
+    established: bool,
+) -> Judgement {
     let ingress = flow.direction == DIR_INGRESS;
+    let names = dns::learnt(ep, flow, established);
     let [admin, baseline, shadow_admin, shadow_baseline] = tier_programs(ep, flow.direction);
     let (admin, baseline) = if shadow {
         (shadow_admin, shadow_baseline)
@@ -769,6 +799,7 @@ fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgeme
     };
     if admin != 0 {
         let value = lookup_policy(admin, identity, identity_any(flow.family), flow);
+        let value = with_names(admin, value, names, flow);
         match policy_value_action(value) {
             ACTION_ACCEPT => return judgement(REASON_ALLOWED, value),
             ACTION_DENY => return judgement(REASON_ADMIN_DENY, value),
@@ -781,7 +812,9 @@ fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgeme
         } else {
             (ep.egress_policy, ep.flags & EP_DEFAULT_DENY_EGRESS != 0)
         };
-        if lookup_policy(policy, identity, IDENTITY_ANY, flow) != 0 {
+        if lookup_policy(policy, identity, IDENTITY_ANY, flow) != 0
+            || with_names(policy, 0, names, flow) != 0
+        {
             return ALLOWED_BY_DEFAULT;
         }
         let reason = if default_deny {
@@ -793,6 +826,7 @@ fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgeme
     }
     if baseline != 0 {
         let value = lookup_policy(baseline, identity, identity_any(flow.family), flow);
+        let value = with_names(baseline, value, names, flow);
         match policy_value_action(value) {
             ACTION_ACCEPT => return judgement(REASON_ALLOWED, value),
             ACTION_DENY => return judgement(REASON_BASELINE_DENY, value),
@@ -800,6 +834,28 @@ fn judge(ep: &EndpointInfo, flow: &Flow, identity: u32, shadow: bool) -> Judgeme
         }
     }
     ALLOWED_BY_DEFAULT
+}
+
+/// The first in precedence order of `value` (an entry found for the destination's
+/// address, 0 for none) and the entries of policy program `policy` for the names the
+/// destination was learnt for. A tier program's rule references grow with precedence
+/// (the compiler numbers them so), and a name's rules only accept.
+#[inline(never)]
+fn with_names(policy: u32, value: u32, names: Option<&DnsLearntValue>, flow: &Flow) -> u32 {
+    let Some(names) = names else {
+        return value;
+    };
+    let mut first = value;
+    for identity in names.identities {
+        if identity == 0 {
+            break;
+        }
+        let found = lookup_policy(policy, identity, identity, flow);
+        if found != 0 && (first == 0 || policy_value_rule(found) < policy_value_rule(first)) {
+            first = found;
+        }
+    }
+    first
 }
 
 /// The value of policy program `policy`'s entry for the flow's peer `identity`, or on a
@@ -821,6 +877,9 @@ fn lookup_policy(policy: u32, identity: u32, any: u32, flow: &Flow) -> u32 {
     };
     if let Some(value) = POLICY.get(Key::new(POLICY_PREFIX_FULL_BITS, data)) {
         return *value;
+    }
+    if any == identity {
+        return 0;
     }
     data.identity_be = any.to_be();
     match POLICY.get(Key::new(POLICY_PREFIX_FULL_BITS, data)) {

@@ -27,6 +27,14 @@
 //!                                                          each with other ports (new flows)
 //!   stagewall-probe ip-send HEXPACKET...                   send hand-made IPv4 packets through a
 //!                                                          raw IP socket (IP_HDRINCL)
+//!   stagewall-probe resolve-connect NAME PORT COUNT MS [4|6]
+//!                                                          COUNT times: resolve NAME with the
+//!                                                          system resolver (glibc getaddrinfo,
+//!                                                          /etc/resolv.conf), connect to its
+//!                                                          first address (of the family) and
+//!                                                          await the echo: `done MS\nok N
+//!                                                          eperm N unresolved N other N` and
+//!                                                          the first failures
 //!   stagewall-probe pause                                 a real pod's sandbox process: sleeps
 //!                                                          until SIGTERM or SIGINT
 //!   stagewall-probe raw-count IFACE MS MARKER...           `ready`, then `counts N...`: frames
@@ -381,6 +389,59 @@ fn pause() -> ! {
     }
 }
 
+/// Resolve-then-connect in a loop, as a client of a name with short-lived addresses does:
+/// every resolution goes through the system resolver, every connection to what it gave.
+fn resolve_connect(
+    name: &str,
+    port: u16,
+    count: u32,
+    timeout: Duration,
+    family: Option<u8>,
+) -> String {
+    use std::net::ToSocketAddrs as _;
+    let (mut ok, mut eperm, mut unresolved, mut other) = (0u32, 0u32, 0u32, 0u32);
+    let mut failures = Vec::new();
+    for _ in 0..count {
+        let addrs: Vec<SocketAddr> = match (name, port).to_socket_addrs() {
+            Ok(a) => a
+                .filter(|a| match family {
+                    Some(4) => a.is_ipv4(),
+                    Some(6) => a.is_ipv6(),
+                    _ => true,
+                })
+                .collect(),
+            Err(e) => {
+                unresolved += 1;
+                if failures.len() < 5 {
+                    failures.push(format!("resolve: {e}"));
+                }
+                continue;
+            }
+        };
+        let Some(addr) = addrs.first() else {
+            unresolved += 1;
+            continue;
+        };
+        match tcp(*addr, timeout) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                if e.kind() == ErrorKind::PermissionDenied {
+                    eperm += 1;
+                } else {
+                    other += 1;
+                }
+                if failures.len() < 5 {
+                    failures.push(format!("{addr}: {}", outcome(&e)));
+                }
+            }
+        }
+    }
+    format!(
+        "ok {ok} eperm {eperm} unresolved {unresolved} other {other}\n{}",
+        failures.join("\n")
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
@@ -448,6 +509,16 @@ fn main() {
                 watch_verdict(sock(&args[1], &args[2]), ms(&args[3]), &stop)
             );
             return;
+        }
+        Some("resolve-connect") if args.len() == 5 || args.len() == 6 => {
+            let family = args.get(5).map(|f| f.parse().expect("4 or 6"));
+            Ok(resolve_connect(
+                &args[1],
+                args[2].parse().expect("port"),
+                args[3].parse().expect("count"),
+                ms(&args[4]),
+                family,
+            ))
         }
         Some("matrix") if args.len() >= 2 => {
             matrix(ms(&args[1]), &args[2..]);

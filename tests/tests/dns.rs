@@ -1,0 +1,339 @@
+//! Egress by name, with real parts only: a real DNS server (dnsmasq) in its own namespace
+//! serving a test zone (CNAMEs, short TTLs, rotating answers, AAAA, TCP), workloads that
+//! resolve through the system resolver (glibc getaddrinfo through /etc/resolv.conf, dig),
+//! "outside" servers on several addresses, and the real agent with its DNS proxy: a
+//! workload's queries to the resolver go to the proxy (cgroup socket hooks), which writes
+//! what the answers gave for allowed names into the kernel before the workload gets them.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use stagewall_tests::{Testbed, dns::DnsServer, metric_sum, privileged, until};
+
+/// The bed: a workload with name rules (training), one without (plain), the DNS server
+/// (dns) and two outside hosts: `pypi` (203.0.113.10 and more) and `other` (203.0.113.20).
+const NODES: [&str; 5] = ["training", "plain", "dns", "pypi", "other"];
+
+const PYPI: &str = "203.0.113.10";
+const WHEELS: &str = "203.0.113.11";
+const BARE: &str = "203.0.113.12";
+const VIA_TCP: &str = "203.0.113.13";
+const OTHER: &str = "203.0.113.20";
+/// Where the rotating name's answers come from: 40 addresses of the pypi host.
+const ROTATING_FIRST: u8 = 100;
+const ROTATING_COUNT: u8 = 40;
+
+fn pipeline(resolver: IpAddr) -> String {
+    format!(
+        "apiVersion: stagewall.io/v1alpha1
+kind: Pipeline
+metadata: {{name: names, namespace: ml}}
+spec:
+  stages:
+    - name: training
+      selector: {{matchLabels: {{stage: training}}}}
+  flows:
+    - from: {{stage: training}}
+      to: {{cidr: {resolver}/32}}
+      ports: [{{protocol: UDP, port: 53}}, {{protocol: TCP, port: 53}}]
+    - from: {{stage: training}}
+      to: {{fqdn: pypi.test}}
+      ports: [{{protocol: TCP, port: 443}}]
+    - from: {{stage: training}}
+      to: {{fqdn: \"*.pythonhosted.test\"}}
+      ports: [{{protocol: TCP, port: 443}}]
+"
+    )
+}
+
+struct Bed {
+    bed: Testbed,
+    dns: DnsServer,
+}
+
+/// The bed, dnsmasq answering with `ttl`, echo servers on port 443 of every outside
+/// address, and the policy files; the agent is the test's to start.
+fn bed(ttl: u32) -> Bed {
+    let mut bed = Testbed::new(&NODES).expect("creating the test bed");
+    bed.make_outside("pypi", PYPI).expect("pypi outside");
+    bed.make_outside("other", OTHER).expect("other outside");
+    let pypi_netns = bed.node("pypi").netns.clone();
+    let mut extra: Vec<String> = [WHEELS, BARE, VIA_TCP]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    extra.extend((0..ROTATING_COUNT).map(|i| format!("203.0.113.{}", ROTATING_FIRST + i)));
+    for addr in &extra {
+        let status = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &pypi_netns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ])
+            .status()
+            .expect("ip");
+        assert!(status.success(), "adding {addr}");
+    }
+    for node in ["pypi", "other"] {
+        bed.serve(node, &[443], &[]).expect("echo server");
+    }
+    bed.give_hub_gateway().expect("hub address");
+    let pypi_v6 = bed.node("pypi").v6;
+    let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+    let dns = DnsServer::start(
+        &mut bed,
+        "dns",
+        ttl,
+        &[
+            ("pypi.test", ip(PYPI)),
+            ("pypi.test", pypi_v6),
+            ("a.files.pythonhosted.test", ip(WHEELS)),
+            ("pythonhosted.test", ip(BARE)),
+            ("tcp.pythonhosted.test", ip(VIA_TCP)),
+            ("other.test", ip(OTHER)),
+        ],
+        &[("alias.test", "pypi.test")],
+    )
+    .expect("dnsmasq");
+    let resolver = dns.addr;
+    let mut policy = pipeline(resolver);
+    policy.push_str("---\n");
+    policy.push_str(&bed.workload_yaml("training", "ml", "{stage: training}", false));
+    policy.push_str(&bed.workload_yaml("plain", "ml", "{app: plain}", false));
+    bed.write_policy("names.yaml", &policy).expect("policy");
+    Bed { bed, dns }
+}
+
+/// The agent's DNS proxy on the hub's address (where the agent runs), serving `resolver`.
+fn dns_args(resolver: IpAddr) -> Vec<String> {
+    vec![
+        "--dns-proxy".into(),
+        stagewall_tests::HUB_GATEWAY.into(),
+        "--dns-resolver".into(),
+        resolver.to_string(),
+    ]
+}
+
+fn start(b: &Bed, extra: &[&str]) -> stagewall_tests::Agent {
+    let mut args = dns_args(b.dns.addr);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    b.bed.start_agent(&args).expect("agent")
+}
+
+/// `resolve-connect` counts: (ok, eperm, unresolved, other).
+fn loops(out: &str) -> (u32, u32, u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("ok ") && l.contains("eperm"))
+        .unwrap_or_else(|| panic!("no counts in {out:?}"));
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .step_by(2)
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    (n[0], n[1], n[2], n[3])
+}
+
+fn resolve_connect(b: &Bed, node: &str, name: &str, count: u32, family: Option<&str>) -> String {
+    let count = count.to_string();
+    let mut args = vec!["resolve-connect", name, "443", &count, "1000"];
+    if let Some(f) = family {
+        args.push(f);
+    }
+    b.bed.resolving_probe(node, b.dns.addr, &args)
+}
+
+#[test]
+fn a_workload_reaches_the_addresses_its_answers_gave_for_allowed_names_and_nothing_else() {
+    if !privileged() {
+        return;
+    }
+    let b = bed(30);
+    let agent = start(&b, &[]);
+    let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+
+    // Nothing learnt yet: the address itself is not allowed.
+    assert_eq!(b.bed.tcp("training", ip(PYPI), 443).word, "eperm");
+
+    let out = resolve_connect(&b, "training", "pypi.test", 50, Some("4"));
+    assert_eq!(loops(&out), (50, 0, 0, 0), "pypi.test over IPv4: {out}");
+    let out = resolve_connect(&b, "training", "pypi.test", 20, Some("6"));
+    assert_eq!(
+        loops(&out),
+        (20, 0, 0, 0),
+        "pypi.test over IPv6 (AAAA): {out}"
+    );
+    // A CNAME to an allowed name; a name below the wildcard (two labels deep).
+    let out = resolve_connect(&b, "training", "alias.test", 10, Some("4"));
+    assert_eq!(loops(&out), (10, 0, 0, 0), "alias.test -> pypi.test: {out}");
+    let out = resolve_connect(&b, "training", "a.files.pythonhosted.test", 10, None);
+    assert_eq!(loops(&out), (10, 0, 0, 0), "wildcard: {out}");
+    // The wildcard's own parent, and a name no rule allows: refused with EPERM.
+    let out = resolve_connect(&b, "training", "pythonhosted.test", 3, None);
+    assert_eq!(loops(&out), (0, 3, 0, 0), "*.x does not allow x: {out}");
+    let out = resolve_connect(&b, "training", "other.test", 3, None);
+    assert_eq!(loops(&out), (0, 3, 0, 0), "other.test: {out}");
+    // The allowed name's addresses, on a port no rule names: refused.
+    assert_eq!(
+        b.bed
+            .resolving_probe(
+                "training",
+                b.dns.addr,
+                &["resolve-connect", "pypi.test", "80", "1", "1000", "4"]
+            )
+            .lines()
+            .nth(1)
+            .map(|l| l.contains("eperm 1")),
+        Some(true)
+    );
+
+    // DNS over TCP: dig +tcp learns too.
+    let dig = b
+        .bed
+        .resolving_command("training", b.dns.addr, "dig")
+        .unwrap()
+        .args(["+tcp", "+short", "tcp.pythonhosted.test"])
+        .output()
+        .expect("dig");
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        VIA_TCP,
+        "{dig:?}"
+    );
+    assert_eq!(b.bed.tcp("training", ip(VIA_TCP), 443).word, "ok");
+
+    // A workload without name rules resolves directly, unredirected, and is not isolated.
+    let out = resolve_connect(&b, "plain", "other.test", 3, None);
+    assert_eq!(loops(&out), (3, 0, 0, 0), "plain: {out}");
+
+    // The denial names the name the address was learnt for.
+    until(
+        "an event naming other.test",
+        || agent.log(),
+        || {
+            agent.events().iter().any(|e| {
+                e["dst"] == OTHER && e["verdict"] == "dropped" && e["dst_name"] == "other.test"
+            })
+        },
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metric_sum(&metrics, "stagewall_dns_learnt_addresses", &[]) >= 4.0,
+        "learnt addresses: {metrics}"
+    );
+    assert!(metric_sum(&metrics, "stagewall_dns_queries_total", &[]) >= 90.0);
+}
+
+#[test]
+fn ten_thousand_resolve_then_connect_loops_on_rotating_addresses_are_never_refused() {
+    if !privileged() {
+        return;
+    }
+    // Every answer names a new address, with a TTL of 1 s; the workload's learnt
+    // addresses are bounded to 8, far fewer than the addresses it meets.
+    let b = bed(1);
+    let agent = start(&b, &["--dns-learnt-per-workload", "8"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotate = {
+        let stop = stop.clone();
+        let dir = b.dns.hosts_dir().to_path_buf();
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let addr = format!(
+                    "203.0.113.{}",
+                    ROTATING_FIRST + (i % ROTATING_COUNT as u32) as u8
+                );
+                let tmp = dir.join(".rotating.tmp");
+                std::fs::write(&tmp, format!("{addr} rot.pythonhosted.test\n")).unwrap();
+                std::fs::rename(&tmp, dir.join("rotating")).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            i
+        })
+    };
+    let out = resolve_connect(&b, "training", "rot.pythonhosted.test", 10_000, Some("4"));
+    stop.store(true, Ordering::Relaxed);
+    let rotations = rotate.join().unwrap();
+    let (ok, eperm, unresolved, other) = loops(&out);
+    println!(
+        "10,000 loops: ok {ok}, eperm {eperm}, unresolved {unresolved}, other {other}; {rotations} rotations"
+    );
+    assert_eq!((eperm, other), (0, 0), "refused: {out}");
+    assert_eq!(ok + unresolved, 10_000);
+    assert!(unresolved <= 10, "answers lost: {out}");
+    let metrics = agent.metrics();
+    let learnt = metric_sum(&metrics, "stagewall_dns_learnt_addresses", &[]);
+    assert!(learnt <= 8.0, "bounded per workload: {learnt}");
+    assert!(
+        metric_sum(&metrics, "stagewall_dns_learnt_evictions_total", &[]) > 0.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_learnt_address_expires_for_new_connections_and_never_cuts_an_open_one() {
+    if !privileged() {
+        return;
+    }
+    let b = bed(2);
+    let mut agent = start(&b, &["--dns-grace", "1s"]);
+    let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+    let out = resolve_connect(&b, "training", "pypi.test", 1, Some("4"));
+    assert_eq!(loops(&out), (1, 0, 0, 0), "{out}");
+    // An open connection, busy across the expiry and a policy change.
+    let rr = {
+        let cmd = b.bed.command("training", stagewall_tests::probe_bin());
+        let mut cmd = cmd.expect("probe");
+        cmd.args(["rr", PYPI, "443", "6000"]);
+        std::thread::spawn(move || {
+            String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(3_500));
+    // TTL 2 s + grace 1 s have passed: a new connection is refused.
+    assert_eq!(b.bed.tcp("training", ip(PYPI), 443).word, "eperm");
+    // A policy change re-decides open flows; the open connection stays up.
+    let mut policy = std::fs::read_to_string(b.bed.dir.join("names.yaml")).unwrap();
+    policy.push_str(&b.bed.workload_yaml("other", "ml", "{app: extra}", false));
+    b.bed.write_policy("names.yaml", &policy).unwrap();
+    let rr = rr.join().unwrap();
+    assert!(rr.starts_with("ok "), "the open connection was cut: {rr}");
+    // The agent down: what it learnt stays in force (pinned) until its TTL; DNS keeps
+    // being answered, for a workload with name rules too (after the proxy's liveness
+    // runs out, its queries go to the resolver directly).
+    let out = resolve_connect(&b, "training", "pypi.test", 1, Some("4"));
+    assert_eq!(loops(&out), (1, 0, 0, 0), "{out}");
+    agent.kill();
+    assert_eq!(
+        b.bed.tcp("training", ip(PYPI), 443).word,
+        "ok",
+        "learnt entries outlive the agent"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let dig = b
+        .bed
+        .resolving_command("training", b.dns.addr, "dig")
+        .unwrap()
+        .args(["+short", "+time=2", "+tries=1", "pypi.test", "A"])
+        .output()
+        .expect("dig");
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        PYPI,
+        "DNS with the agent down"
+    );
+}
