@@ -166,7 +166,7 @@ impl Identities {
                             blocks.extend(cidrs.iter().map(|c| Block::new(*c, &[])));
                         }
                         ClusterPeer::Nodes(selector) => blocks.extend(node_blocks(set, selector)),
-                        ClusterPeer::Workloads(_) => {}
+                        ClusterPeer::Workloads(_) | ClusterPeer::Domains(_) => {}
                     }
                 }
             }

@@ -5,7 +5,9 @@
 
 mod identity;
 pub mod map_keys;
+mod names;
 mod ports;
+mod rules;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -19,18 +21,20 @@ use std::{
 pub use identity::{Block, Identities, IdentityKind};
 use ipnet::IpNet;
 use map_keys::direction_number;
+pub use names::NameRules;
 pub use ports::{PortPrefix, port_prefixes};
 pub use services::Services;
 use stagewall_common::{
     ENDPOINTS_MAX, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_TIERS_AUDIT_EGRESS, EP_TIERS_AUDIT_INGRESS,
-    IDENTITY_ANY, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX, SERVICES_MAX, audit_flag, shadow_flag,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_NAME_RULES, EP_TIERS_AUDIT_EGRESS,
+    EP_TIERS_AUDIT_INGRESS, IPCACHE_MAX, POLICY_MAX, SELF_ADDRS_MAX, SERVICES_MAX, audit_flag,
+    shadow_flag,
 };
 pub use tiers::{TierIds, TierRule, action_number};
 
 use crate::policy::model::{
-    Attachment, Direction, FailMode, NamedPort, Namespace, NetworkPolicy, ObjectName, Peer,
-    PolicySet, PortMatch, Rule, Workload,
+    Attachment, Direction, FailMode, NamedPort, Namespace, NetworkPolicy, ObjectName, PolicySet,
+    Workload,
 };
 
 /// A local workload the kernel enforces: how to find its traffic and its policies.
@@ -102,6 +106,9 @@ pub struct Compiled {
     pub unguarded_cgroups: Vec<String>,
     /// Services' frontends the kernel translates at the socket, and their names.
     pub services: Services,
+    /// The domain-name patterns that hold each endpoint's egress, for the DNS proxy
+    /// (which identities an answered name gets) and for explanations.
+    pub names: NameRules,
     /// Endpoint id -> position in `endpoints`: kernel events and statistics name
     /// workloads by endpoint id, many times a second.
     endpoint_index: HashMap<u32, usize>,
@@ -167,10 +174,18 @@ pub enum CompileError {
         count: usize,
         max: u32,
     },
+    #[error(
+        "domain names {first} and {second} have the same identity {identity:#x}; expected one of them written otherwise (a hash collision the kernel cannot tell apart)"
+    )]
+    NameIdentityCollision {
+        first: String,
+        second: String,
+        identity: u32,
+    },
 }
 
 /// A policy entry set before it gets a policy id.
-type EntrySet = BTreeSet<(u32, Option<u8>, Option<PortPrefix>)>;
+pub(super) type EntrySet = BTreeSet<(u32, Option<u8>, Option<PortPrefix>)>;
 
 /// Endpoint ids by workload. A workload keeps its id across recompilations, so the flows
 /// the kernel tracks for it (keyed by endpoint id) survive a policy change.
@@ -231,6 +246,7 @@ pub fn compile_with(
     previous: &EndpointIds,
     cache: &mut CompileCache,
 ) -> Result<Compiled, CompileError> {
+    names::check_collisions(set)?;
     let identities = Identities::allocate(set);
     let reusable =
         cache.identities.as_ref() == Some(&identities) && cache.namespaces == set.namespaces;
@@ -263,7 +279,7 @@ pub fn compile_with(
     let mut tier_ids = BTreeMap::new();
     let mut next_id = 0;
     let mut tier_compiler = tiers::TierCompiler::new(set, &compiled.identities)?;
-    let mut peer_cache = PeerCache::new();
+    let mut peer_cache = rules::PeerCache::new();
     let mut local: Vec<&Workload> = set
         .workloads
         .iter()
@@ -309,6 +325,11 @@ pub fn compile_with(
         if set.tiers_audited(w) {
             endpoint.flags |= EP_TIERS_AUDIT_INGRESS | EP_TIERS_AUDIT_EGRESS;
         }
+        let patterns = names::egress_patterns(set, w);
+        if !patterns.is_empty() {
+            endpoint.flags |= EP_NAME_RULES;
+            compiled.names.insert(endpoint_id, patterns);
+        }
         for (direction, shadowed) in [Direction::Ingress, Direction::Egress]
             .into_iter()
             .zip(shadowed)
@@ -346,12 +367,12 @@ pub fn compile_with(
                     let mut entries = EntrySet::new();
                     for p in &selecting {
                         for rule in p.rules(direction) {
-                            let target = RuleTarget {
+                            let target = rules::RuleTarget {
                                 policy: p,
                                 local: w,
                                 direction,
                             };
-                            rule_entries(
+                            rules::rule_entries(
                                 set,
                                 &compiled.identities,
                                 &target,
@@ -439,145 +460,6 @@ pub fn compile_with(
         }
     }
     Ok(compiled)
-}
-
-/// Where a rule applies: its policy, the local workload and the direction.
-struct RuleTarget<'a> {
-    policy: &'a NetworkPolicy,
-    local: &'a Workload,
-    direction: Direction,
-}
-
-/// The identities each peer selects, by (policy namespace, peer): large policies name
-/// the same CIDRs and selectors over and over, and selecting walks every identity.
-type PeerCache<'a> = HashMap<(&'a str, &'a Peer), Vec<u32>>;
-
-/// Selections of more identities than this are not cached.
-const PEER_CACHE_MAX_IDENTITIES: usize = 256;
-
-/// Adds the entries of one rule to `entries`.
-fn rule_entries<'a>(
-    set: &PolicySet,
-    identities: &Identities,
-    target: &RuleTarget<'a>,
-    rule: &'a Rule,
-    cache: &mut PeerCache<'a>,
-    entries: &mut EntrySet,
-) {
-    // The union of what the peers select, never their concatenation: 16,000 ipBlocks
-    // around the same pods each select nearly every identity.
-    let mut union: BTreeSet<u32> = BTreeSet::new();
-    if rule.peers.is_empty() {
-        union.insert(IDENTITY_ANY);
-    }
-    // A rule's ipBlocks are selected together (one pass per distinct CIDR).
-    let blocks: Vec<Block> = rule
-        .peers
-        .iter()
-        .filter_map(|peer| match peer {
-            Peer::IpBlock { cidr, except } => Some(Block::new(*cidr, except)),
-            Peer::Workloads { .. } => None,
-        })
-        .collect();
-    if !blocks.is_empty() {
-        union.extend(identities.select_blocks(&blocks));
-    }
-    for peer in &rule.peers {
-        if matches!(peer, Peer::IpBlock { .. }) {
-            continue;
-        }
-        let key = (target.policy.name.namespace.as_str(), peer);
-        if let Some(selected) = cache.get(&key) {
-            union.extend(selected.iter().copied());
-            continue;
-        }
-        let selected = peer_identities(set, identities, target.policy, peer);
-        union.extend(selected.iter().copied());
-        // Small selections are kept for the next rule naming the same peer; a large one
-        // is cheaper to select again than to keep thousands of times over.
-        if selected.len() <= PEER_CACHE_MAX_IDENTITIES {
-            cache.insert(key, selected);
-        }
-    }
-    let peers: Vec<u32> = union.into_iter().collect();
-    if rule.ports.is_empty() {
-        for identity in peers {
-            entries.insert((identity, None, None));
-        }
-        return;
-    }
-    for spec in &rule.ports {
-        let protocol = spec.protocol.number();
-        match &spec.port {
-            PortMatch::All => {
-                for &identity in &peers {
-                    entries.insert((identity, Some(protocol), None));
-                }
-            }
-            PortMatch::Range(lo, hi) => {
-                for &identity in &peers {
-                    for prefix in port_prefixes(*lo, *hi) {
-                        entries.insert((identity, Some(protocol), Some(prefix)));
-                    }
-                }
-            }
-            PortMatch::Named(name) => {
-                // Resolved against the destination: the local workload for ingress, each
-                // peer for egress ("any peer" becomes every workload that declares it).
-                let resolve = |ports: &[NamedPort]| {
-                    ports
-                        .iter()
-                        .find(|p| &p.name == name && p.protocol == spec.protocol)
-                        .map(|p| PortPrefix {
-                            value: p.port,
-                            bits: 16,
-                        })
-                };
-                match target.direction {
-                    Direction::Ingress => {
-                        if let Some(prefix) = resolve(&target.local.ports) {
-                            for &identity in &peers {
-                                entries.insert((identity, Some(protocol), Some(prefix)));
-                            }
-                        }
-                    }
-                    Direction::Egress => {
-                        let candidates: Vec<u32> = if peers == [IDENTITY_ANY] {
-                            identities.select_workloads(|_, _| true)
-                        } else {
-                            peers.clone()
-                        };
-                        for identity in candidates {
-                            if let Some(prefix) = resolve(identities.named_ports(identity)) {
-                                entries.insert((identity, Some(protocol), Some(prefix)));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn peer_identities(
-    set: &PolicySet,
-    identities: &Identities,
-    policy: &NetworkPolicy,
-    peer: &Peer,
-) -> Vec<u32> {
-    match peer {
-        Peer::IpBlock { cidr, except } => identities.select_block(&Block::new(*cidr, except)),
-        Peer::Workloads {
-            namespace_selector,
-            pod_selector,
-        } => identities.select_workloads(|namespace, labels| {
-            let namespace_ok = match namespace_selector {
-                None => namespace == policy.name.namespace,
-                Some(sel) => sel.matches(&set.namespace_labels(namespace)),
-            };
-            namespace_ok && pod_selector.as_ref().is_none_or(|sel| sel.matches(labels))
-        }),
-    }
 }
 
 impl Compiled {

@@ -4,11 +4,16 @@
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use stagewall_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use stagewall_common::{
+    EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, IDENTITY_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+};
 
 use super::*;
 use crate::policy::{
-    model::{LabelSelector, Labels, NamedPort, Origin, PortMatch, PortSpec, Protocol, Requirement},
+    model::{
+        LabelSelector, Labels, NamedPort, Origin, Peer, PortMatch, PortSpec, Protocol, Requirement,
+        Rule,
+    },
     parse::parse_into,
 };
 
@@ -49,6 +54,75 @@ impl Compiled {
             .filter(|e| e.policy == policy && e.direction == direction)
             .any(|e| e.matches(identity, protocol, port))
     }
+
+    /// `allows`, for a destination the workload's DNS answers gave `names` for: as the
+    /// kernel, when the address lookups miss on egress of an endpoint with
+    /// EP_NAME_RULES, each name identity learnt for the address (what the proxy got from
+    /// `names.identities_for`, at most DNS_LEARNT_IDENTITIES) is looked up exactly, and
+    /// any hit allows.
+    pub fn allows_named(
+        &self,
+        endpoint: &Endpoint,
+        direction: Direction,
+        remote: std::net::IpAddr,
+        protocol: u8,
+        port: u16,
+        names: &[String],
+    ) -> bool {
+        if self.allows(endpoint, direction, remote, protocol, port) {
+            return true;
+        }
+        if direction != Direction::Egress || endpoint.flags & EP_NAME_RULES == 0 {
+            return false;
+        }
+        let learnt = learnt_identities(self, endpoint, names);
+        self.policy.iter().any(|e| {
+            e.policy == endpoint.egress_policy_id
+                && e.direction == direction
+                && learnt.contains(&e.identity)
+                && e.protocol.is_none_or(|p| p == protocol)
+                && e.ports.is_none_or(|ports| ports.contains(port))
+        })
+    }
+}
+
+/// The name identities the DNS proxy would learn for an address the workload's DNS
+/// answers gave `names` for (each name's, in order, without repeats), at most
+/// DNS_LEARNT_IDENTITIES as DNS_LEARNT holds them.
+pub(super) fn learnt_identities(c: &Compiled, endpoint: &Endpoint, names: &[String]) -> Vec<u32> {
+    let mut learnt: Vec<u32> = Vec::new();
+    for name in names {
+        for id in c.names.identities_for(endpoint.endpoint_id, name) {
+            if !learnt.contains(&id) {
+                learnt.push(id);
+            }
+        }
+    }
+    assert!(
+        learnt.len() <= stagewall_common::DNS_LEARNT_IDENTITIES,
+        "the test's names learn more identities than the kernel keeps: {learnt:?}"
+    );
+    learnt
+}
+
+/// Patterns the generated rules name, and the names DNS answers may give for an address
+/// (none; one each pattern matches; a mix of case, trailing dot and a name no pattern
+/// matches). At most four identities are learnt for any of them.
+pub(super) const DOMAINS: [&str; 3] = ["pypi.org", "*.pythonhosted.org", "*.example.com"];
+pub(super) const NAME_SETS: [&[&str]; 6] = [
+    &[],
+    &["pypi.org"],
+    &["files.pythonhosted.org"],
+    &["PYPI.ORG.", "a.b.example.com"],
+    &["pythonhosted.org", "example.com"],
+    &["other.org"],
+];
+
+pub(super) fn name_sets() -> Vec<Vec<String>> {
+    NAME_SETS
+        .iter()
+        .map(|names| names.iter().map(|n| n.to_string()).collect())
+        .collect()
 }
 
 pub(super) fn parse(yaml: &str) -> PolicySet {
@@ -359,6 +433,18 @@ fn reference_allows(
     crate::policy::semantics::decide(set, local, direction, remote, protocol, port).allowed()
 }
 
+fn reference_allows_named(
+    set: &PolicySet,
+    local: &Workload,
+    direction: Direction,
+    remote: IpAddr,
+    (protocol, port): (u8, u16),
+    names: &[String],
+) -> bool {
+    crate::policy::semantics::decide_named(set, local, direction, remote, protocol, port, names)
+        .allowed()
+}
+
 pub(super) fn origin() -> Origin {
     Origin {
         file: "generated".into(),
@@ -428,6 +514,9 @@ fn peer_strategy() -> impl Strategy<Value = Peer> {
                 namespace_selector,
                 pod_selector,
             }),
+        (0..DOMAINS.len()).prop_map(|i| Peer::Domain(
+            crate::policy::model::DomainPattern::parse(DOMAINS[i]).unwrap()
+        )),
     ]
 }
 
@@ -560,8 +649,16 @@ proptest! {
     fn compiled_verdicts_match_networkpolicy_semantics(set in set_strategy()) {
         let c = compile(&set, &EndpointIds::new()).unwrap();
         let remotes: Vec<IpAddr> = ADDRS.iter().chain(PROBE_ADDRS.iter()).map(|a| ip(a)).collect();
+        let name_sets = name_sets();
         for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
             let ep = c.endpoint(&w.name).unwrap();
+            // EP_NAME_RULES exactly where an egress rule that holds the workload names a
+            // domain, and the proxy's index agrees.
+            let named = set.isolating(w, Direction::Egress).iter().any(|p| {
+                p.egress.iter().flat_map(|r| &r.peers).any(|peer| matches!(peer, Peer::Domain(_)))
+            });
+            prop_assert_eq!(ep.flags & EP_NAME_RULES != 0, named);
+            prop_assert_eq!(c.names.has_name_rules(ep.endpoint_id), named);
             for direction in [Direction::Ingress, Direction::Egress] {
                 for &remote in &remotes {
                     for protocol in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
@@ -571,6 +668,13 @@ proptest! {
                                 reference_allows(&set, w, direction, remote, protocol, port),
                                 "{} {:?} {} proto {} port {}", w.name, direction, remote, protocol, port
                             );
+                            for names in &name_sets {
+                                prop_assert_eq!(
+                                    c.allows_named(ep, direction, remote, protocol, port, names),
+                                    reference_allows_named(&set, w, direction, remote, (protocol, port), names),
+                                    "{} {:?} {} {:?} proto {} port {}", w.name, direction, remote, names, protocol, port
+                                );
+                            }
                         }
                     }
                 }
@@ -820,4 +924,120 @@ spec:
     );
     assert!(!selected.contains(&outside));
     assert_eq!(ids.peer_name(ip("192.168.1.10")), "node");
+}
+
+#[test]
+fn name_rules_become_entries_under_their_patterns_identities() {
+    let set = parse(
+        "apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: train, namespace: ml, labels: {stage: training}}
+spec: {cgroup: /train, addresses: [10.0.0.1]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: serve, namespace: ml, labels: {stage: serving}}
+spec: {cgroup: /serve, addresses: [10.0.0.2]}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Pipeline
+metadata: {name: p, namespace: ml}
+spec:
+  stages:
+    - {name: training, selector: {matchLabels: {stage: training}}}
+    - {name: serving, selector: {matchLabels: {stage: serving}}}
+  flows:
+    - {from: {stage: training}, to: {fqdn: pypi.org}, ports: [{protocol: TCP, port: 443}]}
+    - {from: {stage: training}, to: {fqdn: '*.pythonhosted.org'}, ports: [{protocol: TCP, port: 443}]}
+    - {from: {stage: training}, to: {stage: serving}, ports: [{protocol: TCP, port: 8500}]}
+",
+    );
+    let mut set = set;
+    crate::policy::pipeline::expand(&mut set).unwrap();
+    let c = compile(&set, &EndpointIds::new()).unwrap();
+    let (train, serve) = (
+        c.endpoint(&name("ml", "train")).unwrap(),
+        c.endpoint(&name("ml", "serve")).unwrap(),
+    );
+    assert_ne!(train.flags & EP_NAME_RULES, 0);
+    assert_eq!(serve.flags & EP_NAME_RULES, 0, "serving has no name rules");
+    let pypi = crate::policy::model::DomainPattern::parse("pypi.org").unwrap();
+    let entries: Vec<&PolicyEntry> = c
+        .policy
+        .iter()
+        .filter(|e| e.policy == train.egress_policy_id && e.identity == pypi.identity())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].protocol, Some(PROTO_TCP));
+    assert!(entries[0].ports.unwrap().contains(443));
+    // Names are never in IPCACHE.
+    assert!(
+        c.ipcache()
+            .all(|(_, id)| !stagewall_common::is_name_identity(*id))
+    );
+    assert_eq!(
+        c.names
+            .identities_for(train.endpoint_id, "files.pythonhosted.org"),
+        [
+            crate::policy::model::DomainPattern::parse("*.pythonhosted.org")
+                .unwrap()
+                .identity()
+        ]
+    );
+    assert!(
+        c.names
+            .identities_for(serve.endpoint_id, "pypi.org")
+            .is_empty()
+    );
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let remote = ip("151.101.1.1");
+    assert!(c.allows_named(
+        train,
+        Direction::Egress,
+        remote,
+        PROTO_TCP,
+        443,
+        &names(&["PyPI.org."])
+    ));
+    assert!(!c.allows_named(
+        train,
+        Direction::Egress,
+        remote,
+        PROTO_TCP,
+        80,
+        &names(&["pypi.org"])
+    ));
+    assert!(!c.allows_named(
+        train,
+        Direction::Egress,
+        remote,
+        PROTO_TCP,
+        443,
+        &names(&["pythonhosted.org"])
+    ));
+    assert!(!c.allows_named(train, Direction::Egress, remote, PROTO_TCP, 443, &[]));
+}
+
+#[test]
+fn two_patterns_with_one_identity_are_refused_naming_both() {
+    // Two names whose FNV-1a hashes agree in the 31 bits an identity keeps.
+    let set = parse(
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: names}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+    - {action: Accept, to: [{domainNames: [h398824.example.org, h768140.example.org]}]}
+",
+    );
+    let err = compile(&set, &EndpointIds::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("h398824.example.org")
+            && err.contains("h768140.example.org")
+            && err.contains("0xa9da4b99"),
+        "{err}"
+    );
 }

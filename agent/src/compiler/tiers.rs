@@ -11,6 +11,11 @@
 //! too: they hide the later rules of the tier. Each entry's value is
 //! `policy_value(action, rule)` (stagewall-common), `rule` indexing `Compiled::tier_rules`.
 //!
+//! Rule references are monotone in precedence: `tier_rules` lists the rules in the
+//! order policy::tiers reads them (tier, then priority and name, then each policy's
+//! rules as written), so within one tier program a smaller reference is a rule read
+//! first. Names rely on it (below).
+//!
 //! Lookups: the kernel looks a tier up under the peer's identity, then on a miss under
 //! the any-peer identity of the packet's family (IDENTITY_ANY_V4, IDENTITY_ANY_V6): at
 //! most 2 LPM lookups per tier. The rules that match every identity of a family (with
@@ -19,6 +24,14 @@
 //! other rule of the program claims something for it; then its whole partition (the
 //! any-peer rules in their places too) goes under it, so a hit never needs the fallback
 //! and a miss means no rule of the tier matches.
+//!
+//! Names: an endpoint with EP_NAME_RULES also looks a new egress flow's tier program up
+//! under each name identity DNS_LEARNT holds for the destination (at most
+//! DNS_LEARNT_IDENTITIES, exact lookups, no any-peer fallback). A name identity's
+//! entries are the partition of the domainNames rules that name it (Accept only), so
+//! each lookup finds the first rule of its own kind; of all the hits (the address hit,
+//! Pass entries included, and the name hits) the smallest rule reference is the rule
+//! read first, and decides. A Pass or Deny by address before a name's Accept hides it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -213,6 +226,8 @@ const V6: u8 = 2;
 struct Selection {
     ids: BTreeSet<u32>,
     any: u8,
+    /// The identities of its domainNames patterns (egress only).
+    names: BTreeSet<u32>,
 }
 
 /// One rule of a program: its POLICY value and what it selects.
@@ -389,8 +404,14 @@ impl<'a> TierCompiler<'a> {
         }
         let rule = &self.set.cluster_policies[i].rules(direction)[index];
         let mut ids = BTreeSet::new();
+        let mut names = BTreeSet::new();
         for peer in &rule.peers {
             match peer {
+                ClusterPeer::Domains(patterns) => {
+                    if direction == Direction::Egress {
+                        names.extend(patterns.iter().map(|p| p.identity()));
+                    }
+                }
                 ClusterPeer::Networks(cidrs) => {
                     let blocks: Vec<Block> = cidrs.iter().map(|c| Block::new(*c, &[])).collect();
                     ids.extend(self.identities.select_blocks(&blocks));
@@ -423,7 +444,7 @@ impl<'a> TierCompiler<'a> {
                 }
             }
         }
-        let s = Arc::new(Selection { ids, any });
+        let s = Arc::new(Selection { ids, any, names });
         self.selections.insert((i, direction, index), s.clone());
         s
     }
@@ -469,6 +490,23 @@ impl<'a> TierCompiler<'a> {
                 .iter()
                 .filter(|r| r.selection.ids.contains(&id))
                 .map(|r| (r.value, Claims::of(r.rule, declared(id))));
+            for (protocol, ports, value) in flatten(partition) {
+                entries.insert((id, protocol, ports), value);
+            }
+        }
+        // Name identities: the partition of the rules that name each, alone. The kernel
+        // reads them beside the address lookups, and the smallest rule reference of all
+        // its hits wins (references are monotone in precedence): the rules by address
+        // are found there, not repeated here.
+        let names: BTreeSet<u32> = rules
+            .iter()
+            .flat_map(|r| r.selection.names.iter().copied())
+            .collect();
+        for id in names {
+            let partition = rules
+                .iter()
+                .filter(|r| r.selection.names.contains(&id))
+                .map(|r| (r.value, Claims::of(r.rule, &[])));
             for (protocol, ports, value) in flatten(partition) {
                 entries.insert((id, protocol, ports), value);
             }

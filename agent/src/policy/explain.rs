@@ -337,6 +337,7 @@ fn describe_peer(peer: &Peer) -> String {
             }
             parts.join(" and ")
         }
+        Peer::Domain(pattern) => format!("fqdn {pattern}"),
     }
 }
 

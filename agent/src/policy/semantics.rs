@@ -40,6 +40,7 @@ pub fn owner(set: &PolicySet, addr: IpAddr) -> Option<&Workload> {
 
 /// Does `local`'s policy allow a packet in `direction` with `remote` at the other end?
 /// `port` is the destination port (the remote's for egress, the local one's for ingress).
+/// The remote is known by its address alone (`decide_named` with no names).
 pub fn decide<'a>(
     set: &'a PolicySet,
     local: &Workload,
@@ -47,6 +48,22 @@ pub fn decide<'a>(
     remote: IpAddr,
     protocol: u8,
     port: u16,
+) -> Side<'a> {
+    decide_named(set, local, direction, remote, protocol, port, &[])
+}
+
+/// `decide`, where `names` are the names this workload's own DNS answers gave for the
+/// remote address (possibly none): a `Domain` peer of an egress rule matches when one of
+/// them matches its pattern. Names never match ingress: a name says where a workload
+/// meant to go, not who calls it.
+pub fn decide_named<'a>(
+    set: &'a PolicySet,
+    local: &Workload,
+    direction: Direction,
+    remote: IpAddr,
+    protocol: u8,
+    port: u16,
+    names: &[String],
 ) -> Side<'a> {
     if local.addresses.contains(&remote) {
         return Side::SelfTraffic;
@@ -66,14 +83,23 @@ pub fn decide<'a>(
         Direction::Ingress => &local.ports,
         Direction::Egress => owner(set, remote).map_or(&[], |w| &w.ports),
     };
+    let names = match direction {
+        Direction::Egress => names,
+        Direction::Ingress => &[],
+    };
+    let ports_match = |rule: &Rule, declared: &[NamedPort]| {
+        rule.ports.is_empty()
+            || rule
+                .ports
+                .iter()
+                .any(|s| s.matches(protocol, port, declared))
+    };
     for p in &isolated_by {
         for (index, rule) in p.rules(direction).iter().enumerate() {
-            if peer_matches(set, p, rule, remote)
-                && (rule.ports.is_empty()
-                    || rule
-                        .ports
-                        .iter()
-                        .any(|s| s.matches(protocol, port, destination_ports)))
+            // A name stands for no workload, so it declares no named ports (the compiler
+            // gives a name identity none either).
+            if (address_matches(set, p, rule, remote) && ports_match(rule, destination_ports))
+                || (name_matches(rule, names) && ports_match(rule, &[]))
             {
                 return Side::Allowed {
                     isolated_by: isolated_by.clone(),
@@ -86,7 +112,8 @@ pub fn decide<'a>(
     Side::Denied { isolated_by }
 }
 
-fn peer_matches(set: &PolicySet, policy: &NetworkPolicy, rule: &Rule, remote: IpAddr) -> bool {
+/// Does a peer of `rule` other than a name hold `remote` (every peer, for no peers)?
+fn address_matches(set: &PolicySet, policy: &NetworkPolicy, rule: &Rule, remote: IpAddr) -> bool {
     rule.peers.is_empty()
         || rule.peers.iter().any(|peer| match peer {
             Peer::IpBlock { cidr, except } => {
@@ -102,5 +129,14 @@ fn peer_matches(set: &PolicySet, policy: &NetworkPolicy, rule: &Rule, remote: Ip
                 };
                 namespace_ok && pod_selector.as_ref().is_none_or(|s| s.matches(&w.labels))
             }),
+            Peer::Domain(_) => false,
         })
+}
+
+/// Does a name peer of `rule` match one of `names`?
+fn name_matches(rule: &Rule, names: &[String]) -> bool {
+    rule.peers.iter().any(|peer| match peer {
+        Peer::Domain(pattern) => names.iter().any(|n| pattern.matches(n)),
+        _ => false,
+    })
 }

@@ -93,6 +93,7 @@ pub fn ordered(set: &PolicySet, tier: Tier) -> Vec<&ClusterNetworkPolicy> {
 
 /// Does `local`'s side of a packet in `direction`, with `remote` at the other end, pass?
 /// `port` is the destination port (the remote's for egress, the local one's for ingress).
+/// The remote is known by its address alone (`decide_named` with no names).
 pub fn decide<'a>(
     set: &'a PolicySet,
     local: &Workload,
@@ -101,6 +102,26 @@ pub fn decide<'a>(
     protocol: u8,
     port: u16,
 ) -> Decision<'a> {
+    decide_named(set, local, direction, remote, protocol, port, &[])
+}
+
+/// `decide`, where `names` are the names this workload's own DNS answers gave for the
+/// remote address: a `domainNames` peer (egress, Accept rules only) matches when one of
+/// them matches one of its patterns, and the first rule that matches, by address or by
+/// name, decides as ever.
+pub fn decide_named<'a>(
+    set: &'a PolicySet,
+    local: &Workload,
+    direction: Direction,
+    remote: IpAddr,
+    protocol: u8,
+    port: u16,
+    names: &[String],
+) -> Decision<'a> {
+    let names = match direction {
+        Direction::Egress => names,
+        Direction::Ingress => &[],
+    };
     let mut passed = Vec::new();
     if local.addresses.contains(&remote) {
         return Decision {
@@ -115,6 +136,7 @@ pub fn decide<'a>(
         remote,
         protocol,
         port,
+        names,
     };
     if let Some(rule) = packet.first_match(Tier::Admin) {
         if rule.action() != Action::Pass {
@@ -125,7 +147,7 @@ pub fn decide<'a>(
         }
         passed.push(rule);
     }
-    let side = semantics::decide(set, local, direction, remote, protocol, port);
+    let side = semantics::decide_named(set, local, direction, remote, protocol, port, names);
     if side != Side::NotIsolated {
         return Decision {
             passed,
@@ -155,6 +177,8 @@ struct Packet<'a, 'w> {
     remote: IpAddr,
     protocol: u8,
     port: u16,
+    /// What the workload's DNS answers named the remote address (none for ingress).
+    names: &'w [String],
 }
 
 impl<'a> Packet<'a, '_> {
@@ -174,7 +198,7 @@ impl<'a> Packet<'a, '_> {
             .filter(|p| p.subject.matches(&local_namespace, &self.local.labels))
             .find_map(|policy| {
                 let index = policy.rules(self.direction).iter().position(|rule| {
-                    let peer = rule.peers.iter().any(|peer| match peer {
+                    let by_address = rule.peers.iter().any(|peer| match peer {
                         ClusterPeer::Networks(cidrs) => {
                             cidrs.iter().any(|c| c.contains(&self.remote))
                         }
@@ -184,12 +208,24 @@ impl<'a> Packet<'a, '_> {
                         ClusterPeer::Workloads(selector) => remote
                             .zip(remote_namespace.as_ref())
                             .is_some_and(|(w, ns)| selector.matches(ns, &w.labels)),
+                        ClusterPeer::Domains(_) => false,
                     });
-                    peer && (rule.protocols.is_empty()
-                        || rule
-                            .protocols
+                    let by_name = rule.peers.iter().any(|peer| match peer {
+                        ClusterPeer::Domains(patterns) => patterns
                             .iter()
-                            .any(|p| p.matches(self.protocol, self.port, destination_ports)))
+                            .any(|d| self.names.iter().any(|n| d.matches(n))),
+                        _ => false,
+                    });
+                    // A name declares no named ports (the parser refuses them beside
+                    // domainNames anyway).
+                    let ports = |declared: &[NamedPort]| {
+                        rule.protocols.is_empty()
+                            || rule
+                                .protocols
+                                .iter()
+                                .any(|p| p.matches(self.protocol, self.port, declared))
+                    };
+                    (by_address && ports(destination_ports)) || (by_name && ports(&[]))
                 })?;
                 Some(RuleRef {
                     policy,

@@ -7,14 +7,15 @@ use std::{collections::HashMap, net::IpAddr};
 
 use proptest::prelude::*;
 use stagewall_common::{
-    ACTION_ACCEPT, ACTION_DENY, ACTION_PASS, FAMILY_V4, FAMILY_V6, IDENTITY_ANY_V4,
+    ACTION_ACCEPT, ACTION_DENY, ACTION_PASS, FAMILY_V4, FAMILY_V6, IDENTITY_ANY, IDENTITY_ANY_V4,
     IDENTITY_ANY_V6, POLICY_ALLOW, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey,
     identity_any, policy_value_action, policy_value_rule,
 };
 
 use super::super::{
     tests::{
-        ADDRS, NODE_ADDRS, PROBE_ADDRS, ip, name, origin, parse, selector_strategy, set_strategy,
+        ADDRS, DOMAINS, NODE_ADDRS, PROBE_ADDRS, ip, name, name_sets, origin, parse,
+        selector_strategy, set_strategy,
     },
     *,
 };
@@ -121,7 +122,18 @@ fn reference(
     proto: u8,
     port: u16,
 ) -> (Verdict, Vec<String>) {
-    let decision = tiers::decide(set, w, d, remote, proto, port);
+    reference_named(set, w, d, (remote, proto, port), &[])
+}
+
+/// `reference`, for a destination the workload's DNS answers gave `names` for.
+fn reference_named(
+    set: &PolicySet,
+    w: &Workload,
+    d: Direction,
+    (remote, proto, port): (IpAddr, u8, u16),
+    names: &[String],
+) -> (Verdict, Vec<String>) {
+    let decision = tiers::decide_named(set, w, d, remote, proto, port, names);
     let passed = decision
         .passed
         .iter()
@@ -151,10 +163,30 @@ fn kernel(
     proto: u8,
     port: u16,
 ) -> (Verdict, Vec<String>, usize) {
+    let (verdict, passed, lookups, _) = kernel_named(c, map, ep, d, (remote, proto, port), &[]);
+    (verdict, passed, lookups)
+}
+
+/// `kernel`, for a destination the workload's DNS answers gave `names` for. Where the
+/// endpoint has EP_NAME_RULES, a new egress flow also reads the name identities learnt
+/// for the address (the proxy's `names.identities_for`, DNS_LEARNT): in each tier
+/// program, one exact lookup per name identity beside the address lookups, and of all
+/// the hits the smallest rule reference wins (compiler/tiers.rs); in the NetworkPolicy
+/// program, one per name identity after the address lookups missed, any hit allowing.
+/// Returns the address lookups and the name lookups apart.
+fn kernel_named(
+    c: &Compiled,
+    map: &PolicyMap,
+    ep: &Endpoint,
+    d: Direction,
+    (remote, proto, port): (IpAddr, u8, u16),
+    names: &[String],
+) -> (Verdict, Vec<String>, usize, usize) {
     let mut passed = Vec::new();
     let mut lookups = 0;
+    let mut name_lookups = 0;
     if ep.addresses.contains(&remote) {
-        return (Verdict::SelfTraffic, passed, lookups);
+        return (Verdict::SelfTraffic, passed, lookups, name_lookups);
     }
     let identity = c.identities.lookup(remote);
     let family = if remote.is_ipv4() {
@@ -162,16 +194,29 @@ fn kernel(
     } else {
         FAMILY_V6
     };
-    let tier = |tier: Tier, passed: &mut Vec<String>, lookups: &mut usize| {
+    let learnt = if d == Direction::Egress && ep.flags & EP_NAME_RULES != 0 {
+        super::super::tests::learnt_identities(c, ep, names)
+    } else {
+        Vec::new()
+    };
+    let mut tier = |tier: Tier, passed: &mut Vec<String>, lookups: &mut usize| {
         let id = ep.tiers.get(tier, d);
         if id == 0 {
             return None;
         }
         *lookups += 1;
-        let value = map.lookup(id, identity, d, proto, port).or_else(|| {
+        let by_address = map.lookup(id, identity, d, proto, port).or_else(|| {
             *lookups += 1;
             map.lookup(id, identity_any(family), d, proto, port)
-        })?;
+        });
+        let by_name = learnt.iter().filter_map(|&name| {
+            name_lookups += 1;
+            map.lookup(id, name, d, proto, port)
+        });
+        let value = by_address
+            .into_iter()
+            .chain(by_name.collect::<Vec<_>>())
+            .min_by_key(|&v| policy_value_rule(v))?;
         let rule = &c.tier_rules[policy_value_rule(value) as usize - 1];
         assert_eq!(rule.tier, tier);
         assert_eq!(rule.direction, d);
@@ -188,7 +233,7 @@ fn kernel(
         ))
     };
     if let Some(v) = tier(Tier::Admin, &mut passed, &mut lookups) {
-        return (v, passed, lookups);
+        return (v, passed, lookups, name_lookups);
     }
     let (flag, policy) = match d {
         Direction::Ingress => (EP_ISOLATED_INGRESS, ep.ingress_policy_id),
@@ -196,21 +241,32 @@ fn kernel(
     };
     if ep.flags & flag != 0 {
         if d == Direction::Ingress && stagewall_common::is_node_identity(identity) {
-            return (Verdict::NetworkPolicy(true), passed, lookups);
+            return (Verdict::NetworkPolicy(true), passed, lookups, name_lookups);
         }
         lookups += 2;
         let hit = map
             .lookup(policy, identity, d, proto, port)
-            .or_else(|| map.lookup(policy, IDENTITY_ANY, d, proto, port));
+            .or_else(|| map.lookup(policy, IDENTITY_ANY, d, proto, port))
+            .or_else(|| {
+                learnt.iter().find_map(|&name| {
+                    name_lookups += 1;
+                    map.lookup(policy, name, d, proto, port)
+                })
+            });
         if let Some(value) = hit {
             assert_eq!(value, POLICY_ALLOW);
         }
-        return (Verdict::NetworkPolicy(hit.is_some()), passed, lookups);
+        return (
+            Verdict::NetworkPolicy(hit.is_some()),
+            passed,
+            lookups,
+            name_lookups,
+        );
     }
     if let Some(v) = tier(Tier::Baseline, &mut passed, &mut lookups) {
-        return (v, passed, lookups);
+        return (v, passed, lookups, name_lookups);
     }
-    (Verdict::Default, passed, lookups)
+    (Verdict::Default, passed, lookups, name_lookups)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,22 +404,36 @@ fn cluster_rule_strategy(egress: bool) -> impl Strategy<Value = ClusterRule> {
                 .collect()
         )),
         node_selector_strategy().prop_map(ClusterPeer::Nodes),
+        prop::collection::vec(0..DOMAINS.len(), 1..3).prop_map(|d| ClusterPeer::Domains(
+            d.into_iter()
+                .map(|i| crate::policy::model::DomainPattern::parse(DOMAINS[i]).unwrap())
+                .collect()
+        )),
     ]
-    .prop_filter("networks and nodes are egress peers", move |p| {
-        egress || matches!(p, ClusterPeer::Workloads(_))
-    });
+    .prop_filter(
+        "networks, nodes and domainNames are egress peers",
+        move |p| egress || matches!(p, ClusterPeer::Workloads(_)),
+    );
     let action = prop_oneof![Just(Action::Accept), Just(Action::Deny), Just(Action::Pass)];
     (
         action,
         prop::collection::vec(peer, 1..3),
         prop::collection::vec(cluster_port_strategy(), 0..3),
     )
-        .prop_map(|(action, peers, protocols)| ClusterRule {
-            name: None,
-            action,
-            peers,
-            protocols,
-            line: 1,
+        .prop_map(|(action, peers, mut protocols)| {
+            // As the parser has it: domainNames only in Accept rules, never beside a
+            // named port.
+            let named = peers.iter().any(|p| matches!(p, ClusterPeer::Domains(_)));
+            if named {
+                protocols.retain(|p| !matches!(p, ClusterPort::Named(_)));
+            }
+            ClusterRule {
+                name: None,
+                action: if named { Action::Accept } else { action },
+                peers,
+                protocols,
+                line: 1,
+            }
         })
 }
 
@@ -409,21 +479,27 @@ proptest! {
         let c = compile(&set, &EndpointIds::new()).unwrap();
         let map = PolicyMap::of(&c);
         let remotes: Vec<IpAddr> = ADDRS.iter().chain(&PROBE_ADDRS).chain(&NODE_ADDRS).chain(&NODE_PEER_ADDRS).map(|a| ip(a)).collect();
+        let name_sets = name_sets();
         for w in set.workloads.iter().filter(|w| w.attachment.is_some()) {
             let ep = c.endpoint(&w.name).unwrap();
             for d in [Direction::Ingress, Direction::Egress] {
                 for &remote in &remotes {
                     for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP] {
                         for port in [53u16, 80, 85, 8050, 9000] {
-                            let (verdict, passed, lookups) = kernel(&c, &map, ep, d, remote, proto, port);
-                            // Two per tier, and the NetworkPolicy tier ends the walk where it applies: at
-                            // most 4 POLICY lookups (after the one IPCACHE lookup).
-                            prop_assert!(lookups <= 4);
-                            prop_assert_eq!(
-                                (verdict, passed),
-                                reference(&set, w, d, remote, proto, port),
-                                "{} {:?} {} proto {} port {}", w.name, d, remote, proto, port
-                            );
+                            for names in &name_sets {
+                                let probe = (remote, proto, port);
+                                let (verdict, passed, lookups, name_lookups) = kernel_named(&c, &map, ep, d, probe, names);
+                                // Two per tier, and the NetworkPolicy tier ends the walk where it applies: at
+                                // most 4 POLICY lookups (after the one IPCACHE lookup); then one per learnt
+                                // name identity in each program read.
+                                prop_assert!(lookups <= 4);
+                                prop_assert!(name_lookups <= 2 * stagewall_common::DNS_LEARNT_IDENTITIES);
+                                prop_assert_eq!(
+                                    (verdict, passed),
+                                    reference_named(&set, w, d, probe, names),
+                                    "{} {:?} {} {:?} proto {} port {}", w.name, d, remote, names, proto, port
+                                );
+                            }
                         }
                     }
                 }
@@ -564,6 +640,109 @@ fn an_any_protocol_rule_after_ported_rules_takes_the_rest() {
         ("8.8.8.8", PROTO_UDP, 53, by("rest", 0, Action::Accept)),
         ("8.8.8.8", PROTO_TCP, 80, by("rest", 1, Action::Deny)),
         ("8.8.8.8", PROTO_ICMP, 0, by("rest", 1, Action::Deny)),
+    ]);
+}
+
+impl Case {
+    /// `expect` for destinations the train workload's DNS answers gave `names` for.
+    fn expect_named(&self, packets: &[(&str, &[&str], u16, Verdict)]) {
+        let w = self.set.workloads.iter().find(|w| w.name.name == "train");
+        for (remote, names, port, expected) in packets {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let (probe, d) = ((ip(remote), PROTO_TCP, *port), Direction::Egress);
+            let (verdict, passed, _, _) =
+                kernel_named(&self.c, &self.map, self.train(), d, probe, &names);
+            let packet = format!("{remote} {names:?} tcp/{port}");
+            assert_eq!(&verdict, expected, "{packet}");
+            let reference = reference_named(&self.set, w.unwrap(), d, probe, &names);
+            assert_eq!((verdict, passed), reference, "{packet}");
+        }
+    }
+}
+
+#[test]
+fn a_name_accept_wins_only_where_no_earlier_rule_matches_the_address() {
+    let pypi = crate::policy::model::DomainPattern::parse("pypi.org").unwrap();
+    let hosted = crate::policy::model::DomainPattern::parse("*.pythonhosted.org").unwrap();
+    let case = Case::new(&format!(
+        "{}{}",
+        cnp(
+            "first",
+            1,
+            &[
+                "{action: Pass, to: [{networks: [10.9.0.0/16]}]}",
+                "{action: Accept, to: [{domainNames: [pypi.org, '*.pythonhosted.org']}], protocols: [{tcp: {destinationPort: {number: 443}}}]}",
+                "{action: Deny, to: [{networks: [8.8.0.0/16]}]}",
+            ],
+        ),
+        cnp(
+            "then",
+            2,
+            &[
+                "{action: Accept, to: [{domainNames: [pypi.org]}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 443}}}}]}",
+                "{action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+            ],
+        ),
+    ));
+    let train = case.train();
+    assert_ne!(train.flags & EP_NAME_RULES, 0);
+    assert!(case.c.names.has_name_rules(train.endpoint_id));
+    // The name identities' partitions: each its own domainNames rules, in order.
+    assert_eq!(
+        case.entries(hosted.identity()),
+        vec![(Some(PROTO_TCP), Some((443, 16)), ACTION_ACCEPT)]
+    );
+    let pypi_entries = case.entries(pypi.identity());
+    // 443 is the first rule's; the second claims only what is left of 80-443.
+    assert_eq!(
+        pypi_entries.len(),
+        1 + port_prefixes(80, 442).len(),
+        "{pypi_entries:?}"
+    );
+    // References are monotone in precedence within the program: "first"'s rules, then
+    // "then"'s, each in the order written.
+    let rules = &case.c.tier_rules;
+    let order = |r: &TierRule| (r.policy != "first", r.index);
+    let refs: Vec<usize> = (0..rules.len()).collect();
+    assert!(
+        refs.windows(2)
+            .all(|w| order(&rules[w[0]]) < order(&rules[w[1]])),
+        "{rules:?}"
+    );
+    case.expect_named(&[
+        // The address names no earlier rule: the name's Accept.
+        (
+            "8.1.0.1",
+            &["pypi.org"],
+            443,
+            by("first", 1, Action::Accept),
+        ),
+        (
+            "8.1.0.1",
+            &["x.files.PythonHosted.org."],
+            443,
+            by("first", 1, Action::Accept),
+        ),
+        // A later rule of the same name, on another port.
+        ("8.1.0.1", &["pypi.org"], 80, by("then", 0, Action::Accept)),
+        // Not a name a rule holds, or none learnt: the address decides.
+        (
+            "8.1.0.1",
+            &["pythonhosted.org"],
+            443,
+            by("then", 1, Action::Deny),
+        ),
+        ("8.1.0.1", &[], 443, by("then", 1, Action::Deny)),
+        // The name's Accept comes before the Deny by address.
+        (
+            "8.8.8.8",
+            &["pypi.org"],
+            443,
+            by("first", 1, Action::Accept),
+        ),
+        ("8.8.8.8", &["pypi.org"], 80, by("first", 2, Action::Deny)),
+        // A Pass by address before the name's Accept hides it: the tier is passed on.
+        ("10.9.0.1", &["pypi.org"], 443, Verdict::Default),
     ]);
 }
 
@@ -720,6 +899,8 @@ fn the_propertys_sets_reach_every_kind_of_verdict() {
                                     ClusterPeer::Workloads(_) => {
                                         semantics::owner(&set, remote).is_none()
                                     }
+                                    // No names are learnt here.
+                                    ClusterPeer::Domains(_) => true,
                                 });
                                 if only_nodes {
                                     *seen

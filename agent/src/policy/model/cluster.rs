@@ -7,7 +7,7 @@ use std::{cmp::Ordering, fmt};
 
 use ipnet::IpNet;
 
-use super::{LabelSelector, Labels, Mode, NamedPort, Origin, Protocol};
+use super::{DomainPattern, LabelSelector, Labels, Mode, NamedPort, Origin, Protocol};
 
 /// Where a ClusterNetworkPolicy stands relative to the namespaces' NetworkPolicies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,7 +91,7 @@ impl ClusterSelector {
 }
 
 /// A peer of a ClusterNetworkPolicy rule (`from` of an ingress rule, `to` of an egress
-/// rule). `domainNames` is refused by the parser: this model knows no names.
+/// rule).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClusterPeer {
     /// Workloads of the inventory (`namespaces` or `pods`).
@@ -101,6 +101,9 @@ pub enum ClusterPeer {
     /// Nodes (egress only, the API's experimental `nodes`): the addresses of the nodes of
     /// the inventory (`PolicySet::nodes`) whose labels match.
     Nodes(LabelSelector),
+    /// Names (egress only, `domainNames`, in Accept rules only): the addresses the
+    /// workload's own DNS answers gave for a name one of these patterns matches.
+    Domains(Vec<DomainPattern>),
 }
 
 /// One entry of a rule's `protocols`.

@@ -3,6 +3,7 @@
 //! NetworkPolicies) and ClusterNetworkPolicies (`cluster`: the tiers around them).
 
 mod cluster;
+mod domain;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
@@ -12,6 +13,7 @@ pub use self::cluster::{
     Action, ClusterNetworkPolicy, ClusterPeer, ClusterPort, ClusterRule, ClusterSelector,
     PRIORITY_MAX, PRIORITY_MIN, Tier,
 };
+pub use self::domain::{DOMAIN_MAX, DomainPattern, DomainPatternError, LABEL_MAX};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -229,6 +231,9 @@ pub enum Peer {
         cidr: IpNet,
         except: Vec<IpNet>,
     },
+    /// Destinations by name (egress only; a Pipeline flow's `fqdn`): the addresses the
+    /// workload's own DNS answers gave for a name the pattern matches.
+    Domain(DomainPattern),
 }
 
 /// Protocols a NetworkPolicy port may name.

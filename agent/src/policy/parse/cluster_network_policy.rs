@@ -22,6 +22,7 @@ pub const MAX_CLUSTER_RULES: usize = 25;
 pub const MAX_CLUSTER_PEERS: usize = 25;
 pub const MAX_CLUSTER_PROTOCOLS: usize = 25;
 pub const MAX_CLUSTER_NETWORKS: usize = 25;
+pub const MAX_CLUSTER_DOMAINS: usize = 25;
 pub const MAX_RULE_NAME: usize = 100;
 /// A CIDR is at most this long (`isCIDR` strings in the API's schema).
 const MAX_CIDR_TEXT: usize = 43;
@@ -247,15 +248,24 @@ impl DocumentParser<'_> {
             .iter()
             .map(|p| self.cluster_port(p))
             .collect::<Option<Vec<_>>>()?;
-        // The API's rule: a named port is a workload's; networks and nodes have none.
+        // The API's rule: a named port is a workload's; networks, nodes and names have
+        // none.
         if protocols.iter().any(|p| matches!(p, ClusterPort::Named(_)))
             && let Some(peer) = peers.iter().find_map(|p| match p {
                 ClusterPeer::Networks(_) => Some("networks"),
                 ClusterPeer::Nodes(_) => Some("nodes"),
+                ClusterPeer::Domains(_) => Some("domainNames"),
                 ClusterPeer::Workloads(_) => None,
             })
         {
             self.error(line, format!("rule has a {peer} peer and a destinationNamedPort; expected numbered ports with {peer}, which have no named ports"));
+            return None;
+        }
+        // The API's rule ("DomainNames is only supported for Accept rules"): a name
+        // learnt from DNS may let a connection through, never be the reason to refuse
+        // or pass one (the address behind it is what those rules name).
+        if action != Action::Accept && peers.iter().any(|p| matches!(p, ClusterPeer::Domains(_))) {
+            self.error(line, format!("{direction} rule with action {action} has a domainNames peer; expected action Accept, the only action domainNames supports"));
             return None;
         }
         Some(ClusterRule {
@@ -273,7 +283,7 @@ impl DocumentParser<'_> {
         let expected = if ingress {
             "exactly one of namespaces or pods"
         } else {
-            "exactly one of namespaces, pods, networks or nodes"
+            "exactly one of namespaces, pods, networks, nodes or domainNames"
         };
         let foreign = p.network_policy_fields();
         if !foreign.is_empty() {
@@ -306,9 +316,22 @@ impl DocumentParser<'_> {
             );
             return None;
         }
-        if p.domain_names.is_some() {
-            self.error(line, "domainNames peers are not supported yet (they need the agent's DNS proxy); expected namespaces, pods, networks or nodes");
-            return None;
+        if let Some(names) = &p.domain_names {
+            if !(1..=MAX_CLUSTER_DOMAINS).contains(&names.len()) {
+                self.error(
+                    line,
+                    format!(
+                        "domainNames has {} names; expected from 1 to {MAX_CLUSTER_DOMAINS}",
+                        names.len()
+                    ),
+                );
+                return None;
+            }
+            let patterns = names
+                .iter()
+                .map(|n| self.domain(n, "domainNames"))
+                .collect::<Option<Vec<_>>>()?;
+            return Some(ClusterPeer::Domains(patterns));
         }
         if let Some(n) = &p.nodes {
             return Some(ClusterPeer::Nodes(self.selector(n)?));

@@ -266,7 +266,7 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
         (
             egress("{action: Deny, to: [{}]}"),
             9,
-            "peer is empty; expected exactly one of namespaces, pods, networks or nodes",
+            "peer is empty; expected exactly one of namespaces, pods, networks, nodes or domainNames",
         ),
         (
             egress("{action: Deny, to: [{namespaces: {}, networks: [10.0.0.0/8]}]}"),
@@ -299,9 +299,9 @@ fn every_schema_violation_names_its_line_and_what_was_expected() {
             "label key",
         ),
         (
-            egress("{action: Accept, to: [{domainNames: [example.org]}]}"),
+            egress("{action: Deny, to: [{domainNames: [example.org]}]}"),
             9,
-            "domainNames peers are not supported yet",
+            "egress rule with action Deny has a domainNames peer; expected action Accept",
         ),
         (
             egress("{action: Deny, to: [{networks: []}]}"),

@@ -55,7 +55,7 @@ impl DocumentParser<'_> {
                 .flat_map(|r| &r.peers)
                 .filter_map(|p| match p {
                     Peer::IpBlock { cidr, except } => Some((cidr, except)),
-                    Peer::Workloads { .. } => None,
+                    Peer::Workloads { .. } | Peer::Domain(_) => None,
                 })
         };
         let ip_blocks = blocks().count();

@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 use super::raw::RawSpec;
 use crate::policy::{
     error::PolicyError,
-    model::{FailMode, Origin},
+    model::{DomainPattern, FailMode, Origin},
 };
 
 /// Parses documents of one text: the file, where in it the text starts, and the errors
@@ -84,6 +84,18 @@ impl DocumentParser<'_> {
             );
         }
         ok
+    }
+
+    /// A domain-name pattern (a flow's `fqdn`, an entry of `domainNames`), or an error
+    /// at its line saying what is wrong with it.
+    pub(super) fn domain(&mut self, value: &Spanned<String>, field: &str) -> Option<DomainPattern> {
+        match DomainPattern::parse(&value.value) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                self.error(self.line(value), format!("{field}: {e}"));
+                None
+            }
+        }
     }
 
     pub(super) fn fail_mode(&mut self, value: &str, line: u32, field: &str) -> Option<FailMode> {

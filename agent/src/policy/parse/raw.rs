@@ -131,8 +131,9 @@ pub(super) struct RawFlow {
     pub(super) ports: Option<Vec<Spanned<RawPort>>>,
 }
 
-/// One end of a flow: `{stage: name}`, `{cidr: ..., except: [...]}` or
-/// `{workloads: {namespaceSelector: ..., podSelector: ...}}`.
+/// One end of a flow: `{stage: name}`, `{cidr: ..., except: [...]}`,
+/// `{workloads: {namespaceSelector: ..., podSelector: ...}}` or (a destination only)
+/// `{fqdn: pypi.org}`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct RawFlowEnd {
@@ -140,6 +141,7 @@ pub(super) struct RawFlowEnd {
     pub(super) cidr: Option<Spanned<String>>,
     pub(super) except: Option<Vec<Spanned<String>>>,
     pub(super) workloads: Option<Spanned<RawPeer>>,
+    pub(super) fqdn: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -12,7 +12,8 @@ use super::{
     raw::{RawFlowEnd, RawIpBlock, RawNamedPort, RawSpec},
 };
 use crate::policy::model::{
-    Attachment, Flow, FlowEnd, Labels, Mode, NamedPort, ObjectName, Pipeline, Stage, Workload,
+    Attachment, Flow, FlowEnd, Labels, Mode, NamedPort, ObjectName, Peer, Pipeline, PortMatch,
+    Stage, Workload,
 };
 
 impl DocumentParser<'_> {
@@ -88,10 +89,29 @@ impl DocumentParser<'_> {
         let mut flows = Vec::new();
         for f in spec.flows.iter().flatten() {
             let from = self.flow_end(&f.value.from)?;
+            // A name is what a workload's own DNS answers gave for a destination: it says
+            // nothing about who connects in.
+            if matches!(from, FlowEnd::Peer(Peer::Domain(_))) {
+                self.error(
+                    self.line(&f.value.from),
+                    "fqdn can only be a flow's destination (to); expected a stage, cidr or workloads in from",
+                );
+                return None;
+            }
             let to = self.flow_end(&f.value.to)?;
             let mut ports = Vec::new();
             for p in f.value.ports.iter().flatten() {
                 ports.push(self.port(p)?);
+            }
+            // As the API's rule for domainNames: a name has no named ports.
+            if matches!(to, FlowEnd::Peer(Peer::Domain(_)))
+                && ports.iter().any(|p| matches!(p.port, PortMatch::Named(_)))
+            {
+                self.error(
+                    self.line(f),
+                    "flow to an fqdn has a named port; expected port numbers, since a name has no named ports",
+                );
+                return None;
             }
             flows.push(Flow {
                 from,
@@ -125,22 +145,34 @@ impl DocumentParser<'_> {
     pub(super) fn flow_end(&mut self, raw: &Spanned<RawFlowEnd>) -> Option<FlowEnd> {
         let line = self.line(raw);
         let e = &raw.value;
-        match (&e.stage, &e.cidr, &e.workloads) {
-            (Some(stage), None, None) if e.except.is_none() => Some(FlowEnd::Stage(stage.clone())),
-            (None, Some(cidr), None) => {
-                let block = RawIpBlock {
-                    cidr: cidr.clone(),
-                    except: e.except.clone(),
-                };
-                let spanned = Spanned::new(block, raw.referenced, raw.defined);
-                self.ip_block(&spanned).map(FlowEnd::Peer)
-            }
-            (None, None, Some(peer)) if e.except.is_none() => self.peer(peer).map(FlowEnd::Peer),
-            _ => {
-                self.error(line, "flow end must be exactly one of {stage: name}, {cidr: ..., except: [...]} or {workloads: {namespaceSelector, podSelector}}");
-                None
-            }
+        let only = |n: usize| {
+            usize::from(e.stage.is_some())
+                + usize::from(e.cidr.is_some())
+                + usize::from(e.workloads.is_some())
+                + usize::from(e.fqdn.is_some())
+                == n
+        };
+        if !only(1) || (e.except.is_some() && e.cidr.is_none()) {
+            self.error(line, "flow end must be exactly one of {stage: name}, {cidr: ..., except: [...]}, {workloads: {namespaceSelector, podSelector}} or {fqdn: name}");
+            return None;
         }
+        if let Some(stage) = &e.stage {
+            return Some(FlowEnd::Stage(stage.clone()));
+        }
+        if let Some(cidr) = &e.cidr {
+            let block = RawIpBlock {
+                cidr: cidr.clone(),
+                except: e.except.clone(),
+            };
+            let spanned = Spanned::new(block, raw.referenced, raw.defined);
+            return self.ip_block(&spanned).map(FlowEnd::Peer);
+        }
+        if let Some(peer) = &e.workloads {
+            return self.peer(peer).map(FlowEnd::Peer);
+        }
+        let fqdn = e.fqdn.as_ref().expect("exactly one end given");
+        self.domain(fqdn, "fqdn")
+            .map(|d| FlowEnd::Peer(Peer::Domain(d)))
     }
 
     pub(super) fn workload(

@@ -574,3 +574,122 @@ fn a_bad_node_document_names_its_line_and_never_stops_the_others() {
         assert!(set.nodes.iter().any(|n| n.name == "cp-1"), "{beside}");
     }
 }
+
+#[test]
+fn a_pipeline_fqdn_is_an_egress_domain_peer_and_never_a_source() {
+    use crate::policy::model::DomainPattern;
+    let pipeline = |flow: &str| {
+        format!(
+            "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: p, namespace: ml}}\nspec:\n  stages:\n    - {{name: training, selector: {{matchLabels: {{stage: training}}}}}}\n  flows:\n    - {flow}\n"
+        )
+    };
+    let set = expanded(&pipeline("{from: {stage: training}, to: {fqdn: '*.PythonHosted.org'}, ports: [{protocol: TCP, port: 443}]}")).unwrap();
+    let training = set
+        .policies
+        .iter()
+        .find(|p| p.name.name == "p-training")
+        .unwrap();
+    assert_eq!(
+        training.egress[0].peers,
+        [Peer::Domain(
+            DomainPattern::parse("*.pythonhosted.org").unwrap()
+        )]
+    );
+    assert!(training.ingress.is_empty());
+    for (flow, message) in [
+        (
+            "{from: {fqdn: pypi.org}, to: {stage: training}}",
+            "p.yaml:8: fqdn can only be a flow's destination (to)",
+        ),
+        (
+            "{from: {stage: training}, to: {fqdn: 'pypi.*'}}",
+            "p.yaml:8: fqdn: domain name \"pypi.*\" has a `*` that is not the whole first label",
+        ),
+        (
+            "{from: {stage: training}, to: {fqdn: pypi.org, cidr: 10.0.0.0/8}}",
+            "p.yaml:8: flow end must be exactly one of",
+        ),
+    ] {
+        let err = parse_into(
+            Path::new("p.yaml"),
+            &pipeline(flow),
+            &mut PolicySet::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with(message), "{flow}: {err}");
+    }
+}
+
+/// A ClusterNetworkPolicy with one egress (or ingress) rule, for the domainNames cases
+/// (cluster_tests.rs has the rest of the schema; the rule is at line 8).
+fn cluster_rule(direction: &str, rule: &str) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: guard}}\nspec:\n  tier: Admin\n  priority: 10\n  subject: {{namespaces: {{}}}}\n  {direction}: [{rule}]\n"
+    )
+}
+
+#[test]
+fn domain_names_parse_into_canonical_patterns_in_accept_rules_only() {
+    use crate::policy::model::ClusterPeer;
+    let mut set = PolicySet::default();
+    let yaml = cluster_rule(
+        "egress",
+        "{action: Accept, to: [{domainNames: [PyPI.org., '*.pythonhosted.org']}], protocols: [{tcp: {destinationPort: {number: 443}}}]}",
+    );
+    parse_into(Path::new("c.yaml"), &yaml, &mut set).unwrap();
+    let rule = &set.cluster_policies[0].egress[0];
+    let ClusterPeer::Domains(patterns) = &rule.peers[0] else {
+        panic!("{:?}", rule.peers);
+    };
+    let texts: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
+    assert_eq!(texts, ["pypi.org", "*.pythonhosted.org"]);
+    let many = vec!["example.org"; 26].join(", ");
+    for (direction, rule, message) in [
+        (
+            "egress",
+            "{action: Pass, to: [{networks: [10.0.0.0/8]}, {domainNames: [example.org]}]}",
+            "egress rule with action Pass has a domainNames peer; expected action Accept",
+        ),
+        (
+            "egress",
+            "{action: Accept, to: [{domainNames: []}]}",
+            "domainNames has 0 names; expected from 1 to 25",
+        ),
+        (
+            "egress",
+            &format!("{{action: Accept, to: [{{domainNames: [{many}]}}]}}"),
+            "domainNames has 26 names; expected from 1 to 25",
+        ),
+        (
+            "egress",
+            "{action: Accept, to: [{domainNames: [pypi.org, 'files.*.org']}]}",
+            "domainNames: domain name \"files.*.org\" has a `*` that is not the whole first label",
+        ),
+        (
+            "egress",
+            "{action: Accept, to: [{domainNames: [org]}]}",
+            "single label; expected at least two",
+        ),
+        (
+            "egress",
+            "{action: Accept, to: [{domainNames: [example.org]}], protocols: [{destinationNamedPort: https}]}",
+            "rule has a domainNames peer and a destinationNamedPort",
+        ),
+        (
+            "ingress",
+            "{action: Accept, from: [{domainNames: [example.org]}]}",
+            "domainNames is an egress peer; expected namespaces or pods in an ingress rule",
+        ),
+    ] {
+        let err = parse_into(
+            Path::new("c.yaml"),
+            &cluster_rule(direction, rule),
+            &mut PolicySet::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("c.yaml:8: "), "{rule}: {err}");
+        assert!(err.contains(message), "{rule}: {err}");
+    }
+}
