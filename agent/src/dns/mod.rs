@@ -10,4 +10,5 @@
 //!   the agent: whose query it holds (`Clients`), which name identities a workload's
 //!   rules give a name (`NameRules`), and the kernel map writes (`LearntWriter`).
 
+pub mod learnt;
 pub mod wire;
