@@ -11,4 +11,5 @@
 //!   rules give a name (`NameRules`), and the kernel map writes (`LearntWriter`).
 
 pub mod learnt;
+pub mod proxy;
 pub mod wire;
