@@ -3,6 +3,8 @@
 //!
 //! - `policy`: the policy model, parsing YAML and API objects into it, pipelines, and the
 //!   NetworkPolicy semantics read directly;
+//! - `dns`: the DNS proxy for egress by name (DNS messages, the learnt addresses, the
+//!   proxy behind traits for the kernel and the rules);
 //! - `compiler`: the pure function from the desired state to the kernel maps' contents;
 //! - `datapath`: everything that touches the kernel (load, attach, pins, map writes, the
 //!   kernel's counters, the host's cgroups and interfaces);
@@ -15,6 +17,8 @@
 //! - `cli`: one module per command of the `stagewall` binary (main.rs).
 
 pub mod policy;
+
+pub mod dns;
 
 pub mod compiler;
 

@@ -33,8 +33,8 @@ enum Task {
     /// source at the versions tests/cluster/go.mod pins, into target/cluster/bin/; a no-op
     /// when they are there and current. Needs Go.
     ClusterBuild,
-    /// Fuzz the policy parser and compiler, the flow records reader and the control
-    /// request parser for a while each (cargo fuzz, nightly).
+    /// Fuzz the policy parser and compiler, the flow records reader, the control request
+    /// parser and the DNS message reader for a while each (cargo fuzz, nightly).
     Fuzz {
         /// How long each target runs, in seconds.
         #[arg(long, default_value_t = 600)]
@@ -98,11 +98,13 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The fuzz targets (agent/fuzz/fuzz_targets/), each with the longest input worth trying:
-/// policy files, a records file, one control request (the socket reads at most 1024 bytes).
-const FUZZ_TARGETS: [(&str, u32); 3] = [
+/// policy files, a records file, one control request (the socket reads at most 1024 bytes),
+/// one DNS message (at most 65535 bytes over TCP).
+const FUZZ_TARGETS: [(&str, u32); 4] = [
     ("policy_documents", 4096),
     ("flow_records", 4096),
     ("control_request", 1024),
+    ("dns_wire", 65535),
 ];
 
 /// `cargo fuzz` on every target for `seconds` each, from the agent crate.
