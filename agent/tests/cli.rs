@@ -192,6 +192,37 @@ fn explain_takes_outside_addresses() {
 }
 
 #[test]
+fn explain_to_a_name_lists_the_rules_that_allow_it_and_their_ports() {
+    let (ok, stdout, stderr) = explain("ml-pipeline/trainer-0", "files.pythonhosted.org", "443");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("from ml-pipeline/trainer-0 to the name files.pythonhosted.org"),
+        "{stdout}"
+    );
+    // The Pipeline's fqdn flow, as the generated policy's egress rule, with its ports.
+    assert!(
+        stdout.contains("NetworkPolicy tier: ml-pipeline/training-pipeline-training egress rule"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("allows *.pythonhosted.org on TCP 443"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verdict: allowed"), "{stdout}");
+    let (ok, stdout, _) = explain("ml-pipeline/trainer-0", "pypi.org", "80");
+    assert!(ok);
+    assert!(stdout.contains("allows pypi.org on TCP 443"), "{stdout}");
+    assert!(stdout.contains("verdict: denied"), "{stdout}");
+    let (ok, stdout, _) = explain("ml-pipeline/data-ingestion", "pypi.org", "443");
+    assert!(ok);
+    assert!(
+        stdout.contains("no rule that holds ml-pipeline/data-ingestion names pypi.org"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verdict: denied"), "{stdout}");
+}
+
+#[test]
 fn explain_rejects_unknown_workloads() {
     let (ok, _, stderr) = explain("ml-pipeline/nope", "ml-pipeline/model-serving", "8500");
     assert!(!ok);

@@ -163,7 +163,6 @@ fn a_workload_reaches_the_addresses_its_answers_gave_for_allowed_names_and_nothi
     let b = bed(30);
     let agent = start(&b, &[]);
     let ip = |a: &str| a.parse::<IpAddr>().unwrap();
-
     // Nothing learnt yet: the address itself is not allowed.
     assert_eq!(b.bed.tcp("training", ip(PYPI), 443).word, "eperm");
 
@@ -228,12 +227,18 @@ fn a_workload_reaches_the_addresses_its_answers_gave_for_allowed_names_and_nothi
             })
         },
     );
-    let metrics = agent.metrics();
-    assert!(
-        metric_sum(&metrics, "stagewall_dns_learnt_addresses", &[]) >= 4.0,
-        "learnt addresses: {metrics}"
+    // The proxy's metrics, published every second: pypi.test (both families), the wheel
+    // host, the TCP name, and the names only kept to name denials.
+    until(
+        "the DNS metrics",
+        || agent.metrics(),
+        || {
+            let m = agent.metrics();
+            metric_sum(&m, "stagewall_dns_learnt_addresses", &[]) >= 4.0
+                && metric_sum(&m, "stagewall_dns_queries_total", &[("protocol", "udp")]) >= 90.0
+                && metric_sum(&m, "stagewall_dns_queries_total", &[("protocol", "tcp")]) >= 1.0
+        },
     );
-    assert!(metric_sum(&metrics, "stagewall_dns_queries_total", &[]) >= 90.0);
 }
 
 #[test]
@@ -336,4 +341,129 @@ fn a_learnt_address_expires_for_new_connections_and_never_cuts_an_open_one() {
         PYPI,
         "DNS with the agent down"
     );
+}
+
+/// The Kubernetes mode: pods resolve through the cluster DNS Service (its ClusterIP, which
+/// the agent's socket hooks send to the proxy and the proxy calls through the real
+/// kube-proxy), a Pipeline object with a name flow on the real API server.
+#[test]
+fn a_pod_reaches_an_allowed_name_resolved_through_the_cluster_dns_service() {
+    use stagewall_tests::cluster::Cluster;
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "dns", "pypi", "other"]).expect("creating the test bed");
+    bed.make_outside("pypi", PYPI).expect("pypi outside");
+    bed.make_outside("other", OTHER).expect("other outside");
+    for node in ["pypi", "other"] {
+        bed.serve(node, &[443], &[]).expect("echo server");
+    }
+    let base = bed.cgroup_base_path();
+    let mut cluster = Cluster::start(&bed).expect("starting the control plane");
+    let agent_kubeconfig = cluster.agent_kubeconfig().expect("deploy/kubernetes");
+    cluster
+        .start_kube_proxy(&bed, "node-a")
+        .expect("starting kube-proxy");
+    cluster.create_namespace("ml").expect("namespace");
+    for (name, labels) in [
+        ("client", "{stage: training}"),
+        ("dns", "{k8s-app: kube-dns}"),
+    ] {
+        cluster.run_bed_pod(&mut bed, &base, name, "node-a", labels);
+    }
+    let objects = "apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: ml}
+spec:
+  selector: {k8s-app: kube-dns}
+  ports:
+  - {name: dns, protocol: UDP, port: 53, targetPort: 53}
+  - {name: dns-tcp, protocol: TCP, port: 53, targetPort: 53}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Pipeline
+metadata: {name: names, namespace: ml}
+spec:
+  stages:
+    - name: training
+      selector: {matchLabels: {stage: training}}
+  flows:
+    - from: {stage: training}
+      to: {workloads: {podSelector: {matchLabels: {k8s-app: kube-dns}}}}
+      ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+    - from: {stage: training}
+      to: {fqdn: pypi.test}
+      ports: [{protocol: TCP, port: 443}]
+";
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], objects)
+        .expect("the Service and the Pipeline");
+    let dns_vip: IpAddr = cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "dns",
+            "-n",
+            "ml",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("the ClusterIP")
+        .parse()
+        .expect("an address");
+    let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+    let dns = DnsServer::start(
+        &mut bed,
+        "dns",
+        30,
+        &[("pypi.test", ip(PYPI)), ("other.test", ip(OTHER))],
+        &[],
+    )
+    .expect("dnsmasq");
+    bed.give_hub_gateway().expect("the node's address");
+    let agent = bed
+        .start_agent_kubernetes(
+            &agent_kubeconfig,
+            &[
+                "--node-name",
+                "node-a",
+                "--pods-cgroup-base",
+                &base,
+                "--dns-proxy",
+                stagewall_tests::HUB_GATEWAY,
+                "--dns-resolver",
+                &dns_vip.to_string(),
+            ],
+        )
+        .expect("starting the agent");
+    let log = || format!("{}\n{}", agent.log(), cluster.log("kube-proxy"));
+    until(
+        "the pods enforced and the DNS Service's backend known",
+        log,
+        || {
+            let m = agent.metrics();
+            metric_sum(&m, "stagewall_workloads_enforced", &[]) == 2.0
+                && metric_sum(&m, "stagewall_map_entries", &[("map", "services")]) >= 3.0
+        },
+    );
+    // Nothing learnt: refused. Resolved through the DNS Service: allowed, every time.
+    assert_eq!(bed.tcp("client", ip(PYPI), 443).word, "eperm");
+    let out = bed.resolving_probe(
+        "client",
+        dns_vip,
+        &["resolve-connect", "pypi.test", "443", "50", "1000", "4"],
+    );
+    assert_eq!(
+        loops(&out),
+        (50, 0, 0, 0),
+        "pypi.test through the DNS Service: {out}\n{}",
+        log()
+    );
+    let out = bed.resolving_probe(
+        "client",
+        dns_vip,
+        &["resolve-connect", "other.test", "443", "2", "1000", "4"],
+    );
+    assert_eq!(loops(&out), (0, 2, 0, 0), "other.test: {out}");
+    drop(dns);
 }

@@ -2,7 +2,7 @@
 //! (the directions they cover), the metrics, the event log and the HTTP event stream.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Records;
 use crate::{
     compiler::Compiled,
+    dns::learnt::Learnt,
     events::{
         Reason, describe,
         hub::Hub,
@@ -20,6 +21,7 @@ use crate::{
         sink::{Lost, Sink},
     },
     observe::metrics::Metrics,
+    policy::model::Direction,
 };
 
 pub struct Outputs {
@@ -39,6 +41,8 @@ pub struct Outputs {
     pub batch_policy: Option<Arc<Compiled>>,
     /// Event log failures not logged yet.
     pub unlogged: Unlogged,
+    /// What the DNS proxy learnt, to name the destination of a workload's egress.
+    pub dns_names: Option<Arc<Mutex<Learnt>>>,
 }
 
 /// How often a failing event log is logged: every failure is counted in the metrics, but
@@ -68,7 +72,14 @@ impl reader::Handler for Outputs {
             .batch_policy
             .get_or_insert_with(|| self.policy.borrow().clone())
             .clone();
-        let e = describe(event, &compiled, &self.node);
+        let mut e = describe(event, &compiled, &self.node);
+        if let (Some(names), Direction::Egress, Some(dst)) = (&self.dns_names, e.direction, e.dst) {
+            e.dst_name = names
+                .lock()
+                .expect("learnt lock")
+                .name_of(event.endpoint_id, dst)
+                .map(str::to_string);
+        }
         if let Some((records, filter)) = &self.records
             && filter.takes(event, &compiled)
         {
@@ -146,6 +157,7 @@ mod tests {
             records: None,
             batch_policy: None,
             unlogged: Unlogged::default(),
+            dns_names: None,
         }
     }
 
@@ -161,6 +173,55 @@ mod tests {
             remote_port: 443,
             ..Default::default()
         }
+    }
+
+    /// A denied destination a workload looked up through the DNS proxy is named by the
+    /// name it looked up; another workload's lookup names nothing.
+    #[test]
+    fn a_denied_destination_carries_the_name_the_workload_looked_up() {
+        use crate::dns::learnt::{Changes, LearntConfig};
+        let mut learnt = Learnt::new(LearntConfig::default());
+        let addr = std::net::IpAddr::from([203, 0, 113, 20]);
+        let now = crate::dns::proxy::monotonic_ns();
+        learnt.learn(
+            now,
+            7,
+            "other.test",
+            &[],
+            &[(addr, 30)],
+            &mut Changes::default(),
+        );
+        learnt.learn(
+            now,
+            8,
+            "elsewhere.test",
+            &[],
+            &[(std::net::IpAddr::from([203, 0, 113, 21]), 30)],
+            &mut Changes::default(),
+        );
+        let sink = Sink::stream(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/null")
+                .unwrap(),
+        );
+        let mut out = Outputs {
+            dns_names: Some(Arc::new(Mutex::new(learnt))),
+            ..outputs(sink)
+        };
+        let mut to = |last: u8| {
+            let mut e = denial();
+            e.remote_addr[..4].copy_from_slice(&[203, 0, 113, last]);
+            out.event(&e).unwrap();
+        };
+        to(20);
+        to(21);
+        let seen = out.hub.recent(&Filter::default());
+        assert_eq!(seen[0].dst_name.as_deref(), Some("other.test"));
+        assert_eq!(
+            seen[1].dst_name, None,
+            "workload 8's lookup does not name 7's flow"
+        );
     }
 
     /// The value of an unlabelled metric, as /metrics shows it.

@@ -4,6 +4,7 @@
 //! cli::run checks everything the user gave before any of this touches the kernel.
 
 pub mod auto_quarantine;
+pub mod dns_proxy;
 mod fan_out;
 mod serve;
 mod start;
@@ -16,6 +17,7 @@ use std::{
     time::Instant,
 };
 
+use stagewall_common::EP_NAME_RULES;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -84,6 +86,8 @@ pub struct Prepared {
     /// The pin directory, this agent's alone while it runs: taken while preparing if it
     /// existed, else when the agent starts.
     pub pins_lock: Option<PinLock>,
+    /// The DNS proxy's sockets, bound (with --dns-proxy).
+    pub dns_proxy: Option<dns_proxy::BoundProxy>,
 }
 
 /// The source and its first desired state, compiled.
@@ -130,6 +134,10 @@ pub struct Agent {
     _pins_lock: PinLock,
     /// The flow records, and whose flows they take.
     records: Option<Records>,
+    /// The DNS proxy serves (--dns-proxy): workloads whose egress is recorded have their
+    /// DNS go through it too, so their records name destinations and advise can allow
+    /// names instead of addresses.
+    dns_proxy: bool,
 }
 
 impl Agent {
@@ -152,10 +160,27 @@ impl Agent {
         any
     }
 
+    /// Sends the DNS of workloads whose egress is recorded through the proxy (as if they
+    /// had name rules): the proxy learns what their answers named, and events and records
+    /// carry the names. Nothing is allowed by it: no name identity has entries for them.
+    fn name_recorded_destinations(&self, compiled: &mut Compiled) {
+        let Some((_, filter)) = &self.records else {
+            return;
+        };
+        for e in &mut compiled.endpoints {
+            if filter.covers(e.flags, Direction::Egress) {
+                e.flags |= EP_NAME_RULES;
+            }
+        }
+    }
+
     fn apply(&mut self, mut compiled: Compiled) -> anyhow::Result<()> {
         let started = Instant::now();
         // Allowed flows are reported for the event log (--log-allowed) or for the records.
         let recorded = self.note_covered_directions(&compiled);
+        if self.dns_proxy {
+            self.name_recorded_destinations(&mut compiled);
+        }
         let settings = ProgramSettings {
             mode: self.options.mode,
             log_allowed: self.options.log_allowed || recorded,

@@ -38,9 +38,10 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         records,
         sink,
         pins_lock,
+        dns_proxy,
     } = prepared;
     let policies_dir = first.source.policy_dir().map(|d| d.to_path_buf());
-    let started = start(options, first, records.clone(), pins_lock)?;
+    let started = start(options, first, records.clone(), pins_lock, dns_proxy)?;
     let mut agent = started.agent;
     return_freed_memory();
     let (control_listener, control_path) = control::listen(&agent.options.control_socket)?;
@@ -73,6 +74,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         records: records.clone(),
         batch_policy: None,
         unlogged: Default::default(),
+        dns_names: started.dns.as_ref().map(|d| d.learnt.clone()),
     };
     tasks.spawn(outputs.stream(started.events));
     // Not one of `tasks`: the endpoint ending must never stop the agent's enforcement.
@@ -126,6 +128,9 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
     };
     tasks.shutdown().await;
     http.abort();
+    if let Some(dns) = started.dns {
+        dns.stop();
+    }
     save(records.as_ref(), &agent.metrics);
     let generation = agent.loader.generation();
     // The links are pinned: the programs stay attached and go on enforcing the policy in

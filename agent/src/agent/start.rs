@@ -8,7 +8,11 @@ use aya::maps::{HashMap, MapData, RingBuf};
 use stagewall_common::{EventLimit, FLOWS_MAX, FlowKey, FlowValue};
 use tokio::sync::watch;
 
-use super::{Agent, ConfigError, FirstPolicy, Options, Records, auto_quarantine::AutoQuarantine};
+use super::{
+    Agent, ConfigError, FirstPolicy, Options, Records,
+    auto_quarantine::AutoQuarantine,
+    dns_proxy::{self, BoundProxy, RunningProxy},
+};
 use crate::{
     compiler::{self, Compiled},
     datapath::{
@@ -69,6 +73,8 @@ pub(super) struct Started {
     pub logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The policy in force, for the event reader to name events.
     pub policy: watch::Receiver<Arc<Compiled>>,
+    /// The DNS proxy, serving (with --dns-proxy).
+    pub dns: Option<RunningProxy>,
 }
 
 pub(super) fn start(
@@ -76,6 +82,7 @@ pub(super) fn start(
     first: FirstPolicy,
     records: Option<Records>,
     pins_lock: Option<PinLock>,
+    dns_proxy: Option<BoundProxy>,
 ) -> anyhow::Result<Started> {
     let FirstPolicy {
         source,
@@ -133,6 +140,17 @@ pub(super) fn start(
     count_flows(readers.flows, metrics.clone());
     count_suppressed(readers.event_limits, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
+    // Serving before the first policy is in force: a workload it names is redirected from
+    // its first query on.
+    let dns = match dns_proxy {
+        Some(bound) => Some(dns_proxy::start(
+            bound,
+            readers.dns,
+            policy_rx.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     let mut agent = Agent {
         source,
         compile_cache,
@@ -146,6 +164,7 @@ pub(super) fn start(
         quarantine_store,
         _pins_lock: pins_lock,
         records,
+        dns_proxy: dns.is_some(),
     };
     agent.apply(compiled).context("applying the policy")?;
     Ok(Started {
@@ -153,5 +172,6 @@ pub(super) fn start(
         events: readers.events,
         logs: readers.logs,
         policy: policy_rx,
+        dns,
     })
 }

@@ -115,7 +115,14 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
         eprintln!("warning: {warning}");
     }
     if let Some(q) = question {
-        return match explain::explain(&set, &q.from, &q.to, q.protocol, q.port) {
+        // A name is what the workload's DNS answers turn into addresses: the rules that
+        // allow it, not one address's verdict.
+        let explained = if policy::explain_name::is_name(&q.to) {
+            policy::explain_name::explain_name(&set, &q.from, &q.to, q.protocol, q.port)
+        } else {
+            explain::explain(&set, &q.from, &q.to, q.protocol, q.port)
+        };
+        return match explained {
             Ok(text) => {
                 print!("{text}");
                 true
@@ -196,7 +203,8 @@ pub struct CheckArgs {
     /// Sender: a workload (namespace/name) or an address.
     #[arg(long)]
     pub from: Option<String>,
-    /// Receiver: a workload (namespace/name) or an address.
+    /// Receiver: a workload (namespace/name), an address, or a domain name (pypi.org):
+    /// then the rules that allow that name for the sender, and on which ports.
     #[arg(long)]
     pub to: Option<String>,
     /// Destination port.

@@ -14,7 +14,11 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::{
-    agent::{self, ConfigError, FirstPolicy, Options, Prepared, auto_quarantine::Threshold},
+    agent::{
+        self, ConfigError, FirstPolicy, Options, Prepared,
+        auto_quarantine::Threshold,
+        dns_proxy::{self, DnsArgs},
+    },
     compiler::{self, CompileCache, EndpointIds},
     control,
     datapath::{
@@ -46,6 +50,8 @@ pub struct RunArgs {
     pub policies: Option<PathBuf>,
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
     /// enforce drops what policy denies; audit drops nothing and reports what enforce
     /// would drop.
     #[arg(long, value_enum, default_value = "enforce")]
@@ -215,6 +221,17 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
     for warning in compiler::warnings(&set) {
         log::warn!("{warning}");
     }
+    let dns_proxy = dns_proxy::bind(&args.dns)?;
+    if dns_proxy.is_none()
+        && compiled
+            .endpoints
+            .iter()
+            .any(|e| compiled.names.has_name_rules(e.endpoint_id))
+    {
+        log::warn!(
+            "policies allow egress by name, and the agent has no DNS proxy (--dns-proxy): nothing is learnt, and connections to those names are refused"
+        );
+    }
     let listener = http::bind(args.metrics_addr)
         .await
         .map_err(|e| ConfigError(format!("{:#}", anyhow::Error::from(e))))?;
@@ -272,6 +289,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         records,
         sink,
         pins_lock,
+        dns_proxy,
     };
     Ok((options, prepared))
 }

@@ -287,6 +287,45 @@ impl Learnt {
         }
     }
 
+    /// Takes over an entry a previous agent wrote into the pinned DNS_LEARNT (a restart
+    /// or an upgrade): kept in force until it expires, then removed as the others are.
+    /// The name it was learnt for is not known. One that does not fit the bounds goes
+    /// into `changes.remove`.
+    pub fn adopt(
+        &mut self,
+        now_ns: u64,
+        key: &DnsLearntKey,
+        value: &DnsLearntValue,
+        changes: &mut Changes,
+    ) {
+        let addr = if key.family == FAMILY_V4 {
+            IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+        } else {
+            IpAddr::from(key.addr)
+        };
+        let entry_key = (key.endpoint_id, addr);
+        if value.identities[0] == 0
+            || self.entries.contains_key(&entry_key)
+            || !self.make_room(now_ns, key.endpoint_id, changes)
+        {
+            changes.remove.push(*key);
+            return;
+        }
+        self.seq += 1;
+        let entry = Entry {
+            names: Default::default(),
+            identities: value.identities,
+            expires_ns: value.expires_ns,
+            learnt: self.seq,
+        };
+        self.node.insert(entry_key, &entry);
+        self.endpoints
+            .entry(key.endpoint_id)
+            .or_insert_with(Index::new)
+            .insert(addr, &entry);
+        self.entries.insert(entry_key, entry);
+    }
+
     /// Evicts until one more entry fits for `endpoint` and the node; false when the
     /// bounds allow none at all.
     fn make_room(&mut self, now_ns: u64, endpoint: u32, changes: &mut Changes) -> bool {
@@ -349,6 +388,11 @@ impl Learnt {
             }
         }
         gone
+    }
+
+    /// The workloads with entries.
+    pub fn endpoint_ids(&self) -> Vec<u32> {
+        self.endpoints.keys().copied().collect()
     }
 
     /// Forgets a workload (it left the node); gives the kernel keys to remove.

@@ -59,6 +59,10 @@ pub struct VerdictEvent {
     /// `baseline-deny`, or an allowed flow's record); absent when none did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<DecidingRule>,
+    /// The name the workload's DNS answers gave `dst` for, as the agent's DNS proxy
+    /// learnt it (egress by name); absent when no answer it saw named the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
 }
 
 /// A ClusterNetworkPolicy rule as events name it: its tier, policy, name (`#N` from 1 for
@@ -191,6 +195,7 @@ pub fn describe(event: &Event, compiled: &Compiled, node: &str) -> VerdictEvent 
         rule: compiled
             .tier_rule(event.generation, event.rule)
             .map(DecidingRule::of),
+        dst_name: None,
     }
 }
 

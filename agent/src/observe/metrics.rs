@@ -23,7 +23,10 @@ use stagewall_common::{
     COUNTERS_LEN, EndpointStats, Event, EventLimit, FlowKey, GUARD_ENDPOINT_ID,
 };
 
-use super::violations::{Ledger, PortLabels, peer_names};
+use super::{
+    dns_metrics::DnsMetrics,
+    violations::{Ledger, PortLabels, peer_names},
+};
 use crate::{
     compiler::{Compiled, map_keys::event_flow_key},
     datapath::stats::{Counter, KernelStats, Verdict},
@@ -58,6 +61,8 @@ pub struct Metrics {
     pub objects_left_out: IntGauge,
     pub auto_quarantines: IntCounter,
     pub flow_records: IntGauge,
+    /// The DNS proxy's (egress by name).
+    pub dns: DnsMetrics,
     pub flow_records_evicted: IntGauge,
     pub policy_reloads: IntCounterVec,
     pub policy_apply_seconds: Histogram,
@@ -331,6 +336,7 @@ impl Metrics {
                 "Capacity of each kernel map; for the policy maps, half of the map (two policies live in it during an update).",
                 &["map"],
             ),
+            dns: DnsMetrics::register(&r),
             registry: r,
             kernel: Mutex::new(None),
             bounds: Mutex::default(),

@@ -1,6 +1,7 @@
 //! What the agent shows of itself: Prometheus metrics and the read-only HTTP endpoint that
 //! serves them, the health checks and the event stream.
 
+pub mod dns_metrics;
 pub mod http;
 pub mod metrics;
 pub mod routes;

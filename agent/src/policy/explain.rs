@@ -24,6 +24,10 @@ pub enum ExplainError {
     NotAParty(String),
     #[error("no Workload {0} in the policies")]
     NoSuchWorkload(String),
+    #[error(
+        "{0:?} is not a workload of the inventory; expected a workload (namespace/name) as the source of a connection to a name"
+    )]
+    NameNeedsWorkload(String),
     #[error("the two sides have no addresses of one family in common")]
     NoCommonFamily,
     #[error(transparent)]

@@ -6,10 +6,12 @@
 //! outside the parser) -> `pipeline` (Pipelines expanded into NetworkPolicies) ->
 //! `parse` (YAML to the model, checked as a whole) and, beside it, `semantics` (may this
 //! packet pass the NetworkPolicies?) -> `tiers` (and the ClusterNetworkPolicies around
-//! them?) -> `explain` (`stagewall check --explain`).
+//! them?) -> `explain` (`stagewall check --explain`) and `explain_name` (the same, to a
+//! domain name).
 
 pub mod error;
 pub mod explain;
+pub mod explain_name;
 pub mod model;
 pub mod names;
 pub mod parse;

@@ -231,6 +231,7 @@ mod tests {
             },
             stage: Some("training".into()),
             peer: "world".into(),
+            name: None,
             allowed,
             would_drop,
             dropped,

@@ -132,14 +132,18 @@ pub fn simulate(records: &RecordsFile, candidate: &PolicySet, agent_mode: Mode) 
             continue;
         };
         let direction = r.key.direction;
+        // The name the workload's DNS gave the address for (recorded through the agent's
+        // DNS proxy): what the candidate's name rules judge it by.
+        let names: Vec<String> = r.name.iter().cloned().collect();
         let decide = |set| {
-            tiers::decide(
+            tiers::decide_named(
                 set,
                 w,
                 direction,
                 r.key.peer_address,
                 r.key.protocol.number().unwrap_or(0),
                 r.key.port.unwrap_or(0),
+                &names,
             )
         };
         // The verdict comes from the enforced policies; ClusterNetworkPolicies in audit
@@ -276,6 +280,7 @@ mod tests {
             },
             stage: None,
             peer: "world".into(),
+            name: None,
             allowed: 0,
             would_drop: u64::MAX,
             dropped: u64::MAX,
@@ -320,6 +325,7 @@ mod tests {
             },
             stage: None,
             peer: "world".into(),
+            name: None,
             allowed: 3,
             would_drop: 0,
             dropped: 0,

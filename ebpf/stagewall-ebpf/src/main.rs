@@ -376,6 +376,13 @@ fn sock_addr_verdict(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
         return SOCK_ALLOW;
     }
     let mut call = read_call_addr(sa, family);
+    // connect() of a UDP socket to port 0 sends nothing: glibc's getaddrinfo does it to
+    // every address an answer gave, to sort them by source address (RFC 6724), and a
+    // denial would be a violation no one committed. A datagram sent on such a socket
+    // later is decided by the packet hooks.
+    if hook == HOOK_CONNECT && protocol == PROTO_UDP && call.port == 0 {
+        return SOCK_ALLOW;
+    }
     // A call to a resolver whose DNS goes through the agent's proxy: the verdict judges
     // the resolver named (or the Service's backend), and an allowed call goes to the
     // proxy, whose answers show the resolver's address.

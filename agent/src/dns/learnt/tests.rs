@@ -217,3 +217,33 @@ fn a_million_fresh_addresses_stay_within_the_bounds() {
     assert_eq!(t.node.by_recency.len(), s.entries);
     assert_eq!(s.evictions + s.expirations + s.entries as u64, 1_000_000);
 }
+
+/// A restarted agent takes over what the pinned map holds: in force until it expires,
+/// then removed like the rest; beyond the bounds, removed at once.
+#[test]
+fn entries_a_previous_agent_learnt_are_adopted_within_the_bounds_and_expire() {
+    let mut t = Learnt::new(config());
+    let value = |expires_ns| DnsLearntValue {
+        expires_ns,
+        identities: [7, 0, 0, 0],
+    };
+    let mut changes = Changes::default();
+    for n in 0..4 {
+        t.adopt(0, &learnt_key(1, ip(n)), &value(20 * S), &mut changes);
+    }
+    // Three per workload: the fourth pushed the least recently adopted out.
+    assert_eq!(changes.remove, vec![learnt_key(1, ip(0))]);
+    assert_eq!(t.kernel_value(1, ip(3)), Some(value(20 * S)));
+    assert_eq!(t.name_of(1, ip(3)), None, "the name is not known");
+    assert_eq!(t.expire(20 * S + 50 * S - 1), vec![]);
+    let mut gone = t.expire(20 * S + 50 * S);
+    gone.sort_by_key(|k| k.addr);
+    assert_eq!(
+        gone,
+        vec![
+            learnt_key(1, ip(1)),
+            learnt_key(1, ip(2)),
+            learnt_key(1, ip(3))
+        ]
+    );
+}

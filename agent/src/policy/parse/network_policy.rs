@@ -151,6 +151,11 @@ impl DocumentParser<'_> {
                 ..Rule::default()
             };
             for p in peers.iter().flatten() {
+                if ingress && p.value.fqdn.is_some() {
+                    let line = self.line(p);
+                    self.error(line, "fqdn can only be an egress peer (to); expected podSelector, namespaceSelector or ipBlock in from");
+                    return None;
+                }
                 rule.peers.push(self.peer(p)?);
             }
             for p in r.value.ports.iter().flatten() {
@@ -180,6 +185,16 @@ impl DocumentParser<'_> {
         if !foreign.is_empty() {
             self.error(line, format!("peer has {}, which belong to a ClusterNetworkPolicy peer; expected podSelector, namespaceSelector or ipBlock", foreign.join(", ")));
             return None;
+        }
+        if let Some(name) = &p.fqdn {
+            if p.ip_block.is_some() || p.pod_selector.is_some() || p.namespace_selector.is_some() {
+                self.error(
+                    line,
+                    "peer has fqdn together with ipBlock or a selector; expected fqdn alone",
+                );
+                return None;
+            }
+            return self.domain(name, "fqdn").map(Peer::Domain);
         }
         match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
             (Some(block), None, None) => self.ip_block(block),

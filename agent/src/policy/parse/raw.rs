@@ -196,6 +196,9 @@ pub(super) struct RawPeer {
     pub(super) pod_selector: Option<Spanned<RawSelector>>,
     pub(super) namespace_selector: Option<Spanned<RawSelector>>,
     pub(super) ip_block: Option<Spanned<RawIpBlock>>,
+    /// stagewall's extension of a NetworkPolicy egress peer, in policy files (what
+    /// `advise` writes for a destination known by name): a domain name or `*.` pattern.
+    pub(super) fqdn: Option<Spanned<String>>,
     // ClusterNetworkPolicy
     pub(super) namespaces: Option<Spanned<RawSelector>>,
     pub(super) pods: Option<Spanned<RawNamespacedPod>>,
@@ -225,6 +228,7 @@ impl RawPeer {
             ("podSelector", self.pod_selector.is_some()),
             ("namespaceSelector", self.namespace_selector.is_some()),
             ("ipBlock", self.ip_block.is_some()),
+            ("fqdn", self.fqdn.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -693,3 +693,45 @@ fn domain_names_parse_into_canonical_patterns_in_accept_rules_only() {
         assert!(err.contains(message), "{rule}: {err}");
     }
 }
+
+/// stagewall's NetworkPolicy extension in policy files (what advise writes): an egress
+/// peer by domain name, alone, never in `from`.
+#[test]
+fn a_network_policy_fqdn_peer_is_egress_only_and_alone() {
+    let policy = |rules: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: n, namespace: ml}}\nspec:\n  podSelector: {{}}\n{rules}"
+        )
+    };
+    let mut set = PolicySet::default();
+    parse_into(
+        Path::new("p.yaml"),
+        &policy("  egress:\n  - to: [{fqdn: pypi.org}]\n    ports: [{protocol: TCP, port: 443}]\n"),
+        &mut set,
+    )
+    .unwrap();
+    assert_eq!(
+        set.policies[0].egress[0].peers,
+        [Peer::Domain(
+            crate::policy::model::DomainPattern::parse("pypi.org").unwrap()
+        )]
+    );
+    for (rules, message) in [
+        (
+            "  ingress:\n  - from: [{fqdn: pypi.org}]\n",
+            "fqdn can only be an egress peer (to)",
+        ),
+        (
+            "  egress:\n  - to: [{fqdn: pypi.org, ipBlock: {cidr: 10.0.0.0/8}}]\n",
+            "peer has fqdn together with ipBlock or a selector",
+        ),
+        ("  egress:\n  - to: [{fqdn: 'a..b'}]\n", "fqdn: domain name"),
+    ] {
+        let e = one_error(&policy(rules)).to_string();
+        assert!(e.contains(message), "{e}");
+        assert!(
+            e.contains("line") || e.contains(":7") || e.contains(":8"),
+            "{e}"
+        );
+    }
+}

@@ -1,8 +1,10 @@
 //! `stagewall advise`: least-privilege NetworkPolicies learnt from flow records. For each
 //! group of local workloads with the same labels, one policy that allows exactly the
 //! traffic they were seen to have (allowed, or would-be denied in audit mode): peers by
-//! labels where the inventory knows them as workloads, by address (/32, /128) otherwise,
-//! destination ports as seen. Flows that were dropped in enforce mode never happened and
+//! labels where the inventory knows them as workloads, by the name the workload's DNS
+//! answers gave the address for (egress through the agent's DNS proxy: a `fqdn` peer, so
+//! the rule follows the name's addresses as they change), by address (/32, /128)
+//! otherwise; destination ports as seen. Flows that were dropped in enforce mode never happened and
 //! are not allowed.
 //!
 //! A direction is isolated only where it was recorded (the records say which workloads'
@@ -49,6 +51,8 @@ enum AdvisedPeer {
         namespace: String,
         labels: Labels,
     },
+    /// A destination by the name the workload looked it up by.
+    Name(String),
     Address(IpAddr),
 }
 
@@ -158,10 +162,11 @@ pub fn advise(records: &RecordsFile, inventory: &PolicySet) -> Result<String, st
         };
         advice.records += 1;
         let rules = advice.rules(r.key.direction);
-        let allowed = rules
-            .entry(peer(inventory, r.key.peer_address))
-            .or_default();
-        allowed.seen_once = once.contains(&r.key.peer_address);
+        let peer = peer(inventory, r);
+        let by_name = matches!(peer, AdvisedPeer::Name(_));
+        let allowed = rules.entry(peer).or_default();
+        // A name is what the workload asked for: never a one-off address.
+        allowed.seen_once = !by_name && once.contains(&r.key.peer_address);
         match (port_protocol(r.key.protocol), r.key.port) {
             // Port 0 is no port a packet is sent to: the kernel reports it for packets
             // whose ports it could not read (a non-first fragment).
@@ -270,13 +275,17 @@ fn port_protocol(protocol: IpProtocol) -> Option<Protocol> {
         .find(|p| p.number() == number)
 }
 
-fn peer(inventory: &PolicySet, addr: IpAddr) -> AdvisedPeer {
+fn peer(inventory: &PolicySet, r: &FlowRecord) -> AdvisedPeer {
+    let addr = r.key.peer_address;
     match semantics::owner(inventory, addr) {
         Some(w) if !w.labels.is_empty() => AdvisedPeer::Workloads {
             namespace: w.name.namespace.clone(),
             labels: w.labels.clone(),
         },
-        _ => AdvisedPeer::Address(addr),
+        _ => match &r.name {
+            Some(name) if r.key.direction == Direction::Egress => AdvisedPeer::Name(name.clone()),
+            _ => AdvisedPeer::Address(addr),
+        },
     }
 }
 

@@ -75,6 +75,7 @@ fn record(
         },
         stage: None,
         peer: peer.into(),
+        name: None,
         allowed: 1,
         would_drop: 0,
         dropped: 0,
@@ -485,4 +486,37 @@ fn a_flow_an_admin_deny_denies_is_named_not_advised() {
     );
     assert!(!yaml.contains("169.254.169.254/32"), "{yaml}");
     assert!(yaml.contains("5000"), "{yaml}");
+}
+
+/// Destinations the workload looked up by name (through the agent's DNS proxy) are
+/// advised by name: one `fqdn` rule for every address the name gave, which follows the
+/// name's addresses as they change; an address without a name stays an address.
+#[test]
+fn destinations_looked_up_by_name_are_advised_by_name() {
+    let named = |peer: &str, name: &str| {
+        let mut r = twice(record("ml/trainer-0", Egress, peer, Tcp, Some(443)));
+        r.name = Some(name.into());
+        r
+    };
+    let records = vec![
+        named("151.101.0.223", "pypi.org"),
+        named("151.101.64.223", "pypi.org"),
+        named("2a04:4e42::223", "pypi.org"),
+        twice(record("ml/trainer-0", Egress, "192.0.2.7", Tcp, Some(8080))),
+    ];
+    let yaml = advise(&file(records, all_covered()), &inventory()).unwrap();
+    assert_eq!(yaml.matches("fqdn: \"pypi.org\"").count(), 1, "{yaml}");
+    assert!(!yaml.contains("151.101."), "no address of the name: {yaml}");
+    assert!(yaml.contains("192.0.2.7/32"), "{yaml}");
+    let set = with_advice(&yaml);
+    let trainer = set.workload("ml/trainer-0").unwrap();
+    let names = ["pypi.org".to_string()];
+    let decide = |peer: &str, port, names: &[String]| {
+        semantics::decide_named(&set, trainer, Egress, peer.parse().unwrap(), 6, port, names)
+            .allowed()
+    };
+    // A new address of the name is allowed once the workload's DNS gives it.
+    assert!(decide("151.101.128.223", 443, &names));
+    assert!(!decide("151.101.128.223", 443, &[]));
+    assert!(!decide("151.101.0.223", 80, &names));
 }

@@ -50,6 +50,9 @@ fn rule(
                 flow_map(labels)
             ));
         }
+        AdvisedPeer::Name(name) => {
+            lines.push(format!("        - fqdn: {}", yaml::quoted(name)));
+        }
         AdvisedPeer::Address(addr) => {
             let bits = if addr.is_ipv4() { 32 } else { 128 };
             lines.push(format!("        - ipBlock: {{cidr: \"{addr}/{bits}\"}}"));
@@ -72,6 +75,7 @@ fn peer_name(peer: &AdvisedPeer) -> String {
             let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!("workloads {} in {namespace}", labels.join(","))
         }
+        AdvisedPeer::Name(name) => name.clone(),
         AdvisedPeer::Address(addr) => addr.to_string(),
     }
 }

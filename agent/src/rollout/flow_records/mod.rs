@@ -106,6 +106,10 @@ pub struct FlowRecord {
     pub stage: Option<String>,
     /// The peer as events name it: a workload, a policy's CIDR, or "world".
     pub peer: String,
+    /// The name the workload's DNS answers last gave the peer's address for (egress,
+    /// through the agent's DNS proxy): what advise allows by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Events with each verdict (with what the kernel's rate limit folded into them).
     pub allowed: u64,
     pub would_drop: u64,
@@ -283,12 +287,16 @@ impl FlowRecords {
                 key,
                 stage: e.stage.clone(),
                 peer: e.peer.clone(),
+                name: None,
                 allowed: 0,
                 would_drop: 0,
                 dropped: 0,
                 first_seen: now,
                 last_seen: now,
             });
+        if e.dst_name.is_some() && e.direction == Direction::Egress {
+            record.name.clone_from(&e.dst_name);
+        }
         let count = 1 + u64::from(e.suppressed);
         // Saturating: a count read from the file may be anything up to u64::MAX.
         let total = match e.verdict {

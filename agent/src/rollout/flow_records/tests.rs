@@ -36,6 +36,7 @@ fn event(
         suppressed,
         service: None,
         rule: None,
+        dst_name: None,
     }
 }
 
