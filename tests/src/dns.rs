@@ -92,6 +92,34 @@ impl DnsServer {
         Ok(server)
     }
 
+    /// A second server in the hub namespace (the node's own network) on `addr` (a
+    /// loopback address such as 127.0.0.53, where systemd-resolved listens), answering from
+    /// the same hosts directory: the local resolver of workloads in the node's network
+    /// namespace.
+    pub fn start_local(&self, bed: &mut Testbed, addr: IpAddr, ttl: u32) -> anyhow::Result<()> {
+        let mut cmd = bed.hub_command("dnsmasq")?;
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={addr}"),
+            "--port=53",
+            "--user=root",
+            "--pid-file=",
+            &format!("--hostsdir={}", self.hosts_dir.display()),
+            &format!("--local-ttl={ttl}"),
+            "--local=/test/",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        bed.children
+            .push(cmd.spawn().context("starting dnsmasq in the hub")?);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    }
+
     /// Replaces the records of the hosts file `file` (dnsmasq re-reads it at once): the
     /// names' new addresses.
     pub fn set_records(&self, file: &str, records: &[(&str, IpAddr)]) -> anyhow::Result<()> {
@@ -128,6 +156,30 @@ impl Testbed {
             format!("nameserver {resolver}\noptions timeout:2 attempts:1\n"),
         )?;
         let mut cmd = self.command(node, "unshare")?;
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+                conf.display()
+            ))
+            .arg(program);
+        Ok(cmd)
+    }
+
+    /// `resolving_command` for a process in the hub namespace (the node's network) and in
+    /// `cgroup`: a workload of the node's own network namespace, as a training job on a
+    /// bare-metal host is.
+    pub fn resolving_command_in_hub(
+        &self,
+        cgroup: &Path,
+        resolver: IpAddr,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<Command> {
+        let conf = self.dir.join("resolv-hub.conf");
+        fs::write(
+            &conf,
+            format!("nameserver {resolver}\noptions timeout:2 attempts:1\n"),
+        )?;
+        let mut cmd = self.hub_command_in(cgroup, "unshare")?;
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
                 "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",

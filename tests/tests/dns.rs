@@ -343,6 +343,68 @@ fn a_learnt_address_expires_for_new_connections_and_never_cuts_an_open_one() {
     );
 }
 
+/// A bare-metal training job: a cgroup in the node's own network namespace (here the hub,
+/// where the agent runs), resolving through a local resolver on 127.0.0.53 as
+/// systemd-resolved serves one (a second dnsmasq there), with the agent's proxy on
+/// 127.0.0.1. Every workload of the node shares its addresses: the proxy knows whose
+/// query it holds from the kernel's record of the sending socket.
+#[test]
+fn a_job_in_the_nodes_network_namespace_reaches_an_allowed_name_through_the_local_resolver() {
+    if !privileged() {
+        return;
+    }
+    let mut b = bed(30);
+    let local: IpAddr = "127.0.0.53".parse().unwrap();
+    b.dns
+        .start_local(&mut b.bed, local, 30)
+        .expect("the local resolver");
+    let hub = b.bed.hub.clone();
+    for route in ["203.0.113.0/24"] {
+        let status = std::process::Command::new("ip")
+            .args(["-n", &hub, "route", "add", route, "dev", "br0"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let job = b.bed.make_cgroup("job").unwrap();
+    let root = stagewall::datapath::host::cgroup2_mount().unwrap();
+    let job_path = format!("/{}", job.strip_prefix(&root).unwrap().display());
+    let mut policy = pipeline(local);
+    policy.push_str(&format!(
+        "---\napiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {{name: job, namespace: ml, labels: {{stage: training}}}}\nspec:\n  cgroup: {job_path}\n  addresses: [\"{}\"]\n",
+        stagewall_tests::HUB_GATEWAY
+    ));
+    b.bed.write_policy("names.yaml", &policy).unwrap();
+    let agent = b
+        .bed
+        .start_agent(&["--dns-proxy", "127.0.0.1", "--dns-resolver", "127.0.0.53"])
+        .expect("agent");
+    let run = |name: &str, count: &str| {
+        let out = b
+            .bed
+            .resolving_command_in_hub(&job, local, stagewall_tests::probe_bin())
+            .unwrap()
+            .args(["resolve-connect", name, "443", count, "1000", "4"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run("pypi.test", "20");
+    assert_eq!(
+        loops(&out),
+        (20, 0, 0, 0),
+        "pypi.test from the job: {out}\n{}",
+        agent.log()
+    );
+    let out = run("other.test", "2");
+    assert_eq!(loops(&out), (0, 2, 0, 0), "other.test from the job: {out}");
+    until(
+        "the proxy's answers counted",
+        || agent.metrics(),
+        || metric_sum(&agent.metrics(), "stagewall_dns_answers_total", &[]) >= 40.0,
+    );
+}
+
 /// The Kubernetes mode: pods resolve through the cluster DNS Service (its ClusterIP, which
 /// the agent's socket hooks send to the proxy and the proxy calls through the real
 /// kube-proxy), a Pipeline object with a name flow on the real API server.
