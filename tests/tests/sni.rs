@@ -36,7 +36,7 @@ fn name_identity(pattern: &str) -> u32 {
     h | IDENTITY_NAME_FIRST
 }
 
-const PATTERNS: [&str; 2] = ["pypi.test", "*.pythonhosted.test"];
+const PATTERNS: [&str; 2] = ["index.test", "*.wheels.test"];
 
 /// The client may reach 198.51.100.0/24:80 by address (so its egress has a policy); the
 /// server, on 443, only through the names the test adds.
@@ -137,28 +137,25 @@ fn a_tls_flow_only_a_name_allowed_must_name_a_learnt_host() {
         agent.log()
     );
     teach_names(&bed, true);
-    assert_eq!(hello(&bed, "pypi.test"), "ok", "the exact name");
+    assert_eq!(hello(&bed, "index.test"), "ok", "the exact name");
     assert_eq!(
-        hello(&bed, "PyPI.Test"),
+        hello(&bed, "Index.Test"),
         "ok",
         "names are compared lower-cased"
     );
     assert_eq!(
-        hello(&bed, "a.files.pythonhosted.test"),
+        hello(&bed, "a.files.wheels.test"),
         "ok",
         "a wildcard's suffix"
     );
     for (sni, why) in [
         ("other.test", "another host on the same address"),
+        ("wheels.test", "a wildcard does not name its own suffix"),
         (
-            "pythonhosted.test",
-            "a wildcard does not name its own suffix",
-        ),
-        (
-            "evil.pypi.test.example",
+            "evil.index.test.example",
             "a name that merely contains an allowed one",
         ),
-        ("*.pythonhosted.test", "a pattern is no host name"),
+        ("*.wheels.test", "a pattern is no host name"),
         ("none", "a ClientHello without a server name"),
         ("plain", "a first payload that is no TLS at all"),
     ] {
@@ -186,7 +183,7 @@ fn without_the_check_any_name_passes() {
     let bed = bed();
     let _agent = bed.start_agent(&[]).expect("starting the agent");
     teach_names(&bed, false);
-    for sni in ["pypi.test", "other.test", "none", "plain"] {
+    for sni in ["index.test", "other.test", "none", "plain"] {
         assert_eq!(hello(&bed, sni), "ok", "{sni}: the check is off");
     }
 }
@@ -249,8 +246,8 @@ fn cost() {
             let _agent = bed.start_agent(args).expect("starting the agent");
             teach_names(&bed, check);
             // Warm up, then measure.
-            assert_eq!(hello(&bed, "pypi.test"), "ok");
-            let (ns, runs, out) = egress_ns_per_run(&bed, "pypi.test", CONNECTIONS);
+            assert_eq!(hello(&bed, "index.test"), "ok");
+            let (ns, runs, out) = egress_ns_per_run(&bed, "index.test", CONNECTIONS);
             assert_eq!(
                 out,
                 format!("ok {CONNECTIONS} of {CONNECTIONS}"),
