@@ -71,6 +71,8 @@ pub struct Options {
     pub metrics_addr: SocketAddr,
     /// --auto-quarantine's threshold.
     pub auto_quarantine: Option<Threshold>,
+    /// --dns-sni-check: name-allowed TLS connections must name a learnt host.
+    pub dns_sni_check: bool,
 }
 
 /// What cli::run prepared before the kernel is touched: the source and its first
@@ -184,6 +186,7 @@ impl Agent {
         let settings = ProgramSettings {
             mode: self.options.mode,
             log_allowed: self.options.log_allowed || recorded,
+            sni_check: self.options.dns_sni_check,
         };
         let enforced = self.loader.apply(&compiled, settings, &self.quarantined)?;
         let took = started.elapsed();

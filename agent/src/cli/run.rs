@@ -123,6 +123,12 @@ pub struct RunArgs {
     /// (`N/T`, e.g. 100/10s); `stagewall release` lifts it. Enforce mode only.
     #[arg(long, value_name = "N/T")]
     pub auto_quarantine: Option<Threshold>,
+    /// Workloads with name rules: a TLS connection (TCP port 443) that only a name allowed
+    /// must name, in its ClientHello's server name, a host its destination was learnt for;
+    /// one that names another host (or none) is dropped, its flow too (would-drop in audit
+    /// mode). Costs a parse of the first payload of each such connection.
+    #[arg(long)]
+    pub dns_sni_check: bool,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -276,6 +282,7 @@ async fn prepare(args: RunArgs) -> anyhow::Result<(Options, Prepared)> {
         control_socket: args.control_socket,
         metrics_addr: args.metrics_addr,
         auto_quarantine: args.auto_quarantine,
+        dns_sni_check: args.dns_sni_check,
     };
     let prepared = Prepared {
         first: FirstPolicy {

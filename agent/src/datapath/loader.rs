@@ -13,8 +13,8 @@ use std::{
 };
 
 use stagewall_common::{
-    Config, ENDPOINT_ID_LIMIT, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_FAIL_OPEN, EndpointInfo,
-    GUARD_ENDPOINT_ID, MODE_AUDIT, MODE_ENFORCE,
+    Config, ENDPOINT_ID_LIMIT, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_FAIL_OPEN, EP_NAME_RULES,
+    EP_SNI_CHECK, EndpointInfo, GUARD_ENDPOINT_ID, MODE_AUDIT, MODE_ENFORCE,
 };
 
 pub use crate::datapath::object::Readers;
@@ -48,6 +48,8 @@ pub struct ProgramSettings {
     pub mode: Mode,
     /// Report allowed flows too (flow logs), at most one event per flow a second.
     pub log_allowed: bool,
+    /// Workloads with name rules (EP_NAME_RULES) get the SNI check (EP_SNI_CHECK).
+    pub sni_check: bool,
 }
 
 pub struct Loader {
@@ -178,8 +180,11 @@ impl Loader {
             }
         }
 
-        let desired =
+        let mut desired =
             SlotContents::for_policy(next_slot, compiled, &targets, &guards, &node, quarantined);
+        if how.sni_check {
+            desired.add_flag_where(EP_NAME_RULES, EP_SNI_CHECK);
+        }
         self.slots.fill(next_slot, desired)?;
         self.slots.switch(Config {
             active_slot: next_slot,

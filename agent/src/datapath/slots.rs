@@ -186,6 +186,16 @@ impl SlotContents {
         contents
     }
 
+    /// Adds `flag` to the endpoints whose flags have all of `having` (a per-run setting
+    /// the compiled policy does not know, such as the SNI check).
+    pub(super) fn add_flag_where(&mut self, having: u32, flag: u32) {
+        for info in self.endpoints.values_mut() {
+            if info.flags & having == having {
+                info.flags |= flag;
+            }
+        }
+    }
+
     fn len(&self) -> usize {
         self.endpoints.len()
             + self.self_addrs.len()
@@ -473,5 +483,34 @@ impl Slots {
                 let _ = maps.services.remove(key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stagewall_common::{EP_NAME_RULES, EP_SNI_CHECK, EndpointKey};
+
+    use super::*;
+
+    #[test]
+    fn the_sni_check_goes_to_endpoints_with_name_rules_only() {
+        let mut contents = SlotContents::default();
+        let key = |id| EndpointKey {
+            slot: 0,
+            kind: 1,
+            id,
+        };
+        let named = EndpointInfo {
+            flags: EP_NAME_RULES | EP_ISOLATED_EGRESS,
+            ..UNGUARDED
+        };
+        contents.endpoints.insert(key(1), named);
+        contents.endpoints.insert(key(2), GUARD);
+        contents.add_flag_where(EP_NAME_RULES, EP_SNI_CHECK);
+        assert_eq!(
+            contents.endpoints[&key(1)].flags,
+            named.flags | EP_SNI_CHECK
+        );
+        assert_eq!(contents.endpoints[&key(2)].flags, GUARD.flags);
     }
 }

@@ -12,8 +12,8 @@ use stagewall_common::{
     DIR_INGRESS, HOOK_CGROUP_SKB, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCKET_CREATE, HOOK_TC,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ADMIN_DENY, REASON_ALLOWED,
     REASON_BASELINE_DENY, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, VERDICT_ALLOWED, VERDICT_DROPPED,
-    VERDICT_WOULD_DROP,
+    REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, REASON_SNI_MISMATCH, VERDICT_ALLOWED,
+    VERDICT_DROPPED, VERDICT_WOULD_DROP,
 };
 
 use crate::policy::model::Direction;
@@ -91,6 +91,9 @@ pub enum Reason {
     AdminDeny,
     /// A ClusterNetworkPolicy rule of the Baseline tier denies it.
     BaselineDeny,
+    /// A TLS connection only a name allowed named another host in its ClientHello (or
+    /// none): `--dns-sni-check`.
+    SniMismatch,
     /// A reason number this agent does not know.
     #[serde(other)]
     Unknown,
@@ -109,6 +112,7 @@ impl Reason {
             REASON_PACKET_SOCKET => Reason::PacketSocket,
             REASON_ADMIN_DENY => Reason::AdminDeny,
             REASON_BASELINE_DENY => Reason::BaselineDeny,
+            REASON_SNI_MISMATCH => Reason::SniMismatch,
             _ => Reason::Unknown,
         }
     }
@@ -125,6 +129,7 @@ impl Reason {
             Reason::PacketSocket => "packet-socket",
             Reason::AdminDeny => "admin-deny",
             Reason::BaselineDeny => "baseline-deny",
+            Reason::SniMismatch => "sni-mismatch",
             Reason::Unknown => "unknown",
         }
     }
@@ -339,6 +344,7 @@ mod tests {
             Reason::Quarantine,
             Reason::InternalError,
             Reason::MapFull,
+            Reason::SniMismatch,
             Reason::Unknown,
         ] {
             let json = serde_json::to_string(&r).unwrap();
@@ -346,6 +352,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
         }
         assert_eq!(Reason::InternalError.to_string(), "internal-error");
+        assert_eq!(
+            Reason::from_kernel(stagewall_common::REASON_SNI_MISMATCH).to_string(),
+            "sni-mismatch"
+        );
         assert_eq!(
             serde_json::to_string(&Hook::CgroupSkb).unwrap(),
             "\"cgroup_skb\""

@@ -146,6 +146,14 @@ pub const EP_SHADOW_EGRESS: u32 = 1 << 12;
 /// through the agent's proxy (while it is alive), and a new flow no address rule allows
 /// reads DNS_LEARNT for the name identities the destination was learnt for.
 pub const EP_NAME_RULES: u32 = 1 << 13;
+/// The workload's TCP flows to port 443 that only a name identity allowed must name, in
+/// their first payload (a TLS ClientHello's server name), a host whose identity the
+/// destination was learnt for (the agent's `--dns-sni-check`, on EP_NAME_RULES
+/// endpoints): a CDN address shared by an allowed name and another does not let the
+/// other through. See ebpf/stagewall-ebpf/src/sni.rs.
+pub const EP_SNI_CHECK: u32 = 1 << 14;
+/// The TLS port the SNI check (EP_SNI_CHECK) applies to.
+pub const SNI_CHECK_PORT: u16 = 443;
 
 /// The interface entry of a workload enforced by cgroup: TC on the host side of its veth
 /// is a backstop for what raw sockets (AF_PACKET, AF_XDP) send and receive past the cgroup
@@ -506,9 +514,22 @@ pub struct FlowValue {
     /// packets of the flow are allowed from this entry (the per-flow verdict cache); after
     /// a policy change they are decided again.
     pub generation: u32,
-    pub _pad: u32,
+    /// FLOW_F_*: what the SNI check (EP_SNI_CHECK) knows of the flow; 0 for any other.
+    /// (Once padding, always zero: entries pinned before it read as no flags.)
+    pub flags: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 16);
+
+/// The flow was allowed only by a name identity, and its first payload has not been seen:
+/// it must be a TLS ClientHello naming a host the destination was learnt for.
+pub const FLOW_F_SNI_PENDING: u32 = 1 << 0;
+/// A new flow the SNI check may apply to (EP_SNI_CHECK, TCP to port 443): whether a name
+/// or the address allowed it is decided at its first packet, which makes it pending or
+/// clears this.
+pub const FLOW_F_SNI_NEW: u32 = 1 << 2;
+/// The flow's ClientHello named no host the destination was learnt for (or was none):
+/// every later packet of the flow is dropped, whatever the policy generation.
+pub const FLOW_F_SNI_DENIED: u32 = 1 << 1;
 
 /// A flow without traffic for this long no longer lets replies in.
 pub const FLOW_TIMEOUT_TCP_NS: u64 = 3_600 * 1_000_000_000;
@@ -549,6 +570,10 @@ pub const REASON_ADMIN_DENY: u8 = 8;
 /// A ClusterNetworkPolicy rule of the Baseline tier denies it (no NetworkPolicy isolates
 /// the workload this way; the event names the rule).
 pub const REASON_BASELINE_DENY: u8 = 9;
+/// A TCP flow to port 443 allowed only by a name (EP_SNI_CHECK) whose first payload was
+/// not a TLS ClientHello naming a host the destination was learnt for; the flow's later
+/// packets are dropped too.
+pub const REASON_SNI_MISMATCH: u8 = 10;
 
 /// Which program saw the packet.
 pub const HOOK_CGROUP_SKB: u8 = 1;

@@ -19,6 +19,7 @@ mod dns;
 mod maps;
 mod packet;
 mod service;
+mod sni;
 mod verdict;
 
 use core::{
@@ -171,8 +172,15 @@ fn flow_from_packet(p: &Packet, direction: u8, bytes: u32, self_traffic: bool) -
 /// The Flow is built here, in a frame of its own, rather than beside the parsed packet in
 /// the entry point's: the verifier allows the whole call chain 512 bytes of stack (and a
 /// BPF function five arguments, hence the configuration looked up again).
+/// SNI: the copy for cgroup_skb egress, which runs the SNI check.
 #[inline(never)]
-fn decide_packet(ep: &EndpointInfo, p: &Packet, skb: &SkBuff, direction: u8, hook: u8) -> Verdict {
+fn decide_packet<const SNI: bool>(
+    ep: &EndpointInfo,
+    p: &Packet,
+    skb: &SkBuff,
+    direction: u8,
+    hook: u8,
+) -> Verdict {
     let Some(cfg) = config() else {
         return Verdict::Pass;
     };
@@ -191,7 +199,16 @@ fn decide_packet(ep: &EndpointInfo, p: &Packet, skb: &SkBuff, direction: u8, hoo
     if p.fragment == FRAGMENT_LATER && verdict::fragment_allowed(ep, &flow, p.fragment_id, hook) {
         return Verdict::Pass;
     }
-    let verdict = decide(cfg, ep, &flow, hook, true);
+    // The SNI check (sni.rs): only in the copy for cgroup_skb egress (SNI), so that
+    // nothing of it is kept across decide(), which the verifier would otherwise walk once
+    // per value kept, and no frame grows (the call chain has 512 bytes of stack).
+    if SNI && sni::refused(ep, &flow) {
+        return verdict::sni_refused(cfg, ep, &flow);
+    }
+    let mut verdict = decide(cfg, ep, &flow, hook, true);
+    if SNI && verdict == Verdict::Pass {
+        verdict = sni::check(cfg, ep, &flow, skb);
+    }
     if verdict == Verdict::Pass && p.fragment == FRAGMENT_FIRST {
         verdict::remember_fragments(ep, &flow, p.fragment_id);
     }
@@ -213,7 +230,11 @@ fn skb_verdict(
     let mut p = Packet::empty();
     match packet::parse(skb, l3, offset, &mut p) {
         Parsed::Ip if p.link_control => Verdict::Pass,
-        Parsed::Ip => decide_packet(ep, &p, skb, direction, hook),
+        // The constants tell the verifier which copy each program runs.
+        Parsed::Ip if direction == DIR_EGRESS && hook == HOOK_CGROUP_SKB => {
+            decide_packet::<true>(ep, &p, skb, direction, hook)
+        }
+        Parsed::Ip => decide_packet::<false>(ep, &p, skb, direction, hook),
         Parsed::Arp => verdict::arp(cfg, ep, direction, hook, bytes),
         Parsed::NotIp => verdict::not_ip(cfg, ep, direction, hook, bytes),
         Parsed::Malformed => {

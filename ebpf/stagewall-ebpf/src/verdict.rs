@@ -34,23 +34,26 @@ use stagewall_common::{
     CNT_FLOW_INSERT_FAILED, CNT_MALFORMED, CNT_REPLIES, Config, DIR_EGRESS, DIR_INGRESS,
     DnsLearntValue, EP_BACKSTOP, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_FAIL_OPEN,
     EP_QUARANTINED, EVENT_WINDOW_NS, EVENTS_PER_FLOW_WINDOW, EndpointInfo, Event, EventLimit,
-    FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW, FLOW_KIND_FRAGMENTS,
-    FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS, FRAGMENTS_TIMEOUT_NS, FlowKey,
-    FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC, IDENTITY_ANY, IDENTITY_WORLD_V4,
-    IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey, MODE_AUDIT, POLICY_ALLOW,
-    POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ADMIN_DENY, REASON_ALLOWED,
-    REASON_BASELINE_DENY, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL, REASON_NO_RULE,
-    REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, STAT_ALLOWED, STAT_DROPPED,
-    STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED, VERDICT_WOULD_DROP, audit_flag,
-    endpoint_stats_index, identity_any, is_node_identity, isolation_flag, policy_value,
-    policy_value_action, policy_value_rule, shadow_flag, tiers_audit_flag, verdict_counter,
+    FAMILY_V4, FLOW_BUDGET_WINDOW_NS, FLOW_F_SNI_DENIED, FLOW_INSERTS_PER_WINDOW, FLOW_KIND_FLOW,
+    FLOW_KIND_FRAGMENTS, FLOW_REFRESH_NS, FLOW_TIMEOUT_OTHER_NS, FLOW_TIMEOUT_TCP_NS,
+    FRAGMENTS_TIMEOUT_NS, FlowKey, FlowValue, HOOK_CGROUP_SKB, HOOK_SOCKET_CREATE, HOOK_TC,
+    IDENTITY_ANY, IDENTITY_WORLD_V4, IDENTITY_WORLD_V6, IPCACHE_PREFIX_BITS, IpcacheKey,
+    MODE_AUDIT, POLICY_ALLOW, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey, REASON_ADMIN_DENY,
+    REASON_ALLOWED, REASON_BASELINE_DENY, REASON_DEFAULT_DENY, REASON_MALFORMED, REASON_MAP_FULL,
+    REASON_NO_RULE, REASON_NOT_IP, REASON_PACKET_SOCKET, REASON_QUARANTINE, REASON_SNI_MISMATCH,
+    STAT_ALLOWED, STAT_DROPPED, STAT_WOULD_DROP, VERDICT_ALLOWED, VERDICT_DROPPED,
+    VERDICT_WOULD_DROP, audit_flag, endpoint_stats_index, identity_any, is_node_identity,
+    isolation_flag, policy_value, policy_value_action, policy_value_rule, shadow_flag,
+    tiers_audit_flag, verdict_counter,
 };
 
 use crate::{
     dns,
     maps::{
-        CONFIG, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOW_BUDGETS, FLOWS, IPCACHE, POLICY, count,
+        CONFIG, COUNTERS, ENDPOINT_STATS, EVENT_LIMITS, EVENTS, FLOW_BUDGETS, FLOWS, IPCACHE,
+        POLICY, count,
     },
+    sni,
 };
 
 /// A packet from one endpoint's point of view.
@@ -273,7 +276,7 @@ pub fn decide(
             // remembered for its replies only (generation 0 is never in force), so its
             // next packets are decided — and reported — again.
             if packet_hook && within_flow_budget(ep, now) {
-                let _ = remember(ep, flow, now, 0);
+                let _ = remember(ep, flow, now, 0, 0);
             }
             return Verdict::Pass;
         } else if packet_hook && !backstop {
@@ -544,7 +547,7 @@ pub fn remember_fragments(ep: &EndpointInfo, flow: &Flow, id: u32) {
     let value = FlowValue {
         last_seen_ns: now,
         generation: 0,
-        _pad: 0,
+        flags: 0,
     };
     let _ = FLOWS.insert(fragments_key(ep, flow, id), value, 0);
 }
@@ -669,23 +672,30 @@ fn allowed_before(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64) -> u8 
 #[inline(never)]
 fn track(cfg: &Config, ep: &EndpointInfo, flow: &Flow, now: u64, hook: u8) {
     let key = flow_key(ep, flow, flow.direction);
-    match unsafe { FLOWS.get(key) } {
+    match FLOWS.get_ptr_mut(key) {
+        // SAFETY (both arms): a valid map value; a racing refresh writes the same.
         Some(value)
-            if value.generation == cfg.generation
-                && now.saturating_sub(value.last_seen_ns) < FLOW_REFRESH_NS =>
+            if unsafe { (*value).generation } == cfg.generation
+                && now.saturating_sub(unsafe { (*value).last_seen_ns }) < FLOW_REFRESH_NS =>
         {
             return;
         }
-        // Refreshing an entry takes nothing from the table; a new one takes the
-        // workload's share.
-        Some(_) => {}
+        // Refreshing an entry takes nothing from the table, and keeps what the SNI check
+        // knows of the flow; a new one takes the workload's share.
+        Some(value) => {
+            unsafe {
+                (*value).last_seen_ns = now;
+                (*value).generation = cfg.generation;
+            }
+            return;
+        }
         None if within_flow_budget(ep, now) => {}
         None => {
             count(CNT_FLOW_INSERT_FAILED);
             return;
         }
     }
-    if !remember(ep, flow, now, cfg.generation) {
+    if !remember(ep, flow, now, cfg.generation, hook) {
         count(CNT_FLOW_INSERT_FAILED);
         let report = Report {
             verdict: VERDICT_ALLOWED,
@@ -721,14 +731,15 @@ fn within_flow_budget(ep: &EndpointInfo, now: u64) -> bool {
     false
 }
 
-/// Records the flow as allowed this way under policy `generation`; false if the table
-/// refused it.
+/// Records the flow, new, as allowed this way under policy `generation` by `hook` (0: for
+/// its replies only); false if the table refused it. A flow the SNI check may apply to is
+/// marked for it (sni.rs).
 #[inline(never)]
-fn remember(ep: &EndpointInfo, flow: &Flow, now: u64, generation: u32) -> bool {
+fn remember(ep: &EndpointInfo, flow: &Flow, now: u64, generation: u32, hook: u8) -> bool {
     let value = FlowValue {
         last_seen_ns: now,
         generation,
-        _pad: 0,
+        flags: sni::new_flow_flags(ep, flow, hook),
     };
     FLOWS
         .insert(flow_key(ep, flow, flow.direction), value, 0)
@@ -789,8 +800,25 @@ fn judge(
     shadow: bool,
     established: bool,
 ) -> Judgement {
+    judge_with(
+        ep,
+        flow,
+        identity,
+        shadow,
+        dns::learnt(ep, flow, established),
+    )
+}
+
+/// `judge` with the names `names` (None: by the address alone).
+#[inline(always)]
+fn judge_with(
+    ep: &EndpointInfo,
+    flow: &Flow,
+    identity: u32,
+    shadow: bool,
+    names: Option<&DnsLearntValue>,
+) -> Judgement {
     let ingress = flow.direction == DIR_INGRESS;
-    let names = dns::learnt(ep, flow, established);
     let [admin, baseline, shadow_admin, shadow_baseline] = tier_programs(ep, flow.direction);
     let (admin, baseline) = if shadow {
         (shadow_admin, shadow_baseline)
@@ -834,6 +862,14 @@ fn judge(
         }
     }
     ALLOWED_BY_DEFAULT
+}
+
+/// Would the tiers allow the flow by its destination's address alone, the names its DNS
+/// answers gave left out? (The SNI check applies to flows only a name allowed.)
+#[inline(never)]
+pub fn allowed_by_address(cfg: &Config, ep: &EndpointInfo, flow: &Flow) -> bool {
+    let identity = remote_identity(cfg, flow);
+    judged_reason(judge_with(ep, flow, identity, false, None)) == REASON_ALLOWED
 }
 
 /// The first in precedence order of `value` (an entry found for the destination's
@@ -885,6 +921,91 @@ fn lookup_policy(policy: u32, identity: u32, any: u32, flow: &Flow) -> u32 {
     match POLICY.get(Key::new(POLICY_PREFIX_FULL_BITS, data)) {
         Some(value) => *value,
         None => 0,
+    }
+}
+
+/// Sets the FLOW_F_* flags of the flow's entry, if it has one.
+#[inline(never)]
+pub fn set_flow_flags(ep: &EndpointInfo, flow: &Flow, flags: u32) {
+    if let Some(value) = FLOWS.get_ptr_mut(flow_key(ep, flow, flow.direction)) {
+        // SAFETY: a valid map value; only this flow's packets write its flags.
+        unsafe { (*value).flags = flags };
+    }
+}
+
+/// The FLOW_F_* flags of the flow's entry; `missing` without one.
+#[inline(never)]
+pub fn flow_flags(ep: &EndpointInfo, flow: &Flow, missing: u32) -> u32 {
+    match unsafe { FLOWS.get(flow_key(ep, flow, flow.direction)) } {
+        Some(value) => value.flags,
+        None => missing,
+    }
+}
+
+/// A packet of a flow whose ClientHello the SNI check refused: dropped, counted and
+/// reported (rate-limited per flow), under any policy.
+#[inline(never)]
+pub fn sni_refused(cfg: &Config, ep: &EndpointInfo, flow: &Flow) -> Verdict {
+    let now = unsafe { bpf_ktime_get_ns() };
+    count_verdict(ep, flow, STAT_DROPPED);
+    let report = Report {
+        verdict: VERDICT_DROPPED,
+        reason: REASON_SNI_MISMATCH,
+        identity: remote_identity(cfg, flow),
+        hook: HOOK_CGROUP_SKB,
+        rule: 0,
+    };
+    emit(cfg, ep, flow, now, &report);
+    Verdict::Drop
+}
+
+/// The SNI check found the flow's first payload naming no host the destination was learnt
+/// for: the packet, counted as allowed by `decide`, is counted again as dropped (or
+/// would-drop, in audit mode) and reported; the flow is marked refused, so its later
+/// packets drop too (audit mode: no longer pending, so it is reported once).
+#[inline(never)]
+pub fn sni_mismatch(cfg: &Config, ep: &EndpointInfo, flow: &Flow) -> Verdict {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let audit = audits_denial(cfg, ep, flow.direction, REASON_SNI_MISMATCH);
+    uncount_allowed(ep, flow);
+    let (stat, verdict) = if audit {
+        (STAT_WOULD_DROP, VERDICT_WOULD_DROP)
+    } else {
+        (STAT_DROPPED, VERDICT_DROPPED)
+    };
+    count_verdict(ep, flow, stat);
+    let report = Report {
+        verdict,
+        reason: REASON_SNI_MISMATCH,
+        identity: remote_identity(cfg, flow),
+        hook: HOOK_CGROUP_SKB,
+        rule: 0,
+    };
+    emit(cfg, ep, flow, now, &report);
+    if audit {
+        set_flow_flags(ep, flow, 0);
+        Verdict::Pass
+    } else {
+        set_flow_flags(ep, flow, FLOW_F_SNI_DENIED);
+        Verdict::Drop
+    }
+}
+
+/// Takes back the count of an allowed packet (`count_verdict` with STAT_ALLOWED) in this
+/// program run: the counters are per CPU, and a program does not migrate, so this is
+/// exact.
+fn uncount_allowed(ep: &EndpointInfo, flow: &Flow) {
+    if let Some(value) = COUNTERS.get_ptr_mut(verdict_counter(STAT_ALLOWED, flow.direction)) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *value = (*value).saturating_sub(1) };
+    }
+    let index = endpoint_stats_index(ep.endpoint_id, flow.direction, STAT_ALLOWED);
+    if let Some(entry) = ENDPOINT_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe {
+            (*entry).packets = (*entry).packets.saturating_sub(1);
+            (*entry).bytes = (*entry).bytes.saturating_sub(flow.bytes as u64);
+        }
     }
 }
 

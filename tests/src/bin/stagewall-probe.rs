@@ -109,6 +109,54 @@ fn udp(addr: SocketAddr, timeout: Duration, count: u32) -> Result<SocketAddr, st
     Ok(from)
 }
 
+/// A minimal TLS 1.3 ClientHello (one record) naming `sni` in its server_name extension,
+/// after a supported_groups one (so a reader must walk the extensions); `none`: no
+/// server_name at all. Enough for stagewall's SNI check, not for a real server.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let mut extensions = vec![0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x1d];
+    if sni != "none" {
+        let name = sni.as_bytes();
+        let n = name.len() as u16;
+        extensions.extend_from_slice(&[0x00, 0x00]);
+        extensions.extend_from_slice(&(n + 5).to_be_bytes());
+        extensions.extend_from_slice(&(n + 3).to_be_bytes());
+        extensions.push(0);
+        extensions.extend_from_slice(&n.to_be_bytes());
+        extensions.extend_from_slice(name);
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // cipher suites
+    body.extend_from_slice(&[0x01, 0x00]); // compression
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(&extensions);
+    let mut handshake = vec![0x01, 0, 0, 0];
+    handshake[1..4].copy_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Connects, sends a ClientHello naming `sni` (`plain`: "ping", no TLS at all), and waits
+/// for the echo server to send its first bytes back: did the hello get through?
+fn hello(addr: SocketAddr, timeout: Duration, sni: &str) -> Result<(), std::io::Error> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let payload = if sni == "plain" {
+        b"ping".to_vec()
+    } else {
+        client_hello(sni)
+    };
+    s.write_all(&payload)?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf)?;
+    Ok(())
+}
+
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, std::io::Error> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
@@ -444,7 +492,7 @@ fn resolve_connect(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | hello ADDR PORT MS SNI|none|plain | hellos ADDR PORT SNI COUNT | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -466,6 +514,19 @@ fn main() {
         }
         Some("tcp") if args.len() == 4 => {
             tcp(sock(&args[1], &args[2]), ms(&args[3])).map(|peer| format!("peer {peer}\n"))
+        }
+        Some("hello") if args.len() == 5 => {
+            hello(sock(&args[1], &args[2]), ms(&args[3]), &args[4]).map(|()| String::new())
+        }
+        Some("hellos") if args.len() == 5 => {
+            // COUNT connections, one after the other, each with its ClientHello.
+            let addr = sock(&args[1], &args[2]);
+            let count: u32 = args[4].parse().expect("count");
+            let ok = (0..count)
+                .filter(|_| hello(addr, Duration::from_secs(1), &args[3]).is_ok())
+                .count();
+            println!("ok {ok} of {count}");
+            return;
         }
         Some("udp") if args.len() >= 4 => {
             let count = args.get(4).map_or(1, |c| c.parse().expect("count"));
