@@ -197,7 +197,9 @@ impl Testbed {
             reader,
             hub: place.netns.to_string(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading the programs runs the verifier, which on a busy 2-CPU machine takes a
+        // while: ready within a minute.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if agent
                 .http_get("/readyz")
@@ -216,7 +218,7 @@ impl Testbed {
                 );
             }
             if Instant::now() > deadline {
-                bail!("stagewall not ready after 20 s:\n{}", agent.log());
+                bail!("stagewall not ready after 60 s:\n{}", agent.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -3,116 +3,98 @@
 //! a ClientHello (stagewall-probe's `hello`: a minimal one with the server name given),
 //! and the echo server there answers only what reached it.
 //!
-//! Hacky on purpose, for this branch: neither the Pipeline's `to: {fqdn: ...}` (the
-//! compiler's name rules, EP_NAME_RULES) nor the DNS proxy (which writes DNS_LEARNT) exist
-//! here yet, so the test writes into the pinned maps what they would have: the workload's
-//! ENDPOINTS entry gets EP_NAME_RULES (and EP_SNI_CHECK, which the agent's
-//! `--dns-sni-check` sets only on endpoints with EP_NAME_RULES), its egress policy a
-//! POLICY entry for the name identities, and DNS_LEARNT the destination learnt for them,
-//! as the proxy would after answering the names. Once the compiler and the proxy land,
-//! this test should use a Pipeline and a real resolver instead.
+//! Real parts: a Pipeline allows `index.test` and `*.wheels.test` on 443, a real dnsmasq
+//! answers them (and `other.test`, on the same address: the shared-address case the
+//! check exists for), the workload resolves them through the agent's DNS proxy (dig),
+//! which teaches the kernel the address with the names' identities; then the ClientHello
+//! decides.
 //!
 //! `cost` measures the egress program's run time per packet (kernel.bpf_stats_enabled)
 //! with the check off and on and prints a table.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
-use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
-use stagewall_common::{
-    Config, DIR_EGRESS, DNS_LEARNT_IDENTITIES, DnsLearntKey, DnsLearntValue, ENDPOINT_KIND_CGROUP,
-    EP_NAME_RULES, EP_SNI_CHECK, EndpointInfo, EndpointKey, FAMILY_V4, IDENTITY_NAME_FIRST,
-    MAP_LAYOUT_VERSION, POLICY_ALLOW, POLICY_PREFIX_FULL_BITS, PROTO_TCP, PolicyKey,
-};
-use stagewall_tests::{Testbed, privileged, until};
+use stagewall_tests::{Testbed, dns::DnsServer, privileged, until};
 
 const SERVER: &str = "203.0.113.10";
 
-/// What the agent's `DomainPattern::identity()` gives a pattern's canonical text.
-fn name_identity(pattern: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in pattern.bytes() {
-        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
-    }
-    h | IDENTITY_NAME_FIRST
-}
-
-const PATTERNS: [&str; 2] = ["index.test", "*.wheels.test"];
-
-/// The client may reach 198.51.100.0/24:80 by address (so its egress has a policy); the
-/// server, on 443, only through the names the test adds.
-fn bed() -> Testbed {
-    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+/// The client may reach the outside server on 443 only through the names its DNS answers
+/// gave (and DNS itself); the resolver answers every name with the server's address.
+fn bed() -> (Testbed, DnsServer) {
+    let mut bed = Testbed::new(&["client", "server", "dns"]).expect("creating the test bed");
     bed.make_outside("server", SERVER).expect("outside server");
     bed.serve("server", &[443], &[]).expect("echo server");
-    let mut policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: ml}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{ipBlock: {cidr: 198.51.100.0/24}}]\n      ports: [{protocol: TCP, port: 80}]\n---\n".to_string();
+    bed.give_hub_gateway()
+        .expect("the hub's address, where the proxy listens");
+    let server: IpAddr = SERVER.parse().unwrap();
+    let dns = DnsServer::start(
+        &mut bed,
+        "dns",
+        300,
+        &[
+            ("index.test", server),
+            ("a.files.wheels.test", server),
+            ("other.test", server),
+        ],
+        &[],
+    )
+    .expect("dnsmasq");
+    let mut policy = format!(
+        "apiVersion: stagewall.io/v1alpha1
+kind: Pipeline
+metadata: {{name: sni, namespace: ml}}
+spec:
+  stages:
+    - name: client
+      selector: {{matchLabels: {{app: client}}}}
+  flows:
+    - from: {{stage: client}}
+      to: {{cidr: {}/32}}
+      ports: [{{protocol: UDP, port: 53}}, {{protocol: TCP, port: 53}}]
+    - from: {{stage: client}}
+      to: {{fqdn: index.test}}
+      ports: [{{protocol: TCP, port: 443}}]
+    - from: {{stage: client}}
+      to: {{fqdn: \"*.wheels.test\"}}
+      ports: [{{protocol: TCP, port: 443}}]
+---
+",
+        dns.addr
+    );
     policy.push_str(&bed.workload_yaml("client", "ml", "{app: client}", false));
     bed.write_policy("sni.yaml", &policy).expect("policy");
-    bed
+    (bed, dns)
 }
 
-fn map(bed: &Testbed, name: &str) -> Map {
-    let path = bed.bpffs.join(format!("v{MAP_LAYOUT_VERSION}/maps/{name}"));
-    MapData::from_pin(&path)
-        .and_then(Map::from_map_data)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// The agent with its DNS proxy serving the bed's resolver, and `extra` arguments.
+fn start(bed: &Testbed, dns: &DnsServer, extra: &[&str]) -> stagewall_tests::Agent {
+    let resolver = dns.addr.to_string();
+    let mut args = vec![
+        "--dns-proxy",
+        stagewall_tests::HUB_GATEWAY,
+        "--dns-resolver",
+        &resolver,
+    ];
+    args.extend_from_slice(extra);
+    bed.start_agent(&args).expect("starting the agent")
 }
 
-/// Writes what the compiler's name rules and the DNS proxy would have (see the module
-/// doc) for the client, in the slot in force; `sni_check`: EP_SNI_CHECK too.
-fn teach_names(bed: &Testbed, sni_check: bool) {
-    let cgroup_id = inode(&bed.node("client").cgroup);
-    let config: Array<_, Config> = Array::try_from(map(bed, "CONFIG")).unwrap();
-    let active = config.get(&0, 0).unwrap().active_slot;
-    let mut endpoints: HashMap<_, EndpointKey, EndpointInfo> =
-        HashMap::try_from(map(bed, "ENDPOINTS")).unwrap();
-    let entries: Vec<(EndpointKey, EndpointInfo)> = endpoints
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, _)| k.slot == active && k.kind == ENDPOINT_KIND_CGROUP && k.id == cgroup_id)
-        .collect();
-    assert!(!entries.is_empty(), "no ENDPOINTS entry for the client");
-    let mut policy: LpmTrie<_, PolicyKey, u32> = LpmTrie::try_from(map(bed, "POLICY")).unwrap();
-    let mut learnt: HashMap<_, DnsLearntKey, DnsLearntValue> =
-        HashMap::try_from(map(bed, "DNS_LEARNT")).unwrap();
-    for (key, mut info) in entries {
-        assert_ne!(info.egress_policy, 0, "the client has an egress policy");
-        info.flags |= EP_NAME_RULES | if sni_check { EP_SNI_CHECK } else { 0 };
-        endpoints.insert(key, info, 0).unwrap();
-        for pattern in PATTERNS {
-            let data = PolicyKey {
-                policy_be: info.egress_policy.to_be(),
-                identity_be: name_identity(pattern).to_be(),
-                direction: DIR_EGRESS,
-                protocol: PROTO_TCP,
-                port_be: 443u16.to_be(),
-            };
-            policy
-                .insert(&Key::new(POLICY_PREFIX_FULL_BITS, data), POLICY_ALLOW, 0)
-                .unwrap();
-        }
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&SERVER.parse::<std::net::Ipv4Addr>().unwrap().octets());
-        let mut identities = [0u32; DNS_LEARNT_IDENTITIES];
-        for (i, pattern) in PATTERNS.iter().enumerate() {
-            identities[i] = name_identity(pattern);
-        }
-        let key = DnsLearntKey {
-            endpoint_id: info.endpoint_id,
-            family: FAMILY_V4,
-            _pad: [0; 3],
-            addr,
-        };
-        let value = DnsLearntValue {
-            expires_ns: u64::MAX,
-            identities,
-        };
-        learnt.insert(key, value, 0).unwrap();
+/// The client looks the names up through its resolver (redirected to the agent's proxy):
+/// the server's address is learnt for the allowed ones.
+fn resolve_names(bed: &Testbed, dns: &DnsServer) {
+    for name in ["index.test", "a.files.wheels.test", "other.test"] {
+        let out = bed
+            .resolving_command("client", dns.addr, "dig")
+            .unwrap()
+            .args(["+short", "+time=2", "+tries=1", name])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            SERVER,
+            "{name}"
+        );
     }
-}
-
-fn inode(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(path).expect("cgroup dir").ino()
 }
 
 fn hello(bed: &Testbed, sni: &str) -> String {
@@ -125,18 +107,16 @@ fn a_tls_flow_only_a_name_allowed_must_name_a_learnt_host() {
     if !privileged() {
         return;
     }
-    let bed = bed();
+    let (bed, dns) = bed();
     let server: IpAddr = SERVER.parse().unwrap();
-    let agent = bed
-        .start_agent(&["--dns-sni-check"])
-        .expect("starting the agent");
+    let agent = start(&bed, &dns, &["--dns-sni-check"]);
     let before = bed.tcp("client", server, 443);
     assert!(
         before.is("eperm"),
         "no name taught yet: the address alone allows nothing on 443: {before:?}\n{}",
         agent.log()
     );
-    teach_names(&bed, true);
+    resolve_names(&bed, &dns);
     assert_eq!(hello(&bed, "index.test"), "ok", "the exact name");
     assert_eq!(
         hello(&bed, "Index.Test"),
@@ -180,9 +160,9 @@ fn without_the_check_any_name_passes() {
     if !privileged() {
         return;
     }
-    let bed = bed();
-    let _agent = bed.start_agent(&[]).expect("starting the agent");
-    teach_names(&bed, false);
+    let (bed, dns) = bed();
+    let _agent = start(&bed, &dns, &[]);
+    resolve_names(&bed, &dns);
     for sni in ["index.test", "other.test", "none", "plain"] {
         assert_eq!(hello(&bed, sni), "ok", "{sni}: the check is off");
     }
@@ -241,10 +221,10 @@ fn cost() {
     let mut rows = Vec::new();
     for round in 0..ROUNDS {
         for (label, check) in [("off", false), ("on", true)] {
-            let bed = bed();
+            let (bed, dns) = bed();
             let args: &[&str] = if check { &["--dns-sni-check"] } else { &[] };
-            let _agent = bed.start_agent(args).expect("starting the agent");
-            teach_names(&bed, check);
+            let _agent = start(&bed, &dns, args);
+            resolve_names(&bed, &dns);
             // Warm up, then measure.
             assert_eq!(hello(&bed, "index.test"), "ok");
             let (ns, runs, out) = egress_ns_per_run(&bed, "index.test", CONNECTIONS);
