@@ -198,6 +198,50 @@ fn a_workload_reaches_the_addresses_its_answers_gave_for_allowed_names_and_nothi
         Some(true)
     );
 
+    // Other clients of the system resolver: curl and Python.
+    let curl = b
+        .bed
+        .resolving_command("training", b.dns.addr, "curl")
+        .unwrap()
+        .args([
+            "-4",
+            "-s",
+            "--max-time",
+            "3",
+            "--http0.9",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{remote_ip}",
+        ])
+        .arg("http://a.files.pythonhosted.test:443/")
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        WHEELS,
+        "curl: {curl:?}"
+    );
+    let python = |name: &str| {
+        let out = b
+            .bed
+            .resolving_command("training", b.dns.addr, "python3")
+            .unwrap()
+            .arg("-c")
+            .arg(format!(
+                "import socket\ntry:\n    s = socket.create_connection(('{name}', 443), timeout=3)\n    s.sendall(b'x')\n    print(s.recv(1).decode())\nexcept PermissionError:\n    print('eperm')"
+            ))
+            .output()
+            .expect("python3");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(python("alias.test"), "x", "python through a CNAME");
+    assert_eq!(
+        python("other.test"),
+        "eperm",
+        "python to a name no rule allows"
+    );
+
     // DNS over TCP: dig +tcp learns too.
     let dig = b
         .bed

@@ -26,7 +26,7 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
 /// iperf3, iptables and nftables for the benchmarks, libseccomp's headers for the test
 /// node's runc (built with cgo by `cargo xtask cluster-build`).
-const PACKAGES: [&str; 10] = [
+const PACKAGES: [&str; 11] = [
     "iproute2",
     "iputils-ping",
     "llvm-22-dev",
@@ -38,6 +38,8 @@ const PACKAGES: [&str; 10] = [
     // A real DNS server and client for the tests of DNS through a Service.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // A client that resolves through the system resolver, for the tests of egress by name.
+    "curl",
 ];
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
