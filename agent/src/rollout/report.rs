@@ -117,7 +117,13 @@ pub fn report(records: &RecordsFile, set: &PolicySet, agent_mode: Mode) -> Vec<S
             Some(p) => format!("{}/{p}", r.key.protocol),
             None => r.key.protocol.to_string(),
         };
-        let key = (r.key.direction, r.peer.clone(), port);
+        // A destination the workload looked up by name is reported by that name (what a
+        // name rule would allow), with the peer it fell in.
+        let peer = match &r.name {
+            Some(name) => format!("{name} ({})", r.peer),
+            None => r.peer.clone(),
+        };
+        let key = (r.key.direction, peer, port);
         for (count, table) in [(r.would_drop, &mut would_drops), (r.dropped, &mut drops)] {
             if count > 0 {
                 let total = table
@@ -261,5 +267,28 @@ mod tests {
         assert_eq!(s.would_drops[0].events, max);
         assert_eq!(s.drops[0].events, max);
         assert!(text(&stages).contains(&format!("({max} events)")));
+    }
+
+    /// Would-drops to a destination looked up by name are reported by that name: two
+    /// addresses of one name are one line.
+    #[test]
+    fn would_drops_to_a_looked_up_name_are_reported_by_the_name() {
+        let mut a = record(443, 0, 2, 0);
+        a.name = Some("pypi.org".into());
+        let mut b = record(443, 0, 3, 0);
+        b.key.peer_address = IpAddr::from([192, 0, 2, 8]);
+        b.name = Some("pypi.org".into());
+        let records = RecordsFile {
+            version: 1,
+            agent_mode: Mode::Audit,
+            evicted: 0,
+            covered: Vec::new(),
+            records: vec![a, b],
+        };
+        let stages = report(&records, &PolicySet::default(), Mode::Audit);
+        let would = &stages[0].would_drops;
+        assert_eq!(would.len(), 1, "{would:?}");
+        assert_eq!(would[0].peer, "pypi.org (world)");
+        assert_eq!(would[0].events, 5);
     }
 }
