@@ -347,7 +347,7 @@ fn a_learnt_address_expires_for_new_connections_and_never_cuts_an_open_one() {
     let rr = {
         let cmd = b.bed.command("training", stagewall_tests::probe_bin());
         let mut cmd = cmd.expect("probe");
-        cmd.args(["rr", PYPI, "443", "6000"]);
+        cmd.args(["rr", PYPI, "443", "10000"]);
         std::thread::spawn(move || {
             String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
         })
@@ -359,6 +359,13 @@ fn a_learnt_address_expires_for_new_connections_and_never_cuts_an_open_one() {
     let mut policy = std::fs::read_to_string(b.bed.dir.join("names.yaml")).unwrap();
     policy.push_str(&b.bed.workload_yaml("other", "ml", "{app: extra}", false));
     b.bed.write_policy("names.yaml", &policy).unwrap();
+    // The change in force while the connection is still busy: the kernel decides the
+    // open flow again under the new policy, with its learnt address expired.
+    until(
+        "the policy change applied",
+        || agent.log(),
+        || metric_sum(&agent.metrics(), "stagewall_policy_generation", &[]) >= 2.0,
+    );
     let rr = rr.join().unwrap();
     assert!(rr.starts_with("ok "), "the open connection was cut: {rr}");
     // The agent down: what it learnt stays in force (pinned) until its TTL; DNS keeps

@@ -80,11 +80,19 @@ pub struct DnsArgs {
     /// Learnt addresses of all workloads of the node together (kernel limit 262,144).
     #[arg(long, default_value_t = 100_000)]
     pub dns_learnt_max: usize,
+    /// Send the DNS of workloads whose egress flows are recorded (--record-flows) through
+    /// the proxy too, though they have no name rules, so that their flow records and
+    /// events name destinations and `advise` proposes names instead of addresses. Their
+    /// DNS then depends on the proxy as named workloads' does (see the fail mode).
+    #[arg(long)]
+    pub dns_record_names: bool,
 }
 
 /// The proxy's sockets, bound, and where the kernel sends the workloads' queries.
 pub struct BoundProxy {
     pub layout: ProxyLayout,
+    /// --dns-record-names.
+    pub record_names: bool,
     listeners: Vec<ProxyListener>,
     learnt: LearntConfig,
 }
@@ -151,6 +159,25 @@ pub fn bind(args: &DnsArgs) -> Result<Option<BoundProxy>, ConfigError> {
         }
     }
     resolvers.dedup();
+    // A resolver of a family the proxy has no address of is not redirected, and has no
+    // port of the proxy's: every port in the kernel's range is one the proxy listens on.
+    resolvers.retain(|r| {
+        let served = match r {
+            SocketAddr::V4(_) => v4.is_some(),
+            SocketAddr::V6(_) => v6.is_some(),
+        };
+        if !served {
+            log::warn!(
+                "resolver {r}: no --dns-proxy address of its family; its queries are not redirected"
+            );
+        }
+        served
+    });
+    if resolvers.is_empty() {
+        return Err(ConfigError(
+            "--dns-proxy: no resolver of the proxy's address families to serve".into(),
+        ));
+    }
     let layout = ProxyLayout {
         v4,
         v6,
@@ -164,10 +191,7 @@ pub fn bind(args: &DnsArgs) -> Result<Option<BoundProxy>, ConfigError> {
             SocketAddr::V6(_) => v6.map(IpAddr::V6),
         };
         let Some(ip) = ip else {
-            log::warn!(
-                "resolver {upstream}: no --dns-proxy address of its family; its queries are not redirected"
-            );
-            continue;
+            continue; // not kept above
         };
         let at = SocketAddr::new(ip, layout.port_of(i));
         let bound = |what: &str, e: std::io::Error| {
@@ -197,6 +221,7 @@ pub fn bind(args: &DnsArgs) -> Result<Option<BoundProxy>, ConfigError> {
     };
     Ok(Some(BoundProxy {
         layout,
+        record_names: args.dns_record_names,
         listeners,
         learnt,
     }))
@@ -318,6 +343,8 @@ fn counts(stats: &ProxyStats, learnt: &LearntStats) -> DnsCounts {
 /// stop it.
 pub struct RunningProxy {
     pub learnt: Arc<Mutex<Learnt>>,
+    /// --dns-record-names.
+    pub record_names: bool,
     maps: Arc<Mutex<DnsMaps>>,
     /// Set by `stop`: the liveness is not renewed any more.
     stopping: Arc<AtomicBool>,
@@ -328,11 +355,13 @@ impl RunningProxy {
     /// Stops redirecting at once (a clean stop: nothing waits for the liveness to run
     /// out), then stops the proxy.
     pub fn stop(mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        if let Ok(mut maps) = self.maps.lock()
-            && let Err(e) = maps.alive_until(0)
-        {
-            log::warn!("stopping the DNS redirection: {e}");
+        // Under the maps' lock, which the liveness thread holds from reading `stopping`
+        // to writing: it cannot renew after this.
+        if let Ok(mut maps) = self.maps.lock() {
+            self.stopping.store(true, Ordering::Relaxed);
+            if let Err(e) = maps.alive_until(0) {
+                log::warn!("stopping the DNS redirection: {e}");
+            }
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -353,6 +382,7 @@ pub fn start(
         layout,
         listeners,
         learnt,
+        record_names,
     } = bound;
     let maps = Arc::new(Mutex::new(maps));
     maps.lock().expect("DNS maps lock").set_layout(&layout)?;
@@ -394,14 +424,16 @@ pub fn start(
         .name("dns-liveness".into())
         .spawn(move || {
             loop {
+                let mut maps = renew_maps.lock().expect("DNS maps lock");
                 let until = if proxy_thread.is_finished() || stop_renewing.load(Ordering::Relaxed) {
                     0
                 } else {
                     monotonic_ns() + LIVENESS_AHEAD.as_nanos() as u64
                 };
-                if let Err(e) = renew_maps.lock().expect("DNS maps lock").alive_until(until) {
+                if let Err(e) = maps.alive_until(until) {
                     log::error!("the DNS proxy's liveness: {e}");
                 }
+                drop(maps);
                 let _ = alive_tx.send(());
                 forget_departed(&policy, &table, &renew_maps);
                 let learnt_stats = table.lock().expect("learnt lock").stats();
@@ -424,6 +456,7 @@ pub fn start(
     );
     Ok(RunningProxy {
         learnt: learnt_table,
+        record_names,
         maps,
         stopping,
         stop: Some(stop_tx),

@@ -136,10 +136,10 @@ pub struct Agent {
     _pins_lock: PinLock,
     /// The flow records, and whose flows they take.
     records: Option<Records>,
-    /// The DNS proxy serves (--dns-proxy): workloads whose egress is recorded have their
-    /// DNS go through it too, so their records name destinations and advise can allow
-    /// names instead of addresses.
-    dns_proxy: bool,
+    /// --dns-record-names (with --dns-proxy): workloads whose egress is recorded have
+    /// their DNS go through the proxy too, so their records name destinations and advise
+    /// can allow names instead of addresses.
+    dns_record_names: bool,
 }
 
 impl Agent {
@@ -180,7 +180,7 @@ impl Agent {
         let started = Instant::now();
         // Allowed flows are reported for the event log (--log-allowed) or for the records.
         let recorded = self.note_covered_directions(&compiled);
-        if self.dns_proxy {
+        if self.dns_record_names {
             self.name_recorded_destinations(&mut compiled);
         }
         let settings = ProgramSettings {

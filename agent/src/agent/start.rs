@@ -164,7 +164,7 @@ pub(super) fn start(
         quarantine_store,
         _pins_lock: pins_lock,
         records,
-        dns_proxy: dns.is_some(),
+        dns_record_names: dns.as_ref().is_some_and(|d| d.record_names),
     };
     agent.apply(compiled).context("applying the policy")?;
     Ok(Started {

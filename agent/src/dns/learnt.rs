@@ -237,7 +237,11 @@ impl Learnt {
                 Some(mut old) => {
                     self.unindex(key, &old);
                     let was = (old.in_kernel(), value_of(&old));
-                    if old.expires_ns <= now_ns {
+                    // An expired entry starts afresh with an answer that allows; one that
+                    // does not (another name on the same address) leaves it as it is, so
+                    // the identities an open connection was allowed by stay until the
+                    // linger runs out.
+                    if old.expires_ns <= now_ns && !identities.is_empty() {
                         old.identities = [0; DNS_LEARNT_IDENTITIES];
                         old.expires_ns = 0;
                     }

@@ -92,7 +92,11 @@ pub fn proxy_traffic(ep: &EndpointInfo, flow: &Flow) -> bool {
     let Some(state) = DNS_PROXY.get(0) else {
         return false;
     };
-    if !is_proxy_socket(state, flow.family, &flow.remote_addr, flow.remote_port) {
+    // Only while the proxy is alive: once it is gone, whatever may listen on its address
+    // and ports is decided by policy like anything else.
+    if !is_proxy_socket(state, flow.family, &flow.remote_addr, flow.remote_port)
+        || unsafe { bpf_ktime_get_ns() } >= state.alive_until_ns
+    {
         return false;
     }
     if flow.direction == DIR_EGRESS {

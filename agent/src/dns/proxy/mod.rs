@@ -100,6 +100,10 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// UDP queries waiting for the resolver; more are dropped.
     pub udp_in_flight_max: usize,
+    /// ... of them from one client address (a workload's, or the node's for workloads in
+    /// its network namespace): one workload flooding a slow resolver cannot take every
+    /// slot, and the others' DNS goes on.
+    pub udp_in_flight_per_client: usize,
     /// Open TCP connections from workloads; more are closed at once.
     pub tcp_connections_max: usize,
     /// A TCP connection with no query for this long is closed.
@@ -112,7 +116,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             upstream_timeout: Duration::from_secs(5),
-            udp_in_flight_max: 4096,
+            // Each waits with a 64 KiB reply buffer: 64 MiB at most.
+            udp_in_flight_max: 1024,
+            udp_in_flight_per_client: 128,
             tcp_connections_max: 256,
             tcp_idle_timeout: Duration::from_secs(10),
             gc_interval: Duration::from_secs(1),

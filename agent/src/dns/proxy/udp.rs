@@ -3,6 +3,7 @@
 //! from the listening socket.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
@@ -27,6 +28,7 @@ pub(super) async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; UDP_MAX];
+    let per_client: PerClient = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -44,6 +46,14 @@ pub(super) async fn serve(
             inc(&shared.stats.dropped_malformed);
             continue;
         }
+        let Some(client_slot) = ClientSlot::take(
+            &per_client,
+            client.ip(),
+            shared.config.udp_in_flight_per_client,
+        ) else {
+            inc(&shared.stats.dropped_in_flight);
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             inc(&shared.stats.dropped_in_flight);
             continue;
@@ -51,11 +61,48 @@ pub(super) async fn serve(
         let query = buf[..n].to_vec();
         let (shared, socket, stop) = (shared.clone(), socket.clone(), stop.clone());
         tokio::spawn(async move {
+            let _client_slot = client_slot;
             tokio::select! {
                 () = one_query(&shared, &socket, upstream, client, query, received, permit) => {}
                 () = stopped(stop) => {}
             }
         });
+    }
+}
+
+/// Queries in flight per client address.
+type PerClient = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One query's place among its client's in flight, given back when dropped.
+struct ClientSlot {
+    per_client: PerClient,
+    client: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(per_client: &PerClient, client: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let mut counts = per_client.lock().expect("per-client lock");
+        let count = counts.entry(client).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            per_client: per_client.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_client.lock().expect("per-client lock");
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -128,5 +175,30 @@ async fn exchange(
             inc(&shared.stats.upstream_timeouts);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One client's queries in flight are bounded on their own; another's are not
+    /// touched, and a finished query gives its place back.
+    #[test]
+    fn a_client_has_its_own_bound_of_queries_in_flight() {
+        let per_client: PerClient = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let mut held: Vec<ClientSlot> = (0..3)
+            .map(|_| ClientSlot::take(&per_client, a, 3).expect("within the bound"))
+            .collect();
+        assert!(ClientSlot::take(&per_client, a, 3).is_none(), "a's fourth");
+        assert!(ClientSlot::take(&per_client, b, 3).is_some(), "b is not a");
+        held.pop();
+        assert!(
+            ClientSlot::take(&per_client, a, 3).is_some(),
+            "a place given back"
+        );
+        drop(held);
+        assert!(per_client.lock().unwrap().is_empty(), "nothing left behind");
     }
 }
