@@ -403,6 +403,11 @@ fn main() {
             s.names
         ),
     }
+    if quick {
+        println!(
+            "\n(quick mode: fewer and shorter runs, 10,000 names, to keep the harness from rotting; not for comparison)"
+        );
+    }
     println!(
         "\n(the DNS benchmark took {:.0} s)",
         started.elapsed().as_secs_f64()
