@@ -17,7 +17,8 @@
 //!   bridge plugin, running real pods from locally written images;
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
 //!   do on demand; [`demo`]: the demo's test bed and probes; [`dns`]: a real DNS server
-//!   (dnsmasq) in the bed and workloads resolving through it;
+//!   (dnsmasq) in the bed and workloads resolving through it; [`dns_client`]: the probe's
+//!   hand-written DNS queries, timed (the DNS benchmark);
 //!   [`raw`]: hand-made frames for the hostile-input tests; [`sctp`]: the probe's SCTP
 //!   (INIT and INIT ACK over raw sockets, for kernels without an SCTP stack).
 //!
@@ -34,6 +35,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod demo;
 pub mod dns;
+pub mod dns_client;
 pub mod lsm;
 pub mod node;
 pub mod raw;

@@ -44,7 +44,9 @@ enum Task {
     /// namespaces and cgroups, showing allowed and denied traffic and the events (root).
     Demo,
     /// Setup, then the benchmarks (release build; root): data path against the baseline,
-    /// iptables and nftables, control plane, events. Prints Markdown tables.
+    /// iptables and nftables, control plane, events; then the DNS proxy (lookup latency
+    /// and rate through the agent against direct, memory per learnt address). Prints
+    /// Markdown tables.
     Bench {
         /// One short run per configuration (what CI runs so the harness cannot rot).
         #[arg(long)]
@@ -142,7 +144,9 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         args.push("--quick");
     }
-    cmd("target/release/stagewall-bench", &args)
+    cmd("target/release/stagewall-bench", &args)?;
+    // Egress by name: the DNS proxy's latency, throughput and memory.
+    cmd("target/release/stagewall-dns-bench", &args)
 }
 
 fn test() -> anyhow::Result<()> {

@@ -35,6 +35,19 @@
 //!                                                          await the echo: `done MS\nok N
 //!                                                          eperm N unresolved N other N` and
 //!                                                          the first failures
+//!   stagewall-probe dns-rr RESOLVER NAME COUNT             COUNT A queries for NAME, one at a
+//!                                                          time on one UDP socket connected to
+//!                                                          RESOLVER:53 (1 s timeout each):
+//!                                                          `answered N lost N errors N p50_us X
+//!                                                          p99_us X max_us X`
+//!   stagewall-probe dns-load RESOLVER NAMES SECONDS CONCURRENCY
+//!                                                          CONCURRENCY sockets, one query in
+//!                                                          flight each, NAMES (a name, or @FILE
+//!                                                          of one name a line) in turn, for
+//!                                                          SECONDS, or with `all` until each
+//!                                                          name was answered (3 tries each):
+//!                                                          `answered N lost N errors N seconds
+//!                                                          S per_second R`
 //!   stagewall-probe pause                                 a real pod's sandbox process: sleeps
 //!                                                          until SIGTERM or SIGINT
 //!   stagewall-probe raw-count IFACE MS MARKER...           `ready`, then `counts N...`: frames
@@ -43,7 +56,7 @@
 //! Probes print one outcome word and the elapsed milliseconds: `ok 2`, `eperm 0`,
 //! `timeout 1000`, `refused 1`, `error:<what> 3`. They exit 0 whatever the outcome.
 
-use stagewall_tests::{raw, sctp};
+use stagewall_tests::{dns_client, raw, sctp};
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -492,7 +505,7 @@ fn resolve_connect(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | hello ADDR PORT MS SNI|none|plain | hellos ADDR PORT SNI COUNT | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER...";
+    let usage = "usage: stagewall-probe pause | serve --tcp P,.. --udp P,.. [--sctp P,..] | tcp ADDR PORT MS | hello ADDR PORT MS SNI|none|plain | hellos ADDR PORT SNI COUNT | udp ADDR PORT MS [COUNT] | get ADDR:PORT PATH MS | flood ADDR PORT MS SOCKETS | scan ADDR FIRST LAST | rr|crr ADDR PORT MS | udp-sink PORT MS | watch-verdict ADDR PORT MS [stdin] | matrix MS PROTO/ADDR/PORT... | raw-send IFACE HEX... | raw-flood IFACE HEX COUNT | ip-send HEX... | raw-count IFACE MS MARKER... | resolve-connect NAME PORT COUNT MS [4|6] | dns-rr RESOLVER NAME COUNT | dns-load RESOLVER NAME|@FILE SECONDS|all CONCURRENCY";
     let start = Instant::now();
     let ms = |s: &String| Duration::from_millis(s.parse().expect("milliseconds"));
     let sock = |a: &String, p: &String| {
@@ -580,6 +593,34 @@ fn main() {
                 ms(&args[4]),
                 family,
             ))
+        }
+        Some("dns-rr") if args.len() == 4 => dns_client::round_trips(
+            SocketAddr::new(args[1].parse().expect("address"), 53),
+            &args[2],
+            args[3].parse().expect("count"),
+        ),
+        Some("dns-load") if args.len() == 5 => {
+            let names = match args[2].strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .expect("the names file")
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+                    .collect(),
+                None => vec![args[2].clone()],
+            };
+            let until = match args[3].as_str() {
+                "all" => dns_client::Until::AllAnswered,
+                s => {
+                    dns_client::Until::Elapsed(Duration::from_secs_f64(s.parse().expect("seconds")))
+                }
+            };
+            dns_client::load(
+                SocketAddr::new(args[1].parse().expect("address"), 53),
+                Arc::new(names),
+                until,
+                args[4].parse().expect("concurrency"),
+            )
         }
         Some("matrix") if args.len() >= 2 => {
             matrix(ms(&args[1]), &args[2..]);
