@@ -3,14 +3,14 @@
 //! bed's hub namespace. Pods are real pods from locally written images, their probes are
 //! kubelet's own, and the agent finds them in the cgroups kubelet made.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use stagewall_tests::{
     Testbed,
     cluster::Cluster,
     metric_sum,
     node::{KubeletNode, NodeNetwork},
-    privileged, raw, until,
+    privileged, raw, until, until_within,
 };
 
 /// Creates a real pod of the probe image in `namespace`, serving TCP on `port` with a
@@ -362,8 +362,12 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
             node_log(&cluster, &node)
         )
     };
-    until(
+    // Ready once the programs are loaded (the verifier takes seconds on 2 CPUs) and the
+    // first policy is in force, at kubelet's next probe (every 5 s): as the test harness
+    // waits for an agent it starts itself, a minute.
+    until_within(
         "the agent's pod Ready (kubelet's readiness probe on /readyz)",
+        Duration::from_secs(60),
         described,
         || agent_pod().ends_with(" Running True"),
     );
