@@ -21,6 +21,7 @@ use crate::{
         pins::{self, PinLock, Pins},
         quarantine::QuarantineStore,
     },
+    dns::proxy::monotonic_ns,
     observe::metrics::Metrics,
 };
 
@@ -51,17 +52,6 @@ fn count_suppressed(limits: HashMap<MapData, FlowKey, EventLimit>, metrics: Arc<
             std::thread::sleep(COUNT_SUPPRESSED_EVERY);
         }
     });
-}
-
-/// CLOCK_MONOTONIC in ns: the kernel's bpf_ktime_get_ns, which event limits are kept in.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The agent with its first policy in force, and the kernel's outputs for the tasks.

@@ -177,7 +177,7 @@ pub fn service_key_slot(key: &ServiceKey) -> u32 {
 }
 
 /// An address as the kernel programs hold it: family, and the bytes (IPv4 in the first 4).
-fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+pub fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
     match addr {
         IpAddr::V4(a) => {
             let mut bytes = [0; 16];

@@ -8,11 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use stagewall_common::{
-    DnsLearntKey, DnsLearntValue, DnsProxyState, DnsSocket, FAMILY_V4, FAMILY_V6, PROTO_TCP,
-    PROTO_UDP,
+    DnsLearntKey, DnsLearntValue, DnsProxyState, DnsSocket, FAMILY_V4, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::datapath::error::DatapathError;
+use crate::{compiler::map_keys::family_and_bytes, datapath::error::DatapathError};
 
 /// The proxy as the kernel sees it: its addresses and, per resolver the workloads call,
 /// the port it listens on for that resolver's queries.
@@ -29,18 +28,6 @@ impl ProxyLayout {
     /// The port the proxy serves `resolver`'s queries on.
     pub fn port_of(&self, index: usize) -> u16 {
         self.port_first + index as u16
-    }
-}
-
-/// The address bytes and family of `addr` as the maps hold them (IPv4 in the first 4).
-pub fn family_and_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
-    let mut bytes = [0u8; 16];
-    match addr {
-        IpAddr::V4(v4) => {
-            bytes[..4].copy_from_slice(&v4.octets());
-            (FAMILY_V4, bytes)
-        }
-        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
     }
 }
 
