@@ -154,7 +154,10 @@ fn save(records: Option<&Records>, metrics: &Metrics) {
         log::error!("{:#}", anyhow::Error::from(e));
     }
     metrics.flow_records.set(records.len() as i64);
-    metrics.flow_records_evicted.set(records.evicted() as i64);
+    // A running total kept in the records file (so across restarts): the counter takes
+    // what it has not counted yet.
+    let evicted = &metrics.flow_records_evicted;
+    evicted.inc_by(records.evicted().saturating_sub(evicted.get()));
 }
 
 /// How long the endpoint waits before it is served again after it stopped.

@@ -25,6 +25,7 @@ use stagewall_common::{
 
 use super::{
     dns_metrics::DnsMetrics,
+    info::Info,
     violations::{Ledger, PortLabels, peer_names},
 };
 use crate::{
@@ -63,7 +64,8 @@ pub struct Metrics {
     pub flow_records: IntGauge,
     /// The DNS proxy's (egress by name).
     pub dns: DnsMetrics,
-    pub flow_records_evicted: IntGauge,
+    pub flow_records_evicted: IntCounter,
+    info: Info,
     pub policy_reloads: IntCounterVec,
     pub policy_apply_seconds: Histogram,
     map_entries: IntGaugeVec,
@@ -172,13 +174,6 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let build = IntGauge::with_opts(
-            Opts::new("stagewall_build_info", "stagewall build; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
-        )
-        .expect("valid metric");
-        build.set(1);
-        r.register(Box::new(build)).expect("unique metric");
         let apply = Histogram::with_opts(
             HistogramOpts::new(
                 "stagewall_policy_apply_duration_seconds",
@@ -307,9 +302,9 @@ impl Metrics {
                 "stagewall_flow_records",
                 "Flow records kept (for stagewall advise, simulate and report), as of the last write to disk.",
             ),
-            flow_records_evicted: gauge(
+            flow_records_evicted: counter(
                 &r,
-                "stagewall_flow_records_evicted",
+                "stagewall_flow_records_evicted_total",
                 "Flow records dropped, least recently seen first, to stay within --flow-records-max since the records file was started.",
             ),
             auto_quarantines: counter(
@@ -337,6 +332,7 @@ impl Metrics {
                 &["map"],
             ),
             dns: DnsMetrics::register(&r),
+            info: Info::register(&r),
             registry: r,
             kernel: Mutex::new(None),
             bounds: Mutex::default(),
@@ -374,6 +370,7 @@ impl Metrics {
             bounds.ledger.retain(valid);
             bounds.ports = ports;
         }
+        self.info.set_policy(&policy);
         if let Some(k) = self.kernel.lock().expect("metrics lock").as_mut() {
             k.policy = policy;
             k.guards = guards;

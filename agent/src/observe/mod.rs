@@ -3,6 +3,7 @@
 
 pub mod dns_metrics;
 pub mod http;
+mod info;
 pub mod metrics;
 pub mod routes;
 pub mod violations;
