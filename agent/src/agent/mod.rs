@@ -351,13 +351,19 @@ impl Agent {
         let compiled =
             match compiler::compile_with(&set, &current.endpoint_ids(), &mut self.compile_cache) {
                 Ok(compiled) => compiled,
-                Err(e) => return self.reject([e]),
+                Err(e) => {
+                    self.source.applied(Err(e.to_string()));
+                    return self.reject([e]);
+                }
             };
         for warning in compiler::warnings(&set) {
             log::warn!("{warning}");
         }
         log::info!("policy change read and compiled in {:?}", started.elapsed());
-        if let Err(e) = self.apply(compiled) {
+        let applied = self.apply(compiled);
+        self.source
+            .applied(applied.as_ref().map(drop).map_err(|e| format!("{e:#}")));
+        if let Err(e) = applied {
             self.metrics
                 .policy_reloads
                 .with_label_values(&["failed"])

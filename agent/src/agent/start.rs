@@ -157,6 +157,7 @@ pub(super) fn start(
         dns_record_names: dns.as_ref().is_some_and(|d| d.record_names),
     };
     agent.apply(compiled).context("applying the policy")?;
+    agent.source.applied(Ok(()));
     Ok(Started {
         agent,
         events: readers.events,

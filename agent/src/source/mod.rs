@@ -52,6 +52,14 @@ impl Source {
         }
     }
 
+    /// What became of the desired state last given: applied, or why not (the Kubernetes
+    /// objects' status says so).
+    pub fn applied(&mut self, outcome: Result<(), String>) {
+        if let Source::Kubernetes(view) = self {
+            view.applied(outcome);
+        }
+    }
+
     /// The desired state if it changed since it was last given (the first call always
     /// gives it): the set, or the errors for which the policy in force stays.
     pub fn changed(&mut self) -> Option<Result<PolicySet, PolicyErrors>> {

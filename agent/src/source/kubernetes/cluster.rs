@@ -209,7 +209,7 @@ fn key_path((kind, namespace, name): &Key) -> PathBuf {
 }
 
 /// Objects by (kind, namespace, name).
-type Key = (String, String, String);
+pub type Key = (String, String, String);
 
 fn key(kind: &str, object: &serde_json::Value) -> Key {
     let meta = &object["metadata"];
@@ -234,8 +234,20 @@ pub struct Cluster {
     /// Their creation timestamps (RFC 3339, so they sort by time): when the kernel maps
     /// cannot hold everything, the oldest objects are admitted first.
     created: BTreeMap<Key, String>,
+    /// Every other object as last seen, whether the parser took it or not: its
+    /// generation and the errors it was refused for (what its status and events say).
+    pub seen: BTreeMap<Key, Seen>,
     /// Counts changes, so the agent can tell whether anything happened.
     pub version: u64,
+}
+
+/// An object of `Cluster::documents`' kinds as last seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// metadata.generation: which version of its spec a status speaks of.
+    pub generation: i64,
+    /// Why the parser refused this version (its previous one, if any, stays).
+    pub refused: Option<PolicyErrors>,
 }
 
 impl Cluster {
@@ -278,6 +290,28 @@ impl Cluster {
             }
             return Ok(());
         }
+        let result = self.apply_document(kind, object, key.clone());
+        let seen = Seen {
+            generation: object["metadata"]["generation"]
+                .as_i64()
+                .unwrap_or_default(),
+            refused: result.clone().err(),
+        };
+        // A refusal (or its end) is a change of what the agent reports, if not of the set.
+        if self.seen.insert(key, seen.clone()) != Some(seen) {
+            self.version += 1;
+        }
+        result
+    }
+
+    /// A Namespace, NetworkPolicy, ClusterNetworkPolicy, Pipeline or Workload was added
+    /// or changed: parsed as a policy file is.
+    fn apply_document(
+        &mut self,
+        kind: &str,
+        object: &serde_json::Value,
+        key: Key,
+    ) -> Result<(), PolicyErrors> {
         let text = serde_json::to_string_pretty(object).expect("JSON values serialise");
         let mut parsed = PolicySet::default();
         parse_into(&object_path(kind, object), &text, &mut parsed)?;
@@ -320,6 +354,7 @@ impl Cluster {
             self.slices.remove(&key).is_some()
         } else {
             self.created.remove(&key);
+            self.seen.remove(&key);
             self.documents.remove(&key).is_some()
         };
         if removed {
@@ -336,6 +371,7 @@ impl Cluster {
             .pods
             .keys()
             .chain(self.documents.keys())
+            .chain(self.seen.keys())
             .chain(self.nodes.keys())
             .chain(self.services.keys())
             .chain(self.slices.keys())
@@ -349,6 +385,7 @@ impl Cluster {
             self.slices.remove(&k);
             self.documents.remove(&k);
             self.created.remove(&k);
+            self.seen.remove(&k);
             self.version += 1;
         }
         objects

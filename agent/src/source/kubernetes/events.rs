@@ -1,8 +1,10 @@
-//! Kubernetes Events for the objects the agent leaves out of the desired state (see
-//! `Cluster::desired`): one Warning on the object each time it becomes left out, so that
-//! whoever wrote it sees why in `kubectl describe` or `kubectl get events`. Events are
-//! only ever created, never patched or deleted: the agent's role may create events and
-//! nothing else.
+//! Kubernetes Events for the objects the agent does not enforce: those the parser refuses
+//! (reason `Refused`: a NetworkPolicy, a Pipeline... with its line and what was expected)
+//! and those it leaves out of the desired state (reason `LeftOut`, see
+//! `Cluster::desired`). One Warning on the object each time it becomes refused or left
+//! out, so that whoever wrote it sees why in `kubectl describe` or `kubectl get events`.
+//! Events are only ever created, never patched or deleted: the agent's role may create
+//! events and nothing else.
 
 use std::{collections::BTreeSet, path::PathBuf};
 
@@ -22,18 +24,48 @@ use crate::policy::error::PolicyError;
 /// Who reports: the agent of one node.
 const CONTROLLER: &str = "stagewall.io/agent";
 
-pub struct LeftOutEvents {
+/// Why an object is not enforced, as an event's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotEnforced {
+    /// The parser refused this version; the previous one, if any, stays in force.
+    Refused,
+    /// Left out of the desired state; the rest is enforced.
+    LeftOut,
+}
+
+impl NotEnforced {
+    fn reason(self) -> &'static str {
+        match self {
+            NotEnforced::Refused => "Refused",
+            NotEnforced::LeftOut => "LeftOut",
+        }
+    }
+
+    /// The event's note: what happened on `node`, and what that leaves in force.
+    fn note(self, node: &str, message: &str) -> String {
+        match self {
+            NotEnforced::Refused => format!(
+                "refused on node {node}, its previous version (if any) stays in force: {message}"
+            ),
+            NotEnforced::LeftOut => {
+                format!("left out on node {node}, the rest is enforced: {message}")
+            }
+        }
+    }
+}
+
+pub struct ObjectEvents {
     client: Client,
     node: String,
     /// The watched kinds' API resources, to name an object by its kind.
     resources: Vec<ApiResource>,
-    /// The left-out objects (file, error) already reported, as of the last state given.
-    reported: BTreeSet<(PathBuf, String)>,
+    /// The objects (why, file, error) already reported, as of the last report.
+    reported: BTreeSet<(NotEnforced, PathBuf, String)>,
 }
 
-impl LeftOutEvents {
-    pub fn new(client: Client, node: &str, resources: Vec<ApiResource>) -> LeftOutEvents {
-        LeftOutEvents {
+impl ObjectEvents {
+    pub fn new(client: Client, node: &str, resources: Vec<ApiResource>) -> ObjectEvents {
+        ObjectEvents {
             client,
             node: node.to_string(),
             resources,
@@ -41,18 +73,24 @@ impl LeftOutEvents {
         }
     }
 
-    /// Creates an event for each error of `left_out` not reported for the last state
-    /// (in the background: the API server's answer is only logged).
-    pub fn report(&mut self, left_out: &[PolicyError]) {
-        let now: BTreeSet<(PathBuf, String)> = left_out
-            .iter()
-            .map(|e| (e.file.clone(), e.message.clone()))
+    /// Creates an event for each error of an object not enforced that was not reported
+    /// the last time (in the background: the API server's answer is only logged).
+    pub fn report<'a>(&mut self, errors: impl IntoIterator<Item = (NotEnforced, &'a PolicyError)>) {
+        let now: BTreeSet<(NotEnforced, PathBuf, String)> = errors
+            .into_iter()
+            .map(|(why, e)| {
+                (
+                    why,
+                    e.file.clone(),
+                    format!("line {}: {}", e.line, e.message),
+                )
+            })
             .collect();
-        for (file, message) in now.difference(&self.reported) {
+        for (why, file, message) in now.difference(&self.reported) {
             let Some(reference) = self.reference(file) else {
                 continue;
             };
-            let event = self.event(reference, message);
+            let event = self.event(reference, *why, message);
             let events: Api<Event> = Api::namespaced(
                 self.client.clone(),
                 event.metadata.namespace.as_deref().unwrap_or("default"),
@@ -83,7 +121,7 @@ impl LeftOutEvents {
         })
     }
 
-    fn event(&self, regarding: ObjectReference, message: &str) -> Event {
+    fn event(&self, regarding: ObjectReference, why: NotEnforced, message: &str) -> Event {
         let now = Timestamp::now();
         Event {
             metadata: ObjectMeta {
@@ -97,17 +135,9 @@ impl LeftOutEvents {
             },
             event_time: Some(MicroTime(now)),
             action: Some("Enforce".into()),
-            reason: Some("LeftOut".into()),
+            reason: Some(why.reason().into()),
             // The API server caps a note at 1 kB.
-            note: Some(
-                format!(
-                    "left out on node {}, the rest is enforced: {message}",
-                    self.node
-                )
-                .chars()
-                .take(1000)
-                .collect(),
-            ),
+            note: Some(why.note(&self.node, message).chars().take(1000).collect()),
             regarding: Some(regarding),
             reporting_controller: Some(CONTROLLER.into()),
             reporting_instance: Some(format!("{CONTROLLER}-{}", self.node)),

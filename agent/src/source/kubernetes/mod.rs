@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod events;
 pub mod routes;
 pub mod services;
+mod status;
 mod veths;
 
 use std::{
@@ -146,20 +147,54 @@ pub struct View {
     inputs: Option<(u64, PodCgroups, PodInterfaces, Vec<IpAddr>)>,
     /// The errors of the objects left out of the last desired state given.
     pub left_out: Vec<PolicyError>,
-    /// Reports left-out objects as Kubernetes Events (the agent does; a dry run not).
-    events: Option<events::LeftOutEvents>,
+    /// Reports refused and left-out objects as Kubernetes Events (the agent does; a dry
+    /// run not).
+    events: Option<events::ObjectEvents>,
+    /// Writes this node's verdict on each stagewall.io object into its status (as events).
+    status: Option<status::StatusWriter>,
+    /// The stagewall.io objects as last seen, and the cluster's nodes: what the verdicts
+    /// written into their status are about.
+    status_seen: std::collections::BTreeMap<cluster::Key, cluster::Seen>,
+    nodes: Option<std::collections::BTreeSet<String>>,
+    /// What became of the last desired state given: applied, or why not.
+    applied: Result<(), String>,
     client: Client,
     resources: Vec<ApiResource>,
 }
 
 impl View {
-    /// From now on, objects left out are also reported as Kubernetes Events on them.
+    /// From now on, objects refused or left out are also reported as Kubernetes Events
+    /// on them, and this node's verdict on each stagewall.io object is written into its
+    /// status.
     pub fn report_events(&mut self) {
-        self.events = Some(events::LeftOutEvents::new(
+        self.events = Some(events::ObjectEvents::new(
             self.client.clone(),
             &self.node,
             self.resources.clone(),
         ));
+        self.status = Some(status::StatusWriter::start(
+            self.client.clone(),
+            &self.node,
+            &self.resources,
+        ));
+    }
+
+    /// What became of the desired state last given: the status of the objects it was
+    /// built from says whether they are enforced on this node.
+    pub fn applied(&mut self, outcome: Result<(), String>) {
+        self.applied = outcome;
+        self.write_status();
+    }
+
+    /// Hands this node's verdicts to the status writer (which writes what changed).
+    fn write_status(&self) {
+        if let Some(writer) = &self.status {
+            let applied = self.applied.as_ref().map(|_| ()).map_err(String::as_str);
+            writer.report(
+                status::verdicts(&self.status_seen, &self.left_out, applied),
+                self.nodes.clone(),
+            );
+        }
     }
 
     /// The desired state if it changed since it was last given: pods' cgroups are looked
@@ -187,7 +222,20 @@ impl View {
                 set.node_addresses.dedup();
                 (set, left_out)
             });
-        match desired {
+        let refused: Vec<PolicyError> = cluster
+            .seen
+            .values()
+            .filter_map(|seen| seen.refused.as_ref())
+            .flatten()
+            .cloned()
+            .collect();
+        self.status_seen = cluster
+            .seen
+            .iter()
+            .filter(|(key, _)| status::STATUS_KINDS.contains(&key.0.as_str()))
+            .map(|(key, seen)| (key.clone(), seen.clone()))
+            .collect();
+        let changed = match desired {
             // The same state from the same objects: nothing to do. (The same state with
             // other objects left out, one too large for the maps now left out, say, is
             // said and counted below.)
@@ -201,9 +249,15 @@ impl View {
                 for e in &left_out {
                     log::warn!("Kubernetes: left out, the rest is enforced: {e}");
                 }
-                if let Some(events) = &mut self.events {
-                    events.report(&left_out);
-                }
+                // The nodes whose entries count in the objects' status (this one always:
+                // its Node may not be listed, or not yet).
+                self.nodes = (!set.nodes.is_empty()).then(|| {
+                    set.nodes
+                        .iter()
+                        .map(|n| n.name.clone())
+                        .chain([self.node.clone()])
+                        .collect()
+                });
                 self.left_out = left_out;
                 self.given = Some(set.clone());
                 self.refused = None;
@@ -212,9 +266,30 @@ impl View {
             Err(_) if self.refused == Some(cluster.version) => None,
             Err(e) => {
                 self.refused = Some(cluster.version);
+                self.applied = Err(format!("this node's desired state was refused: {e}"));
                 Some(Err(e))
             }
+        };
+        drop(cluster);
+        // Events and status follow the objects whether or not the desired state changed
+        // (a new object the parser refuses changes nothing else).
+        if let Some(events) = &mut self.events {
+            events.report(
+                refused
+                    .iter()
+                    .map(|e| (events::NotEnforced::Refused, e))
+                    .chain(
+                        self.left_out
+                            .iter()
+                            .map(|e| (events::NotEnforced::LeftOut, e)),
+                    ),
+            );
         }
+        // A changed state is reported once the agent has applied it (`applied`).
+        if !matches!(changed, Some(Ok(_))) {
+            self.write_status();
+        }
+        changed
     }
 }
 
@@ -326,6 +401,10 @@ pub async fn start_watchers(
         inputs: None,
         left_out: Vec::new(),
         events: None,
+        status: None,
+        status_seen: Default::default(),
+        nodes: None,
+        applied: Ok(()),
         resources,
         client,
     })

@@ -189,7 +189,17 @@ fn a_refused_cluster_network_policy_is_named_and_the_rest_stay_in_force() {
         "the object and the line of its JSON: {e}"
     );
     assert!(e.contains("nodes"), "{e}");
-    assert_eq!(c.version, version, "nothing changed");
+    // The set stays; what the agent reports (the object's events and status) changed.
+    assert_eq!(c.version, version + 1, "the refusal is news");
+    assert!(
+        c.seen[&(
+            "clusternetworkpolicies".to_string(),
+            String::new(),
+            "tenants".to_string()
+        )]
+            .refused
+            .is_some()
+    );
     assert_eq!(desired(&c), before, "the previous version stays in force");
 
     // A new object the parser refuses is absent; the objects beside it apply.

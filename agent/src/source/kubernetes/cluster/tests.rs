@@ -379,7 +379,17 @@ fn policies_parse_from_api_json_and_a_refused_update_keeps_the_previous_version(
         "{e}"
     );
     assert!(e.contains("endPort 2000 is invalid"), "{e}");
-    assert_eq!(c.version, version, "nothing changed");
+    // The set stays; what the agent reports (the object's events and status) changed.
+    assert_eq!(c.version, version + 1, "the refusal is news");
+    assert!(
+        c.seen[&(
+            "networkpolicies".to_string(),
+            "ml".to_string(),
+            "trainers".to_string()
+        )]
+            .refused
+            .is_some()
+    );
     assert_eq!(desired(&c), set, "the previous version stays in force");
 
     c.delete("networkpolicies", &policy(json!([])));
