@@ -12,10 +12,24 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use stagewall_tests::{Testbed, cluster::Cluster, metric_sum, privileged, until, until_within};
 
+/// The condition of `type_` in an object's status (Null without one).
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[test]
-fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_writes_nothing() {
+fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_writes_only_events_and_status()
+ {
     if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
         return;
     }
@@ -27,7 +41,7 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         .expect("installing deploy/kubernetes and a token for the agent");
 
     // The ServiceAccount token the shipped RBAC gives can read what the agent watches and
-    // write nothing but new Events.
+    // write nothing but new Events and the status of stagewall.io objects.
     let as_agent = |args: &[&str]| cluster.kubectl_as(&agent_kubeconfig, args, None);
     for resource in [
         "pods",
@@ -63,6 +77,41 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
             "--all-namespaces",
         ]);
         assert!(said.is_err(), "the agent's token may {verb} events");
+    }
+    for resource in ["pipelines.stagewall.io", "workloads.stagewall.io"] {
+        let status = |verb| {
+            as_agent(&[
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "--subresource=status",
+                "--all-namespaces",
+            ])
+        };
+        assert_eq!(status("patch").expect("can-i").trim(), "yes", "{resource}");
+        for verb in ["update", "create", "delete"] {
+            assert!(
+                status(verb).is_err(),
+                "the agent's token may {verb} {resource}/status"
+            );
+        }
+    }
+    // kubectl shows whether each object is in force: the printer columns as served.
+    for crd in ["crd/pipelines.stagewall.io", "crd/workloads.stagewall.io"] {
+        let columns = cluster
+            .kubectl(&[
+                "get",
+                crd,
+                "-o",
+                "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name} {.spec.versions[0].subresources}",
+            ])
+            .expect("the CRD");
+        assert_eq!(
+            columns.trim(),
+            r#"Accepted Enforced Reason Age {"status":{}}"#,
+            "{crd}"
+        );
     }
     let write = as_agent(&["create", "namespace", "intruder"]).unwrap_err();
     assert!(format!("{write:#}").contains("Forbidden"), "{write:#}");
@@ -243,6 +292,64 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
     assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
     assert!(bed.tcp("client", server, 81).is("timeout"), "{}", log());
     assert!(bed.tcp("other", server, 80).is("timeout"), "app=other");
+    // The Workload's status says so too, with the reason, read back through the API.
+    let status = |kind: &str, namespace: &str, name: &str| -> Value {
+        cluster
+            .kubectl(&["get", kind, name, "-n", namespace, "-o", "json"])
+            .ok()
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .map(|o| o["status"].clone())
+            .unwrap_or_default()
+    };
+    until("the Workload's status", log, || {
+        condition(&status("workload", "tenant-b", "thief"), "Accepted")["reason"] == "LeftOut"
+    });
+    let thief = status("workload", "tenant-b", "thief");
+    assert_eq!(
+        condition(&thief, "Accepted")["status"],
+        "False",
+        "{thief:#}"
+    );
+    assert!(
+        condition(&thief, "Accepted")["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("rejected on node node-a: line ")
+                && m.contains("also the address of ml/server")),
+        "{thief:#}"
+    );
+    assert_eq!(thief["enforced"], "0/1", "{thief:#}");
+
+    // A NetworkPolicy the API server takes and the agent refuses (320 peers times 320
+    // ports, over the agent's bound on one rule): a Warning event on it, and the rest
+    // stays in force.
+    let peers: String = (1..=320)
+        .map(|i| format!("    - podSelector: {{matchLabels: {{n: \"{i}\"}}}}\n"))
+        .collect();
+    let ports: String = (1..=320)
+        .map(|i| format!("    - {{protocol: TCP, port: {i}}}\n"))
+        .collect();
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: wide, namespace: ml}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n{peers}    ports:\n{ports}"
+            ),
+        )
+        .expect("a NetworkPolicy the API server accepts");
+    until("a Refused event on the NetworkPolicy", log, || {
+        cluster
+            .events("ml")
+            .contains("Refused NetworkPolicy/wide: refused on node node-a, its previous version (if any) stays in force: line ")
+    });
+    assert!(
+        cluster.events("ml").contains("102400 combinations"),
+        "{}",
+        cluster.events("ml")
+    );
+    assert!(bed.tcp("client", server, 80).is("ok"), "{}", log());
+    cluster
+        .kubectl(&["delete", "networkpolicy", "wide", "-n", "ml"])
+        .expect("deleting it");
 
     // A label changed with kubectl reaches the kernel.
     cluster
@@ -283,6 +390,69 @@ fn the_agent_enforces_a_real_api_servers_objects_with_the_shipped_rbac_and_write
         bed.tcp("client", server, 80).is("eperm")
     });
     assert!(bed.tcp("client", server, 81).is("ok"), "{}", log());
+    // Its status through the real API server: accepted, enforced on the one node with an
+    // agent, and shown so by `kubectl get pipelines`.
+    until("the Pipeline's status", log, || {
+        let s = status("pipeline", "ml", "clients");
+        condition(&s, "Accepted")["status"] == "True"
+            && condition(&s, "Enforced")["status"] == "True"
+    });
+    let clients = status("pipeline", "ml", "clients");
+    assert_eq!(clients["enforced"], "1/1", "{clients:#}");
+    assert_eq!(clients["nodes"][0]["node"], "node-a", "{clients:#}");
+    assert_eq!(clients["nodes"][0]["enforced"], true, "{clients:#}");
+    // A Pipeline the schema takes and the agent refuses (a flow to a stage it does not
+    // have): Rejected, with the reason and the line, and nothing else changes.
+    cluster
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: stagewall.io/v1alpha1\nkind: Pipeline\nmetadata: {name: broken, namespace: ml}\nspec:\n  stages:\n  - {name: clients, selector: {matchLabels: {app: client}}}\n  flows:\n  - {from: {stage: clients}, to: {stage: nowhere}}\n",
+        )
+        .expect("the broken Pipeline");
+    until("the broken Pipeline's status", log, || {
+        condition(&status("pipeline", "ml", "broken"), "Accepted")["status"] == "False"
+    });
+    let broken = status("pipeline", "ml", "broken");
+    let accepted = condition(&broken, "Accepted");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"nowhere\"")),
+        "{broken:#}"
+    );
+    assert!(
+        broken["nodes"][0]["line"].as_u64().is_some_and(|l| l > 0),
+        "{broken:#}"
+    );
+    assert_eq!(broken["enforced"], "0/1", "{broken:#}");
+    let table = cluster
+        .kubectl(&["get", "pipelines", "-n", "ml"])
+        .expect("kubectl get pipelines");
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        table.starts_with("NAME")
+            && table.lines().next().is_some_and(|h| h.contains("ACCEPTED")
+                && h.contains("ENFORCED")
+                && h.contains("REASON")),
+        "{table}"
+    );
+    assert_eq!(row("clients")[1..4], ["True", "1/1", "Accepted"], "{table}");
+    assert_eq!(row("broken")[1..3], ["False", "0/1"], "{table}");
+    assert_eq!(
+        row("broken")[3],
+        accepted["reason"].as_str().unwrap(),
+        "{table}"
+    );
+    assert!(bed.tcp("client", server, 81).is("ok"), "{}", log());
+    cluster
+        .kubectl(&["delete", "pipeline", "broken", "-n", "ml"])
+        .expect("deleting the broken Pipeline");
     cluster
         .kubectl(&["delete", "pipeline", "clients", "-n", "ml"])
         .expect("deleting the Pipeline");

@@ -226,7 +226,9 @@ fn prometheus_counts_exactly_the_violations_sent_and_the_stream_delivers_each() 
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "1m")
-                .replace("$instance", ".*");
+                .replace("$instance", ".*")
+                .replace("$namespace", ".*")
+                .replace("$stage", ".*");
             let body = bed
                 .hub_get(
                     "127.0.0.1:9090",
@@ -237,7 +239,24 @@ fn prometheus_counts_exactly_the_violations_sent_and_the_stream_delivers_each() 
             queries += 1;
         }
     }
-    assert!(queries >= 12);
+    assert!(queries >= 15);
+    // What the dashboard's namespace and stage variables join on, and the process
+    // metrics, in the real scrape.
+    assert_eq!(
+        Prometheus::query(
+            &bed,
+            r#"stagewall_workload_info{workload="app/server",namespace="app",stage="serving"}"#
+        ),
+        Some(1.0)
+    );
+    let resident = Prometheus::query(&bed, r#"process_resident_memory_bytes{job="stagewall"}"#);
+    assert!(resident.is_some_and(|bytes| bytes > 1e6), "{resident:?}");
+    // A per-workload panel's join, narrowed to one stage: the server's denied packets.
+    let serving = Prometheus::query(
+        &bed,
+        r#"sum(stagewall_workload_packets_total{verdict="dropped"} * on (instance, workload) group_left (namespace, stage) stagewall_workload_info{stage="serving"})"#,
+    );
+    assert!(serving.is_some_and(|n| n >= f64::from(SENT)), "{serving:?}");
     let rules = bed.hub_get("127.0.0.1:9090", "/api/v1/rules").unwrap();
     for alert in [
         "StagewallViolationSpike",
