@@ -27,6 +27,7 @@ use super::{
     cgroups::PodCgroups,
     routes::PodInterfaces,
     services::{self, ServiceInfo, SliceInfo},
+    status::Seen,
 };
 use crate::policy::{
     error::{PolicyError, PolicyErrors},
@@ -241,15 +242,6 @@ pub struct Cluster {
     pub version: u64,
 }
 
-/// An object of `Cluster::documents`' kinds as last seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// metadata.generation: which version of its spec a status speaks of.
-    pub generation: i64,
-    /// Why the parser refused this version (its previous one, if any, stays).
-    pub refused: Option<PolicyErrors>,
-}
-
 impl Cluster {
     /// An object was added or changed. Returns the errors of one the parser refuses (its
     /// previous version stays).
@@ -292,6 +284,10 @@ impl Cluster {
         }
         let result = self.apply_document(kind, object, key.clone());
         let seen = Seen {
+            uid: object["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
             generation: object["metadata"]["generation"]
                 .as_i64()
                 .unwrap_or_default(),

@@ -154,7 +154,7 @@ pub struct View {
     status: Option<status::StatusWriter>,
     /// The stagewall.io objects as last seen, and the cluster's nodes: what the verdicts
     /// written into their status are about.
-    status_seen: std::collections::BTreeMap<cluster::Key, cluster::Seen>,
+    status_seen: std::collections::BTreeMap<cluster::Key, status::Seen>,
     nodes: Option<std::collections::BTreeSet<String>>,
     /// What became of the last desired state given: applied, or why not.
     applied: Result<(), String>,

@@ -33,8 +33,8 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::cluster::{Key, Seen};
-use crate::policy::error::PolicyError;
+use super::cluster::Key;
+use crate::policy::error::{PolicyError, PolicyErrors};
 
 /// The kinds whose objects carry a status (the stagewall.io CRDs have the subresource).
 pub const STATUS_KINDS: [&str; 2] = ["pipelines", "workloads"];
@@ -49,9 +49,22 @@ const RETRY: Duration = Duration::from_secs(30);
 /// The API server caps a condition's message; entries keep theirs short (one per node).
 const ENTRY_MESSAGE_MAX: usize = 256;
 
+/// An object of `Cluster::documents`' kinds as last seen (kept by the cluster view).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// metadata.uid and .generation: which object, and which version of its spec, a
+    /// status speaks of.
+    pub uid: String,
+    pub generation: i64,
+    /// Why the parser refused this version (its previous one, if any, stays).
+    pub refused: Option<PolicyErrors>,
+}
+
 /// What this node says of one object's generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// The object's uid: one deleted and made again under its name is written anew.
+    pub uid: String,
     pub generation: i64,
     pub accepted: bool,
     pub enforced: bool,
@@ -85,6 +98,7 @@ pub fn verdicts(
                 .or_else(|| left_out.get(key).map(|e| ("LeftOut", *e)));
             let verdict = match (error, applied) {
                 (Some((reason, e)), _) => Verdict {
+                    uid: seen.uid.clone(),
                     generation: seen.generation,
                     accepted: false,
                     enforced: false,
@@ -93,6 +107,7 @@ pub fn verdicts(
                     line: e.line,
                 },
                 (None, Ok(())) => Verdict {
+                    uid: seen.uid.clone(),
                     generation: seen.generation,
                     accepted: true,
                     enforced: true,
@@ -101,6 +116,7 @@ pub fn verdicts(
                     line: 0,
                 },
                 (None, Err(why)) => Verdict {
+                    uid: seen.uid.clone(),
                     generation: seen.generation,
                     accepted: true,
                     enforced: false,
@@ -392,6 +408,53 @@ mod tests {
             written["status"][k] = v.clone();
         }
         assert_eq!(sum(&written, Some(&nodes), now), None);
+    }
+
+    #[test]
+    fn verdicts_say_refused_left_out_enforced_or_not_applied() {
+        let key = |kind: &str, name: &str| (kind.to_string(), "ml".to_string(), name.to_string());
+        let error = |kind: &str, name: &str, line| PolicyError {
+            file: format!("kubernetes/{kind}/ml/{name}").into(),
+            line,
+            message: "what is wrong; expected this".into(),
+        };
+        let seen = |refused: Option<PolicyError>| Seen {
+            uid: "u".into(),
+            generation: 3,
+            refused: refused.map(|e| PolicyErrors(vec![e])),
+        };
+        let seen: BTreeMap<Key, Seen> = [
+            (
+                key("pipelines", "bad"),
+                seen(Some(error("pipelines", "bad", 7))),
+            ),
+            (key("workloads", "clash"), seen(None)),
+            (key("pipelines", "good"), seen(None)),
+            // No status: NetworkPolicies' refusals are Events only.
+            (
+                key("networkpolicies", "np"),
+                seen(Some(error("networkpolicies", "np", 2))),
+            ),
+        ]
+        .into();
+        let left_out = [error("workloads", "clash", 0)];
+        let v = verdicts(&seen, &left_out, Ok(()));
+        assert_eq!(v.len(), 3);
+        let bad = &v[&key("pipelines", "bad")];
+        assert_eq!((bad.accepted, bad.reason, bad.line), (false, "Invalid", 7));
+        assert_eq!(bad.message, "line 7: what is wrong; expected this");
+        assert_eq!(v[&key("workloads", "clash")].reason, "LeftOut");
+        let good = &v[&key("pipelines", "good")];
+        assert_eq!(
+            (good.accepted, good.enforced, good.generation),
+            (true, true, 3)
+        );
+        let failed = verdicts(&seen, &left_out, Err("the kernel refused it"));
+        let good = &failed[&key("pipelines", "good")];
+        assert_eq!(
+            (good.accepted, good.enforced, good.reason),
+            (true, false, "NotApplied")
+        );
     }
 
     #[test]
