@@ -714,3 +714,64 @@ fn a_port_scan_keeps_the_series_of_a_pair_bounded() {
         &series[..series.len().min(5)]
     );
 }
+
+/// Every alert's runbook_url points at a section of docs/runbooks.md that exists, and the
+/// dashboard has the namespace and stage variables its per-workload panels use. (No
+/// privileges needed: read from the repository.)
+#[test]
+fn every_alert_has_a_runbook_section_and_the_dashboard_its_variables() {
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/stagewall-rules.yaml")).unwrap();
+    let runbooks = std::fs::read_to_string(repo("docs/runbooks.md")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 6, "{alerts:?}");
+    let urls: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+        .collect();
+    assert_eq!(urls.len(), alerts.len(), "one runbook_url per alert");
+    for (alert, url) in alerts.iter().zip(&urls) {
+        let anchor = format!("docs/runbooks.md#{}\"", alert.to_lowercase());
+        assert!(url.ends_with(&anchor), "{alert}: {url}");
+        assert!(
+            runbooks.contains(&format!("\n## {alert}\n")),
+            "docs/runbooks.md has no section for {alert}"
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/stagewall-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for variable in ["instance", "namespace", "stage"] {
+        assert!(variables.contains(&variable), "{variables:?}");
+    }
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("stagewall_workloads_quarantined")),
+        "a quarantine panel"
+    );
+    assert!(
+        exprs
+            .iter()
+            .filter(|e| e.contains("stage=~\"$stage\"") && e.contains("namespace=~\"$namespace\""))
+            .count()
+            >= 3,
+        "the per-workload panels follow the variables: {exprs:#?}"
+    );
+}
