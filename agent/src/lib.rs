@@ -13,7 +13,7 @@
 //! - `observe`: Prometheus metrics and the read-only HTTP endpoint;
 //! - `rollout`: flow records, and advise, simulate and report over them;
 //! - `source`: where the desired state comes from (a policy directory, the API server);
-//! - `control`: the root-only socket for quarantine and release;
+//! - `control`: the root-only socket for quarantine, release, status and get;
 //! - `agent`: the running agent (`stagewall run`): start, then serve until a signal;
 //! - `cli`: one module per command of the `stagewall` binary (main.rs).
 
