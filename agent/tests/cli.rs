@@ -386,18 +386,23 @@ fn json_and_yaml(args: &[&str]) -> (Option<i32>, serde_json::Value) {
     (json.status.code(), value)
 }
 
+/// The element of a JSON array whose `field` is `value`.
+fn element<'a>(array: &'a serde_json::Value, field: &str, value: &str) -> &'a serde_json::Value {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array:#}"))
+        .iter()
+        .find(|e| e[field] == value)
+        .unwrap_or_else(|| panic!("no {field} {value} in {array:#}"))
+}
+
 #[test]
 fn check_prints_its_summary_as_json_yaml_and_wide_text() {
     let examples = examples();
     let (code, summary) = json_and_yaml(&["check", &examples]);
     assert_eq!(code, Some(0), "{summary:#}");
     assert_eq!(summary["pipelines"], 1, "{summary:#}");
-    let trainer = summary["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["workload"] == "ml-pipeline/trainer-0")
-        .unwrap_or_else(|| panic!("no trainer-0 in {summary:#}"));
+    let trainer = element(&summary["endpoints"], "workload", "ml-pipeline/trainer-0");
     assert_eq!(trainer["stage"], "training", "{trainer:#}");
     assert!(
         trainer["egress_isolated_by"]
@@ -477,12 +482,7 @@ fn report_and_simulate_take_o_and_keep_format_as_an_alias() {
     };
     let (code, report) = json_and_yaml(&args("report"));
     assert_eq!(code, Some(0), "{report:#}");
-    let training = report
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "training")
-        .unwrap_or_else(|| panic!("no training stage in {report:#}"));
+    let training = element(&report, "stage", "training");
     assert_eq!(training["egress_mode"], "audit", "{training:#}");
     assert!(
         training["flows_seen"].as_u64().unwrap() >= 1,
