@@ -13,7 +13,43 @@ fn ebpf_toolchain(ebpf_crate: &std::path::Path) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("{}: no `channel = \"...\"` line", file.display()))
 }
 
+/// The commit the agent is built from, for `stagewall status` and build info
+/// (src/build_info.rs): `git rev-parse`, or "unknown" where there is no git (a tarball).
+fn git_commit(manifest_dir: &std::path::Path) {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(manifest_dir)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=STAGEWALL_GIT_COMMIT={commit}");
+    // A new commit changes HEAD (or the branch it names): build again then.
+    if let Ok(out) = std::process::Command::new("git")
+        .args([
+            "rev-parse",
+            "--git-path",
+            "HEAD",
+            "--git-path",
+            "refs/heads",
+        ])
+        .current_dir(manifest_dir)
+        .output()
+    {
+        for path in String::from_utf8_lossy(&out.stdout).lines() {
+            println!(
+                "cargo:rerun-if-changed={}",
+                manifest_dir.join(path).display()
+            );
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    git_commit(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     let ebpf_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow!("agent crate has no parent directory"))?

@@ -57,6 +57,24 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
     Check(cli::check::CheckArgs),
+    /// The running agent's status: mode, policy, workloads, map pressure, events, kernel
+    /// features, pins, build (needs root: the control socket).
+    Status {
+        #[arg(long, default_value = stagewall::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        output: cli::output::OutputArgs,
+    },
+    /// What the kernel holds now, decoded: endpoints, identities, a workload's policy
+    /// entries or flows (needs root: the control socket).
+    Get {
+        #[command(subcommand)]
+        what: cli::get::What,
+        #[arg(long, global = true, default_value = stagewall::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        output: cli::output::OutputArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,14 +94,14 @@ fn main() -> ExitCode {
         Command::Advise(args) => cli::advise::run(&args),
         Command::Simulate(args) => cli::simulate::run(&args),
         Command::Report(args) => cli::report::run(&args),
-        Command::Events(args) => match cli::events::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Events(args) => cli::events::exit(cli::events::run(&args)),
         Command::Check(args) => cli::check::run(args),
+        Command::Status { socket, output } => cli::status::run(&socket, output.output),
+        Command::Get {
+            what,
+            socket,
+            output,
+        } => cli::get::run(&socket, &what, output.output),
         Command::Run(args) => run::run(*args),
     }
 }

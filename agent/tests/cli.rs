@@ -1,5 +1,6 @@
-//! The command line: `check` on good and bad policies, and `run` refusing bad policies
-//! before it touches the kernel (so these run without root).
+//! The command line: `check` on good and bad policies, `run` refusing bad policies
+//! before it touches the kernel, the one output convention (`-o text|json|yaml|wide`) and
+//! the exit codes of docs/exit-codes.md (so these run without root).
 
 use std::process::Command;
 
@@ -71,7 +72,8 @@ fn check_reports_file_line_and_expectation() {
     );
     let out = stagewall(&["check", dir.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Bad input (docs/exit-codes.md).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     let file = dir.join("bad.yaml");
     assert!(
         stderr.contains(&format!(
@@ -134,7 +136,8 @@ fn run_refuses_an_empty_policy_directory() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-fn explain(from: &str, to: &str, port: &str) -> (bool, String, String) {
+/// `check --explain`: exit code, stdout, stderr.
+fn explain(from: &str, to: &str, port: &str) -> (Option<i32>, String, String) {
     let out = stagewall(&[
         "check",
         &examples(),
@@ -147,7 +150,7 @@ fn explain(from: &str, to: &str, port: &str) -> (bool, String, String) {
         port,
     ]);
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -157,7 +160,7 @@ fn explain(from: &str, to: &str, port: &str) -> (bool, String, String) {
 fn explain_names_the_rule_that_allows_a_connection() {
     let (ok, stdout, stderr) =
         explain("ml-pipeline/trainer-0", "ml-pipeline/model-serving", "8500");
-    assert!(ok, "{stderr}");
+    assert_eq!(ok, Some(0), "{stderr}");
     assert!(stdout.contains("verdict: allowed"), "{stdout}");
     // Both sides, each with the generated policy, its rule and the Pipeline flow's line.
     assert!(stdout.contains("egress of ml-pipeline/trainer-0: allowed by ml-pipeline/training-pipeline-training egress rule"), "{stdout}");
@@ -172,7 +175,8 @@ fn explain_says_why_a_connection_is_denied() {
         "ml-pipeline/model-serving",
         "8500",
     );
-    assert!(ok);
+    // Like `kubectl auth can-i`: "no" exits 1.
+    assert_eq!(ok, Some(1), "{stdout}");
     assert!(stdout.contains("verdict: denied"), "{stdout}");
     assert!(stdout.contains("egress of ml-pipeline/data-ingestion: DENIED: isolated by ml-pipeline/training-pipeline-default-deny, ml-pipeline/training-pipeline-data-ingestion"), "{stdout}");
 }
@@ -180,21 +184,22 @@ fn explain_says_why_a_connection_is_denied() {
 #[test]
 fn explain_takes_outside_addresses() {
     let (ok, stdout, _) = explain("203.0.113.7", "ml-pipeline/data-ingestion", "8080");
-    assert!(ok);
+    assert_eq!(ok, Some(0), "{stdout}");
     assert!(
         stdout.contains("not a workload of the inventory"),
         "{stdout}"
     );
     assert!(stdout.contains("ipBlock 203.0.113.0/24"), "{stdout}");
     assert!(stdout.contains("verdict: allowed"), "{stdout}");
-    let (_, stdout, _) = explain("ml-pipeline/trainer-0", "8.8.8.8", "443");
+    let (ok, stdout, _) = explain("ml-pipeline/trainer-0", "8.8.8.8", "443");
+    assert_eq!(ok, Some(1), "{stdout}");
     assert!(stdout.contains("verdict: denied"), "{stdout}");
 }
 
 #[test]
 fn explain_to_a_name_lists_the_rules_that_allow_it_and_their_ports() {
     let (ok, stdout, stderr) = explain("ml-pipeline/trainer-0", "files.pythonhosted.org", "443");
-    assert!(ok, "{stderr}");
+    assert_eq!(ok, Some(0), "{stderr}");
     assert!(
         stdout.starts_with("from ml-pipeline/trainer-0 to the name files.pythonhosted.org"),
         "{stdout}"
@@ -210,11 +215,11 @@ fn explain_to_a_name_lists_the_rules_that_allow_it_and_their_ports() {
     );
     assert!(stdout.contains("verdict: allowed"), "{stdout}");
     let (ok, stdout, _) = explain("ml-pipeline/trainer-0", "pypi.org", "80");
-    assert!(ok);
+    assert_eq!(ok, Some(1), "{stdout}");
     assert!(stdout.contains("allows pypi.org on TCP 443"), "{stdout}");
     assert!(stdout.contains("verdict: denied"), "{stdout}");
     let (ok, stdout, _) = explain("ml-pipeline/data-ingestion", "pypi.org", "443");
-    assert!(ok);
+    assert_eq!(ok, Some(1), "{stdout}");
     assert!(
         stdout.contains("no rule that holds ml-pipeline/data-ingestion names pypi.org"),
         "{stdout}"
@@ -225,7 +230,7 @@ fn explain_to_a_name_lists_the_rules_that_allow_it_and_their_ports() {
 #[test]
 fn explain_rejects_unknown_workloads() {
     let (ok, _, stderr) = explain("ml-pipeline/nope", "ml-pipeline/model-serving", "8500");
-    assert!(!ok);
+    assert_eq!(ok, Some(2), "{stderr}");
     assert!(stderr.contains("no Workload ml-pipeline/nope"), "{stderr}");
 }
 
@@ -357,4 +362,173 @@ fn run_without_policies_or_a_cluster_says_what_is_missing() {
         stderr.contains("no --policies DIR, no --kubernetes, and no in-cluster service account"),
         "{stderr}"
     );
+}
+
+/// JSON and YAML of one command are the same value; each is parsed, not grepped.
+fn json_and_yaml(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let json = stagewall(&[args, &["-o", "json"]].concat());
+    let yaml = stagewall(&[args, &["-o", "yaml"]].concat());
+    assert_eq!(json.status.code(), yaml.status.code());
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} -o json: {e}: {}{}",
+            String::from_utf8_lossy(&json.stdout),
+            String::from_utf8_lossy(&json.stderr)
+        )
+    });
+    let from_yaml: serde_json::Value = serde_saphyr::from_slice(&yaml.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} -o yaml: {e}: {}",
+            String::from_utf8_lossy(&yaml.stdout)
+        )
+    });
+    assert_eq!(from_yaml, value, "{args:?}: YAML and JSON differ");
+    (json.status.code(), value)
+}
+
+/// The element of a JSON array whose `field` is `value`.
+fn element<'a>(array: &'a serde_json::Value, field: &str, value: &str) -> &'a serde_json::Value {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array:#}"))
+        .iter()
+        .find(|e| e[field] == value)
+        .unwrap_or_else(|| panic!("no {field} {value} in {array:#}"))
+}
+
+#[test]
+fn check_prints_its_summary_as_json_yaml_and_wide_text() {
+    let examples = examples();
+    let (code, summary) = json_and_yaml(&["check", &examples]);
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert_eq!(summary["pipelines"], 1, "{summary:#}");
+    let trainer = element(&summary["endpoints"], "workload", "ml-pipeline/trainer-0");
+    assert_eq!(trainer["stage"], "training", "{trainer:#}");
+    assert!(
+        trainer["egress_isolated_by"]
+            .as_array()
+            .unwrap()
+            .contains(&"ml-pipeline/training-pipeline-training".into()),
+        "{trainer:#}"
+    );
+    // The counts agree with the text.
+    let text = stagewall(&["check", &examples]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "{} policy entries",
+            summary["policy_entries"].as_u64().unwrap()
+        )),
+        "{text}"
+    );
+    let wide = stagewall(&["check", &examples, "-o", "wide"]);
+    let wide = String::from_utf8_lossy(&wide.stdout);
+    assert!(
+        wide.lines()
+            .any(|l| l.contains("ml-pipeline/trainer-0") && l.contains("stage training")),
+        "{wide}"
+    );
+}
+
+#[test]
+fn check_explain_answers_in_json_and_exits_1_when_denied() {
+    let examples = examples();
+    let ask = |from: &str, to: &str, port: &str| {
+        json_and_yaml(&[
+            "check",
+            &examples,
+            "--explain",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            port,
+        ])
+    };
+    let (code, allowed) = ask("ml-pipeline/trainer-0", "ml-pipeline/model-serving", "8500");
+    assert_eq!((code, &allowed["verdict"]), (Some(0), &"allowed".into()));
+    assert!(
+        allowed["text"]
+            .as_str()
+            .unwrap()
+            .contains("ml-pipeline/pipeline.yaml:35"),
+        "{allowed:#}"
+    );
+    let (code, denied) = ask(
+        "ml-pipeline/data-ingestion",
+        "ml-pipeline/model-serving",
+        "8500",
+    );
+    assert_eq!(
+        (code, &denied["verdict"]),
+        (Some(1), &"denied".into()),
+        "{denied:#}"
+    );
+}
+
+#[test]
+fn report_and_simulate_take_o_and_keep_format_as_an_alias() {
+    let records = records_file("output", RECORDS);
+    let pipeline = format!("{}/ml-pipeline", examples());
+    let args = |command| {
+        [
+            command,
+            "--records",
+            records.to_str().unwrap(),
+            "--policies",
+            &pipeline,
+        ]
+    };
+    let (code, report) = json_and_yaml(&args("report"));
+    assert_eq!(code, Some(0), "{report:#}");
+    let training = element(&report, "stage", "training");
+    assert_eq!(training["egress_mode"], "audit", "{training:#}");
+    assert!(
+        training["flows_seen"].as_u64().unwrap() >= 1,
+        "{training:#}"
+    );
+    let (code, simulated) = json_and_yaml(&args("simulate"));
+    assert_eq!(code, Some(1), "{simulated:#}");
+    assert_eq!(simulated["stages"][0]["newly_denied"], 1, "{simulated:#}");
+    // The deprecated spelling gives the same JSON.
+    let old = stagewall(&[&args("simulate")[..], &["--format", "json"]].concat());
+    let old: serde_json::Value = serde_json::from_slice(&old.stdout).unwrap();
+    assert_eq!(old, simulated);
+    std::fs::remove_file(records).unwrap();
+}
+
+/// `status`, `get`, `quarantine` and `events` without an agent: exit 3 (agent
+/// unreachable), saying where they looked; a bad `-o` or workload is bad input (2).
+#[test]
+fn commands_that_ask_the_agent_exit_3_when_it_does_not_answer() {
+    let socket =
+        std::env::temp_dir().join(format!("stagewall-cli-{}-none.sock", std::process::id()));
+    let socket = socket.to_str().unwrap();
+    for args in [
+        vec!["status", "--socket", socket],
+        vec!["status", "--socket", socket, "-o", "json"],
+        vec!["get", "endpoints", "--socket", socket, "-o", "yaml"],
+        vec!["get", "policy", "ml/trainer", "--socket", socket],
+        vec!["quarantine", "ml/trainer", "--socket", socket],
+        // Nothing listens on the discard port of the loopback.
+        vec!["events", "--addr", "127.0.0.1:9", "-o", "json"],
+    ] {
+        let out = stagewall(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is `stagewall run` running"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    for args in [
+        vec!["status", "--socket", socket, "-o", "xml"],
+        vec!["get", "flows", "not-a-workload", "--socket", socket],
+    ] {
+        let out = stagewall(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    }
 }

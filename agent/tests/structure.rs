@@ -9,9 +9,19 @@ use std::{
 };
 
 /// The parts of the agent, lowest first: a part may use only the parts before it.
-const LAYERS: [&str; 11] = [
-    "policy", "dns", "compiler", "datapath", "events", "observe", "rollout", "source", "control",
-    "agent", "cli",
+const LAYERS: [&str; 12] = [
+    "build_info",
+    "policy",
+    "dns",
+    "compiler",
+    "datapath",
+    "events",
+    "observe",
+    "rollout",
+    "source",
+    "control",
+    "agent",
+    "cli",
 ];
 
 /// Longest a source file may be (tests apart): about what a reader takes in at once.

@@ -186,6 +186,7 @@ fn cluster_network_policies_from_the_real_api_server_decide_by_tier_around_netwo
             "80",
         ],
     );
+    assert!(explained.contains("verdict: denied"), "{explained}");
     assert!(
         explained.contains("ingress of tenant-b/server: DENIED by ClusterNetworkPolicy tenant-b-not-from-a (Admin tier, priority 10) ingress rule \"not-from-a\" (Deny) at kubernetes/clusternetworkpolicies/tenant-b-not-from-a:"),
         "{explained}"

@@ -270,3 +270,171 @@ fn quarantine_survives_kill_9_restart_and_an_upgrade() {
         "a release is kept too"
     );
 }
+
+/// `stagewall status` and `stagewall get` against the real agent: what they print (as
+/// JSON, parsed) is what the policies say and what the kernel holds — the workload's
+/// endpoint under its real cgroup id, its policy entry for the allowed peer and port,
+/// the identity of that peer with its address, a flow after real traffic, and a
+/// quarantined workload counted and flagged.
+#[test]
+fn status_and_get_show_what_the_kernel_enforces() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Testbed::new(&["client", "server"]).expect("creating the test bed");
+    let mut p = bed.workload_yaml("client", "app", "{app: client}", false);
+    p += &bed.workload_yaml("server", "app", "{app: server}", false);
+    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: app}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{protocol: TCP, port: 80}]}]\n";
+    bed.write_policy("policy.yaml", &p).unwrap();
+    bed.serve("server", &[80, 81], &[]).unwrap();
+    let _agent = bed.start_agent(&[]).expect("starting the agent");
+    let (client, server) = (bed.node("client").v4, bed.node("server").v4);
+    assert!(bed.tcp("client", server, 80).is("ok"));
+    assert!(bed.tcp("client", server, 81).is("timeout"));
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (ok, said) = bed.control(&[args, &["-o", "json"]].concat());
+        assert!(ok, "{args:?}: {said}");
+        serde_json::from_str(&said).unwrap_or_else(|e| panic!("{args:?}: {e}: {said}"))
+    };
+
+    // The endpoint of app/server: its cgroup's id (the inode of its directory), isolated
+    // for ingress only.
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(&bed.node("server").cgroup).unwrap(),
+    );
+    let endpoints = json(&["get", "endpoints"]);
+    let server_ep = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["workload"] == "app/server")
+        .unwrap_or_else(|| panic!("no app/server endpoint: {endpoints:#}"));
+    assert_eq!(server_ep["target"]["kind"], "cgroup", "{server_ep:#}");
+    assert_eq!(server_ep["target"]["id"], cgroup_id, "{server_ep:#}");
+    let flags = server_ep["flags"].as_array().unwrap();
+    assert!(flags.contains(&"isolated-ingress".into()), "{server_ep:#}");
+    assert!(!flags.contains(&"isolated-egress".into()), "{server_ep:#}");
+    assert_ne!(server_ep["ingress_policy"], 0, "{server_ep:#}");
+
+    // Its policy: one entry, from the client's identity, TCP port 80, accepted.
+    let policy = json(&["get", "policy", "app/server"]);
+    assert_eq!(
+        policy["endpoint_id"], server_ep["endpoint_id"],
+        "{policy:#}"
+    );
+    let entries = policy["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{policy:#}");
+    let entry = &entries[0];
+    assert_eq!(entry["direction"], "ingress", "{entry:#}");
+    assert_eq!(entry["program"], "network-policy", "{entry:#}");
+    assert_eq!(entry["protocol"], "tcp", "{entry:#}");
+    assert_eq!(entry["ports"], serde_json::json!([80, 80]), "{entry:#}");
+    assert_eq!(entry["action"], "accept", "{entry:#}");
+    assert_eq!(entry["peer"], "workloads in app {app=client}", "{entry:#}");
+
+    // That identity, with the client's address in the kernel's IP cache.
+    let identities = json(&["get", "identities"]);
+    let client_identity = identities
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["identity"] == entry["identity"])
+        .unwrap_or_else(|| panic!("no identity {}: {identities:#}", entry["identity"]));
+    assert!(
+        client_identity["prefixes"]
+            .as_array()
+            .unwrap()
+            .contains(&format!("{client}/32").into()),
+        "{client_identity:#}"
+    );
+
+    // The connection the policy allowed is in the flow table, its verdict cached; the
+    // one it denied is not.
+    let flows = json(&["get", "flows", "app/server"]);
+    let flows = flows.as_array().unwrap();
+    let allowed = flows
+        .iter()
+        .find(|f| {
+            f["remote"] == client.to_string()
+                && f["local_port"] == 80
+                && f["direction"] == "ingress"
+        })
+        .unwrap_or_else(|| panic!("no flow in from the client to port 80: {flows:#?}"));
+    assert_eq!(allowed["protocol"], "tcp", "{allowed:#}");
+    assert_eq!(allowed["peer"], "app/client", "{allowed:#}");
+    assert_eq!(allowed["verdict_cached"], true, "{allowed:#}");
+    assert!(
+        !flows.iter().any(|f| f["local_port"] == 81),
+        "a denied connection is no flow: {flows:#?}"
+    );
+
+    // Status: the typed answer, as the agent sent it.
+    let (ok, said) = stagewall(&bed, &["quarantine", "app/client"]);
+    assert!(ok, "{said}");
+    let status: stagewall::control::status::Status =
+        serde_json::from_value(json(&["status"])).expect("a status");
+    assert_eq!(status.mode, stagewall::policy::model::Mode::Enforce);
+    assert!(status.policy.generation >= 2, "{status:#?}"); // the quarantine applied again
+    assert!(status.policy.applied_at.is_some(), "{status:#?}");
+    assert_eq!(status.workloads.enforced, 2, "{status:#?}");
+    assert_eq!(status.workloads.quarantined, 1, "{status:#?}");
+    assert_eq!(status.workloads.quarantined_names, ["app/client"]);
+    let map = |name: &str| {
+        status
+            .maps
+            .iter()
+            .find(|m| m.map == name)
+            .unwrap_or_else(|| panic!("no {name} in {status:#?}"))
+    };
+    assert_eq!(map("endpoints").entries, 2, "{status:#?}");
+    assert_eq!(map("policy").entries, 1, "{status:#?}");
+    assert!(map("flows").entries >= 1 && map("flows").capacity > 0);
+    assert!(status.kernel.cgroups_attached >= 2, "{status:#?}");
+    assert!(
+        status
+            .kernel
+            .cgroup_hooks
+            .iter()
+            .any(|h| h == "stagewall_cgroup_ingress")
+    );
+    assert_eq!(
+        status.pin_layout_version,
+        stagewall_common::MAP_LAYOUT_VERSION
+    );
+    // The agent's version and kernel are this test's; its commit is the one it was built
+    // from (the binary may be older than this test's library), or "unknown".
+    let here = stagewall::build_info::BuildInfo::current();
+    assert_eq!(
+        (&status.build.version, &status.build.kernel),
+        (&here.version, &here.kernel)
+    );
+    assert!(
+        status.build.commit == "unknown"
+            || (status.build.commit.len() == 12
+                && status.build.commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{status:#?}"
+    );
+    // The quarantined workload's kernel entry says so.
+    let endpoints = json(&["get", "endpoints"]);
+    assert!(
+        endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["workload"] == "app/client"
+                && e["flags"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&"quarantined".into())),
+        "{endpoints:#}"
+    );
+    // Text and YAML are the same data for people and programs.
+    let (ok, text) = bed.control(&["status"]);
+    eprintln!("stagewall status:\n{text}");
+    assert!(
+        ok && text.contains("2 enforced") && text.contains("1 quarantined (app/client)"),
+        "{text}"
+    );
+    let (ok, yaml) = bed.control(&["get", "policy", "app/server", "-o", "yaml"]);
+    assert!(ok && yaml.contains("action: accept"), "{yaml}");
+}

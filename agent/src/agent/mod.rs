@@ -6,6 +6,7 @@
 pub mod auto_quarantine;
 pub mod dns_proxy;
 mod fan_out;
+mod inspect;
 mod serve;
 mod start;
 
@@ -100,6 +101,15 @@ pub struct FirstPolicy {
     pub compile_cache: CompileCache,
 }
 
+/// What the last apply put in force, for `stagewall status`.
+#[derive(Clone, Copy, Debug)]
+struct Applied {
+    at: std::time::SystemTime,
+    /// Workloads enforced on this node, and how many of them below a guard cgroup.
+    enforced: usize,
+    guarded: usize,
+}
+
 /// The flow records, and whose flows they take.
 pub type Records = (Arc<Mutex<FlowRecords>>, RecordFilter);
 
@@ -129,6 +139,8 @@ pub struct Agent {
     trim_pending: bool,
     /// Samples of the workloads' egress denials, with --auto-quarantine.
     auto_quarantine: Option<AutoQuarantine>,
+    /// The last apply, for `stagewall status`.
+    applied: Option<Applied>,
     /// Workloads isolated by `stagewall quarantine`, whatever the policy says.
     quarantined: BTreeSet<ObjectName>,
     /// The same set, pinned: what a restarted or upgraded agent starts from.
@@ -196,6 +208,16 @@ impl Agent {
             .map(|e| &e.workload)
             .collect::<BTreeSet<_>>()
             .len();
+        self.applied = Some(Applied {
+            at: std::time::SystemTime::now(),
+            enforced: workloads_enforced,
+            guarded: enforced
+                .iter()
+                .filter(|e| e.guarded)
+                .map(|e| &e.workload)
+                .collect::<BTreeSet<_>>()
+                .len(),
+        });
         self.metrics
             .policy_apply_seconds
             .observe(took.as_secs_f64());
@@ -235,14 +257,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Answers a request of the control socket.
+    fn control(&mut self, request: Request) -> Result<String, String> {
+        match request {
+            Request::Quarantine(w) => self.quarantine(&w, true),
+            Request::Release(w) => self.quarantine(&w, false),
+            Request::Status => self.status(),
+            Request::Get(what) => self.get(&what),
+        }
+    }
+
     /// Quarantines or releases a workload: the policy in force is applied again with the
     /// workload's flag changed (one atomic switch, like any policy change).
-    fn control(&mut self, request: Request) -> Result<String, String> {
+    fn quarantine(&mut self, workload: &ObjectName, quarantine: bool) -> Result<String, String> {
         let current = self.policy.borrow().clone();
-        let (workload, quarantine) = match &request {
-            Request::Quarantine(w) => (w, true),
-            Request::Release(w) => (w, false),
-        };
         if current.endpoint(workload).is_none() {
             return Err(format!(
                 "{workload} is not a workload enforced on this node"

@@ -150,6 +150,7 @@ pub(super) fn start(
         metrics,
         policy: policy_tx,
         trim_pending: false,
+        applied: None,
         quarantined: quarantined.into_iter().collect(),
         quarantine_store,
         _pins_lock: pins_lock,

@@ -3,7 +3,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    cli::rollout_inputs::{InForce, inputs},
+    cli::{
+        exit::Exit,
+        rollout_inputs::{InForce, inputs},
+    },
     rollout::{advise, flow_records},
 };
 
@@ -28,7 +31,7 @@ pub fn run(args: &AdviseArgs) -> ExitCode {
         Ok(yaml) => yaml,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     match &args.out {
@@ -36,7 +39,7 @@ pub fn run(args: &AdviseArgs) -> ExitCode {
         Some(path) => {
             if let Err(e) = std::fs::write(path, yaml) {
                 eprintln!("error: writing {}: {e}", path.display());
-                return ExitCode::FAILURE;
+                return Exit::Failed.into();
             }
         }
     }

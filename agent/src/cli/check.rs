@@ -7,9 +7,13 @@ use std::{
 };
 
 use crate::{
+    cli::{
+        exit::Exit,
+        output::{Output, OutputArgs},
+    },
     compiler, policy,
     policy::explain,
-    policy::model::{PolicySet, Protocol},
+    policy::model::{Direction, PolicySet, Protocol},
     source::kubernetes::{self, KubernetesArgs},
 };
 
@@ -98,17 +102,147 @@ pub fn load_kubernetes(args: &KubernetesArgs, node: &str) -> Option<PolicySet> {
     }
 }
 
+/// What `check` found: the desired state's size, and per local workload the policies
+/// that isolate it (empty: open) and the ClusterNetworkPolicies that hold it, in the
+/// order they are read.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub workloads: usize,
+    pub local_workloads: usize,
+    pub namespaces: usize,
+    pub pipelines: usize,
+    pub network_policies: usize,
+    pub cluster_network_policies: usize,
+    pub identities: usize,
+    pub ipcache_prefixes: usize,
+    pub policy_entries: usize,
+    pub endpoints: Vec<EndpointSummary>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct EndpointSummary {
+    pub workload: String,
+    pub stage: Option<String>,
+    pub endpoint_id: u32,
+    pub ingress_isolated_by: Vec<String>,
+    pub egress_isolated_by: Vec<String>,
+    pub ingress_guardrails: Vec<String>,
+    pub egress_guardrails: Vec<String>,
+}
+
+impl Summary {
+    fn of(set: &PolicySet, compiled: &compiler::Compiled) -> Summary {
+        // The ClusterNetworkPolicies that hold the workload, in the order they are read.
+        let guardrails = |workload: &str, direction| {
+            let Some(w) = set.workload(workload) else {
+                return Vec::new();
+            };
+            let mut policies = set.cluster_policies_of(w, direction);
+            policies.sort_by(|a, b| a.precedence(b));
+            policies
+                .iter()
+                .map(|p| format!("{} {}", p.tier, p.name))
+                .collect()
+        };
+        let names = |v: &[policy::model::ObjectName]| v.iter().map(|n| n.to_string()).collect();
+        Summary {
+            workloads: set.workloads.len(),
+            local_workloads: compiled.endpoints.len(),
+            namespaces: set.namespaces.len(),
+            pipelines: set.pipelines.len(),
+            network_policies: set.policies.len(),
+            cluster_network_policies: set.cluster_policies.len(),
+            identities: compiled.identities.kinds.len(),
+            ipcache_prefixes: compiled.identities.ipcache.len(),
+            policy_entries: compiled.policy.len() + compiled.tier_entries.len(),
+            endpoints: compiled
+                .endpoints
+                .iter()
+                .map(|ep| {
+                    let workload = ep.workload.to_string();
+                    EndpointSummary {
+                        stage: ep.stage.clone(),
+                        endpoint_id: ep.endpoint_id,
+                        ingress_isolated_by: names(&ep.ingress_isolated_by),
+                        egress_isolated_by: names(&ep.egress_isolated_by),
+                        ingress_guardrails: guardrails(&workload, Direction::Ingress),
+                        egress_guardrails: guardrails(&workload, Direction::Egress),
+                        workload,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The text: one line of counts, one line per local workload (wide: with its
+    /// endpoint id and stage).
+    fn text(&self, wide: bool) -> String {
+        let mut out = format!(
+            "ok: {} workloads ({} local), {} namespaces, {} pipelines, {} NetworkPolicies, {} ClusterNetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries\n",
+            self.workloads,
+            self.local_workloads,
+            self.namespaces,
+            self.pipelines,
+            self.network_policies,
+            self.cluster_network_policies,
+            self.identities,
+            self.ipcache_prefixes,
+            self.policy_entries,
+        );
+        let names = |v: &[String]| {
+            if v.is_empty() {
+                "open".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let guardrails = |v: &[String]| {
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!(" (guardrails: {})", v.join(", "))
+            }
+        };
+        for ep in &self.endpoints {
+            let extra = if wide {
+                format!(
+                    " endpoint {} stage {}",
+                    ep.endpoint_id,
+                    ep.stage.as_deref().unwrap_or("-")
+                )
+            } else {
+                String::new()
+            };
+            out += &format!(
+                "  {:<32} ingress: {}{}; egress: {}{}{extra}\n",
+                ep.workload,
+                names(&ep.ingress_isolated_by),
+                guardrails(&ep.ingress_guardrails),
+                names(&ep.egress_isolated_by),
+                guardrails(&ep.egress_guardrails),
+            );
+        }
+        out
+    }
+}
+
 /// Prints a summary of the desired state from `source` (or every error, with file and
-/// line), then the explanation if asked, and says whether all went well.
-pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) -> bool {
+/// line), or the explanation if asked, in `output`; the exit code says how it went
+/// (docs/exit-codes.md).
+pub fn check(
+    set: Option<PolicySet>,
+    source: &str,
+    question: Option<&Question>,
+    output: Output,
+) -> Exit {
     let Some(set) = set else {
-        return false;
+        return Exit::BadInput;
     };
     let compiled = match compiler::compile(&set, &compiler::EndpointIds::new()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {source}: {e}");
-            return false;
+            return Exit::BadInput;
         }
     };
     for warning in compiler::warnings(&set) {
@@ -123,65 +257,23 @@ pub fn check(set: Option<PolicySet>, source: &str, question: Option<&Question>) 
             explain::explain(&set, &q.from, &q.to, q.protocol, q.port)
         };
         return match explained {
-            Ok(text) => {
-                print!("{text}");
-                true
+            Ok(explained) => {
+                output.print(&explained, |_| explained.text.clone());
+                // Like `kubectl auth can-i`: "no" is its own exit code.
+                match explained.verdict {
+                    Some(explain::ExplainedVerdict::Denied) => Exit::Denied,
+                    _ => Exit::Ok,
+                }
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
-                false
+                Exit::BadInput
             }
         };
     }
-    println!(
-        "ok: {} workloads ({} local), {} namespaces, {} pipelines, {} NetworkPolicies, {} ClusterNetworkPolicies -> {} identities, {} ipcache prefixes, {} policy entries",
-        set.workloads.len(),
-        compiled.endpoints.len(),
-        set.namespaces.len(),
-        set.pipelines.len(),
-        set.policies.len(),
-        set.cluster_policies.len(),
-        compiled.identities.kinds.len(),
-        compiled.identities.ipcache.len(),
-        compiled.policy.len() + compiled.tier_entries.len(),
-    );
-    for ep in &compiled.endpoints {
-        let names = |v: &Vec<policy::model::ObjectName>| {
-            if v.is_empty() {
-                "open".to_string()
-            } else {
-                v.iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        // The ClusterNetworkPolicies that hold the workload, in the order they are read.
-        let guardrails = |direction| {
-            let Some(w) = set.workload(&ep.workload.to_string()) else {
-                return String::new();
-            };
-            let mut policies = set.cluster_policies_of(w, direction);
-            if policies.is_empty() {
-                return String::new();
-            }
-            policies.sort_by(|a, b| a.precedence(b));
-            let policies: Vec<String> = policies
-                .iter()
-                .map(|p| format!("{} {}", p.tier, p.name))
-                .collect();
-            format!(" (guardrails: {})", policies.join(", "))
-        };
-        println!(
-            "  {:<32} ingress: {}{}; egress: {}{}",
-            ep.workload.to_string(),
-            names(&ep.ingress_isolated_by),
-            guardrails(policy::model::Direction::Ingress),
-            names(&ep.egress_isolated_by),
-            guardrails(policy::model::Direction::Egress)
-        );
-    }
-    true
+    let summary = Summary::of(&set, &compiled);
+    output.print(&summary, |wide| summary.text(wide));
+    Exit::Ok
 }
 
 #[derive(clap::Args, Debug)]
@@ -212,10 +304,12 @@ pub struct CheckArgs {
     pub port: Option<u16>,
     #[arg(long, value_enum, default_value = "tcp")]
     pub protocol: ProtocolArg,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
-/// `stagewall check`: exit 0 when everything parses and compiles (and the explanation, if
-/// asked, could be given), 1 otherwise.
+/// `stagewall check`: exit 0 when everything parses and compiles (and the connection
+/// asked about is allowed), 1 when it is denied, 2 for bad policies or questions.
 pub fn run(args: CheckArgs) -> ExitCode {
     let question = match (args.explain, args.from, args.to, args.port) {
         (true, Some(from), Some(to), Some(port)) => Some(Question {
@@ -236,9 +330,5 @@ pub fn run(args: CheckArgs) -> ExitCode {
             )
         }
     };
-    if check(set, &source, question.as_ref()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    check(set, &source, question.as_ref(), args.output.output).into()
 }

@@ -1,5 +1,7 @@
 //! `stagewall events [--follow]`: reads the agent's `GET /v1/events` stream and prints
-//! it as a table (default) or as JSON lines.
+//! it as a table (`-o text`, the default; `-o wide` adds the node and the rule), as JSON
+//! lines (`-o json`, one event a line, as the endpoint streams them) or as YAML
+//! documents (`-o yaml`, one per event). `-o table` is a deprecated alias of text.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -9,13 +11,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::events::{Verdict, VerdictEvent, filter::Filter};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
+use crate::{
+    cli::{
+        exit::Exit,
+        output::{Output, OutputArgs},
+    },
+    events::{Verdict, VerdictEvent, filter::Filter},
+};
 
 #[derive(clap::Args, Debug)]
 pub struct EventsArgs {
@@ -34,8 +36,8 @@ pub struct EventsArgs {
     /// Only events with this verdict: dropped, would-drop or allowed.
     #[arg(long)]
     pub verdict: Option<Verdict>,
-    #[arg(long, short, value_enum, default_value = "table")]
-    pub output: Output,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub const TABLE_HEADER: &str = "TIME                     VERDICT     DIR      WORKLOAD                         PEER                             PROTO   PORT  REASON";
@@ -102,20 +104,50 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if args.output == Output::Table {
-        writeln!(out, "{TABLE_HEADER}")?;
+    let output = args.output.output;
+    match output {
+        Output::Text => writeln!(out, "{TABLE_HEADER}")?,
+        Output::Wide => writeln!(out, "{TABLE_HEADER}  NODE  RULE")?,
+        Output::Json | Output::Yaml => {}
     }
     for line in reader.lines() {
         let line = line?;
-        match args.output {
-            Output::Json => writeln!(out, "{line}")?,
-            Output::Table => match serde_json::from_str::<VerdictEvent>(&line) {
-                Ok(e) => writeln!(out, "{}", table_row(&e))?,
-                // Stream notices (a follower that fell behind) are printed as they are.
-                Err(_) => writeln!(out, "{line}")?,
-            },
+        let event = serde_json::from_str::<VerdictEvent>(&line);
+        match (output, event) {
+            (Output::Json, _) => writeln!(out, "{line}")?,
+            (Output::Yaml, Ok(e)) => write!(
+                out,
+                "---\n{}",
+                serde_saphyr::to_string(&e).expect("plain data serialises")
+            )?,
+            (Output::Text, Ok(e)) => writeln!(out, "{}", table_row(&e))?,
+            (Output::Wide, Ok(e)) => {
+                let rule = e.rule.as_ref().map_or("-".to_string(), |r| {
+                    format!("{} {} {} ({})", r.tier, r.policy, r.name, r.action)
+                });
+                writeln!(out, "{}  {}  {rule}", table_row(&e), e.node)?
+            }
+            // Stream notices (a follower that fell behind) are printed as they are.
+            (_, Err(_)) => writeln!(out, "{line}")?,
         }
         out.flush()?;
     }
     Ok(())
+}
+
+/// The exit code for how `run` went: the agent not answering is told apart.
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => Exit::Ok.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                Exit::AgentUnreachable.into()
+            } else {
+                Exit::Failed.into()
+            }
+        }
+    }
 }

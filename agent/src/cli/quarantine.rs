@@ -3,21 +3,25 @@
 
 use std::{path::Path, process::ExitCode};
 
-use crate::control::{Request, send};
+use crate::{
+    cli::{exit::Exit, status::failed},
+    control::{Request, send},
+};
 
 /// Sends one request line (`quarantine ns/name`, `release ns/name`) and prints the answer.
 pub fn run(socket: &Path, line: &str) -> ExitCode {
-    let result = Request::parse(line)
-        .map_err(anyhow::Error::msg)
-        .and_then(|request| Ok(send(socket, &request)?));
-    match result {
+    let request = match Request::parse(line) {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::BadInput.into();
+        }
+    };
+    match send(socket, &request) {
         Ok(answer) => {
             println!("{answer}");
-            ExitCode::SUCCESS
+            Exit::Ok.into()
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&e).into(),
     }
 }

@@ -4,7 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    cli::rollout_inputs::{Format, InForce, inputs, print},
+    cli::{
+        output::OutputArgs,
+        rollout_inputs::{InForce, inputs},
+    },
     policy::model::Mode,
     rollout::{flow_records, report},
 };
@@ -19,8 +22,8 @@ pub struct ReportArgs {
     /// The agent's mode (default: the one the records were written in).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub fn run(args: &ReportArgs) -> ExitCode {
@@ -30,6 +33,6 @@ pub fn run(args: &ReportArgs) -> ExitCode {
     };
     let mode = args.mode.unwrap_or(records.agent_mode);
     let stages = report::report(&records, &set, mode);
-    print(args.format, &stages, || report::text(&stages));
+    args.output.output.print(&stages, |_| report::text(&stages));
     ExitCode::SUCCESS
 }

@@ -1,25 +1,15 @@
 //! What the audit-first rollout commands (advise, simulate, report) share: the records and
-//! the policies in force they read, how they print, and their exit codes: 0 done, 1
-//! `simulate` found newly denied flows, 2 bad input (records or policies), with the reason
-//! on stderr.
+//! the policies in force they read, and how bad input ends them (cli::exit: 2, with the
+//! reason on stderr).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    cli::check,
+    cli::{check, exit::Exit},
     policy::model::PolicySet,
     rollout::flow_records::{self, RecordsFile},
     source::kubernetes::KubernetesArgs,
 };
-
-pub const EXIT_NEWLY_DENIED: u8 = 1;
-pub const EXIT_BAD_INPUT: u8 = 2;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
 
 /// Where the workloads and policies in force are read from: a directory, or the API
 /// server (as `run --kubernetes` reads them).
@@ -63,18 +53,8 @@ pub fn inputs(
 ) -> Result<(RecordsFile, PolicySet), ExitCode> {
     let records = flow_records::load(records).map_err(|e| {
         eprintln!("error: {:#}", anyhow::Error::from(e));
-        ExitCode::from(EXIT_BAD_INPUT)
+        ExitCode::from(Exit::BadInput)
     })?;
-    let set = policies().ok_or(ExitCode::from(EXIT_BAD_INPUT))?;
+    let set = policies().ok_or(ExitCode::from(Exit::BadInput))?;
     Ok((records, set))
-}
-
-pub fn print(format: Format, value: &impl serde::Serialize, text: impl FnOnce() -> String) {
-    match format {
-        Format::Text => print!("{}", text()),
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("plain data serialises")
-        ),
-    }
 }

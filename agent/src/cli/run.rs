@@ -19,6 +19,7 @@ use crate::{
         auto_quarantine::Threshold,
         dns_proxy::{self, DnsArgs},
     },
+    cli::exit::Exit,
     compiler::{self, CompileCache, EndpointIds},
     control,
     datapath::{
@@ -37,9 +38,6 @@ use crate::{
         kubernetes::{self, KubernetesArgs},
     },
 };
-
-/// Exit code for invalid configuration (bad policy, bad address), as with a usage error.
-const EXIT_CONFIG: u8 = 2;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -146,11 +144,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<ConfigError>() => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            Exit::BadInput.into()
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            Exit::Failed.into()
         }
     }
 }

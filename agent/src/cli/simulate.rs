@@ -4,10 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    cli::{
-        check,
-        rollout_inputs::{EXIT_NEWLY_DENIED, Format, inputs, print},
-    },
+    cli::{check, exit::Exit, output::OutputArgs, rollout_inputs::inputs},
     policy::model::Mode,
     rollout::{flow_records, simulate},
 };
@@ -23,8 +20,8 @@ pub struct SimulateArgs {
     /// The agent's mode under the candidate (default: enforce; audit would drop nothing).
     #[arg(long, value_enum, default_value = "enforce")]
     pub mode: Mode,
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 pub fn run(args: &SimulateArgs) -> ExitCode {
@@ -33,10 +30,10 @@ pub fn run(args: &SimulateArgs) -> ExitCode {
         Err(code) => return code,
     };
     let result = simulate::simulate(&records, &set, args.mode);
-    print(args.format, &result, || result.text());
+    args.output.output.print(&result, |_| result.text());
     if result.newly_denied() > 0 {
-        ExitCode::from(EXIT_NEWLY_DENIED)
+        Exit::Denied.into()
     } else {
-        ExitCode::SUCCESS
+        Exit::Ok.into()
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::ExitCode};
 
-use crate::datapath::pins;
+use crate::{cli::exit::Exit, datapath::pins};
 
 pub fn run(bpffs_dir: &Path, socket: &Path) -> ExitCode {
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -11,7 +11,7 @@ pub fn run(bpffs_dir: &Path, socket: &Path) -> ExitCode {
             "error: an agent is running (it answers on {}); stop it first, or it would run without its programs",
             socket.display()
         );
-        return ExitCode::FAILURE;
+        return Exit::Failed.into();
     }
     // An agent that does not answer there (another socket path, or in a pod whose socket
     // this process cannot see) still holds the pin directory's lock.
@@ -29,7 +29,7 @@ pub fn run(bpffs_dir: &Path, socket: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {}", crate::policy::error::Chain(&e));
-            ExitCode::FAILURE
+            Exit::Failed.into()
         }
     }
 }

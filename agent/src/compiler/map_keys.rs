@@ -20,7 +20,7 @@ use stagewall_common::{
     ServiceBackend, ServiceKey,
 };
 
-use super::{PolicyEntry, Services};
+use super::{PolicyEntry, PortPrefix, Services};
 use crate::policy::model::Direction;
 
 /// The EVENT_LIMITS key of the flow an event is about: the kernel's rate_limit keys it
@@ -77,6 +77,40 @@ pub fn policy_key(entry: &PolicyEntry, slot: u32) -> LpmKey<PolicyKey> {
             port_be: port.to_be(),
         },
     )
+}
+
+/// The entry a POLICY key holds, whatever its slot: what `policy_key` encoded, read back
+/// (for `stagewall get`). None for a direction number no key is written with.
+pub fn policy_entry_of_key((prefix_len, key): &LpmKey<PolicyKey>) -> Option<PolicyEntry> {
+    let direction = direction_of_number(key.direction)?;
+    let (protocol, ports) = if *prefix_len <= POLICY_PREFIX_FIXED_BITS {
+        (None, None)
+    } else if *prefix_len == POLICY_PREFIX_PROTO_BITS {
+        (Some(key.protocol), None)
+    } else {
+        let bits = prefix_len.checked_sub(POLICY_PREFIX_PROTO_BITS)?;
+        let ports = PortPrefix {
+            value: u16::from_be(key.port_be),
+            bits: u8::try_from(bits).ok().filter(|b| *b <= 16)?,
+        };
+        (Some(key.protocol), Some(ports))
+    };
+    Some(PolicyEntry {
+        policy: u32::from_be(key.policy_be) & !POLICY_SLOT_BIT,
+        identity: u32::from_be(key.identity_be),
+        direction,
+        protocol,
+        ports,
+    })
+}
+
+/// The direction a DIR_* number names.
+pub fn direction_of_number(number: u8) -> Option<Direction> {
+    match number {
+        DIR_INGRESS => Some(Direction::Ingress),
+        DIR_EGRESS => Some(Direction::Egress),
+        _ => None,
+    }
 }
 
 /// The slot a POLICY key belongs to (the top bit of its policy id).
@@ -136,6 +170,18 @@ pub fn ipcache_key(slot: u32, prefix: &IpNet) -> LpmKey<IpcacheKey> {
     (IPCACHE_PREFIX_BITS + prefix.prefix_len() as u32, data)
 }
 
+/// The prefix an IPCACHE key holds, whatever its slot: what `ipcache_key` encoded, read
+/// back (for `stagewall get`). None for a family or length no key is written with.
+pub fn ipcache_prefix_of_key((prefix_len, key): &LpmKey<IpcacheKey>) -> Option<IpNet> {
+    let len = u8::try_from(prefix_len.checked_sub(IPCACHE_PREFIX_BITS)?).ok()?;
+    let addr = match key.family {
+        FAMILY_V4 => IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]),
+        FAMILY_V6 => IpAddr::from(key.addr),
+        _ => return None,
+    };
+    IpNet::new(addr, len).ok()
+}
+
 /// The slot an IPCACHE key belongs to.
 pub fn ipcache_key_slot(key: &IpcacheKey) -> u32 {
     u32::from(key.slot)
@@ -193,11 +239,10 @@ mod tests {
     use stagewall_common::PROTO_TCP;
 
     use super::*;
-    use crate::compiler::PortPrefix;
 
-    #[test]
-    fn lpm_keys_encode_slot_protocol_and_port_bits() {
-        let entry = PolicyEntry {
+    /// Egress to identity 300 on TCP ports 8192-9215 (a 6-bit block), policy 7.
+    fn tcp_block_entry() -> PolicyEntry {
+        PolicyEntry {
             policy: 7,
             identity: 300,
             direction: Direction::Egress,
@@ -206,7 +251,49 @@ mod tests {
                 value: 8192,
                 bits: 6,
             }),
-        };
+        }
+    }
+
+    /// `stagewall get` reads back what was written: every key decodes to its entry.
+    #[test]
+    fn keys_decode_to_what_was_encoded() {
+        let entry = tcp_block_entry();
+        for entry in [
+            entry,
+            PolicyEntry {
+                ports: None,
+                ..entry
+            },
+            PolicyEntry {
+                protocol: None,
+                ports: None,
+                direction: Direction::Ingress,
+                ..entry
+            },
+            PolicyEntry {
+                ports: Some(PortPrefix {
+                    value: 443,
+                    bits: 16,
+                }),
+                ..entry
+            },
+        ] {
+            for slot in [0, 1] {
+                assert_eq!(policy_entry_of_key(&policy_key(&entry, slot)), Some(entry));
+            }
+        }
+        for prefix in ["10.1.0.0/16", "10.1.2.3/32", "fd00::/8", "0.0.0.0/0"] {
+            let prefix: IpNet = prefix.parse().unwrap();
+            assert_eq!(
+                ipcache_prefix_of_key(&ipcache_key(1, &prefix)),
+                Some(prefix)
+            );
+        }
+    }
+
+    #[test]
+    fn lpm_keys_encode_slot_protocol_and_port_bits() {
+        let entry = tcp_block_entry();
         let (len, key) = policy_key(&entry, 1);
         assert_eq!(len, 86);
         assert_eq!(u32::from_be(key.policy_be), 7 | POLICY_SLOT_BIT);

@@ -17,6 +17,15 @@ pub struct NameRules {
 }
 
 impl NameRules {
+    /// The pattern whose identity `identity` is (for `stagewall get`), if any endpoint has it.
+    pub fn pattern_of(&self, identity: u32) -> Option<&DomainPattern> {
+        self.by_endpoint
+            .values()
+            .flatten()
+            .find(|(_, id)| *id == identity)
+            .map(|(pattern, _)| pattern)
+    }
+
     /// The identities of every pattern that holds `endpoint_id`'s egress and matches
     /// `name` (a name from a DNS answer: any case, a trailing dot tolerated); empty when
     /// the workload has no name rules or none match. Cheap: a workload has a handful of

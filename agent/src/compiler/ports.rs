@@ -8,12 +8,43 @@ pub struct PortPrefix {
     pub bits: u8,
 }
 
+impl PortPrefix {
+    /// The first and last port of the block.
+    pub fn range(self) -> (u16, u16) {
+        let free = 16 - u32::from(self.bits.min(16));
+        let mask = (u32::MAX << free) as u16;
+        let first = self.value & mask;
+        (first, first | !mask)
+    }
+}
+
 #[cfg(test)]
 impl PortPrefix {
     pub fn contains(self, port: u16) -> bool {
         let shift = 16 - self.bits as u32;
         (port as u32) >> shift == (self.value as u32) >> shift
     }
+}
+
+#[test]
+fn a_block_spans_the_ports_its_free_bits_allow() {
+    assert_eq!(
+        PortPrefix {
+            value: 443,
+            bits: 16
+        }
+        .range(),
+        (443, 443)
+    );
+    assert_eq!(
+        PortPrefix {
+            value: 8192,
+            bits: 10
+        }
+        .range(),
+        (8192, 8255)
+    );
+    assert_eq!(PortPrefix { value: 0, bits: 0 }.range(), (0, 65535));
 }
 
 /// The aligned blocks that exactly cover `lo..=hi`.

@@ -18,13 +18,13 @@ use aya::{
         links::FdLink,
         tc::{self, SchedClassifierLink},
     },
-    util::KernelVersion,
 };
 
 use crate::{
     datapath::{
         error::{DatapathError, PathAction},
         host::Target,
+        inspect::TcMode,
         object::{
             PROG_CGROUP_EGRESS, PROG_CGROUP_INGRESS, PROG_SOCK_ADDR, PROG_TC_FROM_WORKLOAD,
             PROG_TC_TO_WORKLOAD, program,
@@ -61,6 +61,16 @@ impl Attachments {
             links: BTreeMap::new(),
             other_layouts,
         }
+    }
+
+    /// How many cgroups and interfaces the programs are attached to.
+    pub fn attached(&self) -> (usize, usize) {
+        let cgroups = self
+            .links
+            .keys()
+            .filter(|t| matches!(t, Target::Cgroup { .. }))
+            .count();
+        (cgroups, self.links.len() - cgroups)
     }
 
     pub fn is_attached(&self, target: &Target) -> bool {
@@ -124,7 +134,7 @@ impl Attachments {
         let mut links = Links::default();
         // tcx (kernel 6.6+) needs no qdisc; older kernels attach through clsact, netlink
         // filters that cannot be pinned.
-        let clsact = KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0));
+        let clsact = TcMode::of_running_kernel() == TcMode::Clsact;
         if clsact {
             if let Err(e) = tc::qdisc_add_clsact(interface) {
                 log::debug!("clsact on {interface}: {e}");

@@ -24,6 +24,7 @@ use crate::{
         attach::Attachments,
         error::DatapathError,
         host::{self, Target},
+        inspect::{KernelFeatures, TcMode},
         object, packet_sockets,
         pins::Pins,
         slots::{GUARD, SlotContents, Slots, UNGUARDED, endpoint_key},
@@ -40,6 +41,8 @@ use crate::{
 pub struct AttachedWorkload {
     pub workload: ObjectName,
     pub target: Target,
+    /// Below a guard cgroup: the guard's programs cover it.
+    pub guarded: bool,
 }
 
 /// How the kernel programs enforce the policy, besides the policy itself (their config map).
@@ -201,6 +204,7 @@ impl Loader {
             .map(|(ep, target)| AttachedWorkload {
                 workload: ep.workload.clone(),
                 target: target.clone(),
+                guarded: guarded(target, &guards),
             })
             .collect();
         self.applied_targets = targets
@@ -304,6 +308,20 @@ impl Loader {
                     .then(|| (ep.workload.clone(), info.endpoint_id))
             })
             .collect()
+    }
+
+    /// The kernel features the programs use now: how TC attaches, where the programs
+    /// are attached and through which hooks, the LSM guard.
+    pub fn features(&self) -> KernelFeatures {
+        let (cgroups_attached, interfaces_attached) = self.attachments.attached();
+        KernelFeatures {
+            tc: TcMode::of_running_kernel(),
+            cgroups_attached,
+            interfaces_attached,
+            cgroup_hooks: object::cgroup_programs().map(String::from).collect(),
+            tc_hooks: object::tc_programs().map(String::from).collect(),
+            lsm_packet_socket_guard: self.packet_socket_guard,
+        }
     }
 
     /// The kernel's counters and per-endpoint statistics.

@@ -7,6 +7,7 @@
 //! - `object`: the eBPF object embedded in the binary, loaded, its maps taken;
 //! - `attach`: the programs' links on cgroups and interfaces (tcx or clsact);
 //! - `slots`: the two-slot atomic apply (map keys are encoded in compiler::map_keys);
+//! - `inspect`: what the kernel holds now, read back from the pins (status, get);
 //! - `stats`: the one reader of the kernel's counters and per-endpoint statistics;
 //! - `pins`: what is kept in bpffs, the map layout it is checked against, and the lock
 //!   that keeps it one agent's;
@@ -21,6 +22,7 @@ mod attach;
 pub mod dns;
 pub mod error;
 pub mod host;
+pub mod inspect;
 pub mod loader;
 mod object;
 mod packet_sockets;

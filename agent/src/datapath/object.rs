@@ -41,6 +41,18 @@ pub(super) const PROG_SOCK_ADDR: [&str; 8] = [
 ];
 pub(super) const PROG_TC_FROM_WORKLOAD: &str = "stagewall_tc_from_workload";
 pub(super) const PROG_TC_TO_WORKLOAD: &str = "stagewall_tc_to_workload";
+/// The programs each cgroup gets (attach.rs), by name.
+pub(super) fn cgroup_programs() -> impl Iterator<Item = &'static str> {
+    [PROG_CGROUP_INGRESS, PROG_CGROUP_EGRESS]
+        .into_iter()
+        .chain(PROG_SOCK_ADDR)
+}
+
+/// The programs each interface gets (attach.rs), by name.
+pub(super) fn tc_programs() -> impl Iterator<Item = &'static str> {
+    [PROG_TC_FROM_WORKLOAD, PROG_TC_TO_WORKLOAD].into_iter()
+}
+
 /// Loaded and attached by packet_sockets.rs (it needs the kernel's BTF and BPF LSM).
 pub(super) const PROG_PACKET_SOCKET_GUARD: &str = "stagewall_socket_create";
 

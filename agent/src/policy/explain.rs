@@ -34,6 +34,37 @@ pub enum ExplainError {
     Format(#[from] fmt::Error),
 }
 
+/// An answer: the text, and the verdict it ends with (none where it could not be given).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    pub text: String,
+    pub verdict: Option<ExplainedVerdict>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExplainedVerdict {
+    Allowed,
+    Denied,
+}
+
+impl ExplainedVerdict {
+    pub fn of(allowed: bool) -> ExplainedVerdict {
+        if allowed {
+            ExplainedVerdict::Allowed
+        } else {
+            ExplainedVerdict::Denied
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            ExplainedVerdict::Allowed => "allowed",
+            ExplainedVerdict::Denied => "denied",
+        }
+    }
+}
+
 /// One end of the question: a workload of the inventory (`namespace/name`) or an address.
 pub enum Party<'a> {
     Workload(&'a Workload),
@@ -93,7 +124,7 @@ pub fn explain(
     to: &str,
     protocol: Protocol,
     port: u16,
-) -> Result<String, ExplainError> {
+) -> Result<Explanation, ExplainError> {
     let (from, to) = (party(set, from)?, party(set, to)?);
     let (src, dst) = addresses(&from, &to)?;
     let mut out = String::new();
@@ -209,12 +240,12 @@ pub fn explain(
             )?,
         }
     }
-    writeln!(
-        out,
-        "verdict: {}",
-        if allowed { "allowed" } else { "denied" }
-    )?;
-    Ok(out)
+    let verdict = ExplainedVerdict::of(allowed);
+    writeln!(out, "verdict: {}", verdict.word())?;
+    Ok(Explanation {
+        text: out,
+        verdict: Some(verdict),
+    })
 }
 
 /// `ClusterNetworkPolicy NAME (Admin tier, priority P) egress rule "R" (Deny) at FILE:LINE`.
@@ -387,7 +418,7 @@ spec:
     fn explained(from: &str, to: &str) -> String {
         let mut set = PolicySet::default();
         parse_into(Path::new("e.yaml"), SET, &mut set).unwrap();
-        explain(&set, from, to, Protocol::Tcp, 80).unwrap()
+        explain(&set, from, to, Protocol::Tcp, 80).unwrap().text
     }
 
     #[test]
@@ -428,7 +459,9 @@ spec:
 ";
         let mut set = PolicySet::default();
         parse_into(Path::new("e.yaml"), &format!("{SET}{nodes}"), &mut set).unwrap();
-        let out = explain(&set, "b/y", "10.0.9.1", Protocol::Tcp, 6443).unwrap();
+        let out = explain(&set, "b/y", "10.0.9.1", Protocol::Tcp, 6443)
+            .unwrap()
+            .text;
         assert!(
             out.starts_with("from b/y (10.0.0.2) to node cp-1 (10.0.9.1), TCP port 6443"),
             "{out}"
@@ -438,7 +471,9 @@ spec:
             out.contains("ingress of node cp-1: not a workload of the inventory"),
             "{out}"
         );
-        let out = explain(&set, "b/y", "10.0.9.2", Protocol::Tcp, 6443).unwrap();
+        let out = explain(&set, "b/y", "10.0.9.2", Protocol::Tcp, 6443)
+            .unwrap()
+            .text;
         assert!(out.ends_with("verdict: allowed\n"), "{out}");
     }
 
@@ -449,7 +484,7 @@ spec:
         let mut set = PolicySet::default();
         let other = SET.replace("addresses: [10.0.0.2]", "addresses: [10.0.0.2]}\n---\napiVersion: stagewall.io/v1alpha1\nkind: Workload\nmetadata: {name: z, namespace: a}\nspec: {cgroup: /z, addresses: [10.0.0.3]");
         parse_into(Path::new("e.yaml"), &other, &mut set).unwrap();
-        let out = explain(&set, "a/x", "a/z", Protocol::Tcp, 80).unwrap();
+        let out = explain(&set, "a/x", "a/z", Protocol::Tcp, 80).unwrap().text;
         assert!(out.contains("egress of a/x: allowed, no NetworkPolicy selects it for egress and no ClusterNetworkPolicy rule decides (passed on by ClusterNetworkPolicy tenants (Admin tier, priority 10) egress rule \"same-tenant\" (Pass) at e.yaml:33)"), "{out}");
         assert!(out.ends_with("verdict: allowed\n"), "{out}");
     }

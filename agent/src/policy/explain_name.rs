@@ -8,7 +8,7 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use super::{
-    explain::{ExplainError, Party, party},
+    explain::{ExplainError, ExplainedVerdict, Explanation, Party, party},
     model::{
         ClusterPeer, ClusterPort, Direction, DomainPattern, Peer, PolicySet, PortMatch, PortSpec,
         Protocol, Tier, Workload,
@@ -44,7 +44,7 @@ pub fn explain_name(
     name: &str,
     protocol: Protocol,
     port: u16,
-) -> Result<String, ExplainError> {
+) -> Result<Explanation, ExplainError> {
     let Party::Workload(w) = party(set, from)? else {
         return Err(ExplainError::NameNeedsWorkload(from.to_string()));
     };
@@ -103,7 +103,10 @@ pub fn explain_name(
         .map(|a| a.parse::<IpAddr>().expect("valid probe"))
         .find(|a| !singled_out(set, *a))
     else {
-        return Ok(out);
+        return Ok(Explanation {
+            text: out,
+            verdict: None,
+        });
     };
     let names = [name.to_string()];
     let decision = tiers::decide_named(
@@ -132,16 +135,16 @@ pub fn explain_name(
         }
         DecidedBy::NetworkPolicy(_) => "no NetworkPolicy isolates it".to_string(),
     };
+    let verdict = ExplainedVerdict::of(decision.allowed());
     writeln!(
         out,
         "verdict: {} ({by}), for an address DNS gave for {name} that no address rule names (such as {remote}); an address rule read first still decides for its addresses",
-        if decision.allowed() {
-            "allowed"
-        } else {
-            "denied"
-        }
+        verdict.word()
     )?;
-    Ok(out)
+    Ok(Explanation {
+        text: out,
+        verdict: Some(verdict),
+    })
 }
 
 /// The NetworkPolicy tier's lines: the egress rules of the policies that isolate `w`
@@ -283,7 +286,9 @@ spec:
         assert!(!is_name("10.0.0.1") && !is_name("a/x") && !is_name("*.pypi.org"));
         let mut set = PolicySet::default();
         parse_into(Path::new("e.yaml"), SET, &mut set).unwrap();
-        let out = explain_name(&set, "a/x", "files.pythonhosted.org", Protocol::Tcp, 443).unwrap();
+        let out = explain_name(&set, "a/x", "files.pythonhosted.org", Protocol::Tcp, 443)
+            .unwrap()
+            .text;
         assert!(
             out.starts_with("from a/x to the name files.pythonhosted.org"),
             "{out}"
@@ -296,9 +301,13 @@ spec:
             "{out}"
         );
         // Another port: the NetworkPolicy that isolates x decides.
-        let out = explain_name(&set, "a/x", "pypi.org", Protocol::Tcp, 80).unwrap();
+        let out = explain_name(&set, "a/x", "pypi.org", Protocol::Tcp, 80)
+            .unwrap()
+            .text;
         assert!(out.contains("verdict: denied"), "{out}");
-        let out = explain_name(&set, "a/x", "example.org", Protocol::Tcp, 443).unwrap();
+        let out = explain_name(&set, "a/x", "example.org", Protocol::Tcp, 443)
+            .unwrap()
+            .text;
         assert!(
             out.contains("no rule that holds a/x names example.org"),
             "{out}"

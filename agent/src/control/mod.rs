@@ -1,7 +1,16 @@
-//! The control socket: changes that act on enforcement (quarantine, release) go through a
-//! Unix socket only root can use — never through the read-only HTTP endpoint. One request
-//! per connection: a line `quarantine namespace/name` or `release namespace/name`, answered
-//! by a line `ok ...` or `error ...`.
+//! The control socket: changes that act on enforcement (quarantine, release), and what
+//! the agent and the kernel hold (status, get: cgroup ids, addresses and rules an
+//! unprivileged user has no business reading), go through a Unix socket only root can use
+//! — never through the read-only HTTP endpoint. One request per connection, one line:
+//! `quarantine namespace/name`, `release namespace/name`, `status`, `get endpoints`,
+//! `get identities`, `get policy namespace/name` or `get flows namespace/name`; answered
+//! by a line `ok ...` (JSON for status and get) or `error ...`.
+//!
+//! - `status`: the agent's status (`stagewall status`);
+//! - `inventory`: the kernel's maps, decoded and named (`stagewall get`).
+
+pub mod inventory;
+pub mod status;
 
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
@@ -16,6 +25,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use self::inventory::GetRequest;
 use crate::policy::{model::ObjectName, names};
 
 /// Where the socket lives unless `--control-socket` says otherwise.
@@ -26,26 +36,34 @@ const MAX_REQUEST_BYTES: u64 = 1024;
 pub enum Request {
     Quarantine(ObjectName),
     Release(ObjectName),
+    Status,
+    Get(GetRequest),
 }
+
+const EXPECTED: &str = "expected: quarantine|release namespace/name, status, get endpoints|identities, or get policy|flows namespace/name";
 
 impl Request {
     /// One request line, as the agent reads it from the socket (surrounding whitespace
     /// and the line break ignored); the error says what was expected. Pure, so it is
     /// fuzzed on its own (agent/fuzz, `control_request`).
     pub fn parse(line: &str) -> Result<Request, String> {
-        let (verb, target) = line
-            .trim()
-            .split_once(' ')
-            .ok_or("expected: quarantine|release namespace/name")?;
+        let line = line.trim();
+        match line {
+            "status" => return Ok(Request::Status),
+            "get endpoints" => return Ok(Request::Get(GetRequest::Endpoints)),
+            "get identities" => return Ok(Request::Get(GetRequest::Identities)),
+            _ => {}
+        }
+        let (verb, target) = line.rsplit_once(' ').ok_or_else(|| EXPECTED.to_string())?;
         // A valid name holds no whitespace or line break: what is accepted is sent as
         // the one line it was read from.
-        let workload = names::object_name(target.trim())?;
-        match verb {
-            "quarantine" => Ok(Request::Quarantine(workload)),
-            "release" => Ok(Request::Release(workload)),
-            other => Err(format!(
-                "unknown request {other:?}; expected quarantine or release"
-            )),
+        let workload = || names::object_name(target.trim());
+        match verb.trim() {
+            "quarantine" => Ok(Request::Quarantine(workload()?)),
+            "release" => Ok(Request::Release(workload()?)),
+            "get policy" => Ok(Request::Get(GetRequest::Policy(workload()?))),
+            "get flows" => Ok(Request::Get(GetRequest::Flows(workload()?))),
+            other => Err(format!("unknown request {other:?}; {EXPECTED}")),
         }
     }
 
@@ -54,8 +72,23 @@ impl Request {
         match self {
             Request::Quarantine(w) => format!("quarantine {w}\n"),
             Request::Release(w) => format!("release {w}\n"),
+            Request::Status => "status\n".to_string(),
+            Request::Get(GetRequest::Endpoints) => "get endpoints\n".to_string(),
+            Request::Get(GetRequest::Identities) => "get identities\n".to_string(),
+            Request::Get(GetRequest::Policy(w)) => format!("get policy {w}\n"),
+            Request::Get(GetRequest::Flows(w)) => format!("get flows {w}\n"),
         }
     }
+}
+
+/// Sends a request whose answer is JSON (status, get) and reads it as `T`.
+pub fn query<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    request: &Request,
+) -> Result<T, ControlError> {
+    let answer = send(socket, request)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| ControlError::UnexpectedAnswer(format!("{e}: {answer}")))
 }
 
 /// What went wrong serving or sending a request.
@@ -140,7 +173,7 @@ async fn handle(
     let (read, mut write) = stream.into_split();
     if uid != 0 {
         write
-            .write_all(b"error: only root may change enforcement\n")
+            .write_all(b"error: only root may use the control socket\n")
             .await?;
         return Ok(());
     }
@@ -167,8 +200,8 @@ async fn handle(
     Ok(())
 }
 
-/// The client side, for `stagewall quarantine|release`: sends one request, returns the
-/// agent's answer.
+/// The client side, for `stagewall quarantine|release|status|get`: sends one request,
+/// returns the agent's answer.
 pub fn send(socket: &Path, request: &Request) -> Result<String, ControlError> {
     let mut stream = StdUnixStream::connect(socket).map_err(|source| ControlError::Connect {
         socket: socket.to_path_buf(),
@@ -205,8 +238,24 @@ mod tests {
         );
         assert_eq!(
             Request::parse(&Request::Quarantine(w.clone()).line()),
-            Ok(Request::Quarantine(w))
+            Ok(Request::Quarantine(w.clone()))
         );
+        assert_eq!(Request::parse("status\n"), Ok(Request::Status));
+        assert_eq!(
+            Request::parse("get endpoints"),
+            Ok(Request::Get(GetRequest::Endpoints))
+        );
+        for request in [
+            Request::Status,
+            Request::Get(GetRequest::Endpoints),
+            Request::Get(GetRequest::Identities),
+            Request::Get(GetRequest::Policy(w.clone())),
+            Request::Get(GetRequest::Flows(w.clone())),
+        ] {
+            assert_eq!(Request::parse(&request.line()), Ok(request));
+        }
+        assert!(Request::parse("get policy").is_err());
+        assert!(Request::parse("get secrets ml/x").is_err());
         assert!(Request::parse("quarantine trainer-0").is_err());
         assert!(Request::parse("delete ml/x").is_err());
         assert!(Request::parse("").is_err());
