@@ -5,7 +5,7 @@
 
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::compiler::Compiled;
+use crate::{build_info::BuildInfo, compiler::Compiled};
 
 /// Labels of `stagewall_workload_info`: `workload` as the other per-workload metrics
 /// write it (`namespace/name`), its namespace, and its `stage` label ("" without one).
@@ -18,11 +18,13 @@ pub struct Info {
 impl Info {
     /// Registers the build info, the process metrics and the (empty) workload info.
     pub fn register(r: &Registry) -> Info {
-        // The build's version; its commit and the kernel it runs on are labels that the
-        // build_info module supplies, added where this gauge is built.
+        // What runs where, for joins: the version, the commit and the kernel release.
+        let facts = BuildInfo::current();
         let build = IntGauge::with_opts(
             Opts::new("stagewall_build_info", "stagewall build; always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
+                .const_label("version", facts.version)
+                .const_label("commit", facts.commit)
+                .const_label("kernel", facts.kernel),
         )
         .expect("valid metric");
         build.set(1);
@@ -119,7 +121,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
-        assert!(text.contains(r#"stagewall_build_info{version=""#), "{text}");
+        let facts = BuildInfo::current();
+        assert!(
+            text.contains(&format!(
+                r#"stagewall_build_info{{commit="{}",kernel="{}",version="{}"}} 1"#,
+                facts.commit, facts.kernel, facts.version
+            )),
+            "{text}"
+        );
         policy.endpoints.truncate(1);
         info.set_policy(&policy);
         assert!(!gathered(&r).contains("ml/loader"));
