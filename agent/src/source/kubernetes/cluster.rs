@@ -26,8 +26,8 @@ use super::{
     PodAttachment,
     cgroups::PodCgroups,
     routes::PodInterfaces,
+    seen::Seen,
     services::{self, ServiceInfo, SliceInfo},
-    status::Seen,
 };
 use crate::policy::{
     error::{PolicyError, PolicyErrors},

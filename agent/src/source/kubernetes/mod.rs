@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod cluster;
 pub mod events;
 pub mod routes;
+pub mod seen;
 pub mod services;
 mod status;
 mod veths;
@@ -154,7 +155,7 @@ pub struct View {
     status: Option<status::StatusWriter>,
     /// The stagewall.io objects as last seen, and the cluster's nodes: what the verdicts
     /// written into their status are about.
-    status_seen: std::collections::BTreeMap<cluster::Key, status::Seen>,
+    status_seen: std::collections::BTreeMap<cluster::Key, seen::Seen>,
     nodes: Option<std::collections::BTreeSet<String>>,
     /// What became of the last desired state given: applied, or why not.
     applied: Result<(), String>,

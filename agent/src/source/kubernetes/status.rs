@@ -33,8 +33,8 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::cluster::Key;
-use crate::policy::error::{PolicyError, PolicyErrors};
+use super::{cluster::Key, seen::Seen};
+use crate::policy::error::PolicyError;
 
 /// The kinds whose objects carry a status (the stagewall.io CRDs have the subresource).
 pub const STATUS_KINDS: [&str; 2] = ["pipelines", "workloads"];
@@ -48,17 +48,6 @@ const RETRY: Duration = Duration::from_secs(30);
 
 /// The API server caps a condition's message; entries keep theirs short (one per node).
 const ENTRY_MESSAGE_MAX: usize = 256;
-
-/// An object of `Cluster::documents`' kinds as last seen (kept by the cluster view).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// metadata.uid and .generation: which object, and which version of its spec, a
-    /// status speaks of.
-    pub uid: String,
-    pub generation: i64,
-    /// Why the parser refused this version (its previous one, if any, stays).
-    pub refused: Option<PolicyErrors>,
-}
 
 /// What this node says of one object's generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -381,6 +370,7 @@ fn sum(object: &Value, nodes: Option<&BTreeSet<String>>, now: Timestamp) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::error::PolicyErrors;
 
     fn object(generation: i64, nodes: Value) -> Value {
         json!({"metadata": {"generation": generation}, "status": {"nodes": nodes}})
