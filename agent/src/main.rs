@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use stagewall::cli::{self, run};
 
 #[derive(Parser)]
@@ -12,9 +12,8 @@ use stagewall::cli::{self, run};
     about = "eBPF network enforcement for ML pipelines"
 )]
 struct Cli {
-    /// Log level of the agent's own messages (stderr).
-    #[arg(long, global = true, default_value = "info")]
-    log_level: log::LevelFilter,
+    #[command(flatten)]
+    log: cli::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,14 +56,19 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// Validate and compile the policies of a directory without touching the kernel.
     Check(cli::check::CheckArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions { shell: cli::generate::Shell },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_target(false)
-        .init();
+    // `run`'s flags also come from STAGEWALL_* variables and the configuration file.
+    let cli: Cli = cli::config_file::parse();
+    cli::logging::init(&cli.log);
     match cli.command {
         Command::Quarantine { workload, socket } => {
             cli::quarantine::run(&socket, &format!("quarantine {workload}"))
@@ -85,5 +89,7 @@ fn main() -> ExitCode {
         },
         Command::Check(args) => cli::check::run(args),
         Command::Run(args) => run::run(*args),
+        Command::Completions { shell } => cli::generate::completions(shell, Cli::command()),
+        Command::Man { dir } => cli::generate::man(Cli::command(), dir.as_deref()),
     }
 }

@@ -3,7 +3,10 @@
 
 pub mod advise;
 pub mod check;
+pub mod config_file;
 pub mod events;
+pub mod generate;
+pub mod logging;
 pub mod quarantine;
 pub mod report;
 pub mod rollout_inputs;
