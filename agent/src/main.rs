@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{CommandFactory as _, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use stagewall::cli::{self, run};
 
 #[derive(Parser)]
@@ -89,7 +89,11 @@ fn main() -> ExitCode {
         },
         Command::Check(args) => cli::check::run(args),
         Command::Run(args) => run::run(*args),
-        Command::Completions { shell } => cli::generate::completions(shell, Cli::command()),
-        Command::Man { dir } => cli::generate::man(Cli::command(), dir.as_deref()),
+        Command::Completions { shell } => {
+            cli::generate::completions(shell, cli::config_file::command::<Cli>())
+        }
+        Command::Man { dir } => {
+            cli::generate::man(cli::config_file::command::<Cli>(), dir.as_deref())
+        }
     }
 }

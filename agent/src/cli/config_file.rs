@@ -91,7 +91,7 @@ impl Scalar {
 /// the configuration file's values where the command line and the environment gave none.
 /// Exits as clap does on a bad command line, and with code 2 on a bad file.
 pub fn parse<P: clap::Parser>() -> P {
-    let command = with_env(P::command());
+    let command = command::<P>();
     let args: Vec<OsString> = std::env::args_os().collect();
     let matches = match with_file(&command, args) {
         Ok(matches) => matches,
@@ -101,6 +101,12 @@ pub fn parse<P: clap::Parser>() -> P {
         }
     };
     P::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command.clone()).exit())
+}
+
+/// The command line's definition as the user gets it: with the environment variables
+/// (for help, completions and man pages too).
+pub fn command<P: clap::CommandFactory>() -> Command {
+    with_env(P::command())
 }
 
 /// `command` with an environment variable for each flag of the root (the global flags) and

@@ -32,7 +32,9 @@ pub fn completions(shell: Shell, mut command: Command) -> std::process::ExitCode
 /// convention, so `man stagewall-run` shows the agent's flags).
 pub fn man(command: Command, dir: Option<&Path>) -> std::process::ExitCode {
     let written = match dir {
-        Some(dir) => clap_mangen::generate_to(command, dir),
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(command, dir))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
         None => {
             let mut page = Vec::new();
             clap_mangen::Man::new(command)
@@ -47,7 +49,7 @@ fn finish(written: std::io::Result<()>) -> std::process::ExitCode {
     match written {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: writing to stdout: {e}");
+            eprintln!("error: writing: {e}");
             std::process::ExitCode::FAILURE
         }
     }
