@@ -110,7 +110,9 @@ fn run_takes_the_command_line_then_the_environment_then_the_file() {
     .unwrap();
     let config = config.to_str().unwrap();
     let env = [("STAGEWALL_POLICIES", "/nonexistent/from-env")];
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    /// Command-line arguments, environment, and whose value wins.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (&[], &[], "/nonexistent/from-file"),
         (&[], &env, "/nonexistent/from-env"),
         (
