@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (skips what is present): the pinned
-    /// nightly with rust-src, bpf-linker, iproute2, iputils-ping, prometheus.
+    /// nightly with rust-src, bpf-linker, cargo-deb, iproute2, iputils-ping, prometheus,
+    /// systemd (systemd-analyze).
     Setup,
     /// Setup, then formatting, lints (user space and kernel crate), build, the Kubernetes
     /// test binaries (cluster-build, when missing), every test, a short fuzz run and the
