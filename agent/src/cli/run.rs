@@ -41,6 +41,11 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
+    /// YAML file of settings: each key a flag of `run` by its long name (`mode: audit`).
+    /// The command line and STAGEWALL_* variables win over it. Default:
+    /// /etc/stagewall/config.yaml, if it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Directory of policy files (*.yaml, *.yml; read recursively, watched for changes).
     /// Without it the agent needs --kubernetes, or runs as if given it when it finds an
     /// in-cluster service account.
