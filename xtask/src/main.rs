@@ -4,6 +4,7 @@
 
 mod cluster;
 mod demo;
+mod helm;
 mod setup;
 
 use std::process::Command;
@@ -33,6 +34,14 @@ enum Task {
     /// source at the versions tests/cluster/go.mod pins, into target/cluster/bin/; a no-op
     /// when they are there and current. Needs Go.
     ClusterBuild,
+    /// Write the plain manifests of deploy/kubernetes from the Helm chart in
+    /// deploy/helm/stagewall (`helm template` with its default values), so that they never
+    /// drift from it. Needs helm (cluster-build).
+    RenderManifests {
+        /// Write nothing; fail when a committed manifest differs from the rendering.
+        #[arg(long)]
+        check: bool,
+    },
     /// Fuzz the policy parser and compiler, the flow records reader, the control request
     /// parser and the DNS message reader for a while each (cargo fuzz, nightly).
     Fuzz {
@@ -64,6 +73,10 @@ fn main() -> anyhow::Result<()> {
             test()
         }
         Task::ClusterBuild => cluster::build().map(drop),
+        Task::RenderManifests { check } => {
+            cluster::build()?;
+            helm::render_manifests(check)
+        }
         Task::Demo => {
             setup::run()?;
             demo::run()
