@@ -77,13 +77,20 @@ pub fn bin_dir() -> PathBuf {
     crate::workspace_root().join("target/cluster/bin")
 }
 
+/// The major and minor of [`KUBERNETES_VERSION`] ("1", "37").
+fn kubernetes_major_minor() -> (&'static str, &'static str) {
+    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
+}
+
 /// `-ldflags`: no symbol tables, and the version variables that Kubernetes' build scripts
 /// set (hack/lib/version.sh) in both packages that hold them. Without them every binary
 /// says v0.0.0-master, which kubectl and the kubelet compare against the apiserver's.
 fn ldflags() -> String {
-    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
-    let major = parts.next().unwrap_or_default();
-    let minor = parts.next().unwrap_or_default();
+    let (major, minor) = kubernetes_major_minor();
     let mut flags = vec!["-s".to_string(), "-w".to_string()];
     for package in [
         "k8s.io/component-base/version",
@@ -105,9 +112,7 @@ fn ldflags() -> String {
 /// that `helm template` and `helm lint` assume (.Capabilities.KubeVersion) set to the
 /// test cluster's, so that the chart is rendered for the cluster the tests apply it to.
 fn helm_ldflags() -> String {
-    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
-    let major = parts.next().unwrap_or_default();
-    let minor = parts.next().unwrap_or_default();
+    let (major, minor) = kubernetes_major_minor();
     let mut flags = vec![
         "-s".to_string(),
         "-w".to_string(),
