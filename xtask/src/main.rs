@@ -5,6 +5,7 @@
 mod cluster;
 mod demo;
 mod helm;
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -42,6 +43,15 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the agent's image for amd64 and arm64 (static user space cross-compiled,
+    /// the same kernel programs) as one multi-arch OCI archive, with no image builder and
+    /// no registry. Setup, then the musl targets, clang and qemu-user; ociimage
+    /// (cluster-build).
+    Image {
+        /// The archive to write.
+        #[arg(long, default_value = image::DEFAULT_OUT)]
+        out: std::path::PathBuf,
+    },
     /// Fuzz the policy parser and compiler, the flow records reader, the control request
     /// parser and the DNS message reader for a while each (cargo fuzz, nightly).
     Fuzz {
@@ -76,6 +86,12 @@ fn main() -> anyhow::Result<()> {
         Task::RenderManifests { check } => {
             cluster::build()?;
             helm::render_manifests(check)
+        }
+        Task::Image { out } => {
+            setup::run()?;
+            setup::image()?;
+            cluster::build()?;
+            image::build(&out)
         }
         Task::Demo => {
             setup::run()?;
