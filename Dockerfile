@@ -1,10 +1,20 @@
-# The stagewall agent image for deploy/kubernetes/daemonset.yaml:
-#   docker build -t stagewall:0.1.0 .
-# The kernel programs are built with the pinned nightly and bpf-linker (linked against
-# LLVM 22), exactly as `cargo xtask setup` does on a build host; the agent embeds them.
-FROM rust:1.95-bookworm AS build
+# The stagewall agent image for deploy/kubernetes/daemonset.yaml and the Helm chart, for
+# amd64 and arm64:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/stagewall:0.1.0 --push .
+# (one platform: docker build -t stagewall:0.1.0 .). NOT TESTED HERE: the project's build
+# hosts have no docker; `cargo xtask image` writes the same image (a static agent per
+# platform, the same kernel programs) as an OCI archive with no image builder, and that
+# is what is tested (README "Install on Kubernetes").
+#
+# The build runs on the build host's platform and cross-compiles user space to a static
+# musl binary (rust-lld links it with Rust's own musl start files; clang compiles ring's
+# C), as xtask/src/image.rs does. The kernel programs are eBPF, the same bytes for every
+# platform, built with the pinned nightly and bpf-linker (linked against LLVM 22), exactly
+# as `cargo xtask setup` does on a build host; the agent embeds them.
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
+ARG TARGETARCH
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends llvm-22-dev \
+    && apt-get install -y --no-install-recommends llvm-22-dev clang-22 \
     && rm -rf /var/lib/apt/lists/*
 # The nightly is named once, in the eBPF crate's rust-toolchain.toml.
 COPY ebpf/stagewall-ebpf/rust-toolchain.toml /tmp/ebpf-toolchain.toml
@@ -14,11 +24,20 @@ RUN rustup toolchain install "$(sed -n 's/^channel = "\(.*\)"/\1/p' /tmp/ebpf-to
         --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p stagewall \
-    && cp target/release/stagewall /stagewall
+RUN case "$TARGETARCH" in \
+        amd64) target=x86_64-unknown-linux-musl ;; \
+        arm64) target=aarch64-unknown-linux-musl ;; \
+        *) echo "unsupported TARGETARCH $TARGETARCH (amd64 or arm64)" >&2; exit 1 ;; \
+    esac \
+    && rustup target add "$target" \
+    && env_target="$(echo "$target" | tr - _)" \
+    && env "CARGO_TARGET_$(echo "$env_target" | tr a-z A-Z)_LINKER=rust-lld" \
+        "CC_$env_target=clang-22" "AR_$env_target=llvm-ar-22" \
+        cargo build --release --locked -p stagewall --bin stagewall --target "$target" \
+    && /usr/lib/llvm-22/bin/llvm-strip --strip-all -o /stagewall "target/$target/release/stagewall"
 
-# The agent needs nothing but the C library at run time.
-FROM debian:bookworm-slim
+# A static binary: nothing else in the image.
+FROM scratch
 COPY --from=build /stagewall /usr/local/bin/stagewall
 ENTRYPOINT ["/usr/local/bin/stagewall"]
 CMD ["run", "--kubernetes"]

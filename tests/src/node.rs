@@ -420,6 +420,12 @@ impl KubeletNode {
         args.extend(files);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run(&path(&bin_dir().join("ociimage")), &args)?;
+        self.import_archive(&archive)
+    }
+
+    /// Imports an OCI archive (one platform's, or a multi-arch index such as `cargo xtask
+    /// image` writes: containerd unpacks this node's platform) under the names it carries.
+    pub fn import_archive(&self, archive: &Path) -> anyhow::Result<()> {
         // --local: unpacked by ctr itself into the native snapshotter (the daemon's
         // transfer service unpacks only for the default snapshotter).
         self.ctr(&[
@@ -428,7 +434,7 @@ impl KubeletNode {
             "--local",
             "--snapshotter",
             "native",
-            &path(&archive),
+            &path(archive),
         ])?;
         Ok(())
     }

@@ -639,3 +639,99 @@ fn a_service_clusterip_through_the_real_kube_proxy_keeps_the_client_for_the_serv
         "the client was refused: {events:#?}"
     );
 }
+
+/// The Helm chart (deploy/helm/stagewall), rendered by the helm that `cargo xtask
+/// cluster-build` builds into a release namespace of its own and with the values that add
+/// objects of kinds a bare API server serves, is created object by object by the real API
+/// server (`kubectl create`: no dry run), and reads back as the values said. (Its
+/// PodMonitor, ServiceMonitor and PrometheusRule need prometheus-operator's CRDs, which
+/// this cluster has not: xtask's helm tests lint and validate them.)
+#[test]
+fn the_helm_charts_objects_are_created_by_the_real_api_server() {
+    if !privileged() || !stagewall_tests::cluster::built_or_fail_in_ci() {
+        return;
+    }
+    let helm = stagewall_tests::cluster::bin_dir().join("helm");
+    assert!(
+        helm.is_file(),
+        "{} is missing: run `cargo xtask cluster-build`",
+        helm.display()
+    );
+    let chart = stagewall_tests::cluster::manifests().join("../helm/stagewall");
+    let rendered = std::process::Command::new(&helm)
+        .arg("template")
+        .arg("stagewall")
+        .arg(&chart)
+        .args(["--namespace", "ml-security", "--include-crds"])
+        .args(["--set", "namespace.create=true"])
+        .args(["--set", "grafanaDashboard.enabled=true"])
+        .args(["--set", "mode=audit", "--set", "cgroupDriver=cgroupfs"])
+        .args(["--set", "nodeSelector.kubernetes\\.io/os=linux"])
+        .output()
+        .expect("running helm");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8(rendered.stdout).expect("UTF-8");
+
+    let bed = Testbed::new(&["client"]).expect("creating the test bed");
+    let cluster = Cluster::start(&bed).expect("starting the control plane");
+    let created = cluster
+        .kubectl_stdin(&["create", "-f", "-"], &rendered)
+        .expect("the API server creates every object of the chart");
+    for object in [
+        "namespace/ml-security",
+        "customresourcedefinition.apiextensions.k8s.io/pipelines.stagewall.io",
+        "customresourcedefinition.apiextensions.k8s.io/workloads.stagewall.io",
+        "customresourcedefinition.apiextensions.k8s.io/clusternetworkpolicies.policy.networking.k8s.io",
+        "serviceaccount/stagewall",
+        "clusterrole.rbac.authorization.k8s.io/stagewall",
+        "clusterrolebinding.rbac.authorization.k8s.io/stagewall",
+        "daemonset.apps/stagewall",
+        "configmap/stagewall-dashboard",
+    ] {
+        assert!(
+            created.contains(&format!("{object} created")),
+            "{object}:\n{created}"
+        );
+    }
+    let get = |args: &[&str]| cluster.kubectl(args).expect("kubectl get");
+    let args = get(&[
+        "get",
+        "daemonset",
+        "stagewall",
+        "--namespace",
+        "ml-security",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args} {.spec.template.spec.nodeSelector}",
+    ]);
+    assert!(args.contains("--mode=audit"), "{args}");
+    assert!(args.contains("--guard-cgroup=/kubepods\""), "{args}");
+    assert!(args.contains("\"kubernetes.io/os\":\"linux\""), "{args}");
+    let dashboard = get(&[
+        "get",
+        "configmap",
+        "stagewall-dashboard",
+        "--namespace",
+        "ml-security",
+        "-o",
+        "jsonpath={.metadata.labels.grafana_dashboard} {.data.stagewall-dashboard\\.json}",
+    ]);
+    let (label, json) = dashboard.split_once(' ').expect("label and data");
+    assert_eq!(label, "1");
+    let shipped = std::fs::read_to_string(
+        stagewall_tests::cluster::manifests().join("../grafana/stagewall-dashboard.json"),
+    )
+    .expect("the dashboard");
+    assert_eq!(json.trim_end(), shipped.trim_end());
+    let subject = get(&[
+        "get",
+        "clusterrolebinding",
+        "stagewall",
+        "-o",
+        "jsonpath={.subjects[0].namespace}/{.subjects[0].name}",
+    ]);
+    assert_eq!(subject, "ml-security/stagewall");
+}

@@ -317,12 +317,17 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
         .start_kube_proxy(&bed, "node-a")
         .expect("starting kube-proxy");
     // The agent's image: the binary the tests built and its shared libraries, run as the
-    // Dockerfile's ENTRYPOINT does (no image builder here; see tests/src/node.rs).
-    node.import_image(
-        "docker.io/library/stagewall:0.1.0",
-        "/usr/local/bin/stagewall",
-        &stagewall_tests::agent_bin(),
-    )
+    // Dockerfile's ENTRYPOINT does (no image builder here; see tests/src/node.rs); or,
+    // given STAGEWALL_AGENT_IMAGE, the multi-arch archive of `cargo xtask image` (the
+    // release build, static), whose amd64 image this node unpacks.
+    match std::env::var_os("STAGEWALL_AGENT_IMAGE") {
+        Some(archive) => node.import_archive(std::path::Path::new(&archive)),
+        None => node.import_image(
+            "docker.io/library/stagewall:0.1.0",
+            "/usr/local/bin/stagewall",
+            &stagewall_tests::agent_bin(),
+        ),
+    }
     .expect("the agent's image");
     std::fs::create_dir_all(&bed.bpffs).expect("the bed's bpffs directory");
     node.share(&bed.bpffs).expect("a shared bpffs mount");

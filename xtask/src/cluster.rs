@@ -4,7 +4,8 @@
 //! tests/cluster/go.mod pins; and the test node's container runtime from
 //! tests/cluster/node/go.mod: containerd (with its runc shim and ctr), runc, the CNI
 //! plugins bridge, host-local and loopback, and `ociimage`, which writes the local images
-//! (see tests/cluster/README.md for how the modules are laid out).
+//! (see tests/cluster/README.md for how the modules are laid out); and helm from
+//! tests/cluster/helm/go.mod, for the chart in deploy/helm (crate::helm).
 //!
 //! They are built from source with Go into target/cluster/bin/, once: again only when a
 //! module's go.mod, go.sum or own Go code, or the build flags below, change (the stamp file
@@ -58,6 +59,13 @@ const NODE_PACKAGES: [&str; 8] = [
 ];
 const NODE_TAGS: &str = "no_btrfs,no_devmapper,no_zfs";
 
+/// helm's module, relative to the workspace root: a module of its own, as the node's, so
+/// that its Kubernetes client libraries never move the release above.
+const HELM_MODULE: &str = "tests/cluster/helm";
+/// The helm release that tests/cluster/helm/go.mod pins.
+const HELM_VERSION: &str = "v3.22.0";
+const HELM_PACKAGE: &str = "helm.sh/helm/v3/cmd/helm";
+
 /// runc needs cgo (its nsenter is C); with libseccomp (Debian's libseccomp-dev, which
 /// `cargo xtask setup` installs), because containerd gives every pod sandbox the runtime's
 /// default seccomp profile and a runc without seccomp refuses any profile.
@@ -69,13 +77,20 @@ pub fn bin_dir() -> PathBuf {
     crate::workspace_root().join("target/cluster/bin")
 }
 
+/// The major and minor of [`KUBERNETES_VERSION`] ("1", "37").
+fn kubernetes_major_minor() -> (&'static str, &'static str) {
+    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
+    (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
+}
+
 /// `-ldflags`: no symbol tables, and the version variables that Kubernetes' build scripts
 /// set (hack/lib/version.sh) in both packages that hold them. Without them every binary
 /// says v0.0.0-master, which kubectl and the kubelet compare against the apiserver's.
 fn ldflags() -> String {
-    let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
-    let major = parts.next().unwrap_or_default();
-    let minor = parts.next().unwrap_or_default();
+    let (major, minor) = kubernetes_major_minor();
     let mut flags = vec!["-s".to_string(), "-w".to_string()];
     for package in [
         "k8s.io/component-base/version",
@@ -89,6 +104,27 @@ fn ldflags() -> String {
         ] {
             flags.push(format!("-X {package}.{name}={value}"));
         }
+    }
+    flags.join(" ")
+}
+
+/// helm's `-ldflags`, as its Makefile sets them: its version, and the Kubernetes version
+/// that `helm template` and `helm lint` assume (.Capabilities.KubeVersion) set to the
+/// test cluster's, so that the chart is rendered for the cluster the tests apply it to.
+fn helm_ldflags() -> String {
+    let (major, minor) = kubernetes_major_minor();
+    let mut flags = vec![
+        "-s".to_string(),
+        "-w".to_string(),
+        format!("-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean".to_string(),
+    ];
+    for package in [
+        "helm.sh/helm/v3/pkg/lint/rules",
+        "helm.sh/helm/v3/pkg/chartutil",
+    ] {
+        flags.push(format!("-X {package}.k8sVersionMajor={major}"));
+        flags.push(format!("-X {package}.k8sVersionMinor={minor}"));
     }
     flags.join(" ")
 }
@@ -117,7 +153,7 @@ fn build_args(bin: &Path, tags: &str, ldflags: &str, packages: &[&str]) -> Vec<S
     args
 }
 
-/// Every build, in order: Kubernetes and etcd, the node's static runtime, runc.
+/// Every build, in order: Kubernetes and etcd, the node's static runtime, runc, helm.
 fn builds(bin: &Path) -> Vec<GoBuild> {
     vec![
         GoBuild {
@@ -135,6 +171,11 @@ fn builds(bin: &Path) -> Vec<GoBuild> {
             cgo: true,
             args: build_args(bin, RUNC_TAGS, "-s -w", &[RUNC_PACKAGE]),
         },
+        GoBuild {
+            module: HELM_MODULE,
+            cgo: false,
+            args: build_args(bin, "", &helm_ldflags(), &[HELM_PACKAGE]),
+        },
     ]
 }
 
@@ -143,7 +184,7 @@ fn binaries() -> impl Iterator<Item = &'static str> {
     PACKAGES
         .iter()
         .chain(&NODE_PACKAGES)
-        .chain(&[RUNC_PACKAGE])
+        .chain(&[RUNC_PACKAGE, HELM_PACKAGE])
         .map(|p| binary_name(p))
 }
 
@@ -181,6 +222,8 @@ fn inputs(root: &Path, builds: &[GoBuild]) -> anyhow::Result<String> {
         "node/go.mod",
         "node/go.sum",
         "node/cmd/ociimage/main.go",
+        "helm/go.mod",
+        "helm/go.sum",
     ] {
         let path = root.join(MODULE).join(file);
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
@@ -337,5 +380,22 @@ mod tests {
         assert!(binaries().any(|b| b == "runc"));
         assert!(binaries().any(|b| b == "containerd-shim-runc-v2"));
         assert!(binaries().any(|b| b == "ociimage"));
+        assert!(binaries().any(|b| b == "helm"));
+    }
+
+    #[test]
+    fn helm_is_the_pinned_release_and_renders_for_the_test_cluster() {
+        let go_mod =
+            std::fs::read_to_string(crate::workspace_root().join(HELM_MODULE).join("go.mod"))
+                .expect("tests/cluster/helm/go.mod");
+        assert!(
+            go_mod
+                .lines()
+                .any(|l| l.trim() == format!("require helm.sh/helm/v3 {HELM_VERSION}")),
+            "HELM_VERSION and tests/cluster/helm/go.mod disagree"
+        );
+        let flags = helm_ldflags();
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"));
+        assert!(flags.contains("-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1"));
     }
 }

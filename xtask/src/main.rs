@@ -5,6 +5,8 @@
 mod cluster;
 mod deb;
 mod demo;
+mod helm;
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -35,6 +37,23 @@ enum Task {
     /// source at the versions tests/cluster/go.mod pins, into target/cluster/bin/; a no-op
     /// when they are there and current. Needs Go.
     ClusterBuild,
+    /// Write the plain manifests of deploy/kubernetes from the Helm chart in
+    /// deploy/helm/stagewall (`helm template` with its default values), so that they never
+    /// drift from it. Needs helm (cluster-build).
+    RenderManifests {
+        /// Write nothing; fail when a committed manifest differs from the rendering.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the agent's image for amd64 and arm64 (static user space cross-compiled,
+    /// the same kernel programs) as one multi-arch OCI archive, with no image builder and
+    /// no registry. Setup, then the musl targets, clang and qemu-user; ociimage
+    /// (cluster-build).
+    Image {
+        /// The archive to write.
+        #[arg(long, default_value = image::DEFAULT_OUT)]
+        out: std::path::PathBuf,
+    },
     /// Fuzz the policy parser and compiler, the flow records reader, the control request
     /// parser and the DNS message reader for a while each (cargo fuzz, nightly).
     Fuzz {
@@ -74,6 +93,16 @@ fn main() -> anyhow::Result<()> {
             test()
         }
         Task::ClusterBuild => cluster::build().map(drop),
+        Task::RenderManifests { check } => {
+            cluster::build()?;
+            helm::render_manifests(check)
+        }
+        Task::Image { out } => {
+            setup::run()?;
+            setup::image()?;
+            cluster::build()?;
+            image::build(&out)
+        }
         Task::Demo => {
             setup::run()?;
             demo::run()

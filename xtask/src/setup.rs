@@ -47,6 +47,11 @@ const PACKAGES: [&str; 12] = [
     "systemd",
 ];
 
+/// What `cargo xtask image` needs besides the above (not CI, which builds no image):
+/// clang cross-compiles ring's C for the musl targets, qemu-user runs the arm64 agent on
+/// an amd64 host as a smoke check.
+const IMAGE_PACKAGES: [&str; 2] = ["clang-22", "qemu-user"];
+
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
@@ -97,24 +102,7 @@ pub fn run() -> anyhow::Result<()> {
         )?;
     }
 
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed")
-        })
-        .collect();
-    if !missing.is_empty() {
-        if !succeeds("apt-get", &["--version"]) {
-            bail!(
-                "missing packages {missing:?} and no apt-get to install them; install them by hand"
-            );
-        }
-        cmd("apt-get", &["update", "-q"])?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(&missing);
-        cmd("apt-get", &args)?;
-    }
+    install_packages(&PACKAGES)?;
 
     if !output("kubernetes-validate", &["--version"]).contains("1.37.0") {
         cmd(
@@ -156,4 +144,45 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs the Debian packages that are missing.
+fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !succeeds("apt-get", &["--version"]) {
+            bail!(
+                "missing packages {missing:?} and no apt-get to install them; install them by hand"
+            );
+        }
+        cmd("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        cmd("apt-get", &args)?;
+    }
+    Ok(())
+}
+
+/// What `cargo xtask image` needs: the platforms' Rust targets for the workspace's
+/// toolchain (rust-toolchain.toml; xtask runs in the workspace root) and
+/// [`IMAGE_PACKAGES`]. Skips what is there.
+pub fn image() -> anyhow::Result<()> {
+    let targets = output("rustup", &["target", "list", "--installed"]);
+    let missing: Vec<&str> = crate::image::PLATFORMS
+        .iter()
+        .map(|p| p.target)
+        .filter(|t| !targets.lines().any(|l| l.trim() == *t))
+        .collect();
+    if !missing.is_empty() {
+        let mut args = vec!["target", "add"];
+        args.extend(&missing);
+        cmd("rustup", &args)?;
+    }
+    install_packages(&IMAGE_PACKAGES)
 }

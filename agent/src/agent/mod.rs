@@ -121,7 +121,12 @@ pub type Records = (Arc<Mutex<FlowRecords>>, RecordFilter);
 /// 10,000 rules), so after a change it runs at the next periodic check.
 fn return_freed_memory() {
     // SAFETY: malloc_trim only releases free memory of the process's own heaps.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
+    // musl (the static build of the image, `cargo xtask image`) has no malloc_trim: its
+    // allocator unmaps freed memory on its own.
 }
 
 /// The running agent: the desired state, what is in force, and what acts on it.

@@ -6,6 +6,14 @@
 //
 //	ociimage -o image.tar -name docker.io/library/probe:1 -entrypoint "/probe serve" \
 //	    /path/on/host=/probe /lib/x86_64-linux-gnu/libc.so.6=/lib/x86_64-linux-gnu/libc.so.6
+//
+// With -arch given more than once it writes a multi-arch image: one manifest per
+// architecture under an image index (what `docker buildx --platform` pushes), and a file
+// argument prefixed with an architecture ("arm64:/host/path=/image/path") goes only into
+// that architecture's layer (cargo xtask image):
+//
+//	ociimage -o agent.tar -name docker.io/library/stagewall:0.1.0 -entrypoint /stagewall \
+//	    -arch amd64 -arch arm64 amd64:/build/x86_64/stagewall=/stagewall arm64:/build/aarch64/stagewall=/stagewall
 package main
 
 import (
@@ -117,6 +125,40 @@ func layer(files []string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// archs is the repeatable -arch flag.
+type archs []string
+
+func (a *archs) String() string { return strings.Join(*a, ",") }
+func (a *archs) Set(v string) error {
+	for _, have := range *a {
+		if have == v {
+			return fmt.Errorf("-arch %s given twice", v)
+		}
+	}
+	*a = append(*a, v)
+	return nil
+}
+
+// filesFor is the file arguments that go into arch's layer: unprefixed ones and those
+// prefixed with "arch:".
+func filesFor(arch string, all, known []string) []string {
+	var files []string
+	for _, f := range all {
+		prefix, rest, ok := strings.Cut(f, ":")
+		isArch := false
+		for _, k := range known {
+			isArch = isArch || (ok && prefix == k)
+		}
+		switch {
+		case !isArch:
+			files = append(files, f)
+		case prefix == arch:
+			files = append(files, rest)
+		}
+	}
+	return files
+}
+
 func mustJSON(v any) []byte {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -129,39 +171,61 @@ func run() error {
 	out := flag.String("o", "", "the archive to write")
 	name := flag.String("name", "", "the image's full name, e.g. docker.io/library/probe:1")
 	entrypoint := flag.String("entrypoint", "", "the command the container runs, words split at spaces, e.g. \"/probe pause\"")
+	var arches archs
+	flag.Var(&arches, "arch", "an architecture of the image (amd64, arm64; repeatable; default amd64)")
 	flag.Parse()
 	if *out == "" || *name == "" || *entrypoint == "" || flag.NArg() == 0 {
 		return fmt.Errorf("usage: ociimage -o ARCHIVE -name NAME -entrypoint PATH HOST_PATH=/IMAGE_PATH...")
 	}
-	layerData, err := layer(flag.Args())
-	if err != nil {
-		return err
+	if len(arches) == 0 {
+		arches = archs{"amd64"}
 	}
-	layerBlob := newBlob(layerData)
-	config := newBlob(mustJSON(map[string]any{
-		"architecture": "amd64",
-		"os":           "linux",
-		"config": map[string]any{
-			"Entrypoint": strings.Fields(*entrypoint),
-			"Env":        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerBlob.digest}},
-	}))
-	manifest := newBlob(mustJSON(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     manifestType,
-		"config":        config.descriptor(configType),
-		"layers":        []descriptor{layerBlob.descriptor(layerType)},
-	}))
-	described := manifest.descriptor(manifestType)
+	var blobs []blob
+	var manifests []descriptor
+	for _, arch := range arches {
+		files := filesFor(arch, flag.Args(), arches)
+		if len(files) == 0 {
+			return fmt.Errorf("no files for -arch %s", arch)
+		}
+		layerData, err := layer(files)
+		if err != nil {
+			return err
+		}
+		layerBlob := newBlob(layerData)
+		config := newBlob(mustJSON(map[string]any{
+			"architecture": arch,
+			"os":           "linux",
+			"config": map[string]any{
+				"Entrypoint": strings.Fields(*entrypoint),
+				"Env":        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+			},
+			"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerBlob.digest}},
+		}))
+		manifest := newBlob(mustJSON(map[string]any{
+			"schemaVersion": 2,
+			"mediaType":     manifestType,
+			"config":        config.descriptor(configType),
+			"layers":        []descriptor{layerBlob.descriptor(layerType)},
+		}))
+		described := manifest.descriptor(manifestType)
+		// The platform containerd unpacks for (the test node's own, or one of these).
+		described.Platform = &platform{Architecture: arch, OS: "linux"}
+		blobs = append(blobs, layerBlob, config, manifest)
+		manifests = append(manifests, described)
+	}
 	tag := (*name)[strings.LastIndex(*name, ":")+1:]
-	// The platform containerd unpacks for (the test node's own).
-	described.Platform = &platform{Architecture: "amd64", OS: "linux"}
-	described.Annotations = map[string]string{
+	named := manifests[0]
+	if len(manifests) > 1 {
+		// Many platforms: the name points at an image index over their manifests.
+		nested := newBlob(mustJSON(map[string]any{"schemaVersion": 2, "mediaType": indexType, "manifests": manifests}))
+		blobs = append(blobs, nested)
+		named = nested.descriptor(indexType)
+	}
+	named.Annotations = map[string]string{
 		"io.containerd.image.name":          *name,
 		"org.opencontainers.image.ref.name": tag,
 	}
-	index := mustJSON(map[string]any{"schemaVersion": 2, "mediaType": indexType, "manifests": []descriptor{described}})
+	index := mustJSON(map[string]any{"schemaVersion": 2, "mediaType": indexType, "manifests": []descriptor{named}})
 
 	f, err := os.Create(*out)
 	if err != nil {
@@ -178,7 +242,7 @@ func run() error {
 	if err := add("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
 		return err
 	}
-	for _, b := range []blob{layerBlob, config, manifest} {
+	for _, b := range blobs {
 		if err := add("blobs/sha256/"+strings.TrimPrefix(b.digest, "sha256:"), b.data); err != nil {
 			return err
 		}
