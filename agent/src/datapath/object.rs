@@ -6,7 +6,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, RingBuf},
-    programs::Program,
+    programs::{CgroupSkb, CgroupSockAddr, SchedClassifier},
 };
 use stagewall_common::{
     EventLimit, FlowKey, FlowValue, MAP_CONFIG, MAP_COUNTERS, MAP_DNS_CLIENTS, MAP_DNS_LEARNT,
@@ -102,7 +102,18 @@ pub(super) fn load(
             None
         }
     };
-    load_programs(&mut ebpf)?;
+    for name in [PROG_CGROUP_INGRESS, PROG_CGROUP_EGRESS] {
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+        prog.load().map_err(loading(name))?;
+    }
+    for name in PROG_SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().map_err(loading(name))?;
+    }
+    for name in [PROG_TC_FROM_WORKLOAD, PROG_TC_TO_WORKLOAD] {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(loading(name))?;
+    }
     let events = take_map(&mut ebpf, MAP_EVENTS)?;
     let stats = KernelStats::new(
         take_map(&mut ebpf, MAP_COUNTERS)?,
@@ -134,62 +145,6 @@ pub(super) fn load(
         stats,
         readers,
     })
-}
-
-/// The programs this module loads (packet_sockets.rs loads the LSM guard).
-const LOADED_HERE: [&str; 12] = [
-    PROG_CGROUP_INGRESS,
-    PROG_CGROUP_EGRESS,
-    PROG_SOCK_ADDR[0],
-    PROG_SOCK_ADDR[1],
-    PROG_SOCK_ADDR[2],
-    PROG_SOCK_ADDR[3],
-    PROG_SOCK_ADDR[4],
-    PROG_SOCK_ADDR[5],
-    PROG_SOCK_ADDR[6],
-    PROG_SOCK_ADDR[7],
-    PROG_TC_FROM_WORKLOAD,
-    PROG_TC_TO_WORKLOAD,
-];
-
-/// Loads the programs side by side, one thread each. The kernel's verifier runs in the
-/// thread that loads a program, and does not serialize privileged loads; the two
-/// cgroup_skb and the two TC programs take it a second or more each (several on a busy
-/// node), so the agent's start waits for the longest of them rather than for their sum.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    let mut wanted: Vec<(&'static str, &mut Program)> = Vec::with_capacity(LOADED_HERE.len());
-    for (name, prog) in ebpf.programs_mut() {
-        if let Some(known) = LOADED_HERE.iter().find(|known| **known == name) {
-            wanted.push((known, prog));
-        }
-    }
-    if let Some(program) = LOADED_HERE
-        .iter()
-        .find(|name| !wanted.iter().any(|(w, _)| w == *name))
-    {
-        return Err(DatapathError::MissingProgram { program });
-    }
-    std::thread::scope(|scope| {
-        let loads: Vec<_> = wanted
-            .into_iter()
-            .map(|(name, prog)| scope.spawn(move || load_one(name, prog)))
-            .collect();
-        loads.into_iter().try_for_each(|load| match load.join() {
-            Ok(loaded) => loaded,
-            Err(panic) => std::panic::resume_unwind(panic),
-        })
-    })
-}
-
-/// Loads one program, of the type its section says.
-fn load_one(name: &'static str, prog: &mut Program) -> Result<(), DatapathError> {
-    let loaded = match prog {
-        Program::CgroupSkb(p) => p.load(),
-        Program::CgroupSockAddr(p) => p.load(),
-        Program::SchedClassifier(p) => p.load(),
-        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
-    };
-    loaded.map_err(loading(name))
 }
 
 /// The level the kernel programs log at, as aya-log numbers it.
