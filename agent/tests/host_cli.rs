@@ -176,3 +176,28 @@ fn run_takes_the_command_line_then_the_environment_then_the_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The unit's seccomp filter on socket families must let through every family the agent
+/// opens: AF_PACKET is one, the packet-socket guard's check that the kernel runs it
+/// (datapath/packet_sockets.rs) opens one, and a refused socket(2) never reaches the
+/// guard, so the agent would take the guard for unsupported and remove it.
+#[test]
+fn the_unit_lets_the_agent_open_every_socket_family_it_uses() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/stagewall.service"
+    ))
+    .expect("reading the unit");
+    let allowed: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("RestrictAddressFamilies="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!allowed.is_empty(), "the unit restricts socket families");
+    for family in ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"] {
+        assert!(
+            allowed.contains(&family),
+            "RestrictAddressFamilies lacks {family}: {allowed:?}"
+        );
+    }
+}

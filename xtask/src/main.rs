@@ -144,16 +144,30 @@ pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
 /// changes, and the TLS stack and the agent with it, so a cargo run from xtask would
 /// rebuild what a cargo run from a shell built, and back.
 pub fn as_from_a_shell(mut command: Command) -> Command {
+    // Only what `cargo run` sets: the caller's own settings (CARGO_BUILD_JOBS,
+    // CARGO_TERM_COLOR, CARGO_NET_OFFLINE, CARGO_PROFILE_*, ...) stay.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
-            || name == "CARGO"
-            || name == "LD_LIBRARY_PATH"
-        {
+        if set_by_cargo_run(&name) {
             command.env_remove(&*name);
         }
     }
     command
+}
+
+/// The variables `cargo run` sets for the program it runs.
+pub fn set_by_cargo_run(name: &str) -> bool {
+    matches!(
+        name,
+        "CARGO"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "LD_LIBRARY_PATH"
+    ) || name.starts_with("CARGO_PKG_")
 }
 
 /// The fuzz targets (agent/fuzz/fuzz_targets/), each with the longest input worth trying:

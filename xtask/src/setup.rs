@@ -29,7 +29,7 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// build bpf-linker against, Prometheus (server and promtool) for the metrics tests,
 /// iperf3, iptables and nftables for the benchmarks, libseccomp's headers for the test
 /// node's runc (built with cgo by `cargo xtask cluster-build`).
-const PACKAGES: [&str; 12] = [
+const PACKAGES: [&str; 14] = [
     "iproute2",
     "iputils-ping",
     "llvm-22-dev",
@@ -43,8 +43,12 @@ const PACKAGES: [&str; 12] = [
     "bind9-dnsutils",
     // A client that resolves through the system resolver, for the tests of egress by name.
     "curl",
-    // systemd-analyze, which verifies the .deb's unit (tests/tests/deb.rs).
+    // systemd-analyze, which verifies the .deb's unit (tests/tests/deb.rs), and what it and
+    // cargo-deb call: man for the unit's Documentation= (`verify --man=yes`),
+    // dpkg-shlibdeps for the package's `depends = "$auto"`.
     "systemd",
+    "man-db",
+    "dpkg-dev",
 ];
 
 /// What `cargo xtask image` needs besides the above (not CI, which builds no image):

@@ -22,6 +22,8 @@ use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::cli::exit::Exit;
+
 /// Read when `--config` is not given, if it exists.
 pub const DEFAULT_PATH: &str = "/etc/stagewall/config.yaml";
 /// The subcommand whose flags the file sets.
@@ -30,9 +32,6 @@ pub const RUN: &str = "run";
 pub const CONFIG_FLAG: &str = "config";
 /// What every derived environment variable starts with.
 pub const ENV_PREFIX: &str = "STAGEWALL_";
-
-/// Exit code for a bad configuration file, as for any invalid configuration of `run`.
-const EXIT_CONFIG: i32 = 2;
 
 /// A configuration file that cannot be used: the file, the line (0 when the file itself
 /// cannot be read), the key and what was expected.
@@ -97,7 +96,7 @@ pub fn parse<P: clap::Parser>() -> P {
         Ok(matches) => matches,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(EXIT_CONFIG);
+            std::process::exit(Exit::BadInput as i32);
         }
     };
     P::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command.clone()).exit())

@@ -6,6 +6,8 @@ use std::{io::Write as _, path::Path};
 
 use clap::Command;
 
+use crate::cli::exit::Exit;
+
 /// The shells completions are written for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum Shell {
@@ -47,10 +49,10 @@ pub fn man(command: Command, dir: Option<&Path>) -> std::process::ExitCode {
 
 fn finish(written: std::io::Result<()>) -> std::process::ExitCode {
     match written {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("error: writing: {e}");
-            std::process::ExitCode::FAILURE
+            Exit::Failed.into()
         }
     }
 }

@@ -22,6 +22,7 @@ use std::{
 
 use serde::Deserialize;
 
+use self::objects::{node_info, spec_only};
 use super::{
     PodAttachment,
     cgroups::PodCgroups,
@@ -308,7 +309,7 @@ impl Cluster {
         object: &serde_json::Value,
         key: Key,
     ) -> Result<(), PolicyErrors> {
-        let text = serde_json::to_string_pretty(object).expect("JSON values serialise");
+        let text = serde_json::to_string_pretty(&spec_only(object)).expect("JSON values serialise");
         let mut parsed = PolicySet::default();
         parse_into(&object_path(kind, object), &text, &mut parsed)?;
         // A namespace's object is known by its addresses; it never takes one of the node's
@@ -548,38 +549,6 @@ pub(super) fn key_of_file(file: &Path) -> Option<Key> {
     }
 }
 
-/// A Node's name, labels and addresses (status.addresses: InternalIP, ExternalIP; host
-/// names are skipped). Read leniently, not by the parser: the API server has validated
-/// the object, and a Node refused here would silently leave nodes peers short of it.
-fn node_info(object: &serde_json::Value) -> Node {
-    let mut addresses: Vec<IpAddr> = object["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["address"].as_str()?.parse().ok())
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    let labels: Labels = object["metadata"]["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-        .collect();
-    Node {
-        name: object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        labels,
-        addresses,
-        origin: Origin {
-            file: object_path("nodes", object),
-            line: 0,
-        },
-    }
-}
-
 fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyErrors {
     PolicyErrors(vec![PolicyError {
         file: object_path(kind, object),
@@ -591,5 +560,6 @@ fn one_error(kind: &str, object: &serde_json::Value, message: String) -> PolicyE
 mod capacity;
 #[cfg(test)]
 mod cluster_policy_tests;
+mod objects;
 #[cfg(test)]
 mod tests;

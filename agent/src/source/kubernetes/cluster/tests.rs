@@ -397,6 +397,30 @@ fn policies_parse_from_api_json_and_a_refused_update_keeps_the_previous_version(
 }
 
 #[test]
+fn status_writes_neither_change_the_set_nor_move_its_lines() {
+    // Each node's agent writes its entry into a Pipeline's or Workload's status by
+    // server-side apply, which adds a managedFields entry per node and a new
+    // resourceVersion: none of that is the object's spec.
+    let mut c = Cluster::default();
+    c.apply("networkpolicies", &policy(json!([{"port": 2222}])))
+        .unwrap();
+    let version = c.version;
+    let set = desired(&c);
+    let mut written = policy(json!([{"port": 2222}]));
+    written["metadata"]["resourceVersion"] = json!("813");
+    written["metadata"]["managedFields"] = json!([
+        {"manager": "stagewall-agent-node-a", "operation": "Apply", "subresource": "status",
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:nodes": {}}}},
+        {"manager": "stagewall-agent", "operation": "Update", "subresource": "status",
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}}}}
+    ]);
+    written["status"] = json!({"enforced": "1/1", "nodes": [{"node": "node-a"}]});
+    c.apply("networkpolicies", &written).unwrap();
+    assert_eq!(c.version, version, "a status write is no change");
+    assert_eq!(desired(&c), set, "the same set, the same lines");
+}
+
+#[test]
 fn a_relist_drops_what_is_gone_and_a_reused_address_goes_to_the_newer_pod() {
     let mut c = Cluster::default();
     c.apply(
