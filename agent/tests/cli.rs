@@ -136,11 +136,11 @@ fn run_refuses_an_empty_policy_directory() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// `check --explain`: exit code, stdout, stderr.
-fn explain(from: &str, to: &str, port: &str) -> (Option<i32>, String, String) {
-    let out = stagewall(&[
+/// The arguments of `check DIR --explain` for one connection.
+fn explain_args<'a>(dir: &'a str, from: &'a str, to: &'a str, port: &'a str) -> [&'a str; 9] {
+    [
         "check",
-        &examples(),
+        dir,
         "--explain",
         "--from",
         from,
@@ -148,7 +148,12 @@ fn explain(from: &str, to: &str, port: &str) -> (Option<i32>, String, String) {
         to,
         "--port",
         port,
-    ]);
+    ]
+}
+
+/// `check --explain`: exit code, stdout, stderr.
+fn explain(from: &str, to: &str, port: &str) -> (Option<i32>, String, String) {
+    let out = stagewall(&explain_args(&examples(), from, to, port));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -433,19 +438,8 @@ fn check_prints_its_summary_as_json_yaml_and_wide_text() {
 #[test]
 fn check_explain_answers_in_json_and_exits_1_when_denied() {
     let examples = examples();
-    let ask = |from: &str, to: &str, port: &str| {
-        json_and_yaml(&[
-            "check",
-            &examples,
-            "--explain",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--port",
-            port,
-        ])
-    };
+    let ask =
+        |from: &str, to: &str, port: &str| json_and_yaml(&explain_args(&examples, from, to, port));
     let (code, allowed) = ask("ml-pipeline/trainer-0", "ml-pipeline/model-serving", "8500");
     assert_eq!((code, &allowed["verdict"]), (Some(0), &"allowed".into()));
     assert!(
