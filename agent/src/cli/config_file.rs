@@ -216,7 +216,7 @@ pub fn file_args(
             )
         })?;
     let keys = keys(run);
-    let mut extra = Vec::new();
+    let mut from_file: Vec<(&Arg, Vec<OsString>)> = Vec::new();
     for (key, value) in entries.unwrap_or_default() {
         let line = value.referenced.line();
         let Some(arg) = keys.iter().find(|a| a.get_long() == Some(key.as_str())) else {
@@ -263,15 +263,73 @@ pub fn file_args(
             check_value(arg, &key, v).map_err(|e| error(line, Some(&key), clap_message(&e)))?;
             flags.push(OsString::from(format!("--{key}={v}")));
         }
-        let given = matches!(
+        from_file.push((*arg, flags));
+    }
+    // What the command line (or the environment) chose wins: a file value is dropped when
+    // that flag was given, or a flag it conflicts with (either side may declare the
+    // conflict); then a file value that requires a flag dropped for a conflict (the file's
+    // `kubeconfig` goes with its `kubernetes` when the command line gives `--policies`).
+    // A requirement the file simply lacks stays for clap to report.
+    let given = |arg: &Arg| {
+        matches!(
             run_matches.value_source(arg.get_id().as_str()),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
-        if !given {
-            extra.extend(flags);
+        )
+    };
+    let conflicting = |a: &Arg, b: &Arg| {
+        let names = |x: &Arg, y: &Arg| {
+            run.get_arg_conflicts_with(x)
+                .iter()
+                .any(|c| c.get_id() == y.get_id())
+        };
+        names(a, b) || names(b, a)
+    };
+    let chosen_away = |arg: &Arg| {
+        run.get_arguments()
+            .any(|other| given(other) && conflicting(arg, other))
+    };
+    let dropped: Vec<&str> = from_file
+        .iter()
+        .filter(|(arg, _)| !given(arg) && chosen_away(arg))
+        .filter_map(|(arg, _)| arg.get_long())
+        .collect();
+    let mut extra = Vec::new();
+    for (arg, flags) in &from_file {
+        let requires_dropped = || {
+            requirements(run, flags)
+                .iter()
+                .any(|long| dropped.contains(&long.as_str()))
+        };
+        if !given(arg) && !chosen_away(arg) && !requires_dropped() {
+            extra.extend(flags.iter().cloned());
         }
     }
     Ok(extra)
+}
+
+/// The long names of the flags `flags` (one flag's values from the file) require: clap
+/// has no getter for them, so `run` is asked to parse them alone and names what is
+/// missing.
+fn requirements(run: &Command, flags: &[OsString]) -> Vec<String> {
+    let Some(first) = flags.first() else {
+        return Vec::new();
+    };
+    let error = match run.clone().no_binary_name(true).try_get_matches_from([first]) {
+        Ok(_) => return Vec::new(),
+        Err(e) => e,
+    };
+    if error.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+        return Vec::new();
+    }
+    match error.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::Strings(missing)) => missing
+            .iter()
+            .filter_map(|m| m.split_whitespace().next())
+            .filter_map(|m| m.strip_prefix("--"))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Checks `value` with the flag's own parser (and its possible values), alone: the
@@ -401,6 +459,37 @@ mod tests {
         assert_eq!(flags, [OsString::from("--log-allowed")]);
         assert!(from_file("# nothing\n", &[]).unwrap().is_empty());
         assert!(from_file("", &[]).unwrap().is_empty());
+    }
+
+    /// A file value that conflicts with a different flag given on the command line (or in
+    /// the environment) is dropped as if that flag were its own: the command line chose
+    /// the other side of the conflict.
+    #[test]
+    fn the_command_line_wins_over_a_conflicting_file_value() {
+        // A file value that requires the dropped flag goes with it.
+        let kube = "kubernetes: true\nkubeconfig: /k\npods-cgroup-base: /kubepods\nmode: audit\n";
+        let flags = from_file(kube, &["--policies", "/p"]).unwrap();
+        assert_eq!(flags, [OsString::from("--mode=audit")]);
+        let flags = from_file(kube, &[]).unwrap();
+        assert_eq!(
+            flags,
+            ["--kubeconfig=/k", "--kubernetes", "--mode=audit", "--pods-cgroup-base=/kubepods"]
+                .map(OsString::from)
+        );
+        let text = "policies: /etc/stagewall/policies\nnode-ingress: true\nmode: audit\n";
+        let flags = from_file(text, &["--kubernetes"]).unwrap();
+        assert_eq!(flags, [OsString::from("--mode=audit")]);
+        // The conflict is declared on the file's side (`policies` conflicts with
+        // `kubernetes`); the other way round is dropped too.
+        let flags = from_file("kubernetes: true\nmode: audit\n", &["--policies", "/p"]).unwrap();
+        assert_eq!(flags, [OsString::from("--mode=audit")]);
+        // Without a conflicting flag given, the file's values stand.
+        let flags = from_file(text, &[]).unwrap();
+        assert_eq!(
+            flags,
+            ["--mode=audit", "--node-ingress", "--policies=/etc/stagewall/policies"]
+                .map(OsString::from)
+        );
     }
 
     #[test]
