@@ -314,7 +314,11 @@ fn requirements(run: &Command, flags: &[OsString]) -> Vec<String> {
     let Some(first) = flags.first() else {
         return Vec::new();
     };
-    let error = match run.clone().no_binary_name(true).try_get_matches_from([first]) {
+    let error = match run
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from([first])
+    {
         Ok(_) => return Vec::new(),
         Err(e) => e,
     };
@@ -473,8 +477,13 @@ mod tests {
         let flags = from_file(kube, &[]).unwrap();
         assert_eq!(
             flags,
-            ["--kubeconfig=/k", "--kubernetes", "--mode=audit", "--pods-cgroup-base=/kubepods"]
-                .map(OsString::from)
+            [
+                "--kubeconfig=/k",
+                "--kubernetes",
+                "--mode=audit",
+                "--pods-cgroup-base=/kubepods"
+            ]
+            .map(OsString::from)
         );
         let text = "policies: /etc/stagewall/policies\nnode-ingress: true\nmode: audit\n";
         let flags = from_file(text, &["--kubernetes"]).unwrap();
@@ -487,8 +496,12 @@ mod tests {
         let flags = from_file(text, &[]).unwrap();
         assert_eq!(
             flags,
-            ["--mode=audit", "--node-ingress", "--policies=/etc/stagewall/policies"]
-                .map(OsString::from)
+            [
+                "--mode=audit",
+                "--node-ingress",
+                "--policies=/etc/stagewall/policies"
+            ]
+            .map(OsString::from)
         );
     }
 

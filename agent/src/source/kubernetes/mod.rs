@@ -157,8 +157,9 @@ pub struct View {
     /// written into their status are about.
     status_seen: std::collections::BTreeMap<cluster::Key, seen::Seen>,
     nodes: Option<std::collections::BTreeSet<String>>,
-    /// What became of the last desired state given: applied, or why not.
-    applied: Result<(), String>,
+    /// What became of the desired state: the outcome of the one in force, or why the
+    /// latest was refused.
+    applied: status::Applied,
     client: Client,
     resources: Vec<ApiResource>,
 }
@@ -183,16 +184,15 @@ impl View {
     /// What became of the desired state last given: the status of the objects it was
     /// built from says whether they are enforced on this node.
     pub fn applied(&mut self, outcome: Result<(), String>) {
-        self.applied = outcome;
+        self.applied.applied(outcome);
         self.write_status();
     }
 
     /// Hands this node's verdicts to the status writer (which writes what changed).
     fn write_status(&self) {
         if let Some(writer) = &self.status {
-            let applied = self.applied.as_ref().map(|_| ()).map_err(String::as_str);
             writer.report(
-                status::verdicts(&self.status_seen, &self.left_out, applied),
+                status::verdicts(&self.status_seen, &self.left_out, self.applied.outcome()),
                 self.nodes.clone(),
             );
         }
@@ -243,6 +243,9 @@ impl View {
             Ok((set, left_out))
                 if self.given.as_ref() == Some(&set) && left_out == self.left_out =>
             {
+                // Back from a refused state, if it was one: the state in force stands.
+                self.refused = None;
+                self.applied.back_to_in_force();
                 None
             }
             Ok((set, left_out)) => {
@@ -267,7 +270,8 @@ impl View {
             Err(_) if self.refused == Some(cluster.version) => None,
             Err(e) => {
                 self.refused = Some(cluster.version);
-                self.applied = Err(format!("this node's desired state was refused: {e}"));
+                self.applied
+                    .refused(format!("this node's desired state was refused: {e}"));
                 Some(Err(e))
             }
         };
@@ -405,7 +409,7 @@ pub async fn start_watchers(
         status: None,
         status_seen: Default::default(),
         nodes: None,
-        applied: Ok(()),
+        applied: status::Applied::default(),
         resources,
         client,
     })

@@ -64,6 +64,48 @@ pub struct Verdict {
     pub line: u32,
 }
 
+/// What became of this node's desired state, as the objects' status reports it: the
+/// outcome of applying the state in force, or why the latest desired state was refused.
+/// A refused state reverted to the one in force (nothing to apply: it is in force)
+/// reports that state's outcome again, not the refusal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    in_force: Result<(), String>,
+    latest: Result<(), String>,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            in_force: Ok(()),
+            latest: Ok(()),
+        }
+    }
+}
+
+impl Applied {
+    /// The agent applied the desired state last given (or failed to).
+    pub fn applied(&mut self, outcome: Result<(), String>) {
+        self.in_force = outcome.clone();
+        self.latest = outcome;
+    }
+
+    /// The latest desired state was refused; the one in force stays.
+    pub fn refused(&mut self, why: String) {
+        self.latest = Err(why);
+    }
+
+    /// The desired state is the one in force again.
+    pub fn back_to_in_force(&mut self) {
+        self.latest = self.in_force.clone();
+    }
+
+    /// What the status says of the objects accepted.
+    pub fn outcome(&self) -> Result<(), &str> {
+        self.latest.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+}
+
 /// This node's verdicts on every object with a status: refused by the parser (`seen`),
 /// left out of the desired state (`left_out`), or accepted, and then enforced if the
 /// last desired state was `applied`.
@@ -398,6 +440,27 @@ mod tests {
             written["status"][k] = v.clone();
         }
         assert_eq!(sum(&written, Some(&nodes), now), None);
+    }
+
+    /// A refused desired state reverted to the state in force: nothing is applied (it is
+    /// in force), so the status must say that state's outcome again (it kept saying
+    /// NotApplied until the next change).
+    #[test]
+    fn a_refused_state_reverted_to_the_one_in_force_reports_its_outcome() {
+        let mut applied = Applied::default();
+        applied.applied(Ok(()));
+        applied.refused("this node's desired state was refused: too large".into());
+        assert_eq!(
+            applied.outcome(),
+            Err("this node's desired state was refused: too large")
+        );
+        applied.back_to_in_force();
+        assert_eq!(applied.outcome(), Ok(()));
+        // A state in force that failed to apply stays failed after a refusal is reverted.
+        applied.applied(Err("maps full".into()));
+        applied.refused("refused".into());
+        applied.back_to_in_force();
+        assert_eq!(applied.outcome(), Err("maps full"));
     }
 
     #[test]
