@@ -526,3 +526,137 @@ fn commands_that_ask_the_agent_exit_3_when_it_does_not_answer() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
     }
 }
+
+/// Whether this test can do what needs root; in CI (`CI=true`) not being root is a
+/// failure, never a silent skip.
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (CI=true)"
+    );
+    eprintln!("skipped {test}: needs root");
+    false
+}
+
+/// A caller that is not root reaches the agent's socket (its mode opened up here, as a
+/// mistaken chmod would) and is turned away by the agent: that is "agent unreachable"
+/// (3), as the exit code table says, not "failed" (4: the agent's answer was taken for an
+/// unexpected one).
+#[test]
+fn a_caller_that_is_not_root_is_turned_away_with_exit_3() {
+    if !root_or_skip("a_caller_that_is_not_root_is_turned_away_with_exit_3") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("stagewall-cli-{}-notroot", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The binary where `nobody` can run it (the checkout may be below a private home).
+    let binary = dir.join("stagewall");
+    std::fs::copy(env!("CARGO_BIN_EXE_stagewall"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.join("control.sock");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (commands, _requests) = tokio::sync::mpsc::channel(1);
+    let (listener, _) = runtime
+        .block_on(async { stagewall::control::listen(&socket) })
+        .unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server = std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                stagewall::control::serve(listener, commands),
+            )
+            .await;
+        })
+    });
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .output()
+        .expect("running setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("only root may use the control socket"),
+        "{stderr}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `check --explain` that cannot give a verdict (every address it would probe a name's
+/// rules with is singled out by an ipBlock) does not say "yes" (0): it exits 4, "could
+/// not answer".
+#[test]
+fn explain_without_a_verdict_exits_4() {
+    let everything = "apiVersion: v1
+kind: Namespace
+metadata: {name: ml}
+---
+apiVersion: stagewall.io/v1alpha1
+kind: Workload
+metadata: {name: a, namespace: ml, labels: {app: a}}
+spec:
+  addresses: [198.18.1.10]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: halves, namespace: ml}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to:
+        - ipBlock: {cidr: 0.0.0.0/1}
+        - ipBlock: {cidr: 128.0.0.0/1}
+        - ipBlock: {cidr: '::/1'}
+        - ipBlock: {cidr: '8000::/1'}
+";
+    let dir = temp_policies("no-verdict", &[("all.yaml", everything)]);
+    let out = stagewall(&explain_args(
+        dir.to_str().unwrap(),
+        "ml/a",
+        "files.pythonhosted.org",
+        "443",
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("no verdict"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An agent that takes the connection but never answers (hung) is as good as unreachable:
+/// exit 3 once the client stops waiting, not 4.
+#[test]
+fn an_agent_that_does_not_answer_is_unreachable_exit_3() {
+    let dir = std::env::temp_dir().join(format!("stagewall-cli-{}-hung", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let holder = std::thread::spawn(move || {
+        // Accepts, reads nothing, answers nothing, until the client gives up.
+        let (stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1];
+        let _ = std::io::Read::read(&mut &stream, &mut buf);
+        std::thread::sleep(std::time::Duration::from_secs(15));
+        drop(stream);
+    });
+    let out = stagewall(&["status", "--socket", socket.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
+}

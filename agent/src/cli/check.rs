@@ -261,8 +261,13 @@ pub fn check(
                 output.print(&explained, |_| explained.text.clone());
                 // Like `kubectl auth can-i`: "no" is its own exit code.
                 match explained.verdict {
+                    Some(explain::ExplainedVerdict::Allowed) => Exit::Ok,
                     Some(explain::ExplainedVerdict::Denied) => Exit::Denied,
-                    _ => Exit::Ok,
+                    // Neither yes nor no: a script must not take it for "allowed".
+                    None => {
+                        eprintln!("error: no verdict: the policies leave it undecided (see above)");
+                        Exit::Failed
+                    }
                 }
             }
             Err(e) => {

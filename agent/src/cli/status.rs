@@ -22,7 +22,9 @@ pub fn run(socket: &Path, output: Output) -> ExitCode {
 pub fn failed(e: &ControlError) -> Exit {
     eprintln!("error: {}", crate::policy::error::Chain(e));
     match e {
-        ControlError::Connect { .. } => Exit::AgentUnreachable,
+        ControlError::Connect { .. }
+        | ControlError::NotRoot { .. }
+        | ControlError::NoAnswer { .. } => Exit::AgentUnreachable,
         _ => Exit::Failed,
     }
 }

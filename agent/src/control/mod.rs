@@ -31,6 +31,11 @@ use crate::policy::{model::ObjectName, names};
 /// Where the socket lives unless `--control-socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/stagewall/control.sock";
 const MAX_REQUEST_BYTES: u64 = 1024;
+/// What the agent answers a caller that is not root (the socket's mode keeps others out;
+/// this is the second check, on the peer's credentials).
+const NOT_ROOT: &str = "only root may use the control socket";
+/// How long the client waits for the agent's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -118,6 +123,16 @@ pub enum ControlError {
     /// The agent answered `error ...`: what it said.
     #[error("{0}")]
     Refused(String),
+    /// The agent turned the caller away: only root may ask it.
+    #[error("{NOT_ROOT} ({}); run it as root", socket.display())]
+    NotRoot { socket: PathBuf },
+    /// The agent took the connection but did not answer in time (it is hung or stopping).
+    #[error(
+        "the agent at {} did not answer within {} s (is `stagewall run` running?)",
+        socket.display(),
+        timeout.as_secs()
+    )]
+    NoAnswer { socket: PathBuf, timeout: Duration },
     #[error("unexpected answer {0:?}")]
     UnexpectedAnswer(String),
     /// The agent's loop no longer takes requests (it is stopping).
@@ -173,7 +188,7 @@ async fn handle(
     let (read, mut write) = stream.into_split();
     if uid != 0 {
         write
-            .write_all(b"error: only root may use the control socket\n")
+            .write_all(format!("error {NOT_ROOT}\n").as_bytes())
             .await?;
         return Ok(());
     }
@@ -207,12 +222,24 @@ pub fn send(socket: &Path, request: &Request) -> Result<String, ControlError> {
         socket: socket.to_path_buf(),
         source,
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.write_all(request.line().as_bytes())?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ControlError::NoAnswer {
+                socket: socket.to_path_buf(),
+                timeout: ANSWER_TIMEOUT,
+            },
+            _ => ControlError::Io(e),
+        })?;
     match answer.trim().split_once(' ') {
         Some(("ok", rest)) => Ok(rest.to_string()),
+        // (`error:` from agents before this one.)
+        Some(("error" | "error:", NOT_ROOT)) => Err(ControlError::NotRoot {
+            socket: socket.to_path_buf(),
+        }),
         Some(("error", rest)) => Err(ControlError::Refused(rest.to_string())),
         _ => Err(ControlError::UnexpectedAnswer(answer)),
     }
