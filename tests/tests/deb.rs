@@ -159,9 +159,12 @@ fn check_files(root: &Path) {
     assert!(root.join("usr/share/doc/stagewall/examples").is_dir());
 }
 
-/// `systemd-analyze verify` on the installed unit, with its executables looked up in the
-/// test's root (the unit names /usr/bin/stagewall, which this host does not have) and the
-/// man page of Documentation= in the root's man directory.
+/// `systemd-analyze verify` on the installed unit with its packaged drop-in, and again
+/// with the Kubernetes-mode drop-in in its place (as /etc would override it), with its
+/// executables looked up in the test's root (the unit names /usr/bin/stagewall, which this
+/// host does not have) and the man page of Documentation= in the root's man directory.
+/// verify cannot see ordering cycles here (no unit of the host's own is installed), so
+/// the orderings each configuration ends up with are read from the files themselves.
 fn verify_unit(root: &Path) {
     if !have(
         "systemd-analyze",
@@ -176,24 +179,52 @@ fn verify_unit(root: &Path) {
             "/usr/bin/stagewall",
             &root.join("usr/bin/stagewall").to_string_lossy(),
         );
-    let dir = root.join("verify");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("stagewall.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=yes"])
-        .arg(&path)
-        .env("MANPATH", root.join("usr/share/man"))
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    // Without systemd as PID 1 (a container), verify cannot load the targets the unit is
-    // ordered against; it still parses every directive and checks the executables.
-    let real_problems: Vec<_> = said
-        .lines()
-        .filter(|l| !l.contains("Unit sysinit.target not found") && !l.trim().is_empty())
-        .collect();
-    assert!(real_problems.is_empty(), "systemd-analyze verify: {said}");
+    let packaged = "lib/systemd/system/stagewall.service.d/network.conf";
+    let kubernetes = "usr/share/stagewall/systemd/kubernetes-network.conf";
+    for (drop_in, before_network, after_online) in
+        [(packaged, true, false), (kubernetes, false, true)]
+    {
+        let drop_in_text = std::fs::read_to_string(root.join(drop_in))
+            .unwrap_or_else(|e| panic!("{drop_in} not installed: {e}"));
+        let dir = root.join("verify");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("stagewall.service.d")).unwrap();
+        let path = dir.join("stagewall.service");
+        std::fs::write(&path, &unit).unwrap();
+        std::fs::write(dir.join("stagewall.service.d/network.conf"), &drop_in_text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=yes"])
+            .arg(&path)
+            .env("MANPATH", root.join("usr/share/man"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Without systemd as PID 1 (a container), verify cannot load the targets the unit
+        // is ordered against; it still parses every directive and checks the executables.
+        let real_problems: Vec<_> = said
+            .lines()
+            .filter(|l| !l.contains("Unit sysinit.target not found") && !l.trim().is_empty())
+            .collect();
+        assert!(
+            real_problems.is_empty(),
+            "systemd-analyze verify with {drop_in}: {said}"
+        );
+        let directives: Vec<&str> = unit
+            .lines()
+            .chain(drop_in_text.lines())
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        let has = |line: &str| directives.contains(&line);
+        assert_eq!(has("Before=network.target"), before_network, "{drop_in}");
+        assert_eq!(
+            has("After=network-online.target"),
+            after_online,
+            "{drop_in}"
+        );
+        // Both would be an ordering cycle (network-online.target is after network.target).
+        assert!(!(has("Before=network.target") && has("After=network-online.target")));
+    }
 }
 
 /// The unit's ExecStart= as argv, and its EnvironmentFile= path.
