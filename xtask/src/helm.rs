@@ -214,8 +214,9 @@ mod tests {
     use super::*;
 
     /// Every value that adds objects or changes the DaemonSet, at once.
-    const EVERYTHING: [&str; 9] = [
+    const EVERYTHING: [&str; 10] = [
         "namespace.create=true",
+        "metrics.prometheusRule.runbookBaseUrl=https://wiki.example.com/ml-platform/stagewall-runbooks",
         "mode=audit",
         "cgroupDriver=cgroupfs",
         "podAttachment=tc",
@@ -370,7 +371,9 @@ mod tests {
             }
         }
 
-        // The PrometheusRule holds the rule file itself, every alert of it.
+        // The PrometheusRule holds the rule file itself, every alert of it (the links to
+        // the runbooks with the address EVERYTHING gives: see
+        // the_alerts_link_to_the_runbooks_at_the_address_given).
         let rules = std::fs::read_to_string(
             crate::workspace_root().join("deploy/prometheus/stagewall-rules.yaml"),
         )
@@ -379,12 +382,54 @@ mod tests {
             .split("\n---\n")
             .find(|d| d.contains("kind: PrometheusRule"))
             .unwrap();
-        for line in rules.lines().filter(|l| !l.trim().is_empty()) {
+        for line in rules
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("runbook_url: "))
+        {
             assert!(
                 rendered_rule.contains(&format!("  {line}")),
                 "{line:?} of the rule file is not in the PrometheusRule:\n{rendered_rule}"
             );
         }
+    }
+
+    /// The operator's runbook address replaces the placeholder in every alert's link,
+    /// keeping each alert's anchor (docs/runbooks.md has a section per alert).
+    #[test]
+    fn the_alerts_link_to_the_runbooks_at_the_address_given() {
+        if !helm_built() {
+            return;
+        }
+        let base = "https://wiki.example.com/ml-platform/stagewall-runbooks";
+        let rendered = template("stagewall-system", &EVERYTHING).unwrap();
+        let links: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+            .map(|l| l.trim_matches('"'))
+            .collect();
+        let rules = std::fs::read_to_string(
+            crate::workspace_root().join("deploy/prometheus/stagewall-rules.yaml"),
+        )
+        .unwrap();
+        let alerts: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- alert: "))
+            .collect();
+        assert!(alerts.len() >= 6, "{alerts:?}");
+        assert_eq!(links.len(), alerts.len(), "{links:?}");
+        for (link, alert) in links.iter().zip(&alerts) {
+            assert_eq!(*link, format!("{base}#{}", alert.to_lowercase()));
+        }
+        // A value that is no http(s) address is refused by the schema, by name.
+        let refused = template(
+            "stagewall-system",
+            &["metrics.prometheusRule.runbookBaseUrl=wiki/runbooks"],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("runbookBaseUrl"),
+            "{refused:#}"
+        );
     }
 
     #[test]
