@@ -321,3 +321,35 @@ fn audit_set_by_a_namespace_or_a_policy_holds_next_to_enforcement_and_across_res
     assert!(bed.tcp("client", addr, 80).is("ok"));
     assert_eq!(outcomes()[0], expected[0], "the namespace stays in audit");
 }
+
+/// The flow records' eviction total is kept in their file, across restarts; the counter
+/// starts from it, so the first scrape after a restart already has it. (Before, it read 0
+/// until the first save, which the serving loop does at once: a window too short for
+/// this test to catch, so it guards the restore itself; the counter is now set before
+/// /metrics is served.)
+#[test]
+fn the_evicted_total_is_the_files_from_the_first_scrape_on() {
+    if !privileged() {
+        return;
+    }
+    let bed = Testbed::new(&["a"]).expect("creating the test bed");
+    bed.write_policy(
+        "workloads.yaml",
+        &bed.workload_yaml("a", "ml", "{app: a}", true),
+    )
+    .unwrap();
+    // The bed's records file (removed with the bed), as a previous agent left it.
+    std::fs::write(
+        &bed.flow_records,
+        r#"{"version":1,"agent_mode":"enforce","evicted":1234,"watched":[],"records":[]}"#,
+    )
+    .unwrap();
+    let agent = bed.start_agent(&[]).expect("starting the agent");
+    let evicted = metric_sum(
+        &agent.metrics(),
+        "stagewall_flow_records_evicted_total",
+        &[],
+    );
+    drop(agent);
+    assert_eq!(evicted, 1234.0);
+}

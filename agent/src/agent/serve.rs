@@ -16,6 +16,7 @@ use super::{Options, Prepared, Records, fan_out, return_freed_memory, start::sta
 use crate::{
     control, events,
     observe::{http, metrics::Metrics},
+    rollout::flow_records::FlowRecords,
     source::{self, files},
 };
 
@@ -157,9 +158,15 @@ fn save(records: Option<&Records>, metrics: &Metrics) {
     if let Err(e) = records.save() {
         log::error!("{:#}", anyhow::Error::from(e));
     }
+    count_records(&records, metrics);
+}
+
+/// The flow records' gauges: how many are kept, and the eviction total. The total is kept
+/// in the records file (so across restarts): the counter takes what it has not counted
+/// yet. Called at start, before /metrics is served, so that a scrape never sees the
+/// total at 0 after a restart (a reset) and jump back.
+pub(super) fn count_records(records: &FlowRecords, metrics: &Metrics) {
     metrics.flow_records.set(records.len() as i64);
-    // A running total kept in the records file (so across restarts): the counter takes
-    // what it has not counted yet.
     let evicted = &metrics.flow_records_evicted;
     evicted.inc_by(records.evicted().saturating_sub(evicted.get()));
 }

@@ -127,6 +127,9 @@ pub(super) fn start(
         .packet_socket_guard
         .set(i64::from(loader.packet_socket_guard()));
     metrics.objects_left_out.set(source.left_out() as i64);
+    if let Some((records, _)) = &records {
+        super::serve::count_records(&records.lock().expect("records lock"), &metrics);
+    }
     count_flows(readers.flows, metrics.clone());
     count_suppressed(readers.event_limits, metrics.clone());
     let (policy_tx, policy_rx) = watch::channel(Arc::new(Compiled::default()));
