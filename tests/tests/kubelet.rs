@@ -323,7 +323,7 @@ fn the_shipped_daemonset_runs_as_a_real_pod_and_enforces() {
     match std::env::var_os("STAGEWALL_AGENT_IMAGE") {
         Some(archive) => node.import_archive(std::path::Path::new(&archive)),
         None => node.import_image(
-            "docker.io/library/stagewall:0.1.0",
+            concat!("docker.io/library/stagewall:", env!("CARGO_PKG_VERSION")),
             "/usr/local/bin/stagewall",
             &stagewall_tests::agent_bin(),
         ),

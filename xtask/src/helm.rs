@@ -432,6 +432,40 @@ mod tests {
         );
     }
 
+    /// The image tag every manifest runs is the crate version (one version: the
+    /// workspace's), so a release bump cannot leave the chart or the uninstall job on the
+    /// old image; `cargo xtask image` names its image with the same version.
+    #[test]
+    fn the_chart_and_the_manifests_run_the_crate_versions_image() {
+        let version = env!("CARGO_PKG_VERSION");
+        let root = crate::workspace_root();
+        let chart = std::fs::read_to_string(root.join(CHART).join("Chart.yaml")).unwrap();
+        assert!(
+            chart
+                .lines()
+                .any(|l| l == format!("appVersion: \"{version}\"")),
+            "{CHART}/Chart.yaml appVersion is not {version}:\n{chart}"
+        );
+        let images = |file: &str| -> Vec<String> {
+            std::fs::read_to_string(root.join(file))
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("image: "))
+                .map(|i| i.trim_matches('"').to_string())
+                .collect()
+        };
+        for file in [
+            "deploy/kubernetes/daemonset.yaml",
+            "deploy/kubernetes/uninstall/daemonset.yaml",
+        ] {
+            let found = images(file);
+            assert!(!found.is_empty(), "{file} runs no image");
+            for image in found {
+                assert_eq!(image, format!("stagewall:{version}"), "{file}");
+            }
+        }
+    }
+
     #[test]
     fn values_outside_the_schema_are_refused_with_their_name() {
         if !helm_built() {

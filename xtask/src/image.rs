@@ -15,8 +15,9 @@ use anyhow::{Context as _, bail};
 
 /// Where the archive goes unless told.
 pub const DEFAULT_OUT: &str = "target/image/stagewall.oci.tar";
-/// The image's name, as deploy/kubernetes/daemonset.yaml runs it (the chart's default).
-const NAME: &str = "docker.io/library/stagewall:0.1.0";
+/// The image's name, as deploy/kubernetes/daemonset.yaml runs it (the chart's default:
+/// its appVersion, which a test holds to the crate version).
+const NAME: &str = concat!("docker.io/library/stagewall:", env!("CARGO_PKG_VERSION"));
 /// Where the binary lives in the image (the Dockerfile's ENTRYPOINT).
 const ENTRYPOINT: &str = "/usr/local/bin/stagewall";
 /// clang and llvm-ar for C code in dependencies (ring), from `cargo xtask setup`.
