@@ -65,7 +65,9 @@ impl Agent {
 
     /// `status`: the agent's mode, policy, workloads, map pressure, events, kernel
     /// features, pins and build.
-    pub(super) fn status(&self) -> Result<String, String> {
+    /// The flow table's pressure is counted off the agent's loop (`Answer::Later`):
+    /// counting walks the whole table, a syscall per entry.
+    pub(super) fn status(&self) -> Answer {
         let compiled = self.policy.borrow().clone();
         let audited_workloads = compiled
             .endpoints
@@ -73,7 +75,7 @@ impl Agent {
             .filter(|e| e.flags & (EP_AUDIT_INGRESS | EP_AUDIT_EGRESS) != 0)
             .map(|e| e.workload.to_string())
             .collect();
-        let mut maps: Vec<MapPressure> = compiled
+        let maps: Vec<MapPressure> = compiled
             .map_usage()
             .into_iter()
             .map(|(map, entries, capacity)| MapPressure {
@@ -82,12 +84,6 @@ impl Agent {
                 capacity,
             })
             .collect();
-        let flows = inspect::flow_count(&self.pins()).map_err(|e| format!("{e:#}"))?;
-        maps.push(MapPressure {
-            map: "flows".to_string(),
-            entries: flows,
-            capacity: FLOWS_MAX,
-        });
         let stats = self.loader.stats();
         let status = Status {
             mode: self.options.mode,
@@ -114,43 +110,84 @@ impl Agent {
             pins: self.options.bpffs_dir.display().to_string(),
             build: BuildInfo::current(),
         };
-        json(&status)
+        let pins = self.pins();
+        Answer::Later(Box::new(move || {
+            let mut status = status;
+            let flows = inspect::flow_count(&pins).map_err(|e| format!("{e:#}"))?;
+            status.maps.push(MapPressure {
+                map: "flows".to_string(),
+                entries: flows,
+                capacity: FLOWS_MAX,
+            });
+            json(&status)
+        }))
     }
 
-    /// `get`: what the kernel holds, decoded and named.
-    pub(super) fn get(&self, what: &GetRequest) -> Result<String, String> {
+    /// `get`: what the kernel holds, decoded and named. The flows of a workload are read
+    /// off the agent's loop (`Answer::Later`): reading them walks the whole flow table, a
+    /// syscall per entry (a second or so at its capacity, during which the loop would
+    /// apply no policy change).
+    pub(super) fn get(&self, what: &GetRequest) -> Answer {
         let compiled = self.policy.borrow().clone();
         let pins = self.pins();
-        let active = inspect::active_slot(&pins).map_err(|e| format!("{e:#}"))?;
+        let active = match inspect::active_slot(&pins) {
+            Ok(active) => active,
+            Err(e) => return Answer::Now(Err(format!("{e:#}"))),
+        };
         match what {
-            GetRequest::Endpoints => json(&endpoints(&compiled, &active)),
-            GetRequest::Identities => json(&identities(&compiled, &active)),
-            GetRequest::Policy(workload) => json(&policy(&compiled, &active, workload)?),
+            GetRequest::Endpoints => Answer::Now(json(&endpoints(&compiled, &active))),
+            GetRequest::Identities => Answer::Now(json(&identities(&compiled, &active))),
+            GetRequest::Policy(workload) => {
+                Answer::Now(policy(&compiled, &active, workload).and_then(|p| json(&p)))
+            }
             GetRequest::Flows(workload) => {
-                let id = endpoint_of(&compiled, &active, workload)?.0;
-                let flows = inspect::flows(&pins, Some(id)).map_err(|e| format!("{e:#}"))?;
-                let now = monotonic_ns();
-                let views: Vec<FlowView> = flows
-                    .into_iter()
-                    .map(|f| FlowView {
-                        workload: workload.to_string(),
-                        endpoint_id: f.endpoint_id,
-                        direction: f.origin,
-                        protocol: IpProtocol::from_number(f.protocol),
-                        local_port: f.local_port,
-                        remote: f.remote.to_string(),
-                        remote_port: f.remote_port,
-                        peer: compiled.identities.peer_name(f.remote),
-                        fragments: f.fragments,
-                        idle_seconds: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
-                        generation: f.generation,
-                        verdict_cached: f.generation == active.config.generation,
-                    })
-                    .collect();
-                json(&views)
+                let id = match endpoint_of(&compiled, &active, workload) {
+                    Ok((id, _)) => id,
+                    Err(e) => return Answer::Now(Err(e)),
+                };
+                let workload = workload.clone();
+                Answer::Later(Box::new(move || {
+                    flows_of(&pins, &compiled, &active, &workload, id)
+                }))
             }
         }
     }
+}
+
+/// An answer to a control request: now, or from work done off the agent's loop.
+pub(super) enum Answer {
+    Now(Result<String, String>),
+    Later(Box<dyn FnOnce() -> Result<String, String> + Send>),
+}
+
+/// The flows of `workload` (endpoint `id`) in the flow table, named.
+fn flows_of(
+    pins: &Pins,
+    compiled: &Compiled,
+    active: &ActiveSlot,
+    workload: &ObjectName,
+    id: u32,
+) -> Result<String, String> {
+    let flows = inspect::flows(pins, Some(id)).map_err(|e| format!("{e:#}"))?;
+    let now = monotonic_ns();
+    let views: Vec<FlowView> = flows
+        .into_iter()
+        .map(|f| FlowView {
+            workload: workload.to_string(),
+            endpoint_id: f.endpoint_id,
+            direction: f.origin,
+            protocol: IpProtocol::from_number(f.protocol),
+            local_port: f.local_port,
+            remote: f.remote.to_string(),
+            remote_port: f.remote_port,
+            peer: compiled.identities.peer_name(f.remote),
+            fragments: f.fragments,
+            idle_seconds: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
+            generation: f.generation,
+            verdict_cached: f.generation == active.config.generation,
+        })
+        .collect();
+    json(&views)
 }
 
 /// Whose an endpoint id is: a workload of the policy in force, a guard, or the node's

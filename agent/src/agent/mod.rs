@@ -270,13 +270,24 @@ impl Agent {
         Ok(())
     }
 
-    /// Answers a request of the control socket.
+    /// Answers a request of the control socket (now, or by work to do off the loop).
+    fn answer(&mut self, request: Request) -> inspect::Answer {
+        match request {
+            Request::Get(what) => self.get(&what),
+            Request::Status => self.status(),
+            request => inspect::Answer::Now(self.control(request)),
+        }
+    }
+
+    /// Answers a request that the loop answers itself.
     fn control(&mut self, request: Request) -> Result<String, String> {
         match request {
             Request::Quarantine(w) => self.quarantine(&w, true),
             Request::Release(w) => self.quarantine(&w, false),
-            Request::Status => self.status(),
-            Request::Get(what) => self.get(&what),
+            Request::Status | Request::Get(_) => match self.answer(request) {
+                inspect::Answer::Now(answer) => answer,
+                inspect::Answer::Later(work) => work(),
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Options, Prepared, Records, fan_out, return_freed_memory, start::start};
+use super::{Options, Prepared, Records, fan_out, inspect, return_freed_memory, start::start};
 use crate::{
     control, events,
     observe::{http, metrics::Metrics},
@@ -126,9 +126,18 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
             }
             _ = sample.tick(), if agent.auto_quarantine.is_some() => agent.auto_quarantine(),
             _ = save_records.tick(), if records.is_some() => save(records.as_ref(), &agent.metrics),
-            Some((request, reply)) = commands.recv() => {
-                let _ = reply.send(agent.control(request));
-            }
+            Some((request, reply)) = commands.recv() => match agent.answer(request) {
+                inspect::Answer::Now(answer) => {
+                    let _ = reply.send(answer);
+                }
+                // Reading the kernel's tables for it is left to a blocking thread: the
+                // loop goes on applying changes meanwhile.
+                inspect::Answer::Later(work) => {
+                    tokio::task::spawn_blocking(move || {
+                        let _ = reply.send(work());
+                    });
+                }
+            },
         }
     };
     tasks.shutdown().await;
