@@ -62,6 +62,24 @@ pub fn bin_dir() -> PathBuf {
         .join("target/cluster/bin")
 }
 
+/// prometheus-operator's CRDs (PodMonitor, ServiceMonitor, PrometheusRule), which
+/// `cargo xtask cluster-build` takes from the operator's Go module into
+/// target/cluster/crds/.
+pub fn monitoring_crds() -> Vec<PathBuf> {
+    let dir = bin_dir().with_file_name("crds");
+    let mut crds: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    crds.sort();
+    crds
+}
+
 /// The workspace's deploy/kubernetes directory (the manifests the tests apply).
 pub fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

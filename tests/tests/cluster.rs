@@ -667,6 +667,9 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
         .args(["--set", "grafanaDashboard.enabled=true"])
         .args(["--set", "mode=audit", "--set", "cgroupDriver=cgroupfs"])
         .args(["--set", "nodeSelector.kubernetes\\.io/os=linux"])
+        .args(["--set", "metrics.podMonitor.enabled=true"])
+        .args(["--set", "metrics.serviceMonitor.enabled=true"])
+        .args(["--set", "metrics.prometheusRule.enabled=true"])
         .output()
         .expect("running helm");
     assert!(
@@ -678,6 +681,30 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
 
     let bed = Testbed::new(&["client"]).expect("creating the test bed");
     let cluster = Cluster::start(&bed).expect("starting the control plane");
+    // prometheus-operator's CRDs first, as in a cluster that runs the operator: the API
+    // server then validates the chart's monitors and rule against their schemas (kubectl
+    // asks for strict field validation: an unknown field is an error).
+    let crds = stagewall_tests::cluster::monitoring_crds();
+    assert_eq!(
+        crds.len(),
+        3,
+        "prometheus-operator's CRDs in target/cluster/crds: run `cargo xtask cluster-build`"
+    );
+    for crd in &crds {
+        cluster
+            .kubectl(&["create", "-f", crd.to_str().unwrap()])
+            .expect("the API server takes prometheus-operator's CRD");
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/podmonitors.monitoring.coreos.com",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ])
+        .expect("the monitoring CRDs are established");
     let created = cluster
         .kubectl_stdin(&["create", "-f", "-"], &rendered)
         .expect("the API server creates every object of the chart");
@@ -691,6 +718,10 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
         "clusterrolebinding.rbac.authorization.k8s.io/stagewall",
         "daemonset.apps/stagewall",
         "configmap/stagewall-dashboard",
+        "podmonitor.monitoring.coreos.com/stagewall",
+        "service/stagewall-metrics",
+        "servicemonitor.monitoring.coreos.com/stagewall",
+        "prometheusrule.monitoring.coreos.com/stagewall",
     ] {
         assert!(
             created.contains(&format!("{object} created")),
@@ -734,4 +765,38 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
         "jsonpath={.subjects[0].namespace}/{.subjects[0].name}",
     ]);
     assert_eq!(subject, "ml-security/stagewall");
+    // As the operator reads them: the monitors keep the workloads' own labels
+    // (honorLabels) and scrape the metrics port; the rule holds every alert.
+    let monitor = get(&[
+        "get",
+        "podmonitor",
+        "stagewall",
+        "--namespace",
+        "ml-security",
+        "-o",
+        "jsonpath={.spec.podMetricsEndpoints[0].honorLabels} {.spec.podMetricsEndpoints[0].port}",
+    ]);
+    assert_eq!(monitor, "true metrics");
+    let alerts = get(&[
+        "get",
+        "prometheusrule",
+        "stagewall",
+        "--namespace",
+        "ml-security",
+        "-o",
+        "jsonpath={.spec.groups[*].rules[*].alert}",
+    ]);
+    let shipped_alerts: Vec<String> = std::fs::read_to_string(
+        stagewall_tests::cluster::manifests().join("../prometheus/stagewall-rules.yaml"),
+    )
+    .expect("the rule file")
+    .lines()
+    .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    .map(str::to_string)
+    .collect();
+    assert!(shipped_alerts.len() >= 6, "{shipped_alerts:?}");
+    assert_eq!(
+        alerts.split_whitespace().collect::<Vec<_>>(),
+        shipped_alerts
+    );
 }

@@ -77,6 +77,69 @@ pub fn bin_dir() -> PathBuf {
     crate::workspace_root().join("target/cluster/bin")
 }
 
+/// prometheus-operator's CustomResourceDefinitions of the objects the chart can create
+/// (PodMonitor, ServiceMonitor, PrometheusRule), so that the test cluster's API server
+/// validates them as a cluster with the operator would. They are files of the operator's
+/// Go module, taken with `go mod download` (checked against the checksum database and
+/// against MONITORING_SUM here) into [`monitoring_crd_dir`].
+const MONITORING_MODULE: &str = "github.com/prometheus-operator/prometheus-operator";
+const MONITORING_VERSION: &str = "v0.94.0";
+/// The module zip's checksum (go.sum's `h1:`), as `go mod download -json` says it.
+const MONITORING_SUM: &str = "h1:VxMKzqr8Xqw5/QInNT7a3B5XInPnHqE7SD2UIdwKpRM=";
+/// Where in the module the CRDs are, and which.
+const MONITORING_CRD_PATH: &str = "example/prometheus-operator-crd";
+pub const MONITORING_CRDS: [&str; 3] = [
+    "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_servicemonitors.yaml",
+    "monitoring.coreos.com_prometheusrules.yaml",
+];
+
+/// target/cluster/crds/: the CRDs of [`MONITORING_CRDS`].
+pub fn monitoring_crd_dir() -> PathBuf {
+    bin_dir().with_file_name("crds")
+}
+
+/// Downloads the operator's module (the Go module cache keeps it) and copies its CRDs.
+fn fetch_monitoring_crds(go: &Path) -> anyhow::Result<()> {
+    let module = format!("{MONITORING_MODULE}@{MONITORING_VERSION}");
+    println!("+ go mod download -json {module}");
+    let out = Command::new(go)
+        .args(["mod", "download", "-json", &module])
+        // Outside any module: the download alone.
+        .current_dir(std::env::temp_dir())
+        .env("GOWORK", "off")
+        .env("GO111MODULE", "on")
+        .output()
+        .with_context(|| format!("running {}", go.display()))?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        said.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("\"{name}\": \"")))
+            .map(|v| v.trim_end_matches(',').trim_end_matches('"').to_string())
+    };
+    if !out.status.success() || field("Error").is_some() {
+        bail!(
+            "downloading {module} for its CRDs failed: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sum = field("Sum").unwrap_or_default();
+    if sum != MONITORING_SUM {
+        bail!("{module} has checksum {sum:?}, expected {MONITORING_SUM}");
+    }
+    let dir = PathBuf::from(field("Dir").context("go mod download named no directory")?);
+    let to = monitoring_crd_dir();
+    std::fs::create_dir_all(&to).with_context(|| format!("{}", to.display()))?;
+    for crd in MONITORING_CRDS {
+        let from = dir.join(MONITORING_CRD_PATH).join(crd);
+        // The module cache's files are read-only, and so were the copies.
+        let _ = std::fs::remove_file(to.join(crd));
+        std::fs::copy(&from, to.join(crd))
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 /// The major and minor of [`KUBERNETES_VERSION`] ("1", "37").
 fn kubernetes_major_minor() -> (&'static str, &'static str) {
     let mut parts = KUBERNETES_VERSION.trim_start_matches('v').split('.');
@@ -206,7 +269,7 @@ fn go() -> anyhow::Result<(PathBuf, String)> {
 
 /// What the binaries are built from: the stamp's contents.
 fn inputs(root: &Path, builds: &[GoBuild]) -> anyhow::Result<String> {
-    let mut stamp = String::new();
+    let mut stamp = format!("CRDs of {MONITORING_MODULE}@{MONITORING_VERSION} {MONITORING_SUM}\n");
     for build in builds {
         stamp.push_str(&format!(
             "(cd {} && CGO_ENABLED={} go {})\n",
@@ -244,7 +307,10 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let stamp_path = bin.with_file_name("stamp");
     let builds = builds(&bin);
     let wanted = inputs(&root, &builds)?;
-    let complete = binaries().all(|b| bin.join(b).is_file());
+    let complete = binaries().all(|b| bin.join(b).is_file())
+        && MONITORING_CRDS
+            .iter()
+            .all(|c| monitoring_crd_dir().join(c).is_file());
     if complete && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == wanted) {
         println!(
             "Kubernetes {KUBERNETES_VERSION} binaries and the node runtime up to date in {}",
@@ -304,6 +370,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
             );
         }
     }
+    fetch_monitoring_crds(&go)?;
     let took = started.elapsed();
     std::fs::write(&stamp_path, wanted).with_context(|| format!("{}", stamp_path.display()))?;
     println!(
