@@ -48,8 +48,28 @@ fn git_commit(manifest_dir: &std::path::Path) {
     }
 }
 
+/// Given a kernel object already built (`cargo xtask image` builds it once, for the first
+/// platform, and gives it to the others), the agent embeds that object, byte for byte,
+/// instead of building its own: every platform's image ships the same kernel programs.
+const PREBUILT_OBJECT: &str = "STAGEWALL_EBPF_OBJECT";
+
 fn main() -> anyhow::Result<()> {
     git_commit(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+    println!("cargo:rerun-if-env-changed={PREBUILT_OBJECT}");
+    if let Some(object) = std::env::var_os(PREBUILT_OBJECT) {
+        let object = std::path::PathBuf::from(object);
+        println!("cargo:rerun-if-changed={}", object.display());
+        let out_dir = std::env::var_os("OUT_DIR").context("OUT_DIR not set")?;
+        let embedded = std::path::Path::new(&out_dir).join("stagewall-ebpf");
+        std::fs::copy(&object, &embedded).with_context(|| {
+            format!(
+                "{PREBUILT_OBJECT}={}: copying it to {}",
+                object.display(),
+                embedded.display()
+            )
+        })?;
+        return Ok(());
+    }
     let ebpf_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow!("agent crate has no parent directory"))?

@@ -4,7 +4,10 @@
 //! `[package.metadata.deb]` lists: the binary, the systemd unit, /etc/stagewall/config.yaml
 //! (a conffile), completions, man pages and the example policies.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -13,23 +16,36 @@ use crate::cmd;
 /// Where the package is written.
 pub const OUT_DIR: &str = "target/debian";
 
-/// Builds the agent with cargo `profile` (release for a real package; dev in the tests,
-/// which reuse their build) and packs it; returns the .deb's path.
-pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
-    // The workspace's binaries, as `cargo xtask test` and `bench` build them: the same
-    // features, so a test's package reuses their build.
-    cmd("cargo", &["build", "--bins", "--profile", profile])?;
-    let dir = PathBuf::from("target").join(if profile == "dev" { "debug" } else { profile });
-    let bin = dir.join("stagewall");
-    let generated = dir.join("generated");
-    let _ = std::fs::remove_dir_all(&generated);
+/// The shell completions `generate` writes, and where a system installs them (the .deb's
+/// assets in agent/Cargo.toml name the same places; a test holds them to this).
+pub const COMPLETIONS: [(&str, &str, &str); 3] = [
+    (
+        "bash",
+        "stagewall.bash",
+        "/usr/share/bash-completion/completions/stagewall",
+    ),
+    (
+        "zsh",
+        "_stagewall",
+        "/usr/share/zsh/vendor-completions/_stagewall",
+    ),
+    (
+        "fish",
+        "stagewall.fish",
+        "/usr/share/fish/vendor_completions.d/stagewall.fish",
+    ),
+];
+/// Where the man pages go (`generate` writes them into `man/` of its directory, gzipped).
+pub const MAN_DIR: &str = "/usr/share/man/man1";
+
+/// The binary `bin` writes its own shell completions and man pages (from its clap
+/// definition) into `generated` (emptied first): the completions of [`COMPLETIONS`], and
+/// `man/*.1.gz`.
+pub fn generate(bin: &Path, generated: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(generated);
     std::fs::create_dir_all(generated.join("man"))?;
-    for (shell, file) in [
-        ("bash", "stagewall.bash"),
-        ("zsh", "_stagewall"),
-        ("fish", "stagewall.fish"),
-    ] {
-        let out = Command::new(&bin)
+    for (shell, file, _) in COMPLETIONS {
+        let out = Command::new(bin)
             .args(["completions", shell])
             .output()
             .with_context(|| format!("running {}", bin.display()))?;
@@ -54,7 +70,17 @@ pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
         .collect::<Result<_, _>>()?;
     let mut gzip = vec!["-9nf"];
     gzip.extend(pages.iter().map(String::as_str));
-    cmd("gzip", &gzip)?;
+    cmd("gzip", &gzip)
+}
+
+/// Builds the agent with cargo `profile` (release for a real package; dev in the tests,
+/// which reuse their build) and packs it; returns the .deb's path.
+pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
+    // The workspace's binaries, as `cargo xtask test` and `bench` build them: the same
+    // features, so a test's package reuses their build.
+    cmd("cargo", &["build", "--bins", "--profile", profile])?;
+    let dir = PathBuf::from("target").join(if profile == "dev" { "debug" } else { profile });
+    generate(&dir.join("stagewall"), &dir.join("generated"))?;
     std::fs::create_dir_all(OUT_DIR)?;
     let mut args = vec![
         "deb",
@@ -89,4 +115,38 @@ pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
         .context("cargo deb printed no .deb path")?;
     println!("{}", path.display());
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The .deb (agent/Cargo.toml's assets) and the image install completions and man
+    /// pages in the same places.
+    #[test]
+    fn the_package_installs_the_generated_files_where_the_image_does() {
+        let manifest =
+            std::fs::read_to_string(crate::workspace_root().join("agent/Cargo.toml")).unwrap();
+        for (_, file, installed) in COMPLETIONS {
+            let asset = format!(
+                "[\"target/release/generated/{file}\", \"{}\", \"644\"]",
+                installed.trim_start_matches('/')
+            );
+            // A destination ending in '/' keeps the file's name.
+            let (dir, name) = installed.rsplit_once('/').unwrap();
+            let asset_in_dir = format!(
+                "[\"target/release/generated/{file}\", \"{}/\", \"644\"]",
+                dir.trim_start_matches('/')
+            );
+            assert!(
+                manifest.contains(&asset) || (name == file && manifest.contains(&asset_in_dir)),
+                "agent/Cargo.toml installs {file} elsewhere than {installed}"
+            );
+        }
+        let man = format!(
+            "[\"target/release/generated/man/*\", \"{}/\", \"644\"]",
+            MAN_DIR.trim_start_matches('/')
+        );
+        assert!(manifest.contains(&man), "{man}");
+    }
 }

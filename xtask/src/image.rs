@@ -4,9 +4,11 @@
 //!
 //! User space is cross-compiled for each platform, static (musl, linked by rust-lld with
 //! Rust's own musl start files, so no cross C toolchain but clang for ring's C and
-//! assembly); the kernel programs are target-independent eBPF, built once per build by
-//! agent/build.rs and embedded: this checks that both binaries embed the same object,
-//! byte for byte, and that each binary is a static ELF of its platform.
+//! assembly); the kernel programs are target-independent eBPF, built once, by the first
+//! platform's build (agent/build.rs), and given to the others (STAGEWALL_EBPF_OBJECT), so
+//! every binary embeds the same object, byte for byte: checked here, with each binary a
+//! static ELF of its platform. The shell completions and man pages, written by the
+//! amd64 binary itself, go into every platform's image where the .deb installs them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,32 +26,6 @@ const ENTRYPOINT: &str = "/usr/local/bin/stagewall";
 const CLANG: &str = "clang-22";
 const LLVM_AR: &str = "llvm-ar-22";
 const LLVM_STRIP: &str = "/usr/lib/llvm-22/bin/llvm-strip";
-const LLVM_OBJDUMP: &str = "/usr/lib/llvm-22/bin/llvm-objdump";
-
-/// The kernel programs' instructions in `object`, every section disassembled (the file
-/// name line left out). The objects of two platforms' builds differ only in their debug
-/// strings, line tables and BTF strings (aya-build builds each below its platform's
-/// OUT_DIR, and the paths go into the debug info); the instructions must be identical.
-fn instructions(object: &Path) -> anyhow::Result<String> {
-    let out = Command::new(LLVM_OBJDUMP)
-        .arg("-d")
-        .arg(object)
-        .output()
-        .with_context(|| format!("running {LLVM_OBJDUMP}"))?;
-    if !out.status.success() {
-        bail!(
-            "{LLVM_OBJDUMP} -d {}: {}",
-            object.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter(|l| !l.contains(&*object.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join("\n"))
-}
 
 /// One platform of the image.
 pub struct Platform {
@@ -78,15 +54,25 @@ pub const PLATFORMS: [Platform; 2] = [
     },
 ];
 
-/// A release build of the agent for `platform`; the binary and the eBPF object it embeds
-/// (the build script's OUT_DIR, as cargo reports it).
-fn build_agent(platform: &Platform) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// A release build of the agent for `platform`, embedding `object` if given (else the
+/// one its build script builds); the binary and the eBPF object it embeds (the build
+/// script's OUT_DIR, as cargo reports it).
+fn build_agent(platform: &Platform, object: Option<&Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
     let env_target = platform.target.replace('-', "_");
     println!(
-        "+ cargo build --release --locked -p stagewall --target {}",
+        "+ {}cargo build --release --locked -p stagewall --target {}",
+        object.map_or(String::new(), |o| format!(
+            "STAGEWALL_EBPF_OBJECT={} ",
+            o.display()
+        )),
         platform.target
     );
-    let out = Command::new("cargo")
+    let mut cargo = Command::new("cargo");
+    match object {
+        Some(object) => cargo.env("STAGEWALL_EBPF_OBJECT", object),
+        None => cargo.env_remove("STAGEWALL_EBPF_OBJECT"),
+    };
+    let out = cargo
         .args([
             "build",
             "--release",
@@ -182,10 +168,18 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let stage = root.join("target/image");
     std::fs::create_dir_all(&stage).with_context(|| format!("{}", stage.display()))?;
-    let mut objects: Vec<(&str, String)> = Vec::new();
+    // The first platform's build builds the kernel object; kept here, it is the one every
+    // platform embeds.
+    let shipped_object = stage.join("stagewall-ebpf.o");
     let mut files = Vec::new();
-    for platform in &PLATFORMS {
-        let (binary, object) = build_agent(platform)?;
+    let mut first_binary = None;
+    for (index, platform) in PLATFORMS.iter().enumerate() {
+        let given = (index > 0).then_some(shipped_object.as_path());
+        let (binary, object) = build_agent(platform, given)?;
+        if index == 0 {
+            std::fs::copy(&object, &shipped_object)
+                .with_context(|| format!("copying {}", object.display()))?;
+        }
         let stripped = stage.join(format!("stagewall-{}", platform.arch));
         crate::cmd(
             LLVM_STRIP,
@@ -231,39 +225,62 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
                 String::from_utf8_lossy(&version.stderr)
             );
         }
-        let object_bytes =
-            std::fs::read(&object).with_context(|| format!("{}", object.display()))?;
-        let object_code = instructions(&object)?;
+        // The binary holds the shipped object itself (include_bytes), byte for byte.
+        let object_bytes = std::fs::read(&shipped_object)
+            .with_context(|| format!("{}", shipped_object.display()))?;
+        if !bytes
+            .windows(object_bytes.len())
+            .any(|w| w == object_bytes.as_slice())
+        {
+            bail!(
+                "{} does not embed {} byte for byte: every platform must ship the same \
+                 kernel object",
+                stripped.display(),
+                shipped_object.display()
+            );
+        }
         println!(
             "{}: {} bytes, static, ELF machine {}, runs ({}); embeds {} ({} bytes)",
             platform.arch,
             bytes.len(),
             facts.machine,
             said.trim(),
-            object.display(),
+            shipped_object.display(),
             object_bytes.len()
         );
-        objects.push((platform.arch, object_code));
+        if index == 0 {
+            first_binary = Some(stripped.clone());
+        }
         files.push(format!(
             "{}:{}={ENTRYPOINT}",
             platform.arch,
             stripped.display()
         ));
     }
-    let (first_arch, first) = &objects[0];
-    for (arch, object) in &objects[1..] {
-        if object != first {
-            bail!(
-                "the {arch} build embeds other kernel programs than the {first_arch} build: \
-                 their instructions (llvm-objdump -d) differ, and must be the same for every \
-                 platform"
-            );
-        }
-    }
     println!(
-        "every platform embeds the same kernel programs ({} lines of instructions, identical)",
-        first.lines().count()
+        "every platform embeds the same kernel object ({})",
+        shipped_object.display()
     );
+    // Completions and man pages, from the amd64 binary (this host runs it), in every
+    // platform's layer (files without an `arch:` prefix).
+    let generated = stage.join("generated");
+    crate::deb::generate(
+        first_binary.as_deref().context("no platform built")?,
+        &generated,
+    )?;
+    for (_, file, installed) in crate::deb::COMPLETIONS {
+        files.push(format!("{}={installed}", generated.join(file).display()));
+    }
+    for page in std::fs::read_dir(generated.join("man"))? {
+        let page = page?.path();
+        let name = page.file_name().context("a page has a name")?;
+        files.push(format!(
+            "{}={}/{}",
+            page.display(),
+            crate::deb::MAN_DIR,
+            name.to_string_lossy()
+        ));
+    }
 
     let ociimage = crate::cluster::bin_dir().join("ociimage");
     let mut args = vec![
