@@ -552,7 +552,9 @@ fn a_caller_that_is_not_root_is_turned_away_with_exit_3() {
         return;
     }
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!("stagewall-cli-{}-notroot", std::process::id()));
+    // Below /tmp itself (world-traversable), not $TMPDIR, which may be private.
+    let dir =
+        std::path::Path::new("/tmp").join(format!("stagewall-cli-{}-notroot", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -584,7 +586,7 @@ fn a_caller_that_is_not_root_is_turned_away_with_exit_3() {
         .arg(&binary)
         .args(["status", "--socket", socket.to_str().unwrap()])
         .output()
-        .expect("running setpriv");
+        .expect("running setpriv (util-linux) to drop to uid 65534");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(

@@ -66,6 +66,7 @@ pub fn bin_dir() -> PathBuf {
 /// `cargo xtask cluster-build` takes from the operator's Go module into
 /// target/cluster/crds/.
 pub fn monitoring_crds() -> Vec<PathBuf> {
+    // xtask's monitoring_crd_dir().
     let dir = bin_dir().with_file_name("crds");
     let mut crds: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|entries| {

@@ -684,10 +684,11 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
     // prometheus-operator's CRDs first, as in a cluster that runs the operator: the API
     // server then validates the chart's monitors and rule against their schemas (kubectl
     // asks for strict field validation: an unknown field is an error).
+    // (Which: xtask/src/cluster.rs MONITORING_CRDS; each kind is checked below by the
+    // object of it that the API server creates.)
     let crds = stagewall_tests::cluster::monitoring_crds();
-    assert_eq!(
-        crds.len(),
-        3,
+    assert!(
+        !crds.is_empty(),
         "prometheus-operator's CRDs in target/cluster/crds: run `cargo xtask cluster-build`"
     );
     for crd in &crds {
@@ -700,9 +701,8 @@ fn the_helm_charts_objects_are_created_by_the_real_api_server() {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/podmonitors.monitoring.coreos.com",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
+            "crd",
+            "--all",
         ])
         .expect("the monitoring CRDs are established");
     let created = cluster

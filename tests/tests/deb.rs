@@ -179,6 +179,29 @@ fn verify_unit(root: &Path) {
             "/usr/bin/stagewall",
             &root.join("usr/bin/stagewall").to_string_lossy(),
         );
+    // The unit with `drop_in` beside it, as systemd-analyze verify saw it: what it said.
+    let verify = |drop_in_text: &str| {
+        let dir = root.join("verify");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("stagewall.service.d")).unwrap();
+        let path = dir.join("stagewall.service");
+        std::fs::write(&path, &unit).unwrap();
+        std::fs::write(dir.join("stagewall.service.d/network.conf"), drop_in_text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=yes"])
+            .arg(&path)
+            .env("MANPATH", root.join("usr/share/man"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // verify reads the drop-ins beside the unit: a bad one is said (else the checks
+    // below would pass for a drop-in it never looked at).
+    let said = verify("[Unit]\nNoSuchDirective=1\n");
+    assert!(
+        said.contains("NoSuchDirective"),
+        "systemd-analyze verify ignored the drop-in: {said}"
+    );
     let packaged = "lib/systemd/system/stagewall.service.d/network.conf";
     let kubernetes = "usr/share/stagewall/systemd/kubernetes-network.conf";
     for (drop_in, before_network, after_online) in
@@ -186,19 +209,7 @@ fn verify_unit(root: &Path) {
     {
         let drop_in_text = std::fs::read_to_string(root.join(drop_in))
             .unwrap_or_else(|e| panic!("{drop_in} not installed: {e}"));
-        let dir = root.join("verify");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("stagewall.service.d")).unwrap();
-        let path = dir.join("stagewall.service");
-        std::fs::write(&path, &unit).unwrap();
-        std::fs::write(dir.join("stagewall.service.d/network.conf"), &drop_in_text).unwrap();
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=yes"])
-            .arg(&path)
-            .env("MANPATH", root.join("usr/share/man"))
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let said = verify(&drop_in_text);
         // Without systemd as PID 1 (a container), verify cannot load the targets the unit
         // is ordered against; it still parses every directive and checks the executables.
         let real_problems: Vec<_> = said

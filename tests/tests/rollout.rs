@@ -328,7 +328,7 @@ fn audit_set_by_a_namespace_or_a_policy_holds_next_to_enforcement_and_across_res
 /// this test to catch, so it guards the restore itself; the counter is now set before
 /// /metrics is served.)
 #[test]
-fn the_evicted_total_is_the_files_from_the_first_scrape_on() {
+fn the_evicted_total_is_restored_from_the_file_across_restarts() {
     if !privileged() {
         return;
     }

@@ -148,5 +148,14 @@ mod tests {
             MAN_DIR.trim_start_matches('/')
         );
         assert!(manifest.contains(&man), "{man}");
+        // The Dockerfile's image (buildx) puts them there too.
+        let dockerfile =
+            std::fs::read_to_string(crate::workspace_root().join("Dockerfile")).unwrap();
+        for (_, file, installed) in COMPLETIONS {
+            let copy = format!("COPY --from=kernel /generated/{file} {installed}");
+            assert!(dockerfile.contains(&copy), "Dockerfile lacks: {copy}");
+        }
+        let copy = format!("COPY --from=kernel /generated/man/ {MAN_DIR}/");
+        assert!(dockerfile.contains(&copy), "Dockerfile lacks: {copy}");
     }
 }

@@ -172,13 +172,16 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
     // platform embeds.
     let shipped_object = stage.join("stagewall-ebpf.o");
     let mut files = Vec::new();
-    let mut first_binary = None;
+    let mut host_binary = None;
     for (index, platform) in PLATFORMS.iter().enumerate() {
         let given = (index > 0).then_some(shipped_object.as_path());
         let (binary, object) = build_agent(platform, given)?;
-        if index == 0 {
-            std::fs::copy(&object, &shipped_object)
-                .with_context(|| format!("copying {}", object.display()))?;
+        // Copied only when it changed: the other builds rerun their build script (and
+        // rebuild the agent) when the file's time moves.
+        let built = std::fs::read(&object).with_context(|| format!("{}", object.display()))?;
+        if index == 0 && std::fs::read(&shipped_object).ok().as_ref() != Some(&built) {
+            std::fs::write(&shipped_object, &built)
+                .with_context(|| format!("{}", shipped_object.display()))?;
         }
         let stripped = stage.join(format!("stagewall-{}", platform.arch));
         crate::cmd(
@@ -248,8 +251,9 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
             shipped_object.display(),
             object_bytes.len()
         );
-        if index == 0 {
-            first_binary = Some(stripped.clone());
+        // The completions and man pages come from a binary this host runs itself.
+        if platform.runner.is_empty() {
+            host_binary = Some(stripped.clone());
         }
         files.push(format!(
             "{}:{}={ENTRYPOINT}",
@@ -261,11 +265,13 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
         "every platform embeds the same kernel object ({})",
         shipped_object.display()
     );
-    // Completions and man pages, from the amd64 binary (this host runs it), in every
-    // platform's layer (files without an `arch:` prefix).
+    // Completions and man pages, from the binary this host runs, in every platform's
+    // layer (files without an `arch:` prefix).
     let generated = stage.join("generated");
     crate::deb::generate(
-        first_binary.as_deref().context("no platform built")?,
+        host_binary
+            .as_deref()
+            .context("no platform's binary runs on this host")?,
         &generated,
     )?;
     for (_, file, installed) in crate::deb::COMPLETIONS {

@@ -15,7 +15,7 @@ use stagewall_common::{
     policy_value_rule,
 };
 
-use super::Agent;
+use super::{Agent, Answer};
 use crate::{
     build_info::BuildInfo,
     compiler::{Compiled, IdentityKind, map_keys},
@@ -152,12 +152,6 @@ impl Agent {
             }
         }
     }
-}
-
-/// An answer to a control request: now, or from work done off the agent's loop.
-pub(super) enum Answer {
-    Now(Result<String, String>),
-    Later(Box<dyn FnOnce() -> Result<String, String> + Send>),
 }
 
 /// The flows of `workload` (endpoint `id`) in the flow table, named.

@@ -114,6 +114,13 @@ struct Applied {
 /// The flow records, and whose flows they take.
 pub type Records = (Arc<Mutex<FlowRecords>>, RecordFilter);
 
+/// The agent's answer to a control request: now, or from work done off its loop (reading
+/// the kernel's tables can take a second, during which no policy change would apply).
+pub(super) enum Answer {
+    Now(Result<String, String>),
+    Later(Box<dyn FnOnce() -> Result<String, String> + Send>),
+}
+
 /// Gives the memory freed since to the operating system. Parsing a large policy
 /// allocates tens of MiB for a moment (YAML events, spans); glibc keeps freed memory for
 /// later, which would double the agent's resident memory at 10,000 rules for good. Not
@@ -270,24 +277,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Answers a request of the control socket (now, or by work to do off the loop).
-    fn answer(&mut self, request: Request) -> inspect::Answer {
+    /// Answers a request of the control socket: now, or by work to do off the loop.
+    fn answer(&mut self, request: Request) -> Answer {
         match request {
-            Request::Get(what) => self.get(&what),
+            Request::Quarantine(w) => Answer::Now(self.quarantine(&w, true)),
+            Request::Release(w) => Answer::Now(self.quarantine(&w, false)),
             Request::Status => self.status(),
-            request => inspect::Answer::Now(self.control(request)),
-        }
-    }
-
-    /// Answers a request that the loop answers itself.
-    fn control(&mut self, request: Request) -> Result<String, String> {
-        match request {
-            Request::Quarantine(w) => self.quarantine(&w, true),
-            Request::Release(w) => self.quarantine(&w, false),
-            Request::Status | Request::Get(_) => match self.answer(request) {
-                inspect::Answer::Now(answer) => answer,
-                inspect::Answer::Later(work) => work(),
-            },
+            Request::Get(what) => self.get(&what),
         }
     }
 
@@ -376,7 +372,7 @@ impl Agent {
         });
         let threshold = auto.threshold;
         for (workload, denials) in auto.observe(Instant::now(), totals, &self.quarantined) {
-            match self.control(Request::Quarantine(workload.clone())) {
+            match self.quarantine(&workload, true) {
                 Ok(said) => {
                     self.metrics.auto_quarantines.inc();
                     tracing::warn!(

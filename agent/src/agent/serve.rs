@@ -12,11 +12,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Options, Prepared, Records, fan_out, inspect, return_freed_memory, start::start};
+use super::{Answer, Options, Prepared, Records, fan_out, return_freed_memory, start::start};
 use crate::{
     control, events,
     observe::{http, metrics::Metrics},
-    rollout::flow_records::FlowRecords,
     source::{self, files},
 };
 
@@ -99,6 +98,7 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
 
     let shutdown = shutdown();
     tokio::pin!(shutdown);
+    let walks = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
     let mut recheck = tokio::time::interval(RECHECK_EVERY);
     let mut sample = tokio::time::interval(AUTO_QUARANTINE_SAMPLE_EVERY);
     let mut save_records = tokio::time::interval(FLOW_RECORDS_SAVE_EVERY);
@@ -127,14 +127,22 @@ pub async fn run(options: Options, prepared: Prepared) -> anyhow::Result<()> {
             _ = sample.tick(), if agent.auto_quarantine.is_some() => agent.auto_quarantine(),
             _ = save_records.tick(), if records.is_some() => save(records.as_ref(), &agent.metrics),
             Some((request, reply)) = commands.recv() => match agent.answer(request) {
-                inspect::Answer::Now(answer) => {
+                Answer::Now(answer) => {
                     let _ = reply.send(answer);
                 }
-                // Reading the kernel's tables for it is left to a blocking thread: the
-                // loop goes on applying changes meanwhile.
-                inspect::Answer::Later(work) => {
-                    tokio::task::spawn_blocking(move || {
-                        let _ = reply.send(work());
+                // Reading the kernel's tables for it is left to a blocking thread (one at
+                // a time: a polling script cannot start walks without bound): the loop
+                // goes on applying changes meanwhile.
+                Answer::Later(work) => {
+                    let one_at_a_time = walks.clone();
+                    tokio::spawn(async move {
+                        let Ok(_turn) = one_at_a_time.acquire_owned().await else {
+                            return;
+                        };
+                        let answer = tokio::task::spawn_blocking(work)
+                            .await
+                            .unwrap_or_else(|_| Err("reading the kernel's tables failed (a bug: see the agent's log)".to_string()));
+                        let _ = reply.send(answer);
                     });
                 }
             },
@@ -167,17 +175,7 @@ fn save(records: Option<&Records>, metrics: &Metrics) {
     if let Err(e) = records.save() {
         log::error!("{:#}", anyhow::Error::from(e));
     }
-    count_records(&records, metrics);
-}
-
-/// The flow records' gauges: how many are kept, and the eviction total. The total is kept
-/// in the records file (so across restarts): the counter takes what it has not counted
-/// yet. Called at start, before /metrics is served, so that a scrape never sees the
-/// total at 0 after a restart (a reset) and jump back.
-pub(super) fn count_records(records: &FlowRecords, metrics: &Metrics) {
-    metrics.flow_records.set(records.len() as i64);
-    let evicted = &metrics.flow_records_evicted;
-    evicted.inc_by(records.evicted().saturating_sub(evicted.get()));
+    super::start::count_records(&records, metrics);
 }
 
 /// How long the endpoint waits before it is served again after it stopped.

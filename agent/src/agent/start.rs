@@ -23,6 +23,7 @@ use crate::{
     },
     dns::proxy::monotonic_ns,
     observe::metrics::Metrics,
+    rollout::flow_records::FlowRecords,
 };
 
 /// How often the flow table's entries are counted (a walk over the whole map).
@@ -52,6 +53,16 @@ fn count_suppressed(limits: HashMap<MapData, FlowKey, EventLimit>, metrics: Arc<
             std::thread::sleep(COUNT_SUPPRESSED_EVERY);
         }
     });
+}
+
+/// The flow records' gauges: how many are kept, and the eviction total. The total is kept
+/// in the records file (so across restarts): the counter takes what it has not counted
+/// yet. Called at start, before /metrics is served, so that a scrape never sees the
+/// total at 0 after a restart (a reset) and jump back.
+pub(super) fn count_records(records: &FlowRecords, metrics: &Metrics) {
+    metrics.flow_records.set(records.len() as i64);
+    let evicted = &metrics.flow_records_evicted;
+    evicted.inc_by(records.evicted().saturating_sub(evicted.get()));
 }
 
 /// The agent with its first policy in force, and the kernel's outputs for the tasks.
@@ -128,7 +139,7 @@ pub(super) fn start(
         .set(i64::from(loader.packet_socket_guard()));
     metrics.objects_left_out.set(source.left_out() as i64);
     if let Some((records, _)) = &records {
-        super::serve::count_records(&records.lock().expect("records lock"), &metrics);
+        count_records(&records.lock().expect("records lock"), &metrics);
     }
     count_flows(readers.flows, metrics.clone());
     count_suppressed(readers.event_limits, metrics.clone());

@@ -309,16 +309,23 @@ pub fn file_args(
 
 /// The long names of the flags `flags` (one flag's values from the file) require: clap
 /// has no getter for them, so `run` is asked to parse them alone and names what is
-/// missing.
+/// missing, less what it misses with no flag at all (a flag required unless another is
+/// given is no requirement of this one). The parse sees the STAGEWALL_* variables too; a
+/// requirement they meet is met.
 fn requirements(run: &Command, flags: &[OsString]) -> Vec<String> {
     let Some(first) = flags.first() else {
         return Vec::new();
     };
-    let error = match run
-        .clone()
-        .no_binary_name(true)
-        .try_get_matches_from([first])
-    {
+    let always = missing(run, &[]);
+    missing(run, std::slice::from_ref(first))
+        .into_iter()
+        .filter(|m| !always.contains(m))
+        .collect()
+}
+
+/// The long names of the flags clap says are missing when `run` is given `args` alone.
+fn missing(run: &Command, args: &[OsString]) -> Vec<String> {
+    let error = match run.clone().no_binary_name(true).try_get_matches_from(args) {
         Ok(_) => return Vec::new(),
         Err(e) => e,
     };
@@ -502,6 +509,37 @@ mod tests {
                 "--policies=/etc/stagewall/policies"
             ]
             .map(OsString::from)
+        );
+    }
+
+    /// A flag required unless another is given (as `check`'s policy directory is, unless
+    /// --kubernetes) is no requirement of every other flag: a file value is not dropped
+    /// for it.
+    #[test]
+    fn a_flag_required_unless_another_is_no_requirement_of_the_rest() {
+        let mut run = Command::new(RUN)
+            .arg(
+                Arg::new("policies")
+                    .long("policies")
+                    .required_unless_present("kubernetes")
+                    .conflicts_with("kubernetes"),
+            )
+            .arg(
+                Arg::new("kubernetes")
+                    .long("kubernetes")
+                    .action(ArgAction::SetTrue),
+            )
+            .arg(
+                Arg::new("kubeconfig")
+                    .long("kubeconfig")
+                    .requires("kubernetes"),
+            )
+            .arg(Arg::new("mode").long("mode"));
+        run.build();
+        assert!(requirements(&run, &[OsString::from("--mode=audit")]).is_empty());
+        assert_eq!(
+            requirements(&run, &[OsString::from("--kubeconfig=/k")]),
+            ["kubernetes"]
         );
     }
 

@@ -16,10 +16,10 @@ pub enum Exit {
     /// too.
     BadInput = 2,
     /// The running agent could not be reached (its control socket or HTTP endpoint): it
-    /// is not running, or the caller is not root.
+    /// is not running, the caller is not root, or it did not answer within 10 s.
     AgentUnreachable = 3,
     /// Anything else failed: the agent refused the request, the kernel refused an
-    /// operation, a file could not be written.
+    /// operation, a file could not be written; `check --explain` could give no verdict.
     Failed = 4,
 }
 

@@ -136,7 +136,7 @@ pub enum ControlError {
     #[error("unexpected answer {0:?}")]
     UnexpectedAnswer(String),
     /// The agent's loop no longer takes requests (it is stopping).
-    #[error("channel closed")]
+    #[error("the agent is stopping")]
     AgentGone,
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -186,26 +186,20 @@ async fn handle(
     // The file mode already keeps others out; the peer's credentials say so again.
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
-    if uid != 0 {
-        write
-            .write_all(format!("error {NOT_ROOT}\n").as_bytes())
-            .await?;
-        return Ok(());
-    }
+    // The request is read first, also from a caller turned away: closing before it is
+    // read could reset the connection under the caller's write, and it would never see
+    // why.
     let mut line = String::new();
     tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(read), MAX_REQUEST_BYTES)
         .read_line(&mut line)
         .await?;
-    let answer = match Request::parse(&line) {
-        Ok(request) => {
-            let (tx, rx) = oneshot::channel();
-            commands
-                .send((request, tx))
-                .await
-                .map_err(|_| ControlError::AgentGone)?;
-            rx.await.map_err(|_| ControlError::AgentGone)?
+    let answer = if uid != 0 {
+        Err(NOT_ROOT.to_string())
+    } else {
+        match Request::parse(&line) {
+            Ok(request) => ask(&commands, request).await,
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
     };
     let reply = match answer {
         Ok(ok) => format!("ok {ok}\n"),
@@ -213,6 +207,16 @@ async fn handle(
     };
     write.write_all(reply.as_bytes()).await?;
     Ok(())
+}
+
+/// The agent's answer to `request`; a stopping agent's is said as one.
+async fn ask(commands: &mpsc::Sender<Command>, request: Request) -> Result<String, String> {
+    let (tx, rx) = oneshot::channel();
+    if commands.send((request, tx)).await.is_err() {
+        return Err(ControlError::AgentGone.to_string());
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(ControlError::AgentGone.to_string()))
 }
 
 /// The client side, for `stagewall quarantine|release|status|get`: sends one request,

@@ -157,7 +157,7 @@ pub struct View {
     /// written into their status are about.
     status_seen: std::collections::BTreeMap<cluster::Key, seen::Seen>,
     nodes: Option<std::collections::BTreeSet<String>>,
-    /// What became of the desired state: the outcome of the one in force, or why the
+    /// What became of the desired state: the outcome of the last one given, or why the
     /// latest was refused.
     applied: status::Applied,
     client: Client,
@@ -245,7 +245,7 @@ impl View {
             {
                 // Back from a refused state, if it was one: the state in force stands.
                 self.refused = None;
-                self.applied.back_to_in_force();
+                self.applied.back_to_last_given();
                 None
             }
             Ok((set, left_out)) => {

@@ -65,19 +65,20 @@ pub struct Verdict {
 }
 
 /// What became of this node's desired state, as the objects' status reports it: the
-/// outcome of applying the state in force, or why the latest desired state was refused.
-/// A refused state reverted to the one in force (nothing to apply: it is in force)
-/// reports that state's outcome again, not the refusal.
+/// outcome of applying the last state given to the agent (`last_given`; a failed apply
+/// leaves the state before it in the kernel, and says so), or why the latest desired
+/// state was refused (never given). A refused state reverted to the last one given
+/// (nothing to apply) reports that one's outcome again, not the refusal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
-    in_force: Result<(), String>,
+    last_given: Result<(), String>,
     latest: Result<(), String>,
 }
 
 impl Default for Applied {
     fn default() -> Self {
         Applied {
-            in_force: Ok(()),
+            last_given: Ok(()),
             latest: Ok(()),
         }
     }
@@ -86,18 +87,18 @@ impl Default for Applied {
 impl Applied {
     /// The agent applied the desired state last given (or failed to).
     pub fn applied(&mut self, outcome: Result<(), String>) {
-        self.in_force = outcome.clone();
+        self.last_given = outcome.clone();
         self.latest = outcome;
     }
 
-    /// The latest desired state was refused; the one in force stays.
+    /// The latest desired state was refused; the last one given stays.
     pub fn refused(&mut self, why: String) {
         self.latest = Err(why);
     }
 
-    /// The desired state is the one in force again.
-    pub fn back_to_in_force(&mut self) {
-        self.latest = self.in_force.clone();
+    /// The desired state is the last one given again.
+    pub fn back_to_last_given(&mut self) {
+        self.latest = self.last_given.clone();
     }
 
     /// What the status says of the objects accepted.
@@ -358,7 +359,7 @@ fn sum(object: &Value, nodes: Option<&BTreeSet<String>>, now: Timestamp) -> Opti
             format!("accepted on {} of {reporting} nodes", current.len()),
         ),
     };
-    let (in_force, in_force_reason) = match enforced {
+    let (last_given, last_given_reason) = match enforced {
         0 => ("False", "NotEnforced"),
         n if n == reporting => ("True", "Enforced"),
         _ => ("False", "PartlyEnforced"),
@@ -391,8 +392,8 @@ fn sum(object: &Value, nodes: Option<&BTreeSet<String>>, now: Timestamp) -> Opti
             condition("Accepted", accepted, &accepted_reason, accepted_message),
             condition(
                 "Enforced",
-                in_force,
-                in_force_reason,
+                last_given,
+                last_given_reason,
                 format!("enforced on {enforced} of {reporting} nodes"),
             ),
         ],
@@ -442,11 +443,11 @@ mod tests {
         assert_eq!(sum(&written, Some(&nodes), now), None);
     }
 
-    /// A refused desired state reverted to the state in force: nothing is applied (it is
+    /// A refused desired state reverted to the last one given: nothing is applied (it is
     /// in force), so the status must say that state's outcome again (it kept saying
     /// NotApplied until the next change).
     #[test]
-    fn a_refused_state_reverted_to_the_one_in_force_reports_its_outcome() {
+    fn a_refused_state_reverted_to_the_one_last_given_reports_its_outcome() {
         let mut applied = Applied::default();
         applied.applied(Ok(()));
         applied.refused("this node's desired state was refused: too large".into());
@@ -454,12 +455,12 @@ mod tests {
             applied.outcome(),
             Err("this node's desired state was refused: too large")
         );
-        applied.back_to_in_force();
+        applied.back_to_last_given();
         assert_eq!(applied.outcome(), Ok(()));
-        // A state in force that failed to apply stays failed after a refusal is reverted.
+        // A state given that failed to apply stays failed after a refusal is reverted.
         applied.applied(Err("maps full".into()));
         applied.refused("refused".into());
-        applied.back_to_in_force();
+        applied.back_to_last_given();
         assert_eq!(applied.outcome(), Err("maps full"));
     }
 
