@@ -217,10 +217,11 @@ impl Load {
             all.slim_bytes,
         );
         println!(
-            "\nThe API server's own counters over the churn, every pod watch together ({:.0} open: the agent's, the controller manager's and the two above): {:.0} events, {:.0} KiB.",
+            "\nThe API server's own counters over the churn, every pod watch together (the agent's, the controller manager's and the two above; apiserver_longrunning_requests for pod watches: {:.0}): {:.0} events, {:.0} KiB; watchers of every pod implied by the events: {:.1}.",
             apiserver.open,
             apiserver.events,
-            apiserver.bytes / 1024.0
+            apiserver.bytes / 1024.0,
+            (apiserver.events - self.this_node.events as f64) / all.events.max(1) as f64
         );
     }
 }
