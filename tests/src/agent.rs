@@ -426,6 +426,26 @@ impl Drop for Agent {
     }
 }
 
+/// A process's CPU time (user + system), in clock ticks: fields 14 and 15 of
+/// /proc/PID/stat, 11 and 12 after the command's name.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
 /// Sums the samples of a metric whose labels contain every `label="value"` pair given.
 pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics

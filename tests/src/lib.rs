@@ -41,6 +41,6 @@ pub mod node;
 pub mod raw;
 pub mod sctp;
 
-pub use agent::{Agent, agent_bin, metric_sum, until, until_within};
+pub use agent::{Agent, agent_bin, cpu_ticks, metric_sum, until, until_within};
 pub use bed::{HUB_GATEWAY, Layout, Node, NodeSpec, Testbed, pinned_links, privileged};
 pub use probe::{Outcome, probe_bin};

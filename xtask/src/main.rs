@@ -217,7 +217,11 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     }
     cmd("target/release/stagewall-bench", &args)?;
     // Egress by name: the DNS proxy's latency, throughput and memory.
-    cmd("target/release/stagewall-dns-bench", &args)
+    cmd("target/release/stagewall-dns-bench", &args)?;
+    // The Kubernetes control plane at scale: pod churn on the real API server (its
+    // binaries from `cargo xtask cluster-build`), pod change to kernel, the agent's CPU
+    // and memory, the watch load.
+    cmd("target/release/stagewall-kube-bench", &args)
 }
 
 fn test() -> anyhow::Result<()> {

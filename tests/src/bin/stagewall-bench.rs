@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stagewall_tests::{Agent, Testbed, metric_sum, privileged, probe_bin};
+use stagewall_tests::{Agent, Testbed, cpu_ticks, metric_sum, privileged, probe_bin};
 
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 5202;
@@ -310,24 +310,6 @@ fn stat(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = samples.iter().map(f).collect();
     let m = median(&mut v);
     (m, v[0], v[v.len() - 1])
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
 }
 
 fn main() {
