@@ -19,7 +19,10 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dir=${1:-$root/target/device-bench}
 cd "$root"
-cargo build --release -p stagewall -p stagewall-tests --bin stagewall --bin stagewall-probe --bin stagewall-cost
+# NO_BUILD=1: pack what target/release holds (built before).
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release -p stagewall -p stagewall-tests --bin stagewall --bin stagewall-probe --bin stagewall-cost
+fi
 rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib" "$dir/libexec"
 for b in stagewall stagewall-probe stagewall-cost; do

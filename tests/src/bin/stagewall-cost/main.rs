@@ -40,6 +40,8 @@ pub(crate) const ECHO_PORT: u16 = 5202;
 const UDP_PORT: u16 = 5203;
 const DENIED_PORT: u16 = 5999;
 const CIDRS: usize = 1_000;
+/// Rules per NetworkPolicy document.
+const RULES_PER_POLICY: usize = 10_000;
 
 struct Settings {
     quick: bool,
@@ -150,10 +152,13 @@ fn cost_tables(settings: &Settings) {
             );
             let programs = bpf_stats::pinned_programs(&pinned_links(&bed.bpffs))
                 .expect("reading the agent's pinned links");
+            // Each row on stderr too as it comes: a long run stopped halfway keeps them.
             for (name, runs) in traffic(&bed, &programs, settings.seconds) {
+                eprintln!("| {workloads} | {rules} | {name} | {runs:?}");
                 traffic_rows.push((workloads, rules, name, runs));
             }
             for line in test_runs(&bed, &programs, settings) {
+                eprintln!("| {workloads} | {rules} {line}");
                 test_run_rows.push((workloads, rules, line));
             }
             agent.stop().expect("stopping the agent");
@@ -178,8 +183,19 @@ pub(crate) fn policy(bed: &Testbed, rules: usize, backstop: bool) -> String {
     } else {
         bed.workload_yaml("server", "cost", "{app: server}", false)
     };
-    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: cost, namespace: cost}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress:\n";
+    let header = |name: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: cost}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  policyTypes: [Ingress]\n  ingress:\n"
+        )
+    };
+    p += &header("cost");
     for i in 0..rules {
+        // A document of its own every RULES_PER_POLICY rules: the agent caps one YAML
+        // document's size; policies that select the same workload add up.
+        if i > 0 && i % RULES_PER_POLICY == 0 {
+            p += "---\n";
+            p += &header(&format!("cost-{}", i / RULES_PER_POLICY));
+        }
         p += &format!(
             "    - from: [{{ipBlock: {{cidr: {}}}}}]\n      ports: [{{port: {}}}]\n",
             cidr(i),
