@@ -11,6 +11,8 @@
 //!   namespaces) and its removal, for a node's cleanup and for runs that were killed.
 //! - `agent`: the agent under test ([`Agent`], `Testbed::start_agent*`, `uninstall`,
 //!   [`metric_sum`]).
+//! - [`bpf_stats`]: the kernel's run time and count of BPF programs, an empty program
+//!   (the floor) and `BPF_PROG_TEST_RUN`, for the per-packet cost benchmark;
 //! - [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver) built from the
 //!   Go modules, in the hub namespace;
 //! - [`node`]: a real node for that control plane: kubelet, containerd, runc and the CNI
@@ -19,7 +21,8 @@
 //!   do on demand; [`demo`]: the demo's test bed and probes; [`dns`]: a real DNS server
 //!   (dnsmasq) in the bed and workloads resolving through it; [`dns_client`]: the probe's
 //!   hand-written DNS queries, timed (the DNS benchmark);
-//!   [`raw`]: hand-made frames for the hostile-input tests; [`sctp`]: the probe's SCTP
+//!   [`paired`]: paired ratios' median and its 95% confidence interval (interleaved
+//!   throughput); [`raw`]: hand-made frames for the hostile-input tests; [`sctp`]: the probe's SCTP
 //!   (INIT and INIT ACK over raw sockets, for kernels without an SCTP stack).
 //!
 //! `Testbed`'s methods live with the part they belong to: building the bed in `bed`,
@@ -32,12 +35,14 @@ mod probe;
 mod sweep;
 
 pub mod apiserver;
+pub mod bpf_stats;
 pub mod cluster;
 pub mod demo;
 pub mod dns;
 pub mod dns_client;
 pub mod lsm;
 pub mod node;
+pub mod paired;
 pub mod raw;
 pub mod sctp;
 

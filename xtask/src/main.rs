@@ -216,6 +216,8 @@ fn bench(quick: bool) -> anyhow::Result<()> {
         args.push("--quick");
     }
     cmd("target/release/stagewall-bench", &args)?;
+    // The cost per packet as the kernel counts it, and the interleaved throughput.
+    cmd("target/release/stagewall-cost", &args)?;
     // Egress by name: the DNS proxy's latency, throughput and memory.
     cmd("target/release/stagewall-dns-bench", &args)?;
     // The Kubernetes control plane at scale: pod churn on the real API server (its

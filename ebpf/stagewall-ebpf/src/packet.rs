@@ -181,17 +181,20 @@ fn load<T>(skb: &SkBuff, offset: usize) -> Result<T, Malformed> {
 
 #[inline(never)]
 fn parse_v4(skb: &SkBuff, offset: usize, out: &mut Packet) -> Result<(), Malformed> {
-    let version_ihl: u8 = load(skb, offset)?;
+    // The fixed header in one read: each read is a helper call, and the last field
+    // (the destination) ends at byte 20 anyway, so a shorter packet failed before too.
+    let header: [u8; 20] = load(skb, offset)?;
+    let version_ihl = header[0];
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Malformed);
     }
-    let id_be: u16 = load(skb, offset + 4)?;
-    let frag_off_be: u16 = load(skb, offset + 6)?;
-    let ttl: u8 = load(skb, offset + 8)?;
-    let protocol: u8 = load(skb, offset + 9)?;
-    let src4: [u8; 4] = load(skb, offset + 12)?;
-    let dst4: [u8; 4] = load(skb, offset + 16)?;
+    let id_be = u16::from_ne_bytes([header[4], header[5]]);
+    let frag_off_be = u16::from_ne_bytes([header[6], header[7]]);
+    let ttl = header[8];
+    let protocol = header[9];
+    let src4 = [header[12], header[13], header[14], header[15]];
+    let dst4 = [header[16], header[17], header[18], header[19]];
     // A non-first fragment carries no transport header: its ports stay 0; it passes if
     // its datagram's first fragment did, else only rules without ports can allow it (it
     // never borrows the verdict of a port rule).
@@ -326,10 +329,14 @@ fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
 
 #[inline(never)]
 fn parse_v6(skb: &SkBuff, offset: usize, out: &mut Packet) -> Result<(), Malformed> {
-    let mut next: u8 = load(skb, offset + 6)?;
-    let hop_limit: u8 = load(skb, offset + 7)?;
-    let src: [u8; 16] = load(skb, offset + 8)?;
-    let dst: [u8; 16] = load(skb, offset + 24)?;
+    // The fixed header in one read (one helper call; the destination ends at byte 40).
+    let header: [u8; 40] = load(skb, offset)?;
+    let mut next = header[6];
+    let hop_limit = header[7];
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    dst.copy_from_slice(&header[24..40]);
     let mut l4_offset = offset + 40;
     let mut fragment = FRAGMENT_NONE;
     let mut fragment_id = 0u32;
