@@ -4,7 +4,6 @@
 
 use std::{
     ffi::OsStr,
-    fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -324,12 +323,7 @@ impl Agent {
 
     /// The agent's resident memory, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        crate::bench::status_kib(self.pid(), "VmRSS")
     }
 
     /// The agent's /metrics text.

@@ -15,6 +15,8 @@
 //!   Go modules, in the hub namespace;
 //! - [`node`]: a real node for that control plane: kubelet, containerd, runc and the CNI
 //!   bridge plugin, running real pods from locally written images;
+//! - [`bench`]: what the benchmark binaries share (the measured policy, the one-rule-change
+//!   measurement, the agent's CPU, memory and kernel map memory);
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
 //!   do on demand; [`demo`]: the demo's test bed and probes; [`dns`]: a real DNS server
 //!   (dnsmasq) in the bed and workloads resolving through it; [`dns_client`]: the probe's
@@ -32,6 +34,7 @@ mod probe;
 mod sweep;
 
 pub mod apiserver;
+pub mod bench;
 pub mod cluster;
 pub mod demo;
 pub mod dns;
