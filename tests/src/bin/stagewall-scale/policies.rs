@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 /// Frontend workloads (no cgroup here: peers on other nodes) every local workload takes
 /// ingress from.
 const FRONTENDS: usize = 10;
-/// Most ipBlocks in one policy file: the YAML reader's budget of nodes per document
-/// (250,000) takes about 50,000.
-const BLOCKS_PER_FILE: usize = 40_000;
+/// Most ipBlocks in one policy file: the agent takes at most 20,000 ipBlock peers in
+/// one NetworkPolicy.
+const BLOCKS_PER_FILE: usize = 20_000;
 
 /// The address of the i-th workload (10.200.0.1 onwards).
 fn address(i: usize) -> String {
