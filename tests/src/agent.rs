@@ -4,7 +4,6 @@
 
 use std::{
     ffi::OsStr,
-    fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -324,12 +323,7 @@ impl Agent {
 
     /// The agent's resident memory, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        crate::bench::status_kib(self.pid(), "VmRSS")
     }
 
     /// The agent's /metrics text.
@@ -424,26 +418,6 @@ impl Drop for Agent {
             let _ = child.wait();
         }
     }
-}
-
-/// A process's CPU time (user + system), in clock ticks: fields 14 and 15 of
-/// /proc/PID/stat, 11 and 12 after the command's name.
-pub fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
 }
 
 /// Sums the samples of a metric whose labels contain every `label="value"` pair given.

@@ -17,6 +17,8 @@
 //!   Go modules, in the hub namespace;
 //! - [`node`]: a real node for that control plane: kubelet, containerd, runc and the CNI
 //!   bridge plugin, running real pods from locally written images;
+//! - [`bench`]: what the benchmark binaries share (the measured policy, the one-rule-change
+//!   measurement, the agent's CPU, memory and kernel map memory);
 //! - [`apiserver`]: a hand-written list/watch server for what a real one cannot be made to
 //!   do on demand; [`demo`]: the demo's test bed and probes; [`dns`]: a real DNS server
 //!   (dnsmasq) in the bed and workloads resolving through it; [`dns_client`]: the probe's
@@ -35,6 +37,7 @@ mod probe;
 mod sweep;
 
 pub mod apiserver;
+pub mod bench;
 pub mod bpf_stats;
 pub mod cluster;
 pub mod demo;
@@ -46,6 +49,6 @@ pub mod paired;
 pub mod raw;
 pub mod sctp;
 
-pub use agent::{Agent, agent_bin, cpu_ticks, metric_sum, until, until_within};
+pub use agent::{Agent, agent_bin, metric_sum, until, until_within};
 pub use bed::{HUB_GATEWAY, Layout, Node, NodeSpec, Testbed, pinned_links, privileged};
 pub use probe::{Outcome, probe_bin};

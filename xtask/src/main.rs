@@ -74,8 +74,9 @@ enum Task {
     },
     /// Setup, then the benchmarks (release build; root): data path against the baseline,
     /// iptables and nftables, control plane, events; then the DNS proxy (lookup latency
-    /// and rate through the agent against direct, memory per learnt address). Prints
-    /// Markdown tables.
+    /// and rate through the agent against direct, memory per learnt address); then
+    /// node-local scale (rules, workloads, identities, flows, events). Prints Markdown
+    /// tables.
     Bench {
         /// One short run per configuration (what CI runs so the harness cannot rot).
         #[arg(long)]
@@ -216,6 +217,9 @@ fn bench(quick: bool) -> anyhow::Result<()> {
         args.push("--quick");
     }
     cmd("target/release/stagewall-bench", &args)?;
+    // Node-local scale: 100,000 rules, many workloads, CIDR identities, the flow table,
+    // the event pipeline.
+    cmd("target/release/stagewall-scale", &args)?;
     // The cost per packet as the kernel counts it, and the interleaved throughput.
     cmd("target/release/stagewall-cost", &args)?;
     // Egress by name: the DNS proxy's latency, throughput and memory.

@@ -16,16 +16,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stagewall_tests::{Agent, Testbed, cpu_ticks, metric_sum, privileged, probe_bin};
+use stagewall_tests::{
+    Agent, Testbed,
+    bench::{
+        ECHO_PORT, IPERF_PORT, UDP_PORT, USER_HZ, cidr, cpu_ticks, logged_millis, median,
+        rule_change_latencies, rule_port, stagewall_policy,
+    },
+    metric_sum, privileged, probe_bin,
+};
 
-const IPERF_PORT: u16 = 5201;
-const ECHO_PORT: u16 = 5202;
-const UDP_PORT: u16 = 5203;
 /// Rule changes timed by the control-plane measurement.
 const RULE_CHANGES: usize = 10;
 /// A port no rule allows: the event flood goes there.
 const DENIED_PORT: u16 = 5999;
-const CIDRS: usize = 1_000;
 
 struct Settings {
     quick: bool,
@@ -71,44 +74,6 @@ impl Config {
             Config::Nftables { rules } => format!("nftables set, {rules} rules"),
         }
     }
-}
-
-/// The i-th CIDR of the rule set (never the client's address).
-fn cidr(i: usize) -> String {
-    let i = i % CIDRS;
-    format!("10.{}.{}.0/24", i / 250, i % 250)
-}
-
-fn rule_port(i: usize) -> u16 {
-    10_000 + (i % 50_000) as u16
-}
-
-fn stagewall_policy(bed: &Testbed, rules: usize) -> String {
-    let mut p = bed.workload_yaml("server", "bench", "{app: server}", false);
-    p += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n";
-    for i in 0..rules.saturating_sub(1) {
-        p += &format!(
-            "    - from: [{{ipBlock: {{cidr: {}}}}}]\n      ports: [{{port: {}}}]\n",
-            cidr(i),
-            rule_port(i)
-        );
-    }
-    // The last rule: the measured flows (and ctl's, so that the rule change below flips
-    // between an immediate EPERM and an immediate answer, never a timeout).
-    p += &format!(
-        "    - from: [{{ipBlock: {{cidr: {}/32}}}}, {{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {IPERF_PORT}}}, {{port: {ECHO_PORT}}}, {{port: {UDP_PORT}, protocol: UDP}}]\n",
-        bed.node("client").v4,
-        bed.node("ctl").v4
-    );
-    // The rule the control-plane measurement changes: the ctl workload's egress to the
-    // echo port (denied at connect(), so the verdict shows at once either way).
-    p += "---\n";
-    p += &bed.workload_yaml("ctl", "bench", "{app: ctl}", false);
-    p += &format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: ctl, namespace: bench}}\nspec:\n  podSelector: {{matchLabels: {{app: ctl}}}}\n  policyTypes: [Egress]\n  egress:\n    - to: [{{ipBlock: {{cidr: {}/32}}}}]\n      ports: [{{port: {ECHO_PORT}}}]\n",
-        bed.node("server").v4
-    );
-    p
 }
 
 /// Tenant-isolation guardrails in the Tiered configuration, one per tenant.
@@ -300,11 +265,6 @@ fn measure(bed: &Testbed, seconds: u64) -> Sample {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// "median (min-max)" of one metric over the runs.
 fn stat(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -420,11 +380,9 @@ fn main() {
             .map(|_| measure(&bed, settings.seconds))
             .collect();
         if let (Some(a), Some(before)) = (&agent, cpu_before) {
-            let ticks_per_s = 100.0; // USER_HZ
-            let cpu = (cpu_ticks(a.pid()) - before) as f64
-                / ticks_per_s
-                / started.elapsed().as_secs_f64()
-                * 100.0;
+            let cpu =
+                (cpu_ticks(a.pid()) - before) as f64 / USER_HZ / started.elapsed().as_secs_f64()
+                    * 100.0;
             if matches!(*config, Config::Stagewall { audit: false, rules } if rules == largest) {
                 control.push(format!("agent CPU while the data-path workloads ran ({largest} rules): {cpu:.1} % of one core"));
                 control.push(format!(
@@ -494,62 +452,29 @@ fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
         "apply duration histogram sum after start: {:.1} ms",
         apply_sum * 1000.0
     ));
-    // One rule change: ctl's egress rule loses the echo port (for another port each time,
-    // so every change differs from both policies the agent holds), then gets it back.
-    let server = bed.node("server").v4.to_string();
-    let full = stagewall_policy(bed, rules);
-    let mut latencies = Vec::new();
-    for round in 0..RULE_CHANGES {
-        let without = full.replace(
-            &format!("      ports: [{{port: {ECHO_PORT}}}]\n"),
-            &format!("      ports: [{{port: {}}}]\n", 1 + round),
-        );
-        assert_ne!(full, without);
-        let policy = if round % 2 == 0 { &without } else { &full };
-        let mut watch = bed.command("ctl", probe_bin()).unwrap();
-        let mut watch = watch
-            .args(["watch-verdict", &server, &ECHO_PORT.to_string(), "5000"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-        lines.next();
-        let written = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        bed.write_policy("bench.yaml", policy).unwrap();
-        let line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
-        let _ = watch.wait();
-        if let Some(ns) = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|n| n.parse::<u128>().ok())
-        {
-            latencies.push((ns.saturating_sub(written)) as f64 / 1e6);
-        }
-    }
+    let mut latencies = rule_change_latencies(
+        bed,
+        "bench.yaml",
+        &stagewall_policy(bed, rules),
+        RULE_CHANGES,
+    );
     if !latencies.is_empty() {
-        let mut l = latencies.clone();
-        let med = median(&mut l);
+        let med = median(&mut latencies);
         out.push(format!(
             "one rule change, file written -> verdict changed ({} changes of a {rules}-rule policy): median {med:.1} ms, max {:.1} ms",
             latencies.len(),
-            l[l.len() - 1]
+            latencies[latencies.len() - 1]
         ));
     }
     // The agent's own split of those changes (its log): reading and compiling, then
     // writing the kernel maps.
     let log = agent.log();
-    let after = |marker: &str| -> Vec<f64> {
-        log.lines()
-            .filter_map(|l| l.split(marker).nth(1)?.split_whitespace().next())
-            .filter_map(|d| millis(d.trim_end_matches(':')))
-            .collect()
-    };
-    let mut compile = after("read and compiled in ");
+    let mut compile = logged_millis(&log, "read and compiled in ");
     // The first apply is the start (the whole policy into empty maps).
-    let mut apply: Vec<f64> = after(" applied in ").into_iter().skip(1).collect();
+    let mut apply: Vec<f64> = logged_millis(&log, " applied in ")
+        .into_iter()
+        .skip(1)
+        .collect();
     if !compile.is_empty() && !apply.is_empty() {
         out.push(format!(
             "  of which, in the agent: read + parse + compile median {:.1} ms, kernel maps written median {:.1} ms",
@@ -558,16 +483,6 @@ fn control_plane(bed: &Testbed, agent: &Agent, rules: usize) -> Vec<String> {
         ));
     }
     out
-}
-
-/// Milliseconds of a duration as Rust's Debug prints it ("3.2ms", "850.1µs", "1.2s").
-fn millis(debug: &str) -> Option<f64> {
-    for (unit, scale) in [("ms", 1.0), ("µs", 1e-3), ("ns", 1e-6), ("s", 1e3)] {
-        if let Some(n) = debug.strip_suffix(unit) {
-            return n.parse::<f64>().ok().map(|n| n * scale);
-        }
-    }
-    None
 }
 
 /// Violation events delivered per second under a flood, and lost.

@@ -21,7 +21,7 @@ mod watch;
 
 use std::time::{Duration, Instant};
 
-use stagewall_tests::{Testbed, cluster::Cluster, cpu_ticks, privileged};
+use stagewall_tests::{Testbed, bench::cpu_ticks, cluster::Cluster, privileged};
 
 use self::churn::{Latencies, Population, Shape, spawned};
 
