@@ -21,7 +21,12 @@ mod watch;
 
 use std::time::{Duration, Instant};
 
-use stagewall_tests::{Testbed, bench::cpu_ticks, cluster::Cluster, privileged};
+use stagewall_tests::{
+    Testbed,
+    bench::{USER_HZ, cpu_ticks, status_kib},
+    cluster::Cluster,
+    privileged,
+};
 
 use self::churn::{Latencies, Population, Shape, spawned};
 
@@ -153,7 +158,10 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let load = spawned(&runtime, watches.close())?;
     let metrics_after = spawned(&runtime, watch::apiserver_pod_watches(admin.clone()))?;
-    let (rss_kib, peak_kib) = churn::memory_kib(agent.pid());
+    let (rss_kib, peak_kib) = (
+        status_kib(agent.pid(), "VmRSS"),
+        status_kib(agent.pid(), "VmHWM"),
+    );
     let churn_log = agent.log()[log_before..].to_string();
 
     let report = Report {
@@ -162,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         initial_sync,
         latencies,
         churn_wall,
-        cpu_seconds: cpu_ticks as f64 / churn::clock_ticks_per_second(),
+        cpu_seconds: cpu_ticks as f64 / USER_HZ,
         rss_mib: rss_kib as f64 / 1024.0,
         peak_mib: peak_kib as f64 / 1024.0,
         load,
