@@ -100,9 +100,17 @@ pub fn validate_set(set: &PolicySet) -> Result<(), PolicyErrors> {
             _ => None,
         })
         .collect();
+    // Each cgroup's ancestors looked up by path (linear in the paths' depth; comparing
+    // every pair took 10 s at 10,000 workloads).
+    let mut by_path: HashMap<&str, Vec<&Workload>> = HashMap::new();
     for (path, w) in &cgroups {
-        for (outer, o) in &cgroups {
-            if path != outer && path.starts_with(&format!("{outer}/")) {
+        by_path.entry(path).or_default().push(w);
+    }
+    for (path, w) in &cgroups {
+        let mut outer = *path;
+        while let Some((parent, _)) = outer.rsplit_once('/') {
+            outer = parent;
+            for o in by_path.get(outer).into_iter().flatten() {
                 err(
                     &w.origin,
                     format!(
